@@ -1,0 +1,85 @@
+//! The event log of Harmony Sync: the only source of truth.
+//!
+//! [`EventStore`] is the contract every backend meets: atomic, durable, idempotent appends
+//! with an optimistic-concurrency check; reads of one stream or of everything in global order;
+//! subscriptions that catch up and then follow live with no gap and no duplicate at the seam;
+//! and a SHA-256 hash chain per stream over canonical bytes that leave out the global position,
+//! so a chain verifies the same on every backend and in every export.
+//!
+//! [`SledEventStore`] is the embedded backend (a custom log on sled with group commit). The
+//! JetStream backend implements the same trait in the distributed setup, and [`conformance`]
+//! is the one suite both must pass.
+//!
+//! On top of the raw log, [`repository`] loads aggregates (with snapshots, so loading stays
+//! fast however long a stream grows) and executes commands with conflict retries, and
+//! [`lifecycle`] holds the parts of an integration's life that span two streams (connect with
+//! its slot reservation, disconnect and delete releasing it).
+//!
+//! This crate knows nothing of HTTP, SQL or providers.
+
+pub mod bench;
+pub mod chain;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod error;
+pub mod lifecycle;
+pub mod repository;
+mod sled_store;
+mod types;
+
+pub use chain::{verify_stream, BrokenLink, ChainHash, VerifyReport};
+pub use error::StoreError;
+pub use sled_store::{SledConfig, SledEventStore, SledStats};
+pub use types::{AppendResult, EventStream, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
+
+use async_trait::async_trait;
+use domain::StreamName;
+
+/// The event log contract. Positions start at 1; versions of a stream start at 1.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` atomically if the stream is at `expected`, and returns once
+    /// they are durable. Re-appending a batch whose event ids are already stored returns the
+    /// original result and writes nothing.
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError>;
+
+    /// Up to `limit` events of `stream` with version ≥ `from_version`, in version order.
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `limit` events with position ≥ `from_position`, in position order.
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The position of the last durable event, 0 for an empty log.
+    async fn head_position(&self) -> Result<u64, StoreError>;
+
+    /// The current version of `stream`, `None` if it has no events.
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>, StoreError>;
+
+    /// Every event with position ≥ `from_position`: history first, then live events as they
+    /// become durable, with no gap and no duplicate in between.
+    fn subscribe(&self, from_position: u64) -> EventStream;
+
+    /// The latest snapshot of `stream`, if one was saved. Snapshots are derived data: a
+    /// backend may lose them, and readers check them against the chain.
+    async fn load_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, StoreError>;
+
+    async fn save_snapshot(
+        &self,
+        stream: &StreamName,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError>;
+}

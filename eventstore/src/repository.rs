@@ -1,0 +1,290 @@
+//! Loading aggregates and executing commands against the log.
+//!
+//! Loading reads the latest snapshot (checked against the chain hash it was taken at) and only
+//! the events after it, so the cost of a load is bounded however long a stream grows. When a
+//! load had to fold more than [`Repository::snapshot_every`] events, it saves a new snapshot.
+//!
+//! Executing a command loads, decides, and appends with the loaded version as the expected
+//! one; on a conflict (someone else appended in between) it reloads and decides again, a
+//! bounded number of times.
+
+use std::sync::Arc;
+
+use domain::{Aggregate, CommandContext, DomainError, EventDecodeError, StreamName};
+
+use crate::chain::ChainHash;
+use crate::error::StoreError;
+use crate::types::{AppendResult, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
+use crate::EventStore;
+
+/// Why a command or a load failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RepositoryError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("event {version} of {stream} cannot be read: {error}")]
+    Decode {
+        stream: StreamName,
+        version: u64,
+        error: EventDecodeError,
+    },
+    #[error("{stream} kept changing under {attempts} attempts of the same command")]
+    TooMuchContention { stream: StreamName, attempts: u32 },
+}
+
+/// An aggregate as loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<A> {
+    pub state: A,
+    /// The stream's version; 0 when it has no events.
+    pub version: u64,
+    /// The chain hash at `version`.
+    pub hash: ChainHash,
+    /// How many events were read from the log for this load (snapshot tail only).
+    pub events_read: u64,
+}
+
+/// The outcome of a command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Executed<A: Aggregate> {
+    pub state: A,
+    pub events: Vec<RecordedEvent>,
+    /// `None` when the command decided there was nothing to do.
+    pub append: Option<AppendResult>,
+}
+
+/// Loads aggregates from, and appends their events to, one event store.
+#[derive(Clone)]
+pub struct Repository {
+    store: Arc<dyn EventStore>,
+    /// Save a snapshot once a load folds this many events past the last one.
+    pub snapshot_every: u64,
+    /// How many times a command is decided again after a conflict.
+    pub max_attempts: u32,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("snapshot_every", &self.snapshot_every)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+const PAGE: usize = 1000;
+
+impl Repository {
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            store,
+            snapshot_every: 500,
+            max_attempts: 16,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    async fn from_snapshot<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Option<(A, u64, ChainHash)>, StoreError> {
+        let Some(snapshot) = self.store.load_snapshot(stream).await? else {
+            return Ok(None);
+        };
+        if snapshot.schema != A::SNAPSHOT_SCHEMA {
+            return Ok(None);
+        }
+        // The snapshot is trusted only if the event it was taken at is still the one in the log.
+        let at = self.store.read_stream(stream, snapshot.version, 1).await?;
+        let matches = at
+            .first()
+            .is_some_and(|event| event.version == snapshot.version && event.hash == snapshot.hash);
+        if !matches {
+            tracing::warn!(%stream, version = snapshot.version, "ignoring a snapshot that no longer matches the log");
+            return Ok(None);
+        }
+        Ok(serde_json::from_slice(&snapshot.state)
+            .ok()
+            .map(|state| (state, snapshot.version, snapshot.hash)))
+    }
+
+    /// The current state of the aggregate in `stream`.
+    pub async fn load<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Loaded<A>, RepositoryError> {
+        let (mut state, mut version, mut hash) = self
+            .from_snapshot::<A>(stream)
+            .await?
+            .unwrap_or((A::default(), 0, ChainHash::GENESIS));
+        let mut events_read = 0;
+        loop {
+            let page = self.store.read_stream(stream, version + 1, PAGE).await?;
+            let page_len = page.len();
+            for event in &page {
+                apply_recorded(&mut state, event)?;
+                version = event.version;
+                hash = event.hash;
+            }
+            events_read += page_len as u64;
+            if page_len < PAGE {
+                break;
+            }
+        }
+        if events_read >= self.snapshot_every {
+            self.save_snapshot(stream, &state, version, hash).await;
+        }
+        Ok(Loaded {
+            state,
+            version,
+            hash,
+            events_read,
+        })
+    }
+
+    /// The state as of `as_of`: every event that occurred at or before it, folded. Reads the
+    /// whole stream, never a snapshot, because auditors must see exactly what the log says.
+    pub async fn load_as_of<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+        as_of: domain::Timestamp,
+    ) -> Result<Loaded<A>, RepositoryError> {
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            hash: ChainHash::GENESIS,
+            events_read: 0,
+        };
+        loop {
+            let page = self
+                .store
+                .read_stream(stream, loaded.version + 1, PAGE)
+                .await?;
+            let page_len = page.len();
+            for event in &page {
+                if event.metadata.occurred_at > as_of {
+                    return Ok(loaded);
+                }
+                apply_recorded(&mut loaded.state, event)?;
+                loaded.version = event.version;
+                loaded.hash = event.hash;
+                loaded.events_read += 1;
+            }
+            if page_len < PAGE {
+                return Ok(loaded);
+            }
+        }
+    }
+
+    async fn save_snapshot<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+        state: &A,
+        version: u64,
+        hash: ChainHash,
+    ) {
+        let Ok(bytes) = serde_json::to_vec(state) else {
+            return;
+        };
+        let snapshot = Snapshot {
+            version,
+            schema: A::SNAPSHOT_SCHEMA,
+            hash,
+            state: bytes,
+        };
+        if let Err(error) = self.store.save_snapshot(stream, snapshot).await {
+            // A missing snapshot costs time on the next load, nothing else.
+            tracing::warn!(%stream, %error, "could not save a snapshot");
+        }
+    }
+
+    /// Decides `command` on the current state of `stream` and appends what it yields.
+    pub async fn execute<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+        command: &A::Command,
+        context: &CommandContext,
+    ) -> Result<Executed<A>, RepositoryError> {
+        for _ in 0..self.max_attempts {
+            let loaded = self.load::<A>(stream).await?;
+            let decided = loaded.state.handle(command, context)?;
+            if decided.is_empty() {
+                return Ok(Executed {
+                    state: loaded.state,
+                    events: Vec::new(),
+                    append: None,
+                });
+            }
+            let metadata = loaded.state.metadata_for(command, context);
+            let new_events: Vec<NewEvent> = decided
+                .iter()
+                .map(|event| NewEvent::from_domain(event, metadata.clone()))
+                .collect();
+            match self
+                .store
+                .append(
+                    stream,
+                    ExpectedVersion::from_version(loaded.version),
+                    new_events,
+                )
+                .await
+            {
+                Ok(append) => {
+                    // Read back what was stored: callers get the recorded events with their
+                    // positions and hashes.
+                    let events = self
+                        .store
+                        .read_stream(
+                            stream,
+                            append.first_version,
+                            (append.last_version - append.first_version + 1) as usize,
+                        )
+                        .await?;
+                    let mut state = loaded.state;
+                    for event in &decided {
+                        state.apply(event, &metadata);
+                    }
+                    return Ok(Executed {
+                        state,
+                        events,
+                        append: Some(append),
+                    });
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(RepositoryError::TooMuchContention {
+            stream: stream.clone(),
+            attempts: self.max_attempts,
+        })
+    }
+}
+
+/// Folds one recorded event into `state`; an event type this aggregate does not know is
+/// skipped (a newer build may have written it), one it knows but cannot decode is an error.
+pub fn apply_recorded<A: Aggregate>(
+    state: &mut A,
+    event: &RecordedEvent,
+) -> Result<(), RepositoryError> {
+    match event.decode::<A::Event>() {
+        Ok(Some(decoded)) => {
+            state.apply(&decoded, &event.metadata);
+            Ok(())
+        }
+        Ok(None) => {
+            tracing::debug!(stream = %event.stream, version = event.version, event_type = %event.event_type, "skipping an unknown event type");
+            Ok(())
+        }
+        Err(error) => Err(RepositoryError::Decode {
+            stream: event.stream.clone(),
+            version: event.version,
+            error,
+        }),
+    }
+}

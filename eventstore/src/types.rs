@@ -1,0 +1,145 @@
+use std::fmt;
+use std::pin::Pin;
+
+use domain::{DomainEvent, EventId, Metadata, StreamName};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::chain::ChainHash;
+use crate::error::StoreError;
+
+/// The optimistic-concurrency check of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must have no events yet.
+    NoStream,
+    /// The stream's last event must have this version.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// `NoStream` for 0, `Exact(v)` otherwise.
+    pub fn from_version(version: u64) -> Self {
+        if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        }
+    }
+
+    pub(crate) fn check(self, stream: &StreamName, actual: Option<u64>) -> Result<(), StoreError> {
+        let ok = match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual.is_none(),
+            ExpectedVersion::Exact(version) => actual == Some(version),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                stream: stream.clone(),
+                expected: self,
+                actual,
+            })
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(version) => write!(f, "{version}"),
+        }
+    }
+}
+
+/// An event to append.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub event_type: String,
+    pub schema: u32,
+    pub data: serde_json::Value,
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    /// A new event with a fresh id from a domain event.
+    pub fn from_domain<E: DomainEvent>(event: &E, metadata: Metadata) -> Self {
+        Self {
+            id: EventId::new(),
+            event_type: event.event_type().to_owned(),
+            schema: event.schema(),
+            data: event.to_data(),
+            metadata,
+        }
+    }
+}
+
+/// An event as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    pub id: EventId,
+    pub stream: StreamName,
+    pub version: u64,
+    pub position: u64,
+    pub event_type: String,
+    pub schema: u32,
+    /// The data as canonical JSON text (RFC 8785). Kept as text so that reading the log does
+    /// not pay for parsing data the reader may not need; see [`RecordedEvent::data`].
+    pub data_json: String,
+    pub metadata: Metadata,
+    pub hash: ChainHash,
+}
+
+impl RecordedEvent {
+    /// The data as a JSON value.
+    pub fn data(&self) -> Result<serde_json::Value, StoreError> {
+        serde_json::from_str(&self.data_json).map_err(|error| StoreError::Corrupt {
+            position: self.position,
+            reason: format!("data is not JSON: {error}"),
+        })
+    }
+
+    /// Decodes into a domain event, upcasting older schemas. `Ok(None)` for a type the
+    /// aggregate does not know.
+    pub fn decode<E: DomainEvent>(&self) -> Result<Option<E>, domain::EventDecodeError> {
+        let data = serde_json::from_str(&self.data_json).map_err(|error| {
+            domain::EventDecodeError::Malformed {
+                event_type: self.event_type.clone(),
+                schema: self.schema,
+                reason: error.to_string(),
+            }
+        })?;
+        E::decode(&self.event_type, self.schema, data)
+    }
+}
+
+/// The result of an append: where the batch landed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    pub first_version: u64,
+    /// The stream's version after the append: the `Exact` to expect next.
+    pub last_version: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+}
+
+/// An aggregate's state as of `version`, serialized as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u64,
+    /// The aggregate's `SNAPSHOT_SCHEMA` when it was written; another one is ignored.
+    pub schema: u32,
+    /// The chain hash of the event at `version`, checked on load so that a snapshot never
+    /// outlives a history it no longer matches.
+    pub hash: ChainHash,
+    pub state: Vec<u8>,
+}
+
+/// A subscription: events in position order, history then live.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<RecordedEvent, StoreError>> + Send>>;
