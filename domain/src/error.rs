@@ -53,6 +53,8 @@ pub enum DomainError {
     SyncNotRequested(SyncId),
     #[error("a sync is already running")]
     SyncAlreadyRunning,
+    #[error("sync id {0} is already in use")]
+    SyncIdReused(SyncId),
     #[error("{app} has no object `{object}` to map")]
     UnknownObject { app: String, object: String },
     #[error("mapping field `{field}`: {reason}")]
@@ -97,6 +99,7 @@ impl DomainError {
             DomainError::SyncNotRunning(_) => "sync_not_running",
             DomainError::SyncNotRequested(_) => "sync_not_requested",
             DomainError::SyncAlreadyRunning => "sync_already_running",
+            DomainError::SyncIdReused(_) => "sync_id_reused",
             DomainError::UnknownObject { .. } => "unknown_object",
             DomainError::InvalidMapping { .. } => "invalid_mapping",
             DomainError::InvalidSchedule { .. } => "invalid_schedule",
@@ -124,6 +127,7 @@ impl DomainError {
             | DomainError::SyncNotRunning(_)
             | DomainError::SyncNotRequested(_)
             | DomainError::SyncAlreadyRunning
+            | DomainError::SyncIdReused(_)
             | DomainError::ActionState { .. } => ErrorKind::Conflict,
             DomainError::ScopeMismatch { .. }
             | DomainError::InvalidSetup { .. }

@@ -41,7 +41,11 @@ impl<A: Aggregate> Given<A> {
 
     pub fn when(self, command: A::Command, context: &CommandContext) -> Then<A> {
         let result = self.state.handle(&command, context);
-        let metadata = self.state.metadata_for(&command, context);
+        // As in the repository, metadata exists only for events that were produced.
+        let metadata = match &result {
+            Ok(events) if !events.is_empty() => Some(self.state.metadata_for(&command, context)),
+            _ => None,
+        };
         Then {
             state: self.state,
             result,
@@ -55,7 +59,7 @@ impl<A: Aggregate> Given<A> {
 pub struct Then<A: Aggregate> {
     state: A,
     result: Result<Vec<A::Event>, DomainError>,
-    metadata: Metadata,
+    metadata: Option<Metadata>,
 }
 
 impl<A: Aggregate> Then<A> {
@@ -65,8 +69,10 @@ impl<A: Aggregate> Then<A> {
             Ok(events) => {
                 assert_eq!(events, expected, "the command produced other events");
                 let mut state = self.state;
-                for event in &events {
-                    state.apply(event, &self.metadata);
+                if let Some(metadata) = &self.metadata {
+                    for event in &events {
+                        state.apply(event, metadata);
+                    }
                 }
                 state
             }

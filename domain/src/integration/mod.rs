@@ -586,6 +586,17 @@ impl Aggregate for Integration {
                         capability,
                     });
                 }
+                let reused = self
+                    .running_sync
+                    .as_ref()
+                    .is_some_and(|r| r.sync_id == *sync_id)
+                    || self
+                        .last_sync
+                        .as_ref()
+                        .is_some_and(|l| l.sync_id == *sync_id);
+                if reused {
+                    return Err(DomainError::SyncIdReused(*sync_id));
+                }
                 if self.pending_sync.is_some() {
                     // Coalesced: the follow-up run already queued will pick up these changes.
                     return Ok(Vec::new());
