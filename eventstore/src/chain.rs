@@ -70,6 +70,52 @@ pub fn canonical_data(data: &serde_json::Value) -> Result<String, StoreError> {
         .map_err(|error| StoreError::InvalidData(error.to_string()))
 }
 
+/// The canonical bytes of an event up to, not including, its version: `version` is the last
+/// key in canonical order, so everything before it can be computed before the version is
+/// known (outside the log's single writer). Followed by [`canonical_suffix`], it makes the
+/// whole canonical form.
+pub fn canonical_prefix(
+    id: &EventId,
+    stream: &StreamName,
+    event_type: &str,
+    schema: u32,
+    canonical_data: &str,
+    metadata: &Metadata,
+) -> Result<Vec<u8>, StoreError> {
+    let metadata = canonical_metadata(metadata)?;
+    Ok(canonical_prefix_with(id, stream, event_type, schema, canonical_data, &metadata))
+}
+
+/// The canonical form of event metadata. Events of one batch usually share it, so writers
+/// compute it once per batch and use [`canonical_prefix_with`].
+pub fn canonical_metadata(metadata: &Metadata) -> Result<String, StoreError> {
+    serde_json_canonicalizer::to_string(metadata).map_err(|e| StoreError::InvalidData(e.to_string()))
+}
+
+/// [`canonical_prefix`] with the metadata already canonical.
+pub fn canonical_prefix_with(
+    id: &EventId,
+    stream: &StreamName,
+    event_type: &str,
+    schema: u32,
+    canonical_data: &str,
+    metadata: &str,
+) -> Vec<u8> {
+    let quoted = |text: &str| serde_json::to_string(text).expect("a string always serializes");
+    // Keys in RFC 8785 order (all ASCII, so byte order is UTF-16 order).
+    let text = format!(
+        r#"{{"data":{canonical_data},"id":"{id}","metadata":{metadata},"schema":{schema},"stream":{},"type":{},"version":"#,
+        quoted(stream.as_str()),
+        quoted(event_type),
+    );
+    text.into_bytes()
+}
+
+/// The end of the canonical form: the version and the closing brace.
+pub fn canonical_suffix(version: u64) -> String {
+    format!("{version}}}")
+}
+
 /// The canonical bytes of an event, given its data already in canonical form.
 pub fn canonical_bytes(
     id: &EventId,
@@ -80,16 +126,19 @@ pub fn canonical_bytes(
     canonical_data: &str,
     metadata: &Metadata,
 ) -> Result<Vec<u8>, StoreError> {
-    let metadata = serde_json_canonicalizer::to_string(metadata)
-        .map_err(|e| StoreError::InvalidData(e.to_string()))?;
-    let quoted = |text: &str| serde_json::to_string(text).expect("a string always serializes");
-    // Keys in RFC 8785 order (all ASCII, so byte order is UTF-16 order).
-    let text = format!(
-        r#"{{"data":{canonical_data},"id":"{id}","metadata":{metadata},"schema":{schema},"stream":{},"type":{},"version":{version}}}"#,
-        quoted(stream.as_str()),
-        quoted(event_type),
-    );
-    Ok(text.into_bytes())
+    let mut bytes = canonical_prefix(id, stream, event_type, schema, canonical_data, metadata)?;
+    bytes.extend_from_slice(canonical_suffix(version).as_bytes());
+    Ok(bytes)
+}
+
+/// The link after `previous` for an event whose canonical form is `prefix` then the suffix
+/// of `version`, without assembling the bytes.
+pub fn link_parts(previous: &ChainHash, prefix: &[u8], version: u64) -> ChainHash {
+    let mut hasher = Sha256::new();
+    hasher.update(previous.0);
+    hasher.update(prefix);
+    hasher.update(canonical_suffix(version).as_bytes());
+    ChainHash(hasher.finalize().into())
 }
 
 /// The next link of a chain.
@@ -194,5 +243,30 @@ pub async fn verify_stream<S: EventStore + ?Sized>(
                 broken: None,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canonical_form_is_rfc_8785_and_its_parts_hash_like_the_whole() {
+        let metadata: Metadata = serde_json::from_value(serde_json::json!({
+            "workspace": "acme", "owner": null, "actor": {"system": "t"},
+            "correlation_id": "0192f1c4-6a8e-7cc1-9a4e-3c1d2b7e9f10", "causation_id": null,
+            "occurred_at": "2026-01-01T00:00:00.000000Z"
+        }))
+        .unwrap();
+        let id: EventId = "0192f1c4-6a8e-7cc1-9a4e-3c1d2b7e9f11".parse().unwrap();
+        let stream = StreamName::from_stored("integration-x");
+        let data = canonical_data(&serde_json::json!({"b": 1.0, "a": [true, "é\u{1}"], "c": 1e21})).unwrap();
+        assert_eq!(data, r#"{"a":[true,"é\u0001"],"b":1,"c":1e+21}"#);
+        let whole = canonical_bytes(&id, &stream, 12, "T", 1, &data, &metadata).unwrap();
+        let text = String::from_utf8(whole.clone()).unwrap();
+        assert!(text.starts_with(r#"{"data":{"a""#) && text.ends_with(r#","type":"T","version":12}"#), "{text}");
+        assert!(text.contains(r#""metadata":{"actor":{"system":"t"},"causation_id":null,"correlation_id":"#));
+        let prefix = canonical_prefix(&id, &stream, "T", 1, &data, &metadata).unwrap();
+        assert_eq!(link_parts(&ChainHash::GENESIS, &prefix, 12), link(&ChainHash::GENESIS, &whole));
     }
 }

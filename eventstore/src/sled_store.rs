@@ -3,7 +3,8 @@
 //! # Layout
 //! One sled tree, `log`, holds three key spaces so that one atomic sled batch covers all of an
 //! append:
-//! - `E ‖ position (u64 BE)` → the event record (postcard);
+//! - `E ‖ position (u64 BE)` → the event record: version (u64 BE), chain hash (32 bytes), then
+//!   the rest of the event (postcard);
 //! - `S ‖ stream ‖ 0x00 ‖ version (u64 BE)` → position, the stream index (stream names never
 //!   contain 0x00, so a stream's keys form one contiguous range);
 //! - `I ‖ event id (16 bytes)` → position, the idempotency index.
@@ -12,7 +13,9 @@
 //! with the log.
 //!
 //! # Writes
-//! A single writer thread owns every write. Appends are queued to it; it takes everything
+//! Everything about an event that does not depend on the stream's head — its canonical JSON up
+//! to the version, its encoded body — is computed by the appending task, in parallel with
+//! others. A single writer thread owns every write. Appends are queued to it; it takes everything
 //! queued (up to a bound), checks each append's expected version and idempotency against the
 //! stream heads it caches, writes all accepted appends in **one** sled batch, calls
 //! `flush()` (an fsync) **once**, and only then answers every caller. Concurrent appends thus
@@ -38,7 +41,7 @@ use domain::{EventId, Metadata, StreamName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::chain::{canonical_bytes, canonical_data, link, ChainHash};
+use crate::chain::{canonical_data, link_parts, ChainHash};
 use crate::error::StoreError;
 use crate::types::{AppendResult, EventStream, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
 use crate::EventStore;
@@ -67,23 +70,71 @@ impl SledConfig {
     }
 }
 
-/// The record stored under an `E` key.
+/// The part of a record under an `E` key that follows the fixed header (version, hash).
 #[derive(Serialize, Deserialize)]
-struct StoredEvent {
+struct StoredBody {
     id: EventId,
     stream: StreamName,
-    version: u64,
     event_type: String,
     schema: u32,
     data: String,
     metadata: Metadata,
-    hash: ChainHash,
+}
+
+const HEADER: usize = 8 + 32;
+
+/// An event made ready by the appending task: only the version and the hash are left to the
+/// writer.
+struct PreparedEvent {
+    id: EventId,
+    /// Canonical bytes up to the version (see [`crate::chain::canonical_prefix`]).
+    canonical_prefix: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl PreparedEvent {
+    fn record(&self, version: u64, hash: &ChainHash) -> Vec<u8> {
+        let mut record = Vec::with_capacity(HEADER + self.body.len());
+        record.extend_from_slice(&version.to_be_bytes());
+        record.extend_from_slice(&hash.0);
+        record.extend_from_slice(&self.body);
+        record
+    }
+}
+
+fn prepare_events(stream: &StreamName, events: Vec<NewEvent>) -> Result<Vec<PreparedEvent>, StoreError> {
+    let mut prepared = Vec::with_capacity(events.len());
+    let mut metadata_cache: Option<(Metadata, String)> = None;
+    for event in events {
+        let metadata_json = match &metadata_cache {
+            Some((metadata, json)) if *metadata == event.metadata => json.clone(),
+            _ => {
+                let json = crate::chain::canonical_metadata(&event.metadata)?;
+                metadata_cache = Some((event.metadata.clone(), json.clone()));
+                json
+            }
+        };
+        let data = canonical_data(&event.data)?;
+        let canonical_prefix =
+            crate::chain::canonical_prefix_with(&event.id, stream, &event.event_type, event.schema, &data, &metadata_json);
+        let body = StoredBody {
+            id: event.id,
+            stream: stream.clone(),
+            event_type: event.event_type,
+            schema: event.schema,
+            data,
+            metadata: event.metadata,
+        };
+        let body = postcard::to_stdvec(&body).map_err(|error| StoreError::Storage(error.to_string()))?;
+        prepared.push(PreparedEvent { id: event.id, canonical_prefix, body });
+    }
+    Ok(prepared)
 }
 
 struct AppendRequest {
     stream: StreamName,
     expected: ExpectedVersion,
-    events: Vec<NewEvent>,
+    events: Vec<PreparedEvent>,
     reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
 
@@ -182,20 +233,24 @@ fn read_u64(bytes: &[u8], position_hint: u64) -> Result<u64, StoreError> {
 }
 
 fn decode(position: u64, bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
-    let stored: StoredEvent = postcard::from_bytes(bytes).map_err(|error| StoreError::Corrupt {
-        position,
-        reason: error.to_string(),
-    })?;
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    if bytes.len() < HEADER {
+        return Err(corrupt("record shorter than its header".into()));
+    }
+    let version = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let hash = ChainHash(bytes[8..HEADER].try_into().expect("32 bytes"));
+    let body: StoredBody =
+        postcard::from_bytes(&bytes[HEADER..]).map_err(|error| corrupt(error.to_string()))?;
     Ok(RecordedEvent {
-        id: stored.id,
-        stream: stored.stream,
-        version: stored.version,
+        id: body.id,
+        stream: body.stream,
+        version,
         position,
-        event_type: stored.event_type,
-        schema: stored.schema,
-        data_json: stored.data,
-        metadata: stored.metadata,
-        hash: stored.hash,
+        event_type: body.event_type,
+        schema: body.schema,
+        data_json: body.data,
+        metadata: body.metadata,
+        hash,
     })
 }
 
@@ -318,6 +373,24 @@ impl SledEventStore {
         Ok(events)
     }
 
+    /// The encoded size of the record at `position`, for benchmarks that write raw records
+    /// of the same size.
+    pub fn raw_record_len(&self, position: u64) -> Result<Option<usize>, StoreError> {
+        Ok(self.shared.log.get(event_key(position))?.map(|record| record.len()))
+    }
+
+    /// Scans every event record without decoding it: the raw engine's replay, for benchmarks.
+    /// Returns the number of records and of bytes seen.
+    pub fn raw_scan(&self) -> Result<(u64, u64), StoreError> {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for entry in self.shared.log.range(event_key(1)..=event_key(self.durable_head())) {
+            let (_, value) = entry?;
+            count += 1;
+            bytes += value.len() as u64;
+        }
+        Ok((count, bytes))
+    }
+
     /// Rewrites the stored record at `position` with `edit` applied, behind the chain's back.
     /// For tamper-detection tests and incident drills; never called by the service.
     pub fn tamper(
@@ -330,17 +403,17 @@ impl SledEventStore {
             position,
             reason: "no such event".into(),
         })?;
-        let mut stored: StoredEvent =
-            postcard::from_bytes(&record).map_err(|error| StoreError::Corrupt {
-                position,
-                reason: error.to_string(),
-            })?;
-        let mut data: serde_json::Value = serde_json::from_str(&stored.data)
+        if record.len() < HEADER {
+            return Err(StoreError::Corrupt { position, reason: "record shorter than its header".into() });
+        }
+        let mut body: StoredBody = postcard::from_bytes(&record[HEADER..])
+            .map_err(|error| StoreError::Corrupt { position, reason: error.to_string() })?;
+        let mut data: serde_json::Value = serde_json::from_str(&body.data)
             .map_err(|error| StoreError::InvalidData(error.to_string()))?;
         edit(&mut data);
-        stored.data = canonical_data(&data)?;
-        let bytes =
-            postcard::to_stdvec(&stored).map_err(|error| StoreError::Storage(error.to_string()))?;
+        body.data = canonical_data(&data)?;
+        let mut bytes = record[..HEADER].to_vec();
+        bytes.extend(postcard::to_stdvec(&body).map_err(|error| StoreError::Storage(error.to_string()))?);
         self.shared.log.insert(key, bytes)?;
         self.shared.db.flush()?;
         Ok(())
@@ -492,8 +565,6 @@ impl Writer {
         request
             .expected
             .check(&request.stream, head.map(|(version, _)| version))?;
-        // Encode everything first so that a bad event rejects the batch before it takes a
-        // position.
         let (mut version, mut hash) = head.unwrap_or((0, ChainHash::GENESIS));
         let first_version = version + 1;
         let first_position = self.next_position;
@@ -502,30 +573,8 @@ impl Writer {
         for (offset, event) in request.events.iter().enumerate() {
             version += 1;
             let position = first_position + offset as u64;
-            let data = canonical_data(&event.data)?;
-            let bytes = canonical_bytes(
-                &event.id,
-                &request.stream,
-                version,
-                &event.event_type,
-                event.schema,
-                &data,
-                &event.metadata,
-            )?;
-            hash = link(&hash, &bytes);
-            let stored = StoredEvent {
-                id: event.id,
-                stream: request.stream.clone(),
-                version,
-                event_type: event.event_type.clone(),
-                schema: event.schema,
-                data,
-                metadata: event.metadata.clone(),
-                hash,
-            };
-            let record = postcard::to_stdvec(&stored)
-                .map_err(|error| StoreError::Storage(error.to_string()))?;
-            writes.push((position, version, event.id, record));
+            hash = link_parts(&hash, &event.canonical_prefix, version);
+            writes.push((position, version, event.id, event.record(version, &hash)));
         }
         for (position, version, id, record) in writes {
             batch.insert(&event_key(position), record);
@@ -618,6 +667,7 @@ impl EventStore for SledEventStore {
         if events.is_empty() {
             return Err(StoreError::EmptyAppend);
         }
+        let events = prepare_events(stream, events)?;
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             stream: stream.clone(),

@@ -1,1 +1,108 @@
-//! stub
+//! The gateway of Harmony Sync and the `harmony` binary's commands.
+//!
+//! `main.rs` only parses the command line; everything it runs lives here:
+//! [`Application`] opens the event log and serves HTTP, and [`cli`] holds the commands
+//! (`serve`, `bench`). At this stage the HTTP surface is the health check; the Marketplace
+//! API, the auditors' endpoints and the event stream are built on the same [`Application`].
+
+pub mod bench;
+pub mod cli;
+mod http;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use eventstore::{EventStore, SledEventStore};
+use tokio::net::TcpListener;
+
+/// What `harmony serve` needs to start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where the embedded log lives (and, later, the SQLite read models and the master key).
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// Everything a request handler may reach: one `Clone` struct of shared handles.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn EventStore>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// A built, bound, not yet running service.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("listener", &self.listener).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Opens the log and binds the listener (port 0 picks a free one, as tests do).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("while creating the data directory {}", settings.data_dir.display()))?;
+        let log_dir = settings.data_dir.join("log");
+        let store = SledEventStore::open(&log_dir)
+            .with_context(|| format!("while opening the event log in {}", log_dir.display()))?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("while binding {}", settings.listen))?;
+        Ok(Self { listener, state: AppState { store: Arc::new(store) } })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn port(&self) -> std::io::Result<u16> {
+        Ok(self.local_addr()?.port())
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let router = http::router(self.state);
+        axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await.context("while serving HTTP")
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

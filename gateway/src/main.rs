@@ -1,1 +1,23 @@
-fn main() {}
+//! `harmony`: parses the command line and hands over to the gateway library.
+
+use clap::Parser;
+use gateway::cli::{Cli, Command};
+use gateway::{Application, Settings};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("HARMONY_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let app = Application::build(Settings { data_dir: args.data_dir, listen: args.listen }).await?;
+            tracing::info!("listening on http://{}", app.local_addr()?);
+            app.run_until_stopped(gateway::shutdown_signal()).await
+        }
+        Command::Bench(args) => gateway::bench::run(&args, &mut std::io::stdout().lock()).await,
+    }
+}

@@ -1,0 +1,40 @@
+//! `harmony bench`: runs a suite and prints its figures as a table, or as one JSON object
+//! (with `--json`) and nothing else on standard output. Progress goes to standard error.
+
+use std::io::Write;
+
+use anyhow::Context;
+use eventstore::bench::{Report, Sizes};
+
+use crate::cli::{BenchArgs, Suite};
+
+pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let scratch = match &args.dir {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .context("while creating the benchmark's scratch directory")?;
+    let sizes = if args.quick { Sizes::QUICK } else { Sizes::FULL };
+    let progress = |message: &str| eprintln!("bench: {message}");
+    let report = match args.suite {
+        Suite::Eventstore => eventstore::bench::run(scratch.path(), sizes, &progress).await?,
+    };
+    if args.json {
+        serde_json::to_writer(&mut *out, &report)?;
+        writeln!(out)?;
+    } else {
+        write_table(&report, out)?;
+    }
+    Ok(())
+}
+
+fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "suite {} on {} — {}", report.suite, report.backend, report.machine)?;
+    writeln!(out, "{:<20} {:>14} {:<10} {:>14} {:>7}", "figure", "value", "unit", "raw", "ratio")?;
+    for figure in &report.figures {
+        let raw = figure.raw.map_or_else(|| "-".to_owned(), |raw| format!("{raw:.0}"));
+        let ratio = figure.ratio.map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}"));
+        writeln!(out, "{:<20} {:>14.0} {:<10} {:>14} {:>7}", figure.name, figure.value, figure.unit, raw, ratio)?;
+    }
+    Ok(())
+}
