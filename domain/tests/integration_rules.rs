@@ -1,4 +1,5 @@
 //! Given / when / then: every rule and transition of the `Integration` aggregate.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Stored events of older schemas load in today's shape.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use domain::integration::{ConnectionTested, IntegrationConnected, Scope};
 use domain::{DomainEvent, EventDecodeError, IntegrationEvent};

@@ -6,7 +6,7 @@
 //!   from as many threads.
 //! - `append_batch100`: appends of 100-event batches. Raw: 100 inserts and one flush.
 //! - `replay`: `read_all` through the whole log, every event decoded. Raw: a scan of the same
-//!   records without decoding.
+//!   stored records, walked one by one without decoding.
 
 use std::path::Path;
 use std::time::Instant;
@@ -33,8 +33,18 @@ pub struct Figure {
 
 impl Figure {
     pub fn against_raw(name: &str, value: f64, unit: &str, raw: f64) -> Self {
-        let ratio = if raw > 0.0 { Some((value / raw * 1000.0).round() / 1000.0) } else { None };
-        Self { name: name.to_owned(), value: value.round(), unit: unit.to_owned(), raw: Some(raw.round()), ratio }
+        let ratio = if raw > 0.0 {
+            Some((value / raw * 1000.0).round() / 1000.0)
+        } else {
+            None
+        };
+        Self {
+            name: name.to_owned(),
+            value: value.round(),
+            unit: unit.to_owned(),
+            raw: Some(raw.round()),
+            ratio,
+        }
     }
 }
 
@@ -52,27 +62,46 @@ pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|text| text.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map(|kib| format!(", {} GiB", kib / 1024 / 1024))
         .unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|text| text.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| format!(", {}", m.trim())))
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| format!(", {}", m.trim()))
+        })
         .unwrap_or_default();
     format!("{cores} cores{memory}{cpu}")
 }
 
-/// How much work each figure does.
+/// How much work each figure does. The raw engine does a quarter of the appends of the
+/// concurrent figures: it is slower, and its rate settles as quickly.
 #[derive(Clone, Copy, Debug)]
 pub struct Sizes {
-    pub single_appends: u64,
+    /// Appends for `append_w1`, `append_w16` and `append_w256`.
+    pub single_appends: [u64; 3],
     pub batches: u64,
     pub replay_events: u64,
 }
 
 impl Sizes {
-    pub const FULL: Sizes = Sizes { single_appends: 20_000, batches: 1_000, replay_events: 1_000_000 };
-    pub const QUICK: Sizes = Sizes { single_appends: 2_000, batches: 100, replay_events: 100_000 };
+    pub const FULL: Sizes = Sizes {
+        single_appends: [5_000, 20_000, 60_000],
+        batches: 1_000,
+        replay_events: 1_000_000,
+    };
+    pub const QUICK: Sizes = Sizes {
+        single_appends: [500, 2_000, 6_000],
+        batches: 100,
+        replay_events: 100_000,
+    };
 }
 
 fn metadata() -> Metadata {
@@ -110,7 +139,9 @@ fn stream(n: u64) -> StreamName {
 /// The size of an encoded record as the log stores it, so raw inserts write as much.
 async fn record_size(dir: &Path) -> Result<usize, StoreError> {
     let store = SledEventStore::open(dir.join("probe"))?;
-    store.append(&stream(0), ExpectedVersion::Any, vec![event(1)]).await?;
+    store
+        .append(&stream(0), ExpectedVersion::Any, vec![event(1)])
+        .await?;
     Ok(store.raw_record_len(1)?.unwrap_or(256))
 }
 
@@ -123,18 +154,27 @@ async fn ours_single(store: &SledEventStore, writers: u64, total: u64) -> Result
         tasks.push(tokio::spawn(async move {
             let s = stream(writer + 1000 * writers);
             for i in 0..per_writer {
-                store.append(&s, ExpectedVersion::Any, vec![event(i)]).await?;
+                store
+                    .append(&s, ExpectedVersion::Any, vec![event(i)])
+                    .await?;
             }
             Ok::<_, StoreError>(())
         }));
     }
     for task in tasks {
-        task.await.map_err(|e| StoreError::Storage(e.to_string()))??;
+        task.await
+            .map_err(|e| StoreError::Storage(e.to_string()))??;
     }
     Ok((per_writer * writers) as f64 / started.elapsed().as_secs_f64())
 }
 
-fn raw_single(db: &sled::Db, tree: &sled::Tree, writers: u64, total: u64, record: &[u8]) -> Result<f64, StoreError> {
+fn raw_single(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    writers: u64,
+    total: u64,
+    record: &[u8],
+) -> Result<f64, StoreError> {
     let per_writer = (total / writers).max(1);
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -142,7 +182,8 @@ fn raw_single(db: &sled::Db, tree: &sled::Tree, writers: u64, total: u64, record
             .map(|writer| {
                 scope.spawn(move || -> Result<(), sled::Error> {
                     for i in 0..per_writer {
-                        let key = [writer.to_be_bytes(), i.to_be_bytes(), writers.to_be_bytes()].concat();
+                        let key =
+                            [writer.to_be_bytes(), i.to_be_bytes(), writers.to_be_bytes()].concat();
                         tree.insert(key, record)?;
                         db.flush()?;
                     }
@@ -150,65 +191,111 @@ fn raw_single(db: &sled::Db, tree: &sled::Tree, writers: u64, total: u64, record
                 })
             })
             .collect();
-        handles.into_iter().try_for_each(|h| h.join().map_err(|_| StoreError::Storage("raw writer panicked".into()))?.map_err(StoreError::from))
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| StoreError::Storage("raw writer panicked".into()))?
+                .map_err(StoreError::from)
+        })
     })?;
     Ok((per_writer * writers) as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Runs the eventstore suite on sled under `dir` (which should be on the disk to measure).
-pub async fn run(dir: &Path, sizes: Sizes, progress: &(dyn Fn(&str) + Sync)) -> Result<Report, StoreError> {
+pub async fn run(
+    dir: &Path,
+    sizes: Sizes,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Report, StoreError> {
     let record = vec![0x5a_u8; record_size(dir).await?];
     let store = SledEventStore::open(dir.join("log"))?;
-    let raw_db = sled::Config::new().path(dir.join("raw")).flush_every_ms(None).mode(sled::Mode::HighThroughput).open()?;
+    let raw_db = crate::SledConfig::new(dir.join("raw")).sled().open()?;
     let raw_tree = raw_db.open_tree("raw")?;
     let mut figures = Vec::new();
 
-    for writers in [1u64, 16, 256] {
-        let total = if writers == 1 { sizes.single_appends / 4 } else { sizes.single_appends };
+    for (writers, total) in [1u64, 16, 256].into_iter().zip(sizes.single_appends) {
         progress(&format!("append_w{writers}: {total} durable appends"));
         let ours = ours_single(&store, writers, total).await?;
-        let raw = raw_single(&raw_db, &raw_tree, writers, total / if writers == 1 { 1 } else { 4 }, &record)?;
-        figures.push(Figure::against_raw(&format!("append_w{writers}"), ours, "events/s", raw));
+        let raw = raw_single(
+            &raw_db,
+            &raw_tree,
+            writers,
+            total / if writers == 1 { 1 } else { 4 },
+            &record,
+        )?;
+        figures.push(Figure::against_raw(
+            &format!("append_w{writers}"),
+            ours,
+            "events/s",
+            raw,
+        ));
     }
 
     progress(&format!("append_batch100: {} batches", sizes.batches));
     let started = Instant::now();
     for batch in 0..sizes.batches {
         let events = (0..100).map(|i| event(batch * 100 + i)).collect();
-        store.append(&stream(batch % 64 + 5000), ExpectedVersion::Any, events).await?;
+        store
+            .append(&stream(batch % 64 + 5000), ExpectedVersion::Any, events)
+            .await?;
     }
     let ours = (sizes.batches * 100) as f64 / started.elapsed().as_secs_f64();
     let started = Instant::now();
     for batch in 0..sizes.batches {
         for i in 0..100u64 {
-            raw_tree.insert([b"b".as_slice(), &batch.to_be_bytes(), &i.to_be_bytes()].concat(), record.as_slice())?;
+            raw_tree.insert(
+                [b"b".as_slice(), &batch.to_be_bytes(), &i.to_be_bytes()].concat(),
+                record.as_slice(),
+            )?;
         }
         raw_db.flush()?;
     }
     let raw = (sizes.batches * 100) as f64 / started.elapsed().as_secs_f64();
-    figures.push(Figure::against_raw("append_batch100", ours, "events/s", raw));
+    figures.push(Figure::against_raw(
+        "append_batch100",
+        ours,
+        "events/s",
+        raw,
+    ));
 
     // Top the log up to the replay size with large batches, then read it all back.
     let head = store.head_position().await?;
     if head < sizes.replay_events {
-        progress(&format!("replay: loading {} events", sizes.replay_events - head));
+        progress(&format!(
+            "replay: loading {} events",
+            sizes.replay_events - head
+        ));
         let mut left = sizes.replay_events - head;
         let mut n = 0;
         while left > 0 {
             let size = left.min(1000);
             let events = (0..size).map(|i| event(n + i)).collect();
-            store.append(&stream(n / 1000 % 1000 + 10_000), ExpectedVersion::Any, events).await?;
+            store
+                .append(
+                    &stream(n / 1000 % 1000 + 10_000),
+                    ExpectedVersion::Any,
+                    events,
+                )
+                .await?;
             n += size;
             left -= size;
         }
     }
     progress("replay: reading everything back");
     let head = store.head_position().await?;
-    let ours = replay(&store, head).await?;
-    let raw = raw_scan(&store)?;
+    // Alternate, twice, and keep the best of each: neither side gets only the cold cache.
+    let (mut ours, mut raw) = (0f64, 0f64);
+    for _ in 0..2 {
+        raw = raw.max(raw_scan(&store)?);
+        ours = ours.max(replay(&store, head).await?);
+    }
     figures.push(Figure::against_raw("replay", ours, "events/s", raw));
 
-    Ok(Report { suite: "eventstore".into(), backend: "sled".into(), machine: machine(), figures })
+    Ok(Report {
+        suite: "eventstore".into(),
+        backend: "sled".into(),
+        machine: machine(),
+        figures,
+    })
 }
 
 async fn replay(store: &SledEventStore, head: u64) -> Result<f64, StoreError> {

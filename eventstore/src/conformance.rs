@@ -3,6 +3,10 @@
 //! Each check is a public async function taking a [`Backend`]; the
 //! [`conformance_tests!`](crate::conformance_tests) macro turns them into one `#[tokio::test]`
 //! each for a given backend, so the sled and JetStream test files run the same list.
+//!
+//! This is test code (compiled for this crate's tests, or with the `conformance` feature for
+//! other crates' tests): a failed check panics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -192,7 +196,7 @@ pub async fn concurrent_writers_to_one_stream_win_each_version_exactly_once<B: B
         all_won.extend(won);
     }
     all_won.sort_unstable();
-    let total = writers as u64 * appends_per_writer as u64;
+    let total = writers * appends_per_writer as u64;
     assert_eq!(
         all_won,
         (1..=total).collect::<Vec<_>>(),

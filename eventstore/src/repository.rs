@@ -89,7 +89,7 @@ impl Repository {
         &self.store
     }
 
-    async fn from_snapshot<A: Aggregate>(
+    async fn state_from_snapshot<A: Aggregate>(
         &self,
         stream: &StreamName,
     ) -> Result<Option<(A, u64, ChainHash)>, StoreError> {
@@ -119,7 +119,7 @@ impl Repository {
         stream: &StreamName,
     ) -> Result<Loaded<A>, RepositoryError> {
         let (mut state, mut version, mut hash) = self
-            .from_snapshot::<A>(stream)
+            .state_from_snapshot::<A>(stream)
             .await?
             .unwrap_or((A::default(), 0, ChainHash::GENESIS));
         let mut events_read = 0;

@@ -1,5 +1,6 @@
 //! SIGKILL at random moments: every acknowledged event survives, no batch is torn, and the
 //! chains verify.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -56,7 +57,10 @@ fn run_and_kill(dir: &std::path::Path, acks: usize) -> Vec<Ack> {
         let left = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(left) {
             Ok(line) => acked.extend(parse(&line)),
-            Err(_) => panic!("the writer acknowledged only {} appends in 60 s", acked.len()),
+            Err(_) => panic!(
+                "the writer acknowledged only {} appends in 60 s",
+                acked.len()
+            ),
         }
     }
     child.kill().expect("SIGKILL");
@@ -73,7 +77,11 @@ async fn acknowledged_events_survive_sigkill_and_no_batch_is_torn() {
     let mut all_acked: Vec<Ack> = Vec::new();
     let rounds = 24;
     for round in 0..rounds {
-        let target = if round % 6 == 0 { 0 } else { rand::rng().random_range(1..400) };
+        let target = if round % 6 == 0 {
+            0
+        } else {
+            rand::rng().random_range(1..400)
+        };
         all_acked.extend(run_and_kill(dir.path(), target));
 
         let store = SledEventStore::open(dir.path()).unwrap();
@@ -86,15 +94,29 @@ async fn acknowledged_events_survive_sigkill_and_no_batch_is_torn() {
             from = last.position + 1;
             events.extend(page);
         }
-        assert_eq!(events.len() as u64, head, "round {round}: positions have gaps");
-        assert!(events.iter().enumerate().all(|(i, e)| e.position == i as u64 + 1));
+        assert_eq!(
+            events.len() as u64,
+            head,
+            "round {round}: positions have gaps"
+        );
+        assert!(events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.position == i as u64 + 1));
 
         // Every acknowledged batch is there, whole, where it was acknowledged.
         for ack in &all_acked {
-            assert!(ack.last <= head, "round {round}: acknowledged position {} lost (head {head})", ack.last);
+            assert!(
+                ack.last <= head,
+                "round {round}: acknowledged position {} lost (head {head})",
+                ack.last
+            );
             for position in ack.first..=ack.last {
                 let data = events[(position - 1) as usize].data().unwrap();
-                assert_eq!(data["batch"], ack.batch, "round {round}: position {position} holds another batch");
+                assert_eq!(
+                    data["batch"], ack.batch,
+                    "round {round}: position {position} holds another batch"
+                );
             }
             assert_eq!(ack.last - ack.first + 1, ack.size);
         }
@@ -102,16 +124,27 @@ async fn acknowledged_events_survive_sigkill_and_no_batch_is_torn() {
         let mut batches: HashMap<String, (u64, u64)> = HashMap::new();
         for event in &events {
             let data = event.data().unwrap();
-            let entry = batches.entry(data["batch"].as_str().unwrap().to_owned()).or_insert((0, data["size"].as_u64().unwrap()));
+            let entry = batches
+                .entry(data["batch"].as_str().unwrap().to_owned())
+                .or_insert((0, data["size"].as_u64().unwrap()));
             entry.0 += 1;
         }
         for (batch, (seen, size)) in &batches {
             assert_eq!(seen, size, "round {round}: batch {batch} is torn");
         }
         for stream in 1..=16u128 {
-            let report = verify_stream(&store, &StreamName::integration(IntegrationId(uuid::Uuid::from_u128(stream)))).await.unwrap();
+            let report = verify_stream(
+                &store,
+                &StreamName::integration(IntegrationId(uuid::Uuid::from_u128(stream))),
+            )
+            .await
+            .unwrap();
             assert!(report.is_intact(), "round {round}: {report:?}");
         }
     }
-    assert!(all_acked.len() > 1000, "only {} appends were acknowledged across {rounds} kills", all_acked.len());
+    assert!(
+        all_acked.len() > 1000,
+        "only {} appends were acknowledged across {rounds} kills",
+        all_acked.len()
+    );
 }

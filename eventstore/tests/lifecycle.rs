@@ -1,4 +1,5 @@
 //! One active connection per app per scope owner, under concurrency and after crashes.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! Loading aggregates and executing commands on the sled log.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

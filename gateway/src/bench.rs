@@ -14,7 +14,11 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         None => tempfile::tempdir(),
     }
     .context("while creating the benchmark's scratch directory")?;
-    let sizes = if args.quick { Sizes::QUICK } else { Sizes::FULL };
+    let sizes = if args.quick {
+        Sizes::QUICK
+    } else {
+        Sizes::FULL
+    };
     let progress = |message: &str| eprintln!("bench: {message}");
     let report = match args.suite {
         Suite::Eventstore => eventstore::bench::run(scratch.path(), sizes, &progress).await?,
@@ -29,12 +33,28 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
-    writeln!(out, "suite {} on {} — {}", report.suite, report.backend, report.machine)?;
-    writeln!(out, "{:<20} {:>14} {:<10} {:>14} {:>7}", "figure", "value", "unit", "raw", "ratio")?;
+    writeln!(
+        out,
+        "suite {} on {} — {}",
+        report.suite, report.backend, report.machine
+    )?;
+    writeln!(
+        out,
+        "{:<20} {:>14} {:<10} {:>14} {:>7}",
+        "figure", "value", "unit", "raw", "ratio"
+    )?;
     for figure in &report.figures {
-        let raw = figure.raw.map_or_else(|| "-".to_owned(), |raw| format!("{raw:.0}"));
-        let ratio = figure.ratio.map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}"));
-        writeln!(out, "{:<20} {:>14.0} {:<10} {:>14} {:>7}", figure.name, figure.value, figure.unit, raw, ratio)?;
+        let raw = figure
+            .raw
+            .map_or_else(|| "-".to_owned(), |raw| format!("{raw:.0}"));
+        let ratio = figure
+            .ratio
+            .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}"));
+        writeln!(
+            out,
+            "{:<20} {:>14.0} {:<10} {:>14} {:>7}",
+            figure.name, figure.value, figure.unit, raw, ratio
+        )?;
     }
     Ok(())
 }

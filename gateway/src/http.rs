@@ -10,16 +10,24 @@ use serde_json::json;
 use crate::AppState;
 
 pub(crate) fn router(state: AppState) -> Router {
-    Router::new().route("/healthz", get(healthz)).with_state(state)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(state)
 }
 
 /// Alive and able to read the log: `{"status": "ok", "log_head": <position>}`.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.head_position().await {
-        Ok(head) => (StatusCode::OK, Json(json!({ "status": "ok", "log_head": head }))),
+        Ok(head) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ok", "log_head": head })),
+        ),
         Err(error) => {
             tracing::error!(%error, "health check cannot read the event log");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": "the event log cannot be read" })))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "reason": "the event log cannot be read" })),
+            )
         }
     }
 }
@@ -55,11 +63,19 @@ mod tests {
                 occurred_at: domain::Timestamp::now(),
             },
         };
-        store.append(&stream, ExpectedVersion::NoStream, vec![event]).await.unwrap();
+        store
+            .append(&stream, ExpectedVersion::NoStream, vec![event])
+            .await
+            .unwrap();
         let app = router(AppState { store });
-        let response = app.oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+        let response = app
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        let body: serde_json::Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
         assert_eq!(body, json!({ "status": "ok", "log_head": 1 }));
     }
 }

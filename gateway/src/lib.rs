@@ -45,22 +45,33 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("listener", &self.listener).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
     }
 }
 
 impl Application {
     /// Opens the log and binds the listener (port 0 picks a free one, as tests do).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("while creating the data directory {}", settings.data_dir.display()))?;
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "while creating the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
         let log_dir = settings.data_dir.join("log");
         let store = SledEventStore::open(&log_dir)
             .with_context(|| format!("while opening the event log in {}", log_dir.display()))?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("while binding {}", settings.listen))?;
-        Ok(Self { listener, state: AppState { store: Arc::new(store) } })
+        Ok(Self {
+            listener,
+            state: AppState {
+                store: Arc::new(store),
+            },
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -72,9 +83,15 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then finishes in-flight requests.
-    pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let router = http::router(self.state);
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await.context("while serving HTTP")
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("while serving HTTP")
     }
 }
 

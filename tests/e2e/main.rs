@@ -1,1 +1,6 @@
-//! stub
+//! End-to-end tests: the service built as it runs in production, reached over real HTTP.
+//! One binary for all of them (see `helpers.rs` for `spawn_app`).
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod health;
+mod helpers;

@@ -1,5 +1,5 @@
 //! Shared fixtures for the domain's given/when/then tests.
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
 
 use std::collections::BTreeMap;
 

@@ -14,7 +14,9 @@ const STREAMS: u128 = 16;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args().nth(1).ok_or("usage: eventstore-crash-writer <data-dir>")?;
+    let dir = std::env::args()
+        .nth(1)
+        .ok_or("usage: eventstore-crash-writer <data-dir>")?;
     let store = Arc::new(SledEventStore::open(&dir)?);
     let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let mut tasks = Vec::new();
@@ -26,7 +28,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let mut rng = rand::rng();
                     (rng.random_range(0..STREAMS), rng.random_range(1..=8u64))
                 };
-                let stream = StreamName::integration(IntegrationId(uuid::Uuid::from_u128(stream + 1)));
+                let stream =
+                    StreamName::integration(IntegrationId(uuid::Uuid::from_u128(stream + 1)));
                 let batch = uuid::Uuid::now_v7();
                 let metadata = Metadata {
                     workspace: "crash".parse().expect("valid workspace id"),
@@ -48,7 +51,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 match store.append(&stream, ExpectedVersion::Any, events).await {
                     Ok(result) => {
                         let mut out = stdout.lock().expect("stdout lock is never poisoned");
-                        let _ = writeln!(out, "ack {} {} {batch} {size}", result.first_position, result.last_position);
+                        let _ = writeln!(
+                            out,
+                            "ack {} {} {batch} {size}",
+                            result.first_position, result.last_position
+                        );
                         let _ = out.flush();
                     }
                     Err(error) => {

@@ -1,0 +1,78 @@
+//! `spawn_app`: the application on a free port with a fresh data directory, stopped when the
+//! returned handle is dropped.
+
+use gateway::{Application, Settings};
+use tokio::sync::oneshot;
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// Kept so the data directory outlives the server; handed back by [`TestApp::stop`].
+    data_dir: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Stops the server gracefully, waits for it to finish, and hands back its data directory.
+    pub async fn stop(mut self) -> anyhow::Result<tempfile::TempDir> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await??;
+        }
+        Ok(self
+            .data_dir
+            .take()
+            .expect("the data directory is held until stop"))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_in(tempfile::tempdir().expect("a temporary directory")).await
+}
+
+/// Logs from the service under test, only when `TEST_LOG` is set (quiet by default).
+fn init_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("debug")
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+pub async fn spawn_app_in(data_dir: tempfile::TempDir) -> TestApp {
+    init_logs();
+    let settings = Settings {
+        data_dir: data_dir.path().to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+    };
+    let app = Application::build(settings)
+        .await
+        .expect("the application builds");
+    let address = format!("http://{}", app.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        data_dir: Some(data_dir),
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
