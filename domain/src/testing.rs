@@ -87,6 +87,14 @@ impl<A: Aggregate> Then<A> {
         }
     }
 
+    /// Asserts a refusal of this kind (forbidden, not found …), whatever its wording.
+    pub fn then_expect_error_kind(self, expected: crate::ErrorKind) {
+        match self.result {
+            Ok(events) => panic!("expected a {expected:?} error, got events {events:?}"),
+            Err(error) => assert_eq!(error.kind(), expected, "{error:?}"),
+        }
+    }
+
     /// The raw outcome, for assertions on part of it.
     pub fn result(self) -> Result<Vec<A::Event>, DomainError> {
         self.result

@@ -91,14 +91,12 @@ fn a_member_with_the_integration_permission_connects_a_workspace_app() {
 
 #[test]
 fn a_member_without_the_permission_cannot_connect_a_workspace_app() {
-    let error = Given::<Integration>::no_events()
+    Given::<Integration>::no_events()
         .when(
             C::Connect(connect_command("hubspot", AppScope::Workspace, &[])),
             &member(),
         )
-        .result()
-        .unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::Forbidden);
+        .then_expect_error_kind(ErrorKind::Forbidden);
 }
 
 #[test]
@@ -246,14 +244,12 @@ fn an_integration_is_connected_once() {
 
 #[test]
 fn the_system_cannot_connect_on_its_own() {
-    let error = Given::<Integration>::no_events()
+    Given::<Integration>::no_events()
         .when(
             C::Connect(connect_command("hubspot", AppScope::Workspace, &[])),
             &system(),
         )
-        .result()
-        .unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::Forbidden);
+        .then_expect_error_kind(ErrorKind::Forbidden);
 }
 
 #[test]

@@ -26,6 +26,15 @@ fn as_user(name: &str, role: Role) -> CommandContext {
     )
 }
 
+fn member(name: &str) -> CommandContext {
+    as_user(
+        name,
+        Role::Member {
+            integration_permission: false,
+        },
+    )
+}
+
 fn command(app: &str, scope: AppScope) -> ConnectIntegration {
     ConnectIntegration {
         integration: IntegrationId::new(),
@@ -91,18 +100,8 @@ async fn concurrent_connects_of_one_app_leave_exactly_one_connection() {
 async fn personal_apps_have_one_slot_per_user_and_disconnect_frees_the_slot() {
     let (_dir, store) = open();
     let repository = Repository::new(store.clone());
-    let max = as_user(
-        "max",
-        Role::Member {
-            integration_permission: false,
-        },
-    );
-    let zoe = as_user(
-        "zoe",
-        Role::Member {
-            integration_permission: false,
-        },
-    );
+    let max = member("max");
+    let zoe = member("zoe");
     let first = lifecycle::connect(
         &repository,
         &max,
@@ -166,12 +165,7 @@ async fn personal_apps_have_one_slot_per_user_and_disconnect_frees_the_slot() {
 async fn a_refused_connect_reserves_nothing() {
     let (_dir, store) = open();
     let repository = Repository::new(store.clone());
-    let member = as_user(
-        "max",
-        Role::Member {
-            integration_permission: false,
-        },
-    );
+    let member = member("max");
     let refused = lifecycle::connect(
         &repository,
         &member,

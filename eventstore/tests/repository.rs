@@ -95,6 +95,34 @@ fn connect(integration: IntegrationId) -> C {
     })
 }
 
+/// A fresh log holding one connected HubSpot integration.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<SledEventStore>,
+    repository: Repository,
+    stream: StreamName,
+    connected: eventstore::repository::Executed<Integration>,
+}
+
+async fn connected_hubspot() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
+    let repository = Repository::new(store.clone());
+    let id = IntegrationId::new();
+    let stream = StreamName::integration(id);
+    let connected = repository
+        .execute::<Integration>(&stream, &connect(id), &admin())
+        .await
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        store,
+        repository,
+        stream,
+        connected,
+    }
+}
+
 /// A connected integration with a sync running, whose progress pages are appended in bulk.
 async fn long_history(
     store: &dyn EventStore,
@@ -223,15 +251,12 @@ async fn loading_an_integration_with_100k_events_reads_a_bounded_number_of_them(
 
 #[tokio::test]
 async fn a_snapshot_that_no_longer_matches_the_log_is_ignored() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
-    let repository = Repository::new(store.clone());
-    let id = IntegrationId::new();
-    let stream = StreamName::integration(id);
-    repository
-        .execute::<Integration>(&stream, &connect(id), &admin())
-        .await
-        .unwrap();
+    let Fixture {
+        store,
+        repository,
+        stream,
+        ..
+    } = connected_hubspot().await;
     let honest = repository.load::<Integration>(&stream).await.unwrap();
     // A snapshot claiming a state the log never had, at a hash the log does not have.
     let mut forged = honest.state.clone();
@@ -251,15 +276,12 @@ async fn a_snapshot_that_no_longer_matches_the_log_is_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commands_on_one_integration_are_decided_one_after_another() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
-    let repository = Repository::new(store.clone());
-    let id = IntegrationId::new();
-    let stream = StreamName::integration(id);
-    repository
-        .execute::<Integration>(&stream, &connect(id), &admin())
-        .await
-        .unwrap();
+    let Fixture {
+        store,
+        repository,
+        stream,
+        ..
+    } = connected_hubspot().await;
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let repository = repository.clone();
@@ -342,15 +364,13 @@ async fn the_state_as_of_a_moment_folds_only_what_had_happened_by_then() {
 
 #[tokio::test]
 async fn an_event_type_from_a_newer_build_is_skipped_and_a_broken_one_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
-    let repository = Repository::new(store.clone());
-    let id = IntegrationId::new();
-    let stream = StreamName::integration(id);
-    let connected = repository
-        .execute::<Integration>(&stream, &connect(id), &admin())
-        .await
-        .unwrap();
+    let Fixture {
+        store,
+        repository,
+        stream,
+        connected,
+        ..
+    } = connected_hubspot().await;
     let metadata = connected.events[0].metadata.clone();
     let future = NewEvent {
         id: domain::EventId::new(),
