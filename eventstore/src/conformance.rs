@@ -4,7 +4,7 @@
 //! [`conformance_tests!`](crate::conformance_tests) macro turns them into one `#[tokio::test]`
 //! each for a given backend, so the sled and JetStream test files run the same list.
 //!
-//! This is test code (compiled for this crate's tests, or with the `conformance` feature for
+//! This is test code (compiled for this crate's tests, or with the `test-support` feature for
 //! other crates' tests): a failed check panics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

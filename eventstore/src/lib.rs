@@ -19,10 +19,12 @@
 
 pub mod bench;
 pub mod chain;
-#[cfg(any(test, feature = "conformance"))]
+#[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 mod error;
 pub mod lifecycle;
+#[cfg(any(test, feature = "test-support"))]
+pub mod nats_server;
 pub mod repository;
 mod sled_store;
 mod types;
