@@ -2,7 +2,7 @@
 //!
 //! Each check is a public async function taking a [`Backend`]; the
 //! [`conformance_tests!`](crate::conformance_tests) macro turns them into one `#[tokio::test]`
-//! each for a given backend, so the sled and JetStream test files run the same list.
+//! each for a given backend, so every backend's tests run the same list.
 //!
 //! This is test code (compiled for this crate's tests, or with the `test-support` feature for
 //! other crates' tests): a failed check panics.

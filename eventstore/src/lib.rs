@@ -7,7 +7,7 @@
 //! so a chain verifies the same on every backend and in every export.
 //!
 //! [`SledEventStore`] is the embedded backend (a custom log on sled with group commit). The
-//! JetStream backend implements the same trait in the distributed setup, and [`conformance`]
+//! JetStream backend of the distributed setup is to implement the same trait, and [`conformance`]
 //! is the one suite both must pass.
 //!
 //! On top of the raw log, [`repository`] loads aggregates (with snapshots, so loading stays
