@@ -188,18 +188,29 @@ mod chunk {
         bytes
     }
 
-    /// The records of a chunk, or `None` if its framing is broken.
-    pub(super) fn records(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    /// Where each record of a chunk lies in it, or `None` if its framing is broken.
+    pub(super) fn ranges(bytes: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
         let count = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
         let lengths = bytes.get(4..4 + 4 * count)?;
         let mut offset = 4 + 4 * count;
-        let mut records = Vec::with_capacity(count);
+        let mut ranges = Vec::with_capacity(count);
         for length in lengths.chunks_exact(4) {
             let length = u32::from_le_bytes(length.try_into().ok()?) as usize;
-            records.push(bytes.get(offset..offset + length)?);
+            bytes.get(offset..offset + length)?;
+            ranges.push(offset..offset + length);
             offset += length;
         }
-        Some(records)
+        Some(ranges)
+    }
+
+    /// The records of a chunk, or `None` if its framing is broken.
+    pub(super) fn records(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+        Some(
+            ranges(bytes)?
+                .into_iter()
+                .map(|range| &bytes[range])
+                .collect(),
+        )
     }
 
     pub(super) fn count(bytes: &[u8]) -> Option<u64> {
@@ -394,10 +405,11 @@ fn decode(position: u64, bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
     })
 }
 
-/// Reads records by position, keeping the last chunk it fetched.
+/// Reads records by position, keeping the last chunk it fetched, framed once.
 struct ChunkReader<'a> {
     log: &'a sled::Tree,
-    current: Option<(u64, sled::IVec)>,
+    /// The chunk's first position, its bytes, and where each of its records lies.
+    current: Option<(u64, sled::IVec, Vec<std::ops::Range<usize>>)>,
 }
 
 impl<'a> ChunkReader<'a> {
@@ -406,9 +418,9 @@ impl<'a> ChunkReader<'a> {
     }
 
     /// The raw record at `position`, if stored.
-    fn record(&mut self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let cached = self.current.as_ref().is_some_and(|(first, chunk)| {
-            position >= *first && chunk::count(chunk).is_some_and(|count| position < first + count)
+    fn record(&mut self, position: u64) -> Result<Option<&[u8]>, StoreError> {
+        let cached = self.current.as_ref().is_some_and(|(first, _, ranges)| {
+            position >= *first && position - first < ranges.len() as u64
         });
         if !cached {
             let found = self
@@ -419,21 +431,22 @@ impl<'a> ChunkReader<'a> {
             let Some((key, chunk)) = found else {
                 return Ok(None);
             };
-            self.current = Some((read_u64(&key[1..], position)?, chunk));
+            let first = read_u64(&key[1..], position)?;
+            let ranges = chunk::ranges(&chunk).ok_or_else(|| StoreError::Corrupt {
+                position: first,
+                reason: "chunk framing is broken".into(),
+            })?;
+            self.current = Some((first, chunk, ranges));
         }
-        let (first, chunk) = self.current.as_ref().expect("set above");
-        let records = chunk::records(chunk).ok_or_else(|| StoreError::Corrupt {
-            position: *first,
-            reason: "chunk framing is broken".into(),
-        })?;
-        Ok(records
+        let (first, chunk, ranges) = self.current.as_ref().expect("set above");
+        Ok(ranges
             .get((position - first) as usize)
-            .map(|record| record.to_vec()))
+            .map(|range| &chunk[range.clone()]))
     }
 
     fn event(&mut self, position: u64) -> Result<Option<RecordedEvent>, StoreError> {
         match self.record(position)? {
-            Some(record) => decode(position, &record).map(Some),
+            Some(record) => decode(position, record).map(Some),
             None => Ok(None),
         }
     }
