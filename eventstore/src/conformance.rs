@@ -27,9 +27,22 @@ pub trait Backend: Send + Sync {
     type Store: EventStore + Clone;
     /// A fresh, empty store.
     async fn fresh(&self) -> Self::Store;
-    /// Changes the data of the event at `position` behind the store's back, the way someone
-    /// with write access to the storage could.
-    async fn tamper(&self, store: &Self::Store, position: u64);
+    /// Alters the history of `stream` behind the store's back, the way someone with write
+    /// access to the storage but not to the chain could, starting with the event at
+    /// `position`, and says where verification must name the first broken link. A storage that
+    /// can be rewritten in place (sled) has that event's data changed; one that only takes new
+    /// messages (JetStream denies deletes and purges) gets a forged copy of it with other data.
+    async fn tamper(&self, store: &Self::Store, stream: &StreamName, position: u64) -> Tampered;
+}
+
+/// Where a tampering shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tampered {
+    /// The version the first broken link claims.
+    pub version: u64,
+    pub position: u64,
+    /// How many events verify before it.
+    pub intact_before: u64,
 }
 
 /// How long any wait in the suite may take before the check fails.
@@ -444,12 +457,12 @@ pub async fn chains_verify_and_tampering_is_named<B: Backend>(backend: &B) {
     assert_eq!(report.head, events.last().unwrap().hash);
     assert_ne!(events[0].hash, ChainHash::GENESIS);
 
-    backend.tamper(&store, positions[5]).await;
+    let tampered = backend.tamper(&store, &s, positions[5]).await;
     let report = verify_stream(&store, &s).await.unwrap();
     let broken = report.broken.expect("tampering went unnoticed");
-    assert_eq!(broken.version, 6);
-    assert_eq!(broken.position, positions[5]);
-    assert_eq!(report.events, 5);
+    assert_eq!(broken.version, tampered.version);
+    assert_eq!(broken.position, tampered.position);
+    assert_eq!(report.events, tampered.intact_before);
     assert!(
         verify_stream(&store, &noise).await.unwrap().is_intact(),
         "other streams are unaffected"

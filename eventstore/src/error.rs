@@ -18,6 +18,8 @@ pub enum StoreError {
     EmptyAppend,
     #[error("event data must be a JSON object or value that canonicalizes: {0}")]
     InvalidData(String),
+    #[error("the event log is misconfigured: {0}")]
+    Misconfigured(String),
     #[error("the event log is unavailable: {0}")]
     Unavailable(String),
     #[error("storage failure: {0}")]

@@ -6,9 +6,9 @@
 //! and a SHA-256 hash chain per stream over canonical bytes that leave out the global position,
 //! so a chain verifies the same on every backend and in every export.
 //!
-//! [`SledEventStore`] is the embedded backend (a custom log on sled with group commit). The
-//! JetStream backend of the distributed setup is to implement the same trait, and [`conformance`]
-//! is the one suite both must pass.
+//! [`SledEventStore`] is the embedded backend (a custom log on sled with group commit);
+//! [`JetStreamEventStore`] the distributed one, on NATS JetStream. [`conformance`] is the one
+//! suite both pass. [`wire`] is the CloudEvents form events travel in to downstream consumers.
 //!
 //! On top of the raw log, [`repository`] loads aggregates (with snapshots, so loading stays
 //! fast however long a stream grows) and executes commands with conflict retries, and
@@ -22,15 +22,18 @@ pub mod chain;
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 mod error;
+pub mod jetstream;
 pub mod lifecycle;
 #[cfg(any(test, feature = "test-support"))]
 pub mod nats_server;
 pub mod repository;
 mod sled_store;
 mod types;
+pub mod wire;
 
 pub use chain::{verify_stream, BrokenLink, ChainHash, VerifyReport};
 pub use error::StoreError;
+pub use jetstream::{JetStreamConfig, JetStreamEventStore};
 pub use sled_store::{SledConfig, SledEventStore, SledStats};
 pub use types::{AppendResult, EventStream, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
 

@@ -1192,10 +1192,28 @@ mod tests {
             self.dirs.lock().unwrap().push(dir);
             store
         }
-        async fn tamper(&self, store: &SledEventStore, position: u64) {
+        async fn tamper(
+            &self,
+            store: &SledEventStore,
+            stream: &StreamName,
+            position: u64,
+        ) -> conformance::Tampered {
+            let version = store
+                .read_all(position, 1)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|e| e.position == position && e.stream == *stream)
+                .unwrap()
+                .version;
             store
                 .tamper(position, |data| data["n"] = serde_json::json!(999))
                 .unwrap();
+            conformance::Tampered {
+                version,
+                position,
+                intact_before: version - 1,
+            }
         }
     }
 
