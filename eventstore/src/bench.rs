@@ -8,6 +8,8 @@
 //! - `replay`: `read_all` through the whole log, every event decoded. Raw: a scan of the same
 //!   stored records, walked one by one without decoding.
 
+pub mod jetstream;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -101,6 +103,17 @@ impl Sizes {
         single_appends: [500, 2_000, 6_000],
         batches: 100,
         replay_events: 100_000,
+    };
+    /// JetStream's share: every message goes through a server, so fewer settle as well.
+    pub const JETSTREAM_FULL: Sizes = Sizes {
+        single_appends: [4_000, 16_000, 40_000],
+        batches: 400,
+        replay_events: 200_000,
+    };
+    pub const JETSTREAM_QUICK: Sizes = Sizes {
+        single_appends: [400, 1_600, 4_000],
+        batches: 40,
+        replay_events: 20_000,
     };
 }
 

@@ -577,15 +577,18 @@ impl JetStreamEventStore {
         }))
     }
 
+    /// Sends `count` messages made by `build`: one publish, or an atomic batch. A message that
+    /// cannot be built stops the batch before its commit, so the server stores none of it.
     async fn publish(
         &self,
-        messages: Vec<(String, HeaderMap, Bytes)>,
+        count: usize,
+        mut build: impl FnMut(usize) -> Result<(String, HeaderMap, Bytes), StoreError>,
     ) -> Result<Published, StoreError> {
         let client = &self.inner.client;
-        let count = messages.len();
         let batch_id = (count > 1).then(|| uuid::Uuid::now_v7().simple().to_string());
         let mut reply = None;
-        for (index, (subject, mut headers, body)) in messages.into_iter().enumerate() {
+        for index in 0..count {
+            let (subject, mut headers, body) = build(index)?;
             if let Some(batch_id) = &batch_id {
                 headers.insert("Nats-Batch-Id", batch_id.as_str());
                 headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
@@ -925,19 +928,22 @@ impl EventStore for JetStreamEventStore {
                     (t.version, t.last_seq, t.hash)
                 });
             let first_version = version + 1;
-            let mut messages = Vec::with_capacity(events.len());
-            for (index, (event, prepared)) in events.iter().zip(&prepared).enumerate() {
-                version += 1;
-                hash = link_parts(&hash, &prepared.prefix, version);
+            // Each message is built right before it is sent, so the server stores the first
+            // ones of a batch while the rest are being encoded.
+            let mut chain = (version, hash);
+            let build = |index: usize| -> Result<(String, HeaderMap, Bytes), StoreError> {
+                let (event, prepared) = (&events[index], &prepared[index]);
+                chain.0 += 1;
+                chain.1 = link_parts(&chain.1, &prepared.prefix, chain.0);
                 let body = wire::encode(EventParts {
                     id: &event.id,
                     stream,
-                    version,
+                    version: chain.0,
                     event_type: &event.event_type,
                     schema: event.schema,
                     canonical_data: &prepared.data,
                     metadata: &event.metadata,
-                    hash: &hash,
+                    hash: &chain.1,
                 })?;
                 let mut headers = HeaderMap::new();
                 let id = event.id.to_string();
@@ -956,9 +962,11 @@ impl EventStore for JetStreamEventStore {
                         subjects.filter.as_str(),
                     );
                 }
-                messages.push((prepared.subject.clone(), headers, Bytes::from(body)));
-            }
-            match self.publish(messages).await {
+                Ok((prepared.subject.clone(), headers, Bytes::from(body)))
+            };
+            let outcome = self.publish(events.len(), build).await;
+            (version, hash) = chain;
+            match outcome {
                 Ok(Published::Stored { last_seq }) => {
                     let count = events.len() as u64;
                     let first_position = last_seq + 1 - count;

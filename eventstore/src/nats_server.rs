@@ -217,22 +217,29 @@ impl Drop for NatsServer {
 }
 
 /// The JetStream server a test uses: the one the test script started for the whole run
-/// (`HARMONY_NATS_URL`), or else a server of the test's own, stopped when this is dropped.
+/// (`HARMONY_TEST_NATS_URL`), or else a server of the test's own, stopped when this is dropped.
 /// Tests that share a server keep apart by each using a [`unique_namespace`].
 #[derive(Debug)]
 pub struct TestNats {
     pub url: String,
+    /// The HTTP monitoring endpoint, where known (`HARMONY_TEST_NATS_MONITOR`).
+    pub monitoring_url: Option<String>,
     own: Option<NatsServer>,
 }
 
 impl TestNats {
     pub fn shared() -> Self {
-        match std::env::var("HARMONY_NATS_URL") {
-            Ok(url) if !url.is_empty() => Self { url, own: None },
+        match std::env::var("HARMONY_TEST_NATS_URL") {
+            Ok(url) if !url.is_empty() => Self {
+                url,
+                monitoring_url: std::env::var("HARMONY_TEST_NATS_MONITOR").ok(),
+                own: None,
+            },
             _ => {
                 let server = NatsServer::start();
                 Self {
                     url: server.url.clone(),
+                    monitoring_url: Some(server.monitoring_url.clone()),
                     own: Some(server),
                 }
             }

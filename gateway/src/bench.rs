@@ -6,7 +6,7 @@ use std::io::Write;
 use anyhow::Context;
 use eventstore::bench::{Report, Sizes};
 
-use crate::cli::{BenchArgs, Suite};
+use crate::cli::{Backend, BenchArgs, Suite};
 
 pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let scratch = match &args.dir {
@@ -14,14 +14,30 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         None => tempfile::tempdir(),
     }
     .context("while creating the benchmark's scratch directory")?;
-    let sizes = if args.quick {
-        Sizes::QUICK
-    } else {
-        Sizes::FULL
-    };
     let progress = |message: &str| eprintln!("bench: {message}");
-    let report = match args.suite {
-        Suite::Eventstore => eventstore::bench::run(scratch.path(), sizes, &progress).await?,
+    let report = match (args.suite, args.backend) {
+        (Suite::Eventstore, Backend::Sled) => {
+            let sizes = if args.quick {
+                Sizes::QUICK
+            } else {
+                Sizes::FULL
+            };
+            eventstore::bench::run(scratch.path(), sizes, &progress).await?
+        }
+        (Suite::Eventstore, Backend::Jetstream) => {
+            let sizes = if args.quick {
+                Sizes::JETSTREAM_QUICK
+            } else {
+                Sizes::JETSTREAM_FULL
+            };
+            let url = args
+                .nats_url
+                .as_deref()
+                .context("--backend jetstream needs --nats-url")?;
+            eventstore::bench::jetstream::run(url, sizes, &progress)
+                .await
+                .with_context(|| format!("while benchmarking JetStream at {url}"))?
+        }
     };
     if args.json {
         serde_json::to_writer(&mut *out, &report)?;

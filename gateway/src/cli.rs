@@ -15,7 +15,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the service (embedded: the event log on sled under --data-dir).
+    /// Run the service (embedded: the event log on sled under --data-dir; distributed with
+    /// --nats-url).
     Serve(ServeArgs),
     /// Measure a part of the system beside the raw engine underneath it.
     Bench(BenchArgs),
@@ -29,6 +30,43 @@ pub struct ServeArgs {
     /// The address to serve HTTP on.
     #[arg(long, env = "HARMONY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Run the event log on NATS JetStream at this URL (e.g. nats://127.0.0.1:4222; several
+    /// servers comma-separated) instead of sled under --data-dir.
+    #[arg(long, env = "HARMONY_NATS_URL")]
+    pub nats_url: Option<String>,
+    #[command(flatten)]
+    pub jetstream: JetStreamArgs,
+}
+
+/// How the JetStream streams are set up (with --nats-url).
+#[derive(Debug, Args)]
+pub struct JetStreamArgs {
+    /// Replicas of each stream: 3 on a production cluster.
+    #[arg(long, env = "HARMONY_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+    /// Prefix of the stream, subject and bucket names (`harmony` → HARMONY_EVENTS,
+    /// harmony.events.…).
+    #[arg(long, env = "HARMONY_NATS_NAMESPACE", default_value = "harmony")]
+    pub nats_namespace: String,
+    /// How long JetStream remembers event ids to drop re-sent appends, in seconds.
+    #[arg(long, env = "HARMONY_NATS_DUPLICATE_WINDOW", default_value_t = 120)]
+    pub nats_duplicate_window: u64,
+    /// How long an append or read may wait for JetStream before failing, in seconds.
+    #[arg(long, env = "HARMONY_NATS_TIMEOUT", default_value_t = 5)]
+    pub nats_timeout: u64,
+}
+
+impl JetStreamArgs {
+    /// The store configuration for `url`.
+    pub fn config(&self, url: &str) -> eventstore::JetStreamConfig {
+        let mut config = eventstore::JetStreamConfig::new(url);
+        config.replicas = self.nats_replicas;
+        config.namespace = self.nats_namespace.clone();
+        config.duplicate_window = std::time::Duration::from_secs(self.nats_duplicate_window);
+        config.request_timeout = std::time::Duration::from_secs(self.nats_timeout);
+        config.connect_timeout = std::time::Duration::from_secs(self.nats_timeout);
+        config
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -40,6 +78,9 @@ pub enum Suite {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
     Sled,
+    /// A running JetStream server (--nats-url); the run uses streams of its own and deletes
+    /// them afterwards.
+    Jetstream,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +95,9 @@ pub struct BenchArgs {
     /// use a directory on the disk you want measured.
     #[arg(long, env = "HARMONY_BENCH_DIR")]
     pub dir: Option<PathBuf>,
+    /// The JetStream server to measure (with --backend jetstream).
+    #[arg(long, env = "HARMONY_NATS_URL", required_if_eq("backend", "jetstream"))]
+    pub nats_url: Option<String>,
     /// A tenth of the work: for a smoke test, not for figures.
     #[arg(long)]
     pub quick: bool,

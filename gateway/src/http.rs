@@ -15,12 +15,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Alive and able to read the log: `{"status": "ok", "log_head": <position>}`.
+/// Alive and able to read the log: `{"status": "ok", "backend": "sled", "log_head": <position>}`.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.head_position().await {
         Ok(head) => (
             StatusCode::OK,
-            Json(json!({ "status": "ok", "log_head": head })),
+            Json(json!({ "status": "ok", "backend": state.backend.name(), "log_head": head })),
         ),
         Err(error) => {
             tracing::error!(%error, "health check cannot read the event log");
@@ -67,7 +67,10 @@ mod tests {
             .append(&stream, ExpectedVersion::NoStream, vec![event])
             .await
             .unwrap();
-        let app = router(AppState { store });
+        let app = router(AppState {
+            store,
+            backend: crate::Backend::Sled,
+        });
         let response = app
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
             .await
@@ -76,6 +79,9 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
                 .unwrap();
-        assert_eq!(body, json!({ "status": "ok", "log_head": 1 }));
+        assert_eq!(
+            body,
+            json!({ "status": "ok", "backend": "sled", "log_head": 1 })
+        );
     }
 }

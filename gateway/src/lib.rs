@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use eventstore::{EventStore, SledEventStore};
+use eventstore::{EventStore, JetStreamConfig, JetStreamEventStore, SledEventStore};
 use tokio::net::TcpListener;
 
 /// What `harmony serve` needs to start.
@@ -23,12 +23,31 @@ pub struct Settings {
     /// Where the embedded log lives (and, later, the SQLite read models and the master key).
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Run the event log on NATS JetStream instead of sled under `data_dir`.
+    pub jetstream: Option<JetStreamConfig>,
+}
+
+/// Which event log a service runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    JetStream,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sled => "sled",
+            Backend::JetStream => "jetstream",
+        }
+    }
 }
 
 /// Everything a request handler may reach: one `Clone` struct of shared handles.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn EventStore>,
+    pub backend: Backend,
 }
 
 impl std::fmt::Debug for AppState {
@@ -60,22 +79,40 @@ impl Application {
                 settings.data_dir.display()
             )
         })?;
-        let log_dir = settings.data_dir.join("log");
-        let store = SledEventStore::open(&log_dir)
-            .with_context(|| format!("while opening the event log in {}", log_dir.display()))?;
+        let (store, backend): (Arc<dyn EventStore>, Backend) = match settings.jetstream {
+            Some(config) => {
+                let url = config.url.clone();
+                let store = JetStreamEventStore::connect(config)
+                    .await
+                    .with_context(|| {
+                        format!("while opening the event log on NATS JetStream at {url}")
+                    })?;
+                (Arc::new(store), Backend::JetStream)
+            }
+            None => {
+                let log_dir = settings.data_dir.join("log");
+                let store = SledEventStore::open(&log_dir).with_context(|| {
+                    format!("while opening the event log in {}", log_dir.display())
+                })?;
+                (Arc::new(store), Backend::Sled)
+            }
+        };
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("while binding {}", settings.listen))?;
         Ok(Self {
             listener,
-            state: AppState {
-                store: Arc::new(store),
-            },
+            state: AppState { store, backend },
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The event log the service runs on.
+    pub fn backend(&self) -> Backend {
+        self.state.backend
     }
 
     pub fn port(&self) -> std::io::Result<u16> {

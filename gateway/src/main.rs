@@ -21,12 +21,21 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
+            let jetstream = args
+                .nats_url
+                .as_deref()
+                .map(|url| args.jetstream.config(url));
             let app = Application::build(Settings {
                 data_dir: args.data_dir,
                 listen: args.listen,
+                jetstream,
             })
             .await?;
-            tracing::info!("listening on http://{}", app.local_addr()?);
+            tracing::info!(
+                backend = app.backend().name(),
+                "listening on http://{}",
+                app.local_addr()?
+            );
             app.run_until_stopped(gateway::shutdown_signal()).await
         }
         Command::Bench(args) => gateway::bench::run(&args, &mut std::io::stdout().lock()).await,

@@ -9,13 +9,14 @@ fn harmony() -> Command {
     Command::new(env!("CARGO_BIN_EXE_harmony"))
 }
 
-#[test]
-fn serve_opens_the_log_answers_healthz_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `harmony serve` with `args` and waits for the address it announces.
+fn serve(args: &[&str]) -> (Served, String) {
     let mut child = harmony()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .env("HARMONY_LOG", "info")
+        .env_remove("HARMONY_NATS_URL")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -32,19 +33,27 @@ fn serve_opens_the_log_answers_healthz_and_stops_on_sigterm() {
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("the server announces its address");
         if let Some(at) = line.find("listening on http://") {
-            break line[at + "listening on ".len()..].trim().to_owned();
+            let rest = &line[at + "listening on ".len()..];
+            break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    let body: serde_json::Value = reqwest::blocking::get(format!("{address}/healthz"))
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(body["status"], "ok");
-    assert!(
-        dir.path().join("log").is_dir(),
-        "the event log lives under --data-dir"
-    );
+    (Served(Some(child)), address)
+}
 
+/// A running `harmony serve`, killed if the test fails before stopping it.
+struct Served(Option<std::process::Child>);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn stop_with_sigterm(mut served: Served) {
+    let mut child = served.0.take().unwrap();
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -60,6 +69,69 @@ fn serve_opens_the_log_answers_healthz_and_stops_on_sigterm() {
         .expect("the server stops on SIGTERM")
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn serve_opens_the_log_answers_healthz_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, address) = serve(&["--data-dir", dir.path().to_str().unwrap()]);
+    let body: serde_json::Value = reqwest::blocking::get(format!("{address}/healthz"))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["backend"], "sled");
+    assert!(
+        dir.path().join("log").is_dir(),
+        "the event log lives under --data-dir"
+    );
+    stop_with_sigterm(child);
+}
+
+#[test]
+fn serve_with_nats_url_runs_the_log_on_jetstream() {
+    let nats = eventstore::nats_server::TestNats::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = eventstore::nats_server::unique_namespace();
+    let (child, address) = serve(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--nats-url",
+        &nats.url,
+        "--nats-namespace",
+        &namespace,
+    ]);
+    let body: serde_json::Value = reqwest::blocking::get(format!("{address}/healthz"))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["backend"], "jetstream");
+    assert_eq!(body["log_head"], 0);
+    assert!(!dir.path().join("log").exists(), "no sled log on JetStream");
+    stop_with_sigterm(child);
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_reachable_jetstream() {
+    // A port nothing listens on: bind one, then let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = harmony()
+        .args(["serve", "--listen", "127.0.0.1:0", "--nats-timeout", "2"])
+        .args(["--nats-url", &format!("nats://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("while opening the event log on NATS JetStream")
+            && message.contains("cannot reach NATS"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -104,6 +176,80 @@ fn bench_json_prints_one_object_with_every_figure() {
         !String::from_utf8_lossy(&output.stderr).is_empty(),
         "progress goes to standard error"
     );
+}
+
+#[test]
+fn bench_on_jetstream_measures_beside_raw_publishes_and_cleans_up() {
+    let nats = eventstore::nats_server::TestNats::shared();
+    let output = harmony()
+        .args([
+            "bench",
+            "eventstore",
+            "--quick",
+            "--json",
+            "--backend",
+            "jetstream",
+        ])
+        .args(["--nats-url", &nats.url])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+    assert!(
+        report["backend"]
+            .as_str()
+            .unwrap()
+            .starts_with("jetstream (nats-server 2."),
+        "{report}"
+    );
+    let figures = report["figures"].as_array().unwrap();
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "append_w1",
+            "append_w16",
+            "append_w256",
+            "append_batch100",
+            "replay",
+            "raw_publish_plain"
+        ]
+    );
+    for figure in &figures[..5] {
+        assert!(figure["raw"].as_f64().unwrap() > 0.0, "{figure}");
+        assert!(figure["ratio"].as_f64().unwrap() > 0.0, "{figure}");
+    }
+    assert!(figures[5]["value"].as_f64().unwrap() > 0.0);
+    // The run deleted the streams it made.
+    let monitor = nats
+        .monitoring_url
+        .as_deref()
+        .expect("the test server's monitoring address is known");
+    let jsz: serde_json::Value = reqwest::blocking::get(format!("{monitor}/jsz?streams=true"))
+        .unwrap()
+        .json()
+        .unwrap();
+    let text = jsz.to_string();
+    assert!(text.contains("\"account_details\""), "{text}");
+    assert!(
+        !text.contains("\"name\":\"BENCH"),
+        "a benchmark stream was left: {text}"
+    );
+    let missing = harmony()
+        .args(["bench", "eventstore", "--backend", "jetstream"])
+        .env_remove("HARMONY_NATS_URL")
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--nats-url"));
 }
 
 #[test]

@@ -59,6 +59,7 @@ pub async fn spawn_app_in(data_dir: tempfile::TempDir) -> TestApp {
     let settings = Settings {
         data_dir: data_dir.path().to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        jetstream: None,
     };
     let app = Application::build(settings)
         .await
