@@ -1,5 +1,5 @@
-//! SIGKILL at random moments: every acknowledged event survives, no batch is torn, and the
-//! chains verify.
+//! SIGKILL at random moments, on sled and on JetStream: every acknowledged event survives, no
+//! batch is torn (or half visible), and the chains verify.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::collections::HashMap;
@@ -9,7 +9,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use domain::{IntegrationId, StreamName};
-use eventstore::{verify_stream, EventStore, SledEventStore};
+use eventstore::nats_server::{unique_namespace, TestNats};
+use eventstore::{verify_stream, EventStore, JetStreamConfig, JetStreamEventStore, SledEventStore};
 use rand::Rng;
 
 struct Ack {
@@ -34,9 +35,9 @@ fn parse(line: &str) -> Option<Ack> {
 
 /// Runs the writer until it has reported `acks` acknowledgements (0: kill at once, during
 /// start-up and recovery), then kills it with SIGKILL. Returns what it acknowledged.
-fn run_and_kill(dir: &std::path::Path, acks: usize) -> Vec<Ack> {
+fn run_and_kill(target: &[&str], acks: usize) -> Vec<Ack> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_eventstore-crash-writer"))
-        .arg(dir)
+        .args(target)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -71,29 +72,23 @@ fn run_and_kill(dir: &std::path::Path, acks: usize) -> Vec<Ack> {
     acked
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_events_survive_sigkill_and_no_batch_is_torn() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut all_acked: Vec<Ack> = Vec::new();
-    let rounds = 24;
-    for round in 0..rounds {
-        let target = if round % 6 == 0 {
-            0
-        } else {
-            rand::rng().random_range(1..400)
-        };
-        all_acked.extend(run_and_kill(dir.path(), target));
-
-        let store = SledEventStore::open(dir.path()).unwrap();
-        let head = store.head_position().await.unwrap();
-        let mut events = Vec::new();
-        let mut from = 1;
-        loop {
-            let page = store.read_all(from, 10_000).await.unwrap();
-            let Some(last) = page.last() else { break };
-            from = last.position + 1;
-            events.extend(page);
-        }
+/// Reads the whole log and checks it against everything acknowledged so far. On sled positions
+/// have no gaps at all; on JetStream they are stream sequences, strictly increasing.
+async fn check(store: &dyn EventStore, all_acked: &[Ack], round: usize, gapless: bool) {
+    let head = store.head_position().await.unwrap();
+    let mut events = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = store.read_all(from, 10_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        from = last.position + 1;
+        events.extend(page);
+    }
+    assert!(
+        events.windows(2).all(|w| w[0].position < w[1].position),
+        "round {round}: positions out of order"
+    );
+    if gapless {
         assert_eq!(
             events.len() as u64,
             head,
@@ -103,47 +98,96 @@ async fn acknowledged_events_survive_sigkill_and_no_batch_is_torn() {
             .iter()
             .enumerate()
             .all(|(i, e)| e.position == i as u64 + 1));
+    }
+    let by_position: HashMap<u64, &eventstore::RecordedEvent> =
+        events.iter().map(|e| (e.position, e)).collect();
 
-        // Every acknowledged batch is there, whole, where it was acknowledged.
-        for ack in &all_acked {
-            assert!(
-                ack.last <= head,
-                "round {round}: acknowledged position {} lost (head {head})",
-                ack.last
+    // Every acknowledged batch is there, whole, where it was acknowledged.
+    for ack in all_acked {
+        assert!(
+            ack.last <= head,
+            "round {round}: acknowledged position {} lost (head {head})",
+            ack.last
+        );
+        for position in ack.first..=ack.last {
+            let event = by_position
+                .get(&position)
+                .unwrap_or_else(|| panic!("round {round}: position {position} lost"));
+            assert_eq!(
+                event.data().unwrap()["batch"],
+                ack.batch,
+                "round {round}: position {position} holds another batch"
             );
-            for position in ack.first..=ack.last {
-                let data = events[(position - 1) as usize].data().unwrap();
-                assert_eq!(
-                    data["batch"], ack.batch,
-                    "round {round}: position {position} holds another batch"
-                );
-            }
-            assert_eq!(ack.last - ack.first + 1, ack.size);
         }
-        // No batch, acknowledged or not, is torn.
-        let mut batches: HashMap<String, (u64, u64)> = HashMap::new();
-        for event in &events {
-            let data = event.data().unwrap();
-            let entry = batches
-                .entry(data["batch"].as_str().unwrap().to_owned())
-                .or_insert((0, data["size"].as_u64().unwrap()));
-            entry.0 += 1;
-        }
-        for (batch, (seen, size)) in &batches {
-            assert_eq!(seen, size, "round {round}: batch {batch} is torn");
-        }
-        for stream in 1..=16u128 {
-            let report = verify_stream(
-                &store,
-                &StreamName::integration(IntegrationId(uuid::Uuid::from_u128(stream))),
-            )
-            .await
-            .unwrap();
-            assert!(report.is_intact(), "round {round}: {report:?}");
-        }
+        assert_eq!(ack.last - ack.first + 1, ack.size);
+    }
+    // No batch, acknowledged or not, is torn.
+    let mut batches: HashMap<String, (u64, u64)> = HashMap::new();
+    for event in &events {
+        let data = event.data().unwrap();
+        let entry = batches
+            .entry(data["batch"].as_str().unwrap().to_owned())
+            .or_insert((0, data["size"].as_u64().unwrap()));
+        entry.0 += 1;
+    }
+    for (batch, (seen, size)) in &batches {
+        assert_eq!(seen, size, "round {round}: batch {batch} is torn");
+    }
+    for stream in 1..=16u128 {
+        let report = verify_stream(
+            store,
+            &StreamName::integration(IntegrationId(uuid::Uuid::from_u128(stream))),
+        )
+        .await
+        .unwrap();
+        assert!(report.is_intact(), "round {round}: {report:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_sigkill_and_no_batch_is_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = [dir.path().to_str().unwrap()];
+    let mut all_acked: Vec<Ack> = Vec::new();
+    let rounds = 24;
+    for round in 0..rounds {
+        let acks = if round % 6 == 0 {
+            0
+        } else {
+            rand::rng().random_range(1..400)
+        };
+        all_acked.extend(run_and_kill(&target, acks));
+        let store = SledEventStore::open(dir.path()).unwrap();
+        check(&store, &all_acked, round, true).await;
     }
     assert!(
         all_acked.len() > 1000,
+        "only {} appends were acknowledged across {rounds} kills",
+        all_acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_jetstream_a_killed_writer_never_leaves_part_of_a_batch() {
+    let nats = TestNats::shared();
+    let namespace = unique_namespace();
+    let target = [nats.url.as_str(), namespace.as_str()];
+    let mut all_acked: Vec<Ack> = Vec::new();
+    let rounds = 8;
+    for round in 0..rounds {
+        let acks = if round % 4 == 0 {
+            0
+        } else {
+            rand::rng().random_range(1..200)
+        };
+        all_acked.extend(run_and_kill(&target, acks));
+        let mut config = JetStreamConfig::new(nats.url.clone());
+        config.namespace = namespace.clone();
+        let store = JetStreamEventStore::connect(config).await.unwrap();
+        check(&store, &all_acked, round, false).await;
+    }
+    assert!(
+        all_acked.len() > 300,
         "only {} appends were acknowledged across {rounds} kills",
         all_acked.len()
     );

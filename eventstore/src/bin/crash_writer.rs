@@ -1,12 +1,17 @@
-//! Appends batches to the sled log at `<data-dir>` from several tasks until killed, printing
+//! Appends batches to the log from several tasks until killed, printing
 //! `ack <first_position> <last_position> <batch_id> <size>` for every acknowledged append.
 //! Each event's data names its batch and its index in it, so a reader can tell a torn batch.
+//!
+//! `eventstore-crash-writer <data-dir>` writes to the sled log there;
+//! `eventstore-crash-writer nats://HOST:PORT <namespace>` to JetStream.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use domain::{Actor, EventId, IntegrationId, Metadata, StreamName, Timestamp};
-use eventstore::{EventStore, ExpectedVersion, NewEvent, SledEventStore};
+use eventstore::{
+    EventStore, ExpectedVersion, JetStreamConfig, JetStreamEventStore, NewEvent, SledEventStore,
+};
 use rand::Rng;
 
 const WRITERS: u64 = 8;
@@ -14,10 +19,15 @@ const STREAMS: u128 = 16;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args()
-        .nth(1)
-        .ok_or("usage: eventstore-crash-writer <data-dir>")?;
-    let store = Arc::new(SledEventStore::open(&dir)?);
+    let usage = "usage: eventstore-crash-writer <data-dir> | nats://HOST:PORT <namespace>";
+    let target = std::env::args().nth(1).ok_or(usage)?;
+    let store: Arc<dyn EventStore> = if target.starts_with("nats://") {
+        let mut config = JetStreamConfig::new(target);
+        config.namespace = std::env::args().nth(2).ok_or(usage)?;
+        Arc::new(JetStreamEventStore::connect(config).await?)
+    } else {
+        Arc::new(SledEventStore::open(&target)?)
+    };
     let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let mut tasks = Vec::new();
     for _ in 0..WRITERS {
