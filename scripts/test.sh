@@ -35,7 +35,26 @@ ensure_nats_server() {
   export HARMONY_NATS_SERVER="$bin"
 }
 
+# The Node.js consumer example the tests run (examples/node-consumer), with its locked
+# dependencies from the npm registry.
+ensure_node_example() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    else
+      echo "node and npm are needed for the Node.js example: install Debian's nodejs and npm" >&2
+      exit 1
+    fi
+  fi
+  local example=examples/node-consumer
+  if ! [ -d "$example/node_modules/nats" ] || [ "$example/package-lock.json" -nt "$example/node_modules/.package-lock.json" ]; then
+    echo "== npm ci in $example"
+    (cd "$example" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+}
+
 ensure_nats_server
+ensure_node_example
 echo "== nats.conf is valid for $("$HARMONY_NATS_SERVER" --version)"
 "$HARMONY_NATS_SERVER" -c nats.conf -t
 
