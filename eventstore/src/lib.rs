@@ -21,6 +21,7 @@ pub mod bench;
 pub mod chain;
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
+pub mod copy;
 mod error;
 pub mod jetstream;
 pub mod lifecycle;

@@ -20,6 +20,32 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure a part of the system beside the raw engine underneath it.
     Bench(BenchArgs),
+    /// Operate on the event log itself.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Copy the whole log to another backend (sled to JetStream or back), preserving ids,
+    /// versions and hashes; resumable; verifies the target at the end. Also backup and restore.
+    Copy(CopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The source: a data directory (its log/ is read) or a NATS URL (nats://…).
+    #[arg(long)]
+    pub from: String,
+    /// The target: a data directory (created if missing) or a NATS URL.
+    #[arg(long)]
+    pub to: String,
+    /// The source's JetStream namespace.
+    #[arg(long, default_value = "harmony")]
+    pub from_namespace: String,
+    /// The target's JetStream namespace.
+    #[arg(long, default_value = "harmony")]
+    pub to_namespace: String,
 }
 
 #[derive(Debug, Args)]

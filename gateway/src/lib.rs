@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod cli;
 mod http;
+pub mod log;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

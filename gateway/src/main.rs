@@ -39,5 +39,8 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(gateway::shutdown_signal()).await
         }
         Command::Bench(args) => gateway::bench::run(&args, &mut std::io::stdout().lock()).await,
+        Command::Log(gateway::cli::LogCommand::Copy(args)) => {
+            gateway::log::copy(&args, &mut std::io::stdout().lock()).await
+        }
     }
 }

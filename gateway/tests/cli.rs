@@ -253,6 +253,73 @@ fn bench_on_jetstream_measures_beside_raw_publishes_and_cleans_up() {
 }
 
 #[test]
+fn log_copy_moves_a_log_to_jetstream_and_back_and_resumes() {
+    let nats = eventstore::nats_server::TestNats::shared();
+    let namespace = eventstore::nats_server::unique_namespace();
+    let source = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use eventstore::EventStore;
+        let store = eventstore::SledEventStore::open(source.path().join("log")).unwrap();
+        for i in 0..30 {
+            let stream = eventstore::conformance::stream(&format!("s{}", i % 4));
+            store
+                .append(
+                    &stream,
+                    eventstore::ExpectedVersion::Any,
+                    vec![
+                        eventstore::conformance::event(i),
+                        eventstore::conformance::event(i + 100),
+                    ],
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let copy = |from: &str, to: &str, from_ns: &str, to_ns: &str| {
+        harmony()
+            .args(["log", "copy", "--from", from, "--to", to])
+            .args(["--from-namespace", from_ns, "--to-namespace", to_ns])
+            .output()
+            .unwrap()
+    };
+    let dir = source.path().to_str().unwrap();
+    let output = copy(dir, &nats.url, "harmony", &namespace);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("copied 60 events (0 were already there) of 4 streams"),
+        "{stdout}"
+    );
+    let again = copy(dir, &nats.url, "harmony", &namespace);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("copied 0 events (60 were already there)")
+    );
+    let restored = tempfile::tempdir().unwrap();
+    let back = copy(
+        &nats.url,
+        restored.path().to_str().unwrap(),
+        &namespace,
+        "harmony",
+    );
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+    assert!(String::from_utf8_lossy(&back.stdout).contains("copied 60 events"));
+    assert!(restored.path().join("log").is_dir());
+
+    let missing = copy("/nonexistent/harmony", &nats.url, "harmony", &namespace);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("holds no event log"));
+}
+
+#[test]
 fn bad_arguments_are_refused_with_a_message_and_a_failure_exit() {
     let output = harmony().args(["bench", "everything"]).output().unwrap();
     assert!(!output.status.success());
