@@ -187,3 +187,51 @@ async fn flush(to: &dyn EventStore, run: &mut Vec<RecordedEvent>) -> Result<u64,
     }
     Ok(count)
 }
+
+/// Copies every record change of `from` into `to`, in order, resuming after the last change
+/// the target holds. Returns how many changes were copied.
+pub async fn copy_records(
+    from: &dyn crate::records::RecordLog,
+    to: &dyn crate::records::RecordLog,
+) -> Result<u64, CopyError> {
+    // The target's last change: everything up to it in the source was copied before.
+    let mut last_held = None;
+    let mut next = 1;
+    loop {
+        let page = to.read(next, PAGE).await.map_err(CopyError::Target)?;
+        let Some(last) = page.last() else { break };
+        next = last.position + 1;
+        last_held = Some(last.change.id);
+    }
+    let mut next = 1;
+    if let Some(id) = last_held {
+        let mut found = false;
+        'search: loop {
+            let page = from.read(next, PAGE).await.map_err(CopyError::Source)?;
+            let Some(last) = page.last() else { break };
+            next = last.position + 1;
+            for stored in &page {
+                if stored.change.id == id {
+                    next = stored.position + 1;
+                    found = true;
+                    break 'search;
+                }
+            }
+        }
+        if !found {
+            // The target's records are not a prefix of the source's (expired there, say):
+            // copy everything; ids already held are not stored twice.
+            next = 1;
+        }
+    }
+    let mut copied = 0;
+    loop {
+        let page = from.read(next, PAGE).await.map_err(CopyError::Source)?;
+        let Some(last) = page.last() else { break };
+        next = last.position + 1;
+        copied += page.len() as u64;
+        let changes = page.into_iter().map(|stored| stored.change).collect();
+        to.publish(changes).await.map_err(CopyError::Target)?;
+    }
+    Ok(copied)
+}

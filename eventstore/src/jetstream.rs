@@ -59,6 +59,8 @@ pub struct JetStreamConfig {
     pub replicas: usize,
     /// How long the server remembers message ids to drop re-sent messages.
     pub duplicate_window: Duration,
+    /// How long synced record changes stay on the records stream.
+    pub records_max_age: Duration,
     /// How long a request (an append, a read) may wait for the server before it fails with a
     /// retryable error. Appends never hang longer than this, even while the server is away.
     pub request_timeout: Duration,
@@ -73,6 +75,7 @@ impl JetStreamConfig {
             namespace: "harmony".into(),
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
+            records_max_age: Duration::from_secs(30 * 24 * 3600),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
         }
@@ -81,6 +84,11 @@ impl JetStreamConfig {
     /// The events stream's name, e.g. `HARMONY_EVENTS`.
     pub fn events_stream(&self) -> String {
         format!("{}_EVENTS", self.namespace.to_ascii_uppercase())
+    }
+
+    /// The records stream's name, e.g. `HARMONY_RECORDS`.
+    pub fn records_stream(&self) -> String {
+        format!("{}_RECORDS", self.namespace.to_ascii_uppercase())
     }
 
     /// The snapshots bucket's name, e.g. `HARMONY_SNAPSHOTS`.
@@ -689,7 +697,10 @@ fn header_u64(message: &Message, name: &str) -> Option<u64> {
 }
 
 /// Creates the stream, or checks that the one found is compatible with `wanted`.
-async fn ensure_stream(js: &jetstream::Context, wanted: stream::Config) -> Result<(), StoreError> {
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    wanted: stream::Config,
+) -> Result<(), StoreError> {
     match js.get_stream(&wanted.name).await {
         Ok(mut existing) => {
             let found = existing
@@ -794,16 +805,20 @@ fn incompatibilities(found: &stream::Config, wanted: &stream::Config) -> Vec<Str
         format!("{:?}", found.duplicate_window),
         format!("{:?}", wanted.duplicate_window),
     );
-    // Limits that would drop events.
-    let unlimited = found.max_age.is_zero()
-        && found.max_messages <= 0
-        && found.max_bytes <= 0
-        && found.max_messages_per_subject <= 0;
+    check(
+        "max_age",
+        found.max_age == wanted.max_age,
+        format!("{:?}", found.max_age),
+        format!("{:?}", wanted.max_age),
+    );
+    // Limits that would drop messages before their age.
+    let unlimited =
+        found.max_messages <= 0 && found.max_bytes <= 0 && found.max_messages_per_subject <= 0;
     check(
         "limits",
-        unlimited || wanted.max_age != Duration::ZERO,
-        "set (max_age, max_msgs, max_bytes or max_msgs_per_subject)".into(),
-        "none: events are never dropped".into(),
+        unlimited,
+        "set (max_msgs, max_bytes or max_msgs_per_subject)".into(),
+        "none: nothing is dropped before its age".into(),
     );
     out
 }

@@ -27,6 +27,7 @@ pub mod jetstream;
 pub mod lifecycle;
 #[cfg(any(test, feature = "test-support"))]
 pub mod nats_server;
+pub mod records;
 pub mod repository;
 mod sled_store;
 mod types;
@@ -35,6 +36,9 @@ pub mod wire;
 pub use chain::{verify_stream, BrokenLink, ChainHash, VerifyReport};
 pub use error::StoreError;
 pub use jetstream::{JetStreamConfig, JetStreamEventStore};
+pub use records::{
+    JetStreamRecordLog, RecordChange, RecordLog, RecordOp, SledRecordLog, StoredRecordChange,
+};
 pub use sled_store::{SledConfig, SledEventStore, SledStats};
 pub use types::{AppendResult, EventStream, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
 

@@ -239,7 +239,7 @@ mod distributed {
             "deny_delete",
             "deny_purge",
             "allow_atomic",
-            "limits",
+            "max_age",
             "left unchanged",
         ] {
             assert!(text.contains(named), "{named} missing from: {text}");

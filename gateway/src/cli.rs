@@ -60,8 +60,17 @@ pub struct ServeArgs {
     /// servers comma-separated) instead of sled under --data-dir.
     #[arg(long, env = "HARMONY_NATS_URL")]
     pub nats_url: Option<String>,
+    /// How many days synced record changes (personal data) are kept on the records log.
+    #[arg(long, env = "HARMONY_RECORDS_MAX_AGE_DAYS", default_value_t = 30)]
+    pub records_max_age_days: u64,
     #[command(flatten)]
     pub jetstream: JetStreamArgs,
+}
+
+impl ServeArgs {
+    pub fn records_max_age(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.records_max_age_days.max(1) * 24 * 3600)
+    }
 }
 
 /// How the JetStream streams are set up (with --nats-url).

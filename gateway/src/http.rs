@@ -67,8 +67,13 @@ mod tests {
             .append(&stream, ExpectedVersion::NoStream, vec![event])
             .await
             .unwrap();
+        let records = Arc::new(
+            eventstore::SledRecordLog::open(dir.path().join("records"), crate::RECORDS_MAX_AGE)
+                .unwrap(),
+        );
         let app = router(AppState {
             store,
+            records,
             backend: crate::Backend::Sled,
         });
         let response = app

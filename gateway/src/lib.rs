@@ -15,7 +15,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use eventstore::{EventStore, JetStreamConfig, JetStreamEventStore, SledEventStore};
+use eventstore::{
+    EventStore, JetStreamConfig, JetStreamEventStore, JetStreamRecordLog, RecordLog,
+    SledEventStore, SledRecordLog,
+};
+
+/// How long the embedded records log keeps synced record changes (personal data).
+pub const RECORDS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 use tokio::net::TcpListener;
 
 /// What `harmony serve` needs to start.
@@ -26,6 +32,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Run the event log on NATS JetStream instead of sled under `data_dir`.
     pub jetstream: Option<JetStreamConfig>,
+    /// How long synced record changes are kept on the embedded records log (on JetStream,
+    /// the configuration's `records_max_age`).
+    pub records_max_age: std::time::Duration,
 }
 
 /// Which event log a service runs on.
@@ -48,6 +57,8 @@ impl Backend {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn EventStore>,
+    /// Synced record changes, beside the event log on the same backend.
+    pub records: Arc<dyn RecordLog>,
     pub backend: Backend,
 }
 
@@ -80,7 +91,8 @@ impl Application {
                 settings.data_dir.display()
             )
         })?;
-        let (store, backend): (Arc<dyn EventStore>, Backend) = match settings.jetstream {
+        type Logs = (Arc<dyn EventStore>, Arc<dyn RecordLog>, Backend);
+        let (store, records, backend): Logs = match settings.jetstream {
             Some(config) => {
                 let url = config.url.clone();
                 let store = JetStreamEventStore::connect(config)
@@ -88,14 +100,22 @@ impl Application {
                     .with_context(|| {
                         format!("while opening the event log on NATS JetStream at {url}")
                     })?;
-                (Arc::new(store), Backend::JetStream)
+                let records = JetStreamRecordLog::open(&store).await.with_context(|| {
+                    format!("while opening the records on NATS JetStream at {url}")
+                })?;
+                (Arc::new(store), Arc::new(records), Backend::JetStream)
             }
             None => {
                 let log_dir = settings.data_dir.join("log");
                 let store = SledEventStore::open(&log_dir).with_context(|| {
                     format!("while opening the event log in {}", log_dir.display())
                 })?;
-                (Arc::new(store), Backend::Sled)
+                let records_dir = settings.data_dir.join("records");
+                let records = SledRecordLog::open(&records_dir, settings.records_max_age)
+                    .with_context(|| {
+                        format!("while opening the records in {}", records_dir.display())
+                    })?;
+                (Arc::new(store), Arc::new(records), Backend::Sled)
             }
         };
         let listener = TcpListener::bind(settings.listen)
@@ -103,7 +123,11 @@ impl Application {
             .with_context(|| format!("while binding {}", settings.listen))?;
         Ok(Self {
             listener,
-            state: AppState { store, backend },
+            state: AppState {
+                store,
+                records,
+                backend,
+            },
         })
     }
 

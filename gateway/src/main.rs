@@ -21,14 +21,17 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let jetstream = args
-                .nats_url
-                .as_deref()
-                .map(|url| args.jetstream.config(url));
+            let records_max_age = args.records_max_age();
+            let jetstream = args.nats_url.as_deref().map(|url| {
+                let mut config = args.jetstream.config(url);
+                config.records_max_age = records_max_age;
+                config
+            });
             let app = Application::build(Settings {
                 data_dir: args.data_dir,
                 listen: args.listen,
                 jetstream,
+                records_max_age,
             })
             .await?;
             tracing::info!(

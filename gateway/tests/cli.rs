@@ -82,8 +82,8 @@ fn serve_opens_the_log_answers_healthz_and_stops_on_sigterm() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["backend"], "sled");
     assert!(
-        dir.path().join("log").is_dir(),
-        "the event log lives under --data-dir"
+        dir.path().join("log").is_dir() && dir.path().join("records").is_dir(),
+        "the event log and the records live under --data-dir"
     );
     stop_with_sigterm(child);
 }
@@ -259,7 +259,28 @@ fn log_copy_moves_a_log_to_jetstream_and_back_and_resumes() {
     let source = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        use eventstore::EventStore;
+        use eventstore::{EventStore, RecordLog};
+        let records = eventstore::SledRecordLog::open(
+            source.path().join("records"),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        let changes = (0..7)
+            .map(|n| eventstore::RecordChange {
+                id: domain::EventId::new(),
+                workspace: "acme".parse().unwrap(),
+                owner: None,
+                integration: domain::IntegrationId::new(),
+                object: "contacts".into(),
+                record_id: format!("r{n}"),
+                op: eventstore::RecordOp::Created,
+                data: serde_json::json!({ "n": n }),
+                content_hash: String::new(),
+                sync_id: domain::SyncId::new(),
+                occurred_at: domain::Timestamp::now(),
+            })
+            .collect();
+        records.publish(changes).await.unwrap();
         let store = eventstore::SledEventStore::open(source.path().join("log")).unwrap();
         for i in 0..30 {
             let stream = eventstore::conformance::stream(&format!("s{}", i % 4));
@@ -312,7 +333,9 @@ fn log_copy_moves_a_log_to_jetstream_and_back_and_resumes() {
         String::from_utf8_lossy(&back.stderr)
     );
     assert!(String::from_utf8_lossy(&back.stdout).contains("copied 60 events"));
+    assert!(String::from_utf8_lossy(&back.stdout).contains("and 7 record changes"));
     assert!(restored.path().join("log").is_dir());
+    assert!(restored.path().join("records").is_dir());
 
     let missing = copy("/nonexistent/harmony", &nats.url, "harmony", &namespace);
     assert!(!missing.status.success());

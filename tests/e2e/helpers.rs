@@ -60,6 +60,7 @@ pub async fn spawn_app_in(data_dir: tempfile::TempDir) -> TestApp {
         data_dir: data_dir.path().to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
         jetstream: None,
+        records_max_age: gateway::RECORDS_MAX_AGE,
     };
     let app = Application::build(settings)
         .await

@@ -1,0 +1,524 @@
+//! The records log: one message per synced record created, updated or deleted at a provider.
+//!
+//! Records are not integration events (they are not part of any hash chain, and there are many
+//! more of them) and they are personal data: the log keeps them for a configurable maximum age
+//! and purges an integration's records when the integration is deleted. Integration events are
+//! never purged.
+//!
+//! - On JetStream: the stream `HARMONY_RECORDS`, subjects
+//!   `harmony.records.<workspace>.<owner>.<integration>.<object>` (`<owner>` is `ws` or the
+//!   user id, as for events), file storage, `max_age` = the retention, deletes denied, purges
+//!   allowed (by subject, for one integration).
+//! - Embedded: a sled database under `<data-dir>/records` with the same contract.
+//!
+//! A record change travels as a CloudEvent like the events do: `type` is `RecordCreated`,
+//! `RecordUpdated` or `RecordDeleted`; `subject` is `<object>/<provider record id>`; the
+//! extension attributes `integration`, `object`, `recordid`, `op`, `contenthash`, `syncid`,
+//! `workspace` and `owner` (personal integrations) carry the rest; `data` is the mapped record
+//! (`null` for a deletion). The headers are those of events (`Harmony-Event-Type`,
+//! `Harmony-Event-Id`, `Harmony-Event-Schema`) plus `Nats-Msg-Id` = the change's id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use domain::{EventId, IntegrationId, SyncId, Timestamp, UserId, WorkspaceId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::jetstream::{ensure_stream, JetStreamConfig};
+use crate::JetStreamEventStore;
+
+/// What happened to a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordOp {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl RecordOp {
+    fn event_type(self) -> &'static str {
+        match self {
+            RecordOp::Created => "RecordCreated",
+            RecordOp::Updated => "RecordUpdated",
+            RecordOp::Deleted => "RecordDeleted",
+        }
+    }
+}
+
+/// One record change, as a sync found it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordChange {
+    /// The change's id (UUID v7): the idempotency key.
+    pub id: EventId,
+    pub workspace: WorkspaceId,
+    /// The owner of a personal integration.
+    pub owner: Option<UserId>,
+    pub integration: IntegrationId,
+    /// The Harmony object, e.g. `contacts`: a lower-case slug.
+    pub object: String,
+    /// The provider's id of the record.
+    pub record_id: String,
+    pub op: RecordOp,
+    /// The record after the mapping; `null` for a deletion.
+    pub data: serde_json::Value,
+    /// SHA-256 of the canonical form of `data`, hex: what the next sync compares against.
+    pub content_hash: String,
+    pub sync_id: SyncId,
+    pub occurred_at: Timestamp,
+}
+
+impl RecordChange {
+    /// The content hash of mapped data.
+    pub fn hash_of(data: &serde_json::Value) -> Result<String, StoreError> {
+        use sha2::{Digest, Sha256};
+        let canonical = crate::chain::canonical_data(data)?;
+        Ok(hex::encode(Sha256::digest(canonical.as_bytes())))
+    }
+}
+
+/// A change as stored, at its position in the records log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredRecordChange {
+    pub position: u64,
+    pub change: RecordChange,
+}
+
+/// The records log contract both backends meet.
+#[async_trait]
+pub trait RecordLog: Send + Sync + 'static {
+    /// Stores the changes, in order, and returns once they are durable. A change whose id is
+    /// already stored is not stored again.
+    async fn publish(&self, changes: Vec<RecordChange>) -> Result<(), StoreError>;
+
+    /// Up to `limit` changes with position ≥ `from`, in order. Changes past the retention age
+    /// or purged are gone.
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredRecordChange>, StoreError>;
+
+    /// Removes every change of an integration, for good. Returns how many were removed.
+    async fn purge_integration(
+        &self,
+        workspace: &WorkspaceId,
+        owner: Option<&UserId>,
+        integration: IntegrationId,
+    ) -> Result<u64, StoreError>;
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    specversion: String,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    subject: String,
+    time: String,
+    datacontenttype: String,
+    workspace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+    integration: String,
+    object: String,
+    recordid: String,
+    op: RecordOp,
+    contenthash: String,
+    syncid: String,
+    data: serde_json::Value,
+}
+
+/// The CloudEvents body of a change.
+pub fn encode(change: &RecordChange) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&Envelope {
+        specversion: crate::wire::SPEC_VERSION.into(),
+        id: change.id.to_string(),
+        source: crate::wire::source(&change.workspace),
+        event_type: change.op.event_type().into(),
+        subject: format!("{}/{}", change.object, change.record_id),
+        time: change.occurred_at.to_string(),
+        datacontenttype: "application/json".into(),
+        workspace: change.workspace.to_string(),
+        owner: change.owner.as_ref().map(ToString::to_string),
+        integration: change.integration.to_string(),
+        object: change.object.clone(),
+        recordid: change.record_id.clone(),
+        op: change.op,
+        contenthash: change.content_hash.clone(),
+        syncid: change.sync_id.to_string(),
+        data: change.data.clone(),
+    })
+    .map_err(|error| StoreError::InvalidData(error.to_string()))
+}
+
+/// A change from its body.
+pub fn decode(body: &[u8], position: u64) -> Result<StoredRecordChange, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    let envelope: Envelope = serde_json::from_slice(body)
+        .map_err(|error| corrupt(format!("not a record change: {error}")))?;
+    let change = RecordChange {
+        id: envelope
+            .id
+            .parse()
+            .map_err(|e| corrupt(format!("id: {e}")))?,
+        workspace: envelope
+            .workspace
+            .parse()
+            .map_err(|e| corrupt(format!("workspace: {e}")))?,
+        owner: envelope
+            .owner
+            .map(|o| o.parse())
+            .transpose()
+            .map_err(|e| corrupt(format!("owner: {e}")))?,
+        integration: envelope
+            .integration
+            .parse()
+            .map_err(|e| corrupt(format!("integration: {e}")))?,
+        object: envelope.object,
+        record_id: envelope.recordid,
+        op: envelope.op,
+        data: envelope.data,
+        content_hash: envelope.contenthash,
+        sync_id: envelope
+            .syncid
+            .parse()
+            .map_err(|e| corrupt(format!("syncid: {e}")))?,
+        occurred_at: Timestamp::parse(&envelope.time).map_err(|e| corrupt(format!("time: {e}")))?,
+    };
+    Ok(StoredRecordChange { position, change })
+}
+
+fn check_object(object: &str) -> Result<(), StoreError> {
+    let ok = !object.is_empty()
+        && object.len() <= 64
+        && object
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidData(format!(
+            "object {object:?} must be a lower-case slug"
+        )))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// JetStream
+
+/// The records log on JetStream, sharing the event log's connection.
+#[derive(Clone, Debug)]
+pub struct JetStreamRecordLog {
+    js: jetstream::Context,
+    config: JetStreamConfig,
+    stream: String,
+}
+
+impl JetStreamRecordLog {
+    /// Creates (or checks) `HARMONY_RECORDS` beside the event log of `store`.
+    pub async fn open(store: &JetStreamEventStore) -> Result<Self, StoreError> {
+        let config = store.config().clone();
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            .build(store.client().clone());
+        let wanted = stream::Config {
+            name: config.records_stream(),
+            description: Some("Harmony Sync: synced record changes (personal data)".into()),
+            subjects: vec![format!("{}.records.>", config.namespace)],
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: config.records_max_age,
+            duplicate_window: config.duplicate_window.min(config.records_max_age),
+            deny_delete: true,
+            deny_purge: false,
+            allow_direct: true,
+            ..Default::default()
+        };
+        ensure_stream(&js, wanted).await?;
+        Ok(Self {
+            js,
+            stream: config.records_stream(),
+            config,
+        })
+    }
+
+    fn integration_subjects(
+        &self,
+        workspace: &WorkspaceId,
+        owner: Option<&UserId>,
+        integration: IntegrationId,
+    ) -> String {
+        format!(
+            "{}.records.{workspace}.{}.{integration}",
+            self.config.namespace,
+            owner.map_or("ws", UserId::as_str)
+        )
+    }
+}
+
+#[async_trait]
+impl RecordLog for JetStreamRecordLog {
+    async fn publish(&self, changes: Vec<RecordChange>) -> Result<(), StoreError> {
+        // Publish them all, then wait for every acknowledgement: one round trip's latency for
+        // a page of records, not one per record.
+        let mut acks = Vec::with_capacity(changes.len());
+        for change in &changes {
+            check_object(&change.object)?;
+            let subject = format!(
+                "{}.{}",
+                self.integration_subjects(
+                    &change.workspace,
+                    change.owner.as_ref(),
+                    change.integration
+                ),
+                change.object
+            );
+            let mut headers = HeaderMap::new();
+            let id = change.id.to_string();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            headers.insert(crate::wire::HEADER_EVENT_ID, id.as_str());
+            headers.insert(crate::wire::HEADER_EVENT_TYPE, change.op.event_type());
+            headers.insert(crate::wire::HEADER_EVENT_SCHEMA, "1");
+            headers.insert("Content-Type", crate::wire::CONTENT_TYPE);
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, Bytes::from(encode(change)?))
+                .await
+                .map_err(|error| {
+                    StoreError::Unavailable(format!("publishing a record: {error}"))
+                })?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|error| StoreError::Unavailable(format!("storing a record: {error}")))?;
+        }
+        Ok(())
+    }
+
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredRecordChange>, StoreError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("opening the records: {error}")))?;
+        let mut out = Vec::new();
+        let mut next = from.max(1);
+        let filter = format!("{}.records.>", self.config.namespace);
+        while out.len() < limit {
+            match stream
+                .direct_get_next_for_subject(&filter, Some(next))
+                .await
+            {
+                Ok(message) => {
+                    next = message.sequence + 1;
+                    match decode(&message.payload, message.sequence) {
+                        Ok(change) => out.push(change),
+                        Err(error) => tracing::warn!(%error, "skipping an undecodable record"),
+                    }
+                }
+                Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                    break
+                }
+                Err(error) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "reading the records: {error}"
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn purge_integration(
+        &self,
+        workspace: &WorkspaceId,
+        owner: Option<&UserId>,
+        integration: IntegrationId,
+    ) -> Result<u64, StoreError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("opening the records: {error}")))?;
+        let filter = format!(
+            "{}.>",
+            self.integration_subjects(workspace, owner, integration)
+        );
+        let purged = stream
+            .purge()
+            .filter(filter)
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("purging records: {error}")))?;
+        Ok(purged.purged)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// sled
+
+/// The embedded records log: a sled database of its own (`<data-dir>/records`).
+///
+/// Keys: `R‖position` → (stored at, body); `I‖integration‖position` → () to purge by
+/// integration; `M‖id` → position for idempotency. Expired changes are removed from the oldest
+/// on, at each publish and read.
+#[derive(Clone)]
+pub struct SledRecordLog {
+    inner: Arc<SledRecords>,
+}
+
+struct SledRecords {
+    db: sled::Db,
+    max_age: Duration,
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for SledRecordLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledRecordLog")
+            .field("max_age", &self.inner.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut key = vec![prefix];
+    for part in parts {
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+impl SledRecordLog {
+    pub fn open(path: impl AsRef<std::path::Path>, max_age: Duration) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path.as_ref()).open()?;
+        Ok(Self {
+            inner: Arc::new(SledRecords {
+                db,
+                max_age,
+                writer: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Removes changes older than the retention age, oldest first.
+    fn expire(&self) -> Result<(), StoreError> {
+        let cutoff = Timestamp::now().unix_micros()
+            - i64::try_from(self.inner.max_age.as_micros()).unwrap_or(i64::MAX);
+        let db = &self.inner.db;
+        for entry in db.scan_prefix([b'R']) {
+            let (k, value) = entry?;
+            let stored_at = value
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_be_bytes)
+                .unwrap_or(i64::MAX);
+            if stored_at >= cutoff {
+                break;
+            }
+            let position = &k[1..];
+            if let Ok(stored) = decode(&value[8..], 0) {
+                db.remove(key(
+                    b'I',
+                    &[stored.change.integration.0.as_bytes(), position],
+                ))?;
+                db.remove(key(b'M', &[stored.change.id.0.as_bytes()]))?;
+            }
+            db.remove(&k)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RecordLog for SledRecordLog {
+    async fn publish(&self, changes: Vec<RecordChange>) -> Result<(), StoreError> {
+        let mut bodies = Vec::with_capacity(changes.len());
+        for change in &changes {
+            check_object(&change.object)?;
+            bodies.push(encode(change)?);
+        }
+        {
+            let _writer = self.inner.writer.lock().await;
+            self.expire()?;
+            let db = &self.inner.db;
+            // `N` holds the last position ever used, so positions never repeat after an
+            // expiry or a purge emptied the log.
+            let mut next = db.get([b'N'])?.map_or(Ok(1), |v| {
+                <[u8; 8]>::try_from(v.as_ref())
+                    .map(|b| u64::from_be_bytes(b) + 1)
+                    .map_err(|_| StoreError::Corrupt {
+                        position: 0,
+                        reason: "the records log's last position is not 8 bytes".into(),
+                    })
+            })?;
+            let mut batch = sled::Batch::default();
+            let stored_at = Timestamp::now().unix_micros().to_be_bytes();
+            for (change, body) in changes.iter().zip(bodies) {
+                if db.contains_key(key(b'M', &[change.id.0.as_bytes()]))? {
+                    continue;
+                }
+                let position = next.to_be_bytes();
+                let mut value = stored_at.to_vec();
+                value.extend_from_slice(&body);
+                batch.insert(key(b'R', &[&position]), value);
+                batch.insert(
+                    key(b'I', &[change.integration.0.as_bytes(), &position]),
+                    &[],
+                );
+                batch.insert(key(b'M', &[change.id.0.as_bytes()]), &position);
+                batch.insert(&[b'N'][..], &position);
+                next += 1;
+            }
+            db.apply_batch(batch)?;
+        }
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredRecordChange>, StoreError> {
+        self.expire()?;
+        let start = key(b'R', &[&from.max(1).to_be_bytes()]);
+        let mut out = Vec::new();
+        for entry in self.inner.db.range(start..key(b'S', &[])).take(limit) {
+            let (k, value) = entry?;
+            let position = u64::from_be_bytes(k[1..9].try_into().expect("a position is 8 bytes"));
+            out.push(decode(&value[8..], position)?);
+        }
+        Ok(out)
+    }
+
+    async fn purge_integration(
+        &self,
+        _workspace: &WorkspaceId,
+        _owner: Option<&UserId>,
+        integration: IntegrationId,
+    ) -> Result<u64, StoreError> {
+        let _writer = self.inner.writer.lock().await;
+        let db = &self.inner.db;
+        let prefix = key(b'I', &[integration.0.as_bytes()]);
+        let mut batch = sled::Batch::default();
+        let mut purged = 0;
+        for entry in db.scan_prefix(&prefix) {
+            let (k, _) = entry?;
+            let position = &k[prefix.len()..];
+            let record_key = key(b'R', &[position]);
+            if let Some(value) = db.get(&record_key)? {
+                if let Ok(stored) = decode(&value[8..], 0) {
+                    batch.remove(key(b'M', &[stored.change.id.0.as_bytes()]));
+                }
+                batch.remove(record_key);
+                purged += 1;
+            }
+            batch.remove(k);
+        }
+        db.apply_batch(batch)?;
+        db.flush_async().await?;
+        Ok(purged)
+    }
+}
