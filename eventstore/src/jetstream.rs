@@ -833,7 +833,9 @@ async fn ensure_bucket(
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: bucket.clone(),
-                description: "Harmony Sync: aggregate snapshots (derived, checked on load)".into(),
+                description:
+                    "Harmony Sync: aggregate snapshots (derived, checked on load) and checkpoints"
+                        .into(),
                 history: 1,
                 storage: stream::StorageType::File,
                 num_replicas: config.replicas,

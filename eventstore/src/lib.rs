@@ -37,7 +37,8 @@ pub use chain::{verify_stream, BrokenLink, ChainHash, VerifyReport};
 pub use error::StoreError;
 pub use jetstream::{JetStreamConfig, JetStreamEventStore};
 pub use records::{
-    JetStreamRecordLog, RecordChange, RecordLog, RecordOp, SledRecordLog, StoredRecordChange,
+    purge_deleted_integrations, JetStreamRecordLog, RecordChange, RecordLog, RecordOp,
+    SledRecordLog, StoredRecordChange,
 };
 pub use sled_store::{SledConfig, SledEventStore, SledStats};
 pub use types::{AppendResult, EventStream, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};

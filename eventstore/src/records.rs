@@ -107,6 +107,64 @@ pub trait RecordLog: Send + Sync + 'static {
         owner: Option<&UserId>,
         integration: IntegrationId,
     ) -> Result<u64, StoreError>;
+
+    /// The position in the event log up to which deleted integrations were purged.
+    async fn purge_checkpoint(&self) -> Result<u64, StoreError>;
+
+    async fn save_purge_checkpoint(&self, position: u64) -> Result<(), StoreError>;
+}
+
+/// Follows the event log from the records log's checkpoint and purges the records of every
+/// integration whose `Deleted` event it meets; runs until the subscription ends. Purging is
+/// idempotent, so several processes may run it and a crash between a purge and its checkpoint
+/// only repeats a purge.
+pub async fn purge_deleted_integrations(
+    events: Arc<dyn crate::EventStore>,
+    records: Arc<dyn RecordLog>,
+) -> Result<(), StoreError> {
+    use futures::StreamExt;
+    const SAVE_EVERY: u64 = 1024;
+    let from = records.purge_checkpoint().await? + 1;
+    let mut subscription = events.subscribe(from);
+    let mut unsaved = 0u64;
+    let mut last = from - 1;
+    loop {
+        // Save the checkpoint whenever the log goes quiet, so a restart does not reread it.
+        let next = if unsaved > 0 {
+            match tokio::time::timeout(Duration::from_secs(1), subscription.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    records.save_purge_checkpoint(last).await?;
+                    unsaved = 0;
+                    continue;
+                }
+            }
+        } else {
+            subscription.next().await
+        };
+        let Some(event) = next else { return Ok(()) };
+        let event = event?;
+        last = event.position;
+        unsaved += 1;
+        if event.event_type == "Deleted" {
+            if let Some(integration) = event.stream.integration_id() {
+                let purged = records
+                    .purge_integration(
+                        &event.metadata.workspace,
+                        event.metadata.owner.as_ref(),
+                        integration,
+                    )
+                    .await?;
+                tracing::info!(%integration, purged, "purged the records of a deleted integration");
+                records.save_purge_checkpoint(last).await?;
+                unsaved = 0;
+            }
+        }
+        if unsaved >= SAVE_EVERY {
+            records.save_purge_checkpoint(last).await?;
+            unsaved = 0;
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -215,6 +273,8 @@ pub struct JetStreamRecordLog {
     js: jetstream::Context,
     config: JetStreamConfig,
     stream: String,
+    /// The purge checkpoint, in the snapshots bucket.
+    state: jetstream::kv::Store,
 }
 
 impl JetStreamRecordLog {
@@ -240,10 +300,17 @@ impl JetStreamRecordLog {
             ..Default::default()
         };
         ensure_stream(&js, wanted).await?;
+        let state = js
+            .get_key_value(config.snapshots_bucket())
+            .await
+            .map_err(|error| {
+                StoreError::Unavailable(format!("opening the state bucket: {error}"))
+            })?;
         Ok(Self {
             js,
             stream: config.records_stream(),
             config,
+            state,
         })
     }
 
@@ -357,7 +424,29 @@ impl RecordLog for JetStreamRecordLog {
             .map_err(|error| StoreError::Unavailable(format!("purging records: {error}")))?;
         Ok(purged.purged)
     }
+
+    async fn purge_checkpoint(&self) -> Result<u64, StoreError> {
+        let value = self
+            .state
+            .get(PURGE_CHECKPOINT_KEY)
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("reading a checkpoint: {error}")))?;
+        Ok(value
+            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    async fn save_purge_checkpoint(&self, position: u64) -> Result<(), StoreError> {
+        self.state
+            .put(PURGE_CHECKPOINT_KEY, Bytes::from(position.to_string()))
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("saving a checkpoint: {error}")))?;
+        Ok(())
+    }
 }
+
+/// The key of the purge checkpoint in the JetStream state bucket.
+const PURGE_CHECKPOINT_KEY: &str = "checkpoint.records-purge";
 
 // ---------------------------------------------------------------------------------------
 // sled
@@ -520,5 +609,20 @@ impl RecordLog for SledRecordLog {
         db.apply_batch(batch)?;
         db.flush_async().await?;
         Ok(purged)
+    }
+
+    async fn purge_checkpoint(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .inner
+            .db
+            .get([b'P'])?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    async fn save_purge_checkpoint(&self, position: u64) -> Result<(), StoreError> {
+        self.inner.db.insert([b'P'], &position.to_be_bytes())?;
+        self.inner.db.flush_async().await?;
+        Ok(())
     }
 }

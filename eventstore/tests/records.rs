@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 
 use domain::{EventId, IntegrationId, SyncId, Timestamp};
 use eventstore::nats_server::{unique_namespace, TestNats};
+use std::sync::Arc;
+
 use eventstore::{
-    JetStreamConfig, JetStreamEventStore, JetStreamRecordLog, RecordChange, RecordLog, RecordOp,
-    SledRecordLog,
+    purge_deleted_integrations, EventStore, ExpectedVersion, JetStreamConfig, JetStreamEventStore,
+    JetStreamRecordLog, NewEvent, RecordChange, RecordLog, RecordOp, SledEventStore, SledRecordLog,
 };
 use serde_json::json;
 
@@ -91,6 +93,59 @@ async fn expires(log: &dyn RecordLog) {
     }
 }
 
+/// Deleting an integration (its `Deleted` event) purges its records; the purger keeps its place.
+async fn purges_when_deleted(events: Arc<dyn EventStore>, records: Arc<dyn RecordLog>) {
+    let gone = IntegrationId::new();
+    let kept = IntegrationId::new();
+    records
+        .publish((0..3).map(|n| change(gone, n, Some("max"))).collect())
+        .await
+        .unwrap();
+    records.publish(vec![change(kept, 1, None)]).await.unwrap();
+    let before = records.read(1, 1000).await.unwrap().len();
+    let purger = tokio::spawn(purge_deleted_integrations(events.clone(), records.clone()));
+    let mut metadata = eventstore::conformance::metadata();
+    metadata.owner = Some("max".parse().unwrap());
+    let deleted = NewEvent {
+        id: EventId::new(),
+        event_type: "Deleted".into(),
+        schema: 1,
+        data: json!({ "secrets_shredded": true }),
+        metadata,
+    };
+    let at = events
+        .append(
+            &domain::StreamName::integration(gone),
+            ExpectedVersion::Any,
+            vec![deleted],
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = records.read(1, 1000).await.unwrap();
+        if left.iter().all(|r| r.change.integration != gone) {
+            assert_eq!(
+                left.len(),
+                before - 3,
+                "other integrations' records went too"
+            );
+            assert!(left.iter().any(|r| r.change.integration == kept));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted integration's records stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while records.purge_checkpoint().await.unwrap() < at.last_position {
+        assert!(Instant::now() < deadline, "the checkpoint did not move");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    purger.abort();
+}
+
 #[tokio::test]
 async fn on_sled() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,6 +153,8 @@ async fn on_sled() {
     behaves(&log).await;
     let short = SledRecordLog::open(dir.path().join("short"), Duration::from_secs(1)).unwrap();
     expires(&short).await;
+    let events = Arc::new(SledEventStore::open(dir.path().join("log")).unwrap());
+    purges_when_deleted(events, Arc::new(log)).await;
 }
 
 async fn jetstream(
@@ -152,4 +209,5 @@ async fn on_jetstream() {
 
     let (_store, short) = jetstream(&nats, Duration::from_secs(1)).await;
     expires(&short).await;
+    purges_when_deleted(Arc::new(store), Arc::new(log)).await;
 }

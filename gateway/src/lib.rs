@@ -149,11 +149,34 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let purger = tokio::spawn(purge_records_of_deleted_integrations(
+            self.state.store.clone(),
+            self.state.records.clone(),
+        ));
         let router = http::router(self.state);
-        axum::serve(self.listener, router)
+        let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await
-            .context("while serving HTTP")
+            .context("while serving HTTP");
+        purger.abort();
+        served
+    }
+}
+
+/// Keeps the records log free of deleted integrations' records for as long as the service
+/// runs, starting again after a failure (the log unreachable for a while, say).
+async fn purge_records_of_deleted_integrations(
+    store: Arc<dyn EventStore>,
+    records: Arc<dyn RecordLog>,
+) {
+    loop {
+        match eventstore::purge_deleted_integrations(store.clone(), records.clone()).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "purging deleted integrations' records failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 
