@@ -271,28 +271,7 @@ pub async fn run(
     ));
 
     // Top the log up to the replay size with large batches, then read it all back.
-    let head = store.head_position().await?;
-    if head < sizes.replay_events {
-        progress(&format!(
-            "replay: loading {} events",
-            sizes.replay_events - head
-        ));
-        let mut left = sizes.replay_events - head;
-        let mut n = 0;
-        while left > 0 {
-            let size = left.min(1000);
-            let events = (0..size).map(|i| event(n + i)).collect();
-            store
-                .append(
-                    &stream(n / 1000 % 1000 + 10_000),
-                    ExpectedVersion::Any,
-                    events,
-                )
-                .await?;
-            n += size;
-            left -= size;
-        }
-    }
+    top_up(&store, sizes.replay_events, 1000, progress).await?;
     progress("replay: reading everything back");
     let head = store.head_position().await?;
     // Alternate, twice, and keep the best of each: neither side gets only the cold cache.
@@ -309,6 +288,36 @@ pub async fn run(
         machine: machine(),
         figures,
     })
+}
+
+/// Appends batches of `batch` events to `store` until its head reaches `events`.
+async fn top_up(
+    store: &dyn EventStore,
+    events: u64,
+    batch: u64,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), StoreError> {
+    let head = store.head_position().await?;
+    if head >= events {
+        return Ok(());
+    }
+    progress(&format!("replay: loading {} events", events - head));
+    let mut left = events - head;
+    let mut n = 0;
+    while left > 0 {
+        let size = left.min(batch);
+        let batch_events = (0..size).map(|i| event(n + i)).collect();
+        store
+            .append(
+                &stream(n / batch % 1000 + 10_000),
+                ExpectedVersion::Any,
+                batch_events,
+            )
+            .await?;
+        n += size;
+        left -= size;
+    }
+    Ok(())
 }
 
 async fn replay(store: &SledEventStore, head: u64) -> Result<f64, StoreError> {

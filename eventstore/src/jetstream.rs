@@ -752,74 +752,67 @@ pub(crate) async fn ensure_stream(
 
 /// What differs between a found stream and the one required, in words.
 fn incompatibilities(found: &stream::Config, wanted: &stream::Config) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |what: &str, ok: bool, found: String, wanted: String| {
-        if !ok {
-            out.push(format!("{what} is {found}, needs {wanted}"));
+    fn differs<T: PartialEq + std::fmt::Debug>(
+        out: &mut Vec<String>,
+        what: &str,
+        found: &T,
+        wanted: &T,
+    ) {
+        if found != wanted {
+            out.push(format!("{what} is {found:?}, needs {wanted:?}"));
         }
-    };
-    check(
-        "subjects",
-        found.subjects == wanted.subjects,
-        format!("{:?}", found.subjects),
-        format!("{:?}", wanted.subjects),
-    );
-    check(
-        "storage",
-        found.storage == wanted.storage,
-        format!("{:?}", found.storage),
-        format!("{:?}", wanted.storage),
-    );
-    check(
-        "replicas",
-        found.num_replicas == wanted.num_replicas,
-        found.num_replicas.to_string(),
-        wanted.num_replicas.to_string(),
-    );
-    check(
-        "retention",
-        found.retention == wanted.retention,
-        format!("{:?}", found.retention),
-        format!("{:?}", wanted.retention),
-    );
-    for (what, found_flag, wanted_flag) in [
-        ("deny_delete", found.deny_delete, wanted.deny_delete),
-        ("deny_purge", found.deny_purge, wanted.deny_purge),
-        ("allow_direct", found.allow_direct, wanted.allow_direct),
-        (
-            "allow_atomic",
-            found.allow_atomic_publish,
-            wanted.allow_atomic_publish,
-        ),
-    ] {
-        check(
-            what,
-            found_flag == wanted_flag,
-            found_flag.to_string(),
-            wanted_flag.to_string(),
-        );
     }
-    check(
+    let mut out = Vec::new();
+    differs(&mut out, "subjects", &found.subjects, &wanted.subjects);
+    differs(&mut out, "storage", &found.storage, &wanted.storage);
+    differs(
+        &mut out,
+        "replicas",
+        &found.num_replicas,
+        &wanted.num_replicas,
+    );
+    differs(&mut out, "retention", &found.retention, &wanted.retention);
+    differs(
+        &mut out,
+        "deny_delete",
+        &found.deny_delete,
+        &wanted.deny_delete,
+    );
+    differs(
+        &mut out,
+        "deny_purge",
+        &found.deny_purge,
+        &wanted.deny_purge,
+    );
+    differs(
+        &mut out,
+        "allow_direct",
+        &found.allow_direct,
+        &wanted.allow_direct,
+    );
+    differs(
+        &mut out,
+        "allow_atomic",
+        &found.allow_atomic_publish,
+        &wanted.allow_atomic_publish,
+    );
+    differs(
+        &mut out,
         "duplicate_window",
-        found.duplicate_window == wanted.duplicate_window,
-        format!("{:?}", found.duplicate_window),
-        format!("{:?}", wanted.duplicate_window),
+        &found.duplicate_window,
+        &wanted.duplicate_window,
     );
-    check(
-        "max_age",
-        found.max_age == wanted.max_age,
-        format!("{:?}", found.max_age),
-        format!("{:?}", wanted.max_age),
-    );
+    differs(&mut out, "max_age", &found.max_age, &wanted.max_age);
     // Limits that would drop messages before their age.
     let unlimited =
         found.max_messages <= 0 && found.max_bytes <= 0 && found.max_messages_per_subject <= 0;
-    check(
-        "limits",
-        unlimited,
-        "set (max_msgs, max_bytes or max_msgs_per_subject)".into(),
-        "none: nothing is dropped before its age".into(),
-    );
+    if !unlimited {
+        out.push(
+            "limits are set (max_msgs, max_bytes or max_msgs_per_subject), needs none: nothing \
+             may be dropped before its age"
+                .into(),
+        );
+    }
     out
 }
 

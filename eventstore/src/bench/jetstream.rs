@@ -47,8 +47,9 @@ fn sample_body() -> Result<Bytes, StoreError> {
     Ok(Bytes::from(crate::wire::encode((&recorded).into())?))
 }
 
-/// The headers the log sends with a single event.
-fn headers(expected_seq: u64, filter: &str) -> HeaderMap {
+/// The headers the log sends with an event; the expectation (last sequence, subject filter)
+/// goes on the first of an append.
+fn headers(expected: Option<(u64, &str)>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let id = uuid::Uuid::now_v7().to_string();
     headers.insert("Nats-Msg-Id", id.as_str());
@@ -56,11 +57,13 @@ fn headers(expected_seq: u64, filter: &str) -> HeaderMap {
     headers.insert(crate::wire::HEADER_EVENT_TYPE, "SyncProgressed");
     headers.insert(crate::wire::HEADER_EVENT_SCHEMA, "1");
     headers.insert("Content-Type", crate::wire::CONTENT_TYPE);
-    headers.insert(
-        "Nats-Expected-Last-Subject-Sequence",
-        expected_seq.to_string().as_str(),
-    );
-    headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", filter);
+    if let Some((seq, filter)) = expected {
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            seq.to_string().as_str(),
+        );
+        headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", filter);
+    }
     headers
 }
 
@@ -99,7 +102,7 @@ impl Raw {
                         .js
                         .publish_with_headers(
                             subject.clone(),
-                            headers(last, &filter),
+                            headers(Some((last, &filter))),
                             raw.body.clone(),
                         )
                         .await
@@ -140,16 +143,7 @@ impl Raw {
             let batch_id = uuid::Uuid::now_v7().simple().to_string();
             let expected = last.get(&(batch % 8)).copied().unwrap_or(0);
             for i in 0..100u64 {
-                let mut headers = headers(expected, &filter);
-                if i > 0 {
-                    headers = HeaderMap::new();
-                    let id = uuid::Uuid::now_v7().to_string();
-                    headers.insert("Nats-Msg-Id", id.as_str());
-                    headers.insert(crate::wire::HEADER_EVENT_ID, id.as_str());
-                    headers.insert(crate::wire::HEADER_EVENT_TYPE, "SyncProgressed");
-                    headers.insert(crate::wire::HEADER_EVENT_SCHEMA, "1");
-                    headers.insert("Content-Type", crate::wire::CONTENT_TYPE);
-                }
+                let mut headers = headers((i == 0).then_some((expected, filter.as_str())));
                 headers.insert("Nats-Batch-Id", batch_id.as_str());
                 headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
                 if i < 99 {
@@ -363,28 +357,7 @@ async fn measure(
         theirs,
     ));
 
-    let head = store.head_position().await?;
-    if head < sizes.replay_events {
-        progress(&format!(
-            "replay: loading {} events",
-            sizes.replay_events - head
-        ));
-        let mut left = sizes.replay_events - head;
-        let mut n = 0;
-        while left > 0 {
-            let size = left.min(500);
-            let events = (0..size).map(|i| event(n + i)).collect();
-            store
-                .append(
-                    &stream_name(n / 500 % 1000 + 10_000),
-                    ExpectedVersion::Any,
-                    events,
-                )
-                .await?;
-            n += size;
-            left -= size;
-        }
-    }
+    super::top_up(store, sizes.replay_events, 500, progress).await?;
     progress("replay: reading everything back");
     let head = store.head_position().await?;
     let (mut ours, mut theirs) = (0f64, 0f64);
