@@ -1,9 +1,11 @@
 //! The distributed backend: the event log on NATS JetStream.
 //!
 //! Every event is one message on the stream `HARMONY_EVENTS`, on the subject
-//! `harmony.events.<workspace>.<owner>.<integration>` (`<owner>` is `ws` for a workspace
-//! integration and the user id for a personal one) or `harmony.events.<workspace>.ws.policy`
-//! for a workspace's policy stream. The body is the CloudEvents envelope of [`crate::wire`].
+//! `harmony.events.<workspace>.<owner>.<integration>.<type>` (`<owner>` is `ws` for a workspace
+//! integration and the user id for a personal one) or
+//! `harmony.events.<workspace>.ws.policy.<type>` for a workspace's policy stream, so that a
+//! consumer can pick events by workspace, owner, integration or type from the subject alone.
+//! The body is the CloudEvents envelope of [`crate::wire`].
 //!
 //! - **Position** = the JetStream stream sequence.
 //! - **Optimistic concurrency**: each append carries `Nats-Expected-Last-Subject-Sequence`,
@@ -282,18 +284,28 @@ impl JetStreamEventStore {
         &self.inner.client
     }
 
-    /// The subject an event of `stream` with `metadata` is published on.
+    /// The subject an event of `stream` of type `event_type` with `metadata` is published on.
     pub fn subject_for(
         &self,
         stream: &StreamName,
+        event_type: &str,
         metadata: &domain::Metadata,
     ) -> Result<String, StoreError> {
+        let type_ok = !event_type.is_empty()
+            && event_type
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !type_ok {
+            return Err(StoreError::InvalidData(format!(
+                "event type {event_type:?} must be letters, digits and underscores"
+            )));
+        }
         let ns = &self.inner.config.namespace;
         let ws = metadata.workspace.as_str();
         match stream_token(stream)? {
             StreamToken::Integration(token) => {
                 let owner = metadata.owner.as_ref().map_or("ws", |o| o.as_str());
-                Ok(format!("{ns}.events.{ws}.{owner}.{token}"))
+                Ok(format!("{ns}.events.{ws}.{owner}.{token}.{event_type}"))
             }
             StreamToken::Policy(workspace) => {
                 if workspace != ws {
@@ -301,7 +313,7 @@ impl JetStreamEventStore {
                         "an event of {stream} carries workspace {ws}"
                     )));
                 }
-                Ok(format!("{ns}.events.{ws}.ws.policy"))
+                Ok(format!("{ns}.events.{ws}.ws.policy.{event_type}"))
             }
         }
     }
@@ -309,8 +321,8 @@ impl JetStreamEventStore {
     fn subjects(&self, stream: &StreamName) -> Result<Subjects, StoreError> {
         let ns = &self.inner.config.namespace;
         let filter = match stream_token(stream)? {
-            StreamToken::Integration(token) => format!("{ns}.events.*.*.{token}"),
-            StreamToken::Policy(ws) => format!("{ns}.events.{ws}.ws.policy"),
+            StreamToken::Integration(token) => format!("{ns}.events.*.*.{token}.*"),
+            StreamToken::Policy(ws) => format!("{ns}.events.{ws}.ws.policy.*"),
         };
         Ok(Subjects { filter })
     }
@@ -870,7 +882,7 @@ impl EventStore for JetStreamEventStore {
                 }
             };
             prepared.push(Prepared {
-                subject: self.subject_for(stream, &event.metadata)?,
+                subject: self.subject_for(stream, &event.event_type, &event.metadata)?,
                 prefix: canonical_prefix_with(
                     &event.id,
                     stream,

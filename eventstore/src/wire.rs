@@ -23,6 +23,7 @@
 //! | `actor` | `user:<id>` or `system:<reason>` |
 //! | `correlationid`, `causationid` | what the event belongs to and what caused it (`causationid` may be absent) |
 //!
+//! On JetStream the subject is `harmony.events.<workspace>.<owner>.<integration>.<type>`.
 //! The headers repeat what a consumer may route on without parsing the body:
 //! `Harmony-Event-Type`, `Harmony-Event-Id`, `Harmony-Event-Schema`, and `Content-Type:
 //! application/cloudevents+json`. A published attribute never changes meaning; new ones may be

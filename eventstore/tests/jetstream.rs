@@ -40,7 +40,9 @@ impl Backend for JetStream {
         let mut forged = original.clone();
         forged.data_json = r#"{"n":999}"#.into();
         let body = eventstore::wire::encode((&forged).into()).unwrap();
-        let subject = store.subject_for(stream, &forged.metadata).unwrap();
+        let subject = store
+            .subject_for(stream, &forged.event_type, &forged.metadata)
+            .unwrap();
         let js = async_nats::jetstream::new(store.client().clone());
         let ack = js
             .publish(subject, body.into())
@@ -106,7 +108,7 @@ mod distributed {
                 .await
                 .subject
                 .as_str(),
-            format!("{ns}.events.acme.ws.{integration}")
+            format!("{ns}.events.acme.ws.{integration}.TestHappened")
         );
 
         let personal = StreamName::integration(domain::IntegrationId::new());
@@ -121,7 +123,7 @@ mod distributed {
         assert_eq!(
             message.subject.as_str(),
             format!(
-                "{ns}.events.acme.max.{}",
+                "{ns}.events.acme.max.{}.TestHappened",
                 personal.integration_id().unwrap()
             )
         );
@@ -155,12 +157,21 @@ mod distributed {
                 .await
                 .subject
                 .as_str(),
-            format!("{ns}.events.acme.ws.policy")
+            format!("{ns}.events.acme.ws.policy.TestHappened")
         );
         let mut elsewhere = event(4);
         elsewhere.metadata.workspace = "globex".parse().unwrap();
         let refused = store
             .append(&policy, ExpectedVersion::Any, vec![elsewhere])
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, StoreError::InvalidData(_)), "{refused:?}");
+
+        // The type is a subject token: it must be one.
+        let mut dotted = event(6);
+        dotted.event_type = "Test.Happened".into();
+        let refused = store
+            .append(&policy, ExpectedVersion::Any, vec![dotted])
             .await
             .unwrap_err();
         assert!(matches!(refused, StoreError::InvalidData(_)), "{refused:?}");
@@ -358,7 +369,7 @@ mod distributed {
             .unwrap();
         let mut live = store.subscribe(1);
         // Someone with publish rights writes garbage on the stream's own subject.
-        let subject = store.subject_for(&s, &metadata()).unwrap();
+        let subject = store.subject_for(&s, "TestHappened", &metadata()).unwrap();
         let js = jetstream::new(store.client().clone());
         let garbage = js
             .publish(subject, "not an event".into())

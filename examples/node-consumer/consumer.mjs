@@ -8,8 +8,9 @@
 //   NATS_URL       the server                       (default nats://127.0.0.1:4222)
 //   HARMONY_STREAM the events stream                (default HARMONY_EVENTS)
 //   FILTER         which events, by subject         (default harmony.events.>)
-//                  e.g. harmony.events.acme.ws.>   every workspace-level event of acme
-//                       harmony.events.*.*.<id>    one integration
+//                  e.g. harmony.events.acme.ws.>            every workspace-level event of acme
+//                       harmony.events.*.*.<id>.*           one integration
+//                       harmony.events.*.*.*.SyncFailed     one event type
 //   DURABLE        the consumer's name              (default node-consumer)
 //   SEEN_FILE      where handled ids are kept       (default ./seen-ids.txt)
 //   COUNT          stop after this many new events (default 0: run forever)

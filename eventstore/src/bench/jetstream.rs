@@ -78,8 +78,8 @@ impl Raw {
     fn subject(&self, writer: u64, round: &str) -> (String, String) {
         let token = format!("{round}-{writer}");
         (
-            format!("{}.raw.bench.ws.{token}", self.namespace),
-            format!("{}.raw.*.*.{token}", self.namespace),
+            format!("{}.raw.bench.ws.{token}.SyncProgressed", self.namespace),
+            format!("{}.raw.*.*.{token}.*", self.namespace),
         )
     }
 
