@@ -1,9 +1,17 @@
 //! Read models of Harmony Sync, derived from the event log.
 //!
-//! This crate will hold the projection runner (subscribe from a checkpoint, apply batches and
-//! the checkpoint in one transaction, rebuild from position 0) and the `installed` and
-//! `sync_runs` read models on SQLite and PostgreSQL through sqlx. Nothing here is the truth:
-//! every table can be dropped and rebuilt from the log.
+//! Nothing here is the truth: every table can be dropped and rebuilt from the log.
 //!
-//! At this stage it holds no read model yet; the foundation only fixes its place in the
-//! dependency graph (it may depend on `domain` and `eventstore`, never the reverse).
+//! - [`db`]: the read database, SQLite (a file under the data directory, WAL) or PostgreSQL,
+//!   with its migrations.
+//! - [`installed`]: Marketplace > Installed, one row per integration, folded with the domain's
+//!   own `Integration` aggregate so that status and available actions follow the same rules
+//!   as the commands.
+//! - [`runner`]: applies the log to a projection in batches, each batch and the projection's
+//!   checkpoint in one transaction, so a crash never applies an event twice or skips one.
+
+pub mod db;
+pub mod installed;
+pub mod runner;
+
+pub use db::{ReadDb, ReadDbError};

@@ -1,0 +1,77 @@
+//! The read database: SQLite by default, PostgreSQL for several processes.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// What can go wrong with the read database.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadDbError {
+    #[error("the read database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("migrating the read database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A pool on one of the two databases. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum ReadDb {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl ReadDb {
+    /// Opens (creating it if needed) the SQLite database at `path`, in WAL mode, and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, ReadDbError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode NORMAL loses nothing on a process crash; a power cut may lose the
+            // last transactions, which the projection replays from the log.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let db = ReadDb::Sqlite(pool);
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Connects to PostgreSQL at `url` and migrates it.
+    pub async fn connect_postgres(url: &str) -> Result<Self, ReadDbError> {
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        let db = ReadDb::Postgres(pool);
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Runs the migrations not yet applied.
+    pub async fn migrate(&self) -> Result<(), ReadDbError> {
+        match self {
+            ReadDb::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            ReadDb::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// "sqlite" or "postgres".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReadDb::Sqlite(_) => "sqlite",
+            ReadDb::Postgres(_) => "postgres",
+        }
+    }
+}
