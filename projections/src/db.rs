@@ -75,3 +75,39 @@ impl ReadDb {
         }
     }
 }
+
+/// Moves projection `name`'s checkpoint to `position`, inside the caller's transaction (a
+/// macro, so that the one statement serves both databases' transactions).
+macro_rules! save_checkpoint {
+    ($tx:expr, $name:expr, $position:expr) => {
+        sqlx::query(
+            "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        )
+        .bind($name)
+        .bind($position)
+        .execute($tx)
+        .await
+    };
+}
+pub(crate) use save_checkpoint;
+
+/// The position projection `name` has applied up to, 0 before anything.
+pub async fn checkpoint(db: &ReadDb, name: &str) -> Result<u64, ReadDbError> {
+    let query = "SELECT position FROM checkpoints WHERE name = $1";
+    let position: Option<i64> = match db {
+        ReadDb::Sqlite(pool) => {
+            sqlx::query_scalar(query)
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        }
+        ReadDb::Postgres(pool) => {
+            sqlx::query_scalar(query)
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        }
+    };
+    Ok(position.map_or(0, |p| u64::try_from(p).unwrap_or(0)))
+}

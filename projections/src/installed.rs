@@ -112,7 +112,9 @@ macro_rules! on_tx {
     ($db:expr, |$tx:ident| $body:block) => {
         match $db {
             ReadDb::Sqlite(pool) => {
-                let mut $tx = pool.begin().await?;
+                // IMMEDIATE: take the write lock first, so a transaction that reads before it
+                // writes never fails on another projection's commit in between.
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let result = $body;
                 $tx.commit().await?;
                 result
@@ -257,36 +259,14 @@ pub async fn apply(db: &ReadDb, events: &[RecordedEvent]) -> Result<(), ApplyErr
                 }
             }
         }
-        sqlx::query(
-            "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        )
-        .bind(NAME)
-        .bind(checkpoint)
-        .execute(&mut *tx)
-        .await?;
+        crate::db::save_checkpoint!(&mut *tx, NAME, checkpoint)?;
         Ok::<(), ApplyError>(())
     })
 }
 
 /// The position Installed has applied up to, 0 before anything.
 pub async fn checkpoint(db: &ReadDb) -> Result<u64, ReadDbError> {
-    let query = "SELECT position FROM checkpoints WHERE name = $1";
-    let position: Option<i64> = match db {
-        ReadDb::Sqlite(pool) => {
-            sqlx::query_scalar(query)
-                .bind(NAME)
-                .fetch_optional(pool)
-                .await?
-        }
-        ReadDb::Postgres(pool) => {
-            sqlx::query_scalar(query)
-                .bind(NAME)
-                .fetch_optional(pool)
-                .await?
-        }
-    };
-    Ok(position.map_or(0, |p| u64::try_from(p).unwrap_or(0)))
+    crate::db::checkpoint(db, NAME).await
 }
 
 type RowTuple = (

@@ -7,11 +7,13 @@
 //! - [`installed`]: Marketplace > Installed, one row per integration, folded with the domain's
 //!   own `Integration` aggregate so that status and available actions follow the same rules
 //!   as the commands.
+//! - [`sync_runs`]: the sync logs, one row per run with its pages, paged by cursor.
 //! - [`runner`]: applies the log to a projection in batches, each batch and the projection's
 //!   checkpoint in one transaction, so a crash never applies an event twice or skips one.
 
 pub mod db;
 pub mod installed;
 pub mod runner;
+pub mod sync_runs;
 
 pub use db::{ReadDb, ReadDbError};

@@ -1,5 +1,6 @@
-//! Installed from real commands: rows for each step of an integration's life, the visibility
-//! of personal integrations, and a rebuild equal to the view built as the log grew.
+//! Installed and the sync logs from real commands, on SQLite and PostgreSQL: rows for each
+//! step of an integration's life, the visibility of personal integrations, and a rebuild equal
+//! to the views built as the log grew.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
 use eventstore::repository::Repository;
 use eventstore::{EventStore, SledEventStore};
 use projections::installed::{self, InstalledRow};
-use projections::{runner, ReadDb};
+use projections::runner::{self, Projection};
+use projections::sync_runs::{self, Filter};
+use projections::ReadDb;
 
 fn as_user(name: &str, role: Role) -> CommandContext {
     CommandContext::new(
@@ -79,7 +82,7 @@ struct Fixture {
     store: Arc<SledEventStore>,
     repository: Repository,
     db: ReadDb,
-    runner: tokio::task::JoinHandle<Result<(), runner::RunError>>,
+    runners: Vec<tokio::task::JoinHandle<Result<(), runner::RunError>>>,
 }
 
 /// A fresh read database of each kind: SQLite in `dir`, and a new database on the test run's
@@ -115,24 +118,77 @@ async fn fixture(kind: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledEventStore::open(dir.path().join("log")).unwrap());
     let db = fresh_db(kind, dir.path()).await;
-    let runner = tokio::spawn(runner::run_installed(store.clone(), db.clone()));
+    let runners = Projection::ALL
+        .into_iter()
+        .map(|p| {
+            let store: Arc<dyn EventStore> = store.clone();
+            tokio::spawn(runner::run(p, store, db.clone()))
+        })
+        .collect();
     Fixture {
         repository: Repository::new(store.clone()),
         store,
         db,
-        runner,
+        runners,
         _dir: dir,
     }
 }
 
 impl Fixture {
+    /// Panics with the error of a projection that stopped.
+    fn check_runners(&self) {
+        for runner in &self.runners {
+            if runner.is_finished() {
+                panic!("a projection stopped");
+            }
+        }
+    }
+
+    fn stop(&self) {
+        for runner in &self.runners {
+            runner.abort();
+        }
+    }
+
+    /// The sync logs of `id` as `user` sees them, once the projection has caught up.
+    async fn sync_logs(
+        &self,
+        user: &str,
+        id: IntegrationId,
+        filter: &Filter,
+        cursor: Option<i64>,
+        limit: u32,
+    ) -> sync_runs::RunsPage {
+        let head = self.store.head_position().await.unwrap();
+        assert!(
+            runner::wait_for(
+                &self.db,
+                Projection::SyncRuns,
+                head,
+                Duration::from_secs(30)
+            )
+            .await
+            .unwrap(),
+            "the sync logs did not catch up"
+        );
+        sync_runs::list(&self.db, "acme", user, id, filter, cursor, limit)
+            .await
+            .unwrap()
+    }
+
     /// Installed as `user` sees it once the projection has caught up with the log.
     async fn installed(&self, user: &str) -> Vec<InstalledRow> {
         let head = self.store.head_position().await.unwrap();
+        self.check_runners();
         assert!(
-            runner::wait_for(&self.db, head, Duration::from_secs(30))
-                .await
-                .unwrap(),
+            runner::wait_for(
+                &self.db,
+                Projection::Installed,
+                head,
+                Duration::from_secs(30)
+            )
+            .await
+            .unwrap(),
             "the projection did not catch up"
         );
         installed::list(&self.db, "acme", user).await.unwrap()
@@ -270,6 +326,80 @@ async fn life(kind: &str) {
         ("error", Some("failed"))
     );
 
+    // The sync logs: newest first, with status, trigger, counts and error, paged by cursor.
+    let all = f.sync_logs("ada", id, &Filter::default(), None, 10).await;
+    assert_eq!(all.next_cursor, None);
+    let runs: Vec<(&str, &str, &str)> = all
+        .runs
+        .iter()
+        .map(|r| {
+            (
+                r.sync_id.as_str(),
+                r.status.as_str(),
+                r.trigger_kind.as_str(),
+            )
+        })
+        .collect();
+    let (failing_id, sync_text) = (failing.to_string(), sync_id.to_string());
+    assert_eq!(
+        runs,
+        [
+            (failing_id.as_str(), "failed", "manual"),
+            (sync_text.as_str(), "completed", "manual")
+        ]
+    );
+    let done = &all.runs[1];
+    assert_eq!(
+        (done.pulled, done.created, done.updated, done.deleted),
+        (100, 60, 30, 10)
+    );
+    assert_eq!(
+        (done.kind.as_str(), done.requested_by.as_deref()),
+        ("full", Some("ada"))
+    );
+    assert_eq!(done.duration_ms, Some(1200));
+    assert!(done.started_at.is_some() && done.finished_at.is_some());
+    assert_eq!(all.runs[0].error_code.as_deref(), Some("rate_limited"));
+    let pages = sync_runs::pages(&f.db, &sync_text).await.unwrap();
+    assert_eq!(pages.len(), 1);
+    assert_eq!(
+        (pages[0].object.as_str(), pages[0].page, pages[0].pulled),
+        ("contacts", 1, 100)
+    );
+    let first = f.sync_logs("ada", id, &Filter::default(), None, 1).await;
+    assert_eq!(first.runs, all.runs[..1]);
+    let second = f
+        .sync_logs("ada", id, &Filter::default(), first.next_cursor, 1)
+        .await;
+    assert_eq!(second.runs, all.runs[1..]);
+    assert_eq!(second.next_cursor, None);
+    let completed = Filter {
+        status: Some("completed".into()),
+        ..Filter::default()
+    };
+    assert_eq!(
+        f.sync_logs("ada", id, &completed, None, 10).await.runs,
+        all.runs[1..]
+    );
+    let incremental = Filter {
+        kind: Some("incremental".into()),
+        ..Filter::default()
+    };
+    assert!(f
+        .sync_logs("ada", id, &incremental, None, 10)
+        .await
+        .runs
+        .is_empty());
+    let later = Filter {
+        since: Some(Timestamp::now().to_string()),
+        ..Filter::default()
+    };
+    assert!(f
+        .sync_logs("ada", id, &later, None, 10)
+        .await
+        .runs
+        .is_empty());
+
     run(
         &f.repository,
         &system(),
@@ -289,6 +419,28 @@ async fn life(kind: &str) {
     );
     assert!(row.actions.contains(&"reauth".to_owned()));
 
+    let waiting = SyncId::new();
+    run(
+        &f.repository,
+        &system(),
+        id,
+        IntegrationCommand::Reauthenticate {
+            credential_ref: CredentialRef("vault:x:2".into()),
+            granted_scopes: vec![],
+            expires_at: None,
+        },
+    )
+    .await;
+    run(
+        &f.repository,
+        &admin,
+        id,
+        IntegrationCommand::RequestSync {
+            sync_id: waiting,
+            kind: SyncKind::Full,
+        },
+    )
+    .await;
     lifecycle::end(
         &f.repository,
         &admin,
@@ -306,6 +458,15 @@ async fn life(kind: &str) {
         ("disconnected", vec!["delete".to_owned()])
     );
 
+    let cancelled = f.sync_logs("ada", id, &Filter::default(), None, 1).await;
+    assert_eq!(
+        (
+            cancelled.runs[0].sync_id.clone(),
+            cancelled.runs[0].status.as_str()
+        ),
+        (waiting.to_string(), "cancelled")
+    );
+
     lifecycle::end(
         &f.repository,
         &admin,
@@ -320,7 +481,7 @@ async fn life(kind: &str) {
         f.installed("ada").await.is_empty(),
         "a deleted integration leaves Installed"
     );
-    f.runner.abort();
+    f.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +520,29 @@ async fn visibility(kind: &str) {
         .find(|r| r.scope == "personal")
         .unwrap();
     assert_eq!(row.owner.as_deref(), Some("max"));
-    f.runner.abort();
+    // Its sync logs, too, are the owner's alone.
+    let sync_id = SyncId::new();
+    run(
+        &f.repository,
+        &max,
+        personal,
+        IntegrationCommand::RequestSync {
+            sync_id,
+            kind: SyncKind::Incremental,
+        },
+    )
+    .await;
+    let theirs = f
+        .sync_logs("max", personal, &Filter::default(), None, 10)
+        .await;
+    assert_eq!(theirs.runs.len(), 1);
+    assert_eq!(theirs.runs[0].kind, "incremental");
+    assert!(f
+        .sync_logs("ada", personal, &Filter::default(), None, 10)
+        .await
+        .runs
+        .is_empty());
+    f.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,7 +608,11 @@ async fn rebuild(kind: &str) {
     }
     let live = f.installed("max").await;
     assert_eq!(live.len(), 2);
-    f.runner.abort();
+    let mut live_logs = Vec::new();
+    for id in &ids {
+        live_logs.push(f.sync_logs("max", *id, &Filter::default(), None, 100).await);
+    }
+    f.stop();
 
     // Every event at once into an empty database, and again on top (nothing applies twice).
     let all = f.store.read_all(1, 100_000).await.unwrap();
@@ -433,9 +620,17 @@ async fn rebuild(kind: &str) {
     let fresh = ReadDb::open_sqlite(&dir.path().join("rebuilt.db"))
         .await
         .unwrap();
-    installed::apply(&fresh, &all).await.unwrap();
-    installed::apply(&fresh, &all).await.unwrap();
+    for projection in Projection::ALL {
+        projection.apply(&fresh, &all).await.unwrap();
+        projection.apply(&fresh, &all).await.unwrap();
+    }
     assert_eq!(installed::list(&fresh, "acme", "max").await.unwrap(), live);
+    for (id, logs) in ids.iter().zip(live_logs) {
+        let rebuilt = sync_runs::list(&fresh, "acme", "max", *id, &Filter::default(), None, 100)
+            .await
+            .unwrap();
+        assert_eq!(rebuilt, logs);
+    }
     assert_eq!(
         installed::checkpoint(&fresh).await.unwrap(),
         all.last().unwrap().position
