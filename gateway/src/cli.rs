@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// servers comma-separated) instead of sled under --data-dir.
     #[arg(long, env = "HARMONY_NATS_URL")]
     pub nats_url: Option<String>,
+    /// Keep the read models (Installed, the sync logs) on PostgreSQL at this URL instead of
+    /// SQLite under --data-dir (e.g. postgres://user@host/harmony).
+    #[arg(long, env = "HARMONY_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// How many days synced record changes (personal data) are kept on the records log.
     #[arg(long, env = "HARMONY_RECORDS_MAX_AGE_DAYS", default_value_t = 30)]
     pub records_max_age_days: u64,

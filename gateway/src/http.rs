@@ -15,21 +15,57 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Alive and able to read the log: `{"status": "ok", "backend": "sled", "log_head": <position>}`.
+/// Alive and able to read the log: `{"status": "ok", "backend": "sled", "log_head": <position>,
+/// "projections": {"installed": {"position": …, "lag_events": …, "lag_seconds": …}, …}}`. A
+/// projection's lag is how many events it has still to apply and how long ago the oldest of
+/// them happened.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.store.head_position().await {
-        Ok(head) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ok", "backend": state.backend.name(), "log_head": head })),
-        ),
+    let head = match state.store.head_position().await {
+        Ok(head) => head,
         Err(error) => {
             tracing::error!(%error, "health check cannot read the event log");
-            (
+            return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({ "status": "unavailable", "reason": "the event log cannot be read" })),
-            )
+            );
         }
+    };
+    let mut projections = serde_json::Map::new();
+    for projection in projections::runner::Projection::ALL {
+        let lag = match projection.checkpoint(&state.read).await {
+            Ok(position) => {
+                let behind = head.saturating_sub(position);
+                let seconds = if behind == 0 {
+                    0.0
+                } else {
+                    match state.store.read_all(position + 1, 1).await {
+                        Ok(next) => next.first().map_or(0.0, |event| {
+                            let age = domain::Timestamp::now().unix_micros()
+                                - event.metadata.occurred_at.unix_micros();
+                            (age.max(0) as f64) / 1e6
+                        }),
+                        Err(_) => f64::NAN,
+                    }
+                };
+                json!({ "position": position, "lag_events": behind, "lag_seconds": seconds })
+            }
+            Err(error) => {
+                tracing::error!(%error, "health check cannot read the read models");
+                json!({ "error": "the read models cannot be read" })
+            }
+        };
+        projections.insert(projection.name().to_owned(), lag);
     }
+    (
+        StatusCode::OK,
+        Json(json!({
+            "status": "ok",
+            "backend": state.backend.name(),
+            "log_head": head,
+            "read_models": state.read.kind(),
+            "projections": projections,
+        })),
+    )
 }
 
 #[cfg(test)]
@@ -71,10 +107,14 @@ mod tests {
             eventstore::SledRecordLog::open(dir.path().join("records"), crate::RECORDS_MAX_AGE)
                 .unwrap(),
         );
+        let read = projections::ReadDb::open_sqlite(&dir.path().join("read.db"))
+            .await
+            .unwrap();
         let app = router(AppState {
             store,
             records,
             backend: crate::Backend::Sled,
+            read,
         });
         let response = app
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
@@ -84,9 +124,18 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
                 .unwrap();
-        assert_eq!(
-            body,
-            json!({ "status": "ok", "backend": "sled", "log_head": 1 })
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["backend"], "sled");
+        assert_eq!(body["log_head"], 1);
+        assert_eq!(body["read_models"], "sqlite");
+        // Nothing runs the projections here: both are one event behind.
+        assert_eq!(body["projections"]["installed"]["lag_events"], 1);
+        assert_eq!(body["projections"]["sync_runs"]["position"], 0);
+        assert!(
+            body["projections"]["installed"]["lag_seconds"]
+                .as_f64()
+                .unwrap()
+                >= 0.0
         );
     }
 }

@@ -35,6 +35,8 @@ pub struct Settings {
     /// How long synced record changes are kept on the embedded records log (on JetStream,
     /// the configuration's `records_max_age`).
     pub records_max_age: std::time::Duration,
+    /// The read models on PostgreSQL at this URL instead of SQLite under `data_dir`.
+    pub database_url: Option<String>,
 }
 
 /// Which event log a service runs on.
@@ -60,6 +62,8 @@ pub struct AppState {
     /// Synced record changes, beside the event log on the same backend.
     pub records: Arc<dyn RecordLog>,
     pub backend: Backend,
+    /// The read models (Installed, the sync logs).
+    pub read: projections::ReadDb,
 }
 
 impl std::fmt::Debug for AppState {
@@ -118,6 +122,19 @@ impl Application {
                 (Arc::new(store), Arc::new(records), Backend::Sled)
             }
         };
+        let read = match &settings.database_url {
+            Some(url) => projections::ReadDb::connect_postgres(url)
+                .await
+                .context("while opening the read models on PostgreSQL")?,
+            None => {
+                let path = settings.data_dir.join("read.db");
+                projections::ReadDb::open_sqlite(&path)
+                    .await
+                    .with_context(|| {
+                        format!("while opening the read models in {}", path.display())
+                    })?
+            }
+        };
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("while binding {}", settings.listen))?;
@@ -127,6 +144,7 @@ impl Application {
                 store,
                 records,
                 backend,
+                read,
             },
         })
     }
@@ -153,12 +171,25 @@ impl Application {
             self.state.store.clone(),
             self.state.records.clone(),
         ));
+        let projections: Vec<_> = projections::runner::Projection::ALL
+            .into_iter()
+            .map(|projection| {
+                tokio::spawn(run_projection(
+                    projection,
+                    self.state.store.clone(),
+                    self.state.read.clone(),
+                ))
+            })
+            .collect();
         let router = http::router(self.state);
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await
             .context("while serving HTTP");
         purger.abort();
+        for projection in projections {
+            projection.abort();
+        }
         served
     }
 }
@@ -174,6 +205,31 @@ async fn purge_records_of_deleted_integrations(
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(%error, "purging deleted integrations' records failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Keeps one read model up to date while the service runs. An event it cannot apply stops
+/// that projection (the others go on) with an error naming the position; anything else (the
+/// log or the database away for a while) is retried.
+async fn run_projection(
+    projection: projections::runner::Projection,
+    store: Arc<dyn EventStore>,
+    read: projections::ReadDb,
+) {
+    use projections::installed::ApplyError;
+    use projections::runner::RunError;
+    loop {
+        match projections::runner::run(projection, store.clone(), read.clone()).await {
+            Ok(()) => return,
+            Err(RunError::Apply(error @ ApplyError::Undecodable { .. })) => {
+                tracing::error!(projection = projection.name(), %error, "projection stopped");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(projection = projection.name(), %error, "projection failed; retrying");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }

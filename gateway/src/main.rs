@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
                 listen: args.listen,
                 jetstream,
                 records_max_age,
+                database_url: args.database_url,
             })
             .await?;
             tracing::info!(

@@ -17,6 +17,7 @@ fn serve(args: &[&str]) -> (Served, String) {
         .args(args)
         .env("HARMONY_LOG", "info")
         .env_remove("HARMONY_NATS_URL")
+        .env_remove("HARMONY_DATABASE_URL")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -81,16 +82,21 @@ fn serve_opens_the_log_answers_healthz_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(body["status"], "ok");
     assert_eq!(body["backend"], "sled");
+    assert_eq!(body["read_models"], "sqlite");
     assert!(
-        dir.path().join("log").is_dir() && dir.path().join("records").is_dir(),
-        "the event log and the records live under --data-dir"
+        dir.path().join("log").is_dir()
+            && dir.path().join("records").is_dir()
+            && dir.path().join("read.db").is_file(),
+        "the event log, the records and the read models live under --data-dir"
     );
     stop_with_sigterm(child);
 }
 
 #[test]
-fn serve_with_nats_url_runs_the_log_on_jetstream() {
+fn serve_with_nats_url_and_database_url_runs_distributed() {
     let nats = eventstore::nats_server::TestNats::shared();
+    let database = std::env::var("HARMONY_TEST_DATABASE_URL")
+        .expect("HARMONY_TEST_DATABASE_URL names the test PostgreSQL: run ./scripts/test.sh");
     let dir = tempfile::tempdir().unwrap();
     let namespace = eventstore::nats_server::unique_namespace();
     let (child, address) = serve(&[
@@ -100,6 +106,8 @@ fn serve_with_nats_url_runs_the_log_on_jetstream() {
         &nats.url,
         "--nats-namespace",
         &namespace,
+        "--database-url",
+        &database,
     ]);
     let body: serde_json::Value = reqwest::blocking::get(format!("{address}/healthz"))
         .unwrap()
@@ -107,8 +115,13 @@ fn serve_with_nats_url_runs_the_log_on_jetstream() {
         .unwrap();
     assert_eq!(body["status"], "ok");
     assert_eq!(body["backend"], "jetstream");
+    assert_eq!(body["read_models"], "postgres");
     assert_eq!(body["log_head"], 0);
     assert!(!dir.path().join("log").exists(), "no sled log on JetStream");
+    assert!(
+        !dir.path().join("read.db").exists(),
+        "no SQLite with PostgreSQL"
+    );
     stop_with_sigterm(child);
 }
 

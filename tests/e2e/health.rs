@@ -31,3 +31,79 @@ async fn a_stopped_server_releases_its_log_for_the_next_start() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn the_read_models_catch_up_with_a_log_written_before_the_start() {
+    use domain::catalog::AppScope;
+    use domain::integration::ConnectIntegration;
+    use domain::{
+        Caller, CommandContext, CredentialRef, IntegrationId, Principal, Role, Timestamp,
+    };
+
+    let data_dir = tempfile::tempdir().unwrap();
+    {
+        let store = std::sync::Arc::new(
+            eventstore::SledEventStore::open(data_dir.path().join("log")).unwrap(),
+        );
+        let repository = eventstore::repository::Repository::new(store);
+        for (app, scope, user) in [
+            ("hubspot", AppScope::Workspace, "ada"),
+            ("gmail", AppScope::Personal, "max"),
+        ] {
+            let caller = CommandContext::new(
+                Caller::User(Principal {
+                    user: user.parse().unwrap(),
+                    workspace: "acme".parse().unwrap(),
+                    role: Role::Admin,
+                }),
+                Timestamp::now(),
+            );
+            let command = ConnectIntegration {
+                integration: IntegrationId::new(),
+                app: app.into(),
+                scope,
+                setup: Default::default(),
+                granted_scopes: vec![],
+                account_label: None,
+                credential_ref: CredentialRef("vault:x:1".into()),
+                token_expires_at: None,
+            };
+            eventstore::lifecycle::connect(
+                &repository,
+                &caller,
+                command,
+                eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let app = spawn_app_in(data_dir).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let body: Value = app
+            .client
+            .get(format!("{}/healthz", app.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["read_models"], "sqlite");
+        let head = body["log_head"].as_u64().unwrap();
+        assert!(head >= 4, "{body}");
+        let caught_up = ["installed", "sync_runs"]
+            .iter()
+            .all(|name| body["projections"][name]["position"].as_u64() == Some(head));
+        if caught_up {
+            assert_eq!(body["projections"]["installed"]["lag_events"], 0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the projections did not catch up: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -61,6 +61,7 @@ pub async fn spawn_app_in(data_dir: tempfile::TempDir) -> TestApp {
         listen: "127.0.0.1:0".parse().unwrap(),
         jetstream: None,
         records_max_age: gateway::RECORDS_MAX_AGE,
+        database_url: None,
     };
     let app = Application::build(settings)
         .await
