@@ -1,0 +1,252 @@
+//! SIGKILL in the middle of applying the log, again and again: once the projections reach the
+//! head, the read models equal a one-pass build — nothing applied twice, nothing skipped — on
+//! SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use domain::catalog::AppScope;
+use domain::integration::{ConnectIntegration, RecordCounts, SyncKind};
+use domain::{
+    Caller, CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Principal, Role,
+    StreamName, SyncId, Timestamp,
+};
+use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
+use eventstore::repository::Repository;
+use eventstore::{EventStore, SledEventStore};
+use projections::runner::Projection;
+use projections::sync_runs::{self, Filter};
+use projections::{installed, ReadDb};
+use rand::Rng;
+
+fn ctx() -> CommandContext {
+    CommandContext::new(
+        Caller::User(Principal {
+            user: "ada".parse().unwrap(),
+            workspace: "acme".parse().unwrap(),
+            role: Role::Admin,
+        }),
+        Timestamp::now(),
+    )
+}
+
+/// A log of `integrations` HubSpot integrations, each with `syncs` syncs of 10 pages.
+async fn write_log(dir: &std::path::Path, integrations: usize, syncs: usize) -> Vec<IntegrationId> {
+    let store = Arc::new(SledEventStore::open(dir).unwrap());
+    let repository = Repository::new(store);
+    let system = CommandContext::new(
+        Caller::System {
+            reason: "worker".into(),
+        },
+        Timestamp::now(),
+    );
+    let mut ids = Vec::new();
+    for n in 0..integrations {
+        let command = ConnectIntegration {
+            integration: IntegrationId::new(),
+            app: "hubspot".into(),
+            scope: AppScope::Workspace,
+            setup: Default::default(),
+            granted_scopes: vec![],
+            account_label: None,
+            credential_ref: CredentialRef(format!("vault:x:{n}")),
+            token_expires_at: None,
+        };
+        // One connection per app per workspace: each integration in its own workspace slot is
+        // not possible, so the previous one is disconnected first.
+        if let Some(previous) = ids.last() {
+            let end = IntegrationCommand::Disconnect {
+                reason: "next".into(),
+                token_revoked: false,
+            };
+            lifecycle::end(&repository, &ctx(), *previous, end)
+                .await
+                .unwrap();
+        }
+        let id = lifecycle::connect(&repository, &ctx(), command, DEFAULT_ABANDON_AFTER)
+            .await
+            .unwrap()
+            .state
+            .profile
+            .unwrap()
+            .id;
+        let stream = StreamName::integration(id);
+        for _ in 0..syncs {
+            let sync_id = SyncId::new();
+            let run = |command: IntegrationCommand, context: CommandContext| {
+                let repository = &repository;
+                let stream = &stream;
+                async move {
+                    repository
+                        .execute::<domain::Integration>(stream, &command, &context)
+                        .await
+                        .unwrap();
+                }
+            };
+            run(
+                IntegrationCommand::RequestSync {
+                    sync_id,
+                    kind: SyncKind::Incremental,
+                },
+                ctx(),
+            )
+            .await;
+            run(
+                IntegrationCommand::StartSync {
+                    sync_id,
+                    cursor: None,
+                },
+                system.clone(),
+            )
+            .await;
+            for page in 1..=10 {
+                let counts = RecordCounts {
+                    pulled: 50,
+                    created: 5,
+                    updated: 2,
+                    deleted: 1,
+                };
+                run(
+                    IntegrationCommand::RecordSyncProgress {
+                        sync_id,
+                        object: "contacts".into(),
+                        page,
+                        counts,
+                        cursor: Some(format!("p{page}")),
+                    },
+                    system.clone(),
+                )
+                .await;
+            }
+            run(
+                IntegrationCommand::CompleteSync {
+                    sync_id,
+                    duration_ms: 9,
+                },
+                system.clone(),
+            )
+            .await;
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+async fn views(db: &ReadDb, ids: &[IntegrationId]) -> String {
+    let mut out = vec![format!(
+        "{:?}",
+        installed::list(db, "acme", "ada").await.unwrap()
+    )];
+    for id in ids {
+        let logs = sync_runs::list(db, "acme", "ada", *id, &Filter::default(), None, 500)
+            .await
+            .unwrap();
+        for run in &logs.runs {
+            out.push(format!(
+                "{:?}",
+                sync_runs::pages(db, &run.sync_id).await.unwrap()
+            ));
+        }
+        out.push(format!("{logs:?}"));
+    }
+    out.join("\n")
+}
+
+/// Runs the runner on `target` until it reports `kills` batches, SIGKILLs it, and repeats with
+/// fewer each time, until a run finishes.
+fn run_with_kills(log: &std::path::Path, target: &str) -> usize {
+    let mut kills = 0;
+    loop {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_projections-crash-runner"))
+            .arg(log)
+            .arg(target)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let kill_after = rand::rng().random_range(1..4usize);
+        let mut seen = 0;
+        let mut done = false;
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if line == "done" {
+                done = true;
+                break;
+            }
+            seen += 1;
+            if seen == kill_after {
+                break;
+            }
+        }
+        if done {
+            assert!(child.wait().unwrap().success());
+            return kills;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        assert!(kills < 200, "the runner never finished");
+    }
+}
+
+async fn postgres_database() -> String {
+    let url = std::env::var("HARMONY_TEST_DATABASE_URL")
+        .expect("HARMONY_TEST_DATABASE_URL names the test PostgreSQL: run ./scripts/test.sh");
+    let name = format!("t{}", uuid::Uuid::now_v7().simple());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let (before, after) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let (base, _) = before.rsplit_once('/').unwrap();
+    format!("{base}/{name}?{after}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_batch_the_projections_apply_nothing_twice_and_skip_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let ids = write_log(&log, 40, 8).await;
+
+    // The reference: one pass, in this process.
+    let store = SledEventStore::open(&log).unwrap();
+    let all = store.read_all(1, 1_000_000).await.unwrap();
+    assert!(
+        all.len() > 1000,
+        "the log should take several batches ({})",
+        all.len()
+    );
+    drop(store);
+    let reference = ReadDb::open_sqlite(&dir.path().join("reference.db"))
+        .await
+        .unwrap();
+    for projection in Projection::ALL {
+        projection.apply(&reference, &all).await.unwrap();
+    }
+    let expected = views(&reference, &ids).await;
+
+    let sqlite = dir.path().join("killed.db");
+    let kills = run_with_kills(&log, sqlite.to_str().unwrap());
+    assert!(kills > 0, "the runner was never killed: nothing was tested");
+    let db = ReadDb::open_sqlite(&sqlite).await.unwrap();
+    assert_eq!(
+        views(&db, &ids).await,
+        expected,
+        "SQLite after {kills} kills"
+    );
+
+    let postgres = postgres_database().await;
+    let kills = run_with_kills(&log, &postgres);
+    assert!(kills > 0);
+    let db = ReadDb::connect_postgres(&postgres).await.unwrap();
+    assert_eq!(
+        views(&db, &ids).await,
+        expected,
+        "PostgreSQL after {kills} kills"
+    );
+}
