@@ -58,11 +58,13 @@ impl ReadDb {
         Ok(db)
     }
 
-    /// Runs the migrations not yet applied.
+    /// Runs the migrations not yet applied. They are written in the SQL both databases
+    /// share (`TEXT`, `BIGINT`, `ON CONFLICT`), so one set serves both.
     pub async fn migrate(&self) -> Result<(), ReadDbError> {
+        let migrator = sqlx::migrate!("./migrations");
         match self {
-            ReadDb::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
-            ReadDb::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            ReadDb::Sqlite(pool) => migrator.run(pool).await?,
+            ReadDb::Postgres(pool) => migrator.run(pool).await?,
         }
         Ok(())
     }

@@ -10,38 +10,27 @@ use std::sync::Arc;
 use domain::catalog::AppScope;
 use domain::integration::{ConnectIntegration, RecordCounts, SyncKind};
 use domain::{
-    Caller, CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Principal, Role,
-    StreamName, SyncId, Timestamp,
+    CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Role, StreamName, SyncId,
 };
 use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
 use eventstore::repository::Repository;
 use eventstore::{EventStore, SledEventStore};
 use projections::runner::Projection;
-use projections::sync_runs::{self, Filter};
-use projections::{installed, ReadDb};
+use projections::ReadDb;
 use rand::Rng;
 
+mod common;
+use common::{postgres_database, views};
+
 fn ctx() -> CommandContext {
-    CommandContext::new(
-        Caller::User(Principal {
-            user: "ada".parse().unwrap(),
-            workspace: "acme".parse().unwrap(),
-            role: Role::Admin,
-        }),
-        Timestamp::now(),
-    )
+    common::as_user("ada", Role::Admin)
 }
 
 /// A log of `integrations` HubSpot integrations, each with `syncs` syncs of 10 pages.
 async fn write_log(dir: &std::path::Path, integrations: usize, syncs: usize) -> Vec<IntegrationId> {
     let store = Arc::new(SledEventStore::open(dir).unwrap());
     let repository = Repository::new(store);
-    let system = CommandContext::new(
-        Caller::System {
-            reason: "worker".into(),
-        },
-        Timestamp::now(),
-    );
+    let system = common::system();
     let mut ids = Vec::new();
     for n in 0..integrations {
         let command = ConnectIntegration {
@@ -134,26 +123,6 @@ async fn write_log(dir: &std::path::Path, integrations: usize, syncs: usize) -> 
     ids
 }
 
-async fn views(db: &ReadDb, ids: &[IntegrationId]) -> String {
-    let mut out = vec![format!(
-        "{:?}",
-        installed::list(db, "acme", "ada").await.unwrap()
-    )];
-    for id in ids {
-        let logs = sync_runs::list(db, "acme", "ada", *id, &Filter::default(), None, 500)
-            .await
-            .unwrap();
-        for run in &logs.runs {
-            out.push(format!(
-                "{:?}",
-                sync_runs::pages(db, &run.sync_id).await.unwrap()
-            ));
-        }
-        out.push(format!("{logs:?}"));
-    }
-    out.join("\n")
-}
-
 /// Runs the runner on `target` until it reports `kills` batches, SIGKILLs it, and repeats with
 /// fewer each time, until a run finishes.
 fn run_with_kills(log: &std::path::Path, target: &str) -> usize {
@@ -192,21 +161,6 @@ fn run_with_kills(log: &std::path::Path, target: &str) -> usize {
     }
 }
 
-async fn postgres_database() -> String {
-    let url = std::env::var("HARMONY_TEST_DATABASE_URL")
-        .expect("HARMONY_TEST_DATABASE_URL names the test PostgreSQL: run ./scripts/test.sh");
-    let name = format!("t{}", uuid::Uuid::now_v7().simple());
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (before, after) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let (base, _) = before.rsplit_once('/').unwrap();
-    format!("{base}/{name}?{after}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_batch_the_projections_apply_nothing_twice_and_skip_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -228,14 +182,14 @@ async fn killed_mid_batch_the_projections_apply_nothing_twice_and_skip_nothing()
     for projection in Projection::ALL {
         projection.apply(&reference, &all).await.unwrap();
     }
-    let expected = views(&reference, &ids).await;
+    let expected = views(&reference, &["ada"], &ids).await;
 
     let sqlite = dir.path().join("killed.db");
     let kills = run_with_kills(&log, sqlite.to_str().unwrap());
     assert!(kills > 0, "the runner was never killed: nothing was tested");
     let db = ReadDb::open_sqlite(&sqlite).await.unwrap();
     assert_eq!(
-        views(&db, &ids).await,
+        views(&db, &["ada"], &ids).await,
         expected,
         "SQLite after {kills} kills"
     );
@@ -245,7 +199,7 @@ async fn killed_mid_batch_the_projections_apply_nothing_twice_and_skip_nothing()
     assert!(kills > 0);
     let db = ReadDb::connect_postgres(&postgres).await.unwrap();
     assert_eq!(
-        views(&db, &ids).await,
+        views(&db, &["ada"], &ids).await,
         expected,
         "PostgreSQL after {kills} kills"
     );

@@ -9,8 +9,8 @@ use std::time::Duration;
 use domain::catalog::AppScope;
 use domain::integration::{ConnectIntegration, ExpiryReason, RecordCounts, SyncKind};
 use domain::{
-    Caller, CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Principal, Role,
-    StreamName, SyncId, Timestamp,
+    CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Role, StreamName, SyncId,
+    Timestamp,
 };
 use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
 use eventstore::repository::Repository;
@@ -20,25 +20,8 @@ use projections::runner::{self, Projection};
 use projections::sync_runs::{self, Filter};
 use projections::ReadDb;
 
-fn as_user(name: &str, role: Role) -> CommandContext {
-    CommandContext::new(
-        Caller::User(Principal {
-            user: name.parse().unwrap(),
-            workspace: "acme".parse().unwrap(),
-            role,
-        }),
-        Timestamp::now(),
-    )
-}
-
-fn system() -> CommandContext {
-    CommandContext::new(
-        Caller::System {
-            reason: "adapter".into(),
-        },
-        Timestamp::now(),
-    )
-}
+mod common;
+use common::{as_user, fresh_db, system};
 
 async fn connect(
     repository: &Repository,
@@ -83,33 +66,6 @@ struct Fixture {
     repository: Repository,
     db: ReadDb,
     runners: Vec<tokio::task::JoinHandle<Result<(), runner::RunError>>>,
-}
-
-/// A fresh read database of each kind: SQLite in `dir`, and a new database on the test run's
-/// PostgreSQL (`HARMONY_TEST_DATABASE_URL`, set by ./scripts/test.sh).
-async fn fresh_db(kind: &str, dir: &std::path::Path) -> ReadDb {
-    match kind {
-        "sqlite" => ReadDb::open_sqlite(&dir.join(format!("read-{}.db", uuid::Uuid::now_v7())))
-            .await
-            .unwrap(),
-        _ => {
-            let url = std::env::var("HARMONY_TEST_DATABASE_URL").expect(
-                "HARMONY_TEST_DATABASE_URL names the test PostgreSQL: run ./scripts/test.sh",
-            );
-            let name = format!("t{}", uuid::Uuid::now_v7().simple());
-            let admin = sqlx::PgPool::connect(&url).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            admin.close().await;
-            let (before, after) = url.split_once('?').unwrap_or((url.as_str(), ""));
-            let (base, _) = before.rsplit_once('/').unwrap();
-            ReadDb::connect_postgres(&format!("{base}/{name}?{after}"))
-                .await
-                .unwrap()
-        }
-    }
 }
 
 const KINDS: [&str; 2] = ["sqlite", "postgres"];

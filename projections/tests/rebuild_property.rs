@@ -7,15 +7,13 @@ use std::sync::Arc;
 use domain::catalog::AppScope;
 use domain::integration::{ConnectIntegration, ExpiryReason, RecordCounts, SyncKind};
 use domain::{
-    Caller, CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Principal, Role,
-    StreamName, SyncId, Timestamp,
+    CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Role, StreamName, SyncId,
 };
 use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
 use eventstore::repository::Repository;
 use eventstore::{EventStore, SledEventStore};
 use projections::runner::Projection;
-use projections::sync_runs::{self, Filter};
-use projections::{installed, ReadDb};
+use projections::ReadDb;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -46,24 +44,11 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn ctx(user: &str) -> CommandContext {
-    CommandContext::new(
-        Caller::User(Principal {
-            user: user.parse().unwrap(),
-            workspace: "acme".parse().unwrap(),
-            role: Role::Admin,
-        }),
-        Timestamp::now(),
-    )
-}
+mod common;
+use common::{system, views};
 
-fn system() -> CommandContext {
-    CommandContext::new(
-        Caller::System {
-            reason: "worker".into(),
-        },
-        Timestamp::now(),
-    )
+fn ctx(user: &str) -> CommandContext {
+    common::as_user(user, Role::Admin)
 }
 
 /// Plays the steps through the domain; commands it refuses are simply not in the log.
@@ -204,30 +189,6 @@ async fn play(steps: &[Step]) -> (tempfile::TempDir, Arc<SledEventStore>, Vec<In
     (dir, store, ids)
 }
 
-/// Everything both read models show, for every viewer.
-async fn views(db: &ReadDb, ids: &[IntegrationId]) -> String {
-    let mut out = Vec::new();
-    for user in ["ada", "max"] {
-        out.push(format!(
-            "{:?}",
-            installed::list(db, "acme", user).await.unwrap()
-        ));
-        for id in ids {
-            let logs = sync_runs::list(db, "acme", user, *id, &Filter::default(), None, 500)
-                .await
-                .unwrap();
-            for run in &logs.runs {
-                out.push(format!(
-                    "{:?}",
-                    sync_runs::pages(db, &run.sync_id).await.unwrap()
-                ));
-            }
-            out.push(format!("{logs:?}"));
-        }
-    }
-    out.join("\n")
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
@@ -252,7 +213,7 @@ proptest! {
                     rest = &rest[size..];
                 }
             }
-            assert_eq!(views(&many, &ids).await, views(&one, &ids).await);
+            assert_eq!(views(&many, &["ada", "max"], &ids).await, views(&one, &["ada", "max"], &ids).await);
         });
     }
 }

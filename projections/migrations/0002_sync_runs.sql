@@ -1,3 +1,4 @@
+-- Runs on SQLite and on PostgreSQL alike: keep to the SQL both share.
 -- The sync logs: one row per sync run of an integration, newest found by `position`.
 CREATE TABLE sync_runs (
     sync_id        TEXT PRIMARY KEY,

@@ -1,3 +1,4 @@
+-- Runs on SQLite and on PostgreSQL alike: keep to the SQL both share.
 -- Where each projection is in the event log. Written in the same transaction as its rows.
 CREATE TABLE checkpoints (
     name     TEXT PRIMARY KEY,
