@@ -193,6 +193,11 @@ mod codes {
     pub(super) const WRONG_LAST_SEQUENCE: u64 = 10071;
     /// A re-sent atomic batch: one of its message ids is already stored.
     pub(super) const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
+    /// The server holds only part of a batch (the rest went to a connection that dropped, or
+    /// the batch timed out); nothing of it is stored.
+    pub(super) const BATCH_INCOMPLETE: u64 = 10176;
+    /// Too many batches in flight on the server right now.
+    pub(super) const BATCH_TOO_MANY_INFLIGHT: u64 = 10211;
 }
 
 enum Published {
@@ -636,12 +641,29 @@ impl JetStreamEventStore {
             }
         }
         let reply = reply.expect("an append has at least one event");
-        let ack: PubAck = serde_json::from_slice(&reply.payload)
-            .map_err(|error| StoreError::Storage(format!("an append was answered with {error}")))?;
+        if let Some(status) = reply.status {
+            // A status instead of an acknowledgement (503: the stream is not there right now,
+            // as while a server restarts): nothing was stored.
+            return Err(StoreError::Unavailable(format!(
+                "JetStream answered the append with status {status}"
+            )));
+        }
+        let ack: PubAck = serde_json::from_slice(&reply.payload).map_err(|error| {
+            StoreError::Unavailable(format!(
+                "an append was answered without an acknowledgement: {error}"
+            ))
+        })?;
         if let Some(error) = ack.error {
             return match error.err_code {
                 codes::WRONG_LAST_SEQUENCE => Ok(Published::WrongLastSequence),
                 codes::BATCH_DUPLICATE_MSG_ID => Ok(Published::BatchHasStoredIds),
+                // Nothing was stored: the same append may be tried again.
+                codes::BATCH_INCOMPLETE | codes::BATCH_TOO_MANY_INFLIGHT => {
+                    Err(StoreError::Unavailable(format!(
+                        "JetStream did not take the batch, nothing was stored: {} (error {})",
+                        error.description, error.err_code
+                    )))
+                }
                 code => Err(StoreError::Storage(format!(
                     "JetStream refused the append: {} (error {code})",
                     error.description

@@ -605,3 +605,132 @@ fn admin_or_owner(n: usize) -> CommandContext {
         )
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_type_is_applied_and_shows_where_it_should() {
+    for kind in KINDS {
+        every_type(kind).await;
+    }
+}
+
+async fn every_type(kind: &str) {
+    use domain::integration::FieldMapping;
+    use domain::ActionId;
+    let f = fixture(kind).await;
+    let admin = as_user("ada", Role::Admin);
+    let id = connect(&f.repository, &admin, "hubspot", AppScope::Workspace).await;
+    let before = f.row(id).await;
+    let steps = vec![
+        (
+            IntegrationCommand::RecordConnectionTest {
+                ok: true,
+                latency_ms: 42,
+                answer: "HubSpot answered".into(),
+            },
+            system(),
+        ),
+        (
+            IntegrationCommand::RecordCredentialsRefresh {
+                credential_ref: CredentialRef("vault:x:3".into()),
+                expires_at: None,
+            },
+            system(),
+        ),
+        (
+            IntegrationCommand::ChangeMapping {
+                object: "companies".into(),
+                fields: vec![FieldMapping {
+                    provider_field: "domain".into(),
+                    harmony_field: "domain".into(),
+                    transform: None,
+                }],
+                discovered_fields: None,
+            },
+            admin.clone(),
+        ),
+        (
+            IntegrationCommand::ChangeSyncSchedule {
+                every_minutes: Some(15),
+            },
+            admin.clone(),
+        ),
+    ];
+    for (command, context) in steps {
+        run(&f.repository, &context, id, command).await;
+    }
+    let row = f.row(id).await;
+    assert_eq!(row.mapping_version, before.mapping_version + 1);
+    assert_eq!(
+        (row.status.as_str(), row.actions.clone()),
+        ("connected", before.actions.clone())
+    );
+
+    // Companion actions: requested, approved or rejected, completed or failed.
+    let (first, second, third) = (ActionId::new(), ActionId::new(), ActionId::new());
+    let actions = vec![
+        IntegrationCommand::RequestAction {
+            action_id: first,
+            tool: "update_contact".into(),
+            arguments: serde_json::json!({ "id": "1", "email": "a@acme.test" }),
+            auto_approval: None,
+        },
+        IntegrationCommand::ApproveAction {
+            action_id: first,
+            reason: Some("looks right".into()),
+        },
+        IntegrationCommand::RequestAction {
+            action_id: second,
+            tool: "update_contact".into(),
+            arguments: serde_json::json!({ "id": "2" }),
+            auto_approval: None,
+        },
+        IntegrationCommand::RejectAction {
+            action_id: second,
+            reason: None,
+        },
+        IntegrationCommand::RequestAction {
+            action_id: third,
+            tool: "search_contacts".into(),
+            arguments: serde_json::json!({ "query": "acme" }),
+            auto_approval: None,
+        },
+    ];
+    for command in actions {
+        run(&f.repository, &admin, id, command).await;
+    }
+    run(
+        &f.repository,
+        &system(),
+        id,
+        IntegrationCommand::CompleteAction {
+            action_id: first,
+            result: serde_json::json!({ "ok": true }),
+        },
+    )
+    .await;
+    run(
+        &f.repository,
+        &system(),
+        id,
+        IntegrationCommand::FailAction {
+            action_id: third,
+            error: "timeout".into(),
+            retryable: true,
+        },
+    )
+    .await;
+    // None of these is a sync: the logs stay empty, and Installed shows the same integration.
+    let row = f.row(id).await;
+    assert_eq!(row.status, "connected");
+    assert!(f
+        .sync_logs("ada", id, &Filter::default(), None, 10)
+        .await
+        .runs
+        .is_empty());
+    // Every event was applied: both checkpoints are at the head of the log.
+    let head = f.store.head_position().await.unwrap();
+    for projection in Projection::ALL {
+        assert_eq!(projection.checkpoint(&f.db).await.unwrap(), head);
+    }
+    f.stop();
+}
