@@ -158,7 +158,12 @@ async fn record_size(dir: &Path) -> Result<usize, StoreError> {
     Ok(store.raw_record_len(1)?.unwrap_or(256))
 }
 
-async fn ours_single(store: &SledEventStore, writers: u64, total: u64) -> Result<f64, StoreError> {
+/// `total` single-event appends by `writers` concurrent writers, each on its own stream.
+async fn ours_single<S: EventStore + Clone>(
+    store: &S,
+    writers: u64,
+    total: u64,
+) -> Result<f64, StoreError> {
     let per_writer = (total / writers).max(1);
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -139,6 +139,41 @@ pub fn canonical_prefix_with(
     text.into_bytes()
 }
 
+/// What an append computes of each event before its version is known: the data in canonical
+/// form and the canonical bytes up to the version. Events of one batch usually share their
+/// metadata, whose canonical form is then computed once.
+#[derive(Debug)]
+pub struct CanonicalParts {
+    pub data: String,
+    pub prefix: Vec<u8>,
+}
+
+/// [`CanonicalParts`] of each event of a batch for `stream`.
+pub fn canonical_batch(
+    stream: &StreamName,
+    events: &[crate::types::NewEvent],
+) -> Result<Vec<CanonicalParts>, StoreError> {
+    let mut parts = Vec::with_capacity(events.len());
+    let mut last_metadata: Option<(&Metadata, String)> = None;
+    for event in events {
+        if !matches!(&last_metadata, Some((metadata, _)) if **metadata == event.metadata) {
+            last_metadata = Some((&event.metadata, canonical_metadata(&event.metadata)?));
+        }
+        let (_, metadata) = last_metadata.as_ref().expect("set just above");
+        let data = canonical_data(&event.data)?;
+        let prefix = canonical_prefix_with(
+            &event.id,
+            stream,
+            &event.event_type,
+            event.schema,
+            &data,
+            metadata,
+        );
+        parts.push(CanonicalParts { data, prefix });
+    }
+    Ok(parts)
+}
+
 /// The end of the canonical form: the version and the closing brace.
 pub fn canonical_suffix(version: u64) -> String {
     format!("{version}}}")

@@ -42,8 +42,8 @@ use domain::{EventId, StreamName};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::chain::link_parts;
 use crate::chain::ChainHash;
-use crate::chain::{canonical_data, canonical_metadata, canonical_prefix_with, link_parts};
 use crate::error::StoreError;
 use crate::types::{AppendResult, EventStream, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
 use crate::wire::{self, EventParts};
@@ -121,13 +121,6 @@ impl JetStreamConfig {
             ..Default::default()
         }
     }
-}
-
-/// Where a stream's events live on JetStream.
-#[derive(Clone, Debug)]
-struct Subjects {
-    /// Matches every subject the stream's events may have.
-    filter: String,
 }
 
 /// What this process knows of a stream's end, so that an append needs one round trip.
@@ -323,17 +316,17 @@ impl JetStreamEventStore {
         }
     }
 
-    fn subjects(&self, stream: &StreamName) -> Result<Subjects, StoreError> {
+    /// The filter matching every subject `stream`'s events may have (any owner, any type).
+    fn stream_filter(&self, stream: &StreamName) -> Result<String, StoreError> {
         let ns = &self.inner.config.namespace;
-        let filter = match stream_token(stream)? {
+        Ok(match stream_token(stream)? {
             StreamToken::Integration(token) => format!("{ns}.events.*.*.{token}.*"),
             StreamToken::Policy(ws) => format!("{ns}.events.{ws}.ws.policy.*"),
-        };
-        Ok(Subjects { filter })
+        })
     }
 
-    /// Up to `batch` messages from sequence `from` (or from `start_time`) on `filter`, through
-    /// the server's batched direct get. Undecodable messages come back as errors in place.
+    /// Up to `batch` events from sequence `from` (or from `start_time`) on `filter`.
+    /// Undecodable messages come back as errors in place.
     async fn direct_batch(
         &self,
         from: Option<u64>,
@@ -341,82 +334,33 @@ impl JetStreamEventStore {
         filter: &str,
         batch: usize,
     ) -> Result<Vec<(u64, Result<RecordedEvent, StoreError>)>, StoreError> {
-        #[derive(Serialize)]
-        struct Request<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            seq: Option<u64>,
-            #[serde(
-                skip_serializing_if = "Option::is_none",
-                with = "time::serde::rfc3339::option"
-            )]
-            start_time: Option<time::OffsetDateTime>,
-            next_by_subj: &'a str,
-            batch: usize,
-        }
-        let request = serde_json::to_vec(&Request {
-            seq: from,
-            start_time,
-            next_by_subj: filter,
-            batch,
-        })
-        .map_err(|error| StoreError::Storage(error.to_string()))?;
-        let client = &self.inner.client;
-        let inbox = client.new_inbox();
-        let mut replies = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|error| unavailable("subscribing for a read", error))?;
-        client
-            .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{}", self.inner.stream),
-                inbox,
-                Bytes::from(request),
-            )
-            .await
-            .map_err(|error| unavailable("requesting a read", error))?;
-        let mut out = Vec::with_capacity(batch.min(1024));
-        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
-        loop {
-            let message = tokio::time::timeout_at(deadline, replies.next())
-                .await
-                .map_err(|_| {
-                    StoreError::Unavailable(
-                        "reading the log timed out; the server may be away".into(),
-                    )
-                })?
-                .ok_or_else(|| StoreError::Unavailable("the connection closed mid-read".into()))?;
-            if let Some(status) = message.status {
-                // 404: nothing (more) to read; 204 EOB: the end of the batch.
-                if status.as_u16() == 404 || status.as_u16() == 204 {
-                    break;
-                }
-                return Err(StoreError::Storage(format!(
-                    "reading the log: {status} {}",
-                    message.description.unwrap_or_default()
-                )));
-            }
-            let Some(seq) = header_u64(&message, "Nats-Sequence") else {
-                // An empty message without a sequence ends the batch.
-                break;
-            };
-            out.push((seq, wire::decode(&message.payload, seq)));
-            if out.len() >= batch {
-                break;
-            }
-        }
-        let _ = replies.unsubscribe().await;
-        Ok(out)
+        let raw = direct_batch(
+            &self.inner.client,
+            &self.inner.stream,
+            self.inner.config.request_timeout,
+            DirectBatch {
+                from,
+                start_time,
+                filter,
+                batch,
+            },
+        )
+        .await?;
+        Ok(raw
+            .into_iter()
+            .map(|(seq, payload)| (seq, wire::decode(&payload, seq)))
+            .collect())
     }
 
     /// The last event of a stream (and the last sequence on its subjects), from the server.
     async fn fetch_tail(&self, stream: &StreamName) -> Result<Option<Tail>, StoreError> {
-        let subjects = self.subjects(stream)?;
+        let filter = self.stream_filter(stream)?;
         #[derive(Serialize)]
         struct Request<'a> {
             last_by_subj: &'a str,
         }
         let body = serde_json::to_vec(&Request {
-            last_by_subj: &subjects.filter,
+            last_by_subj: &filter,
         })
         .map_err(|error| StoreError::Storage(error.to_string()))?;
         let message = self
@@ -722,6 +666,87 @@ fn stream_token(stream: &StreamName) -> Result<StreamToken<'_>, StoreError> {
     )))
 }
 
+/// What a batched direct get asks for: up to `batch` messages on `filter` from sequence
+/// `from`, or from `start_time`.
+pub(crate) struct DirectBatch<'a> {
+    pub(crate) from: Option<u64>,
+    pub(crate) start_time: Option<time::OffsetDateTime>,
+    pub(crate) filter: &'a str,
+    pub(crate) batch: usize,
+}
+
+/// The messages a batched direct get (server 2.11+) returns from `stream`: (sequence,
+/// payload), in order, in one request.
+pub(crate) async fn direct_batch(
+    client: &async_nats::Client,
+    stream: &str,
+    timeout: Duration,
+    ask: DirectBatch<'_>,
+) -> Result<Vec<(u64, Bytes)>, StoreError> {
+    #[derive(Serialize)]
+    struct Request<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            with = "time::serde::rfc3339::option"
+        )]
+        start_time: Option<time::OffsetDateTime>,
+        next_by_subj: &'a str,
+        batch: usize,
+    }
+    let request = serde_json::to_vec(&Request {
+        seq: ask.from,
+        start_time: ask.start_time,
+        next_by_subj: ask.filter,
+        batch: ask.batch,
+    })
+    .map_err(|error| StoreError::Storage(error.to_string()))?;
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|error| unavailable("subscribing for a read", error))?;
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            inbox,
+            Bytes::from(request),
+        )
+        .await
+        .map_err(|error| unavailable("requesting a read", error))?;
+    let mut out = Vec::with_capacity(ask.batch.min(1024));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let message = tokio::time::timeout_at(deadline, replies.next())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable("reading the log timed out; the server may be away".into())
+            })?
+            .ok_or_else(|| StoreError::Unavailable("the connection closed mid-read".into()))?;
+        if let Some(status) = message.status {
+            // 404: nothing (more) to read; 204 EOB: the end of the batch.
+            if status.as_u16() == 404 || status.as_u16() == 204 {
+                break;
+            }
+            return Err(StoreError::Storage(format!(
+                "reading the log: {status} {}",
+                message.description.unwrap_or_default()
+            )));
+        }
+        let Some(seq) = header_u64(&message, "Nats-Sequence") else {
+            // An empty message without a sequence ends the batch.
+            break;
+        };
+        out.push((seq, message.payload));
+        if out.len() >= ask.batch {
+            break;
+        }
+    }
+    let _ = replies.unsubscribe().await;
+    Ok(out)
+}
+
 fn header_u64(message: &Message, name: &str) -> Option<u64> {
     message
         .headers
@@ -884,40 +909,21 @@ impl EventStore for JetStreamEventStore {
         if events.is_empty() {
             return Err(StoreError::EmptyAppend);
         }
-        let subjects = self.subjects(stream)?;
+        let filter = self.stream_filter(stream)?;
         // Everything that does not depend on the stream's end, computed once.
-        struct Prepared {
-            subject: String,
-            prefix: Vec<u8>,
-            data: String,
-        }
-        let mut prepared = Vec::with_capacity(events.len());
-        let mut metadata_cache: Option<(&domain::Metadata, String)> = None;
-        for event in &events {
-            let data = canonical_data(&event.data)?;
-            let metadata = match &metadata_cache {
-                Some((m, text)) if *m == &event.metadata => text.clone(),
-                _ => {
-                    let text = canonical_metadata(&event.metadata)?;
-                    metadata_cache = Some((&event.metadata, text.clone()));
-                    text
-                }
-            };
-            prepared.push(Prepared {
-                subject: self.subject_for(stream, &event.event_type, &event.metadata)?,
-                prefix: canonical_prefix_with(
-                    &event.id,
-                    stream,
-                    &event.event_type,
-                    event.schema,
-                    &data,
-                    &metadata,
-                ),
-                data,
-            });
-        }
-        let unique: HashSet<EventId> = events.iter().map(|e| e.id).collect();
-        if unique.len() != events.len() {
+        let parts = crate::chain::canonical_batch(stream, &events)?;
+        let subjects = events
+            .iter()
+            .map(|event| self.subject_for(stream, &event.event_type, &event.metadata))
+            .collect::<Result<Vec<_>, _>>()?;
+        if events.len() > 1
+            && events
+                .iter()
+                .map(|e| e.id)
+                .collect::<HashSet<EventId>>()
+                .len()
+                != events.len()
+        {
             return Err(StoreError::InvalidData(
                 "a batch repeats an event id".into(),
             ));
@@ -976,16 +982,16 @@ impl EventStore for JetStreamEventStore {
             // ones of a batch while the rest are being encoded.
             let mut chain = (version, hash);
             let build = |index: usize| -> Result<(String, HeaderMap, Bytes), StoreError> {
-                let (event, prepared) = (&events[index], &prepared[index]);
+                let (event, parts) = (&events[index], &parts[index]);
                 chain.0 += 1;
-                chain.1 = link_parts(&chain.1, &prepared.prefix, chain.0);
+                chain.1 = link_parts(&chain.1, &parts.prefix, chain.0);
                 let body = wire::encode(EventParts {
                     id: &event.id,
                     stream,
                     version: chain.0,
                     event_type: &event.event_type,
                     schema: event.schema,
-                    canonical_data: &prepared.data,
+                    canonical_data: &parts.data,
                     metadata: &event.metadata,
                     hash: &chain.1,
                 })?;
@@ -1003,10 +1009,10 @@ impl EventStore for JetStreamEventStore {
                     );
                     headers.insert(
                         "Nats-Expected-Last-Subject-Sequence-Subject",
-                        subjects.filter.as_str(),
+                        filter.as_str(),
                     );
                 }
-                Ok((prepared.subject.clone(), headers, Bytes::from(body)))
+                Ok((subjects[index].clone(), headers, Bytes::from(body)))
             };
             let outcome = self.publish(events.len(), build).await;
             (version, hash) = chain;
@@ -1095,14 +1101,12 @@ impl EventStore for JetStreamEventStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         const PAGE: usize = 1024;
-        let subjects = self.subjects(stream)?;
+        let filter = self.stream_filter(stream)?;
         let from_version = from_version.max(1);
         let mut seq = self.start_for(stream, from_version);
         let mut out = Vec::new();
         while out.len() < limit {
-            let page = self
-                .direct_batch(Some(seq), None, &subjects.filter, PAGE)
-                .await?;
+            let page = self.direct_batch(Some(seq), None, &filter, PAGE).await?;
             let len = page.len();
             for (at, event) in page {
                 seq = at + 1;
@@ -1185,15 +1189,7 @@ impl EventStore for JetStreamEventStore {
             .get(stream.as_str())
             .await
             .map_err(|error| unavailable("reading a snapshot", error))?;
-        Ok(
-            entry.and_then(|bytes| match postcard::from_bytes::<Snapshot>(&bytes) {
-                Ok(snapshot) => Some(snapshot),
-                Err(error) => {
-                    tracing::warn!(%stream, %error, "ignoring an unreadable snapshot");
-                    None
-                }
-            }),
-        )
+        Ok(entry.and_then(|bytes| Snapshot::decode(stream, &bytes)))
     }
 
     async fn save_snapshot(
@@ -1201,11 +1197,9 @@ impl EventStore for JetStreamEventStore {
         stream: &StreamName,
         snapshot: Snapshot,
     ) -> Result<(), StoreError> {
-        let bytes = postcard::to_allocvec(&snapshot)
-            .map_err(|error| StoreError::Storage(error.to_string()))?;
         self.inner
             .snapshots
-            .put(stream.as_str(), Bytes::from(bytes))
+            .put(stream.as_str(), Bytes::from(snapshot.encode()?))
             .await
             .map_err(|error| unavailable("saving a snapshot", error))?;
         Ok(())

@@ -31,6 +31,8 @@ pub mod records;
 pub mod repository;
 mod sled_store;
 mod types;
+#[cfg(any(test, feature = "test-support"))]
+pub mod waiting;
 pub mod wire;
 
 pub use chain::{verify_stream, BrokenLink, ChainHash, VerifyReport};

@@ -224,7 +224,8 @@ pub struct TestNats {
     pub url: String,
     /// The HTTP monitoring endpoint, where known (`HARMONY_TEST_NATS_MONITOR`).
     pub monitoring_url: Option<String>,
-    own: Option<NatsServer>,
+    /// The test's own server, kept until the test ends.
+    _own: Option<NatsServer>,
 }
 
 impl TestNats {
@@ -233,22 +234,17 @@ impl TestNats {
             Ok(url) if !url.is_empty() => Self {
                 url,
                 monitoring_url: std::env::var("HARMONY_TEST_NATS_MONITOR").ok(),
-                own: None,
+                _own: None,
             },
             _ => {
                 let server = NatsServer::start();
                 Self {
                     url: server.url.clone(),
                     monitoring_url: Some(server.monitoring_url.clone()),
-                    own: Some(server),
+                    _own: Some(server),
                 }
             }
         }
-    }
-
-    /// Whether the server belongs to this test alone.
-    pub fn is_own(&self) -> bool {
-        self.own.is_some()
     }
 }
 

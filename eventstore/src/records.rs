@@ -29,7 +29,7 @@ use domain::{EventId, IntegrationId, SyncId, Timestamp, UserId, WorkspaceId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::jetstream::{ensure_stream, JetStreamConfig};
+use crate::jetstream::{direct_batch, ensure_stream, DirectBatch, JetStreamConfig};
 use crate::JetStreamEventStore;
 
 /// What happened to a record.
@@ -369,34 +369,34 @@ impl RecordLog for JetStreamRecordLog {
     }
 
     async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredRecordChange>, StoreError> {
-        let stream = self
-            .js
-            .get_stream_no_info(&self.stream)
-            .await
-            .map_err(|error| StoreError::Unavailable(format!("opening the records: {error}")))?;
+        const PAGE: usize = 1024;
+        let filter = format!("{}.records.>", self.config.namespace);
         let mut out = Vec::new();
         let mut next = from.max(1);
-        let filter = format!("{}.records.>", self.config.namespace);
         while out.len() < limit {
-            match stream
-                .direct_get_next_for_subject(&filter, Some(next))
-                .await
-            {
-                Ok(message) => {
-                    next = message.sequence + 1;
-                    match decode(&message.payload, message.sequence) {
-                        Ok(change) => out.push(change),
-                        Err(error) => tracing::warn!(%error, "skipping an undecodable record"),
-                    }
+            let want = (limit - out.len()).min(PAGE);
+            let page = direct_batch(
+                &self.js.client(),
+                &self.stream,
+                self.config.request_timeout,
+                DirectBatch {
+                    from: Some(next),
+                    start_time: None,
+                    filter: &filter,
+                    batch: want,
+                },
+            )
+            .await?;
+            let len = page.len();
+            for (seq, payload) in page {
+                next = seq + 1;
+                match decode(&payload, seq) {
+                    Ok(change) => out.push(change),
+                    Err(error) => tracing::warn!(%error, "skipping an undecodable record"),
                 }
-                Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
-                    break
-                }
-                Err(error) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "reading the records: {error}"
-                    )))
-                }
+            }
+            if len < want {
+                break;
             }
         }
         Ok(out)

@@ -134,26 +134,16 @@ fn prepare_events(
     stream: &StreamName,
     events: Vec<NewEvent>,
 ) -> Result<Vec<PreparedEvent>, StoreError> {
+    let parts = crate::chain::canonical_batch(stream, &events)?;
     let mut prepared = Vec::with_capacity(events.len());
-    let mut metadata_cache: Option<(Metadata, String)> = None;
-    for event in events {
-        let metadata_json = match &metadata_cache {
-            Some((metadata, json)) if *metadata == event.metadata => json.clone(),
-            _ => {
-                let json = crate::chain::canonical_metadata(&event.metadata)?;
-                metadata_cache = Some((event.metadata.clone(), json.clone()));
-                json
-            }
-        };
-        let data = canonical_data(&event.data)?;
-        let canonical_prefix = crate::chain::canonical_prefix_with(
-            &event.id,
-            stream,
-            &event.event_type,
-            event.schema,
-            &data,
-            &metadata_json,
-        );
+    for (
+        event,
+        crate::chain::CanonicalParts {
+            data,
+            prefix: canonical_prefix,
+        },
+    ) in events.into_iter().zip(parts)
+    {
         let body = StoredBody {
             id: event.id,
             stream: stream.clone(),
@@ -1149,8 +1139,7 @@ impl EventStore for SledEventStore {
         let Some(bytes) = self.shared.snapshots.get(stream.as_str().as_bytes())? else {
             return Ok(None);
         };
-        // A snapshot that does not decode is as good as none: it is rebuilt from the log.
-        Ok(postcard::from_bytes(&bytes).ok())
+        Ok(Snapshot::decode(stream, &bytes))
     }
 
     async fn save_snapshot(
@@ -1158,11 +1147,9 @@ impl EventStore for SledEventStore {
         stream: &StreamName,
         snapshot: Snapshot,
     ) -> Result<(), StoreError> {
-        let bytes = postcard::to_stdvec(&snapshot)
-            .map_err(|error| StoreError::Storage(error.to_string()))?;
         self.shared
             .snapshots
-            .insert(stream.as_str().as_bytes(), bytes)?;
+            .insert(stream.as_str().as_bytes(), snapshot.encode()?)?;
         Ok(())
     }
 }

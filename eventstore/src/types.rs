@@ -141,5 +141,20 @@ pub struct Snapshot {
     pub state: Vec<u8>,
 }
 
+impl Snapshot {
+    /// The stored form (postcard), the same on every backend.
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        postcard::to_stdvec(self).map_err(|error| StoreError::Storage(error.to_string()))
+    }
+
+    /// A stored snapshot back. One that does not decode is as good as none: it is rebuilt
+    /// from the log.
+    pub fn decode(stream: &StreamName, bytes: &[u8]) -> Option<Self> {
+        postcard::from_bytes(bytes)
+            .map_err(|error| tracing::warn!(%stream, %error, "ignoring an unreadable snapshot"))
+            .ok()
+    }
+}
+
 /// A subscription: events in position order, history then live.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<RecordedEvent, StoreError>> + Send>>;

@@ -67,6 +67,7 @@ mod distributed {
     use domain::{Actor, EventId, StreamName};
     use eventstore::conformance::{event, metadata, stream};
     use eventstore::nats_server::{unique_namespace, NatsServer, TestNats};
+    use eventstore::waiting::eventually;
     use eventstore::{
         verify_stream, EventStore, ExpectedVersion, JetStreamConfig, JetStreamEventStore,
         StoreError,
@@ -322,10 +323,31 @@ mod distributed {
             .append(&s, ExpectedVersion::Exact(3), single.clone())
             .await
             .unwrap();
-        // Wait until the server has forgotten these ids: the window is measured from when
-        // the messages arrived, which is after the ids were minted.
-        let forgotten_at = std::time::Instant::now() + Duration::from_millis(1500);
-        tokio::time::sleep_until(forgotten_at.into()).await;
+        // Wait until the server has forgotten these ids: a probe published after them is
+        // taken again (not dropped as a duplicate) once the window has passed for it, and so
+        // for everything before it.
+        let js = jetstream::new(store.client().clone());
+        let probe = uuid::Uuid::now_v7().to_string();
+        let publish_probe = || {
+            let (js, probe) = (js.clone(), probe.clone());
+            let subject = format!("{}.events.acme.ws.probe", store.config().namespace);
+            async move {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", probe.as_str());
+                js.publish_with_headers(subject, headers, "probe".into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(!publish_probe().await.duplicate);
+        eventually(
+            Duration::from_secs(30),
+            "the duplicate window passing",
+            || async { (!publish_probe().await.duplicate).then_some(()) },
+        )
+        .await;
         assert_eq!(
             store
                 .append(&s, ExpectedVersion::NoStream, batch.clone())
@@ -342,7 +364,6 @@ mod distributed {
         );
         assert_eq!(store.read_stream(&s, 1, 10).await.unwrap().len(), 4);
         // The server alone would have stored the retry again: its window is over.
-        let js = jetstream::new(store.client().clone());
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", single[0].id.to_string().as_str());
         let ack = js
@@ -452,16 +473,18 @@ mod distributed {
         server.start_again();
         // The client reconnects by itself; the same batch, retried, lands once.
         let batch = vec![event(4), event(5)];
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let result = loop {
-            match store.append(&s, ExpectedVersion::Any, batch.clone()).await {
-                Ok(result) => break result,
-                Err(error) if error.is_retryable() && std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
+        let result = eventually(
+            Duration::from_secs(30),
+            "an append after the restart",
+            || async {
+                match store.append(&s, ExpectedVersion::Any, batch.clone()).await {
+                    Ok(result) => Some(result),
+                    Err(error) if error.is_retryable() => None,
+                    Err(error) => panic!("no recovery: {error:?}"),
                 }
-                Err(error) => panic!("no recovery: {error:?}"),
-            }
-        };
+            },
+        )
+        .await;
         let events = store.read_stream(&s, 1, 10).await.unwrap();
         let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
         assert_eq!(ids.iter().filter(|id| **id == batch[0].id).count(), 1);
@@ -488,7 +511,7 @@ mod distributed {
             tasks.push(tokio::spawn(async move {
                 let s = stream(&format!("restart{writer}"));
                 let mut version = 0;
-                let mut retryable_errors = 0u32;
+                let retryable_errors = std::sync::atomic::AtomicU32::new(0);
                 for i in 0..per_writer {
                     let batch = if i % 4 == 0 {
                         vec![event(i), event(i + 1000)]
@@ -496,35 +519,40 @@ mod distributed {
                         vec![event(i)]
                     };
                     // Retry the same batch (the same ids) until it is acknowledged.
-                    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                    loop {
-                        match store
-                            .append(&s, ExpectedVersion::from_version(version), batch.clone())
-                            .await
-                        {
-                            Ok(result) => {
-                                version = result.last_version;
-                                acked.lock().unwrap().extend(batch.iter().map(|e| e.id));
-                                break;
+                    let result =
+                        eventually(Duration::from_secs(60), "an acknowledged append", || {
+                            let (store, s, batch) = (&store, &s, batch.clone());
+                            let errors = &retryable_errors;
+                            async move {
+                                match store
+                                    .append(s, ExpectedVersion::from_version(version), batch)
+                                    .await
+                                {
+                                    Ok(result) => Some(result),
+                                    Err(error) if error.is_retryable() => {
+                                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                        None
+                                    }
+                                    Err(error) => panic!("not a retryable error: {error:?}"),
+                                }
                             }
-                            Err(error) if error.is_retryable() => {
-                                assert!(std::time::Instant::now() < deadline, "{error}");
-                                retryable_errors += 1;
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                            Err(error) => panic!("not a retryable error: {error:?}"),
-                        }
-                    }
+                        })
+                        .await;
+                    version = result.last_version;
+                    acked.lock().unwrap().extend(batch.iter().map(|e| e.id));
                 }
-                retryable_errors
+                retryable_errors.into_inner()
             }));
         }
         // Restart the server once a third of the appends are in.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while acked.lock().unwrap().len() < (writers * per_writer / 3) as usize {
-            assert!(std::time::Instant::now() < deadline, "the writers stalled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(
+            Duration::from_secs(60),
+            "a third of the appends",
+            || async {
+                (acked.lock().unwrap().len() >= (writers * per_writer / 3) as usize).then_some(())
+            },
+        )
+        .await;
         server.start_again();
         let mut errors = 0;
         for task in tasks {

@@ -2,10 +2,11 @@
 //! gone after their retention age; on JetStream, on their subjects as CloudEvents.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use domain::{EventId, IntegrationId, SyncId, Timestamp};
 use eventstore::nats_server::{unique_namespace, TestNats};
+use eventstore::waiting::eventually;
 use std::sync::Arc;
 
 use eventstore::{
@@ -86,11 +87,10 @@ async fn expires(log: &dyn RecordLog) {
         .await
         .unwrap();
     assert_eq!(log.read(1, 10).await.unwrap().len(), 1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !log.read(1, 10).await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "a change outlived its retention");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), "the change expiring", || async {
+        log.read(1, 10).await.unwrap().is_empty().then_some(())
+    })
+    .await;
 }
 
 /// Deleting an integration (its `Deleted` event) purges its records; the purger keeps its place.
@@ -121,28 +121,29 @@ async fn purges_when_deleted(events: Arc<dyn EventStore>, records: Arc<dyn Recor
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = records.read(1, 1000).await.unwrap();
-        if left.iter().all(|r| r.change.integration != gone) {
-            assert_eq!(
-                left.len(),
-                before - 3,
-                "other integrations' records went too"
-            );
-            assert!(left.iter().any(|r| r.change.integration == kept));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the deleted integration's records stayed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    while records.purge_checkpoint().await.unwrap() < at.last_position {
-        assert!(Instant::now() < deadline, "the checkpoint did not move");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let left = eventually(
+        Duration::from_secs(30),
+        "the deleted integration's records going",
+        || async {
+            let left = records.read(1, 1000).await.unwrap();
+            left.iter()
+                .all(|r| r.change.integration != gone)
+                .then_some(left)
+        },
+    )
+    .await;
+    assert_eq!(
+        left.len(),
+        before - 3,
+        "other integrations' records went too"
+    );
+    assert!(left.iter().any(|r| r.change.integration == kept));
+    eventually(
+        Duration::from_secs(30),
+        "the purge checkpoint moving",
+        || async { (records.purge_checkpoint().await.unwrap() >= at.last_position).then_some(()) },
+    )
+    .await;
     purger.abort();
 }
 

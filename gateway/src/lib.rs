@@ -72,6 +72,67 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+/// The two logs of a service: the event log and the records, on one backend.
+pub struct Logs {
+    pub store: Arc<dyn EventStore>,
+    pub records: Arc<dyn RecordLog>,
+    pub backend: Backend,
+}
+
+impl std::fmt::Debug for Logs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logs")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the event log and the records: on JetStream when `jetstream` is given, else on sled
+/// under `data_dir` (`log/` and `records/`, created if missing).
+pub async fn open_logs(
+    jetstream: Option<JetStreamConfig>,
+    data_dir: &std::path::Path,
+    records_max_age: std::time::Duration,
+) -> anyhow::Result<Logs> {
+    Ok(match jetstream {
+        Some(config) => {
+            let url = config.url.clone();
+            let store = JetStreamEventStore::connect(config)
+                .await
+                .with_context(|| {
+                    format!("while opening the event log on NATS JetStream at {url}")
+                })?;
+            let records = JetStreamRecordLog::open(&store)
+                .await
+                .with_context(|| format!("while opening the records on NATS JetStream at {url}"))?;
+            Logs {
+                store: Arc::new(store),
+                records: Arc::new(records),
+                backend: Backend::JetStream,
+            }
+        }
+        None => {
+            let log_dir = data_dir.join("log");
+            let store = SledEventStore::open(&log_dir).with_context(|| {
+                format!(
+                    "while opening the event log in {} (is another process using it?)",
+                    log_dir.display()
+                )
+            })?;
+            let records_dir = data_dir.join("records");
+            let records =
+                SledRecordLog::open(&records_dir, records_max_age).with_context(|| {
+                    format!("while opening the records in {}", records_dir.display())
+                })?;
+            Logs {
+                store: Arc::new(store),
+                records: Arc::new(records),
+                backend: Backend::Sled,
+            }
+        }
+    })
+}
+
 /// A built, bound, not yet running service.
 pub struct Application {
     listener: TcpListener,
@@ -95,33 +156,16 @@ impl Application {
                 settings.data_dir.display()
             )
         })?;
-        type Logs = (Arc<dyn EventStore>, Arc<dyn RecordLog>, Backend);
-        let (store, records, backend): Logs = match settings.jetstream {
-            Some(config) => {
-                let url = config.url.clone();
-                let store = JetStreamEventStore::connect(config)
-                    .await
-                    .with_context(|| {
-                        format!("while opening the event log on NATS JetStream at {url}")
-                    })?;
-                let records = JetStreamRecordLog::open(&store).await.with_context(|| {
-                    format!("while opening the records on NATS JetStream at {url}")
-                })?;
-                (Arc::new(store), Arc::new(records), Backend::JetStream)
-            }
-            None => {
-                let log_dir = settings.data_dir.join("log");
-                let store = SledEventStore::open(&log_dir).with_context(|| {
-                    format!("while opening the event log in {}", log_dir.display())
-                })?;
-                let records_dir = settings.data_dir.join("records");
-                let records = SledRecordLog::open(&records_dir, settings.records_max_age)
-                    .with_context(|| {
-                        format!("while opening the records in {}", records_dir.display())
-                    })?;
-                (Arc::new(store), Arc::new(records), Backend::Sled)
-            }
-        };
+        let Logs {
+            store,
+            records,
+            backend,
+        } = open_logs(
+            settings.jetstream,
+            &settings.data_dir,
+            settings.records_max_age,
+        )
+        .await?;
         let read = match &settings.database_url {
             Some(url) => projections::ReadDb::connect_postgres(url)
                 .await

@@ -2,7 +2,6 @@
 //! checkpoint in one transaction.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use eventstore::{EventStore, RecordedEvent, StoreError};
 use futures::StreamExt;
@@ -72,23 +71,4 @@ pub async fn run(
         projection.apply(&db, &batch).await?;
     }
     Ok(())
-}
-
-/// Waits until `projection` has applied the log up to `position`, or `deadline` passes.
-pub async fn wait_for(
-    db: &ReadDb,
-    projection: Projection,
-    position: u64,
-    deadline: Duration,
-) -> Result<bool, RunError> {
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if projection.checkpoint(db).await? >= position {
-            return Ok(true);
-        }
-        if tokio::time::Instant::now() >= until {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

@@ -182,17 +182,8 @@ macro_rules! statements {
                     .execute(&mut *$tx)
                     .await?;
                 }
-                IntegrationEvent::Disconnected(_) | IntegrationEvent::Deleted(_) => {
-                    // What was waiting or running stops with the connection.
-                    sqlx::query(
-                        "UPDATE sync_runs SET status = 'cancelled', finished_at = $1 \
-                         WHERE integration_id = $2 AND status IN ('requested', 'running')",
-                    )
-                    .bind(&at)
-                    .bind(integration.to_string())
-                    .execute(&mut *$tx)
-                    .await?;
-                }
+                // A disconnect stops what was waiting or running with `SyncFailed` (code
+                // `cancelled`), handled above; nothing else changes a run.
                 _ => {}
             }
         }

@@ -22,6 +22,7 @@ use projections::ReadDb;
 
 mod common;
 use common::{as_user, fresh_db, system};
+use eventstore::waiting::eventually;
 
 async fn connect(
     repository: &Repository,
@@ -91,6 +92,15 @@ async fn fixture(kind: &str) -> Fixture {
 }
 
 impl Fixture {
+    /// Waits until `projection` has applied the whole log.
+    async fn caught_up(&self, projection: Projection) {
+        let head = self.store.head_position().await.unwrap();
+        eventually(Duration::from_secs(30), projection.name(), || async {
+            (projection.checkpoint(&self.db).await.unwrap() >= head).then_some(())
+        })
+        .await;
+    }
+
     /// Panics with the error of a projection that stopped.
     fn check_runners(&self) {
         for runner in &self.runners {
@@ -115,18 +125,7 @@ impl Fixture {
         cursor: Option<i64>,
         limit: u32,
     ) -> sync_runs::RunsPage {
-        let head = self.store.head_position().await.unwrap();
-        assert!(
-            runner::wait_for(
-                &self.db,
-                Projection::SyncRuns,
-                head,
-                Duration::from_secs(30)
-            )
-            .await
-            .unwrap(),
-            "the sync logs did not catch up"
-        );
+        self.caught_up(Projection::SyncRuns).await;
         sync_runs::list(&self.db, "acme", user, id, filter, cursor, limit)
             .await
             .unwrap()
@@ -134,19 +133,8 @@ impl Fixture {
 
     /// Installed as `user` sees it once the projection has caught up with the log.
     async fn installed(&self, user: &str) -> Vec<InstalledRow> {
-        let head = self.store.head_position().await.unwrap();
         self.check_runners();
-        assert!(
-            runner::wait_for(
-                &self.db,
-                Projection::Installed,
-                head,
-                Duration::from_secs(30)
-            )
-            .await
-            .unwrap(),
-            "the projection did not catch up"
-        );
+        self.caught_up(Projection::Installed).await;
         installed::list(&self.db, "acme", user).await.unwrap()
     }
 

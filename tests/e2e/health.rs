@@ -79,31 +79,28 @@ async fn the_read_models_catch_up_with_a_log_written_before_the_start() {
         }
     }
     let app = spawn_app_in(data_dir).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let body: Value = app
-            .client
-            .get(format!("{}/healthz", app.address))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(body["read_models"], "sqlite");
-        let head = body["log_head"].as_u64().unwrap();
-        assert!(head >= 4, "{body}");
-        let caught_up = ["installed", "sync_runs"]
-            .iter()
-            .all(|name| body["projections"][name]["position"].as_u64() == Some(head));
-        if caught_up {
-            assert_eq!(body["projections"]["installed"]["lag_events"], 0);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the projections did not catch up: {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let body = eventstore::waiting::eventually(
+        std::time::Duration::from_secs(30),
+        "the projections catching up",
+        || async {
+            let body: Value = app
+                .client
+                .get(format!("{}/healthz", app.address))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let head = body["log_head"].as_u64().unwrap();
+            ["installed", "sync_runs"]
+                .iter()
+                .all(|name| body["projections"][name]["position"].as_u64() == Some(head))
+                .then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(body["read_models"], "sqlite");
+    assert!(body["log_head"].as_u64().unwrap() >= 4, "{body}");
+    assert_eq!(body["projections"]["installed"]["lag_events"], 0);
 }

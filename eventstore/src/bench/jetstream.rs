@@ -198,32 +198,6 @@ impl Raw {
     }
 }
 
-async fn ours_single(
-    store: &JetStreamEventStore,
-    writers: u64,
-    total: u64,
-) -> Result<f64, StoreError> {
-    let per_writer = (total / writers).max(1);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for writer in 0..writers {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let s = stream_name(writer + 1000 * writers);
-            for i in 0..per_writer {
-                store
-                    .append(&s, ExpectedVersion::Any, vec![event(i)])
-                    .await?;
-            }
-            Ok::<_, StoreError>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(failed)??;
-    }
-    Ok((per_writer * writers) as f64 / started.elapsed().as_secs_f64())
-}
-
 async fn ours_replay(store: &JetStreamEventStore, count: u64) -> Result<f64, StoreError> {
     let started = Instant::now();
     let mut events = store.subscribe(1);
@@ -315,7 +289,7 @@ async fn measure(
                 raw.single(writers, total / 2, &format!("w{writers}r{round}"))
                     .await?,
             );
-            ours = ours.max(ours_single(store, writers, total / 2).await?);
+            ours = ours.max(super::ours_single(store, writers, total / 2).await?);
         }
         figures.push(Figure::against_raw(
             &format!("append_w{writers}"),
