@@ -23,6 +23,9 @@ pub enum Command {
     /// Operate on the event log itself.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Operate on the read models (Installed, the sync logs).
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,12 +53,19 @@ pub struct CopyArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Where the embedded event log and the service's other state live.
-    #[arg(long, env = "HARMONY_DATA_DIR", default_value = "./harmony-data")]
-    pub data_dir: PathBuf,
     /// The address to serve HTTP on.
     #[arg(long, env = "HARMONY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Where a service keeps its state: what `serve` and the operators' commands share.
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// Where the embedded event log and the service's other state live.
+    #[arg(long, env = "HARMONY_DATA_DIR", default_value = "./harmony-data")]
+    pub data_dir: PathBuf,
     /// Run the event log on NATS JetStream at this URL (e.g. nats://127.0.0.1:4222; several
     /// servers comma-separated) instead of sled under --data-dir.
     #[arg(long, env = "HARMONY_NATS_URL")]
@@ -71,10 +81,36 @@ pub struct ServeArgs {
     pub jetstream: JetStreamArgs,
 }
 
-impl ServeArgs {
+impl StorageArgs {
     pub fn records_max_age(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.records_max_age_days.max(1) * 24 * 3600)
     }
+
+    /// The JetStream configuration, with --nats-url.
+    pub fn jetstream_config(&self) -> Option<eventstore::JetStreamConfig> {
+        self.nats_url.as_deref().map(|url| {
+            let mut config = self.jetstream.config(url);
+            config.records_max_age = self.records_max_age();
+            config
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Replay the whole log into fresh tables and swap them in at once: readers see the old
+    /// read model until the new one is complete. Embedded (sled), stop the service first; on
+    /// JetStream, run it beside the running services.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Rebuild only this read model (installed, sync_runs); all of them by default.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 /// How the JetStream streams are set up (with --nats-url).

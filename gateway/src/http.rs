@@ -16,9 +16,10 @@ pub(crate) fn router(state: AppState) -> Router {
 }
 
 /// Alive and able to read the log: `{"status": "ok", "backend": "sled", "log_head": <position>,
-/// "projections": {"installed": {"position": …, "lag_events": …, "lag_seconds": …}, …}}`. A
-/// projection's lag is how many events it has still to apply and how long ago the oldest of
-/// them happened.
+/// "projections": {"installed": {"position": …, "lag_events": …, "lag_seconds": …, "runner":
+/// "running"}, …}}`. A projection's lag is how many events it has still to apply and how long
+/// ago the oldest of them happened; its runner in this process is `running`, `standby` (another
+/// process holds its lease) or `stopped` (by an event it cannot apply).
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let head = match state.store.head_position().await {
         Ok(head) => head,
@@ -47,7 +48,14 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
                         Err(_) => f64::NAN,
                     }
                 };
-                json!({ "position": position, "lag_events": behind, "lag_seconds": seconds })
+                // Here: `running`, `standby` (another process holds the lease) or `stopped`.
+                let runner = state
+                    .runners
+                    .lock()
+                    .ok()
+                    .and_then(|runners| runners.get(projection.name()).copied());
+                json!({ "position": position, "lag_events": behind, "lag_seconds": seconds,
+                        "runner": runner })
             }
             Err(error) => {
                 tracing::error!(%error, "health check cannot read the read models");
@@ -115,6 +123,7 @@ mod tests {
             records,
             backend: crate::Backend::Sled,
             read,
+            runners: crate::Runners::default(),
         });
         let response = app
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

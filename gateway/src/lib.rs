@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 mod http;
 pub mod log;
+pub mod read_models;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,7 +65,14 @@ pub struct AppState {
     pub backend: Backend,
     /// The read models (Installed, the sync logs).
     pub read: projections::ReadDb,
+    /// What each projection's runner in this process is doing.
+    pub runners: Runners,
 }
+
+/// What each projection's runner in this process is doing, by projection name.
+pub type Runners = Arc<
+    std::sync::Mutex<std::collections::BTreeMap<&'static str, projections::runner::RunnerState>>,
+>;
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,6 +141,25 @@ pub async fn open_logs(
     })
 }
 
+/// Opens (and migrates) the read models: on PostgreSQL at `database_url` when given, else in
+/// SQLite at `read.db` under `data_dir`.
+pub async fn open_read_db(
+    database_url: Option<&str>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<projections::ReadDb> {
+    Ok(match database_url {
+        Some(url) => projections::ReadDb::connect_postgres(url)
+            .await
+            .context("while opening the read models on PostgreSQL")?,
+        None => {
+            let path = data_dir.join("read.db");
+            projections::ReadDb::open_sqlite(&path)
+                .await
+                .with_context(|| format!("while opening the read models in {}", path.display()))?
+        }
+    })
+}
+
 /// A built, bound, not yet running service.
 pub struct Application {
     listener: TcpListener,
@@ -166,19 +193,7 @@ impl Application {
             settings.records_max_age,
         )
         .await?;
-        let read = match &settings.database_url {
-            Some(url) => projections::ReadDb::connect_postgres(url)
-                .await
-                .context("while opening the read models on PostgreSQL")?,
-            None => {
-                let path = settings.data_dir.join("read.db");
-                projections::ReadDb::open_sqlite(&path)
-                    .await
-                    .with_context(|| {
-                        format!("while opening the read models in {}", path.display())
-                    })?
-            }
-        };
+        let read = open_read_db(settings.database_url.as_deref(), &settings.data_dir).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("while binding {}", settings.listen))?;
@@ -189,6 +204,7 @@ impl Application {
                 records,
                 backend,
                 read,
+                runners: Runners::default(),
             },
         })
     }
@@ -222,6 +238,7 @@ impl Application {
                     projection,
                     self.state.store.clone(),
                     self.state.read.clone(),
+                    self.state.runners.clone(),
                 ))
             })
             .collect();
@@ -255,20 +272,30 @@ async fn purge_records_of_deleted_integrations(
     }
 }
 
-/// Keeps one read model up to date while the service runs. An event it cannot apply stops
-/// that projection (the others go on) with an error naming the position; anything else (the
-/// log or the database away for a while) is retried.
+/// Keeps one read model up to date while the service runs — on PostgreSQL only while this
+/// process holds its lease, waiting otherwise. An event it cannot apply stops that projection
+/// (the others go on) with an error naming the position; anything else (the log or the
+/// database away for a while, the lease lost) is retried.
 async fn run_projection(
     projection: projections::runner::Projection,
     store: Arc<dyn EventStore>,
     read: projections::ReadDb,
+    runners: Runners,
 ) {
     use projections::installed::ApplyError;
-    use projections::runner::RunError;
+    use projections::runner::{RunError, RunnerState};
+    let on_state = |state: RunnerState| {
+        if let Ok(mut runners) = runners.lock() {
+            runners.insert(projection.name(), state);
+        }
+    };
     loop {
-        match projections::runner::run(projection, store.clone(), read.clone()).await {
+        match projections::runner::run_leased(projection, store.clone(), read.clone(), &on_state)
+            .await
+        {
             Ok(()) => return,
             Err(RunError::Apply(error @ ApplyError::Undecodable { .. })) => {
+                on_state(RunnerState::Stopped);
                 tracing::error!(projection = projection.name(), %error, "projection stopped");
                 return;
             }

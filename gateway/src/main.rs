@@ -21,18 +21,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let records_max_age = args.records_max_age();
-            let jetstream = args.nats_url.as_deref().map(|url| {
-                let mut config = args.jetstream.config(url);
-                config.records_max_age = records_max_age;
-                config
-            });
             let app = Application::build(Settings {
-                data_dir: args.data_dir,
+                jetstream: args.storage.jetstream_config(),
+                records_max_age: args.storage.records_max_age(),
+                data_dir: args.storage.data_dir,
                 listen: args.listen,
-                jetstream,
-                records_max_age,
-                database_url: args.database_url,
+                database_url: args.storage.database_url,
             })
             .await?;
             tracing::info!(
@@ -45,6 +39,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => gateway::bench::run(&args, &mut std::io::stdout().lock()).await,
         Command::Log(gateway::cli::LogCommand::Copy(args)) => {
             gateway::log::copy(&args, &mut std::io::stdout().lock()).await
+        }
+        Command::Projections(gateway::cli::ProjectionsCommand::Rebuild(args)) => {
+            gateway::read_models::rebuild(&args, &mut std::io::stdout().lock()).await
         }
     }
 }

@@ -368,3 +368,203 @@ fn bad_arguments_are_refused_with_a_message_and_a_failure_exit() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--listen"));
 }
+
+/// Connects `apps` (one integration each, workspace acme, by admin ada) on `store`: HubSpot
+/// for the workspace, the others (Gmail, Google Calendar) as ada's own.
+async fn connect_apps(store: std::sync::Arc<dyn eventstore::EventStore>, apps: &[&str]) {
+    use domain::{Caller, CommandContext, Principal, Role, Timestamp};
+    let repository = eventstore::repository::Repository::new(store);
+    let ada = CommandContext::new(
+        Caller::User(Principal {
+            user: "ada".parse().unwrap(),
+            workspace: "acme".parse().unwrap(),
+            role: Role::Admin,
+        }),
+        Timestamp::now(),
+    );
+    for app in apps {
+        let command = domain::integration::ConnectIntegration {
+            integration: domain::IntegrationId::new(),
+            app: (*app).into(),
+            scope: if *app == "hubspot" {
+                domain::catalog::AppScope::Workspace
+            } else {
+                domain::catalog::AppScope::Personal
+            },
+            setup: Default::default(),
+            granted_scopes: vec![],
+            account_label: None,
+            credential_ref: domain::CredentialRef(format!("vault:{app}")),
+            token_expires_at: None,
+        };
+        eventstore::lifecycle::connect(
+            &repository,
+            &ada,
+            command,
+            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// The apps Installed shows for ada of acme.
+async fn installed_apps(db: &projections::ReadDb) -> Vec<String> {
+    projections::installed::list(db, "acme", "ada")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.app)
+        .collect()
+}
+
+#[test]
+fn projections_rebuild_replaces_the_read_models_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use eventstore::EventStore;
+        let store = eventstore::SledEventStore::open(dir.path().join("log")).unwrap();
+        connect_apps(std::sync::Arc::new(store), &["hubspot", "gmail"]).await;
+        // A read model that has lost a row, as a damaged or stale one would.
+        let db = projections::ReadDb::open_sqlite(&dir.path().join("read.db"))
+            .await
+            .unwrap();
+        let all = eventstore::SledEventStore::open(dir.path().join("log"))
+            .unwrap()
+            .read_all(1, 1000)
+            .await
+            .unwrap();
+        for projection in projections::runner::Projection::ALL {
+            projection.apply(&db, &all).await.unwrap();
+        }
+        let projections::ReadDb::Sqlite(pool) = &db else {
+            unreachable!()
+        };
+        sqlx::query("DELETE FROM installed WHERE app = 'gmail'")
+            .execute(pool)
+            .await
+            .unwrap();
+        assert_eq!(installed_apps(&db).await, ["hubspot"]);
+        db.close().await;
+    });
+
+    let output = harmony()
+        .args(["projections", "rebuild", "--data-dir", data_dir])
+        .env_remove("HARMONY_NATS_URL")
+        .env_remove("HARMONY_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.contains("rebuilt installed and sync_runs from"),
+        "{said}"
+    );
+    runtime.block_on(async {
+        let db = projections::ReadDb::open_sqlite(&dir.path().join("read.db"))
+            .await
+            .unwrap();
+        assert_eq!(installed_apps(&db).await, ["gmail", "hubspot"]);
+        db.close().await;
+    });
+
+    // A read model that does not exist, and a log in use by a running service.
+    let output = harmony()
+        .args([
+            "projections",
+            "rebuild",
+            "--name",
+            "everything",
+            "--data-dir",
+            data_dir,
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("no read model called \"everything\"")
+            && message.contains("installed, sync_runs"),
+        "{message}"
+    );
+    let (served, _) = serve(&["--data-dir", data_dir]);
+    let output = harmony()
+        .args(["projections", "rebuild", "--data-dir", data_dir])
+        .env_remove("HARMONY_NATS_URL")
+        .env_remove("HARMONY_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("stop the service"), "{message}");
+    stop_with_sigterm(served);
+}
+
+#[test]
+fn projections_rebuild_runs_beside_a_distributed_service() {
+    let nats = eventstore::nats_server::TestNats::shared();
+    let namespace = eventstore::nats_server::unique_namespace();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database = runtime.block_on(async {
+        let mut config = eventstore::JetStreamConfig::new(nats.url.clone());
+        config.namespace = namespace.clone();
+        let store = eventstore::JetStreamEventStore::connect(config)
+            .await
+            .unwrap();
+        connect_apps(
+            std::sync::Arc::new(store),
+            &["hubspot", "gmail", "google-calendar"],
+        )
+        .await;
+        projections::test_support::postgres_database().await
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let storage = [
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--nats-url",
+        &nats.url,
+        "--nats-namespace",
+        &namespace,
+        "--database-url",
+        &database,
+    ];
+    let (served, address) = serve(&storage);
+    let health = || -> serde_json::Value {
+        reqwest::blocking::get(format!("{address}/healthz"))
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health()["projections"]["installed"]["lag_events"] != 0 {
+        assert!(Instant::now() < deadline, "the service never caught up");
+        std::thread::yield_now();
+    }
+    assert_eq!(health()["projections"]["installed"]["runner"], "running");
+
+    let output = harmony()
+        .args(["projections", "rebuild", "--name", "installed"])
+        .args(storage)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.starts_with("rebuilt installed from "), "{said}");
+    runtime.block_on(async {
+        let db = projections::ReadDb::connect_postgres(&database)
+            .await
+            .unwrap();
+        assert_eq!(
+            installed_apps(&db).await,
+            ["gmail", "google-calendar", "hubspot"]
+        );
+        db.close().await;
+    });
+    let body = health();
+    assert_eq!(body["projections"]["installed"]["runner"], "running");
+    assert_eq!(body["projections"]["installed"]["lag_events"], 0);
+    stop_with_sigterm(served);
+}

@@ -11,10 +11,13 @@ use domain::{Actor, Aggregate, Integration, IntegrationEvent, Status};
 use eventstore::RecordedEvent;
 use serde::Serialize;
 
-use crate::db::{ReadDb, ReadDbError};
+use crate::db::{fetch_all, Bind, ReadDb, ReadDbError, Target, WriteTx};
 
 /// The projection's name, as its checkpoint is stored.
 pub const NAME: &str = "installed";
+
+/// Its table.
+pub(crate) const TABLE: &str = "installed";
 
 /// A row of Installed, as queries return it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -107,28 +110,6 @@ struct Folding {
     changed: bool,
 }
 
-/// Runs the same statements on either database's transaction.
-macro_rules! on_tx {
-    ($db:expr, |$tx:ident| $body:block) => {
-        match $db {
-            ReadDb::Sqlite(pool) => {
-                // IMMEDIATE: take the write lock first, so a transaction that reads before it
-                // writes never fails on another projection's commit in between.
-                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let result = $body;
-                $tx.commit().await?;
-                result
-            }
-            ReadDb::Postgres(pool) => {
-                let mut $tx = pool.begin().await?;
-                let result = $body;
-                $tx.commit().await?;
-                result
-            }
-        }
-    };
-}
-
 /// Why a batch could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -144,28 +125,57 @@ impl From<sqlx::Error> for ApplyError {
     }
 }
 
-/// Folds `events` (in log order) into Installed and moves the checkpoint to the last one's
-/// position, all in one transaction. Events of other streams, events already folded, and types
-/// the domain does not know are passed over.
-pub async fn apply(db: &ReadDb, events: &[RecordedEvent]) -> Result<(), ApplyError> {
-    let Some(last) = events.last() else {
-        return Ok(());
-    };
-    let checkpoint = i64::try_from(last.position).unwrap_or(i64::MAX);
-    on_tx!(db, |tx| {
+/// The statements of one set of tables.
+struct Sql {
+    select: String,
+    upsert: String,
+    delete: String,
+}
+
+impl Sql {
+    fn new(target: Target) -> Self {
+        let table = target.table(TABLE);
+        Sql {
+            select: format!("SELECT state, version FROM {table} WHERE integration_id = $1"),
+            upsert: format!(
+                "INSERT INTO {table} (integration_id, workspace, app, scope, owner, status, \
+                 connected_by, connected_at, last_sync_at, last_sync_outcome, records_pulled, \
+                 records_created, records_updated, records_deleted, mapping_version, actions, \
+                 version, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                 ON CONFLICT (integration_id) DO UPDATE SET workspace = excluded.workspace, \
+                 app = excluded.app, scope = excluded.scope, owner = excluded.owner, \
+                 status = excluded.status, connected_by = excluded.connected_by, \
+                 connected_at = excluded.connected_at, last_sync_at = excluded.last_sync_at, \
+                 last_sync_outcome = excluded.last_sync_outcome, \
+                 records_pulled = excluded.records_pulled, records_created = excluded.records_created, \
+                 records_updated = excluded.records_updated, records_deleted = excluded.records_deleted, \
+                 mapping_version = excluded.mapping_version, actions = excluded.actions, \
+                 version = excluded.version, state = excluded.state"
+            ),
+            delete: format!("DELETE FROM {table} WHERE integration_id = $1"),
+        }
+    }
+}
+
+/// Folds `events` (in log order) into Installed's `target` tables, inside the caller's
+/// transaction. Events of other streams, events already folded, and types the domain does not
+/// know are passed over.
+macro_rules! fold {
+    ($tx:expr, $sql:expr, $events:expr) => {{
+        let tx = $tx;
+        let sql = $sql;
         let mut folding: HashMap<String, Folding> = HashMap::new();
-        for event in events {
+        for event in $events {
             let Some(integration) = event.stream.integration_id() else {
                 continue;
             };
             let key = integration.to_string();
             if !folding.contains_key(&key) {
-                let row: Option<(String, i64)> = sqlx::query_as(
-                    "SELECT state, version FROM installed WHERE integration_id = $1",
-                )
-                .bind(&key)
-                .fetch_optional(&mut *tx)
-                .await?;
+                let row: Option<(String, i64)> = sqlx::query_as(&sql.select)
+                    .bind(&key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 let entry = match row {
                     Some((state, version)) => Folding {
                         state: serde_json::from_str(&state).map_err(|error| {
@@ -214,54 +224,52 @@ pub async fn apply(db: &ReadDb, events: &[RecordedEvent]) -> Result<(), ApplyErr
                         .map_err(|error| ApplyError::Db(ReadDbError::Invalid(error.to_string())))?;
                     let actions = serde_json::to_string(&row.actions)
                         .expect("a list of strings always serializes");
-                    sqlx::query(
-                        "INSERT INTO installed (integration_id, workspace, app, scope, owner, status, \
-                         connected_by, connected_at, last_sync_at, last_sync_outcome, records_pulled, \
-                         records_created, records_updated, records_deleted, mapping_version, actions, \
-                         version, state) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-                         ON CONFLICT (integration_id) DO UPDATE SET workspace = excluded.workspace, \
-                         app = excluded.app, scope = excluded.scope, owner = excluded.owner, \
-                         status = excluded.status, connected_by = excluded.connected_by, \
-                         connected_at = excluded.connected_at, last_sync_at = excluded.last_sync_at, \
-                         last_sync_outcome = excluded.last_sync_outcome, \
-                         records_pulled = excluded.records_pulled, records_created = excluded.records_created, \
-                         records_updated = excluded.records_updated, records_deleted = excluded.records_deleted, \
-                         mapping_version = excluded.mapping_version, actions = excluded.actions, \
-                         version = excluded.version, state = excluded.state",
-                    )
-                    .bind(&row.integration_id)
-                    .bind(&row.workspace)
-                    .bind(&row.app)
-                    .bind(&row.scope)
-                    .bind(&row.owner)
-                    .bind(&row.status)
-                    .bind(&row.connected_by)
-                    .bind(&row.connected_at)
-                    .bind(&row.last_sync_at)
-                    .bind(&row.last_sync_outcome)
-                    .bind(row.records_pulled)
-                    .bind(row.records_created)
-                    .bind(row.records_updated)
-                    .bind(row.records_deleted)
-                    .bind(row.mapping_version)
-                    .bind(actions)
-                    .bind(i64::try_from(entry.version).unwrap_or(i64::MAX))
-                    .bind(state)
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query(&sql.upsert)
+                        .bind(&row.integration_id)
+                        .bind(&row.workspace)
+                        .bind(&row.app)
+                        .bind(&row.scope)
+                        .bind(&row.owner)
+                        .bind(&row.status)
+                        .bind(&row.connected_by)
+                        .bind(&row.connected_at)
+                        .bind(&row.last_sync_at)
+                        .bind(&row.last_sync_outcome)
+                        .bind(row.records_pulled)
+                        .bind(row.records_created)
+                        .bind(row.records_updated)
+                        .bind(row.records_deleted)
+                        .bind(row.mapping_version)
+                        .bind(actions)
+                        .bind(i64::try_from(entry.version).unwrap_or(i64::MAX))
+                        .bind(state)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 None => {
-                    sqlx::query("DELETE FROM installed WHERE integration_id = $1")
+                    sqlx::query(&sql.delete)
                         .bind(&key)
                         .execute(&mut *tx)
                         .await?;
                 }
             }
         }
-        crate::db::save_checkpoint!(&mut *tx, NAME, checkpoint)?;
         Ok::<(), ApplyError>(())
-    })
+    }};
+}
+
+/// Folds `events` into Installed's `target` tables inside `tx` (the runner moves the
+/// checkpoint in the same transaction).
+pub(crate) async fn apply_in(
+    tx: &mut WriteTx,
+    target: Target,
+    events: &[RecordedEvent],
+) -> Result<(), ApplyError> {
+    let sql = Sql::new(target);
+    match tx {
+        WriteTx::Sqlite(tx) => fold!(&mut **tx, &sql, events),
+        WriteTx::Postgres(tx) => fold!(&mut **tx, &sql, events),
+    }
 }
 
 /// The position Installed has applied up to, 0 before anything.
@@ -269,73 +277,157 @@ pub async fn checkpoint(db: &ReadDb) -> Result<u64, ReadDbError> {
     crate::db::checkpoint(db, NAME).await
 }
 
-type RowTuple = (
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    String,
-);
+/// A row as stored: `actions` still JSON text.
+#[derive(sqlx::FromRow)]
+struct Stored {
+    integration_id: String,
+    workspace: String,
+    app: String,
+    scope: String,
+    owner: Option<String>,
+    status: String,
+    connected_by: String,
+    connected_at: String,
+    last_sync_at: Option<String>,
+    last_sync_outcome: Option<String>,
+    records_pulled: i64,
+    records_created: i64,
+    records_updated: i64,
+    records_deleted: i64,
+    mapping_version: i64,
+    actions: String,
+}
 
-fn from_tuple(t: RowTuple) -> InstalledRow {
-    InstalledRow {
-        integration_id: t.0,
-        workspace: t.1,
-        app: t.2,
-        scope: t.3,
-        owner: t.4,
-        status: t.5,
-        connected_by: t.6,
-        connected_at: t.7,
-        last_sync_at: t.8,
-        last_sync_outcome: t.9,
-        records_pulled: t.10,
-        records_created: t.11,
-        records_updated: t.12,
-        records_deleted: t.13,
-        mapping_version: t.14,
-        actions: serde_json::from_str(&t.15).unwrap_or_default(),
+impl From<Stored> for InstalledRow {
+    fn from(t: Stored) -> Self {
+        InstalledRow {
+            integration_id: t.integration_id,
+            workspace: t.workspace,
+            app: t.app,
+            scope: t.scope,
+            owner: t.owner,
+            status: t.status,
+            connected_by: t.connected_by,
+            connected_at: t.connected_at,
+            last_sync_at: t.last_sync_at,
+            last_sync_outcome: t.last_sync_outcome,
+            records_pulled: t.records_pulled,
+            records_created: t.records_created,
+            records_updated: t.records_updated,
+            records_deleted: t.records_deleted,
+            mapping_version: t.mapping_version,
+            actions: serde_json::from_str(&t.actions).unwrap_or_default(),
+        }
     }
 }
 
-/// Installed as `user` of `workspace` sees it: the workspace integrations and the user's own
-/// personal ones, never another user's.
+/// Which rows of Installed to list; `None` is any.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// `connected`, `needs_reauth`, `syncing`, `error` or `disconnected`.
+    pub status: Option<String>,
+    /// The app's id, e.g. `hubspot`.
+    pub app: Option<String>,
+    /// `workspace` or `personal`.
+    pub scope: Option<String>,
+}
+
+/// A page of Installed, ordered by app then integration, and the cursor of the next page if
+/// there is one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstalledPage {
+    pub rows: Vec<InstalledRow>,
+    pub next_cursor: Option<String>,
+}
+
+/// The most rows one page holds.
+pub const MAX_PAGE: u32 = 500;
+
+/// Installed as `user` of `workspace` sees it — the workspace integrations and the user's own
+/// personal ones, never another user's — filtered, `limit` rows at a time from `cursor` (a
+/// page's `next_cursor`).
+pub async fn page(
+    db: &ReadDb,
+    workspace: &str,
+    user: &str,
+    filter: &Filter,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<InstalledPage, ReadDbError> {
+    let mut sql = format!(
+        "SELECT integration_id, workspace, app, scope, owner, status, connected_by, \
+         connected_at, last_sync_at, last_sync_outcome, records_pulled, records_created, \
+         records_updated, records_deleted, mapping_version, actions FROM {TABLE} \
+         WHERE workspace = $1 AND (owner IS NULL OR owner = $2)"
+    );
+    let mut binds = vec![
+        Bind::Text(workspace.to_owned()),
+        Bind::Text(user.to_owned()),
+    ];
+    for (column, value) in [
+        ("status", &filter.status),
+        ("app", &filter.app),
+        ("scope", &filter.scope),
+    ] {
+        if let Some(value) = value {
+            binds.push(Bind::Text(value.clone()));
+            sql.push_str(&format!(" AND {column} = ${}", binds.len()));
+        }
+    }
+    if let Some(cursor) = cursor {
+        let (app, id) = cursor
+            .rsplit_once('/')
+            .ok_or_else(|| ReadDbError::BadCursor(cursor.to_owned()))?;
+        binds.push(Bind::Text(app.to_owned()));
+        binds.push(Bind::Text(id.to_owned()));
+        sql.push_str(&format!(
+            " AND (app > ${0} OR (app = ${0} AND integration_id > ${1}))",
+            binds.len() - 1,
+            binds.len()
+        ));
+    }
+    let limit = limit.clamp(1, MAX_PAGE);
+    sql.push_str(&format!(
+        " ORDER BY app, integration_id LIMIT {}",
+        limit + 1
+    ));
+    let mut rows: Vec<InstalledRow> = fetch_all::<Stored>(db, &sql, &binds)
+        .await?
+        .into_iter()
+        .map(InstalledRow::from)
+        .collect();
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last()
+            .map(|row| format!("{}/{}", row.app, row.integration_id))
+    } else {
+        None
+    };
+    Ok(InstalledPage { rows, next_cursor })
+}
+
+/// All of Installed as `user` of `workspace` sees it (every page of [`page`]).
 pub async fn list(
     db: &ReadDb,
     workspace: &str,
     user: &str,
 ) -> Result<Vec<InstalledRow>, ReadDbError> {
-    let query = "SELECT integration_id, workspace, app, scope, owner, status, connected_by, \
-                 connected_at, last_sync_at, last_sync_outcome, records_pulled, records_created, \
-                 records_updated, records_deleted, mapping_version, actions FROM installed \
-                 WHERE workspace = $1 AND (owner IS NULL OR owner = $2) \
-                 ORDER BY app, integration_id";
-    let rows: Vec<RowTuple> = match db {
-        ReadDb::Sqlite(pool) => {
-            sqlx::query_as(query)
-                .bind(workspace)
-                .bind(user)
-                .fetch_all(pool)
-                .await?
+    let mut rows = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = page(
+            db,
+            workspace,
+            user,
+            &Filter::default(),
+            cursor.as_deref(),
+            MAX_PAGE,
+        )
+        .await?;
+        rows.extend(page.rows);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(rows),
         }
-        ReadDb::Postgres(pool) => {
-            sqlx::query_as(query)
-                .bind(workspace)
-                .bind(user)
-                .fetch_all(pool)
-                .await?
-        }
-    };
-    Ok(rows.into_iter().map(from_tuple).collect())
+    }
 }

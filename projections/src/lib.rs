@@ -9,11 +9,16 @@
 //!   as the commands.
 //! - [`sync_runs`]: the sync logs, one row per run with its pages, paged by cursor.
 //! - [`runner`]: applies the log to a projection in batches, each batch and the projection's
-//!   checkpoint in one transaction, so a crash never applies an event twice or skips one.
+//!   checkpoint in one transaction, so a crash never applies an event twice or skips one; on
+//!   PostgreSQL under a lease, so that of several processes exactly one writes each model.
+//! - [`rebuild`]: replays the log from position 0 into fresh tables and swaps them in at once.
 
 pub mod db;
 pub mod installed;
+pub mod rebuild;
 pub mod runner;
 pub mod sync_runs;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 
 pub use db::{ReadDb, ReadDbError};

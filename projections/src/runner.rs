@@ -6,7 +6,7 @@ use std::sync::Arc;
 use eventstore::{EventStore, RecordedEvent, StoreError};
 use futures::StreamExt;
 
-use crate::db::ReadDb;
+use crate::db::{ReadDb, ReadDbError, Target, WriteTx};
 use crate::installed::{self, ApplyError};
 use crate::sync_runs;
 
@@ -23,7 +23,7 @@ pub enum Projection {
 impl Projection {
     pub const ALL: [Projection; 2] = [Projection::Installed, Projection::SyncRuns];
 
-    /// The name its checkpoint is stored under.
+    /// The name its checkpoint is stored under, and `harmony projections rebuild --name` takes.
     pub fn name(self) -> &'static str {
         match self {
             Projection::Installed => installed::NAME,
@@ -31,12 +31,55 @@ impl Projection {
         }
     }
 
-    /// Applies `events` and moves the checkpoint, in one transaction.
-    pub async fn apply(self, db: &ReadDb, events: &[RecordedEvent]) -> Result<(), ApplyError> {
+    /// The projection called `name`.
+    pub fn named(name: &str) -> Option<Projection> {
+        Projection::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The tables it owns.
+    pub fn tables(self) -> &'static [&'static str] {
         match self {
-            Projection::Installed => installed::apply(db, events).await,
-            Projection::SyncRuns => sync_runs::apply(db, events).await,
+            Projection::Installed => &[installed::TABLE],
+            Projection::SyncRuns => &[sync_runs::RUNS, sync_runs::PAGES],
         }
+    }
+
+    /// The name of its checkpoint for `target`'s tables.
+    pub(crate) fn checkpoint_name(self, target: Target) -> String {
+        target.table(self.name())
+    }
+
+    /// Applies to `target`'s tables, inside `tx`, those of `events` past the checkpoint, and
+    /// moves the checkpoint to the last of them. The checkpoint is read and locked in the same
+    /// transaction, so whoever else writes the projection (a second process, a rebuild's swap)
+    /// can never make an event count twice. Returns how many events were past it.
+    pub async fn apply_in(
+        self,
+        tx: &mut WriteTx,
+        target: Target,
+        events: &[RecordedEvent],
+    ) -> Result<usize, ApplyError> {
+        let name = self.checkpoint_name(target);
+        let checkpoint = tx.checkpoint(&name).await?;
+        let skip = events.partition_point(|event| event.position <= checkpoint);
+        let fresh = &events[skip..];
+        let Some(last) = fresh.last() else {
+            return Ok(0);
+        };
+        match self {
+            Projection::Installed => installed::apply_in(tx, target, fresh).await?,
+            Projection::SyncRuns => sync_runs::apply_in(tx, target, fresh).await?,
+        }
+        tx.save_checkpoint(&name, last.position).await?;
+        Ok(fresh.len())
+    }
+
+    /// Applies `events` (in log order) and moves the checkpoint, in one transaction.
+    pub async fn apply(self, db: &ReadDb, events: &[RecordedEvent]) -> Result<(), ApplyError> {
+        let mut tx = db.begin_write().await?;
+        self.apply_in(&mut tx, Target::Live, events).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Where it is in the log.
@@ -54,6 +97,8 @@ pub enum RunError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Db(#[from] crate::db::ReadDbError),
+    #[error("the projection's lease was lost: {0}")]
+    LeaseLost(String),
 }
 
 /// Follows the log into `projection` until the subscription ends or an event cannot be
@@ -64,6 +109,7 @@ pub async fn run(
     store: Arc<dyn EventStore>,
     db: ReadDb,
 ) -> Result<(), RunError> {
+    crate::db::ensure_checkpoint(&db, projection.name()).await?;
     let from = projection.checkpoint(&db).await? + 1;
     let mut events = store.subscribe(from).ready_chunks(MAX_BATCH);
     while let Some(chunk) = events.next().await {
@@ -71,4 +117,70 @@ pub async fn run(
         projection.apply(&db, &batch).await?;
     }
     Ok(())
+}
+
+/// What a projection's runner is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerState {
+    /// Waiting for the lease another process holds.
+    Standby,
+    /// Holding the lease (or needing none) and applying the log.
+    Running,
+    /// Stopped by an event it cannot apply.
+    Stopped,
+}
+
+/// How often a lease holder checks that its lease connection still stands.
+const LEASE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The PostgreSQL advisory lock key of `projection`'s lease ("HARMPR" and its index).
+fn lease_key(projection: Projection) -> i64 {
+    let index = Projection::ALL
+        .iter()
+        .position(|p| *p == projection)
+        .expect("every projection is in ALL");
+    0x4841_524D_5052_0000 + index as i64
+}
+
+/// Runs `projection` as its single writer. On PostgreSQL, shared by several processes, it
+/// first takes the projection's lease (a session advisory lock on a connection of its own),
+/// waiting while another process holds it: when that process dies its session ends, the lock
+/// is released and this one takes over from the checkpoint. If its own lease connection
+/// fails it stops with an error, to be started again. On SQLite, which one process serves,
+/// it runs at once. `on_state` hears each change of state.
+pub async fn run_leased(
+    projection: Projection,
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+    on_state: &(dyn Fn(RunnerState) + Sync),
+) -> Result<(), RunError> {
+    let ReadDb::Postgres(pool) = &db else {
+        on_state(RunnerState::Running);
+        return run(projection, store, db).await;
+    };
+    on_state(RunnerState::Standby);
+    let mut lease = pool.acquire().await.map_err(ReadDbError::from)?.detach();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lease_key(projection))
+        .execute(&mut lease)
+        .await
+        .map_err(ReadDbError::from)?;
+    tracing::info!(
+        projection = projection.name(),
+        "holding the projection's lease"
+    );
+    on_state(RunnerState::Running);
+    let held = async {
+        loop {
+            tokio::time::sleep(LEASE_CHECK).await;
+            if let Err(error) = sqlx::query("SELECT 1").execute(&mut lease).await {
+                return error;
+            }
+        }
+    };
+    tokio::select! {
+        ran = run(projection, store, db.clone()) => ran,
+        lost = held => Err(RunError::LeaseLost(lost.to_string())),
+    }
 }

@@ -6,11 +6,15 @@ use domain::{IntegrationEvent, IntegrationId};
 use eventstore::RecordedEvent;
 use serde::Serialize;
 
-use crate::db::{save_checkpoint, ReadDb, ReadDbError};
+use crate::db::{fetch_all, Bind, ReadDb, ReadDbError, Target, WriteTx};
 use crate::installed::ApplyError;
 
 /// The projection's name, as its checkpoint is stored.
 pub const NAME: &str = "sync_runs";
+
+/// Its tables: the runs, and each run's pages.
+pub(crate) const RUNS: &str = "sync_runs";
+pub(crate) const PAGES: &str = "sync_run_pages";
 
 /// One run, as the sync logs show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -52,8 +56,58 @@ fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The statements of one set of tables.
+struct Sql {
+    requested: String,
+    started: String,
+    page: String,
+    counted: String,
+    completed: String,
+    failed: String,
+}
+
+impl Sql {
+    fn new(target: Target) -> Self {
+        let runs = target.table(RUNS);
+        let pages = target.table(PAGES);
+        Sql {
+            requested: format!(
+                "INSERT INTO {runs} (sync_id, integration_id, workspace, owner, kind, \
+                 trigger_kind, requested_by, requested_at, status, pulled, created, updated, \
+                 deleted, position) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requested', 0, 0, 0, 0, $9) \
+                 ON CONFLICT (sync_id) DO NOTHING"
+            ),
+            started: format!(
+                "UPDATE {runs} SET status = 'running', started_at = $1 \
+                 WHERE sync_id = $2 AND status = 'requested'"
+            ),
+            page: format!(
+                "INSERT INTO {pages} (sync_id, object, page, pulled, created, updated, \
+                 deleted, cursor, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (sync_id, object, page) DO NOTHING"
+            ),
+            counted: format!(
+                "UPDATE {runs} SET pulled = pulled + $1, created = created + $2, \
+                 updated = updated + $3, deleted = deleted + $4 \
+                 WHERE sync_id = $5 AND status = 'running'"
+            ),
+            completed: format!(
+                "UPDATE {runs} SET status = 'completed', finished_at = $1, pulled = $2, \
+                 created = $3, updated = $4, deleted = $5, duration_ms = $6 WHERE sync_id = $7"
+            ),
+            failed: format!(
+                "UPDATE {runs} SET status = $1, finished_at = $2, pulled = $3, \
+                 created = $4, updated = $5, deleted = $6, error_code = $7, error_message = $8 \
+                 WHERE sync_id = $9"
+            ),
+        }
+    }
+}
+
 macro_rules! statements {
-    ($tx:ident, $events:expr, $checkpoint:expr) => {{
+    ($tx:expr, $sql:expr, $events:expr) => {{
+        let tx = $tx;
         for event in $events {
             let Some(integration) = event.stream.integration_id() else {
                 continue;
@@ -79,83 +133,63 @@ macro_rules! statements {
                         SyncKind::Full => "full",
                         SyncKind::Incremental => "incremental",
                     };
-                    sqlx::query(
-                        "INSERT INTO sync_runs (sync_id, integration_id, workspace, owner, kind, \
-                         trigger_kind, requested_by, requested_at, status, pulled, created, updated, \
-                         deleted, position) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requested', 0, 0, 0, 0, $9) \
-                         ON CONFLICT (sync_id) DO NOTHING",
-                    )
-                    .bind(requested.sync_id.to_string())
-                    .bind(integration.to_string())
-                    .bind(event.metadata.workspace.to_string())
-                    .bind(event.metadata.owner.as_ref().map(ToString::to_string))
-                    .bind(kind)
-                    .bind(trigger)
-                    .bind(by)
-                    .bind(&at)
-                    .bind(count(event.position))
-                    .execute(&mut *$tx)
-                    .await?;
+                    sqlx::query(&$sql.requested)
+                        .bind(requested.sync_id.to_string())
+                        .bind(integration.to_string())
+                        .bind(event.metadata.workspace.to_string())
+                        .bind(event.metadata.owner.as_ref().map(ToString::to_string))
+                        .bind(kind)
+                        .bind(trigger)
+                        .bind(by)
+                        .bind(&at)
+                        .bind(count(event.position))
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 IntegrationEvent::SyncStarted(started) => {
-                    sqlx::query(
-                        "UPDATE sync_runs SET status = 'running', started_at = $1 \
-                         WHERE sync_id = $2 AND status = 'requested'",
-                    )
-                    .bind(&at)
-                    .bind(started.sync_id.to_string())
-                    .execute(&mut *$tx)
-                    .await?;
+                    sqlx::query(&$sql.started)
+                        .bind(&at)
+                        .bind(started.sync_id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 IntegrationEvent::SyncProgressed(page) => {
-                    let inserted = sqlx::query(
-                        "INSERT INTO sync_run_pages (sync_id, object, page, pulled, created, updated, \
-                         deleted, cursor, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                         ON CONFLICT (sync_id, object, page) DO NOTHING",
-                    )
-                    .bind(page.sync_id.to_string())
-                    .bind(&page.object)
-                    .bind(i64::from(page.page))
-                    .bind(count(page.counts.pulled))
-                    .bind(count(page.counts.created))
-                    .bind(count(page.counts.updated))
-                    .bind(count(page.counts.deleted))
-                    .bind(&page.cursor)
-                    .bind(&at)
-                    .execute(&mut *$tx)
-                    .await?
-                    .rows_affected();
+                    let inserted = sqlx::query(&$sql.page)
+                        .bind(page.sync_id.to_string())
+                        .bind(&page.object)
+                        .bind(i64::from(page.page))
+                        .bind(count(page.counts.pulled))
+                        .bind(count(page.counts.created))
+                        .bind(count(page.counts.updated))
+                        .bind(count(page.counts.deleted))
+                        .bind(&page.cursor)
+                        .bind(&at)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
                     // Counted once, however often the page is applied.
                     if inserted == 1 {
-                    sqlx::query(
-                        "UPDATE sync_runs SET pulled = pulled + $1, created = created + $2, \
-                         updated = updated + $3, deleted = deleted + $4 \
-                         WHERE sync_id = $5 AND status = 'running'",
-                    )
-                    .bind(count(page.counts.pulled))
-                    .bind(count(page.counts.created))
-                    .bind(count(page.counts.updated))
-                    .bind(count(page.counts.deleted))
-                    .bind(page.sync_id.to_string())
-                    .execute(&mut *$tx)
-                    .await?;
+                        sqlx::query(&$sql.counted)
+                            .bind(count(page.counts.pulled))
+                            .bind(count(page.counts.created))
+                            .bind(count(page.counts.updated))
+                            .bind(count(page.counts.deleted))
+                            .bind(page.sync_id.to_string())
+                            .execute(&mut *tx)
+                            .await?;
                     }
                 }
                 IntegrationEvent::SyncCompleted(done) => {
-                    sqlx::query(
-                        "UPDATE sync_runs SET status = 'completed', finished_at = $1, pulled = $2, \
-                         created = $3, updated = $4, deleted = $5, duration_ms = $6 WHERE sync_id = $7",
-                    )
-                    .bind(&at)
-                    .bind(count(done.totals.pulled))
-                    .bind(count(done.totals.created))
-                    .bind(count(done.totals.updated))
-                    .bind(count(done.totals.deleted))
-                    .bind(count(done.duration_ms))
-                    .bind(done.sync_id.to_string())
-                    .execute(&mut *$tx)
-                    .await?;
+                    sqlx::query(&$sql.completed)
+                        .bind(&at)
+                        .bind(count(done.totals.pulled))
+                        .bind(count(done.totals.created))
+                        .bind(count(done.totals.updated))
+                        .bind(count(done.totals.deleted))
+                        .bind(count(done.duration_ms))
+                        .bind(done.sync_id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 IntegrationEvent::SyncFailed(failed) => {
                     // The domain stops a disconnected integration's work with the code
@@ -165,54 +199,40 @@ macro_rules! statements {
                     } else {
                         "failed"
                     };
-                    sqlx::query(
-                        "UPDATE sync_runs SET status = $1, finished_at = $2, pulled = $3, \
-                         created = $4, updated = $5, deleted = $6, error_code = $7, error_message = $8 \
-                         WHERE sync_id = $9",
-                    )
-                    .bind(status)
-                    .bind(&at)
-                    .bind(count(failed.totals.pulled))
-                    .bind(count(failed.totals.created))
-                    .bind(count(failed.totals.updated))
-                    .bind(count(failed.totals.deleted))
-                    .bind(&failed.code)
-                    .bind(&failed.message)
-                    .bind(failed.sync_id.to_string())
-                    .execute(&mut *$tx)
-                    .await?;
+                    sqlx::query(&$sql.failed)
+                        .bind(status)
+                        .bind(&at)
+                        .bind(count(failed.totals.pulled))
+                        .bind(count(failed.totals.created))
+                        .bind(count(failed.totals.updated))
+                        .bind(count(failed.totals.deleted))
+                        .bind(&failed.code)
+                        .bind(&failed.message)
+                        .bind(failed.sync_id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 // A disconnect stops what was waiting or running with `SyncFailed` (code
                 // `cancelled`), handled above; nothing else changes a run.
                 _ => {}
             }
         }
-        save_checkpoint!(&mut *$tx, NAME, $checkpoint)?;
         Ok::<(), ApplyError>(())
     }};
 }
 
-/// Applies `events` to the sync logs and moves the checkpoint, in one transaction. Applying
-/// the same events again changes nothing.
-pub async fn apply(db: &ReadDb, events: &[RecordedEvent]) -> Result<(), ApplyError> {
-    let Some(last) = events.last() else {
-        return Ok(());
-    };
-    let checkpoint = count(last.position);
-    match db {
-        ReadDb::Sqlite(pool) => {
-            // IMMEDIATE: the write lock first (see installed.rs).
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            statements!(tx, events, checkpoint)?;
-            tx.commit().await?;
-        }
-        ReadDb::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            statements!(tx, events, checkpoint)?;
-            tx.commit().await?;
-        }
+/// Applies `events` to the sync logs' `target` tables inside `tx` (the runner moves the
+/// checkpoint in the same transaction). Applying the same events again changes nothing.
+pub(crate) async fn apply_in(
+    tx: &mut WriteTx,
+    target: Target,
+    events: &[RecordedEvent],
+) -> Result<(), ApplyError> {
+    let sql = Sql::new(target);
+    match tx {
+        WriteTx::Sqlite(tx) => statements!(&mut **tx, &sql, events),
+        WriteTx::Postgres(tx) => statements!(&mut **tx, &sql, events),
     }
-    Ok(())
 }
 
 /// Which runs to list.
@@ -235,11 +255,6 @@ pub struct RunsPage {
     pub next_cursor: Option<i64>,
 }
 
-enum Bind {
-    Text(String),
-    Int(i64),
-}
-
 /// The sync logs of `integration` as `user` of `workspace` may see them (a personal
 /// integration's only by its owner), newest first, `limit` at a time from `cursor`.
 pub async fn list(
@@ -251,10 +266,10 @@ pub async fn list(
     cursor: Option<i64>,
     limit: u32,
 ) -> Result<RunsPage, ReadDbError> {
-    let mut sql = String::from(
+    let mut sql = format!(
         "SELECT sync_id, integration_id, kind, trigger_kind, requested_by, requested_at, started_at, \
          finished_at, status, pulled, created, updated, deleted, error_code, error_message, \
-         duration_ms, position FROM sync_runs \
+         duration_ms, position FROM {RUNS} \
          WHERE integration_id = $1 AND workspace = $2 AND (owner IS NULL OR owner = $3)",
     );
     let mut binds = vec![
@@ -283,22 +298,7 @@ pub async fn list(
     }
     let limit = limit.clamp(1, 500);
     sql.push_str(&format!(" ORDER BY position DESC LIMIT {}", limit + 1));
-    macro_rules! fetch {
-        ($pool:expr) => {{
-            let mut query = sqlx::query_as::<_, SyncRun>(&sql);
-            for bind in &binds {
-                query = match bind {
-                    Bind::Text(text) => query.bind(text.as_str()),
-                    Bind::Int(n) => query.bind(*n),
-                };
-            }
-            query.fetch_all($pool).await?
-        }};
-    }
-    let mut runs = match db {
-        ReadDb::Sqlite(pool) => fetch!(pool),
-        ReadDb::Postgres(pool) => fetch!(pool),
-    };
+    let mut runs: Vec<SyncRun> = fetch_all(db, &sql, &binds).await?;
     let next_cursor = if runs.len() > limit as usize {
         runs.truncate(limit as usize);
         runs.last().map(|run| run.position)
@@ -310,20 +310,9 @@ pub async fn list(
 
 /// The pages of one run, in the order they were pulled.
 pub async fn pages(db: &ReadDb, sync_id: &str) -> Result<Vec<SyncPage>, ReadDbError> {
-    let sql = "SELECT object, page, pulled, created, updated, deleted, cursor, at \
-               FROM sync_run_pages WHERE sync_id = $1 ORDER BY at, object, page";
-    Ok(match db {
-        ReadDb::Sqlite(pool) => {
-            sqlx::query_as::<_, SyncPage>(sql)
-                .bind(sync_id)
-                .fetch_all(pool)
-                .await?
-        }
-        ReadDb::Postgres(pool) => {
-            sqlx::query_as::<_, SyncPage>(sql)
-                .bind(sync_id)
-                .fetch_all(pool)
-                .await?
-        }
-    })
+    let sql = format!(
+        "SELECT object, page, pulled, created, updated, deleted, cursor, at \
+         FROM {PAGES} WHERE sync_id = $1 ORDER BY at, object, page"
+    );
+    fetch_all(db, &sql, &[Bind::Text(sync_id.to_owned())]).await
 }

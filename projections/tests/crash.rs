@@ -7,121 +7,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use domain::catalog::AppScope;
-use domain::integration::{ConnectIntegration, RecordCounts, SyncKind};
-use domain::{
-    CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Role, StreamName, SyncId,
-};
-use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
-use eventstore::repository::Repository;
 use eventstore::{EventStore, SledEventStore};
 use projections::runner::Projection;
 use projections::ReadDb;
 use rand::Rng;
 
 mod common;
-use common::{postgres_database, views};
-
-fn ctx() -> CommandContext {
-    common::as_user("ada", Role::Admin)
-}
-
-/// A log of `integrations` HubSpot integrations, each with `syncs` syncs of 10 pages.
-async fn write_log(dir: &std::path::Path, integrations: usize, syncs: usize) -> Vec<IntegrationId> {
-    let store = Arc::new(SledEventStore::open(dir).unwrap());
-    let repository = Repository::new(store);
-    let system = common::system();
-    let mut ids = Vec::new();
-    for n in 0..integrations {
-        let command = ConnectIntegration {
-            integration: IntegrationId::new(),
-            app: "hubspot".into(),
-            scope: AppScope::Workspace,
-            setup: Default::default(),
-            granted_scopes: vec![],
-            account_label: None,
-            credential_ref: CredentialRef(format!("vault:x:{n}")),
-            token_expires_at: None,
-        };
-        // One connection per app per workspace: each integration in its own workspace slot is
-        // not possible, so the previous one is disconnected first.
-        if let Some(previous) = ids.last() {
-            let end = IntegrationCommand::Disconnect {
-                reason: "next".into(),
-                token_revoked: false,
-            };
-            lifecycle::end(&repository, &ctx(), *previous, end)
-                .await
-                .unwrap();
-        }
-        let id = lifecycle::connect(&repository, &ctx(), command, DEFAULT_ABANDON_AFTER)
-            .await
-            .unwrap()
-            .state
-            .profile
-            .unwrap()
-            .id;
-        let stream = StreamName::integration(id);
-        for _ in 0..syncs {
-            let sync_id = SyncId::new();
-            let run = |command: IntegrationCommand, context: CommandContext| {
-                let repository = &repository;
-                let stream = &stream;
-                async move {
-                    repository
-                        .execute::<domain::Integration>(stream, &command, &context)
-                        .await
-                        .unwrap();
-                }
-            };
-            run(
-                IntegrationCommand::RequestSync {
-                    sync_id,
-                    kind: SyncKind::Incremental,
-                },
-                ctx(),
-            )
-            .await;
-            run(
-                IntegrationCommand::StartSync {
-                    sync_id,
-                    cursor: None,
-                },
-                system.clone(),
-            )
-            .await;
-            for page in 1..=10 {
-                let counts = RecordCounts {
-                    pulled: 50,
-                    created: 5,
-                    updated: 2,
-                    deleted: 1,
-                };
-                run(
-                    IntegrationCommand::RecordSyncProgress {
-                        sync_id,
-                        object: "contacts".into(),
-                        page,
-                        counts,
-                        cursor: Some(format!("p{page}")),
-                    },
-                    system.clone(),
-                )
-                .await;
-            }
-            run(
-                IntegrationCommand::CompleteSync {
-                    sync_id,
-                    duration_ms: 9,
-                },
-                system.clone(),
-            )
-            .await;
-        }
-        ids.push(id);
-    }
-    ids
-}
+use common::{postgres_database, views, write_log};
 
 /// Runs the runner on `target` until it reports `kills` batches, SIGKILLs it, and repeats with
 /// fewer each time, until a run finishes.
@@ -165,7 +57,7 @@ fn run_with_kills(log: &std::path::Path, target: &str) -> usize {
 async fn killed_mid_batch_the_projections_apply_nothing_twice_and_skip_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let ids = write_log(&log, 40, 8).await;
+    let ids = write_log(Arc::new(SledEventStore::open(&log).unwrap()), 40, 8).await;
 
     // The reference: one pass, in this process.
     let store = SledEventStore::open(&log).unwrap();

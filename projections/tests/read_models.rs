@@ -722,3 +722,126 @@ async fn every_type(kind: &str) {
     }
     f.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_filters_by_status_app_and_scope_and_pages_by_cursor() {
+    for kind in KINDS {
+        installed_queries(kind).await;
+    }
+}
+
+async fn installed_queries(kind: &str) {
+    let f = fixture(kind).await;
+    let ada = as_user("ada", Role::Admin);
+    let max = as_user(
+        "max",
+        Role::Member {
+            integration_permission: false,
+        },
+    );
+    let hubspot = connect(&f.repository, &ada, "hubspot", AppScope::Workspace).await;
+    let gmail = connect(&f.repository, &ada, "gmail", AppScope::Personal).await;
+    let calendar = connect(&f.repository, &ada, "google-calendar", AppScope::Personal).await;
+    let max_gmail = connect(&f.repository, &max, "gmail", AppScope::Personal).await;
+    lifecycle::end(
+        &f.repository,
+        &ada,
+        calendar,
+        IntegrationCommand::Disconnect {
+            reason: "not needed".into(),
+            token_revoked: true,
+        },
+    )
+    .await
+    .unwrap();
+    f.caught_up(Projection::Installed).await;
+    let ids = |page: installed::InstalledPage| -> Vec<String> {
+        page.rows.into_iter().map(|r| r.integration_id).collect()
+    };
+    let query = |user: &'static str, filter: installed::Filter| {
+        let db = f.db.clone();
+        async move {
+            installed::page(&db, "acme", user, &filter, None, 50)
+                .await
+                .unwrap()
+        }
+    };
+    let personal = installed::Filter {
+        scope: Some("personal".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(query("ada", personal.clone()).await),
+        [gmail.to_string(), calendar.to_string()],
+        "{kind}: ada's personal ones, by app"
+    );
+    assert_eq!(
+        ids(query("max", personal).await),
+        [max_gmail.to_string()],
+        "{kind}"
+    );
+    let disconnected = installed::Filter {
+        status: Some("disconnected".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(query("ada", disconnected).await),
+        [calendar.to_string()]
+    );
+    let gmail_only = installed::Filter {
+        app: Some("gmail".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(query("ada", gmail_only.clone()).await),
+        [gmail.to_string()]
+    );
+    assert_eq!(ids(query("max", gmail_only).await), [max_gmail.to_string()]);
+    let workspace_connected = installed::Filter {
+        status: Some("connected".into()),
+        scope: Some("workspace".into()),
+        app: Some("hubspot".into()),
+    };
+    assert_eq!(
+        ids(query("max", workspace_connected).await),
+        [hubspot.to_string()]
+    );
+
+    // One row a page: every row once, in order, and no cursor after the last.
+    let all = installed::list(&f.db, "acme", "ada").await.unwrap();
+    assert_eq!(all.len(), 3);
+    let (mut paged, mut cursor) = (Vec::new(), None);
+    loop {
+        let page = installed::page(
+            &f.db,
+            "acme",
+            "ada",
+            &installed::Filter::default(),
+            cursor.as_deref(),
+            1,
+        )
+        .await
+        .unwrap();
+        assert!(page.rows.len() <= 1);
+        paged.extend(page.rows);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all, "{kind}");
+    let refused = installed::page(
+        &f.db,
+        "acme",
+        "ada",
+        &installed::Filter::default(),
+        Some("not a cursor"),
+        10,
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(projections::ReadDbError::BadCursor(_))),
+        "{refused:?}"
+    );
+    f.stop();
+}

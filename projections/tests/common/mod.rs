@@ -2,7 +2,17 @@
 //! show, as one comparable text.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
-use domain::{Caller, CommandContext, IntegrationId, Principal, Role, Timestamp};
+use std::sync::Arc;
+
+use domain::catalog::AppScope;
+use domain::integration::{ConnectIntegration, RecordCounts, SyncKind};
+use domain::{
+    Caller, CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Principal, Role,
+    StreamName, SyncId, Timestamp,
+};
+use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
+use eventstore::repository::Repository;
+use eventstore::EventStore;
 use projections::sync_runs::{self, Filter};
 use projections::{installed, ReadDb};
 
@@ -28,22 +38,7 @@ pub fn system() -> CommandContext {
     )
 }
 
-/// The URL of a new, empty database on the test run's PostgreSQL
-/// (`HARMONY_TEST_DATABASE_URL`, set by ./scripts/test.sh).
-pub async fn postgres_database() -> String {
-    let url = std::env::var("HARMONY_TEST_DATABASE_URL")
-        .expect("HARMONY_TEST_DATABASE_URL names the test PostgreSQL: run ./scripts/test.sh");
-    let name = format!("t{}", uuid::Uuid::now_v7().simple());
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (before, after) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let (base, _) = before.rsplit_once('/').unwrap();
-    format!("{base}/{name}?{after}")
-}
+pub use projections::test_support::postgres_database;
 
 /// A fresh read database: `sqlite` (a file in `dir`) or `postgres`.
 pub async fn fresh_db(kind: &str, dir: &std::path::Path) -> ReadDb {
@@ -79,4 +74,150 @@ pub async fn views(db: &ReadDb, users: &[&str], ids: &[IntegrationId]) -> String
         }
     }
     out.join("\n")
+}
+
+fn ctx() -> CommandContext {
+    as_user("ada", Role::Admin)
+}
+
+/// Writes to `store` `integrations` HubSpot integrations of workspace acme, each disconnected
+/// when the next connects, each with `syncs` syncs of 10 pages.
+pub async fn write_log(
+    store: Arc<dyn EventStore>,
+    integrations: usize,
+    syncs: usize,
+) -> Vec<IntegrationId> {
+    let repository = Repository::new(store);
+    let mut ids = Vec::new();
+    for n in 0..integrations {
+        let command = ConnectIntegration {
+            integration: IntegrationId::new(),
+            app: "hubspot".into(),
+            scope: AppScope::Workspace,
+            setup: Default::default(),
+            granted_scopes: vec![],
+            account_label: None,
+            credential_ref: CredentialRef(format!("vault:x:{n}")),
+            token_expires_at: None,
+        };
+        // One connection per app per workspace: each integration in its own workspace slot is
+        // not possible, so the previous one is disconnected first.
+        if let Some(previous) = ids.last() {
+            let end = IntegrationCommand::Disconnect {
+                reason: "next".into(),
+                token_revoked: false,
+            };
+            lifecycle::end(&repository, &ctx(), *previous, end)
+                .await
+                .unwrap();
+        }
+        let id = lifecycle::connect(&repository, &ctx(), command, DEFAULT_ABANDON_AFTER)
+            .await
+            .unwrap()
+            .state
+            .profile
+            .unwrap()
+            .id;
+        for _ in 0..syncs {
+            sync_once(&repository, id, 10).await;
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+/// One completed incremental sync of `id` with `pages` pages of contacts.
+pub async fn sync_once(repository: &Repository, id: IntegrationId, pages: u32) {
+    let stream = StreamName::integration(id);
+    let sync_id = SyncId::new();
+    let run = |command: IntegrationCommand, context: CommandContext| {
+        let stream = &stream;
+        async move {
+            repository
+                .execute::<domain::Integration>(stream, &command, &context)
+                .await
+                .unwrap();
+        }
+    };
+    run(
+        IntegrationCommand::RequestSync {
+            sync_id,
+            kind: SyncKind::Incremental,
+        },
+        ctx(),
+    )
+    .await;
+    run(
+        IntegrationCommand::StartSync {
+            sync_id,
+            cursor: None,
+        },
+        system(),
+    )
+    .await;
+    for page in 1..=pages {
+        let counts = RecordCounts {
+            pulled: 50,
+            created: 5,
+            updated: 2,
+            deleted: 1,
+        };
+        run(
+            IntegrationCommand::RecordSyncProgress {
+                sync_id,
+                object: "contacts".into(),
+                page,
+                counts,
+                cursor: Some(format!("p{page}")),
+            },
+            system(),
+        )
+        .await;
+    }
+    run(
+        IntegrationCommand::CompleteSync {
+            sync_id,
+            duration_ms: 9,
+        },
+        system(),
+    )
+    .await;
+}
+
+/// Runs `sql` (no parameters, no rows) on `db`.
+pub async fn exec(db: &ReadDb, sql: &str) {
+    match db {
+        ReadDb::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap(),
+        ReadDb::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap(),
+    }
+}
+
+/// The read models built in one pass over the whole of `store`, in a fresh SQLite file in `dir`.
+pub async fn one_pass(store: &dyn EventStore, dir: &std::path::Path) -> ReadDb {
+    let all = store.read_all(1, usize::MAX).await.unwrap();
+    let db = ReadDb::open_sqlite(&dir.join(format!("one-pass-{}.db", uuid::Uuid::now_v7())))
+        .await
+        .unwrap();
+    for projection in projections::runner::Projection::ALL {
+        projection.apply(&db, &all).await.unwrap();
+    }
+    db
+}
+
+/// Waits until every projection in `db` has applied the whole of `store`.
+pub async fn caught_up(store: &dyn EventStore, db: &ReadDb) {
+    eventstore::waiting::eventually(
+        std::time::Duration::from_secs(30),
+        "the projections catching up with the log",
+        || async {
+            let head = store.head_position().await.unwrap();
+            for projection in projections::runner::Projection::ALL {
+                if projection.checkpoint(db).await.unwrap() < head {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
 }

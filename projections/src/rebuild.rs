@@ -1,0 +1,175 @@
+//! Rebuilding read models from position 0 without readers ever seeing a half-built one.
+//!
+//! A rebuild fills a fresh copy of each projection's tables (`installed_rebuild`, …) from the
+//! whole log, in large batches, while the live tables go on serving and the live runner goes
+//! on applying. When the copy has caught up with the head, one transaction swaps it in: it
+//! locks the live checkpoint (the live runner waits), applies to the copy whatever the live
+//! runner had applied beyond it, renames the live tables away and the copies into their
+//! place, drops the old ones and moves the checkpoint. Readers see the old tables up to that
+//! commit and the new ones after it. The live runner reads the checkpoint inside each of its
+//! transactions, so it carries on from the swapped-in position with nothing applied twice.
+
+use eventstore::EventStore;
+
+use crate::db::{ReadDb, ReadDbError, Target, WriteTx};
+use crate::runner::{Projection, RunError};
+
+/// How many events one transaction of a rebuild applies: larger than live batches, since
+/// nobody waits for a rebuild's rows one by one.
+pub const REBUILD_BATCH: usize = 5000;
+
+/// What a rebuild did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Events read from the log.
+    pub events: u64,
+    /// The position the swapped-in tables have applied up to.
+    pub position: u64,
+}
+
+/// Rebuilds `projections` from position 0 and swaps them in. `progress(position, head)` is
+/// called after each batch.
+pub async fn rebuild(
+    store: &dyn EventStore,
+    db: &ReadDb,
+    projections: &[Projection],
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Rebuilt, RunError> {
+    prepare(db, projections).await?;
+    let mut events = 0u64;
+    let mut from = 1;
+    loop {
+        let head = store.head_position().await?;
+        let batch = store.read_all(from, REBUILD_BATCH).await?;
+        let Some(last) = batch.last() else {
+            break;
+        };
+        let mut tx = db.begin_write().await?;
+        for projection in projections {
+            projection
+                .apply_in(&mut tx, Target::Rebuild, &batch)
+                .await?;
+        }
+        tx.commit().await?;
+        events += batch.len() as u64;
+        from = last.position + 1;
+        progress(last.position, head.max(last.position));
+    }
+    let position = swap(store, db, projections).await?;
+    Ok(Rebuilt { events, position })
+}
+
+/// Creates empty copies of the projections' tables, dropping what an interrupted rebuild left.
+async fn prepare(db: &ReadDb, projections: &[Projection]) -> Result<(), RunError> {
+    let mut tx = db.begin_write().await?;
+    for projection in projections {
+        for table in projection.tables() {
+            let copy = Target::Rebuild.table(table);
+            tx.execute(&format!("DROP TABLE IF EXISTS {copy}")).await?;
+            for statement in copy_ddl(&mut tx, table, &copy).await? {
+                tx.execute(&statement).await?;
+            }
+        }
+        tx.delete_checkpoint(&projection.checkpoint_name(Target::Rebuild))
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The statements that create an empty copy of `table` called `copy`, with the same columns,
+/// keys and indexes.
+async fn copy_ddl(tx: &mut WriteTx, table: &str, copy: &str) -> Result<Vec<String>, ReadDbError> {
+    match tx {
+        WriteTx::Postgres(_) => Ok(vec![format!(
+            "CREATE TABLE {copy} (LIKE {table} INCLUDING ALL)"
+        )]),
+        WriteTx::Sqlite(tx) => {
+            // Tables first, then their indexes.
+            let schema: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT type, name, sql FROM sqlite_master \
+                 WHERE tbl_name = $1 AND sql IS NOT NULL ORDER BY type DESC",
+            )
+            .bind(table)
+            .fetch_all(&mut **tx)
+            .await?;
+            let unreadable =
+                || ReadDbError::Invalid(format!("the schema of {table} is not one it can copy"));
+            schema
+                .into_iter()
+                .map(|(kind, name, sql)| {
+                    if kind == "table" {
+                        let columns = sql.find('(').ok_or_else(unreadable)?;
+                        Ok(format!("CREATE TABLE \"{copy}\" {}", &sql[columns..]))
+                    } else {
+                        // Index names are unique in the whole database: the copy's alternate
+                        // between `name` and `name_r` from one rebuild to the next.
+                        let renamed = name
+                            .strip_suffix("_r")
+                            .map_or_else(|| format!("{name}_r"), str::to_owned);
+                        let on = sql.find(" ON ").ok_or_else(unreadable)?;
+                        let columns = on + sql[on..].find('(').ok_or_else(unreadable)?;
+                        let unique = if sql.starts_with("CREATE UNIQUE") {
+                            "UNIQUE "
+                        } else {
+                            ""
+                        };
+                        Ok(format!(
+                            "CREATE {unique}INDEX \"{renamed}\" ON \"{copy}\" {}",
+                            &sql[columns..]
+                        ))
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// Swaps the filled copies in, in one transaction, after applying to them what the live
+/// tables had beyond them. Returns the position they have applied up to.
+async fn swap(
+    store: &dyn EventStore,
+    db: &ReadDb,
+    projections: &[Projection],
+) -> Result<u64, RunError> {
+    for projection in projections {
+        crate::db::ensure_checkpoint(db, projection.name()).await?;
+    }
+    let mut tx = db.begin_write().await?;
+    let mut position = 0;
+    // Always in the same order as `Projection::ALL`, as the runners lock them.
+    for projection in Projection::ALL
+        .into_iter()
+        .filter(|p| projections.contains(p))
+    {
+        let live = tx.checkpoint(projection.name()).await?;
+        let copy_name = projection.checkpoint_name(Target::Rebuild);
+        let mut copied = tx.checkpoint(&copy_name).await?;
+        while copied < live {
+            let mut batch = store.read_all(copied + 1, crate::runner::MAX_BATCH).await?;
+            batch.retain(|event| event.position <= live);
+            let Some(last) = batch.last() else {
+                break;
+            };
+            let last = last.position;
+            projection
+                .apply_in(&mut tx, Target::Rebuild, &batch)
+                .await?;
+            copied = last;
+        }
+        for table in projection.tables() {
+            let copy = Target::Rebuild.table(table);
+            tx.execute(&format!("ALTER TABLE {table} RENAME TO {table}_replaced"))
+                .await?;
+            tx.execute(&format!("ALTER TABLE {copy} RENAME TO {table}"))
+                .await?;
+            tx.execute(&format!("DROP TABLE {table}_replaced")).await?;
+        }
+        let reached = copied.max(live);
+        tx.save_checkpoint(projection.name(), reached).await?;
+        tx.delete_checkpoint(&copy_name).await?;
+        position = position.max(reached);
+    }
+    tx.commit().await?;
+    Ok(position)
+}
