@@ -12,6 +12,13 @@ if not runs:
 print(f"suite `{runs[0]['suite']}`, backend `{runs[0]['backend']}`, {len(runs)} runs on {runs[0]['machine']}\n")
 print("| figure | median | unit | raw median | ratio of medians | every run |")
 print("|---|---:|---|---:|---:|---|")
+def show(value, grouped=True):
+    """Counts without decimals, latencies in ms to the microsecond."""
+    if value < 100:
+        return f"{value:.3f}"
+    return f"{value:,.0f}" if grouped else f"{value:.0f}"
+
+
 for figure in runs[0]["figures"]:
     name = figure["name"]
     same = [next(f for f in run["figures"] if f["name"] == name) for run in runs]
@@ -19,6 +26,6 @@ for figure in runs[0]["figures"]:
     raws = [f["raw"] for f in same if f.get("raw") is not None]
     raw = statistics.median(raws) if raws else None
     ratio = f"{value / raw:.2f}" if raw else "-"
-    every = ", ".join(f"{f['value']:.0f}" for f in same)
+    every = ", ".join(show(f["value"], grouped=False) for f in same)
     raw_text = f"{raw:,.0f}" if raw is not None else "-"
-    print(f"| `{name}` | {value:,.0f} | {figure['unit']} | {raw_text} | {ratio} | {every} |")
+    print(f"| `{name}` | {show(value)} | {figure['unit']} | {raw_text} | {ratio} | {every} |")

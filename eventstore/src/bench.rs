@@ -34,6 +34,17 @@ pub struct Figure {
 }
 
 impl Figure {
+    /// A figure with nothing raw beside it (a latency, say), to the microsecond.
+    pub fn alone(name: &str, value: f64, unit: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            value: (value * 1000.0).round() / 1000.0,
+            unit: unit.to_owned(),
+            raw: None,
+            ratio: None,
+        }
+    }
+
     pub fn against_raw(name: &str, value: f64, unit: &str, raw: f64) -> Self {
         let ratio = if raw > 0.0 {
             Some((value / raw * 1000.0).round() / 1000.0)

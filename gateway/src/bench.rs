@@ -16,6 +16,23 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     .context("while creating the benchmark's scratch directory")?;
     let progress = |message: &str| eprintln!("bench: {message}");
     let report = match (args.suite, args.backend) {
+        (Suite::Projections, Backend::Sled) => {
+            let sizes = if args.quick {
+                projections::bench::Sizes::QUICK
+            } else {
+                projections::bench::Sizes::FULL
+            };
+            projections::bench::run(
+                scratch.path(),
+                args.database_url.as_deref(),
+                sizes,
+                &progress,
+            )
+            .await?
+        }
+        (Suite::Projections, Backend::Jetstream) => {
+            anyhow::bail!("the projections suite reads its log from sled: leave out --backend")
+        }
         (Suite::Eventstore, Backend::Sled) => {
             let sizes = if args.quick {
                 Sizes::QUICK
@@ -56,10 +73,15 @@ fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "{:<20} {:>14} {:<10} {:>14} {:>7}",
+        "{:<26} {:>14} {:<10} {:>14} {:>7}",
         "figure", "value", "unit", "raw", "ratio"
     )?;
     for figure in &report.figures {
+        let value = if figure.value >= 100.0 {
+            format!("{:.0}", figure.value)
+        } else {
+            format!("{:.3}", figure.value)
+        };
         let raw = figure
             .raw
             .map_or_else(|| "-".to_owned(), |raw| format!("{raw:.0}"));
@@ -68,8 +90,8 @@ fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
             .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}"));
         writeln!(
             out,
-            "{:<20} {:>14.0} {:<10} {:>14} {:>7}",
-            figure.name, figure.value, figure.unit, raw, ratio
+            "{:<26} {:>14} {:<10} {:>14} {:>7}",
+            figure.name, value, figure.unit, raw, ratio
         )?;
     }
     Ok(())

@@ -148,6 +148,10 @@ impl JetStreamArgs {
 pub enum Suite {
     /// The event log: durable appends with 1, 16 and 256 writers, batches of 100, replay.
     Eventstore,
+    /// The read models: rebuilding 1,000,000 events into SQLite (and PostgreSQL with
+    /// --database-url) beside a raw bulk insert of the final rows; Installed and sync-logs
+    /// query latencies.
+    Projections,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -173,7 +177,11 @@ pub struct BenchArgs {
     /// The JetStream server to measure (with --backend jetstream).
     #[arg(long, env = "HARMONY_NATS_URL", required_if_eq("backend", "jetstream"))]
     pub nats_url: Option<String>,
-    /// A tenth of the work: for a smoke test, not for figures.
+    /// The PostgreSQL server to measure the read models on as well (projections suite): the
+    /// run works in schemas of its own and drops them afterwards.
+    #[arg(long, env = "HARMONY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// A fraction of the work: for a smoke test, not for figures.
     #[arg(long)]
     pub quick: bool,
 }

@@ -192,6 +192,60 @@ fn bench_json_prints_one_object_with_every_figure() {
 }
 
 #[test]
+fn bench_projections_rebuilds_on_both_databases_and_leaves_no_schema_behind() {
+    let database = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(projections::test_support::postgres_database());
+    let scratch = tempfile::tempdir().unwrap();
+    let output = harmony()
+        .args(["bench", "projections", "--quick", "--json", "--dir"])
+        .arg(scratch.path())
+        .args(["--database-url", &database])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+    assert_eq!(report["suite"], "projections");
+    assert_eq!(report["backend"], "sqlite and postgres");
+    let figures = report["figures"].as_array().unwrap();
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "rebuild_sqlite",
+        "installed_p99_ms",
+        "sync_logs_p99_ms",
+        "rebuild_postgres",
+        "installed_postgres_p99_ms",
+        "sync_logs_postgres_p99_ms",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    for figure in figures {
+        assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");
+        if figure["name"].as_str().unwrap().starts_with("rebuild_") {
+            assert!(figure["raw"].as_f64().unwrap() > 0.0, "{figure}");
+        }
+    }
+    let left: i64 = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::PgPool::connect(&database).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'bench%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    });
+    assert_eq!(left, 0, "the run drops the schemas it made");
+}
+
+#[test]
 fn bench_on_jetstream_measures_beside_raw_publishes_and_cleans_up() {
     let nats = eventstore::nats_server::TestNats::shared();
     let output = harmony()

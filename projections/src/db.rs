@@ -61,6 +61,50 @@ impl ReadDb {
         Ok(db)
     }
 
+    /// Connects to PostgreSQL at `url` with the read models in `schema` (created if missing)
+    /// instead of the default one, and migrates them: a scratch space beside a live database.
+    pub async fn connect_postgres_in_schema(url: &str, schema: &str) -> Result<Self, ReadDbError> {
+        if !schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(ReadDbError::Invalid(format!(
+                "{schema:?} is not a schema name (letters, digits and _)"
+            )));
+        }
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.options([("search_path", schema)]))
+            .await?;
+        let db = ReadDb::Postgres(pool);
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Drops the PostgreSQL schema this pool works in, with everything in it, and closes the
+    /// pool; nothing on SQLite.
+    pub async fn drop_schema(&self) -> Result<(), ReadDbError> {
+        if let ReadDb::Postgres(pool) = self {
+            let schema: String = sqlx::query_scalar("SELECT current_schema()")
+                .fetch_one(pool)
+                .await?;
+            sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                .execute(pool)
+                .await?;
+            pool.close().await;
+        }
+        Ok(())
+    }
+
     /// Runs the migrations not yet applied. They are written in the SQL both databases
     /// share (`TEXT`, `BIGINT`, `ON CONFLICT`), so one set serves both.
     pub async fn migrate(&self) -> Result<(), ReadDbError> {
@@ -248,6 +292,156 @@ pub async fn checkpoint(db: &ReadDb, name: &str) -> Result<u64, ReadDbError> {
 pub(crate) enum Bind {
     Text(String),
     Int(i64),
+    MaybeText(Option<String>),
+    MaybeInt(Option<i64>),
+}
+
+/// How many parameters one statement binds at most: within both databases' limits.
+const MAX_BINDS: usize = 30_000;
+
+/// Splits `len` items into chunks of at most `max` (rounded down to a power of two), the
+/// remainder in ever smaller powers of two: a handful of statement shapes, each prepared once
+/// and then taken from the connection's statement cache, whatever the batch sizes.
+fn chunk_sizes(len: usize, max: usize) -> impl Iterator<Item = usize> {
+    let largest = if max.is_power_of_two() {
+        max
+    } else {
+        max.next_power_of_two() / 2
+    }
+    .max(1);
+    let mut left = len;
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let mut size = largest;
+        while size > left {
+            size /= 2;
+        }
+        left -= size;
+        Some(size)
+    })
+}
+
+/// Cuts `items` as [`chunk_sizes`] says.
+fn chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let mut at = 0;
+    chunk_sizes(items.len(), max).map(move |size| {
+        let chunk = &items[at..at + size];
+        at += size;
+        chunk
+    })
+}
+
+/// Builds on either database's query builder: pushes `bind` as a parameter.
+macro_rules! push_bind {
+    ($builder:expr, $bind:expr) => {
+        match $bind {
+            Bind::Text(text) => $builder.push_bind(text.clone()),
+            Bind::Int(n) => $builder.push_bind(*n),
+            Bind::MaybeText(text) => $builder.push_bind(text.clone()),
+            Bind::MaybeInt(n) => $builder.push_bind(*n),
+        }
+    };
+}
+
+/// Runs `head` + `(key, key, …)` on either database, fetching `T`s or executing.
+macro_rules! in_list {
+    ($db:ty, $tx:expr, $head:expr, $chunk:expr, |$builder:ident| $finish:expr) => {{
+        let mut $builder = sqlx::QueryBuilder::<$db>::new($head);
+        $builder.push("(");
+        let mut list = $builder.separated(", ");
+        for key in $chunk {
+            list.push_bind(key.clone());
+        }
+        $builder.push(")");
+        $finish
+    }};
+}
+
+impl WriteTx {
+    /// Runs `head` followed by `(…), (…)` holding `rows`, then `tail` (an `ON CONFLICT …`
+    /// clause, say): as few statements as the parameter limit allows.
+    pub(crate) async fn insert_rows(
+        &mut self,
+        head: &str,
+        tail: &str,
+        rows: &[Vec<Bind>],
+    ) -> Result<(), ReadDbError> {
+        let Some(width) = rows.first().map(Vec::len) else {
+            return Ok(());
+        };
+        for chunk in chunks(rows, MAX_BINDS / width.max(1)) {
+            macro_rules! run {
+                ($db:ty, $tx:expr) => {{
+                    let mut builder = sqlx::QueryBuilder::<$db>::new(head);
+                    builder.push_values(chunk, |mut row, values| {
+                        for value in values {
+                            push_bind!(row, value);
+                        }
+                    });
+                    builder.push(" ");
+                    builder.push(tail);
+                    builder.build().execute(&mut **$tx).await?;
+                }};
+            }
+            match self {
+                WriteTx::Sqlite(tx) => run!(sqlx::Sqlite, tx),
+                WriteTx::Postgres(tx) => run!(sqlx::Postgres, tx),
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows `head` (a statement ending in `… IN `) selects for `keys`, in as few
+    /// statements as the parameter limit allows.
+    pub(crate) async fn fetch_in<T>(
+        &mut self,
+        head: &str,
+        keys: &[String],
+    ) -> Result<Vec<T>, ReadDbError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + Send
+            + Unpin,
+    {
+        let mut out = Vec::new();
+        for chunk in chunks(keys, MAX_BINDS) {
+            match self {
+                WriteTx::Sqlite(tx) => in_list!(sqlx::Sqlite, tx, head, chunk, |builder| out
+                    .extend(builder.build_query_as::<T>().fetch_all(&mut **tx).await?)),
+                WriteTx::Postgres(tx) => in_list!(sqlx::Postgres, tx, head, chunk, |builder| out
+                    .extend(builder.build_query_as::<T>().fetch_all(&mut **tx).await?)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `head` (a statement ending in `… IN `) for `keys`.
+    pub(crate) async fn execute_in(
+        &mut self,
+        head: &str,
+        keys: &[String],
+    ) -> Result<(), ReadDbError> {
+        for chunk in chunks(keys, MAX_BINDS) {
+            match self {
+                WriteTx::Sqlite(tx) => in_list!(sqlx::Sqlite, tx, head, chunk, |builder| builder
+                    .build()
+                    .execute(&mut **tx)
+                    .await
+                    .map(drop)?),
+                WriteTx::Postgres(tx) => {
+                    in_list!(sqlx::Postgres, tx, head, chunk, |builder| builder
+                        .build()
+                        .execute(&mut **tx)
+                        .await
+                        .map(drop)?)
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs `sql` with `binds` ($1, $2, … in order) and reads every row as a `T`, on either
@@ -270,6 +464,8 @@ where
                 query = match bind {
                     Bind::Text(text) => query.bind(text.as_str()),
                     Bind::Int(n) => query.bind(*n),
+                    Bind::MaybeText(text) => query.bind(text.as_deref()),
+                    Bind::MaybeInt(n) => query.bind(*n),
                 };
             }
             query.fetch_all($pool).await?

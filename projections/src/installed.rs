@@ -125,151 +125,181 @@ impl From<sqlx::Error> for ApplyError {
     }
 }
 
-/// The statements of one set of tables.
-struct Sql {
-    select: String,
-    upsert: String,
-    delete: String,
+/// The columns of a row, in the order [`row_binds`] gives them.
+const COLUMNS: &str = "integration_id, workspace, app, scope, owner, status, connected_by, \
+    connected_at, last_sync_at, last_sync_outcome, records_pulled, records_created, \
+    records_updated, records_deleted, mapping_version, actions, version, state";
+
+/// What an upsert replaces: every column but the key.
+const UPDATE: &str = "ON CONFLICT (integration_id) DO UPDATE SET workspace = excluded.workspace, \
+    app = excluded.app, scope = excluded.scope, owner = excluded.owner, \
+    status = excluded.status, connected_by = excluded.connected_by, \
+    connected_at = excluded.connected_at, last_sync_at = excluded.last_sync_at, \
+    last_sync_outcome = excluded.last_sync_outcome, records_pulled = excluded.records_pulled, \
+    records_created = excluded.records_created, records_updated = excluded.records_updated, \
+    records_deleted = excluded.records_deleted, mapping_version = excluded.mapping_version, \
+    actions = excluded.actions, version = excluded.version, state = excluded.state";
+
+fn row_binds(row: InstalledRow, version: u64, state: String) -> Vec<Bind> {
+    vec![
+        Bind::Text(row.integration_id),
+        Bind::Text(row.workspace),
+        Bind::Text(row.app),
+        Bind::Text(row.scope),
+        Bind::MaybeText(row.owner),
+        Bind::Text(row.status),
+        Bind::Text(row.connected_by),
+        Bind::Text(row.connected_at),
+        Bind::MaybeText(row.last_sync_at),
+        Bind::MaybeText(row.last_sync_outcome),
+        Bind::Int(row.records_pulled),
+        Bind::Int(row.records_created),
+        Bind::Int(row.records_updated),
+        Bind::Int(row.records_deleted),
+        Bind::Int(row.mapping_version),
+        Bind::Text(
+            serde_json::to_string(&row.actions).expect("a list of strings always serializes"),
+        ),
+        Bind::Int(i64::try_from(version).unwrap_or(i64::MAX)),
+        Bind::Text(state),
+    ]
 }
 
-impl Sql {
-    fn new(target: Target) -> Self {
-        let table = target.table(TABLE);
-        Sql {
-            select: format!("SELECT state, version FROM {table} WHERE integration_id = $1"),
-            upsert: format!(
-                "INSERT INTO {table} (integration_id, workspace, app, scope, owner, status, \
-                 connected_by, connected_at, last_sync_at, last_sync_outcome, records_pulled, \
-                 records_created, records_updated, records_deleted, mapping_version, actions, \
-                 version, state) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-                 ON CONFLICT (integration_id) DO UPDATE SET workspace = excluded.workspace, \
-                 app = excluded.app, scope = excluded.scope, owner = excluded.owner, \
-                 status = excluded.status, connected_by = excluded.connected_by, \
-                 connected_at = excluded.connected_at, last_sync_at = excluded.last_sync_at, \
-                 last_sync_outcome = excluded.last_sync_outcome, \
-                 records_pulled = excluded.records_pulled, records_created = excluded.records_created, \
-                 records_updated = excluded.records_updated, records_deleted = excluded.records_deleted, \
-                 mapping_version = excluded.mapping_version, actions = excluded.actions, \
-                 version = excluded.version, state = excluded.state"
-            ),
-            delete: format!("DELETE FROM {table} WHERE integration_id = $1"),
-        }
+/// Integrations folded by a rebuild and not yet written: a rebuild's copy is read by nobody
+/// until the swap, so each row is written once at the end (or when too many wait) rather than
+/// after every batch that touches it.
+#[derive(Default)]
+pub struct Pending {
+    folding: HashMap<String, Folding>,
+    /// Keys in the order they were first touched, for writes in a stable order.
+    order: Vec<String>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("integrations", &self.folding.len())
+            .finish()
     }
 }
 
-/// Folds `events` (in log order) into Installed's `target` tables, inside the caller's
-/// transaction. Events of other streams, events already folded, and types the domain does not
-/// know are passed over.
-macro_rules! fold {
-    ($tx:expr, $sql:expr, $events:expr) => {{
-        let tx = $tx;
-        let sql = $sql;
-        let mut folding: HashMap<String, Folding> = HashMap::new();
-        for event in $events {
-            let Some(integration) = event.stream.integration_id() else {
-                continue;
-            };
+/// How many integrations a rebuild holds in memory before writing them.
+const PENDING_LIMIT: usize = 50_000;
+
+/// Folds `events` (in log order) into Installed's `target` tables inside `tx` (the runner
+/// moves the checkpoint in the same transaction): the rows of the integrations they touch are
+/// read in one statement, folded with the domain, and written back in as few as the database
+/// allows. With `pending` (a rebuild), folded rows stay in memory until [`flush`]. Events of
+/// other streams, events already folded, and types the domain does not know are passed over.
+pub(crate) async fn apply_in<'a>(
+    tx: &mut WriteTx,
+    target: Target,
+    events: impl Iterator<Item = (&'a RecordedEvent, Option<&'a IntegrationEvent>)> + Clone,
+    pending: Option<&mut Pending>,
+) -> Result<(), ApplyError> {
+    let mut own = Pending::default();
+    let held = pending.is_some();
+    let pending = pending.unwrap_or(&mut own);
+    let table = target.table(TABLE);
+    let mut missing: Vec<String> = Vec::new();
+    for (event, _) in events.clone() {
+        if let Some(integration) = event.stream.integration_id() {
             let key = integration.to_string();
-            if !folding.contains_key(&key) {
-                let row: Option<(String, i64)> = sqlx::query_as(&sql.select)
-                    .bind(&key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let entry = match row {
-                    Some((state, version)) => Folding {
-                        state: serde_json::from_str(&state).map_err(|error| {
-                            ApplyError::Db(ReadDbError::Invalid(format!(
-                                "the stored state of {key} does not read back: {error}"
-                            )))
-                        })?,
-                        version: u64::try_from(version).unwrap_or(0),
-                        changed: false,
-                    },
-                    None => Folding {
+            if !pending.folding.contains_key(&key) {
+                pending.folding.insert(
+                    key.clone(),
+                    Folding {
                         state: Integration::default(),
                         version: 0,
                         changed: false,
                     },
-                };
-                folding.insert(key.clone(), entry);
-            }
-            let entry = folding.get_mut(&key).expect("inserted above");
-            if event.version <= entry.version {
-                continue;
-            }
-            match event.decode::<IntegrationEvent>() {
-                Ok(Some(decoded)) => entry.state.apply(&decoded, &event.metadata),
-                Ok(None) => {
-                    tracing::debug!(
-                        position = event.position,
-                        event_type = %event.event_type,
-                        "installed: passing over an event type it does not know"
-                    );
-                }
-                Err(error) => {
-                    return Err(ApplyError::Undecodable {
-                        position: event.position,
-                        reason: error.to_string(),
-                    })
-                }
-            }
-            entry.version = event.version;
-            entry.changed = true;
-        }
-        for (key, entry) in folding.into_iter().filter(|(_, e)| e.changed) {
-            match row_of(&entry.state) {
-                Some(row) => {
-                    let state = serde_json::to_string(&entry.state)
-                        .map_err(|error| ApplyError::Db(ReadDbError::Invalid(error.to_string())))?;
-                    let actions = serde_json::to_string(&row.actions)
-                        .expect("a list of strings always serializes");
-                    sqlx::query(&sql.upsert)
-                        .bind(&row.integration_id)
-                        .bind(&row.workspace)
-                        .bind(&row.app)
-                        .bind(&row.scope)
-                        .bind(&row.owner)
-                        .bind(&row.status)
-                        .bind(&row.connected_by)
-                        .bind(&row.connected_at)
-                        .bind(&row.last_sync_at)
-                        .bind(&row.last_sync_outcome)
-                        .bind(row.records_pulled)
-                        .bind(row.records_created)
-                        .bind(row.records_updated)
-                        .bind(row.records_deleted)
-                        .bind(row.mapping_version)
-                        .bind(actions)
-                        .bind(i64::try_from(entry.version).unwrap_or(i64::MAX))
-                        .bind(state)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                None => {
-                    sqlx::query(&sql.delete)
-                        .bind(&key)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                );
+                pending.order.push(key.clone());
+                missing.push(key);
             }
         }
-        Ok::<(), ApplyError>(())
-    }};
+    }
+    let stored: Vec<(String, String, i64)> = tx
+        .fetch_in(
+            &format!("SELECT integration_id, state, version FROM {table} WHERE integration_id IN "),
+            &missing,
+        )
+        .await?;
+    for (key, state, version) in stored {
+        let state = serde_json::from_str(&state).map_err(|error| {
+            ApplyError::Db(ReadDbError::Invalid(format!(
+                "the stored state of {key} does not read back: {error}"
+            )))
+        })?;
+        pending.folding.insert(
+            key,
+            Folding {
+                state,
+                version: u64::try_from(version).unwrap_or(0),
+                changed: false,
+            },
+        );
+    }
+    for (event, decoded) in events {
+        let Some(integration) = event.stream.integration_id() else {
+            continue;
+        };
+        let entry = pending
+            .folding
+            .get_mut(&integration.to_string())
+            .expect("every integration of the batch has an entry");
+        if event.version <= entry.version {
+            continue;
+        }
+        if let Some(decoded) = decoded {
+            entry.state.apply(decoded, &event.metadata);
+        }
+        entry.version = event.version;
+        entry.changed = true;
+    }
+    if !held || pending.folding.len() > PENDING_LIMIT {
+        flush(tx, target, pending).await?;
+    }
+    Ok(())
 }
 
-/// Folds `events` into Installed's `target` tables inside `tx` (the runner moves the
-/// checkpoint in the same transaction).
-pub(crate) async fn apply_in(
+/// Writes what `pending` holds and empties it.
+pub(crate) async fn flush(
     tx: &mut WriteTx,
     target: Target,
-    events: &[RecordedEvent],
+    pending: &mut Pending,
 ) -> Result<(), ApplyError> {
-    let sql = Sql::new(target);
-    match tx {
-        WriteTx::Sqlite(tx) => fold!(&mut **tx, &sql, events),
-        WriteTx::Postgres(tx) => fold!(&mut **tx, &sql, events),
+    let table = target.table(TABLE);
+    let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
+    for key in std::mem::take(&mut pending.order) {
+        let Some(entry) = pending.folding.remove(&key) else {
+            continue;
+        };
+        if !entry.changed {
+            continue;
+        }
+        match row_of(&entry.state) {
+            Some(row) => {
+                let state = serde_json::to_string(&entry.state)
+                    .map_err(|error| ApplyError::Db(ReadDbError::Invalid(error.to_string())))?;
+                upserts.push(row_binds(row, entry.version, state));
+            }
+            None => deletes.push(key),
+        }
     }
+    pending.folding.clear();
+    tx.insert_rows(
+        &format!("INSERT INTO {table} ({COLUMNS}) "),
+        UPDATE,
+        &upserts,
+    )
+    .await?;
+    tx.execute_in(
+        &format!("DELETE FROM {table} WHERE integration_id IN "),
+        &deletes,
+    )
+    .await?;
+    Ok(())
 }
 
 /// The position Installed has applied up to, 0 before anything.

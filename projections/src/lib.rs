@@ -13,6 +13,7 @@
 //!   PostgreSQL under a lease, so that of several processes exactly one writes each model.
 //! - [`rebuild`]: replays the log from position 0 into fresh tables and swaps them in at once.
 
+pub mod bench;
 pub mod db;
 pub mod installed;
 pub mod rebuild;

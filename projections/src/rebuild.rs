@@ -12,7 +12,8 @@
 use eventstore::EventStore;
 
 use crate::db::{ReadDb, ReadDbError, Target, WriteTx};
-use crate::runner::{Projection, RunError};
+use crate::installed;
+use crate::runner::{Batch, Projection, RunError};
 
 /// How many events one transaction of a rebuild applies: larger than live batches, since
 /// nobody waits for a rebuild's rows one by one.
@@ -36,25 +37,45 @@ pub async fn rebuild(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Rebuilt, RunError> {
     prepare(db, projections).await?;
-    let mut events = 0u64;
-    let mut from = 1;
-    loop {
-        let head = store.head_position().await?;
-        let batch = store.read_all(from, REBUILD_BATCH).await?;
-        let Some(last) = batch.last() else {
-            break;
-        };
-        let mut tx = db.begin_write().await?;
-        for projection in projections {
-            projection
-                .apply_in(&mut tx, Target::Rebuild, &batch)
-                .await?;
+    // Reading and decoding the next batch goes on while the database writes this one.
+    let (batches, mut next) = tokio::sync::mpsc::channel::<(Batch<'static>, u64)>(2);
+    let read = async move {
+        let mut from = 1;
+        loop {
+            let head = store.head_position().await?;
+            let events = store.read_all(from, REBUILD_BATCH).await?;
+            let Some(last) = events.last() else {
+                return Ok::<(), RunError>(());
+            };
+            from = last.position + 1;
+            let batch = Batch::decode(events, projections)?;
+            if batches.send((batch, head)).await.is_err() {
+                return Ok(());
+            }
         }
-        tx.commit().await?;
-        events += batch.len() as u64;
-        from = last.position + 1;
-        progress(last.position, head.max(last.position));
-    }
+    };
+    let mut events = 0u64;
+    let mut pending = installed::Pending::default();
+    let apply = async {
+        while let Some((batch, head)) = next.recv().await {
+            let mut tx = db.begin_write().await?;
+            for projection in projections {
+                projection
+                    .apply_holding(&mut tx, Target::Rebuild, &batch, Some(&mut pending))
+                    .await?;
+            }
+            tx.commit().await?;
+            events += batch.len() as u64;
+            if let Some(last) = batch.last_position() {
+                progress(last, head.max(last));
+            }
+        }
+        Ok::<(), RunError>(())
+    };
+    futures::future::try_join(read, apply).await?;
+    let mut tx = db.begin_write().await?;
+    installed::flush(&mut tx, Target::Rebuild, &mut pending).await?;
+    tx.commit().await?;
     let position = swap(store, db, projections).await?;
     Ok(Rebuilt { events, position })
 }
@@ -153,7 +174,11 @@ async fn swap(
             };
             let last = last.position;
             projection
-                .apply_in(&mut tx, Target::Rebuild, &batch)
+                .apply_in(
+                    &mut tx,
+                    Target::Rebuild,
+                    &Batch::decode(&batch, &[projection])?,
+                )
                 .await?;
             copied = last;
         }

@@ -1,8 +1,10 @@
 //! Applying the log to a projection: from its checkpoint, in batches, each batch with the
 //! checkpoint in one transaction.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use domain::IntegrationEvent;
 use eventstore::{EventStore, RecordedEvent, StoreError};
 use futures::StreamExt;
 
@@ -12,6 +14,81 @@ use crate::sync_runs;
 
 /// How many events one transaction applies at most.
 pub const MAX_BATCH: usize = 1000;
+
+/// A batch of the log, each integration event decoded once for every projection that
+/// applies it.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    events: Cow<'a, [RecordedEvent]>,
+    /// Beside each event: its decoded form, `None` for other streams' events and types the
+    /// domain does not know.
+    decoded: Vec<Option<IntegrationEvent>>,
+}
+
+impl<'a> Batch<'a> {
+    /// Decodes for `projections` the events (in log order; a slice, or a `Vec` for a batch of
+    /// its own) that any of them reads. One of those that cannot be decoded is an error naming
+    /// its position; one only other projections read is left alone.
+    pub fn decode(
+        events: impl Into<Cow<'a, [RecordedEvent]>>,
+        projections: &[Projection],
+    ) -> Result<Self, ApplyError> {
+        let events = events.into();
+        let decoded = events
+            .iter()
+            .map(|event| {
+                if event.stream.integration_id().is_none()
+                    || !projections.iter().any(|p| p.reads(&event.event_type))
+                {
+                    return Ok(None);
+                }
+                let decoded = event.decode::<IntegrationEvent>().map_err(|error| {
+                    ApplyError::Undecodable {
+                        position: event.position,
+                        reason: error.to_string(),
+                    }
+                })?;
+                if decoded.is_none() {
+                    tracing::debug!(
+                        position = event.position,
+                        event_type = %event.event_type,
+                        "passing over an event type the domain does not know"
+                    );
+                }
+                Ok(decoded)
+            })
+            .collect::<Result<_, ApplyError>>()?;
+        Ok(Batch { events, decoded })
+    }
+
+    /// How many events it holds.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The events after `position`, each with its decoded form.
+    pub(crate) fn after(
+        &self,
+        position: u64,
+    ) -> impl Iterator<Item = (&RecordedEvent, Option<&IntegrationEvent>)> + Clone + '_ {
+        let skip = self
+            .events
+            .partition_point(|event| event.position <= position);
+        self.events[skip..]
+            .iter()
+            .zip(self.decoded[skip..].iter().map(Option::as_ref))
+    }
+
+    /// The last event's position.
+    pub fn last_position(&self) -> Option<u64> {
+        self.events.last().map(|event| event.position)
+    }
+}
 
 /// The read models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +113,14 @@ impl Projection {
         Projection::ALL.into_iter().find(|p| p.name() == name)
     }
 
+    /// Whether it reads events of `event_type` (of an integration's stream).
+    pub fn reads(self, event_type: &str) -> bool {
+        match self {
+            Projection::Installed => true,
+            Projection::SyncRuns => event_type.starts_with("Sync"),
+        }
+    }
+
     /// The tables it owns.
     pub fn tables(self) -> &'static [&'static str] {
         match self {
@@ -49,35 +134,60 @@ impl Projection {
         target.table(self.name())
     }
 
-    /// Applies to `target`'s tables, inside `tx`, those of `events` past the checkpoint, and
-    /// moves the checkpoint to the last of them. The checkpoint is read and locked in the same
-    /// transaction, so whoever else writes the projection (a second process, a rebuild's swap)
-    /// can never make an event count twice. Returns how many events were past it.
+    /// Applies to `target`'s tables, inside `tx`, those of the batch's events past the
+    /// checkpoint, and moves the checkpoint to the last of them. The checkpoint is read and
+    /// locked in the same transaction, so whoever else writes the projection (a second
+    /// process, a rebuild's swap) can never make an event count twice. Returns how many
+    /// events were past it.
     pub async fn apply_in(
         self,
         tx: &mut WriteTx,
         target: Target,
-        events: &[RecordedEvent],
+        batch: &Batch<'_>,
+    ) -> Result<usize, ApplyError> {
+        self.apply_holding(tx, target, batch, None).await
+    }
+
+    /// [`Projection::apply_in`], Installed's rows held in `pending` (a rebuild's) rather
+    /// than written at once.
+    pub(crate) async fn apply_holding(
+        self,
+        tx: &mut WriteTx,
+        target: Target,
+        batch: &Batch<'_>,
+        pending: Option<&mut installed::Pending>,
     ) -> Result<usize, ApplyError> {
         let name = self.checkpoint_name(target);
         let checkpoint = tx.checkpoint(&name).await?;
-        let skip = events.partition_point(|event| event.position <= checkpoint);
-        let fresh = &events[skip..];
-        let Some(last) = fresh.last() else {
+        let fresh = batch.after(checkpoint);
+        let Some(last) = batch.last_position().filter(|last| *last > checkpoint) else {
             return Ok(0);
         };
+        let count = fresh.clone().count();
         match self {
-            Projection::Installed => installed::apply_in(tx, target, fresh).await?,
+            Projection::Installed => installed::apply_in(tx, target, fresh, pending).await?,
             Projection::SyncRuns => sync_runs::apply_in(tx, target, fresh).await?,
         }
-        tx.save_checkpoint(&name, last.position).await?;
-        Ok(fresh.len())
+        tx.save_checkpoint(&name, last).await?;
+        Ok(count)
     }
 
     /// Applies `events` (in log order) and moves the checkpoint, in one transaction.
+    ///
+    /// An event that cannot be decoded stops it there: what comes before is applied, and the
+    /// error names the event's position.
     pub async fn apply(self, db: &ReadDb, events: &[RecordedEvent]) -> Result<(), ApplyError> {
+        let batch = match Batch::decode(events, &[self]) {
+            Ok(batch) => batch,
+            Err(ApplyError::Undecodable { position, reason }) => {
+                let before = events.partition_point(|event| event.position < position);
+                Box::pin(self.apply(db, &events[..before])).await?;
+                return Err(ApplyError::Undecodable { position, reason });
+            }
+            Err(error) => return Err(error),
+        };
         let mut tx = db.begin_write().await?;
-        self.apply_in(&mut tx, Target::Live, events).await?;
+        self.apply_in(&mut tx, Target::Live, &batch).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -1,8 +1,10 @@
 //! The sync logs: one row per sync run, with its pages, for every integration (a personal
 //! integration's shown only to its owner).
 
-use domain::integration::{SyncKind, SyncTrigger};
-use domain::{IntegrationEvent, IntegrationId};
+use std::collections::{HashMap, HashSet};
+
+use domain::integration::{RecordCounts, SyncKind, SyncTrigger};
+use domain::{IntegrationEvent, IntegrationId, SyncId};
 use eventstore::RecordedEvent;
 use serde::Serialize;
 
@@ -56,183 +58,247 @@ fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The statements of one set of tables.
-struct Sql {
-    requested: String,
-    started: String,
-    page: String,
-    counted: String,
-    completed: String,
-    failed: String,
+/// A run as stored, every column.
+#[derive(Clone, Debug, sqlx::FromRow)]
+struct Stored {
+    sync_id: String,
+    integration_id: String,
+    workspace: String,
+    owner: Option<String>,
+    kind: String,
+    trigger_kind: String,
+    requested_by: Option<String>,
+    requested_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    status: String,
+    pulled: i64,
+    created: i64,
+    updated: i64,
+    deleted: i64,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    duration_ms: Option<i64>,
+    position: i64,
 }
 
-impl Sql {
-    fn new(target: Target) -> Self {
-        let runs = target.table(RUNS);
-        let pages = target.table(PAGES);
-        Sql {
-            requested: format!(
-                "INSERT INTO {runs} (sync_id, integration_id, workspace, owner, kind, \
-                 trigger_kind, requested_by, requested_at, status, pulled, created, updated, \
-                 deleted, position) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requested', 0, 0, 0, 0, $9) \
-                 ON CONFLICT (sync_id) DO NOTHING"
-            ),
-            started: format!(
-                "UPDATE {runs} SET status = 'running', started_at = $1 \
-                 WHERE sync_id = $2 AND status = 'requested'"
-            ),
-            page: format!(
-                "INSERT INTO {pages} (sync_id, object, page, pulled, created, updated, \
-                 deleted, cursor, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (sync_id, object, page) DO NOTHING"
-            ),
-            counted: format!(
-                "UPDATE {runs} SET pulled = pulled + $1, created = created + $2, \
-                 updated = updated + $3, deleted = deleted + $4 \
-                 WHERE sync_id = $5 AND status = 'running'"
-            ),
-            completed: format!(
-                "UPDATE {runs} SET status = 'completed', finished_at = $1, pulled = $2, \
-                 created = $3, updated = $4, deleted = $5, duration_ms = $6 WHERE sync_id = $7"
-            ),
-            failed: format!(
-                "UPDATE {runs} SET status = $1, finished_at = $2, pulled = $3, \
-                 created = $4, updated = $5, deleted = $6, error_code = $7, error_message = $8 \
-                 WHERE sync_id = $9"
-            ),
-        }
+const RUN_COLUMNS: &str = "sync_id, integration_id, workspace, owner, kind, trigger_kind, \
+    requested_by, requested_at, started_at, finished_at, status, pulled, created, updated, \
+    deleted, error_code, error_message, duration_ms, position";
+
+const RUN_UPDATE: &str = "ON CONFLICT (sync_id) DO UPDATE SET started_at = excluded.started_at, \
+    finished_at = excluded.finished_at, status = excluded.status, pulled = excluded.pulled, \
+    created = excluded.created, updated = excluded.updated, deleted = excluded.deleted, \
+    error_code = excluded.error_code, error_message = excluded.error_message, \
+    duration_ms = excluded.duration_ms";
+
+const PAGE_COLUMNS: &str = "sync_id, object, page, pulled, created, updated, deleted, cursor, at";
+
+impl Stored {
+    fn binds(self) -> Vec<Bind> {
+        vec![
+            Bind::Text(self.sync_id),
+            Bind::Text(self.integration_id),
+            Bind::Text(self.workspace),
+            Bind::MaybeText(self.owner),
+            Bind::Text(self.kind),
+            Bind::Text(self.trigger_kind),
+            Bind::MaybeText(self.requested_by),
+            Bind::Text(self.requested_at),
+            Bind::MaybeText(self.started_at),
+            Bind::MaybeText(self.finished_at),
+            Bind::Text(self.status),
+            Bind::Int(self.pulled),
+            Bind::Int(self.created),
+            Bind::Int(self.updated),
+            Bind::Int(self.deleted),
+            Bind::MaybeText(self.error_code),
+            Bind::MaybeText(self.error_message),
+            Bind::MaybeInt(self.duration_ms),
+            Bind::Int(self.position),
+        ]
     }
-}
 
-macro_rules! statements {
-    ($tx:expr, $sql:expr, $events:expr) => {{
-        let tx = $tx;
-        for event in $events {
-            let Some(integration) = event.stream.integration_id() else {
-                continue;
-            };
-            let decoded = match event.decode::<IntegrationEvent>() {
-                Ok(Some(decoded)) => decoded,
-                Ok(None) => continue,
-                Err(error) => {
-                    return Err(ApplyError::Undecodable {
-                        position: event.position,
-                        reason: error.to_string(),
-                    })
-                }
-            };
-            let at = event.metadata.occurred_at.to_string();
-            match decoded {
-                IntegrationEvent::SyncRequested(requested) => {
-                    let (trigger, by) = match &requested.trigger {
-                        SyncTrigger::Manual { user } => ("manual", Some(user.to_string())),
-                        SyncTrigger::Schedule => ("schedule", None),
-                    };
-                    let kind = match requested.kind {
-                        SyncKind::Full => "full",
-                        SyncKind::Incremental => "incremental",
-                    };
-                    sqlx::query(&$sql.requested)
-                        .bind(requested.sync_id.to_string())
-                        .bind(integration.to_string())
-                        .bind(event.metadata.workspace.to_string())
-                        .bind(event.metadata.owner.as_ref().map(ToString::to_string))
-                        .bind(kind)
-                        .bind(trigger)
-                        .bind(by)
-                        .bind(&at)
-                        .bind(count(event.position))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                IntegrationEvent::SyncStarted(started) => {
-                    sqlx::query(&$sql.started)
-                        .bind(&at)
-                        .bind(started.sync_id.to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                IntegrationEvent::SyncProgressed(page) => {
-                    let inserted = sqlx::query(&$sql.page)
-                        .bind(page.sync_id.to_string())
-                        .bind(&page.object)
-                        .bind(i64::from(page.page))
-                        .bind(count(page.counts.pulled))
-                        .bind(count(page.counts.created))
-                        .bind(count(page.counts.updated))
-                        .bind(count(page.counts.deleted))
-                        .bind(&page.cursor)
-                        .bind(&at)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    // Counted once, however often the page is applied.
-                    if inserted == 1 {
-                        sqlx::query(&$sql.counted)
-                            .bind(count(page.counts.pulled))
-                            .bind(count(page.counts.created))
-                            .bind(count(page.counts.updated))
-                            .bind(count(page.counts.deleted))
-                            .bind(page.sync_id.to_string())
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-                IntegrationEvent::SyncCompleted(done) => {
-                    sqlx::query(&$sql.completed)
-                        .bind(&at)
-                        .bind(count(done.totals.pulled))
-                        .bind(count(done.totals.created))
-                        .bind(count(done.totals.updated))
-                        .bind(count(done.totals.deleted))
-                        .bind(count(done.duration_ms))
-                        .bind(done.sync_id.to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                IntegrationEvent::SyncFailed(failed) => {
-                    // The domain stops a disconnected integration's work with the code
-                    // `cancelled`: the logs call that run cancelled, not failed.
-                    let status = if failed.code == "cancelled" {
-                        "cancelled"
-                    } else {
-                        "failed"
-                    };
-                    sqlx::query(&$sql.failed)
-                        .bind(status)
-                        .bind(&at)
-                        .bind(count(failed.totals.pulled))
-                        .bind(count(failed.totals.created))
-                        .bind(count(failed.totals.updated))
-                        .bind(count(failed.totals.deleted))
-                        .bind(&failed.code)
-                        .bind(&failed.message)
-                        .bind(failed.sync_id.to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                // A disconnect stops what was waiting or running with `SyncFailed` (code
-                // `cancelled`), handled above; nothing else changes a run.
-                _ => {}
-            }
-        }
-        Ok::<(), ApplyError>(())
-    }};
+    fn set_counts(&mut self, counts: &RecordCounts) {
+        self.pulled = count(counts.pulled);
+        self.created = count(counts.created);
+        self.updated = count(counts.updated);
+        self.deleted = count(counts.deleted);
+    }
 }
 
 /// Applies `events` to the sync logs' `target` tables inside `tx` (the runner moves the
-/// checkpoint in the same transaction). Applying the same events again changes nothing.
-pub(crate) async fn apply_in(
+/// checkpoint in the same transaction): the runs they touch are read in one statement,
+/// changed in memory in log order, and written back with their new pages in as few
+/// statements as the database allows.
+pub(crate) async fn apply_in<'a>(
     tx: &mut WriteTx,
     target: Target,
-    events: &[RecordedEvent],
+    events: impl Iterator<Item = (&'a RecordedEvent, Option<&'a IntegrationEvent>)>,
 ) -> Result<(), ApplyError> {
-    let sql = Sql::new(target);
-    match tx {
-        WriteTx::Sqlite(tx) => statements!(&mut **tx, &sql, events),
-        WriteTx::Postgres(tx) => statements!(&mut **tx, &sql, events),
+    let (runs_table, pages_table) = (target.table(RUNS), target.table(PAGES));
+    let mut decoded = Vec::new();
+    let mut referenced: Vec<String> = Vec::new();
+    let mut seen: HashSet<SyncId> = HashSet::new();
+    for (event, sync_event) in events {
+        let (Some(integration), Some(sync_event)) = (event.stream.integration_id(), sync_event)
+        else {
+            continue;
+        };
+        let sync_id = match sync_event {
+            IntegrationEvent::SyncRequested(e) => e.sync_id,
+            IntegrationEvent::SyncStarted(e) => e.sync_id,
+            IntegrationEvent::SyncProgressed(e) => e.sync_id,
+            IntegrationEvent::SyncCompleted(e) => e.sync_id,
+            IntegrationEvent::SyncFailed(e) => e.sync_id,
+            // Nothing else changes a run: a disconnect stops what was waiting or running with
+            // `SyncFailed` (code `cancelled`).
+            _ => continue,
+        };
+        if seen.insert(sync_id) {
+            referenced.push(sync_id.to_string());
+        }
+        decoded.push((event, integration, sync_event));
     }
+    let mut runs: HashMap<String, Stored> = tx
+        .fetch_in::<Stored>(
+            &format!("SELECT {RUN_COLUMNS} FROM {runs_table} WHERE sync_id IN "),
+            &referenced,
+        )
+        .await?
+        .into_iter()
+        .map(|run| (run.sync_id.clone(), run))
+        .collect();
+    let (mut changed, mut changed_set): (Vec<String>, HashSet<SyncId>) = Default::default();
+    let mut pages = Vec::new();
+    let mut page_keys: HashSet<(String, String, u32)> = HashSet::new();
+    for (event, integration, sync_event) in decoded {
+        let at = event.metadata.occurred_at.to_string();
+        let mut touch = |id: &SyncId| {
+            if changed_set.insert(*id) {
+                changed.push(id.to_string());
+            }
+        };
+        match sync_event {
+            IntegrationEvent::SyncRequested(requested) => {
+                let key = requested.sync_id.to_string();
+                if runs.contains_key(&key) {
+                    continue;
+                }
+                let (trigger, by) = match &requested.trigger {
+                    SyncTrigger::Manual { user } => ("manual", Some(user.to_string())),
+                    SyncTrigger::Schedule => ("schedule", None),
+                };
+                let kind = match requested.kind {
+                    SyncKind::Full => "full",
+                    SyncKind::Incremental => "incremental",
+                };
+                touch(&requested.sync_id);
+                runs.insert(
+                    key.clone(),
+                    Stored {
+                        sync_id: key,
+                        integration_id: integration.to_string(),
+                        workspace: event.metadata.workspace.to_string(),
+                        owner: event.metadata.owner.as_ref().map(ToString::to_string),
+                        kind: kind.into(),
+                        trigger_kind: trigger.into(),
+                        requested_by: by,
+                        requested_at: at,
+                        started_at: None,
+                        finished_at: None,
+                        status: "requested".into(),
+                        pulled: 0,
+                        created: 0,
+                        updated: 0,
+                        deleted: 0,
+                        error_code: None,
+                        error_message: None,
+                        duration_ms: None,
+                        position: count(event.position),
+                    },
+                );
+            }
+            IntegrationEvent::SyncStarted(started) => {
+                let key = started.sync_id.to_string();
+                if let Some(run) = runs.get_mut(&key).filter(|r| r.status == "requested") {
+                    run.status = "running".into();
+                    run.started_at = Some(at);
+                    touch(&started.sync_id);
+                }
+            }
+            IntegrationEvent::SyncProgressed(page) => {
+                let key = page.sync_id.to_string();
+                if page_keys.insert((key.clone(), page.object.clone(), page.page)) {
+                    pages.push(vec![
+                        Bind::Text(key.clone()),
+                        Bind::Text(page.object.clone()),
+                        Bind::Int(i64::from(page.page)),
+                        Bind::Int(count(page.counts.pulled)),
+                        Bind::Int(count(page.counts.created)),
+                        Bind::Int(count(page.counts.updated)),
+                        Bind::Int(count(page.counts.deleted)),
+                        Bind::MaybeText(page.cursor.clone()),
+                        Bind::Text(at),
+                    ]);
+                }
+                // The run's counts so far add up every page reported, as the domain's
+                // totals do (a page pulled again after a retry counts again).
+                if let Some(run) = runs.get_mut(&key).filter(|r| r.status == "running") {
+                    run.pulled += count(page.counts.pulled);
+                    run.created += count(page.counts.created);
+                    run.updated += count(page.counts.updated);
+                    run.deleted += count(page.counts.deleted);
+                    touch(&page.sync_id);
+                }
+            }
+            IntegrationEvent::SyncCompleted(done) => {
+                if let Some(run) = runs.get_mut(&done.sync_id.to_string()) {
+                    run.status = "completed".into();
+                    run.finished_at = Some(at);
+                    run.set_counts(&done.totals);
+                    run.duration_ms = Some(count(done.duration_ms));
+                    touch(&done.sync_id);
+                }
+            }
+            IntegrationEvent::SyncFailed(failed) => {
+                if let Some(run) = runs.get_mut(&failed.sync_id.to_string()) {
+                    // The domain stops a disconnected integration's work with the code
+                    // `cancelled`: the logs call that run cancelled, not failed.
+                    run.status = if failed.code == "cancelled" {
+                        "cancelled"
+                    } else {
+                        "failed"
+                    }
+                    .into();
+                    run.finished_at = Some(at);
+                    run.set_counts(&failed.totals);
+                    run.error_code = Some(failed.code.clone());
+                    run.error_message = Some(failed.message.clone());
+                    touch(&failed.sync_id);
+                }
+            }
+            _ => {}
+        }
+    }
+    let rows: Vec<Vec<Bind>> = changed
+        .into_iter()
+        .filter_map(|key| runs.remove(&key))
+        .map(Stored::binds)
+        .collect();
+    tx.insert_rows(
+        &format!("INSERT INTO {runs_table} ({RUN_COLUMNS}) "),
+        RUN_UPDATE,
+        &rows,
+    )
+    .await?;
+    tx.insert_rows(
+        &format!("INSERT INTO {pages_table} ({PAGE_COLUMNS}) "),
+        "ON CONFLICT (sync_id, object, page) DO NOTHING",
+        &pages,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Which runs to list.

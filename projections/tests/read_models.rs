@@ -845,3 +845,85 @@ async fn installed_queries(kind: &str) {
     );
     f.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_type_is_passed_over_and_an_undecodable_event_stops_only_its_projection() {
+    for kind in KINDS {
+        let mut f = fixture(kind).await;
+        let ada = as_user("ada", Role::Admin);
+        let id = connect(&f.repository, &ada, "hubspot", AppScope::Workspace).await;
+        let stream = StreamName::integration(id);
+        let last = f
+            .store
+            .read_stream(&stream, 1, 100)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let raw = |event_type: &str, data: serde_json::Value| eventstore::NewEvent {
+            id: domain::EventId::new(),
+            event_type: event_type.into(),
+            schema: 1,
+            data,
+            metadata: last.metadata.clone(),
+        };
+        // A type this version does not know yet, then a known one whose data does not decode.
+        let unknown = raw("IntegrationRenamed", serde_json::json!({ "name": "CRM" }));
+        f.store
+            .append(
+                &stream,
+                eventstore::ExpectedVersion::Exact(last.version),
+                vec![unknown],
+            )
+            .await
+            .unwrap();
+        let broken = raw("MappingChanged", serde_json::json!({ "nonsense": 1 }));
+        let bad = f
+            .store
+            .append(
+                &stream,
+                eventstore::ExpectedVersion::Exact(last.version + 1),
+                vec![broken],
+            )
+            .await
+            .unwrap()
+            .last_position;
+        // Life goes on elsewhere.
+        let other = connect(&f.repository, &ada, "gmail", AppScope::Personal).await;
+        run(
+            &f.repository,
+            &ada,
+            other,
+            IntegrationCommand::RequestSync {
+                sync_id: SyncId::new(),
+                kind: SyncKind::Full,
+            },
+        )
+        .await;
+
+        // Installed stops at the broken event, naming its position ...
+        let installed = f.runners.remove(0);
+        let stopped = tokio::time::timeout(Duration::from_secs(30), installed)
+            .await
+            .expect("Installed stops")
+            .unwrap();
+        match stopped {
+            Err(runner::RunError::Apply(installed::ApplyError::Undecodable {
+                position, ..
+            })) => assert_eq!(position, bad, "{kind}"),
+            other => panic!("{kind}: {other:?}"),
+        }
+        assert_eq!(
+            Projection::Installed.checkpoint(&f.db).await.unwrap(),
+            bad - 1,
+            "{kind}: everything before it applied, the unknown type passed over"
+        );
+        // ... while the sync logs, which do not read mappings, go on past it.
+        let logs = f
+            .sync_logs("ada", other, &Filter::default(), None, 10)
+            .await;
+        assert_eq!(logs.runs.len(), 1, "{kind}");
+        f.check_runners();
+        f.stop();
+    }
+}
