@@ -1,10 +1,12 @@
 //! Provider-facing side of Harmony Sync.
 //!
-//! This crate will hold OAuth2 (authorization code with PKCE, refresh) and API-key
-//! connections, the credential vault (secrets encrypted under per-integration data keys, so
-//! that deleting an integration shreds them), the provider clients (HubSpot, Salesforce,
-//! Google Calendar, Gmail, Zendesk, Twilio, Todoist, CalDAV) and the sync and action workers
-//! that react to events.
+//! - [`vault`]: the credential vault — secrets encrypted under per-integration data keys
+//!   wrapped by a master key, so that shredding an integration destroys its secrets while its
+//!   history stays auditable.
 //!
-//! At this stage it holds none of that yet; it depends on `domain` and `eventstore` only, and
-//! nothing here may be depended on by them.
+//! Still to come here: OAuth2 (authorization code with PKCE, refresh) and API-key connections,
+//! the provider clients (HubSpot, Salesforce, Google Calendar, Gmail, Zendesk, Twilio, Todoist,
+//! CalDAV) and the sync and action workers that react to events. Nothing here may be depended
+//! on by `domain` or `eventstore`.
+
+pub mod vault;

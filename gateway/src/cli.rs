@@ -26,6 +26,29 @@ pub enum Command {
     /// Operate on the read models (Installed, the sync logs).
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Operate on the credential vault.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Re-wrap every integration's data key under a new master key, in one transaction, then
+    /// put the new key in the master key file. Secrets themselves are not re-encrypted.
+    RotateMasterKey(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The new master key: a file holding base64 of 32 bytes, readable by its owner alone.
+    /// `harmony vault rotate-master-key --generate` makes one instead.
+    #[arg(long, required_unless_present = "generate")]
+    pub new_key_file: Option<PathBuf>,
+    /// Generate the new key.
+    #[arg(long)]
+    pub generate: bool,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 #[derive(Debug, Subcommand)]

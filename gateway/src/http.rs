@@ -122,8 +122,12 @@ mod tests {
             store,
             records,
             backend: crate::Backend::Sled,
-            read,
+            read: read.clone(),
             runners: crate::Runners::default(),
+            vault: std::sync::Arc::new(adapters::vault::Vault::new(
+                read.clone(),
+                adapters::vault::MasterKey::generate(),
+            )),
         });
         let response = app
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

@@ -10,6 +10,7 @@ pub mod cli;
 mod http;
 pub mod log;
 pub mod read_models;
+pub mod vault;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub read: projections::ReadDb,
     /// What each projection's runner in this process is doing.
     pub runners: Runners,
+    /// The credential vault.
+    pub vault: Arc<adapters::vault::Vault>,
 }
 
 /// What each projection's runner in this process is doing, by projection name.
@@ -160,6 +163,12 @@ pub async fn open_read_db(
     })
 }
 
+/// Where the master key file lives under a data directory (unless `HARMONY_MASTER_KEY` holds
+/// the key).
+pub fn master_key_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("master.key")
+}
+
 /// A built, bound, not yet running service.
 pub struct Application {
     listener: TcpListener,
@@ -194,6 +203,10 @@ impl Application {
         )
         .await?;
         let read = open_read_db(settings.database_url.as_deref(), &settings.data_dir).await?;
+        let master_key =
+            adapters::vault::MasterKey::load_or_create(&master_key_path(&settings.data_dir))
+                .context("while opening the credential vault")?;
+        let vault = Arc::new(adapters::vault::Vault::new(read.clone(), master_key));
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("while binding {}", settings.listen))?;
@@ -205,6 +218,7 @@ impl Application {
                 backend,
                 read,
                 runners: Runners::default(),
+                vault,
             },
         })
     }

@@ -42,6 +42,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Log(gateway::cli::LogCommand::Copy(args)) => {
             gateway::log::copy(&args, &mut std::io::stdout().lock()).await
         }
+        Command::Vault(gateway::cli::VaultCommand::RotateMasterKey(args)) => {
+            gateway::vault::rotate(&args, &mut std::io::stdout().lock()).await
+        }
         Command::Projections(gateway::cli::ProjectionsCommand::Rebuild(args)) => {
             gateway::read_models::rebuild(&args, &mut std::io::stdout().lock()).await
         }

@@ -622,3 +622,72 @@ fn projections_rebuild_runs_beside_a_distributed_service() {
     assert_eq!(body["projections"]["installed"]["lag_events"], 0);
     stop_with_sigterm(served);
 }
+
+#[test]
+fn serve_creates_a_private_master_key_and_vault_rotate_master_key_rewraps_under_a_new_one() {
+    use secrecy::ExposeSecret;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let (served, _) = serve(&["--data-dir", data_dir]);
+    stop_with_sigterm(served);
+    let key_file = dir.path().join("master.key");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the master key is its owner's alone");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let old = adapters::vault::MasterKey::load_or_create(&key_file).unwrap();
+    let secret = secrecy::SecretString::from("zendesk-api-token-93ab".to_owned());
+    let reference = runtime.block_on(async {
+        let db = projections::ReadDb::open_sqlite(&dir.path().join("read.db"))
+            .await
+            .unwrap();
+        let vault = adapters::vault::Vault::new(db.clone(), old);
+        let reference = vault
+            .put(domain::IntegrationId::new(), &secret)
+            .await
+            .unwrap();
+        db.close().await;
+        reference
+    });
+
+    let output = harmony()
+        .args([
+            "vault",
+            "rotate-master-key",
+            "--generate",
+            "--data-dir",
+            data_dir,
+        ])
+        .env_remove("HARMONY_MASTER_KEY")
+        .env_remove("HARMONY_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.starts_with("re-wrapped 1 data keys"), "{said}");
+    let new = adapters::vault::MasterKey::load_or_create(&key_file).unwrap();
+    assert!(said.contains(new.id()), "{said}");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    runtime.block_on(async {
+        let db = projections::ReadDb::open_sqlite(&dir.path().join("read.db"))
+            .await
+            .unwrap();
+        let vault = adapters::vault::Vault::new(db, new);
+        assert_eq!(
+            vault.get(&reference).await.unwrap().expose_secret(),
+            "zendesk-api-token-93ab"
+        );
+    });
+
+    let output = harmony()
+        .args(["vault", "rotate-master-key", "--data-dir"])
+        .arg(dir.path().join("elsewhere"))
+        .args(["--generate"])
+        .env_remove("HARMONY_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no master key"));
+}

@@ -1,0 +1,188 @@
+//! The credential vault on SQLite and PostgreSQL: secrets round-trip, never appear in the
+//! database in the clear, die with their integration's data key, survive a master-key rotation,
+//! and do not decrypt when moved between rows or read with another master key.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use adapters::vault::{MasterKey, Vault, VaultError};
+use domain::IntegrationId;
+use projections::ReadDb;
+use secrecy::{ExposeSecret, SecretString};
+
+async fn databases(dir: &std::path::Path) -> Vec<ReadDb> {
+    vec![
+        ReadDb::open_sqlite(&dir.join("read.db")).await.unwrap(),
+        ReadDb::connect_postgres(&projections::test_support::postgres_database().await)
+            .await
+            .unwrap(),
+    ]
+}
+
+/// Everything the vault's tables hold, as text.
+async fn stored(db: &ReadDb) -> String {
+    let sql =
+        "SELECT integration_id || ' ' || wrapped_key || ' ' || master_key_id FROM vault_keys \
+               UNION ALL SELECT reference || ' ' || ciphertext FROM vault_secrets";
+    let rows: Vec<String> = match db {
+        ReadDb::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
+        ReadDb::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
+    };
+    rows.join("\n")
+}
+
+#[tokio::test]
+async fn secrets_round_trip_encrypted_and_die_with_their_data_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        let vault = Vault::new(db.clone(), MasterKey::generate());
+        let (crm, mail) = (IntegrationId::new(), IntegrationId::new());
+        let token = SecretString::from("hubspot-access-7f3a9c".to_owned());
+        let refresh = SecretString::from("hubspot-refresh-51d0e2".to_owned());
+        let key = SecretString::from("gmail-token-a8b8c8".to_owned());
+        let token_ref = vault.put(crm, &token).await.unwrap();
+        let refresh_ref = vault.put(crm, &refresh).await.unwrap();
+        let key_ref = vault.put(mail, &key).await.unwrap();
+        assert!(token_ref.0.starts_with(&format!("vault:{crm}:")));
+        assert_ne!(token_ref, refresh_ref);
+        assert_eq!(
+            vault.get(&token_ref).await.unwrap().expose_secret(),
+            "hubspot-access-7f3a9c"
+        );
+        assert_eq!(
+            vault.get(&refresh_ref).await.unwrap().expose_secret(),
+            "hubspot-refresh-51d0e2"
+        );
+        let everything = stored(&db).await;
+        for secret in ["hubspot-access", "hubspot-refresh", "gmail-token", "7f3a9c"] {
+            assert!(
+                !everything.contains(secret),
+                "{secret} is stored in the clear"
+            );
+        }
+
+        assert!(vault.shred(crm).await.unwrap());
+        for reference in [&token_ref, &refresh_ref] {
+            match vault.get(reference).await {
+                Err(VaultError::Shredded(id)) => assert_eq!(id, crm.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(!vault.shred(crm).await.unwrap(), "nothing left to shred");
+        assert_eq!(
+            vault.get(&key_ref).await.unwrap().expose_secret(),
+            "gmail-token-a8b8c8",
+            "another integration keeps its secrets"
+        );
+        let unknown = domain::CredentialRef("vault:nonsense".into());
+        assert!(matches!(
+            vault.get(&unknown).await,
+            Err(VaultError::UnknownReference(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_ciphertext_moved_to_another_row_does_not_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        let vault = Vault::new(db.clone(), MasterKey::generate());
+        let id = IntegrationId::new();
+        let first = vault
+            .put(id, &SecretString::from("first".to_owned()))
+            .await
+            .unwrap();
+        let second = vault
+            .put(id, &SecretString::from("second".to_owned()))
+            .await
+            .unwrap();
+        // Someone with write access to the database copies one ciphertext over the other.
+        let copy = "UPDATE vault_secrets SET ciphertext = \
+                    (SELECT ciphertext FROM vault_secrets WHERE reference = $1) WHERE reference = $2";
+        match &db {
+            ReadDb::Sqlite(pool) => sqlx::query(copy)
+                .bind(&first.0)
+                .bind(&second.0)
+                .execute(pool)
+                .await
+                .map(drop)
+                .unwrap(),
+            ReadDb::Postgres(pool) => sqlx::query(copy)
+                .bind(&first.0)
+                .bind(&second.0)
+                .execute(pool)
+                .await
+                .map(drop)
+                .unwrap(),
+        }
+        assert!(matches!(
+            vault.get(&second).await,
+            Err(VaultError::Corrupt(_))
+        ));
+        assert_eq!(vault.get(&first).await.unwrap().expose_secret(), "first");
+    }
+}
+
+#[tokio::test]
+async fn rotating_the_master_key_rewraps_every_data_key_and_retires_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        let old = MasterKey::generate();
+        let old_text = old.to_base64();
+        let vault = Vault::new(db.clone(), old);
+        let mut references = Vec::new();
+        for n in 0..5 {
+            let secret = SecretString::from(format!("secret-{n}"));
+            references.push(vault.put(IntegrationId::new(), &secret).await.unwrap());
+        }
+        let new = MasterKey::generate();
+        let new_id = new.id().to_owned();
+        let (vault, rewrapped) = vault.rotate_master(new).await.unwrap();
+        assert_eq!(rewrapped, 5);
+        for (n, reference) in references.iter().enumerate() {
+            assert_eq!(
+                vault.get(reference).await.unwrap().expose_secret(),
+                &format!("secret-{n}")
+            );
+        }
+        assert!(stored(&db).await.contains(&new_id));
+        // The old key no longer opens anything, and says why.
+        let stale = Vault::new(
+            db.clone(),
+            MasterKey::from_base64(old_text.expose_secret()).unwrap(),
+        );
+        match stale.get(&references[0]).await {
+            Err(error @ VaultError::WrongMasterKey { .. }) => {
+                assert!(error.to_string().contains(&new_id));
+                assert!(!error.to_string().contains(old_text.expose_secret()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn the_master_key_file_is_created_private_and_a_readable_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let created = MasterKey::load_or_create(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = MasterKey::load_or_create(&path).unwrap();
+    assert_eq!(again.id(), created.id(), "the same key is read back");
+    assert!(
+        !format!("{created:?}").contains(created.to_base64().expose_secret()),
+        "Debug never shows the key"
+    );
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = MasterKey::load_or_create(&path).unwrap_err().to_string();
+    assert!(refused.contains("chmod 600"), "{refused}");
+    assert!(!refused.contains(created.to_base64().expose_secret()));
+
+    assert!(MasterKey::from_base64("not base64!").is_err());
+    assert!(MasterKey::from_base64("c2hvcnQ=")
+        .unwrap_err()
+        .to_string()
+        .contains("not 32"));
+}
