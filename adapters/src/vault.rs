@@ -243,6 +243,11 @@ impl Vault {
         Self { db, master }
     }
 
+    /// The master key it works with.
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master
+    }
+
     /// The data key of `integration`, created (and stored wrapped) on first use.
     async fn data_key(
         &self,

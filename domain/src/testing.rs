@@ -1,4 +1,5 @@
-//! A given / when / then harness for aggregates, in the manner of cqrs-es's `TestFramework`.
+//! A given / when / then harness for aggregates, in the manner of cqrs-es's `TestFramework`,
+//! and the callers and commands tests of every crate start from.
 //!
 //! ```
 //! # use domain::testing::Given;
@@ -11,8 +12,47 @@
 //! ```
 
 use crate::aggregate::{Aggregate, CommandContext};
+use crate::catalog::AppScope;
 use crate::error::DomainError;
+use crate::ids::{CredentialRef, IntegrationId};
+use crate::integration::ConnectIntegration;
 use crate::metadata::Metadata;
+use crate::principal::{Caller, Principal, Role};
+use crate::timestamp::Timestamp;
+
+/// `name` of workspace `acme` with `role`, now: the caller most tests act as.
+///
+/// # Panics
+/// When `name` is not a valid user id (a test's own mistake).
+#[allow(clippy::expect_used)]
+pub fn as_user(name: &str, role: Role) -> CommandContext {
+    CommandContext::new(
+        Caller::User(Principal {
+            user: name.parse().expect("a test names a valid user"),
+            workspace: "acme".parse().expect("acme is a valid workspace id"),
+            role,
+        }),
+        Timestamp::now(),
+    )
+}
+
+/// A connect of `app` in `scope` with `setup`, a fresh integration id and a test credential
+/// reference.
+pub fn connect_command(app: &str, scope: AppScope, setup: &[(&str, &str)]) -> ConnectIntegration {
+    ConnectIntegration {
+        integration: IntegrationId::new(),
+        app: app.into(),
+        scope,
+        setup: setup
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        granted_scopes: vec!["crm.objects.contacts.read".into()],
+        account_label: Some("sales@acme.com".into()),
+        credential_ref: CredentialRef("vault:test:1".into()),
+        token_expires_at: None,
+    }
+}
 
 /// The history an aggregate starts from, each event with the metadata it was recorded with.
 #[derive(Debug)]

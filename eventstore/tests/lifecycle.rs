@@ -7,24 +7,14 @@ use std::time::Duration;
 use domain::catalog::AppScope;
 use domain::integration::ConnectIntegration;
 use domain::policy::{PolicyChange, PolicyCommand};
+use domain::testing::{as_user, connect_command};
 use domain::{
-    Caller, CommandContext, CredentialRef, DomainError, Integration, IntegrationCommand,
-    IntegrationId, Principal, Role, Status, StreamName, Timestamp, WorkspacePolicy,
+    CommandContext, DomainError, Integration, IntegrationCommand, IntegrationId, Role, Status,
+    StreamName, Timestamp, WorkspacePolicy,
 };
 use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
 use eventstore::repository::{Repository, RepositoryError};
 use eventstore::{EventStore, SledEventStore};
-
-fn as_user(name: &str, role: Role) -> CommandContext {
-    CommandContext::new(
-        Caller::User(Principal {
-            user: name.parse().unwrap(),
-            workspace: "acme".parse().unwrap(),
-            role,
-        }),
-        Timestamp::now(),
-    )
-}
 
 fn member(name: &str) -> CommandContext {
     as_user(
@@ -36,16 +26,7 @@ fn member(name: &str) -> CommandContext {
 }
 
 fn command(app: &str, scope: AppScope) -> ConnectIntegration {
-    ConnectIntegration {
-        integration: IntegrationId::new(),
-        app: app.into(),
-        scope,
-        setup: Default::default(),
-        granted_scopes: vec![],
-        account_label: None,
-        credential_ref: CredentialRef("vault:x:1".into()),
-        token_expires_at: None,
-    }
+    connect_command(app, scope, &[])
 }
 
 fn open() -> (tempfile::TempDir, Arc<SledEventStore>) {

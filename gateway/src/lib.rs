@@ -1,9 +1,12 @@
 //! The gateway of Harmony Sync and the `harmony` binary's commands.
 //!
 //! `main.rs` only parses the command line; everything it runs lives here:
-//! [`Application`] opens the event log and serves HTTP, and [`cli`] holds the commands
-//! (`serve`, `bench`). At this stage the HTTP surface is the health check; the Marketplace
-//! API, the auditors' endpoints and the event stream are built on the same [`Application`].
+//! [`Application`] opens the event log, the read models and the credential vault, runs the
+//! projections and serves HTTP; [`cli`] holds the commands (`serve`, `bench`, `log copy`,
+//! `projections rebuild`, `vault rotate-master-key`), run by [`bench`](mod@bench), [`log`],
+//! [`read_models`] and [`vault`]. At this stage the HTTP surface is the health check; the
+//! Marketplace API, the auditors' endpoints and the event stream are built on the same
+//! [`Application`].
 
 pub mod bench;
 pub mod cli;

@@ -35,13 +35,12 @@ pub async fn rotate(args: &RotateArgs, out: &mut dyn std::io::Write) -> anyhow::
         anyhow::bail!("the new master key is the current one");
     }
     let db = open_read_db(storage.database_url.as_deref(), &storage.data_dir).await?;
-    let new_text = new.to_base64();
-    let new_id = new.id().to_owned();
-    let (_, rewrapped) = Vault::new(db.clone(), old)
+    let (vault, rewrapped) = Vault::new(db.clone(), old)
         .rotate_master(new)
         .await
         .context("while re-wrapping the data keys")?;
     db.close().await;
+    let new_id = vault.master_key().id();
     if from_env {
         writeln!(
             out,
@@ -51,8 +50,7 @@ pub async fn rotate(args: &RotateArgs, out: &mut dyn std::io::Write) -> anyhow::
         // The new key goes into place atomically: a new file beside it, then a rename.
         let next = path.with_extension("key.new");
         let _ = std::fs::remove_file(&next);
-        MasterKey::from_base64(secrecy::ExposeSecret::expose_secret(&new_text))?
-            .write_new(&next)?;
+        vault.master_key().write_new(&next)?;
         std::fs::rename(&next, &path)
             .with_context(|| format!("while putting the new key at {}", path.display()))?;
         writeln!(

@@ -147,12 +147,14 @@ fn serve_refuses_to_start_without_a_reachable_jetstream() {
     );
 }
 
-#[test]
-fn bench_json_prints_one_object_with_every_figure() {
-    let scratch = tempfile::tempdir().unwrap();
+/// Runs `harmony bench <args> --quick --json` and returns its report, checking that it
+/// succeeded and printed one JSON object and nothing else on standard output, and what it
+/// wrote on standard error.
+fn bench_json(args: &[&str]) -> (serde_json::Value, String) {
     let output = harmony()
-        .args(["bench", "eventstore", "--quick", "--json", "--dir"])
-        .arg(scratch.path())
+        .arg("bench")
+        .args(args)
+        .args(["--quick", "--json"])
         .output()
         .unwrap();
     assert!(
@@ -160,8 +162,14 @@ fn bench_json_prints_one_object_with_every_figure() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+    let report = serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+    (report, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn bench_json_prints_one_object_with_every_figure() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (report, stderr) = bench_json(&["eventstore", "--dir", scratch.path().to_str().unwrap()]);
     assert_eq!(report["suite"], "eventstore");
     assert_eq!(report["backend"], "sled");
     let names: Vec<&str> = report["figures"]
@@ -185,10 +193,7 @@ fn bench_json_prints_one_object_with_every_figure() {
         assert!(figure["raw"].as_f64().unwrap() > 0.0, "{figure}");
         assert!(figure["ratio"].as_f64().is_some(), "{figure}");
     }
-    assert!(
-        !String::from_utf8_lossy(&output.stderr).is_empty(),
-        "progress goes to standard error"
-    );
+    assert!(!stderr.is_empty(), "progress goes to standard error");
 }
 
 #[test]
@@ -197,19 +202,13 @@ fn bench_projections_rebuilds_on_both_databases_and_leaves_no_schema_behind() {
         .unwrap()
         .block_on(projections::test_support::postgres_database());
     let scratch = tempfile::tempdir().unwrap();
-    let output = harmony()
-        .args(["bench", "projections", "--quick", "--json", "--dir"])
-        .arg(scratch.path())
-        .args(["--database-url", &database])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+    let (report, _) = bench_json(&[
+        "projections",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--database-url",
+        &database,
+    ]);
     assert_eq!(report["suite"], "projections");
     assert_eq!(report["backend"], "sqlite and postgres");
     let figures = report["figures"].as_array().unwrap();
@@ -248,25 +247,13 @@ fn bench_projections_rebuilds_on_both_databases_and_leaves_no_schema_behind() {
 #[test]
 fn bench_on_jetstream_measures_beside_raw_publishes_and_cleans_up() {
     let nats = eventstore::nats_server::TestNats::shared();
-    let output = harmony()
-        .args([
-            "bench",
-            "eventstore",
-            "--quick",
-            "--json",
-            "--backend",
-            "jetstream",
-        ])
-        .args(["--nats-url", &nats.url])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+    let (report, _) = bench_json(&[
+        "eventstore",
+        "--backend",
+        "jetstream",
+        "--nats-url",
+        &nats.url,
+    ]);
     assert!(
         report["backend"]
             .as_str()
@@ -426,31 +413,15 @@ fn bad_arguments_are_refused_with_a_message_and_a_failure_exit() {
 /// Connects `apps` (one integration each, workspace acme, by admin ada) on `store`: HubSpot
 /// for the workspace, the others (Gmail, Google Calendar) as ada's own.
 async fn connect_apps(store: std::sync::Arc<dyn eventstore::EventStore>, apps: &[&str]) {
-    use domain::{Caller, CommandContext, Principal, Role, Timestamp};
     let repository = eventstore::repository::Repository::new(store);
-    let ada = CommandContext::new(
-        Caller::User(Principal {
-            user: "ada".parse().unwrap(),
-            workspace: "acme".parse().unwrap(),
-            role: Role::Admin,
-        }),
-        Timestamp::now(),
-    );
+    let ada = domain::testing::as_user("ada", domain::Role::Admin);
     for app in apps {
-        let command = domain::integration::ConnectIntegration {
-            integration: domain::IntegrationId::new(),
-            app: (*app).into(),
-            scope: if *app == "hubspot" {
-                domain::catalog::AppScope::Workspace
-            } else {
-                domain::catalog::AppScope::Personal
-            },
-            setup: Default::default(),
-            granted_scopes: vec![],
-            account_label: None,
-            credential_ref: domain::CredentialRef(format!("vault:{app}")),
-            token_expires_at: None,
+        let scope = if *app == "hubspot" {
+            domain::catalog::AppScope::Workspace
+        } else {
+            domain::catalog::AppScope::Personal
         };
+        let command = domain::testing::connect_command(app, scope, &[]);
         eventstore::lifecycle::connect(
             &repository,
             &ada,

@@ -430,7 +430,9 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// Times `sizes.queries` Installed pages and as many sync-logs pages on `db`: a random
-/// workspace or integration, a random filter, half of them the page after the first.
+/// workspace or integration, a random filter, half of them a page reached through a cursor
+/// (after a first page of 50 rows of Installed, of 3 runs of the sync logs, since an
+/// integration has only a few runs).
 async fn time_queries(
     db: &ReadDb,
     integrations: &[Generated],

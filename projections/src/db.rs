@@ -287,6 +287,23 @@ pub async fn checkpoint(db: &ReadDb, name: &str) -> Result<u64, ReadDbError> {
     Ok(position.map_or(0, |p| u64::try_from(p).unwrap_or(0)))
 }
 
+/// A row type that reads from either database.
+pub(crate) trait EitherRow:
+    for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+    + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+    + Send
+    + Unpin
+{
+}
+
+impl<T> EitherRow for T where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + Send
+        + Unpin
+{
+}
+
 /// A parameter of a query built at run time.
 #[derive(Clone, Debug)]
 pub(crate) enum Bind {
@@ -401,10 +418,7 @@ impl WriteTx {
         keys: &[String],
     ) -> Result<Vec<T>, ReadDbError>
     where
-        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
-            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-            + Send
-            + Unpin,
+        T: EitherRow,
     {
         let mut out = Vec::new();
         for chunk in chunks(keys, MAX_BINDS) {
@@ -452,10 +466,7 @@ pub(crate) async fn fetch_all<T>(
     binds: &[Bind],
 ) -> Result<Vec<T>, ReadDbError>
 where
-    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
-        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-        + Send
-        + Unpin,
+    T: EitherRow,
 {
     macro_rules! run {
         ($pool:expr) => {{

@@ -302,11 +302,6 @@ pub(crate) async fn flush(
     Ok(())
 }
 
-/// The position Installed has applied up to, 0 before anything.
-pub async fn checkpoint(db: &ReadDb) -> Result<u64, ReadDbError> {
-    crate::db::checkpoint(db, NAME).await
-}
-
 /// A row as stored: `actions` still JSON text.
 #[derive(sqlx::FromRow)]
 struct Stored {

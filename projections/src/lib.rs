@@ -1,6 +1,8 @@
 //! Read models of Harmony Sync, derived from the event log.
 //!
-//! Nothing here is the truth: every table can be dropped and rebuilt from the log.
+//! Nothing here is the truth: every read-model table can be dropped and rebuilt from the log.
+//! (The same database also holds the credential vault's tables, `adapters`' own: migration
+//! `0003_vault.sql` is here so that one migrator serves the whole database.)
 //!
 //! - [`db`]: the read database, SQLite (a file under the data directory, WAL) or PostgreSQL,
 //!   with its migrations.
@@ -12,6 +14,7 @@
 //!   checkpoint in one transaction, so a crash never applies an event twice or skips one; on
 //!   PostgreSQL under a lease, so that of several processes exactly one writes each model.
 //! - [`rebuild`]: replays the log from position 0 into fresh tables and swaps them in at once.
+//! - [`bench`](mod@bench): the `harmony bench projections` suite.
 
 pub mod bench;
 pub mod db;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::catalog::AppScope;
-use domain::integration::{ConnectIntegration, ExpiryReason, RecordCounts, SyncKind};
+use domain::integration::{ExpiryReason, RecordCounts, SyncKind};
 use domain::{
     CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Role, StreamName, SyncId,
     Timestamp,
@@ -30,16 +30,7 @@ async fn connect(
     app: &str,
     scope: AppScope,
 ) -> IntegrationId {
-    let command = ConnectIntegration {
-        integration: IntegrationId::new(),
-        app: app.into(),
-        scope,
-        setup: Default::default(),
-        granted_scopes: vec![],
-        account_label: Some("Acme".into()),
-        credential_ref: CredentialRef("vault:x:1".into()),
-        token_expires_at: None,
-    };
+    let command = domain::testing::connect_command(app, scope, &[]);
     lifecycle::connect(repository, ctx, command, DEFAULT_ABANDON_AFTER)
         .await
         .unwrap()
@@ -576,7 +567,7 @@ async fn rebuild(kind: &str) {
         assert_eq!(rebuilt, logs);
     }
     assert_eq!(
-        installed::checkpoint(&fresh).await.unwrap(),
+        Projection::Installed.checkpoint(&fresh).await.unwrap(),
         all.last().unwrap().position
     );
 }

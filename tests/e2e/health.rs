@@ -35,10 +35,8 @@ async fn a_stopped_server_releases_its_log_for_the_next_start() {
 #[tokio::test]
 async fn the_read_models_catch_up_with_a_log_written_before_the_start() {
     use domain::catalog::AppScope;
-    use domain::integration::ConnectIntegration;
-    use domain::{
-        Caller, CommandContext, CredentialRef, IntegrationId, Principal, Role, Timestamp,
-    };
+    use domain::testing::{as_user, connect_command};
+    use domain::Role;
 
     let data_dir = tempfile::tempdir().unwrap();
     {
@@ -50,24 +48,8 @@ async fn the_read_models_catch_up_with_a_log_written_before_the_start() {
             ("hubspot", AppScope::Workspace, "ada"),
             ("gmail", AppScope::Personal, "max"),
         ] {
-            let caller = CommandContext::new(
-                Caller::User(Principal {
-                    user: user.parse().unwrap(),
-                    workspace: "acme".parse().unwrap(),
-                    role: Role::Admin,
-                }),
-                Timestamp::now(),
-            );
-            let command = ConnectIntegration {
-                integration: IntegrationId::new(),
-                app: app.into(),
-                scope,
-                setup: Default::default(),
-                granted_scopes: vec![],
-                account_label: None,
-                credential_ref: CredentialRef("vault:x:1".into()),
-                token_expires_at: None,
-            };
+            let caller = as_user(user, Role::Admin);
+            let command = connect_command(app, scope, &[]);
             eventstore::lifecycle::connect(
                 &repository,
                 &caller,

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use domain::catalog::AppScope;
-use domain::integration::{ConnectIntegration, IntegrationConnected, Scope};
+use domain::integration::{IntegrationConnected, Scope};
+#[allow(unused_imports)]
+pub use domain::testing::{as_user, connect_command};
 use domain::{
     Actor, Caller, CommandContext, CredentialRef, IntegrationEvent, IntegrationId, Metadata,
     Principal, Role, Timestamp, UserId, WorkspaceId,
@@ -16,17 +17,6 @@ pub fn ws() -> WorkspaceId {
 
 pub fn user(name: &str) -> UserId {
     name.parse().unwrap()
-}
-
-pub fn as_user(name: &str, role: Role) -> CommandContext {
-    CommandContext::new(
-        Caller::User(Principal {
-            user: user(name),
-            workspace: ws(),
-            role,
-        }),
-        Timestamp::now(),
-    )
 }
 
 pub fn admin() -> CommandContext {
@@ -78,22 +68,6 @@ pub fn meta() -> Metadata {
         correlation_id: uuid::Uuid::now_v7(),
         causation_id: None,
         occurred_at: Timestamp::now(),
-    }
-}
-
-pub fn connect_command(app: &str, scope: AppScope, setup: &[(&str, &str)]) -> ConnectIntegration {
-    ConnectIntegration {
-        integration: IntegrationId::new(),
-        app: app.into(),
-        scope,
-        setup: setup
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        granted_scopes: vec!["crm.objects.contacts.read".into()],
-        account_label: Some("sales@acme.com".into()),
-        credential_ref: CredentialRef("vault:test:1".into()),
-        token_expires_at: None,
     }
 }
 

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use domain::catalog::AppScope;
-use domain::integration::{ConnectIntegration, RecordCounts, SyncKind};
+use domain::integration::{RecordCounts, SyncKind};
+use domain::testing::connect_command;
 use domain::{
-    Caller, CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Principal, Role,
-    StreamName, SyncId, Timestamp,
+    Caller, CommandContext, IntegrationCommand, IntegrationId, Role, StreamName, SyncId, Timestamp,
 };
 use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
 use eventstore::repository::Repository;
@@ -16,17 +16,7 @@ use eventstore::EventStore;
 use projections::sync_runs::{self, Filter};
 use projections::{installed, ReadDb};
 
-/// `user` of workspace acme with `role`.
-pub fn as_user(name: &str, role: Role) -> CommandContext {
-    CommandContext::new(
-        Caller::User(Principal {
-            user: name.parse().unwrap(),
-            workspace: "acme".parse().unwrap(),
-            role,
-        }),
-        Timestamp::now(),
-    )
-}
+pub use domain::testing::as_user;
 
 /// The service itself (workers, adapters).
 pub fn system() -> CommandContext {
@@ -89,17 +79,8 @@ pub async fn write_log(
 ) -> Vec<IntegrationId> {
     let repository = Repository::new(store);
     let mut ids = Vec::new();
-    for n in 0..integrations {
-        let command = ConnectIntegration {
-            integration: IntegrationId::new(),
-            app: "hubspot".into(),
-            scope: AppScope::Workspace,
-            setup: Default::default(),
-            granted_scopes: vec![],
-            account_label: None,
-            credential_ref: CredentialRef(format!("vault:x:{n}")),
-            token_expires_at: None,
-        };
+    for _ in 0..integrations {
+        let command = connect_command("hubspot", AppScope::Workspace, &[]);
         // One connection per app per workspace: each integration in its own workspace slot is
         // not possible, so the previous one is disconnected first.
         if let Some(previous) = ids.last() {
