@@ -9,4 +9,9 @@
 //! CalDAV) and the sync and action workers that react to events. Nothing here may be depended
 //! on by `domain` or `eventstore`.
 
+#[cfg(feature = "fakes")]
+pub mod fakes;
+pub mod http;
+pub mod provider;
+pub mod providers;
 pub mod vault;

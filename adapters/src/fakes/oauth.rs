@@ -1,0 +1,399 @@
+//! The authorization server half of a fake provider (RFC 6749 code flow with RFC 7636 PKCE,
+//! refresh, RFC 7009 revocation), with each provider's deltas: whether a refresh returns a
+//! refresh token and whether it rotates, whether `expires_in` is sent, what a dead refresh
+//! token's error body carries.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use axum::extract::Query;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Json;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::token;
+
+/// How one provider's token endpoint behaves.
+#[derive(Clone, Debug)]
+pub struct TokenPolicy {
+    pub client_id: String,
+    pub client_secret: String,
+    /// Seconds an access token lives; `None` omits `expires_in` (Salesforce).
+    pub expires_in: Option<u64>,
+    /// A refresh answer carries a refresh token.
+    pub refresh_returns_token: bool,
+    /// A refresh invalidates the refresh token it spent (Zendesk).
+    pub rotate: bool,
+    /// Extra members of a dead-refresh-token error body (HubSpot's `status`).
+    pub invalid_grant_extra: Map<String, Value>,
+    /// Extra members of every token answer (Salesforce's `instance_url`, HubSpot's `hub_id`).
+    pub token_extra: Map<String, Value>,
+}
+
+#[derive(Debug)]
+struct PendingCode {
+    redirect_uri: String,
+    challenge: Option<String>,
+    scopes: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    codes: HashMap<String, PendingCode>,
+    access: HashMap<String, Vec<String>>,
+    refresh: HashMap<String, Vec<String>>,
+    /// Access tokens that answer as expired.
+    expired: HashSet<String>,
+    revoked_all: bool,
+    refreshes: u64,
+    spent_refresh_reuse: u64,
+    spent: HashSet<String>,
+}
+
+/// Tokens issued by one fake provider.
+#[derive(Debug)]
+pub struct AuthServer {
+    pub policy: TokenPolicy,
+    registry: Mutex<Registry>,
+}
+
+/// Why a bearer token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Missing,
+    Expired,
+    Invalid,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuthorizeQuery {
+    pub client_id: String,
+    pub redirect_uri: String,
+    #[serde(default)]
+    pub scope: String,
+    pub state: String,
+    #[serde(default)]
+    pub response_type: Option<String>,
+    #[serde(default)]
+    pub code_challenge: Option<String>,
+    #[serde(default)]
+    pub code_challenge_method: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TokenForm {
+    pub grant_type: Option<String>,
+    pub code: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub code_verifier: Option<String>,
+    pub refresh_token: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub token: Option<String>,
+}
+
+impl AuthServer {
+    pub fn new(policy: TokenPolicy) -> Self {
+        Self {
+            policy,
+            registry: Mutex::default(),
+        }
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().expect("fake token registry lock")
+    }
+
+    /// Issues a grant directly, as if a user had consented: `(access, refresh)`.
+    pub fn issue(&self, scopes: &[&str]) -> (String, String) {
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let mut registry = self.registry();
+        let access = token("at");
+        let refresh = token("rt");
+        registry.access.insert(access.clone(), scopes.clone());
+        registry.refresh.insert(refresh.clone(), scopes);
+        (access, refresh)
+    }
+
+    /// Every access token issued so far answers as expired; refreshing gives a working one.
+    pub fn expire_access_tokens(&self) {
+        let mut registry = self.registry();
+        let issued: Vec<String> = registry.access.keys().cloned().collect();
+        registry.expired.extend(issued);
+    }
+
+    /// The user revoked the app: every token is refused, refresh answers `invalid_grant`.
+    pub fn revoke_everything(&self) {
+        let mut registry = self.registry();
+        registry.revoked_all = true;
+        registry.access.clear();
+        registry.refresh.clear();
+    }
+
+    /// How many refreshes succeeded.
+    pub fn refreshes(&self) -> u64 {
+        self.registry().refreshes
+    }
+
+    /// How many times a spent (rotated or revoked) refresh token was presented again.
+    pub fn spent_refresh_reuse(&self) -> u64 {
+        self.registry().spent_refresh_reuse
+    }
+
+    /// Whether this refresh token still works.
+    pub fn refresh_token_alive(&self, refresh: &str) -> bool {
+        self.registry().refresh.contains_key(refresh)
+    }
+
+    /// Checks an `Authorization: Bearer` header.
+    pub fn check_bearer(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let token = headers
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
+            .ok_or(Refusal::Missing)?;
+        let registry = self.registry();
+        if registry.expired.contains(token) {
+            return Err(Refusal::Expired);
+        }
+        if registry.access.contains_key(token) {
+            Ok(())
+        } else {
+            Err(Refusal::Invalid)
+        }
+    }
+
+    /// The browser step: consent is given at once and the browser is sent back with a code.
+    pub fn authorize(&self, query: AuthorizeQuery) -> Response {
+        if query.client_id != self.policy.client_id {
+            return (StatusCode::BAD_REQUEST, "unknown client_id").into_response();
+        }
+        if query.response_type.as_deref().is_some_and(|t| t != "code") {
+            return (StatusCode::BAD_REQUEST, "unsupported response_type").into_response();
+        }
+        if query
+            .code_challenge_method
+            .as_deref()
+            .is_some_and(|method| method != "S256")
+        {
+            return (StatusCode::BAD_REQUEST, "only S256 code challenges").into_response();
+        }
+        let code = token("code");
+        let scopes = query
+            .scope
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        self.registry().codes.insert(
+            code.clone(),
+            PendingCode {
+                redirect_uri: query.redirect_uri.clone(),
+                challenge: query.code_challenge,
+                scopes,
+            },
+        );
+        let mut target = match url::Url::parse(&query.redirect_uri) {
+            Ok(url) => url,
+            Err(_) => return (StatusCode::BAD_REQUEST, "bad redirect_uri").into_response(),
+        };
+        target
+            .query_pairs_mut()
+            .append_pair("code", &code)
+            .append_pair("state", &query.state);
+        Redirect::to(target.as_str()).into_response()
+    }
+
+    /// The token endpoint: `authorization_code` and `refresh_token` grants, client
+    /// credentials in the body or in Basic auth.
+    pub fn token(&self, headers: &HeaderMap, form: TokenForm) -> Response {
+        if !self.client_authenticated(headers, &form) {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+                &Map::new(),
+            );
+        }
+        match form.grant_type.as_deref() {
+            Some("authorization_code") => self.exchange(form),
+            Some("refresh_token") => self.refresh(form),
+            _ => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type must be authorization_code or refresh_token",
+                &Map::new(),
+            ),
+        }
+    }
+
+    /// RFC 7009: 200 whether or not the token was known.
+    pub fn revoke(&self, token: &str) -> Response {
+        let mut registry = self.registry();
+        if let Some(scopes) = registry.refresh.remove(token) {
+            drop(scopes);
+            registry.spent.insert(token.to_owned());
+            // Revoking the refresh token ends the whole grant, access tokens included.
+            registry.access.clear();
+        }
+        registry.access.remove(token);
+        StatusCode::OK.into_response()
+    }
+
+    fn client_authenticated(&self, headers: &HeaderMap, form: &TokenForm) -> bool {
+        let from_basic = headers
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Basic "))
+            .and_then(|encoded| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .ok()
+            })
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|pair| {
+                pair.split_once(':')
+                    .map(|(id, secret)| (id.to_owned(), secret.to_owned()))
+            });
+        let (id, secret) = match from_basic {
+            Some(pair) => pair,
+            None => (
+                form.client_id.clone().unwrap_or_default(),
+                form.client_secret.clone().unwrap_or_default(),
+            ),
+        };
+        id == self.policy.client_id && secret == self.policy.client_secret
+    }
+
+    fn exchange(&self, form: TokenForm) -> Response {
+        let invalid = |detail: &str| {
+            oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                detail,
+                &self.policy.invalid_grant_extra,
+            )
+        };
+        let mut registry = self.registry();
+        // A code is single-use: it is gone whether or not this exchange succeeds.
+        let Some(pending) = form
+            .code
+            .as_deref()
+            .and_then(|code| registry.codes.remove(code))
+        else {
+            return invalid("authorization code is invalid, expired or already used");
+        };
+        if form.redirect_uri.as_deref() != Some(pending.redirect_uri.as_str()) {
+            return invalid("redirect_uri does not match the authorization request");
+        }
+        if let Some(challenge) = &pending.challenge {
+            let verified = form.code_verifier.as_deref().is_some_and(|verifier| {
+                let digest = Sha256::digest(verifier.as_bytes());
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest) == *challenge
+            });
+            if !verified {
+                return invalid("code_verifier does not match the code challenge");
+            }
+        }
+        let access = token("at");
+        let refresh = token("rt");
+        registry
+            .access
+            .insert(access.clone(), pending.scopes.clone());
+        registry
+            .refresh
+            .insert(refresh.clone(), pending.scopes.clone());
+        drop(registry);
+        self.token_answer(&access, Some(&refresh), &pending.scopes)
+    }
+
+    fn refresh(&self, form: TokenForm) -> Response {
+        let mut registry = self.registry();
+        let presented = form.refresh_token.unwrap_or_default();
+        let Some(scopes) = registry.refresh.get(&presented).cloned() else {
+            if registry.spent.contains(&presented) {
+                registry.spent_refresh_reuse += 1;
+            }
+            let detail = if registry.revoked_all {
+                "refresh token is invalid, expired or revoked"
+            } else {
+                "missing or invalid refresh token"
+            };
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                detail,
+                &self.policy.invalid_grant_extra,
+            );
+        };
+        registry.refreshes += 1;
+        let access = token("at");
+        registry.access.insert(access.clone(), scopes.clone());
+        let returned = if self.policy.rotate {
+            registry.refresh.remove(&presented);
+            registry.spent.insert(presented);
+            let fresh = token("rt");
+            registry.refresh.insert(fresh.clone(), scopes.clone());
+            Some(fresh)
+        } else if self.policy.refresh_returns_token {
+            Some(presented)
+        } else {
+            None
+        };
+        drop(registry);
+        self.token_answer(&access, returned.as_deref(), &scopes)
+    }
+
+    fn token_answer(&self, access: &str, refresh: Option<&str>, scopes: &[String]) -> Response {
+        let mut body = Map::new();
+        body.insert("access_token".into(), json!(access));
+        body.insert("token_type".into(), json!("bearer"));
+        if let Some(seconds) = self.policy.expires_in {
+            body.insert("expires_in".into(), json!(seconds));
+        }
+        if let Some(refresh) = refresh {
+            body.insert("refresh_token".into(), json!(refresh));
+        }
+        body.insert("scope".into(), json!(scopes.join(" ")));
+        for (key, value) in &self.policy.token_extra {
+            body.insert(key.clone(), value.clone());
+        }
+        (
+            StatusCode::OK,
+            [("cache-control", "no-store"), ("pragma", "no-cache")],
+            Json(Value::Object(body)),
+        )
+            .into_response()
+    }
+}
+
+fn oauth_error(
+    status: StatusCode,
+    error: &str,
+    description: &str,
+    extra: &Map<String, Value>,
+) -> Response {
+    let mut body = Map::new();
+    body.insert("error".into(), json!(error));
+    body.insert("error_description".into(), json!(description));
+    for (key, value) in extra {
+        body.insert(key.clone(), value.clone());
+    }
+    (
+        status,
+        [("cache-control", "no-store")],
+        Json(Value::Object(body)),
+    )
+        .into_response()
+}
+
+/// The authorize route's query, for routers.
+pub type AuthorizeParams = Query<AuthorizeQuery>;

@@ -1,0 +1,409 @@
+//! HTTP to providers: retries with jittered exponential backoff inside a time budget, the
+//! provider's rate-limit signals honoured (`Retry-After`, HubSpot's `X-HubSpot-RateLimit-*`),
+//! and every failure classified into a [`ProviderError`] that says whether trying again helps.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+
+/// Why a provider call did not give what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider refused the access token (HTTP 401): refresh it, or reauthenticate.
+    #[error("the provider refused the credentials: {detail}")]
+    Unauthorized { detail: String },
+    /// The token endpoint answered `invalid_grant`: the refresh token is dead.
+    #[error("the provider refused the refresh token: {detail}")]
+    InvalidGrant { detail: String },
+    /// The provider understood and refused the request; its reason in words.
+    #[error("the provider refused the request (HTTP {status}): {detail}")]
+    Rejected { status: u16, detail: String },
+    /// Still rate limited when the retry budget ran out.
+    #[error("the provider's rate limit held past the retry budget: {detail}")]
+    RateLimited { detail: String },
+    /// 5xx, timeouts or connection failures past the retry budget.
+    #[error("the provider is unavailable: {detail}")]
+    Unavailable { detail: String },
+    /// The incremental cursor is no longer valid (e.g. Google's 410 Gone): a full sync is needed.
+    #[error("the provider no longer accepts the sync cursor: {detail}")]
+    StaleCursor { detail: String },
+    /// The answer did not have the documented shape.
+    #[error("unexpected answer from the provider: {detail}")]
+    Protocol { detail: String },
+    /// Something about the connection itself is missing (a setup field, a credential).
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+impl ProviderError {
+    /// Whether the same call may succeed later without anyone doing anything.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::RateLimited { .. } | ProviderError::Unavailable { .. }
+        )
+    }
+
+    /// A stable code for sync logs and action results.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProviderError::Unauthorized { .. } => "unauthorized",
+            ProviderError::InvalidGrant { .. } => "invalid_grant",
+            ProviderError::Rejected { .. } => "rejected",
+            ProviderError::RateLimited { .. } => "rate_limited",
+            ProviderError::Unavailable { .. } => "unavailable",
+            ProviderError::StaleCursor { .. } => "stale_cursor",
+            ProviderError::Protocol { .. } => "protocol",
+            ProviderError::Misconfigured(_) => "misconfigured",
+        }
+    }
+
+    pub(crate) fn protocol(detail: impl std::fmt::Display) -> Self {
+        ProviderError::Protocol {
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// How hard a call is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first backoff's upper bound; each retry doubles it.
+    pub base: Duration,
+    /// No single wait is longer than this (a longer `Retry-After` is a failure).
+    pub max_delay: Duration,
+    /// Retries stop once waiting again would end past this much time since the first attempt.
+    pub budget: Duration,
+    /// One attempt's time limit.
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(250),
+            max_delay: Duration::from_secs(30),
+            budget: Duration::from_secs(120),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A client for one provider connection. Clones share the rate-limit state, so every call of
+/// one integration waits when the provider said its window is used up.
+#[derive(Clone, Debug)]
+pub struct ProviderHttp {
+    client: reqwest::Client,
+    policy: RetryPolicy,
+    paused_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl ProviderHttp {
+    pub fn new(client: reqwest::Client, policy: RetryPolicy) -> Self {
+        Self {
+            client,
+            policy,
+            paused_until: Arc::default(),
+        }
+    }
+
+    /// A client that follows no redirects (a token or API call must not be sent elsewhere) and
+    /// names itself.
+    pub fn default_client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("harmony-sync/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .expect("a client with static settings builds")
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn policy(&self) -> RetryPolicy {
+        self.policy
+    }
+
+    /// Sends the request `build` makes, again after transient failures, and returns the first
+    /// response that is not a retryable failure. A success or a non-retryable status comes
+    /// back as is: the provider module reads its own error shapes.
+    pub async fn send(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, ProviderError> {
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            self.wait_for_window().await;
+            let outcome = build(&self.client)
+                .timeout(self.policy.timeout)
+                .send()
+                .await;
+            let (wait, failure) = match outcome {
+                Ok(response) => {
+                    self.note_rate_limit(response.headers());
+                    let status = response.status();
+                    if !is_transient(status) {
+                        return Ok(response);
+                    }
+                    let told = retry_after(response.headers());
+                    let body = response.text().await.unwrap_or_default();
+                    let detail = format!("HTTP {}: {}", status.as_u16(), error_detail(&body));
+                    let failure = if status == StatusCode::TOO_MANY_REQUESTS {
+                        ProviderError::RateLimited { detail }
+                    } else {
+                        ProviderError::Unavailable { detail }
+                    };
+                    (told, failure)
+                }
+                Err(error) => (
+                    None,
+                    ProviderError::Unavailable {
+                        detail: describe_transport_error(error),
+                    },
+                ),
+            };
+            let delay = match wait {
+                Some(told) if told > self.policy.max_delay => return Err(failure),
+                Some(told) => told + jitter(Duration::from_millis(100)),
+                None => jitter(self.backoff_bound(attempt)),
+            };
+            if started.elapsed() + delay > self.policy.budget {
+                return Err(failure);
+            }
+            tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, %failure, "retrying a provider call");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// Sends, then reads a JSON body from a success; any other status becomes an error with
+    /// the provider's own words.
+    pub async fn json(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Value, ProviderError> {
+        let response = self.send(build).await?;
+        let response = check(response).await?;
+        response
+            .json::<Value>()
+            .await
+            .map_err(|error| ProviderError::protocol(format!("the body is not JSON: {error}")))
+    }
+
+    fn backoff_bound(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX);
+        self.policy
+            .base
+            .saturating_mul(factor)
+            .min(self.policy.max_delay)
+    }
+
+    async fn wait_for_window(&self) {
+        let until = *self.paused_until.lock().expect("rate-limit state lock");
+        if let Some(until) = until {
+            let now = Instant::now();
+            if until > now {
+                tokio::time::sleep(until - now).await;
+            }
+        }
+    }
+
+    /// HubSpot says how many calls remain in its window; at zero the next call waits for the
+    /// window to end rather than earn a 429.
+    fn note_rate_limit(&self, headers: &HeaderMap) {
+        let remaining = header_u64(headers, "x-hubspot-ratelimit-remaining");
+        let interval = header_u64(headers, "x-hubspot-ratelimit-interval-milliseconds");
+        if let (Some(0), Some(interval)) = (remaining, interval) {
+            let until = Instant::now() + Duration::from_millis(interval.min(60_000));
+            *self.paused_until.lock().expect("rate-limit state lock") = Some(until);
+        }
+    }
+}
+
+fn is_transient(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 423 | 477 | 500 | 502 | 503 | 504)
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let format = time::format_description::well_known::Rfc2822;
+    let at = time::OffsetDateTime::parse(value, &format).ok()?;
+    let wait = at - time::OffsetDateTime::now_utc();
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+}
+
+fn jitter(bound: Duration) -> Duration {
+    let millis = bound.as_millis().min(u128::from(u64::MAX)) as u64;
+    if millis == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+fn describe_transport_error(error: reqwest::Error) -> String {
+    // The URL may carry a token in its query (Google revoke): say what failed, not where.
+    let error = error.without_url();
+    if error.is_timeout() {
+        "the provider did not answer in time".to_owned()
+    } else if error.is_connect() {
+        "could not reach the provider".to_owned()
+    } else {
+        format!("the call failed: {error}")
+    }
+}
+
+/// Turns a non-success response into the matching error, with the provider's words.
+pub async fn check(response: Response) -> Result<Response, ProviderError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    Err(status_error(status, &body))
+}
+
+/// The error a non-success status and body mean, in any provider's shape.
+pub fn status_error(status: StatusCode, body: &str) -> ProviderError {
+    let detail = error_detail(body);
+    match status.as_u16() {
+        401 => ProviderError::Unauthorized { detail },
+        410 => ProviderError::StaleCursor { detail },
+        429 => ProviderError::RateLimited { detail },
+        code if code >= 500 => ProviderError::Unavailable { detail },
+        code => {
+            if body_error_code(body).as_deref() == Some("invalid_grant") {
+                ProviderError::InvalidGrant { detail }
+            } else {
+                ProviderError::Rejected {
+                    status: code,
+                    detail,
+                }
+            }
+        }
+    }
+}
+
+fn body_error_code(body: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    value.get("error")?.as_str().map(str::to_owned)
+}
+
+/// The provider's own explanation from an error body, whatever its shape: `message`,
+/// `error_description`, `error.message`, `[{"message"}]`, `description`, or the text itself.
+pub fn error_detail(body: &str) -> String {
+    const LIMIT: usize = 300;
+    let text = match serde_json::from_str::<Value>(body) {
+        Ok(value) => json_message(&value).unwrap_or_else(|| body.to_owned()),
+        Err(_) => body.trim().to_owned(),
+    };
+    let text = if text.is_empty() {
+        "no explanation given".to_owned()
+    } else {
+        text
+    };
+    if text.len() > LIMIT {
+        let mut cut = LIMIT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}…", &text[..cut])
+    } else {
+        text
+    }
+}
+
+fn json_message(value: &Value) -> Option<String> {
+    if let Some(first) = value.as_array().and_then(|items| items.first()) {
+        return json_message(first);
+    }
+    for key in ["error_description", "message", "description", "detail"] {
+        if let Some(text) = value.get(key).and_then(Value::as_str) {
+            return Some(text.to_owned());
+        }
+    }
+    match value.get("error") {
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(nested @ Value::Object(_)) => json_message(nested),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_detail_reads_every_shape_providers_use() {
+        assert_eq!(
+            error_detail(
+                r#"{"status":"error","message":"Contact already exists. Existing ID: 777"}"#
+            ),
+            "Contact already exists. Existing ID: 777"
+        );
+        assert_eq!(
+            error_detail(
+                r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#
+            ),
+            "Session expired or invalid"
+        );
+        assert_eq!(
+            error_detail(r#"{"error":{"code":410,"message":"Sync token is no longer valid"}}"#),
+            "Sync token is no longer valid"
+        );
+        assert_eq!(
+            error_detail(
+                r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#
+            ),
+            "Token has been expired or revoked."
+        );
+        assert_eq!(error_detail("  plain words "), "plain words");
+        assert_eq!(error_detail(""), "no explanation given");
+        assert!(error_detail(&"x".repeat(1000)).chars().count() <= 301);
+    }
+
+    #[test]
+    fn statuses_map_to_what_the_caller_can_do() {
+        assert!(matches!(
+            status_error(StatusCode::BAD_REQUEST, r#"{"error":"invalid_grant"}"#),
+            ProviderError::InvalidGrant { .. }
+        ));
+        assert!(matches!(
+            status_error(StatusCode::UNAUTHORIZED, "{}"),
+            ProviderError::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            status_error(StatusCode::GONE, "{}"),
+            ProviderError::StaleCursor { .. }
+        ));
+        assert!(status_error(StatusCode::BAD_GATEWAY, "").retryable());
+        assert!(!status_error(StatusCode::CONFLICT, "").retryable());
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "7".parse().expect("header"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("header"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+    }
+}
