@@ -4,14 +4,36 @@
 //!   wrapped by a master key, so that shredding an integration destroys its secrets while its
 //!   history stays auditable.
 //!
-//! Still to come here: OAuth2 (authorization code with PKCE, refresh) and API-key connections,
-//! the provider clients (HubSpot, Salesforce, Google Calendar, Gmail, Zendesk, Twilio, Todoist,
-//! CalDAV) and the sync and action workers that react to events. Nothing here may be depended
-//! on by `domain` or `eventstore`.
+//! - [`oauth`]: the authorization-code flow with PKCE and single-use states, refresh and
+//!   revocation, on the `oauth2` crate; [`credentials`]: credentials read from the vault and
+//!   refreshed single-flight across processes.
+//! - [`provider`]: the `Provider` trait every client implements; [`providers`]: the clients;
+//!   [`http`]: retries, backoff and rate limits shared by all of them.
+//! - [`sync`]: the sync worker; [`lease`]: leases in the service's database.
+//! - [`fakes`] (feature `fakes`): local servers speaking each provider's wire format, with
+//!   switchable faults; [`bench`]: `harmony bench sync`.
+//!
+//! Nothing here may be depended on by `domain` or `eventstore`.
 
+/// Runs `$body` with `$pool` bound to whichever database `$db` is.
+macro_rules! on_db {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            projections::ReadDb::Sqlite($pool) => $body,
+            projections::ReadDb::Postgres($pool) => $body,
+        }
+    };
+}
+
+#[cfg(feature = "fakes")]
+pub mod bench;
+pub mod credentials;
 #[cfg(feature = "fakes")]
 pub mod fakes;
 pub mod http;
+pub mod lease;
+pub mod oauth;
 pub mod provider;
 pub mod providers;
+pub mod sync;
 pub mod vault;

@@ -215,15 +215,6 @@ fn secret_aad(reference: &str) -> String {
 }
 
 /// Runs the same statements on either database's pool or transaction.
-macro_rules! on_db {
-    ($db:expr, |$pool:ident| $body:expr) => {
-        match $db {
-            ReadDb::Sqlite($pool) => $body,
-            ReadDb::Postgres($pool) => $body,
-        }
-    };
-}
-
 /// The vault on the service's database.
 pub struct Vault {
     db: ReadDb,

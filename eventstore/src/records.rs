@@ -485,7 +485,12 @@ fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
 
 impl SledRecordLog {
     pub fn open(path: impl AsRef<std::path::Path>, max_age: Duration) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path.as_ref()).open()?;
+        // Changes are written once and read in order by a few subscribers: a page cache the
+        // size of the event log's would only hold memory (a long sync writes millions).
+        let db = sled::Config::new()
+            .path(path.as_ref())
+            .cache_capacity(32 * 1024 * 1024)
+            .open()?;
         Ok(Self {
             inner: Arc::new(SledRecords {
                 db,

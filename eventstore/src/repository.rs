@@ -266,6 +266,90 @@ impl Repository {
     }
 }
 
+/// An aggregate a long-running caller keeps current itself (a sync run appending a progress
+/// event per page), so each command is decided without loading the stream again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held<A> {
+    pub state: A,
+    pub version: u64,
+}
+
+impl Repository {
+    /// Loads `stream` to hold it.
+    pub async fn hold<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Held<A>, RepositoryError> {
+        let loaded = self.load::<A>(stream).await?;
+        Ok(Held {
+            state: loaded.state,
+            version: loaded.version,
+        })
+    }
+
+    /// Decides `command` on `held` and appends what it yields, expecting the stream still at
+    /// `held.version`. On a conflict (someone else appended) it loads again and decides again.
+    /// `held` is left current either way; the appended events' count is returned.
+    pub async fn execute_held<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+        held: &mut Held<A>,
+        command: &A::Command,
+        context: &CommandContext,
+    ) -> Result<usize, RepositoryError> {
+        self.execute_held_all(stream, held, std::slice::from_ref(command), context)
+            .await
+    }
+
+    /// Decides `commands` one after the other on `held` and appends all they yield in one
+    /// atomic append: all of them or none.
+    pub async fn execute_held_all<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+        held: &mut Held<A>,
+        commands: &[A::Command],
+        context: &CommandContext,
+    ) -> Result<usize, RepositoryError> {
+        for _ in 0..self.max_attempts {
+            let mut next = held.state.clone();
+            let mut new_events = Vec::new();
+            for command in commands {
+                let decided = next.handle(command, context)?;
+                let metadata = next.metadata_for(command, context);
+                for event in &decided {
+                    next.apply(event, &metadata);
+                    new_events.push(NewEvent::from_domain(event, metadata.clone()));
+                }
+            }
+            if new_events.is_empty() {
+                return Ok(0);
+            }
+            let count = new_events.len();
+            match self
+                .store
+                .append(
+                    stream,
+                    ExpectedVersion::from_version(held.version),
+                    new_events,
+                )
+                .await
+            {
+                Ok(append) => {
+                    held.state = next;
+                    held.version = append.last_version;
+                    return Ok(count);
+                }
+                Err(StoreError::Conflict { .. }) => *held = self.hold::<A>(stream).await?,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(RepositoryError::TooMuchContention {
+            stream: stream.clone(),
+            attempts: self.max_attempts,
+        })
+    }
+}
+
 /// Folds one recorded event into `state`; an event type this aggregate does not know is
 /// skipped (a newer build may have written it), one it knows but cannot decode is an error.
 pub fn apply_recorded<A: Aggregate>(

@@ -9,6 +9,9 @@ use eventstore::bench::{Report, Sizes};
 use crate::cli::{Backend, BenchArgs, Suite};
 
 pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let (Some(api), Some(records)) = (&args.rss_child_api, args.rss_child_records) {
+        return rss_child(args, api, records, out).await;
+    }
     let scratch = match &args.dir {
         Some(dir) => tempfile::tempdir_in(dir),
         None => tempfile::tempdir(),
@@ -32,6 +35,17 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         (Suite::Projections, Backend::Jetstream) => {
             anyhow::bail!("the projections suite reads its log from sled: leave out --backend")
+        }
+        (Suite::Sync, Backend::Sled) => {
+            let sizes = if args.quick {
+                adapters::bench::Sizes::QUICK
+            } else {
+                adapters::bench::Sizes::FULL
+            };
+            sync_suite(args, scratch.path(), sizes, &progress).await?
+        }
+        (Suite::Sync, Backend::Jetstream) => {
+            anyhow::bail!("the sync suite runs on the embedded stack: leave out --backend")
         }
         (Suite::Eventstore, Backend::Sled) => {
             let sizes = if args.quick {
@@ -62,6 +76,121 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     } else {
         write_table(&report, out)?;
     }
+    Ok(())
+}
+
+/// A fake HubSpot in a process of its own: started from this same binary, its base URL read
+/// from its first line of output; killed when dropped.
+struct FakeProcess {
+    child: tokio::process::Child,
+    api: url::Url,
+}
+
+impl FakeProcess {
+    async fn start(contacts: u64) -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe().context("while finding the harmony binary")?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["fake-provider", "hubspot", "--companies", "0", "--contacts"])
+            .arg(contacts.to_string())
+            .args(["--accept-token", adapters::bench::BENCH_TOKEN])
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("while starting the fake HubSpot")?;
+        let stdout = child.stdout.take().context("the fake's output")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = lines
+            .next_line()
+            .await?
+            .context("the fake HubSpot exited before printing its URL")?;
+        let api = url::Url::parse(first.trim()).context("the fake HubSpot's URL")?;
+        Ok(Self { child, api })
+    }
+}
+
+async fn sync_suite(
+    args: &BenchArgs,
+    scratch: &std::path::Path,
+    sizes: adapters::bench::Sizes,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<Report> {
+    let fake = FakeProcess::start(sizes.records).await?;
+    let api = fake.api.clone();
+    let rss = || async move {
+        let mut fake = fake;
+        let _ = fake.child.kill().await;
+        let large = FakeProcess::start(sizes.rss_records).await?;
+        let exe = std::env::current_exe()?;
+        let mut child = tokio::process::Command::new(exe);
+        child
+            .args(["bench", "sync", "--rss-child-api", large.api.as_str()])
+            .arg("--rss-child-records")
+            .arg(sizes.rss_records.to_string());
+        if let Some(dir) = &args.dir {
+            child.arg("--dir").arg(dir);
+        }
+        let output = child
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .context("while running the memory measurement's process")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "the memory measurement's process failed"
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        answer["rss_mb"]
+            .as_f64()
+            .context("the memory measurement printed no rss_mb")
+    };
+    adapters::bench::run(scratch, &api, sizes, rss, progress).await
+}
+
+/// The sync suite's memory measurement, in its own process: prints `{"rss_mb": …}`.
+async fn rss_child(
+    args: &BenchArgs,
+    api: &str,
+    records: u64,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let scratch = match &args.dir {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }?;
+    let api = url::Url::parse(api)?;
+    let rss_mb = adapters::bench::rss_child(scratch.path(), &api, records).await?;
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({ "rss_mb": (rss_mb * 10.0).round() / 10.0 })
+    )?;
+    Ok(())
+}
+
+/// `harmony fake-provider hubspot`.
+pub async fn fake_hubspot(args: &crate::cli::FakeHubSpotArgs) -> anyhow::Result<()> {
+    let fake =
+        adapters::fakes::hubspot::FakeHubSpot::start_on(args.contacts, args.companies, args.listen)
+            .await
+            .with_context(|| format!("while listening on {}", args.listen))?;
+    if let Some(token) = &args.accept_token {
+        fake.auth.accept(token);
+    }
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}", fake.server.base)?;
+        stdout.flush()?;
+    }
+    eprintln!(
+        "fake HubSpot: {} contacts, {} companies; OAuth client id {}, secret {}",
+        args.contacts,
+        args.companies,
+        adapters::fakes::hubspot::CLIENT_ID,
+        adapters::fakes::hubspot::CLIENT_SECRET
+    );
+    crate::shutdown_signal().await;
     Ok(())
 }
 

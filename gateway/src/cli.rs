@@ -29,6 +29,33 @@ pub enum Command {
     /// Operate on the credential vault.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// Run a fake provider on loopback, speaking its real wire format: for trying the service
+    /// without a provider account, and for `harmony bench sync`.
+    #[command(subcommand)]
+    FakeProvider(FakeProviderCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FakeProviderCommand {
+    /// A fake HubSpot (CRM v3 contacts and companies, OAuth, rate-limit headers). Prints its
+    /// base URL on the first line of standard output, then serves until stopped.
+    Hubspot(FakeHubSpotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FakeHubSpotArgs {
+    /// Where to listen; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Contacts to serve, generated from their number.
+    #[arg(long, default_value_t = 1000)]
+    pub contacts: u64,
+    /// Companies to serve.
+    #[arg(long, default_value_t = 100)]
+    pub companies: u64,
+    /// An access token to accept besides those the fake's OAuth flow issues.
+    #[arg(long)]
+    pub accept_token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +202,10 @@ pub enum Suite {
     /// --database-url) beside a raw bulk insert of the final rows; Installed and sync-logs
     /// query latencies.
     Projections,
+    /// Syncing: full syncs of 100,000 contacts from a fake HubSpot in its own process, end to
+    /// end, beside a raw loop fetching the same pages; the same with nothing changed; the
+    /// peak memory of a process syncing 1,000,000.
+    Sync,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -207,4 +238,10 @@ pub struct BenchArgs {
     /// A fraction of the work: for a smoke test, not for figures.
     #[arg(long)]
     pub quick: bool,
+    /// The sync suite's memory measurement runs in a process of its own, started with this
+    /// (the fake provider's base URL).
+    #[arg(long, hide = true, requires = "rss_child_records")]
+    pub rss_child_api: Option<String>,
+    #[arg(long, hide = true)]
+    pub rss_child_records: Option<u64>,
 }

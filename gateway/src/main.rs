@@ -48,5 +48,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Projections(gateway::cli::ProjectionsCommand::Rebuild(args)) => {
             gateway::read_models::rebuild(&args, &mut std::io::stdout().lock()).await
         }
+        Command::FakeProvider(gateway::cli::FakeProviderCommand::Hubspot(args)) => {
+            gateway::bench::fake_hubspot(&args).await
+        }
     }
 }

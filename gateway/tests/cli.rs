@@ -197,6 +197,38 @@ fn bench_json_prints_one_object_with_every_figure() {
 }
 
 #[test]
+fn bench_sync_syncs_from_a_fake_provider_process_and_finds_nothing_to_publish_the_second_time() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (report, _) = bench_json(&["sync", "--dir", scratch.path().to_str().unwrap()]);
+    assert_eq!(report["suite"], "sync");
+    let figures = report["figures"].as_array().unwrap();
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "sync_full",
+            "sync_unchanged",
+            "sync_record_events_unchanged",
+            "sync_rss_mb_20000"
+        ]
+    );
+    for figure in &figures[..2] {
+        assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");
+        assert!(figure["raw"].as_f64().unwrap() > 0.0, "{figure}");
+    }
+    assert_eq!(figures[2]["value"].as_f64(), Some(0.0), "{}", figures[2]);
+    assert!(figures[3]["value"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).unwrap().count(),
+        0,
+        "the suite leaves nothing in its directory"
+    );
+}
+
+#[test]
 fn bench_projections_rebuilds_on_both_databases_and_leaves_no_schema_behind() {
     let database = tokio::runtime::Runtime::new()
         .unwrap()

@@ -211,11 +211,7 @@ impl WriteTx {
     }
 
     /// Moves checkpoint `name` to `position`.
-    pub(crate) async fn save_checkpoint(
-        &mut self,
-        name: &str,
-        position: u64,
-    ) -> Result<(), ReadDbError> {
+    pub async fn save_checkpoint(&mut self, name: &str, position: u64) -> Result<(), ReadDbError> {
         let sql = "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
                    ON CONFLICT (name) DO UPDATE SET position = excluded.position";
         let position = i64::try_from(position).unwrap_or(i64::MAX);
@@ -288,7 +284,7 @@ pub async fn checkpoint(db: &ReadDb, name: &str) -> Result<u64, ReadDbError> {
 }
 
 /// A row type that reads from either database.
-pub(crate) trait EitherRow:
+pub trait EitherRow:
     for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
     + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
     + Send
@@ -306,7 +302,7 @@ impl<T> EitherRow for T where
 
 /// A parameter of a query built at run time.
 #[derive(Clone, Debug)]
-pub(crate) enum Bind {
+pub enum Bind {
     Text(String),
     Int(i64),
     MaybeText(Option<String>),
@@ -379,7 +375,7 @@ macro_rules! in_list {
 impl WriteTx {
     /// Runs `head` followed by `(…), (…)` holding `rows`, then `tail` (an `ON CONFLICT …`
     /// clause, say): as few statements as the parameter limit allows.
-    pub(crate) async fn insert_rows(
+    pub async fn insert_rows(
         &mut self,
         head: &str,
         tail: &str,
@@ -412,11 +408,7 @@ impl WriteTx {
 
     /// The rows `head` (a statement ending in `… IN `) selects for `keys`, in as few
     /// statements as the parameter limit allows.
-    pub(crate) async fn fetch_in<T>(
-        &mut self,
-        head: &str,
-        keys: &[String],
-    ) -> Result<Vec<T>, ReadDbError>
+    pub async fn fetch_in<T>(&mut self, head: &str, keys: &[String]) -> Result<Vec<T>, ReadDbError>
     where
         T: EitherRow,
     {
@@ -433,11 +425,7 @@ impl WriteTx {
     }
 
     /// Runs `head` (a statement ending in `… IN `) for `keys`.
-    pub(crate) async fn execute_in(
-        &mut self,
-        head: &str,
-        keys: &[String],
-    ) -> Result<(), ReadDbError> {
+    pub async fn execute_in(&mut self, head: &str, keys: &[String]) -> Result<(), ReadDbError> {
         for chunk in chunks(keys, MAX_BINDS) {
             match self {
                 WriteTx::Sqlite(tx) => in_list!(sqlx::Sqlite, tx, head, chunk, |builder| builder
@@ -458,28 +446,65 @@ impl WriteTx {
     }
 }
 
+/// The rows `head` (a statement ending in `… IN `) selects for `keys`, outside any
+/// transaction: one round trip per chunk of keys.
+pub async fn fetch_in<T>(db: &ReadDb, head: &str, keys: &[String]) -> Result<Vec<T>, ReadDbError>
+where
+    T: EitherRow,
+{
+    let mut out = Vec::new();
+    for chunk in chunks(keys, MAX_BINDS) {
+        match db {
+            ReadDb::Sqlite(pool) => in_list!(sqlx::Sqlite, pool, head, chunk, |builder| out
+                .extend(builder.build_query_as::<T>().fetch_all(pool).await?)),
+            ReadDb::Postgres(pool) => in_list!(sqlx::Postgres, pool, head, chunk, |builder| out
+                .extend(builder.build_query_as::<T>().fetch_all(pool).await?)),
+        }
+    }
+    Ok(out)
+}
+
+/// Binds `binds` in order to a query of either database.
+macro_rules! bind_all {
+    ($query:expr, $binds:expr) => {{
+        let mut query = $query;
+        for bind in $binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text.as_str()),
+                Bind::Int(n) => query.bind(*n),
+                Bind::MaybeText(text) => query.bind(text.as_deref()),
+                Bind::MaybeInt(n) => query.bind(*n),
+            };
+        }
+        query
+    }};
+}
+
+/// Runs `sql` with `binds` ($1, $2, … in order) and returns how many rows it changed.
+pub async fn execute(db: &ReadDb, sql: &str, binds: &[Bind]) -> Result<u64, ReadDbError> {
+    Ok(match db {
+        ReadDb::Sqlite(pool) => bind_all!(sqlx::query(sql), binds)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        ReadDb::Postgres(pool) => bind_all!(sqlx::query(sql), binds)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    })
+}
+
 /// Runs `sql` with `binds` ($1, $2, … in order) and reads every row as a `T`, on either
 /// database.
-pub(crate) async fn fetch_all<T>(
-    db: &ReadDb,
-    sql: &str,
-    binds: &[Bind],
-) -> Result<Vec<T>, ReadDbError>
+pub async fn fetch_all<T>(db: &ReadDb, sql: &str, binds: &[Bind]) -> Result<Vec<T>, ReadDbError>
 where
     T: EitherRow,
 {
     macro_rules! run {
         ($pool:expr) => {{
-            let mut query = sqlx::query_as::<_, T>(sql);
-            for bind in binds {
-                query = match bind {
-                    Bind::Text(text) => query.bind(text.as_str()),
-                    Bind::Int(n) => query.bind(*n),
-                    Bind::MaybeText(text) => query.bind(text.as_deref()),
-                    Bind::MaybeInt(n) => query.bind(*n),
-                };
-            }
-            query.fetch_all($pool).await?
+            bind_all!(sqlx::query_as::<_, T>(sql), binds)
+                .fetch_all($pool)
+                .await?
         }};
     }
     Ok(match db {

@@ -119,6 +119,12 @@ impl AuthServer {
         (access, refresh)
     }
 
+    /// Accepts `access` as an access token from now on (a benchmark's fake in another process
+    /// is told the token on its command line).
+    pub fn accept(&self, access: &str) {
+        self.registry().access.insert(access.to_owned(), Vec::new());
+    }
+
     /// Every access token issued so far answers as expired; refreshing gives a working one.
     pub fn expire_access_tokens(&self) {
         let mut registry = self.registry();

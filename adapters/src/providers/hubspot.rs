@@ -70,7 +70,7 @@ impl HubSpot {
             .http
             .json(|client| client.get(url.clone()).bearer_auth(token))
             .await?;
-        let records = parse_results(&body)?;
+        let records = parse_results(&body, request.fields)?;
         let next = next_after(&body);
         Ok(finish_page(records, next, cursor, |after| Cursor {
             after: Some(after),
@@ -106,13 +106,14 @@ impl HubSpot {
             .http
             .json(|client| client.post(url.clone()).bearer_auth(token).json(&body))
             .await?;
-        let records = parse_results(&answer)?;
-        let next = next_after(&answer);
-        let last_modified = records
+        let all = parse_results(&answer, &[])?;
+        let last_modified = all
             .last()
             .and_then(|record| record.fields.get(property))
             .and_then(Value::as_str)
             .and_then(parse_hubspot_millis);
+        let records = parse_results(&answer, request.fields)?;
+        let next = next_after(&answer);
         let next = match next {
             Some(after)
                 if after.parse::<u64>().unwrap_or(0) + u64::from(SEARCH_PAGE_SIZE)
@@ -212,7 +213,10 @@ fn next_after(body: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn parse_results(body: &Value) -> Result<Vec<PulledRecord>, ProviderError> {
+/// The records of a page. With `wanted`, each keeps only those properties: HubSpot adds a few
+/// of its own (and the search its sort property), which would make the same record hash
+/// differently when listed and when searched.
+fn parse_results(body: &Value, wanted: &[String]) -> Result<Vec<PulledRecord>, ProviderError> {
     let results = body
         .get("results")
         .and_then(Value::as_array)
@@ -221,11 +225,14 @@ fn parse_results(body: &Value) -> Result<Vec<PulledRecord>, ProviderError> {
         .iter()
         .map(|item| {
             let id = string_field(item, "id")?;
-            let fields = item
+            let mut fields = item
                 .get("properties")
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default();
+            if !wanted.is_empty() {
+                fields.retain(|name, _| wanted.iter().any(|w| w == name));
+            }
             Ok(PulledRecord {
                 id,
                 fields,
@@ -393,7 +400,7 @@ impl Provider for HubSpot {
                     .http
                     .json(|client| client.post(url.clone()).bearer_auth(token).json(&body))
                     .await?;
-                let found: Vec<Value> = parse_results(&answer)?
+                let found: Vec<Value> = parse_results(&answer, &[])?
                     .into_iter()
                     .map(|record| json!({"id": record.id, "properties": record.fields}))
                     .collect();

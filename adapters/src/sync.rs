@@ -1,0 +1,1115 @@
+//! The sync worker: reacts to `SyncRequested`, pulls the provider's records page by page,
+//! publishes what changed to the records log, and records the run in the integration's log.
+//!
+//! A run, for each object the app syncs:
+//! 1. pulls a page (a `401` refreshes the token once and tries again);
+//! 2. maps each record (the integration's field mapping for the object, if any) and hashes it;
+//! 3. compares with the hashes the last runs saw (`record_hashes`): a new record is `created`, a
+//!    different hash `updated`, the same hash nothing at all;
+//! 4. publishes the changes (durable) and then stores the new hashes;
+//! 5. appends `SyncProgressed` with the counts and the cursor of the next page.
+//!
+//! After the last page of a full run, the records it did not see are gone at the provider:
+//! each is published as `deleted`. An incremental run starts from the watermark the last run
+//! of the object left. Change ids derive from the run, the record and its hash, so a page
+//! processed twice (a crash between steps 4 and 5) publishes nothing twice.
+//!
+//! At most one run per integration at a time, in this process and across processes: a run
+//! holds the integration's lease, renewed while it works. A request during a run is coalesced
+//! by the domain into one pending follow-up, which the worker starts when the run ends. A run
+//! interrupted by a crash resumes from the cursor of its last `SyncProgressed`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use domain::catalog;
+use domain::integration::{
+    FieldMapping, Integration, IntegrationCommand, RecordCounts, Status, SyncKind, Transform,
+};
+use domain::{
+    Caller, CommandContext, DomainError, EventId, IntegrationId, StreamName, SyncId, Timestamp,
+};
+use eventstore::repository::{Held, Repository, RepositoryError};
+use eventstore::{RecordChange, RecordLog, RecordOp, StoreError};
+use futures::StreamExt;
+use projections::db::{execute, fetch_all, fetch_in, Bind};
+use projections::{ReadDb, ReadDbError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Semaphore};
+
+use crate::http::ProviderError;
+use crate::lease::Leases;
+use crate::provider::{
+    Connection, Credentials, Page, Provider, PullMode, PullRequest, PulledRecord,
+};
+use crate::providers::Providers;
+
+/// Where an integration's credentials come from, and how they are renewed.
+#[async_trait]
+pub trait CredentialSource: Send + Sync + std::fmt::Debug {
+    /// The credentials the integration's state names, refreshed first if they expire soon.
+    async fn current(
+        &self,
+        id: IntegrationId,
+        state: &Integration,
+    ) -> Result<Credentials, ProviderError>;
+
+    /// New credentials after the provider refused `stale`. Fails with `InvalidGrant` or
+    /// `Unauthorized` when only a reauthentication can help.
+    async fn refresh(
+        &self,
+        id: IntegrationId,
+        stale: &Credentials,
+    ) -> Result<Credentials, ProviderError>;
+}
+
+/// How the worker runs.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncConfig {
+    /// A run's lease; renewed at a third of it while the run works.
+    pub lease_ttl: Duration,
+    /// Runs of different integrations at once in this process.
+    pub max_concurrent_runs: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(30),
+            max_concurrent_runs: 8,
+        }
+    }
+}
+
+/// Why a run stopped short.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error(transparent)]
+    Records(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] ReadDbError),
+    #[error("the run was cancelled")]
+    Cancelled,
+    #[error("the run's lease was lost")]
+    LeaseLost,
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Where a run stands, as `SyncProgressed` carries it: the object's index in the app's list,
+/// the provider's cursor of the next page, and whether only the deletion sweep is left.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct RunCursor {
+    object: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sweep: bool,
+}
+
+impl RunCursor {
+    fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a cursor serializes")
+    }
+
+    fn decode(text: Option<&str>) -> Self {
+        text.and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_default()
+    }
+}
+
+struct Active {
+    cancel: watch::Sender<bool>,
+    again: bool,
+}
+
+/// The sync worker of one process.
+#[derive(Clone, Debug)]
+pub struct SyncWorker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    repo: Arc<Repository>,
+    records: Arc<dyn RecordLog>,
+    db: ReadDb,
+    credentials: Arc<dyn CredentialSource>,
+    providers: Providers,
+    leases: Leases,
+    config: SyncConfig,
+    active: Mutex<HashMap<IntegrationId, Active>>,
+    slots: Semaphore,
+    idle: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncWorker")
+            .field("holder", &self.leases.holder())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+const DISPATCH_CHECKPOINT: &str = "sync_dispatch";
+/// At most this many ready pages are written in one go.
+const WRITE_BATCH_PAGES: usize = 8;
+
+fn context(reason: &str) -> CommandContext {
+    CommandContext::new(Caller::system(reason), Timestamp::now())
+}
+
+impl SyncWorker {
+    pub fn new(
+        repo: Arc<Repository>,
+        records: Arc<dyn RecordLog>,
+        db: ReadDb,
+        credentials: Arc<dyn CredentialSource>,
+        providers: Providers,
+        leases: Leases,
+        config: SyncConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                repo,
+                records,
+                db,
+                credentials,
+                providers,
+                leases,
+                slots: Semaphore::new(config.max_concurrent_runs.max(1)),
+                config,
+                active: Mutex::default(),
+                idle: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// Follows the log and starts, resumes or cancels runs as its events say, until the log's
+    /// subscription ends. Restarted, it replays from the oldest request whose run had not
+    /// ended, so an interrupted run resumes.
+    pub async fn follow(&self) -> Result<(), StoreError> {
+        let from = projections::db::checkpoint(&self.inner.db, DISPATCH_CHECKPOINT)
+            .await
+            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        let mut events = self.inner.repo.store().subscribe(from + 1);
+        // Positions of requests whose runs have not ended, by integration.
+        let mut open: BTreeMap<u64, IntegrationId> = BTreeMap::new();
+        let mut last_saved = from;
+        let mut last_save_at = Instant::now();
+        while let Some(event) = events.next().await {
+            let event = event?;
+            let last_seen = event.position;
+            if let Some(id) = event.stream.integration_id() {
+                match event.event_type.as_str() {
+                    "SyncRequested" | "SyncStarted" | "SyncProgressed" => {
+                        open.insert(event.position, id);
+                        self.kick(id);
+                    }
+                    "Disconnected" | "Deleted" | "CredentialsExpired" => self.cancel(id),
+                    _ => {}
+                }
+            }
+            // Forget requests whose integration is idle now.
+            let busy: Vec<IntegrationId> = self
+                .inner
+                .active
+                .lock()
+                .expect("active runs lock")
+                .keys()
+                .copied()
+                .collect();
+            open.retain(|_, id| busy.contains(id));
+            let safe = open
+                .keys()
+                .next()
+                .map_or(last_seen, |first| first.saturating_sub(1));
+            if safe > last_saved && last_save_at.elapsed() >= Duration::from_millis(500) {
+                self.save_checkpoint(safe).await;
+                last_saved = safe;
+                last_save_at = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    async fn save_checkpoint(&self, position: u64) {
+        let saved = async {
+            let mut tx = self.inner.db.begin_write().await?;
+            tx.save_checkpoint(DISPATCH_CHECKPOINT, position).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(error) = saved {
+            tracing::warn!(%error, "could not save the sync dispatcher's checkpoint");
+        }
+    }
+
+    /// Makes sure the integration's pending or interrupted run gets done: starts a task for it
+    /// unless one is already working, in which case that task looks again when it finishes.
+    pub fn kick(&self, id: IntegrationId) {
+        let mut active = self.inner.active.lock().expect("active runs lock");
+        if let Some(run) = active.get_mut(&id) {
+            run.again = true;
+            return;
+        }
+        let (cancel, cancelled) = watch::channel(false);
+        active.insert(
+            id,
+            Active {
+                cancel,
+                again: false,
+            },
+        );
+        drop(active);
+        let worker = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = worker.work_on(id, cancelled.clone()).await {
+                    tracing::warn!(integration = %id, %error, "a sync run stopped with an error");
+                }
+                let mut active = worker.inner.active.lock().expect("active runs lock");
+                let again = active.get_mut(&id).is_some_and(|run| {
+                    let again = run.again && !*run.cancel.borrow();
+                    run.again = false;
+                    again
+                });
+                if !again {
+                    active.remove(&id);
+                    drop(active);
+                    worker.inner.idle.notify_waiters();
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Stops the integration's run in this process, if one is working, within a second.
+    pub fn cancel(&self, id: IntegrationId) {
+        if let Some(run) = self.inner.active.lock().expect("active runs lock").get(&id) {
+            let _ = run.cancel.send(true);
+        }
+    }
+
+    /// Whether a run of the integration is working in this process.
+    pub fn is_running(&self, id: IntegrationId) -> bool {
+        self.inner
+            .active
+            .lock()
+            .expect("active runs lock")
+            .contains_key(&id)
+    }
+
+    /// One look at the integration: resume its interrupted run, or start its pending one.
+    async fn work_on(
+        &self,
+        id: IntegrationId,
+        cancelled: watch::Receiver<bool>,
+    ) -> Result<(), RunError> {
+        let _slot = self
+            .inner
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| RunError::Internal("the worker is shutting down".into()))?;
+        let lease = format!("sync:{id}");
+        let ttl = self.inner.config.lease_ttl;
+        if !self.inner.leases.try_acquire(&lease, ttl).await? {
+            tracing::debug!(integration = %id, "another process runs this integration's sync");
+            return Ok(());
+        }
+        let (lost_tx, lost) = watch::channel(false);
+        let renewer = {
+            let leases = self.inner.leases.clone();
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    match leases.try_acquire(&lease, ttl).await {
+                        Ok(true) => {}
+                        Ok(false) | Err(_) => {
+                            let _ = lost_tx.send(true);
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let outcome = self.run_next(id, Stop { cancelled, lost }).await;
+        renewer.abort();
+        if let Err(error) = self.inner.leases.release(&lease).await {
+            tracing::warn!(integration = %id, %error, "could not release a sync lease");
+        }
+        outcome
+    }
+
+    async fn run_next(&self, id: IntegrationId, stop: Stop) -> Result<(), RunError> {
+        let stream = StreamName::integration(id);
+        let mut held = self.inner.repo.hold::<Integration>(&stream).await?;
+        let state = held.state.clone();
+        if state.status != Status::Connected {
+            return Ok(());
+        }
+        let (sync_id, kind, cursor, mut page_no, mut totals) =
+            match (&state.running_sync, &state.pending_sync) {
+                (Some(running), _) => (
+                    running.sync_id,
+                    running.kind,
+                    RunCursor::decode(running.cursor.as_deref()),
+                    running.pages,
+                    running.totals,
+                ),
+                (None, Some(pending)) => {
+                    let started = self
+                        .inner
+                        .repo
+                        .execute_held::<Integration>(
+                            &stream,
+                            &mut held,
+                            &IntegrationCommand::StartSync {
+                                sync_id: pending.sync_id,
+                                cursor: None,
+                            },
+                            &context("sync worker"),
+                        )
+                        .await;
+                    match started {
+                        Ok(_) => {}
+                        // Someone else started it between the load and now.
+                        Err(RepositoryError::Domain(_)) => return Ok(()),
+                        Err(error) => return Err(error.into()),
+                    }
+                    (
+                        pending.sync_id,
+                        pending.kind,
+                        RunCursor::default(),
+                        0,
+                        RecordCounts::default(),
+                    )
+                }
+                (None, None) => return Ok(()),
+            };
+        let run = Run {
+            worker: self,
+            id,
+            stream,
+            sync_id,
+            kind,
+            state: &state,
+            held: tokio::sync::Mutex::new(held),
+            stop,
+            started: Instant::now(),
+        };
+        let outcome = run.objects(cursor, &mut page_no, &mut totals).await;
+        run.finish(outcome).await
+    }
+
+    /// Waits until no run is working in this process (for tests and shutdown).
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self
+                .inner
+                .active
+                .lock()
+                .expect("active runs lock")
+                .is_empty()
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct Stop {
+    cancelled: watch::Receiver<bool>,
+    lost: watch::Receiver<bool>,
+}
+
+impl Stop {
+    fn check(&self) -> Result<(), RunError> {
+        if *self.cancelled.borrow() {
+            return Err(RunError::Cancelled);
+        }
+        if *self.lost.borrow() {
+            return Err(RunError::LeaseLost);
+        }
+        Ok(())
+    }
+
+    /// Runs `work` unless the run is cancelled or its lease lost first.
+    async fn guard<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, RunError>>,
+    ) -> Result<T, RunError> {
+        self.check()?;
+        let mut cancelled = self.cancelled.clone();
+        let mut lost = self.lost.clone();
+        tokio::select! {
+            result = work => result,
+            _ = cancelled.wait_for(|c| *c) => Err(RunError::Cancelled),
+            _ = lost.wait_for(|l| *l) => Err(RunError::LeaseLost),
+        }
+    }
+}
+
+struct Run<'a> {
+    worker: &'a SyncWorker,
+    id: IntegrationId,
+    stream: StreamName,
+    sync_id: SyncId,
+    kind: SyncKind,
+    /// The state as the run started: profile, setup and mappings.
+    state: &'a Integration,
+    /// The state kept current as the run appends, so no append loads the stream again.
+    held: tokio::sync::Mutex<Held<Integration>>,
+    stop: Stop,
+    started: Instant,
+}
+
+/// A page pulled, mapped and hashed, waiting to be written.
+struct Prepared {
+    seen: Vec<Seen>,
+    pulled: u64,
+    next_page: Option<String>,
+    watermark: Option<String>,
+}
+
+/// One record of a page, mapped and hashed.
+struct Seen {
+    key: String,
+    record_id: String,
+    data: Value,
+    hash: String,
+    deleted: bool,
+}
+
+impl Run<'_> {
+    fn inner(&self) -> &Inner {
+        &self.worker.inner
+    }
+
+    async fn objects(
+        &self,
+        start: RunCursor,
+        page_no: &mut u32,
+        totals: &mut RecordCounts,
+    ) -> Result<(), RunError> {
+        let profile =
+            self.state.profile.as_ref().ok_or_else(|| {
+                RunError::Internal("a connected integration has a profile".into())
+            })?;
+        let app = catalog::app(&profile.app)
+            .ok_or_else(|| RunError::Internal(format!("unknown app {}", profile.app)))?;
+        let provider = self.inner().providers.get(app.id).cloned().ok_or_else(|| {
+            ProviderError::Misconfigured(format!("{} has no provider client here", app.name))
+        })?;
+        let mut credentials = self
+            .stop
+            .guard(async {
+                Ok(self
+                    .inner()
+                    .credentials
+                    .current(self.id, self.state)
+                    .await?)
+            })
+            .await?;
+        for (index, object) in app
+            .capabilities
+            .sync_objects
+            .iter()
+            .enumerate()
+            .skip(start.object)
+        {
+            let resume = (index == start.object).then_some(&start);
+            let mut mode = match self.kind {
+                SyncKind::Full => PullMode::Full,
+                SyncKind::Incremental => PullMode::Incremental {
+                    since: self.watermark(object).await?,
+                },
+            };
+            let fields = self.fields_to_fetch(app, object);
+            let mut page = resume.and_then(|c| c.page.clone());
+            let sweep_only = resume.is_some_and(|c| c.sweep);
+            if !sweep_only {
+                // The next page is pulled, mapped and hashed while this one is written.
+                let (ready, prepared) = tokio::sync::mpsc::channel::<Prepared>(WRITE_BATCH_PAGES);
+                let produce = async {
+                    // Owned here, so the writer sees the end when this finishes.
+                    let ready = ready;
+                    loop {
+                        let request = PullRequest {
+                            object,
+                            fields: &fields,
+                            mode: &mode,
+                            page: page.as_deref(),
+                        };
+                        let pulled = match self
+                            .pull(provider.as_ref(), &mut credentials, request)
+                            .await
+                        {
+                            Err(RunError::Provider(ProviderError::StaleCursor { detail }))
+                                if matches!(mode, PullMode::Incremental { .. }) =>
+                            {
+                                // The provider forgot our watermark: pull the object in full.
+                                tracing::info!(integration = %self.id, object, %detail, "the sync token is stale; pulling the object in full");
+                                self.forget_watermark(object).await?;
+                                mode = PullMode::Incremental { since: None };
+                                page = None;
+                                continue;
+                            }
+                            other => other?,
+                        };
+                        let seen = self.prepare(object, &pulled.records)?;
+                        let next = pulled.next_page.clone();
+                        let item = Prepared {
+                            seen,
+                            pulled: pulled.records.len() as u64,
+                            next_page: pulled.next_page,
+                            watermark: pulled.watermark,
+                        };
+                        if ready.send(item).await.is_err() {
+                            // The writer stopped; its error is the run's.
+                            return Ok(());
+                        }
+                        match next {
+                            Some(next) => page = Some(next),
+                            None => return Ok::<(), RunError>(()),
+                        }
+                    }
+                };
+                let consume = async {
+                    // Owned here, so the puller's sends fail once this stops.
+                    let mut prepared = prepared;
+                    while let Some(first) = prepared.recv().await {
+                        // Pages that are ready together are written together: one publish,
+                        // one transaction and one append for all of them.
+                        let mut batch = vec![first];
+                        while batch.len() < WRITE_BATCH_PAGES {
+                            match prepared.try_recv() {
+                                Ok(item) => batch.push(item),
+                                Err(_) => break,
+                            }
+                        }
+                        let counted = self
+                            .stop
+                            .guard(self.write_pages(object, &mut batch))
+                            .await?;
+                        let mut commands = Vec::with_capacity(batch.len());
+                        for (item, counts) in batch.into_iter().zip(counted) {
+                            let last = item.next_page.is_none();
+                            if last {
+                                if let Some(watermark) = &item.watermark {
+                                    self.save_watermark(object, watermark).await?;
+                                }
+                            }
+                            let cursor = RunCursor {
+                                object: index,
+                                sweep: last && self.kind == SyncKind::Full,
+                                page: item.next_page,
+                            };
+                            *page_no += 1;
+                            totals.add(&counts);
+                            commands.push(IntegrationCommand::RecordSyncProgress {
+                                sync_id: self.sync_id,
+                                object: object.to_string(),
+                                page: *page_no,
+                                counts,
+                                cursor: Some(cursor.encode()),
+                            });
+                        }
+                        self.execute_all(&commands).await?;
+                    }
+                    Ok::<(), RunError>(())
+                };
+                let (produced, consumed) = futures::join!(produce, consume);
+                consumed?;
+                produced?;
+            }
+            if self.kind == SyncKind::Full {
+                let deleted = self.stop.guard(self.sweep(object)).await?;
+                *page_no += 1;
+                totals.add(&deleted);
+                let next = RunCursor {
+                    object: index + 1,
+                    page: None,
+                    sweep: false,
+                };
+                self.progress(object, *page_no, deleted, next).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn pull(
+        &self,
+        provider: &dyn Provider,
+        credentials: &mut Credentials,
+        request: PullRequest<'_>,
+    ) -> Result<Page, RunError> {
+        let setup = &self.state.setup;
+        let first = self
+            .stop
+            .guard(async {
+                Ok(provider
+                    .pull(Connection { setup, credentials }, request.clone())
+                    .await?)
+            })
+            .await;
+        match first {
+            Err(RunError::Provider(ProviderError::Unauthorized { .. })) => {
+                let stale = credentials.clone();
+                *credentials = self
+                    .stop
+                    .guard(async { Ok(self.inner().credentials.refresh(self.id, &stale).await?) })
+                    .await?;
+                self.stop
+                    .guard(async {
+                        Ok(provider
+                            .pull(Connection { setup, credentials }, request)
+                            .await?)
+                    })
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    fn fields_to_fetch(&self, app: &catalog::App, object: &str) -> Vec<String> {
+        let mut fields: Vec<String> = app
+            .mappable_object(object)
+            .map(|m| m.provider_fields.iter().map(|f| (*f).to_owned()).collect())
+            .unwrap_or_default();
+        if let Some(mapping) = self.state.mappings.get(object) {
+            for pair in &mapping.fields {
+                if !fields.contains(&pair.provider_field) {
+                    fields.push(pair.provider_field.clone());
+                }
+            }
+        }
+        fields
+    }
+
+    fn scope(&self, object: &str) -> String {
+        format!("{}\u{1f}{object}", self.id)
+    }
+
+    /// Maps and hashes a page's records.
+    fn prepare(&self, object: &str, records: &[PulledRecord]) -> Result<Vec<Seen>, RunError> {
+        let scope = self.scope(object);
+        let mapping = self.state.mappings.get(object).map(|m| m.fields.as_slice());
+        records
+            .iter()
+            .map(|record| {
+                let data = if record.deleted {
+                    Value::Null
+                } else {
+                    map_record(&record.fields, mapping)
+                };
+                let hash = RecordChange::hash_of(&data)?;
+                Ok(Seen {
+                    key: format!("{scope}\u{1f}{}", record.id),
+                    record_id: record.id.clone(),
+                    data,
+                    hash,
+                    deleted: record.deleted,
+                })
+            })
+            .collect()
+    }
+
+    /// Compares prepared pages with the stored hashes, publishes what changed, then stores
+    /// the new hashes; returns each page's counts.
+    async fn write_pages(
+        &self,
+        object: &str,
+        pages: &mut [Prepared],
+    ) -> Result<Vec<RecordCounts>, RunError> {
+        let scope = self.scope(object);
+        let keys: Vec<String> = pages
+            .iter()
+            .flat_map(|page| page.seen.iter().map(|s| s.key.clone()))
+            .collect();
+        let mut known: HashMap<String, Option<String>> = fetch_in::<(String, String)>(
+            &self.inner().db,
+            "SELECT key, hash FROM record_hashes WHERE key IN ",
+            &keys,
+        )
+        .await?
+        .into_iter()
+        .map(|(key, hash)| (key, Some(hash)))
+        .collect();
+        let sync = self.sync_id.to_string();
+        let mut all_counts = Vec::with_capacity(pages.len());
+        let mut changes = Vec::new();
+        // The last state of each key across the pages: a record seen twice counts once.
+        let mut rows: BTreeMap<String, Vec<Bind>> = BTreeMap::new();
+        let mut removed = Vec::new();
+        for page in pages.iter_mut() {
+            let mut counts = RecordCounts {
+                pulled: page.pulled,
+                ..RecordCounts::default()
+            };
+            for record in std::mem::take(&mut page.seen) {
+                let before = known.get(&record.key).cloned().flatten();
+                let op = match (record.deleted, &before) {
+                    (true, Some(_)) => Some(RecordOp::Deleted),
+                    (true, None) => None,
+                    (false, None) => Some(RecordOp::Created),
+                    (false, Some(hash)) if *hash != record.hash => Some(RecordOp::Updated),
+                    (false, Some(_)) => None,
+                };
+                match op {
+                    Some(RecordOp::Created) => counts.created += 1,
+                    Some(RecordOp::Updated) => counts.updated += 1,
+                    Some(RecordOp::Deleted) => counts.deleted += 1,
+                    None => {}
+                }
+                if record.deleted {
+                    known.insert(record.key.clone(), None);
+                    rows.remove(&record.key);
+                    removed.push(record.key.clone());
+                } else {
+                    known.insert(record.key.clone(), Some(record.hash.clone()));
+                    rows.insert(
+                        record.key.clone(),
+                        vec![
+                            Bind::Text(record.key.clone()),
+                            Bind::Text(scope.clone()),
+                            Bind::Text(record.record_id.clone()),
+                            Bind::Text(record.hash.clone()),
+                            Bind::Text(sync.clone()),
+                        ],
+                    );
+                }
+                if let Some(op) = op {
+                    changes.push(self.change(
+                        object,
+                        record.record_id,
+                        op,
+                        record.data,
+                        record.hash,
+                    ));
+                }
+            }
+            all_counts.push(counts);
+        }
+        if !changes.is_empty() {
+            self.inner().records.publish(changes).await?;
+        }
+        let upserts: Vec<Vec<Bind>> = rows.into_values().collect();
+        let mut tx = self.inner().db.begin_write().await?;
+        tx.insert_rows(
+            "INSERT INTO record_hashes (key, scope, record_id, hash, seen_sync) ",
+            "ON CONFLICT (key) DO UPDATE SET hash = excluded.hash, seen_sync = excluded.seen_sync",
+            &upserts,
+        )
+        .await?;
+        if !removed.is_empty() {
+            tx.execute_in("DELETE FROM record_hashes WHERE key IN ", &removed)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(all_counts)
+    }
+
+    /// After a full run: every record of `object` the run did not see was deleted at the
+    /// provider.
+    async fn sweep(&self, object: &str) -> Result<RecordCounts, RunError> {
+        let scope = self.scope(object);
+        let sync = self.sync_id.to_string();
+        let mut counts = RecordCounts::default();
+        let mut after = String::new();
+        loop {
+            let gone: Vec<(String, String)> = fetch_all(
+                &self.inner().db,
+                "SELECT key, record_id FROM record_hashes WHERE scope = $1 AND seen_sync <> $2 \
+                 AND key > $3 ORDER BY key LIMIT 1000",
+                &[
+                    Bind::Text(scope.clone()),
+                    Bind::Text(sync.clone()),
+                    Bind::Text(after.clone()),
+                ],
+            )
+            .await?;
+            let Some((last, _)) = gone.last() else {
+                return Ok(counts);
+            };
+            after = last.clone();
+            counts.deleted += gone.len() as u64;
+            let changes = gone
+                .iter()
+                .map(|(_, record_id)| {
+                    let hash = RecordChange::hash_of(&Value::Null)?;
+                    Ok(self.change(
+                        object,
+                        record_id.clone(),
+                        RecordOp::Deleted,
+                        Value::Null,
+                        hash,
+                    ))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            self.inner().records.publish(changes).await?;
+            let keys: Vec<String> = gone.into_iter().map(|(key, _)| key).collect();
+            let mut tx = self.inner().db.begin_write().await?;
+            tx.execute_in("DELETE FROM record_hashes WHERE key IN ", &keys)
+                .await?;
+            tx.commit().await?;
+        }
+    }
+
+    fn change(
+        &self,
+        object: &str,
+        record_id: String,
+        op: RecordOp,
+        data: Value,
+        hash: String,
+    ) -> RecordChange {
+        let profile = self.state.profile.as_ref();
+        let digest = Sha256::new()
+            .chain_update(self.sync_id.to_string())
+            .chain_update([0x1f])
+            .chain_update(object)
+            .chain_update([0x1f])
+            .chain_update(&record_id)
+            .chain_update([0x1f])
+            .chain_update(&hash)
+            .finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        RecordChange {
+            id: EventId(uuid::Uuid::new_v8(bytes)),
+            workspace: profile
+                .map(|p| p.workspace.clone())
+                .expect("a running integration has a profile"),
+            owner: profile.and_then(|p| p.scope.owner().cloned()),
+            integration: self.id,
+            object: object.to_lowercase(),
+            record_id,
+            op,
+            data,
+            content_hash: hash,
+            sync_id: self.sync_id,
+            occurred_at: Timestamp::now(),
+        }
+    }
+
+    async fn progress(
+        &self,
+        object: &str,
+        page: u32,
+        counts: RecordCounts,
+        cursor: RunCursor,
+    ) -> Result<(), RunError> {
+        self.execute(IntegrationCommand::RecordSyncProgress {
+            sync_id: self.sync_id,
+            object: object.to_owned(),
+            page,
+            counts,
+            cursor: Some(cursor.encode()),
+        })
+        .await
+    }
+
+    async fn execute(&self, command: IntegrationCommand) -> Result<(), RunError> {
+        self.execute_all(std::slice::from_ref(&command)).await
+    }
+
+    async fn execute_all(&self, commands: &[IntegrationCommand]) -> Result<(), RunError> {
+        let mut held = self.held.lock().await;
+        match self
+            .inner()
+            .repo
+            .execute_held_all::<Integration>(
+                &self.stream,
+                &mut held,
+                commands,
+                &context("sync worker"),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // The integration moved on (disconnected, needs reauth): the run is over.
+            Err(RepositoryError::Domain(
+                DomainError::Disconnected
+                | DomainError::Deleted
+                | DomainError::NeedsReauth
+                | DomainError::NotFound,
+            )) => Err(RunError::Cancelled),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn watermark(&self, object: &str) -> Result<Option<String>, RunError> {
+        let rows: Vec<(String,)> = fetch_all(
+            &self.inner().db,
+            "SELECT watermark FROM sync_watermarks WHERE integration_id = $1 AND object = $2",
+            &[
+                Bind::Text(self.id.to_string()),
+                Bind::Text(object.to_owned()),
+            ],
+        )
+        .await?;
+        Ok(rows.into_iter().next().map(|(w,)| w))
+    }
+
+    async fn save_watermark(&self, object: &str, watermark: &str) -> Result<(), RunError> {
+        execute(
+            &self.inner().db,
+            "INSERT INTO sync_watermarks (integration_id, object, watermark) VALUES ($1, $2, $3) \
+             ON CONFLICT (integration_id, object) DO UPDATE SET watermark = excluded.watermark",
+            &[
+                Bind::Text(self.id.to_string()),
+                Bind::Text(object.to_owned()),
+                Bind::Text(watermark.to_owned()),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_watermark(&self, object: &str) -> Result<(), RunError> {
+        execute(
+            &self.inner().db,
+            "DELETE FROM sync_watermarks WHERE integration_id = $1 AND object = $2",
+            &[
+                Bind::Text(self.id.to_string()),
+                Bind::Text(object.to_owned()),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Records how the run ended.
+    async fn finish(&self, outcome: Result<(), RunError>) -> Result<(), RunError> {
+        let command = match outcome {
+            Ok(()) => IntegrationCommand::CompleteSync {
+                sync_id: self.sync_id,
+                duration_ms: self.started.elapsed().as_millis() as u64,
+            },
+            // Whoever cancelled recorded why (a disconnect fails the run itself); a lost
+            // lease means another process carries on from the cursor.
+            Err(RunError::Cancelled | RunError::LeaseLost) => return Ok(()),
+            Err(RunError::Provider(
+                error @ (ProviderError::InvalidGrant { .. } | ProviderError::Unauthorized { .. }),
+            )) => {
+                let reason = if matches!(error, ProviderError::InvalidGrant { .. }) {
+                    domain::integration::ExpiryReason::InvalidGrant
+                } else {
+                    domain::integration::ExpiryReason::Revoked
+                };
+                IntegrationCommand::MarkCredentialsExpired {
+                    reason,
+                    detail: error.to_string(),
+                }
+            }
+            Err(RunError::Provider(error)) => IntegrationCommand::FailSync {
+                sync_id: self.sync_id,
+                code: error.code().to_owned(),
+                message: error.to_string(),
+                retryable: error.retryable(),
+            },
+            Err(error @ (RunError::Records(_) | RunError::Db(_) | RunError::Repository(_))) => {
+                IntegrationCommand::FailSync {
+                    sync_id: self.sync_id,
+                    code: "storage".into(),
+                    message: error.to_string(),
+                    retryable: true,
+                }
+            }
+            Err(RunError::Internal(message)) => IntegrationCommand::FailSync {
+                sync_id: self.sync_id,
+                code: "internal".into(),
+                message,
+                retryable: false,
+            },
+        };
+        match self.execute(command).await {
+            Ok(()) | Err(RunError::Cancelled) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// A record's data after the mapping: each mapped provider field under its Harmony name (with
+/// its transform), or the provider's fields as they are when the object has no mapping.
+fn map_record(fields: &Map<String, Value>, mapping: Option<&[FieldMapping]>) -> Value {
+    let Some(mapping) = mapping else {
+        return Value::Object(fields.clone());
+    };
+    let mut out = Map::new();
+    for pair in mapping {
+        let value = fields
+            .get(&pair.provider_field)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let value = match (value, pair.transform) {
+            (Value::String(text), Some(transform)) => Value::String(match transform {
+                Transform::Trim => text.trim().to_owned(),
+                Transform::Lowercase => text.to_lowercase(),
+                Transform::Uppercase => text.to_uppercase(),
+            }),
+            (value, _) => value,
+        };
+        out.insert(pair.harmony_field.clone(), value);
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn run_cursors_round_trip_and_default_to_the_start() {
+        let cursor = RunCursor {
+            object: 1,
+            page: Some("0.1.2".into()),
+            sweep: false,
+        };
+        assert_eq!(RunCursor::decode(Some(&cursor.encode())), cursor);
+        assert_eq!(RunCursor::decode(None), RunCursor::default());
+        assert_eq!(RunCursor::decode(Some("garbage")), RunCursor::default());
+    }
+
+    #[test]
+    fn mappings_rename_and_transform_fields() {
+        let fields = json!({"email": "  Jane@X.com ", "firstname": "Jane", "other": 1});
+        let fields = fields.as_object().expect("object");
+        assert_eq!(map_record(fields, None), Value::Object(fields.clone()));
+        let mapping = vec![
+            FieldMapping {
+                provider_field: "email".into(),
+                harmony_field: "email".into(),
+                transform: Some(Transform::Trim),
+            },
+            FieldMapping {
+                provider_field: "firstname".into(),
+                harmony_field: "first_name".into(),
+                transform: Some(Transform::Uppercase),
+            },
+            FieldMapping {
+                provider_field: "missing".into(),
+                harmony_field: "phone".into(),
+                transform: None,
+            },
+        ];
+        assert_eq!(
+            map_record(fields, Some(&mapping)),
+            json!({"email": "Jane@X.com", "first_name": "JANE", "phone": null})
+        );
+    }
+}

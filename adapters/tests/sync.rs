@@ -1,0 +1,586 @@
+//! The sync worker end to end on the embedded stack (sled log, sled records log, SQLite) against
+//! the fake HubSpot: full and incremental runs, change detection by content hash, deletions,
+//! mappings, token refresh and revocation, faults, cancellation, coalescing and resuming.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use adapters::credentials::CredentialService;
+use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
+use adapters::http::{ProviderHttp, RetryPolicy};
+use adapters::lease::Leases;
+use adapters::oauth::{OAuthClient, Revocation};
+use adapters::provider::Credentials;
+use adapters::providers::{Endpoints, Providers};
+use adapters::sync::{SyncConfig, SyncWorker};
+use adapters::vault::{MasterKey, Vault};
+use domain::catalog::AppScope;
+use domain::integration::{
+    FieldMapping, Integration, IntegrationCommand, IntegrationEvent, Status, SyncKind,
+};
+use domain::testing::{as_user, connect_command};
+use domain::{IntegrationId, Role, StreamName, SyncId};
+use eventstore::repository::Repository;
+use eventstore::waiting::eventually;
+use eventstore::{RecordLog, RecordOp, SledEventStore, SledRecordLog, StoredRecordChange};
+use projections::ReadDb;
+use secrecy::SecretString;
+use url::Url;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct World {
+    _dir: tempfile::TempDir,
+    fake: FakeHubSpot,
+    repo: Arc<Repository>,
+    records: Arc<SledRecordLog>,
+    db: ReadDb,
+    vault: Arc<Vault>,
+    worker: SyncWorker,
+    follower: tokio::task::JoinHandle<()>,
+    id: IntegrationId,
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        base: Duration::from_millis(10),
+        max_delay: Duration::from_secs(5),
+        budget: Duration::from_secs(10),
+        timeout: Duration::from_secs(5),
+    }
+}
+
+fn hubspot_client(fake: &FakeHubSpot) -> OAuthClient {
+    let base = &fake.server.base;
+    OAuthClient {
+        client_id: fake::CLIENT_ID.into(),
+        client_secret: SecretString::from(fake::CLIENT_SECRET),
+        authorize_url: base.join("oauth/authorize").unwrap(),
+        token_url: base.join("oauth/v1/token").unwrap(),
+        revocation: Some(Revocation::DeleteRefreshToken(
+            base.join("oauth/v1/refresh-tokens/").unwrap(),
+        )),
+        credentials_in_body: true,
+        extra_authorize_params: Vec::new(),
+    }
+}
+
+fn start_worker(
+    repo: &Arc<Repository>,
+    records: &Arc<SledRecordLog>,
+    db: &ReadDb,
+    vault: &Arc<Vault>,
+    fake: &FakeHubSpot,
+) -> (SyncWorker, tokio::task::JoinHandle<()>) {
+    let http = ProviderHttp::new(ProviderHttp::default_client(), policy());
+    let endpoints = Endpoints {
+        hubspot_api: fake.server.base.clone(),
+    };
+    let leases = Leases::new(db.clone(), Leases::process_holder());
+    let credentials = CredentialService::new(
+        repo.clone(),
+        vault.clone(),
+        leases.clone(),
+        BTreeMap::from([("hubspot".to_owned(), hubspot_client(fake))]),
+        ProviderHttp::default_client(),
+        Url::parse("http://127.0.0.1/v1/oauth/callback").unwrap(),
+    );
+    let worker = SyncWorker::new(
+        repo.clone(),
+        records.clone(),
+        db.clone(),
+        Arc::new(credentials),
+        Providers::new(&endpoints, &http),
+        leases,
+        SyncConfig {
+            lease_ttl: Duration::from_secs(3),
+            max_concurrent_runs: 4,
+        },
+    );
+    let follower = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            worker.follow().await.unwrap();
+        })
+    };
+    (worker, follower)
+}
+
+impl World {
+    async fn new(contacts: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledEventStore::open(dir.path().join("events")).unwrap();
+        let repo = Arc::new(Repository::new(Arc::new(store)));
+        let records = Arc::new(
+            SledRecordLog::open(dir.path().join("records"), Duration::from_secs(86_400)).unwrap(),
+        );
+        let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+            .await
+            .unwrap();
+        let vault = Arc::new(Vault::new(db.clone(), MasterKey::generate()));
+        let fake = FakeHubSpot::start(contacts, 5).await.unwrap();
+
+        // Connect HubSpot as the admin, with tokens the fake issued.
+        let (access, refresh) = fake.auth.issue(&["oauth", "crm.objects.contacts.read"]);
+        let mut connect = connect_command("hubspot", AppScope::Workspace, &[]);
+        let id = connect.integration;
+        let credentials = Credentials {
+            access_token: Some(SecretString::from(access)),
+            refresh_token: Some(SecretString::from(refresh)),
+            ..Credentials::default()
+        };
+        connect.credential_ref = vault.put(id, &credentials.to_secret()).await.unwrap();
+        eventstore::lifecycle::connect(
+            &repo,
+            &as_user("ada", Role::Admin),
+            connect,
+            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
+        )
+        .await
+        .unwrap();
+        let (worker, follower) = start_worker(&repo, &records, &db, &vault, &fake);
+        Self {
+            _dir: dir,
+            fake,
+            repo,
+            records,
+            db,
+            vault,
+            worker,
+            follower,
+            id,
+        }
+    }
+
+    fn stream(&self) -> StreamName {
+        StreamName::integration(self.id)
+    }
+
+    async fn state(&self) -> Integration {
+        self.repo
+            .load::<Integration>(&self.stream())
+            .await
+            .unwrap()
+            .state
+    }
+
+    async fn command(&self, command: IntegrationCommand) {
+        self.repo
+            .execute::<Integration>(&self.stream(), &command, &as_user("ada", Role::Admin))
+            .await
+            .unwrap();
+    }
+
+    async fn request(&self, kind: SyncKind) -> SyncId {
+        let sync_id = SyncId::new();
+        self.command(IntegrationCommand::RequestSync { sync_id, kind })
+            .await;
+        sync_id
+    }
+
+    /// Requests a sync and waits until it ended; returns its last event.
+    async fn sync(&self, kind: SyncKind) -> IntegrationEvent {
+        let sync_id = self.request(kind).await;
+        self.ended(sync_id).await
+    }
+
+    async fn ended(&self, sync_id: SyncId) -> IntegrationEvent {
+        eventually(WAIT, "the sync run ends", || async {
+            self.events().await.into_iter().find(|event| match event {
+                IntegrationEvent::SyncCompleted(done) => done.sync_id == sync_id,
+                IntegrationEvent::SyncFailed(failed) => failed.sync_id == sync_id,
+                _ => false,
+            })
+        })
+        .await
+    }
+
+    async fn events(&self) -> Vec<IntegrationEvent> {
+        self.repo
+            .store()
+            .read_stream(&self.stream(), 1, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|event| event.decode::<IntegrationEvent>().unwrap())
+            .collect()
+    }
+
+    async fn changes(&self) -> Vec<StoredRecordChange> {
+        self.records.read(1, 10_000_000).await.unwrap()
+    }
+
+    async fn changes_of(&self, sync_id: SyncId) -> Vec<StoredRecordChange> {
+        self.changes()
+            .await
+            .into_iter()
+            .filter(|c| c.change.sync_id == sync_id)
+            .collect()
+    }
+}
+
+fn completed(event: &IntegrationEvent) -> (SyncId, domain::integration::RecordCounts) {
+    match event {
+        IntegrationEvent::SyncCompleted(done) => (done.sync_id, done.totals),
+        other => panic!("expected SyncCompleted, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_full_sync_publishes_each_record_once_and_an_unchanged_one_nothing() {
+    let world = World::new(250).await;
+    let (first, totals) = completed(&world.sync(SyncKind::Full).await);
+    // 250 contacts and 5 companies.
+    assert_eq!(
+        (
+            totals.pulled,
+            totals.created,
+            totals.updated,
+            totals.deleted
+        ),
+        (255, 255, 0, 0)
+    );
+    let changes = world.changes_of(first).await;
+    assert_eq!(changes.len(), 255);
+    let ids: BTreeSet<(String, String)> = changes
+        .iter()
+        .map(|c| (c.change.object.clone(), c.change.record_id.clone()))
+        .collect();
+    assert_eq!(ids.len(), 255, "no record published twice");
+    let jane = changes
+        .iter()
+        .find(|c| c.change.object == "contacts" && c.change.record_id == "7")
+        .unwrap();
+    assert_eq!(jane.change.op, RecordOp::Created);
+    assert_eq!(jane.change.data["firstname"], "First7");
+    assert_eq!(jane.change.data["email"], "contact7@example.com");
+
+    let (second, totals) = completed(&world.sync(SyncKind::Full).await);
+    assert_eq!(
+        (
+            totals.pulled,
+            totals.created,
+            totals.updated,
+            totals.deleted
+        ),
+        (255, 0, 0, 0)
+    );
+    assert!(
+        world.changes_of(second).await.is_empty(),
+        "nothing changed, nothing published"
+    );
+
+    // The progress events carry page counts and a cursor; the run ends with its totals.
+    let pages = world
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| matches!(e, IntegrationEvent::SyncProgressed(p) if p.sync_id == second && p.cursor.is_some()))
+        .count();
+    assert!(
+        pages >= 4,
+        "three contact pages, one company page and the sweeps: {pages}"
+    );
+    world.follower.abort();
+}
+
+#[tokio::test]
+async fn a_full_sync_finds_changes_and_deletions_and_an_incremental_one_only_changes() {
+    let world = World::new(120).await;
+    world.sync(SyncKind::Full).await;
+    world.fake.set("contacts", 3, &[("firstname", "Changed")]);
+    world
+        .fake
+        .set("contacts", 121, &[("email", "new@example.com")]);
+    world.fake.archive("contacts", 9);
+
+    let (incremental, totals) = completed(&world.sync(SyncKind::Incremental).await);
+    assert_eq!((totals.created, totals.updated, totals.deleted), (1, 1, 0));
+    let ops: BTreeMap<String, RecordOp> = world
+        .changes_of(incremental)
+        .await
+        .into_iter()
+        .map(|c| (c.change.record_id, c.change.op))
+        .collect();
+    assert_eq!(
+        ops,
+        BTreeMap::from([
+            ("3".into(), RecordOp::Updated),
+            ("121".into(), RecordOp::Created)
+        ])
+    );
+
+    let (full, totals) = completed(&world.sync(SyncKind::Full).await);
+    assert_eq!((totals.created, totals.updated, totals.deleted), (0, 0, 1));
+    let deleted: Vec<_> = world.changes_of(full).await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0].change.record_id, "9");
+    assert_eq!(deleted[0].change.op, RecordOp::Deleted);
+    assert!(deleted[0].change.data.is_null());
+    world.follower.abort();
+}
+
+#[tokio::test]
+async fn field_mappings_shape_the_published_records() {
+    let world = World::new(20).await;
+    world.sync(SyncKind::Full).await;
+    world
+        .command(IntegrationCommand::ChangeMapping {
+            object: "contacts".into(),
+            fields: vec![
+                FieldMapping {
+                    provider_field: "email".into(),
+                    harmony_field: "email".into(),
+                    transform: Some(domain::integration::Transform::Uppercase),
+                },
+                FieldMapping {
+                    provider_field: "firstname".into(),
+                    harmony_field: "first_name".into(),
+                    transform: None,
+                },
+            ],
+            discovered_fields: None,
+        })
+        .await;
+    let (mapped, totals) = completed(&world.sync(SyncKind::Full).await);
+    assert_eq!(totals.updated, 20, "every contact's shape changed");
+    let change = world
+        .changes_of(mapped)
+        .await
+        .into_iter()
+        .find(|c| c.change.record_id == "4" && c.change.object == "contacts")
+        .unwrap();
+    assert_eq!(
+        change.change.data,
+        serde_json::json!({"email": "CONTACT4@EXAMPLE.COM", "first_name": "First4"})
+    );
+    world.follower.abort();
+}
+
+#[tokio::test]
+async fn an_expired_access_token_is_refreshed_once_and_recorded() {
+    let world = World::new(30).await;
+    let before = world.state().await.credential_ref.unwrap();
+    world.fake.auth.expire_access_tokens();
+    let (_, totals) = completed(&world.sync(SyncKind::Full).await);
+    assert_eq!(totals.created, 35);
+    assert_eq!(world.fake.auth.refreshes(), 1);
+    let state = world.state().await;
+    let after = state.credential_ref.unwrap();
+    assert_ne!(before, after, "the refreshed token has a new reference");
+    assert!(state.token_expires_at.is_some());
+    assert!(world
+        .events()
+        .await
+        .iter()
+        .any(|e| matches!(e, IntegrationEvent::CredentialsRefreshed(_))));
+    // The refresh kept the refresh token HubSpot returned.
+    let stored = Credentials::from_secret(&world.vault.get(&after).await.unwrap()).unwrap();
+    assert!(stored.refresh_token.is_some());
+    world.follower.abort();
+}
+
+#[tokio::test]
+async fn a_revoked_grant_marks_the_integration_as_needing_reauth() {
+    let world = World::new(30).await;
+    world.fake.auth.revoke_everything();
+    let sync_id = world.request(SyncKind::Full).await;
+    match world.ended(sync_id).await {
+        IntegrationEvent::SyncFailed(failed) => {
+            assert_eq!(failed.code, "needs_reauth");
+            assert!(failed.retryable);
+        }
+        other => panic!("expected SyncFailed, got {other:?}"),
+    }
+    let state = world.state().await;
+    assert_eq!(state.status, Status::NeedsReauth);
+    let expired = world
+        .events()
+        .await
+        .into_iter()
+        .find_map(|e| match e {
+            IntegrationEvent::CredentialsExpired(expired) => Some(expired),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        expired.reason,
+        domain::integration::ExpiryReason::InvalidGrant
+    );
+    assert!(
+        expired.detail.contains("invalid, expired or revoked"),
+        "{}",
+        expired.detail
+    );
+    world.follower.abort();
+}
+
+#[tokio::test]
+async fn rate_limits_and_server_errors_during_a_run_are_waited_out() {
+    let world = World::new(300).await;
+    world.fake.faults.rate_limit(2, 1);
+    world.fake.faults.unavailable(3);
+    let (_, totals) = completed(&world.sync(SyncKind::Full).await);
+    assert_eq!(totals.created, 305);
+    assert_eq!(world.fake.counters.rate_limited.load(Ordering::SeqCst), 2);
+    assert_eq!(world.fake.counters.unavailable.load(Ordering::SeqCst), 3);
+    world.follower.abort();
+}
+
+#[tokio::test]
+async fn a_provider_down_past_the_budget_fails_the_run_as_retryable() {
+    let world = World::new(30).await;
+    world.fake.faults.unavailable(100_000);
+    match world.sync(SyncKind::Full).await {
+        IntegrationEvent::SyncFailed(failed) => {
+            assert_eq!(failed.code, "unavailable");
+            assert!(failed.retryable);
+            assert!(failed.message.contains("503"), "{}", failed.message);
+        }
+        other => panic!("expected SyncFailed, got {other:?}"),
+    }
+    assert_eq!(
+        world.state().await.status,
+        Status::Connected,
+        "a transient failure does not flip the status"
+    );
+    world.follower.abort();
+}
+
+#[tokio::test]
+async fn requests_during_a_run_coalesce_into_one_follow_up() {
+    let world = World::new(400).await;
+    world.fake.faults.slow(Duration::from_millis(50));
+    let first = world.request(SyncKind::Full).await;
+    eventually(WAIT, "the first run starts", || async {
+        world
+            .state()
+            .await
+            .running_sync
+            .is_some_and(|r| r.sync_id == first)
+            .then_some(())
+    })
+    .await;
+    let second = world.request(SyncKind::Full).await;
+    let third = world.request(SyncKind::Full).await;
+    world.ended(first).await;
+    world.ended(second).await;
+    world.worker.wait_idle().await;
+    let events = world.events().await;
+    let requested = events
+        .iter()
+        .filter(|e| matches!(e, IntegrationEvent::SyncRequested(_)))
+        .count();
+    let completed_runs = events
+        .iter()
+        .filter(|e| matches!(e, IntegrationEvent::SyncCompleted(_)))
+        .count();
+    assert_eq!(
+        (requested, completed_runs),
+        (2, 2),
+        "the third request joined the second"
+    );
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, IntegrationEvent::SyncStarted(s) if s.sync_id == third)));
+    world.follower.abort();
+}
+
+#[tokio::test]
+async fn a_disconnect_stops_the_running_sync_within_a_second() {
+    let world = World::new(2_000).await;
+    world.fake.faults.slow(Duration::from_millis(100));
+    let sync_id = world.request(SyncKind::Full).await;
+    eventually(WAIT, "the run pulled a page", || async {
+        world
+            .state()
+            .await
+            .running_sync
+            .is_some_and(|r| r.sync_id == sync_id && r.pages >= 1)
+            .then_some(())
+    })
+    .await;
+    eventstore::lifecycle::end(
+        &world.repo,
+        &as_user("ada", Role::Admin),
+        world.id,
+        IntegrationCommand::Disconnect {
+            reason: "test".into(),
+            token_revoked: false,
+        },
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(1), "the run stops", || async {
+        (!world.worker.is_running(world.id)).then_some(())
+    })
+    .await;
+    let requests = world.fake.counters.requests.load(Ordering::SeqCst);
+    match world.ended(sync_id).await {
+        IntegrationEvent::SyncFailed(failed) => assert_eq!(failed.code, "cancelled"),
+        other => panic!("expected SyncFailed, got {other:?}"),
+    }
+    // Nothing more is asked of the provider once stopped.
+    world.worker.wait_idle().await;
+    assert_eq!(
+        world.fake.counters.requests.load(Ordering::SeqCst),
+        requests
+    );
+    world.follower.abort();
+}
+
+#[tokio::test]
+async fn an_interrupted_run_resumes_from_its_last_cursor() {
+    let world = World::new(1_000).await;
+    world.fake.faults.slow(Duration::from_millis(30));
+    let sync_id = world.request(SyncKind::Full).await;
+    eventually(WAIT, "three pages done", || async {
+        world
+            .state()
+            .await
+            .running_sync
+            .is_some_and(|r| r.pages >= 3)
+            .then_some(())
+    })
+    .await;
+    // The process dies: its follower and run stop without recording anything.
+    world.follower.abort();
+    world.worker.cancel(world.id);
+    world.worker.wait_idle().await;
+    assert!(
+        world.state().await.running_sync.is_some(),
+        "the run is still open in the log"
+    );
+    let asked_before = world.fake.counters.requests.load(Ordering::SeqCst);
+
+    // A new process replays from its dispatch checkpoint and resumes the run.
+    let (worker, follower) = start_worker(
+        &world.repo,
+        &world.records,
+        &world.db,
+        &world.vault,
+        &world.fake,
+    );
+    let (_, totals) = completed(&world.ended(sync_id).await);
+    assert_eq!(totals.created, 1_005);
+    let changes = world.changes_of(sync_id).await;
+    let distinct: BTreeSet<_> = changes
+        .iter()
+        .map(|c| (c.change.object.clone(), c.change.record_id.clone()))
+        .collect();
+    assert_eq!(
+        (changes.len(), distinct.len()),
+        (1_005, 1_005),
+        "every record exactly once"
+    );
+    let asked_after = world.fake.counters.requests.load(Ordering::SeqCst) - asked_before;
+    assert!(
+        asked_after <= 10,
+        "resumed, not restarted: {asked_after} more calls"
+    );
+    worker.wait_idle().await;
+    follower.abort();
+}
