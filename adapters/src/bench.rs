@@ -124,6 +124,7 @@ impl Stack {
             Providers::new(
                 &Endpoints {
                     hubspot_api: api.clone(),
+                    ..Endpoints::default()
                 },
                 &http,
             ),

@@ -138,6 +138,25 @@ impl ProviderHttp {
         &self,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, ProviderError> {
+        self.send_with(build, Replay::Safe).await
+    }
+
+    /// Like [`send`](Self::send) for a request that is not safe to repeat (an SMS, an email
+    /// at a provider without idempotency keys): it is sent again only when the provider
+    /// certainly did not act on it — a 429, or a connection that never opened. A 5xx or a
+    /// timeout may have been acted on, so it comes back as a failure at once.
+    pub async fn send_once(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, ProviderError> {
+        self.send_with(build, Replay::OnlyUnprocessed).await
+    }
+
+    async fn send_with(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+        replay: Replay,
+    ) -> Result<Response, ProviderError> {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
@@ -149,26 +168,43 @@ impl ProviderHttp {
             let (wait, failure) = match outcome {
                 Ok(response) => {
                     self.note_rate_limit(response.headers());
-                    let status = response.status();
-                    if !is_transient(status) {
-                        return Ok(response);
+                    match quota_refusal(response).await {
+                        // Google answers a rate limit as a 403 with a quota reason.
+                        Err(detail) => (None, ProviderError::RateLimited { detail }),
+                        Ok(response) => {
+                            let status = response.status();
+                            if !is_transient(status) {
+                                return Ok(response);
+                            }
+                            let told = retry_after(response.headers());
+                            let body = response.text().await.unwrap_or_default();
+                            let detail =
+                                format!("HTTP {}: {}", status.as_u16(), error_detail(&body));
+                            if status == StatusCode::TOO_MANY_REQUESTS {
+                                (told, ProviderError::RateLimited { detail })
+                            } else if replay == Replay::OnlyUnprocessed {
+                                return Err(ProviderError::Unavailable {
+                                    detail: format!("{detail} ({NOT_REPEATED})"),
+                                });
+                            } else {
+                                (told, ProviderError::Unavailable { detail })
+                            }
+                        }
                     }
-                    let told = retry_after(response.headers());
-                    let body = response.text().await.unwrap_or_default();
-                    let detail = format!("HTTP {}: {}", status.as_u16(), error_detail(&body));
-                    let failure = if status == StatusCode::TOO_MANY_REQUESTS {
-                        ProviderError::RateLimited { detail }
-                    } else {
-                        ProviderError::Unavailable { detail }
-                    };
-                    (told, failure)
                 }
-                Err(error) => (
-                    None,
-                    ProviderError::Unavailable {
-                        detail: describe_transport_error(error),
-                    },
-                ),
+                Err(error) => {
+                    if replay == Replay::OnlyUnprocessed && !error.is_connect() {
+                        return Err(ProviderError::Unavailable {
+                            detail: format!("{} ({NOT_REPEATED})", describe_transport_error(error)),
+                        });
+                    }
+                    (
+                        None,
+                        ProviderError::Unavailable {
+                            detail: describe_transport_error(error),
+                        },
+                    )
+                }
             };
             let delay = match wait {
                 Some(told) if told > self.policy.max_delay => return Err(failure),
@@ -226,6 +262,36 @@ impl ProviderHttp {
             *self.paused_until.lock().expect("rate-limit state lock") = Some(until);
         }
     }
+}
+
+const NOT_REPEATED: &str = "not repeated: the provider may have acted on it";
+
+/// Whether a failed request may be sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replay {
+    /// Reads, and writes the provider deduplicates (idempotency keys, client-chosen ids).
+    Safe,
+    /// Writes the provider would perform twice.
+    OnlyUnprocessed,
+}
+
+/// A 403 that is a rate limit in disguise (Google's `usageLimits` reasons) becomes the
+/// refusal's detail; any other response comes back unread.
+async fn quota_refusal(response: Response) -> Result<Response, String> {
+    if response.status() != StatusCode::FORBIDDEN {
+        return Ok(response);
+    }
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    if text.contains("\"rateLimitExceeded\"") || text.contains("\"userRateLimitExceeded\"") {
+        return Err(format!("HTTP 403: {}", error_detail(&text)));
+    }
+    let mut rebuilt = http::Response::new(body);
+    *rebuilt.status_mut() = status;
+    *rebuilt.headers_mut() = headers;
+    Ok(Response::from(rebuilt))
 }
 
 fn is_transient(status: StatusCode) -> bool {

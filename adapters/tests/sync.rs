@@ -78,6 +78,7 @@ fn start_worker(
     let http = ProviderHttp::new(ProviderHttp::default_client(), policy());
     let endpoints = Endpoints {
         hubspot_api: fake.server.base.clone(),
+        ..Endpoints::default()
     };
     let leases = Leases::new(db.clone(), Leases::process_holder());
     let credentials = CredentialService::new(

@@ -134,11 +134,26 @@ impl FieldKind {
     }
 }
 
+/// An `https://` URL, or an `http://` one on this machine's loopback interface (a server such
+/// as Radicale running beside the service), where no network sees the traffic.
 fn validate_https_url(value: &str) -> Result<(), String> {
-    let Some(rest) = value.strip_prefix("https://") else {
-        return Err("must be an https:// URL".into());
+    let (rest, plain) = match (
+        value.strip_prefix("https://"),
+        value.strip_prefix("http://"),
+    ) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => return Err("must be an https:// URL".into()),
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if plain {
+        let loopback = ["127.0.0.1", "localhost", "[::1]"]
+            .iter()
+            .any(|name| host == *name || host.starts_with(&format!("{name}:")));
+        if !loopback {
+            return Err("must be an https:// URL (http:// only on 127.0.0.1 or localhost)".into());
+        }
+    }
     let host_name = host.rsplit_once(':').map_or(host, |(name, port)| {
         if port.bytes().all(|b| b.is_ascii_digit()) {
             name
@@ -763,6 +778,16 @@ mod tests {
             .validate("https://127.0.0.1:8443/cal/")
             .is_ok());
         assert!(FieldKind::Url.validate("http://acme.example").is_err());
+        assert!(FieldKind::Url
+            .validate("http://127.0.0.1:5232/jane/")
+            .is_ok());
+        assert!(FieldKind::Url.validate("http://localhost/cal/").is_ok());
+        assert!(FieldKind::Url
+            .validate("http://localhost.evil.example/")
+            .is_err());
+        assert!(FieldKind::Url
+            .validate("http://127.0.0.1.evil.example/")
+            .is_err());
         assert!(FieldKind::Url.validate("https://").is_err());
         assert!(FieldKind::Subdomain.validate("acme-support").is_ok());
         assert!(FieldKind::Subdomain.validate("Acme.support").is_err());

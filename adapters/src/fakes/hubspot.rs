@@ -181,6 +181,7 @@ impl FakeHubSpot {
                     shape: FaultShape {
                         rate_limited: r#"{"status":"error","message":"You have reached your ten secondly limit.","errorType":"RATE_LIMIT","correlationId":"00000000-0000-0000-0000-000000000000","policyName":"TEN_SECONDLY_ROLLING"}"#,
                         unavailable: r#"{"status":"error","message":"Service Unavailable","category":"SERVICE_UNAVAILABLE"}"#,
+                        quota: None,
                     },
                 },
                 apply_faults,

@@ -19,8 +19,13 @@ use axum::Router;
 use tokio::sync::oneshot;
 use url::Url;
 
+pub mod google;
 pub mod hubspot;
 pub mod oauth;
+pub(crate) mod store;
+pub mod todoist;
+pub mod twilio;
+pub mod zendesk;
 
 /// Faults a test switches on while a fake runs. The counted ones answer that many requests
 /// and then stop by themselves.
@@ -29,6 +34,7 @@ pub struct Faults {
     rate_limited: AtomicU32,
     retry_after_seconds: AtomicU64,
     unavailable: AtomicU32,
+    quota: AtomicU32,
     delay_ms: AtomicU64,
 }
 
@@ -43,6 +49,12 @@ impl Faults {
     /// The next `count` API calls answer 503.
     pub fn unavailable(&self, count: u32) {
         self.unavailable.store(count, Ordering::SeqCst);
+    }
+
+    /// The next `count` API calls answer 403 with the provider's quota reason (Google's way
+    /// of saying 429); fakes of providers without one answer 429.
+    pub fn quota(&self, count: u32) {
+        self.quota.store(count, Ordering::SeqCst);
     }
 
     /// Every answer waits this long first.
@@ -122,6 +134,8 @@ impl Drop for FakeServer {
 pub(crate) struct FaultShape {
     pub(crate) rate_limited: &'static str,
     pub(crate) unavailable: &'static str,
+    /// A 403 body carrying a quota reason, for providers that rate-limit that way.
+    pub(crate) quota: Option<&'static str>,
 }
 
 #[derive(Clone, Debug)]
@@ -152,6 +166,13 @@ pub(crate) async fn apply_faults(
         );
         return response;
     }
+    if Faults::take(&layer.faults.quota) {
+        layer.counters.rate_limited.fetch_add(1, Ordering::SeqCst);
+        return match layer.shape.quota {
+            Some(body) => json_response(StatusCode::FORBIDDEN, body),
+            None => json_response(StatusCode::TOO_MANY_REQUESTS, layer.shape.rate_limited),
+        };
+    }
     if Faults::take(&layer.faults.unavailable) {
         layer.counters.unavailable.fetch_add(1, Ordering::SeqCst);
         return json_response(StatusCode::SERVICE_UNAVAILABLE, layer.shape.unavailable);
@@ -172,4 +193,45 @@ pub(crate) fn json_response(status: StatusCode, body: &'static str) -> Response 
 pub(crate) fn token(prefix: &str) -> String {
     let bytes: [u8; 16] = rand::random();
     format!("{prefix}-{}", hex::encode(bytes))
+}
+
+/// `router` behind the switchable faults.
+pub(crate) fn with_faults(
+    router: Router,
+    faults: &Arc<Faults>,
+    counters: &Arc<Counters>,
+    shape: FaultShape,
+) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        FaultLayer {
+            faults: faults.clone(),
+            counters: counters.clone(),
+            shape,
+        },
+        apply_faults,
+    ))
+}
+
+/// The user and password of an `Authorization: Basic` header.
+pub(crate) fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let encoded = headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let pair = String::from_utf8(decoded).ok()?;
+    let (user, password) = pair.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// An object literal as a map, for fakes building records.
+pub(crate) fn object(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
 }
