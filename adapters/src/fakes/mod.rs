@@ -22,6 +22,7 @@ use url::Url;
 pub mod google;
 pub mod hubspot;
 pub mod oauth;
+pub mod salesforce;
 pub(crate) mod store;
 pub mod todoist;
 pub mod twilio;

@@ -12,6 +12,7 @@ use crate::provider::Provider;
 pub mod gmail;
 pub mod google_calendar;
 pub mod hubspot;
+pub mod salesforce;
 pub mod todoist;
 pub mod twilio;
 pub mod zendesk;
@@ -68,6 +69,10 @@ impl Providers {
         by_app.insert(
             "gmail",
             Arc::new(gmail::Gmail::new(endpoints.gmail_api.clone(), http.clone())),
+        );
+        by_app.insert(
+            "salesforce",
+            Arc::new(salesforce::Salesforce::new(http.clone())),
         );
         by_app.insert(
             "todoist",
