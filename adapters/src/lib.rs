@@ -37,3 +37,4 @@ pub mod provider;
 pub mod providers;
 pub mod sync;
 pub mod vault;
+pub mod xml;

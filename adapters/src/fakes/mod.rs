@@ -19,6 +19,7 @@ use axum::Router;
 use tokio::sync::oneshot;
 use url::Url;
 
+pub mod caldav;
 pub mod google;
 pub mod hubspot;
 pub mod oauth;

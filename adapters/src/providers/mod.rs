@@ -9,6 +9,7 @@ use url::Url;
 use crate::http::{ProviderError, ProviderHttp};
 use crate::provider::Provider;
 
+pub mod caldav;
 pub mod gmail;
 pub mod google_calendar;
 pub mod hubspot;
@@ -70,6 +71,7 @@ impl Providers {
             "gmail",
             Arc::new(gmail::Gmail::new(endpoints.gmail_api.clone(), http.clone())),
         );
+        by_app.insert("caldav", Arc::new(caldav::CalDav::new(http.clone())));
         by_app.insert(
             "salesforce",
             Arc::new(salesforce::Salesforce::new(http.clone())),
