@@ -26,6 +26,7 @@ macro_rules! on_db {
 }
 
 #[cfg(feature = "fakes")]
+pub mod actions;
 pub mod bench;
 pub mod credentials;
 #[cfg(feature = "fakes")]

@@ -209,6 +209,14 @@ pub trait Provider: Send + Sync + fmt::Debug {
         request: PullRequest<'_>,
     ) -> Result<Page, ProviderError>;
 
+    /// Whether `tool` may be performed again with the same idempotency key without acting
+    /// twice (the provider deduplicates, or the push names what it creates). A tool that is
+    /// not is never retried once an attempt may have reached the provider.
+    fn repeatable(&self, tool: &str) -> bool {
+        let _ = tool;
+        true
+    }
+
     /// Performs a Companion tool at the provider. `idempotency_key` is sent where the provider
     /// supports one, so a retried push never creates a duplicate.
     async fn push(

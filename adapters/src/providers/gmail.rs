@@ -379,6 +379,10 @@ impl Provider for Gmail {
         }
     }
 
+    fn repeatable(&self, tool: &str) -> bool {
+        tool != "send_email"
+    }
+
     async fn push(
         &self,
         connection: Connection<'_>,

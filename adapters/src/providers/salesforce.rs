@@ -316,6 +316,10 @@ impl Provider for Salesforce {
         })
     }
 
+    fn repeatable(&self, tool: &str) -> bool {
+        tool != "create_contact"
+    }
+
     async fn push(
         &self,
         connection: Connection<'_>,

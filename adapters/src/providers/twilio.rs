@@ -256,6 +256,10 @@ impl Provider for Twilio {
         })
     }
 
+    fn repeatable(&self, tool: &str) -> bool {
+        tool != "send_sms"
+    }
+
     async fn push(
         &self,
         connection: Connection<'_>,

@@ -267,6 +267,10 @@ impl Provider for Zendesk {
         })
     }
 
+    fn repeatable(&self, tool: &str) -> bool {
+        tool != "add_public_comment"
+    }
+
     async fn push(
         &self,
         connection: Connection<'_>,

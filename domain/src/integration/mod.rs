@@ -12,6 +12,7 @@ mod events;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub use commands::{ConnectIntegration, IntegrationCommand};
 pub use events::*;
@@ -102,6 +103,8 @@ pub enum ActionStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenAction {
     pub tool: String,
+    /// The tool's arguments, for the worker that performs it once approved.
+    pub arguments: Value,
     pub sensitive: bool,
     pub status: ActionStatus,
 }
@@ -954,6 +957,7 @@ impl Aggregate for Integration {
                     e.action_id,
                     OpenAction {
                         tool: e.tool.clone(),
+                        arguments: e.arguments.clone(),
                         sensitive: e.sensitive,
                         status: ActionStatus::AwaitingApproval,
                     },

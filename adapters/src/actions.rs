@@ -1,0 +1,378 @@
+//! The Companion action worker: performs approved actions at their provider and records how
+//! each ended.
+//!
+//! It follows the log. An `ActionApproved` (by a person, by an auto-approval rule, or at once
+//! for a tool that is not sensitive) makes it look at the integration and push every approved
+//! action still open, under a lease per action so that several processes never push the same
+//! one. The action's id is the push's idempotency key. `ActionCompleted` carries the
+//! provider's answer; `ActionFailed` carries the reason and whether trying again could help.
+//! A refused token is refreshed once; a dead grant also marks the integration as needing
+//! reauthentication.
+//!
+//! A tool the provider would perform twice (an SMS, an email) is marked before it is pushed;
+//! found marked again after a crash, its outcome is unknown, and the action fails saying so
+//! rather than risk sending twice. Restarted, the worker replays from the oldest approval it
+//! had not finished, so no approved action is forgotten.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use domain::aggregate::CommandContext;
+use domain::integration::{ActionStatus, ExpiryReason, Integration, IntegrationCommand};
+use domain::principal::Caller;
+use domain::{ActionId, DomainError, IntegrationId, StreamName, Timestamp};
+use eventstore::repository::{Repository, RepositoryError};
+use eventstore::StoreError;
+use futures::StreamExt;
+use projections::ReadDb;
+use serde_json::Value;
+
+use crate::http::ProviderError;
+use crate::lease::Leases;
+use crate::provider::Connection;
+use crate::providers::Providers;
+use crate::sync::CredentialSource;
+
+const DISPATCH_CHECKPOINT: &str = "action_dispatch";
+/// How long one push may hold its action.
+const ACTION_LEASE: Duration = Duration::from_secs(300);
+/// A mark that an attempt of a non-repeatable push began; kept until the outcome is recorded.
+const ATTEMPT_MARK: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Performs approved Companion actions.
+#[derive(Clone, Debug)]
+pub struct ActionWorker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    repo: Arc<Repository>,
+    db: ReadDb,
+    credentials: Arc<dyn CredentialSource>,
+    providers: Providers,
+    leases: Leases,
+    /// Integrations being worked on, and whether another look was asked meanwhile.
+    active: Mutex<HashMap<IntegrationId, bool>>,
+    idle: tokio::sync::Notify,
+}
+
+fn context() -> CommandContext {
+    CommandContext::new(Caller::system("action worker"), Timestamp::now())
+}
+
+/// What became of one push.
+enum Outcome {
+    Completed(Value),
+    Failed {
+        error: String,
+        retryable: bool,
+        expired: Option<(ExpiryReason, String)>,
+    },
+}
+
+impl ActionWorker {
+    pub fn new(
+        repo: Arc<Repository>,
+        db: ReadDb,
+        credentials: Arc<dyn CredentialSource>,
+        providers: Providers,
+        leases: Leases,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                repo,
+                db,
+                credentials,
+                providers,
+                leases,
+                active: Mutex::default(),
+                idle: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// Follows the log and performs approved actions, until the subscription ends.
+    pub async fn follow(&self) -> Result<(), StoreError> {
+        let from = projections::db::checkpoint(&self.inner.db, DISPATCH_CHECKPOINT)
+            .await
+            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        let mut events = self.inner.repo.store().subscribe(from + 1);
+        // Positions of approvals whose integration was not looked at to the end yet.
+        let mut open: BTreeMap<u64, IntegrationId> = BTreeMap::new();
+        let mut last_saved = from;
+        let mut last_save_at = Instant::now();
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if let Some(id) = event.stream.integration_id() {
+                if event.event_type == "ActionApproved" {
+                    open.insert(event.position, id);
+                    self.kick(id);
+                }
+            }
+            let busy: Vec<IntegrationId> = self
+                .inner
+                .active
+                .lock()
+                .expect("active actions lock")
+                .keys()
+                .copied()
+                .collect();
+            open.retain(|_, id| busy.contains(id));
+            let safe = open
+                .keys()
+                .next()
+                .map_or(event.position, |first| first.saturating_sub(1));
+            if safe > last_saved && last_save_at.elapsed() >= Duration::from_millis(500) {
+                let saved = async {
+                    let mut tx = self.inner.db.begin_write().await?;
+                    tx.save_checkpoint(DISPATCH_CHECKPOINT, safe).await?;
+                    tx.commit().await
+                }
+                .await;
+                match saved {
+                    Ok(()) => last_saved = safe,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not save the action dispatcher's checkpoint")
+                    }
+                }
+                last_save_at = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure the integration's approved actions get performed.
+    pub fn kick(&self, id: IntegrationId) {
+        {
+            let mut active = self.inner.active.lock().expect("active actions lock");
+            if let Some(again) = active.get_mut(&id) {
+                *again = true;
+                return;
+            }
+            active.insert(id, false);
+        }
+        let worker = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = worker.work_on(id).await {
+                    tracing::warn!(integration = %id, %error, "performing actions stopped with an error");
+                }
+                let mut active = worker.inner.active.lock().expect("active actions lock");
+                let again = active.get_mut(&id).is_some_and(std::mem::take);
+                if !again {
+                    active.remove(&id);
+                    drop(active);
+                    worker.inner.idle.notify_waiters();
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Waits until no action is being performed.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self
+                .inner
+                .active
+                .lock()
+                .expect("active actions lock")
+                .is_empty()
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    async fn work_on(&self, id: IntegrationId) -> Result<(), RepositoryError> {
+        let stream = StreamName::integration(id);
+        let state = self.inner.repo.load::<Integration>(&stream).await?.state;
+        let approved: Vec<(ActionId, String, Value)> = state
+            .open_actions
+            .iter()
+            .filter(|(_, action)| action.status == ActionStatus::Approved)
+            .map(|(id, action)| (*id, action.tool.clone(), action.arguments.clone()))
+            .collect();
+        for (action_id, tool, arguments) in approved {
+            let lease = format!("action:{action_id}");
+            match self.inner.leases.try_acquire(&lease, ACTION_LEASE).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!(%action_id, %error, "could not take an action's lease");
+                    continue;
+                }
+            }
+            let outcome = self.perform(id, &state, action_id, &tool, &arguments).await;
+            self.record(&stream, action_id, outcome).await?;
+            let _ = self
+                .inner
+                .leases
+                .release(&format!("attempt:{action_id}"))
+                .await;
+            let _ = self.inner.leases.release(&lease).await;
+        }
+        Ok(())
+    }
+
+    async fn perform(
+        &self,
+        id: IntegrationId,
+        state: &Integration,
+        action_id: ActionId,
+        tool: &str,
+        arguments: &Value,
+    ) -> Outcome {
+        let app = state.profile.as_ref().map_or("", |p| p.app.as_str());
+        let Some(provider) = self.inner.providers.get(app) else {
+            return Outcome::Failed {
+                error: format!("no client for {app} is configured"),
+                retryable: false,
+                expired: None,
+            };
+        };
+        if !provider.repeatable(tool) {
+            let mark = format!("attempt:{action_id}");
+            match self.inner.leases.holder_of(&mark).await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    return Outcome::Failed {
+                        error: format!(
+                            "an earlier attempt may have reached {}; {tool} is not repeated, \
+                             to be sure it is not done twice",
+                            provider.app().name
+                        ),
+                        retryable: false,
+                        expired: None,
+                    }
+                }
+                Err(error) => {
+                    return Outcome::Failed {
+                        error: format!("could not check earlier attempts: {error}"),
+                        retryable: true,
+                        expired: None,
+                    }
+                }
+            }
+            if let Err(error) = self.inner.leases.try_acquire(&mark, ATTEMPT_MARK).await {
+                return Outcome::Failed {
+                    error: format!("could not mark the attempt: {error}"),
+                    retryable: true,
+                    expired: None,
+                };
+            }
+        }
+        let key = action_id.to_string();
+        let pushed = async {
+            let mut credentials = self.inner.credentials.current(id, state).await?;
+            let setup = &state.setup;
+            let first = provider
+                .push(
+                    Connection {
+                        setup,
+                        credentials: &credentials,
+                    },
+                    tool,
+                    arguments,
+                    &key,
+                )
+                .await;
+            match first {
+                // A refused token: the provider did nothing, so trying again is safe.
+                Err(ProviderError::Unauthorized { .. }) => {
+                    let stale = credentials.clone();
+                    credentials = self.inner.credentials.refresh(id, &stale).await?;
+                    provider
+                        .push(
+                            Connection {
+                                setup,
+                                credentials: &credentials,
+                            },
+                            tool,
+                            arguments,
+                            &key,
+                        )
+                        .await
+                }
+                other => other,
+            }
+        }
+        .await;
+        match pushed {
+            Ok(result) => Outcome::Completed(result),
+            Err(
+                error @ (ProviderError::InvalidGrant { .. } | ProviderError::Unauthorized { .. }),
+            ) => {
+                let reason = if matches!(error, ProviderError::InvalidGrant { .. }) {
+                    ExpiryReason::InvalidGrant
+                } else {
+                    ExpiryReason::Revoked
+                };
+                Outcome::Failed {
+                    error: error.to_string(),
+                    retryable: false,
+                    expired: Some((reason, error.to_string())),
+                }
+            }
+            Err(error) => Outcome::Failed {
+                retryable: error.retryable(),
+                error: error.to_string(),
+                expired: None,
+            },
+        }
+    }
+
+    async fn record(
+        &self,
+        stream: &StreamName,
+        action_id: ActionId,
+        outcome: Outcome,
+    ) -> Result<(), RepositoryError> {
+        let (command, expired) = match outcome {
+            Outcome::Completed(result) => (
+                IntegrationCommand::CompleteAction { action_id, result },
+                None,
+            ),
+            Outcome::Failed {
+                error,
+                retryable,
+                expired,
+            } => (
+                IntegrationCommand::FailAction {
+                    action_id,
+                    error,
+                    retryable,
+                },
+                expired,
+            ),
+        };
+        let mut commands = vec![command];
+        if let Some((reason, detail)) = expired {
+            commands.push(IntegrationCommand::MarkCredentialsExpired { reason, detail });
+        }
+        for command in &commands {
+            match self
+                .inner
+                .repo
+                .execute::<Integration>(stream, command, &context())
+                .await
+            {
+                Ok(_) => {}
+                // Finished meanwhile (a disconnect closes open actions), or already marked.
+                Err(RepositoryError::Domain(
+                    DomainError::ActionState { .. }
+                    | DomainError::UnknownAction(_)
+                    | DomainError::Disconnected
+                    | DomainError::Deleted
+                    | DomainError::NeedsReauth,
+                )) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+}
