@@ -28,6 +28,7 @@ macro_rules! on_db {
 #[cfg(feature = "fakes")]
 pub mod actions;
 pub mod bench;
+pub mod config;
 pub mod credentials;
 #[cfg(feature = "fakes")]
 pub mod fakes;
@@ -36,6 +37,7 @@ pub mod lease;
 pub mod oauth;
 pub mod provider;
 pub mod providers;
+pub mod scheduler;
 pub mod sync;
 pub mod vault;
 pub mod xml;
