@@ -19,7 +19,7 @@
 //! by the domain into one pending follow-up, which the worker starts when the run ends. A run
 //! interrupted by a crash resumes from the cursor of its last `SyncProgressed`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use domain::{
     Caller, CommandContext, DomainError, EventId, IntegrationId, StreamName, SyncId, Timestamp,
 };
 use eventstore::repository::{Held, Repository, RepositoryError};
+use eventstore::work_queue::WorkQueue;
 use eventstore::{RecordChange, RecordLog, RecordOp, StoreError};
 use futures::StreamExt;
 use projections::db::{execute, fetch_all, fetch_in, Bind};
@@ -148,6 +149,10 @@ struct Inner {
     active: Mutex<HashMap<IntegrationId, Active>>,
     slots: Semaphore,
     idle: tokio::sync::Notify,
+    /// In a distributed service, the queue that hands runs to the processes.
+    queue: std::sync::OnceLock<WorkQueue>,
+    /// Integrations whose last look found another process holding their lease.
+    busy_elsewhere: Mutex<HashSet<IntegrationId>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -189,6 +194,8 @@ impl SyncWorker {
                 config,
                 active: Mutex::default(),
                 idle: tokio::sync::Notify::new(),
+                queue: std::sync::OnceLock::new(),
+                busy_elsewhere: Mutex::default(),
             }),
         }
     }
@@ -205,16 +212,24 @@ impl SyncWorker {
         let mut open: BTreeMap<u64, IntegrationId> = BTreeMap::new();
         let mut last_saved = from;
         let mut last_save_at = Instant::now();
+        let queue = self.inner.queue.get();
         while let Some(event) = events.next().await {
             let event = event?;
             let last_seen = event.position;
             if let Some(id) = event.stream.integration_id() {
-                match event.event_type.as_str() {
-                    "SyncRequested" | "SyncStarted" | "SyncProgressed" => {
+                match (event.event_type.as_str(), queue) {
+                    // Distributed: the request becomes work on the shared queue, offered by
+                    // every process and kept once. An interrupted run's item was never
+                    // acknowledged, so it comes back by itself.
+                    ("SyncRequested", Some(queue)) => {
+                        queue.offer(&id.to_string(), &event.id.to_string()).await?;
+                    }
+                    ("SyncStarted" | "SyncProgressed", Some(_)) => {}
+                    ("SyncRequested" | "SyncStarted" | "SyncProgressed", None) => {
                         open.insert(event.position, id);
                         self.kick(id);
                     }
-                    "Disconnected" | "Deleted" | "CredentialsExpired" => self.cancel(id),
+                    ("Disconnected" | "Deleted" | "CredentialsExpired", _) => self.cancel(id),
                     _ => {}
                 }
             }
@@ -237,6 +252,88 @@ impl SyncWorker {
                 last_saved = safe;
                 last_save_at = Instant::now();
             }
+        }
+        Ok(())
+    }
+
+    /// Makes this worker take its runs from `queue`, shared with the service's other
+    /// processes, instead of from its own reading of the log. Call before [`follow`] and
+    /// [`take_work`].
+    ///
+    /// [`follow`]: Self::follow
+    /// [`take_work`]: Self::take_work
+    pub fn use_queue(&self, queue: WorkQueue) {
+        let _ = self.inner.queue.set(queue);
+    }
+
+    /// Whether runs come from a shared work queue.
+    pub fn has_queue(&self) -> bool {
+        self.inner.queue.get().is_some()
+    }
+
+    /// Takes runs from the work queue for as long as it is polled: each item is run here (a
+    /// request during a run coalesces into one follow-up), kept alive while it runs, and
+    /// acknowledged once the integration is idle — or handed back for later when another
+    /// process holds the integration's lease.
+    pub async fn take_work(&self) -> Result<(), StoreError> {
+        let Some(queue) = self.inner.queue.get() else {
+            return Err(StoreError::Misconfigured(
+                "the sync worker has no work queue".into(),
+            ));
+        };
+        let mut items = queue.items().await?;
+        // No more items in hand than runs this process may do at once: the rest stay on the
+        // queue for the other processes.
+        let in_hand = Arc::new(Semaphore::new(self.inner.config.max_concurrent_runs.max(1)));
+        loop {
+            let permit = in_hand
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| StoreError::Unavailable("the worker is shutting down".into()))?;
+            let Some(item) = items.next().await else {
+                break;
+            };
+            let item = item?;
+            let Ok(id) = item.key.parse::<IntegrationId>() else {
+                tracing::warn!(key = %item.key, "dropping sync work for no integration");
+                item.done().await?;
+                continue;
+            };
+            let worker = self.clone();
+            let heartbeat = queue.ack_wait() / 3;
+            tokio::spawn(async move {
+                worker.kick(id);
+                loop {
+                    let notified = worker.inner.idle.notified();
+                    if !worker.is_running(id) {
+                        break;
+                    }
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep(heartbeat) => {
+                            if let Err(error) = item.working().await {
+                                tracing::warn!(integration = %id, %error, "cannot keep sync work alive");
+                            }
+                        }
+                    }
+                }
+                let elsewhere = worker
+                    .inner
+                    .busy_elsewhere
+                    .lock()
+                    .expect("busy integrations lock")
+                    .remove(&id);
+                let settled = if elsewhere {
+                    item.later(Duration::from_secs(2)).await
+                } else {
+                    item.done().await
+                };
+                if let Err(error) = settled {
+                    tracing::warn!(integration = %id, %error, "cannot settle sync work");
+                }
+                drop(permit);
+            });
         }
         Ok(())
     }
@@ -324,6 +421,11 @@ impl SyncWorker {
         let ttl = self.inner.config.lease_ttl;
         if !self.inner.leases.try_acquire(&lease, ttl).await? {
             tracing::debug!(integration = %id, "another process runs this integration's sync");
+            self.inner
+                .busy_elsewhere
+                .lock()
+                .expect("busy integrations lock")
+                .insert(id);
             return Ok(());
         }
         let (lost_tx, lost) = watch::channel(false);
@@ -397,6 +499,7 @@ impl SyncWorker {
                 }
                 (None, None) => return Ok(()),
             };
+        tracing::info!(integration = %id, sync = %sync_id, holder = self.inner.leases.holder(), "running a sync");
         let run = Run {
             worker: self,
             id,

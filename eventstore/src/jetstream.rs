@@ -282,6 +282,11 @@ impl JetStreamEventStore {
         &self.inner.client
     }
 
+    /// The JetStream context, for the work queues beside the log.
+    pub(crate) fn context(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
     /// The subject an event of `stream` of type `event_type` with `metadata` is published on.
     pub fn subject_for(
         &self,

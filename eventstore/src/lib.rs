@@ -34,6 +34,7 @@ mod types;
 #[cfg(any(test, feature = "test-support"))]
 pub mod waiting;
 pub mod wire;
+pub mod work_queue;
 
 pub use chain::{verify_stream, BrokenLink, ChainHash, VerifyReport};
 pub use error::StoreError;

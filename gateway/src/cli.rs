@@ -106,6 +106,21 @@ pub struct ServeArgs {
     /// The address to serve HTTP on.
     #[arg(long, env = "HARMONY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// A TOML file with the OAuth clients, the public base URL and provider endpoints (see
+    /// the README); the HARMONY_OAUTH_* and HARMONY_PUBLIC_BASE_URL variables override it.
+    #[arg(long, env = "HARMONY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// How often the scheduler looks for integrations due an incremental sync.
+    #[arg(long, env = "HARMONY_SCHEDULE_TICK_SECONDS", default_value_t = 30)]
+    pub schedule_tick_seconds: u64,
+    /// A sync run's lease on its integration; a process that dies mid-run lets another
+    /// resume it this long after.
+    #[arg(long, env = "HARMONY_SYNC_LEASE_SECONDS", default_value_t = 30)]
+    pub sync_lease_seconds: u64,
+    /// On JetStream: how long a sync run's work item may go without a heartbeat before
+    /// another process takes it over (fixed when the queue is first created).
+    #[arg(long, env = "HARMONY_SYNC_WORK_ACK_WAIT_SECONDS", default_value_t = 30)]
+    pub sync_work_ack_wait_seconds: u64,
     #[command(flatten)]
     pub storage: StorageArgs,
 }

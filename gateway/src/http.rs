@@ -118,16 +118,28 @@ mod tests {
         let read = projections::ReadDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
+        let settings = crate::Settings::embedded(dir.path().to_path_buf());
+        let vault = std::sync::Arc::new(adapters::vault::Vault::new(
+            read.clone(),
+            adapters::vault::MasterKey::generate(),
+        ));
+        let workers = crate::Workers::new(
+            store.clone(),
+            records.clone(),
+            &read,
+            vault.clone(),
+            &settings,
+            url::Url::parse("http://127.0.0.1/").unwrap(),
+        );
         let app = router(AppState {
             store,
             records,
             backend: crate::Backend::Sled,
             read: read.clone(),
             runners: crate::Runners::default(),
-            vault: std::sync::Arc::new(adapters::vault::Vault::new(
-                read.clone(),
-                adapters::vault::MasterKey::generate(),
-            )),
+            vault,
+            adapters: std::sync::Arc::new(settings.adapters.clone()),
+            workers,
         });
         let response = app
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

@@ -42,6 +42,48 @@ pub struct Settings {
     pub records_max_age: std::time::Duration,
     /// The read models on PostgreSQL at this URL instead of SQLite under `data_dir`.
     pub database_url: Option<String>,
+    /// OAuth clients, the public base URL and provider endpoints.
+    pub adapters: adapters::config::AdaptersConfig,
+    /// How often the scheduler looks for due incremental syncs.
+    pub schedule_tick: std::time::Duration,
+    /// How sync runs are held and handed over between processes.
+    pub sync: SyncSettings,
+}
+
+impl Settings {
+    /// The embedded default under `data_dir`: sled, SQLite, no OAuth clients, on a free port.
+    pub fn embedded(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            jetstream: None,
+            records_max_age: RECORDS_MAX_AGE,
+            database_url: None,
+            adapters: adapters::config::AdaptersConfig::default(),
+            schedule_tick: std::time::Duration::from_secs(30),
+            sync: SyncSettings::default(),
+        }
+    }
+}
+
+/// How sync runs are held and handed over between processes.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncSettings {
+    /// A run's lease on its integration, renewed while it works; a process that dies holding
+    /// it lets another resume the run this long after.
+    pub lease: std::time::Duration,
+    /// On JetStream, how long a run's work item may go without a heartbeat before another
+    /// process takes it.
+    pub work_ack_wait: std::time::Duration,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            lease: std::time::Duration::from_secs(30),
+            work_ack_wait: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// Which event log a service runs on.
@@ -73,6 +115,117 @@ pub struct AppState {
     pub runners: Runners,
     /// The credential vault.
     pub vault: Arc<adapters::vault::Vault>,
+    /// The adapters' configuration (which apps are available, redirect URIs).
+    pub adapters: Arc<adapters::config::AdaptersConfig>,
+    /// The workers that react to the log: syncs, Companion actions, the scheduler.
+    pub workers: Workers,
+}
+
+/// The workers of one process.
+#[derive(Clone, Debug)]
+pub struct Workers {
+    pub sync: adapters::sync::SyncWorker,
+    pub actions: adapters::actions::ActionWorker,
+    pub scheduler: adapters::scheduler::Scheduler,
+    pub credentials: Arc<adapters::credentials::CredentialService>,
+    pub providers: adapters::providers::Providers,
+}
+
+impl Workers {
+    /// The workers over a service's log, read models and vault, as `settings` configure them.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        records: Arc<dyn RecordLog>,
+        read: &projections::ReadDb,
+        vault: Arc<adapters::vault::Vault>,
+        settings: &Settings,
+        redirect: url::Url,
+    ) -> Self {
+        use adapters::http::{ProviderHttp, RetryPolicy};
+        let repo = Arc::new(eventstore::repository::Repository::new(store));
+        let http = ProviderHttp::new(ProviderHttp::default_client(), RetryPolicy::default());
+        let config = &settings.adapters;
+        let providers = adapters::providers::Providers::new(&config.endpoints, &http);
+        let leases =
+            adapters::lease::Leases::new(read.clone(), adapters::lease::Leases::process_holder());
+        let credentials = Arc::new(adapters::credentials::CredentialService::new(
+            repo.clone(),
+            vault,
+            leases.clone(),
+            config.oauth.clone(),
+            ProviderHttp::default_client(),
+            redirect,
+        ));
+        let sync = adapters::sync::SyncWorker::new(
+            repo.clone(),
+            records,
+            read.clone(),
+            credentials.clone(),
+            providers.clone(),
+            leases.clone(),
+            adapters::sync::SyncConfig {
+                lease_ttl: settings.sync.lease,
+                ..adapters::sync::SyncConfig::default()
+            },
+        );
+        let actions = adapters::actions::ActionWorker::new(
+            repo.clone(),
+            read.clone(),
+            credentials.clone(),
+            providers.clone(),
+            leases.clone(),
+        );
+        let scheduler =
+            adapters::scheduler::Scheduler::new(repo, read.clone(), leases, settings.schedule_tick);
+        Self {
+            sync,
+            actions,
+            scheduler,
+            credentials,
+            providers,
+        }
+    }
+
+    /// Runs every worker until the returned handles are aborted; a worker whose log
+    /// subscription fails starts again a second later.
+    fn spawn(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let sync = self.sync.clone();
+        let actions = self.actions.clone();
+        let scheduler = self.scheduler.clone();
+        vec![
+            tokio::spawn(async move {
+                loop {
+                    if let Err(error) = sync.follow().await {
+                        tracing::warn!(%error, "the sync worker stopped; restarting");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }),
+            tokio::spawn(async move {
+                loop {
+                    if let Err(error) = actions.follow().await {
+                        tracing::warn!(%error, "the action worker stopped; restarting");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }),
+            tokio::spawn(async move { scheduler.run().await }),
+            {
+                let sync = self.sync.clone();
+                tokio::spawn(async move {
+                    if !sync.has_queue() {
+                        return;
+                    }
+                    loop {
+                        if let Err(error) = sync.take_work().await {
+                            tracing::warn!(%error, "taking sync work stopped; restarting");
+                        }
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                })
+            },
+        ]
+    }
 }
 
 /// What each projection's runner in this process is doing, by projection name.
@@ -91,6 +244,8 @@ pub struct Logs {
     pub store: Arc<dyn EventStore>,
     pub records: Arc<dyn RecordLog>,
     pub backend: Backend,
+    /// The JetStream store itself when the log is there, for the work queues beside it.
+    pub jetstream: Option<JetStreamEventStore>,
 }
 
 impl std::fmt::Debug for Logs {
@@ -120,9 +275,10 @@ pub async fn open_logs(
                 .await
                 .with_context(|| format!("while opening the records on NATS JetStream at {url}"))?;
             Logs {
-                store: Arc::new(store),
+                store: Arc::new(store.clone()),
                 records: Arc::new(records),
                 backend: Backend::JetStream,
+                jetstream: Some(store),
             }
         }
         None => {
@@ -142,6 +298,7 @@ pub async fn open_logs(
                 store: Arc::new(store),
                 records: Arc::new(records),
                 backend: Backend::Sled,
+                jetstream: None,
             }
         }
     })
@@ -199,8 +356,9 @@ impl Application {
             store,
             records,
             backend,
+            jetstream,
         } = open_logs(
-            settings.jetstream,
+            settings.jetstream.clone(),
             &settings.data_dir,
             settings.records_max_age,
         )
@@ -213,6 +371,27 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("while binding {}", settings.listen))?;
+        let own = url::Url::parse(&format!("http://{}/", listener.local_addr()?))
+            .context("while naming the service's own URL")?;
+        let redirect = settings.adapters.redirect_uri(&own);
+        let workers = Workers::new(
+            store.clone(),
+            records.clone(),
+            &read,
+            vault.clone(),
+            &settings,
+            redirect,
+        );
+        if let Some(jetstream) = &jetstream {
+            let queue = eventstore::work_queue::WorkQueue::open(
+                jetstream,
+                "sync",
+                settings.sync.work_ack_wait,
+            )
+            .await
+            .context("while opening the sync work queue on NATS JetStream")?;
+            workers.sync.use_queue(queue);
+        }
         Ok(Self {
             listener,
             state: AppState {
@@ -222,6 +401,8 @@ impl Application {
                 read,
                 runners: Runners::default(),
                 vault,
+                adapters: Arc::new(settings.adapters),
+                workers,
             },
         })
     }
@@ -259,6 +440,7 @@ impl Application {
                 ))
             })
             .collect();
+        let workers = self.state.workers.spawn();
         let router = http::router(self.state);
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
@@ -267,6 +449,10 @@ impl Application {
         purger.abort();
         for projection in projections {
             projection.abort();
+        }
+        // A run stopped here resumes from its last cursor wherever the work is taken up next.
+        for worker in workers {
+            worker.abort();
         }
         served
     }
@@ -324,31 +510,49 @@ async fn run_projection(
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::warn!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are installed when this is called,
+/// not when the future is first polled: call it before announcing that the service listens,
+/// so that a signal sent right after the announcement is never missed.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(stream) => Some(stream),
             Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
+                tracing::warn!(%error, "cannot listen for {name}");
+                None
+            }
+        };
+        (
+            install(SignalKind::terminate(), "SIGTERM"),
+            install(SignalKind::interrupt(), "SIGINT"),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut terminate, mut interrupt) = signals;
+            async fn on(stream: &mut Option<tokio::signal::unix::Signal>) {
+                match stream {
+                    Some(stream) => {
+                        stream.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = on(&mut terminate) => {},
+                () = on(&mut interrupt) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::warn!(%error, "cannot listen for Ctrl-C");
                 std::future::pending::<()>().await;
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }

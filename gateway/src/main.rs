@@ -23,7 +23,20 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
+            let shutdown = gateway::shutdown_signal();
+            let adapters = adapters::config::AdaptersConfig::load(args.config.as_deref())?;
+            for reason in adapters.unavailable.values() {
+                tracing::info!("{reason}");
+            }
             let app = Application::build(Settings {
+                adapters,
+                schedule_tick: std::time::Duration::from_secs(args.schedule_tick_seconds.max(1)),
+                sync: gateway::SyncSettings {
+                    lease: std::time::Duration::from_secs(args.sync_lease_seconds.max(1)),
+                    work_ack_wait: std::time::Duration::from_secs(
+                        args.sync_work_ack_wait_seconds.max(1),
+                    ),
+                },
                 jetstream: args.storage.jetstream_config(),
                 records_max_age: args.storage.records_max_age(),
                 data_dir: args.storage.data_dir,
@@ -36,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
                 "listening on http://{}",
                 app.local_addr()?
             );
-            app.run_until_stopped(gateway::shutdown_signal()).await
+            app.run_until_stopped(shutdown).await
         }
         Command::Bench(args) => gateway::bench::run(&args, &mut std::io::stdout().lock()).await,
         Command::Log(gateway::cli::LogCommand::Copy(args)) => {

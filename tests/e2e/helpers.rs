@@ -56,13 +56,7 @@ fn init_logs() {
 
 pub async fn spawn_app_in(data_dir: tempfile::TempDir) -> TestApp {
     init_logs();
-    let settings = Settings {
-        data_dir: data_dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        jetstream: None,
-        records_max_age: gateway::RECORDS_MAX_AGE,
-        database_url: None,
-    };
+    let settings = Settings::embedded(data_dir.path().to_owned());
     let app = Application::build(settings)
         .await
         .expect("the application builds");
