@@ -29,6 +29,7 @@ macro_rules! on_db {
 pub mod actions;
 pub mod bench;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 #[cfg(feature = "fakes")]
 pub mod fakes;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use domain::{IntegrationId, Timestamp, UserId, WorkspaceId};
+use domain::{IntegrationId, Role, Timestamp, UserId, WorkspaceId};
 use oauth2::basic::{
     BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
     BasicTokenIntrospectionResponse, BasicTokenType,
@@ -102,6 +102,8 @@ pub struct Started {
 pub struct Pending {
     pub workspace: WorkspaceId,
     pub user: UserId,
+    /// The user's role when the authorization started; the callback acts with it.
+    pub role: Role,
     pub app: String,
     /// The integration a reauth is for; `None` for a new connection.
     pub integration: Option<IntegrationId>,
@@ -164,7 +166,7 @@ impl OAuthClient {
         execute(
             db,
             "INSERT INTO oauth_states (state_hash, workspace_id, user_id, app, integration_id, \
-             setup, verifier, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             setup, verifier, expires_at, role) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 Bind::Text(state_hash(state.secret())),
                 Bind::Text(pending.workspace.to_string()),
@@ -174,6 +176,7 @@ impl OAuthClient {
                 Bind::Text(serde_json::to_string(&pending.setup).unwrap_or_default()),
                 Bind::Text(verifier.secret().clone()),
                 Bind::Int(expires.unix_micros()),
+                Bind::Text(pending.role.to_string()),
             ],
         )
         .await?;
@@ -362,6 +365,7 @@ struct StateRow {
     setup: String,
     verifier: String,
     expires_at: i64,
+    role: String,
 }
 
 /// Consumes a pending authorization: gone after this, whatever the outcome.
@@ -370,7 +374,7 @@ async fn take_state(db: &ReadDb, state: &str) -> Result<(Pending, String), Callb
     let rows: Vec<StateRow> = fetch_all(
         db,
         "DELETE FROM oauth_states WHERE state_hash = $1 RETURNING workspace_id, user_id, app, \
-         integration_id, setup, verifier, expires_at",
+         integration_id, setup, verifier, expires_at, role",
         &[Bind::Text(hash)],
     )
     .await?;
@@ -385,6 +389,7 @@ async fn take_state(db: &ReadDb, state: &str) -> Result<(Pending, String), Callb
             .parse::<WorkspaceId>()
             .map_err(|_| foreign())?,
         user: row.user_id.parse::<UserId>().map_err(|_| foreign())?,
+        role: Role::try_from(row.role).map_err(|_| foreign())?,
         app: row.app,
         integration: row
             .integration_id

@@ -58,6 +58,7 @@ impl Flow {
         Pending {
             workspace: "acme".parse().unwrap(),
             user: user.parse().unwrap(),
+            role: domain::Role::Admin,
             app: "hubspot".into(),
             integration: None,
             setup: BTreeMap::new(),

@@ -41,6 +41,7 @@ async fn connect(fake: &FakeSalesforce, db: &ReadDb) -> Credentials {
     let pending = Pending {
         workspace: "acme".parse().unwrap(),
         user: "ada".parse().unwrap(),
+        role: domain::Role::Admin,
         app: "salesforce".into(),
         integration: None,
         setup: BTreeMap::new(),

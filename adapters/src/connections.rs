@@ -1,0 +1,569 @@
+//! Connecting, testing, reauthenticating and disconnecting integrations: what the gateway calls
+//! for the Marketplace's buttons.
+//!
+//! An API-key connect checks every rule of the connect first (who may, which fields), then
+//! makes a real call to the provider with the key; a key the provider refuses is refused with
+//! the provider's reason, and nothing is stored. Only then does the secret go to the vault
+//! and the connect to the log. An OAuth2 connect starts with an authorization URL for the
+//! popup; its callback exchanges the code, checks the grant with the provider the same way,
+//! and connects — or, for a reauth, gives the existing integration its new credentials,
+//! keeping its id, mappings and history. A disconnect revokes the token where the provider
+//! allows it, records whether it did, and stops the integration's syncs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use domain::aggregate::{Aggregate, CommandContext};
+use domain::catalog::{self, App, AuthKind};
+use domain::integration::{ConnectIntegration, Integration, IntegrationCommand};
+use domain::principal::{Caller, Principal};
+use domain::{DomainError, IntegrationId, StreamName, Timestamp};
+use eventstore::repository::{Repository, RepositoryError};
+use projections::ReadDb;
+use secrecy::SecretString;
+use url::Url;
+
+use crate::http::ProviderError;
+use crate::oauth::{CallbackError, OAuthClient, Pending};
+use crate::provider::{Connection, Credentials, Identity};
+use crate::providers::Providers;
+use crate::vault::{Vault, VaultError};
+
+/// Why a connection step was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("there is no app {0}")]
+    UnknownApp(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{field} {reason}")]
+    InvalidSetup { field: String, reason: String },
+    /// The provider refused the credentials or the call: its reason, in its words.
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Callback(#[from] CallbackError),
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Repository(RepositoryError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+impl From<RepositoryError> for ConnectError {
+    fn from(error: RepositoryError) -> Self {
+        match error {
+            RepositoryError::Domain(domain) => ConnectError::Domain(domain),
+            other => ConnectError::Repository(other),
+        }
+    }
+}
+
+/// What a connect or reauth produced.
+#[derive(Debug)]
+pub struct Connected {
+    pub integration: IntegrationId,
+    pub identity: Identity,
+}
+
+/// The connection flows of one service.
+#[derive(Clone, Debug)]
+pub struct Connections {
+    repo: Arc<Repository>,
+    db: ReadDb,
+    vault: Arc<Vault>,
+    providers: Providers,
+    oauth: BTreeMap<String, OAuthClient>,
+    unavailable: BTreeMap<String, String>,
+    http: reqwest::Client,
+    redirect: Url,
+}
+
+fn app_of(id: &str) -> Result<&'static App, ConnectError> {
+    catalog::app(id).ok_or_else(|| ConnectError::UnknownApp(id.to_owned()))
+}
+
+impl Connections {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        repo: Arc<Repository>,
+        db: ReadDb,
+        vault: Arc<Vault>,
+        providers: Providers,
+        oauth: BTreeMap<String, OAuthClient>,
+        unavailable: BTreeMap<String, String>,
+        http: reqwest::Client,
+        redirect: Url,
+    ) -> Self {
+        Self {
+            repo,
+            db,
+            vault,
+            providers,
+            oauth,
+            unavailable,
+            http,
+            redirect,
+        }
+    }
+
+    /// Why `app` cannot be connected here, if it cannot.
+    pub fn unavailable(&self, app: &str) -> Option<&str> {
+        self.unavailable.get(app).map(String::as_str)
+    }
+
+    async fn check(
+        &self,
+        app: &App,
+        setup: &BTreeMap<String, String>,
+        credentials: &Credentials,
+    ) -> Result<(Identity, u64), ConnectError> {
+        let provider = self
+            .providers
+            .get(app.id)
+            .ok_or_else(|| ConnectError::Unavailable(format!("no client for {}", app.name)))?;
+        let started = Instant::now();
+        let identity = provider.test(Connection { setup, credentials }).await?;
+        Ok((identity, started.elapsed().as_millis() as u64))
+    }
+
+    /// Connects an API-key app with its setup fields, secret ones included.
+    pub async fn connect_with_key(
+        &self,
+        context: &CommandContext,
+        app: &str,
+        fields: &BTreeMap<String, SecretString>,
+    ) -> Result<Connected, ConnectError> {
+        let app = app_of(app)?;
+        if !matches!(app.auth, AuthKind::ApiKey) {
+            return Err(ConnectError::InvalidSetup {
+                field: "app".into(),
+                reason: format!(
+                    "{} connects through its authorization page, not a key",
+                    app.name
+                ),
+            });
+        }
+        let (setup, secrets) = split_fields(app, fields)?;
+        let integration = IntegrationId::new();
+        let mut connect = ConnectIntegration {
+            integration,
+            app: app.id.to_owned(),
+            scope: app.scope,
+            setup: setup.clone(),
+            granted_scopes: Vec::new(),
+            account_label: None,
+            credential_ref: domain::CredentialRef("vault:pending".into()),
+            token_expires_at: None,
+        };
+        // Every rule of the connect before any call to the provider.
+        Integration::default().handle(&IntegrationCommand::Connect(connect.clone()), context)?;
+        let credentials = Credentials::from_secrets(secrets);
+        let (identity, latency_ms) = self.check(app, &setup, &credentials).await?;
+        connect.account_label = identity.account_label.clone();
+        connect.credential_ref = self
+            .vault
+            .put(integration, &credentials.to_secret())
+            .await?;
+        self.finish_connect(context, connect, &identity, latency_ms)
+            .await?;
+        Ok(Connected {
+            integration,
+            identity,
+        })
+    }
+
+    async fn finish_connect(
+        &self,
+        context: &CommandContext,
+        connect: ConnectIntegration,
+        identity: &Identity,
+        latency_ms: u64,
+    ) -> Result<(), ConnectError> {
+        let integration = connect.integration;
+        if let Err(error) = eventstore::lifecycle::connect(
+            &self.repo,
+            context,
+            connect,
+            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
+        )
+        .await
+        {
+            // Nothing may outlive a refused connect: its secret goes with it.
+            let _ = self.vault.shred(integration).await;
+            return Err(error.into());
+        }
+        self.record_test(integration, true, latency_ms, &identity.answer)
+            .await
+    }
+
+    async fn record_test(
+        &self,
+        integration: IntegrationId,
+        ok: bool,
+        latency_ms: u64,
+        answer: &str,
+    ) -> Result<(), ConnectError> {
+        let system = CommandContext::new(Caller::system("connection test"), Timestamp::now());
+        self.repo
+            .execute::<Integration>(
+                &StreamName::integration(integration),
+                &IntegrationCommand::RecordConnectionTest {
+                    ok,
+                    latency_ms,
+                    answer: answer.to_owned(),
+                },
+                &system,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Starts an OAuth2 connect (or, with `integration`, a reauth): the URL for the popup.
+    pub async fn start_oauth(
+        &self,
+        context: &CommandContext,
+        app: &str,
+        integration: Option<IntegrationId>,
+        setup: BTreeMap<String, String>,
+    ) -> Result<Url, ConnectError> {
+        let app = app_of(app)?;
+        let AuthKind::Oauth2 { scopes, .. } = app.auth else {
+            return Err(ConnectError::InvalidSetup {
+                field: "app".into(),
+                reason: format!(
+                    "{} connects with a key, not an authorization page",
+                    app.name
+                ),
+            });
+        };
+        let client = self.oauth.get(app.id).ok_or_else(|| {
+            ConnectError::Unavailable(
+                self.unavailable(app.id)
+                    .unwrap_or("this app is not available here")
+                    .to_owned(),
+            )
+        })?;
+        let Caller::User(principal) = &context.caller else {
+            return Err(DomainError::Forbidden("an integration is connected by a user").into());
+        };
+        // The rules first: a connect (or a reauth) this caller could not make starts nothing.
+        match integration {
+            None => {
+                let probe = ConnectIntegration {
+                    integration: IntegrationId::new(),
+                    app: app.id.to_owned(),
+                    scope: app.scope,
+                    setup: setup.clone(),
+                    granted_scopes: Vec::new(),
+                    account_label: None,
+                    credential_ref: domain::CredentialRef("vault:pending".into()),
+                    token_expires_at: None,
+                };
+                Integration::default().handle(&IntegrationCommand::Connect(probe), context)?;
+            }
+            Some(id) => {
+                let state = self
+                    .repo
+                    .load::<Integration>(&StreamName::integration(id))
+                    .await?
+                    .state;
+                state.handle(
+                    &IntegrationCommand::Reauthenticate {
+                        credential_ref: domain::CredentialRef("vault:pending".into()),
+                        granted_scopes: Vec::new(),
+                        expires_at: None,
+                    },
+                    context,
+                )?;
+            }
+        }
+        let pending = Pending {
+            workspace: principal.workspace.clone(),
+            user: principal.user.clone(),
+            role: principal.role,
+            app: app.id.to_owned(),
+            integration,
+            setup,
+        };
+        let started = client
+            .start(&self.db, &self.redirect, scopes, &pending)
+            .await?;
+        Ok(started.url)
+    }
+
+    /// Finishes an OAuth2 flow from its callback. `caller`, when the callback carries a
+    /// session, must be who started it.
+    pub async fn finish_oauth(
+        &self,
+        app: &str,
+        state: &str,
+        code: &str,
+        caller: Option<&Principal>,
+    ) -> Result<Connected, ConnectError> {
+        let app = app_of(app)?;
+        let client = self.oauth.get(app.id).ok_or_else(|| {
+            ConnectError::Unavailable(format!("no OAuth client for {}", app.name))
+        })?;
+        let (pending, grant) = client
+            .finish(
+                &self.db,
+                &self.http,
+                &self.redirect,
+                state,
+                code,
+                caller.map(|p| (&p.workspace, &p.user)),
+            )
+            .await?;
+        if pending.app != app.id {
+            return Err(CallbackError::Foreign.into());
+        }
+        let context = CommandContext::new(
+            Caller::User(Principal {
+                user: pending.user.clone(),
+                workspace: pending.workspace.clone(),
+                role: pending.role,
+            }),
+            Timestamp::now(),
+        );
+        let (identity, latency_ms) = self.check(app, &pending.setup, &grant.credentials).await?;
+        match pending.integration {
+            None => {
+                let integration = IntegrationId::new();
+                let credential_ref = self
+                    .vault
+                    .put(integration, &grant.credentials.to_secret())
+                    .await?;
+                let connect = ConnectIntegration {
+                    integration,
+                    app: app.id.to_owned(),
+                    scope: app.scope,
+                    setup: pending.setup.clone(),
+                    granted_scopes: grant.scopes.clone(),
+                    account_label: identity.account_label.clone(),
+                    credential_ref,
+                    token_expires_at: grant.credentials.expires_at,
+                };
+                self.finish_connect(&context, connect, &identity, latency_ms)
+                    .await?;
+                Ok(Connected {
+                    integration,
+                    identity,
+                })
+            }
+            Some(integration) => {
+                self.reauthenticate(&context, integration, &grant.credentials, grant.scopes)
+                    .await?;
+                self.record_test(integration, true, latency_ms, &identity.answer)
+                    .await?;
+                Ok(Connected {
+                    integration,
+                    identity,
+                })
+            }
+        }
+    }
+
+    /// Gives an API-key integration a new key, checked with the provider first.
+    pub async fn reauth_with_key(
+        &self,
+        context: &CommandContext,
+        integration: IntegrationId,
+        secrets: &BTreeMap<String, SecretString>,
+    ) -> Result<Identity, ConnectError> {
+        let state = self
+            .repo
+            .load::<Integration>(&StreamName::integration(integration))
+            .await?
+            .state;
+        let profile = state.profile.as_ref().ok_or(DomainError::NotFound)?;
+        let app = app_of(&profile.app)?;
+        for name in secrets.keys() {
+            let known = app.setup_field(name).is_some_and(|field| field.is_secret());
+            if !known {
+                return Err(ConnectError::InvalidSetup {
+                    field: name.clone(),
+                    reason: format!("is not a secret field of {}", app.name),
+                });
+            }
+        }
+        let credentials = Credentials::from_secrets(secrets.clone());
+        // The rules before the provider: an auditor's attempt calls nobody.
+        state.handle(
+            &IntegrationCommand::Reauthenticate {
+                credential_ref: domain::CredentialRef("vault:pending".into()),
+                granted_scopes: Vec::new(),
+                expires_at: None,
+            },
+            context,
+        )?;
+        let (identity, latency_ms) = self.check(app, &state.setup, &credentials).await?;
+        self.reauthenticate(context, integration, &credentials, Vec::new())
+            .await?;
+        self.record_test(integration, true, latency_ms, &identity.answer)
+            .await?;
+        Ok(identity)
+    }
+
+    async fn reauthenticate(
+        &self,
+        context: &CommandContext,
+        integration: IntegrationId,
+        credentials: &Credentials,
+        granted_scopes: Vec<String>,
+    ) -> Result<(), ConnectError> {
+        let credential_ref = self
+            .vault
+            .put(integration, &credentials.to_secret())
+            .await?;
+        self.repo
+            .execute::<Integration>(
+                &StreamName::integration(integration),
+                &IntegrationCommand::Reauthenticate {
+                    credential_ref,
+                    granted_scopes,
+                    expires_at: credentials.expires_at,
+                },
+                context,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Tests the connection with the provider now and records the outcome.
+    pub async fn test(
+        &self,
+        context: &CommandContext,
+        integration: IntegrationId,
+        credentials: &dyn crate::sync::CredentialSource,
+    ) -> Result<Identity, ConnectError> {
+        let stream = StreamName::integration(integration);
+        let state = self.repo.load::<Integration>(&stream).await?.state;
+        // Whoever may not test it (or see it) learns nothing from the provider.
+        state.handle(
+            &IntegrationCommand::RecordConnectionTest {
+                ok: true,
+                latency_ms: 0,
+                answer: String::new(),
+            },
+            context,
+        )?;
+        let profile = state.profile.as_ref().ok_or(DomainError::NotFound)?;
+        let app = app_of(&profile.app)?;
+        let tried = async {
+            let current = credentials.current(integration, &state).await?;
+            self.check(app, &state.setup, &current).await
+        }
+        .await;
+        match tried {
+            Ok((identity, latency_ms)) => {
+                self.record_test(integration, true, latency_ms, &identity.answer)
+                    .await?;
+                Ok(identity)
+            }
+            Err(ConnectError::Provider(error)) => {
+                self.record_test(integration, false, 0, &error.to_string())
+                    .await?;
+                Err(ConnectError::Provider(error))
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Disconnects: revokes the token at the provider where it allows (never deleting data
+    /// there), records whether it did, and frees the app's slot. The sync worker stops the
+    /// integration's running sync when it sees the disconnect.
+    pub async fn disconnect(
+        &self,
+        context: &CommandContext,
+        integration: IntegrationId,
+        reason: &str,
+    ) -> Result<bool, ConnectError> {
+        let stream = StreamName::integration(integration);
+        let state = self.repo.load::<Integration>(&stream).await?.state;
+        // The rules first: a disconnect this caller may not make revokes nothing.
+        state.handle(
+            &IntegrationCommand::Disconnect {
+                reason: reason.to_owned(),
+                token_revoked: false,
+            },
+            context,
+        )?;
+        let app = state
+            .profile
+            .as_ref()
+            .map(|p| p.app.clone())
+            .unwrap_or_default();
+        let mut revoked = false;
+        if let (Some(client), Some(reference)) = (self.oauth.get(&app), &state.credential_ref) {
+            let stored = self.vault.get(reference).await;
+            if let Ok(secret) = stored {
+                let credentials = Credentials::from_secret(&secret)?;
+                match client.revoke(&self.http, &credentials).await {
+                    Ok(confirmed) => revoked = confirmed,
+                    Err(error) => {
+                        tracing::warn!(%integration, %error, "the provider did not confirm the revocation")
+                    }
+                }
+            }
+        }
+        eventstore::lifecycle::end(
+            &self.repo,
+            context,
+            integration,
+            IntegrationCommand::Disconnect {
+                reason: reason.to_owned(),
+                token_revoked: revoked,
+            },
+        )
+        .await?;
+        Ok(revoked)
+    }
+}
+
+/// Setup fields that go to the log, and secret ones that go to the vault.
+type SplitFields = (BTreeMap<String, String>, BTreeMap<String, SecretString>);
+
+/// Splits typed fields into the setup (non-secret, to the log) and the secrets (to the
+/// vault), checking each against the app's fields.
+fn split_fields(
+    app: &App,
+    fields: &BTreeMap<String, SecretString>,
+) -> Result<SplitFields, ConnectError> {
+    use secrecy::ExposeSecret;
+    let mut setup = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
+    for (name, value) in fields {
+        let field = app
+            .setup_field(name)
+            .ok_or_else(|| ConnectError::InvalidSetup {
+                field: name.clone(),
+                reason: format!("is not a field of {}", app.name),
+            })?;
+        field
+            .kind
+            .validate(value.expose_secret())
+            .map_err(|reason| ConnectError::InvalidSetup {
+                field: name.clone(),
+                reason,
+            })?;
+        if field.is_secret() {
+            secrets.insert(name.clone(), value.clone());
+        } else {
+            setup.insert(name.clone(), value.expose_secret().to_owned());
+        }
+    }
+    if let Some(missing) = app
+        .setup_fields
+        .iter()
+        .find(|field| field.required && !fields.contains_key(field.name))
+    {
+        return Err(ConnectError::InvalidSetup {
+            field: missing.name.to_owned(),
+            reason: "is required".into(),
+        });
+    }
+    Ok((setup, secrets))
+}

@@ -1,0 +1,347 @@
+//! The connection flows against the fakes: an API key is checked with the provider before
+//! anything is stored, OAuth2 connects through the popup's code flow, a reauth keeps the
+//! integration, a disconnect revokes the token at the provider, and an app without an OAuth
+//! client is unavailable with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use adapters::connections::{ConnectError, Connections};
+use adapters::credentials::CredentialService;
+use adapters::fakes::hubspot::{self as hubspot_fake, FakeHubSpot};
+use adapters::fakes::zendesk::FakeZendesk;
+use adapters::fakes::Counters;
+use adapters::http::{ProviderError, ProviderHttp};
+use adapters::lease::Leases;
+use adapters::oauth::{CallbackError, OAuthClient, Revocation};
+use adapters::providers::{Endpoints, Providers};
+use adapters::vault::{MasterKey, Vault};
+use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, Status};
+use domain::testing::as_user;
+use domain::{DomainError, IntegrationId, Role, StreamName};
+use eventstore::repository::Repository;
+use eventstore::SledEventStore;
+use projections::db::fetch_all;
+use projections::ReadDb;
+use secrecy::SecretString;
+use url::Url;
+
+struct World {
+    _dir: tempfile::TempDir,
+    repo: Arc<Repository>,
+    db: ReadDb,
+    vault: Arc<Vault>,
+    hubspot: FakeHubSpot,
+    zendesk: FakeZendesk,
+    connections: Connections,
+    credentials: CredentialService,
+}
+
+fn hubspot_client(fake: &FakeHubSpot) -> OAuthClient {
+    let base = &fake.server.base;
+    OAuthClient {
+        client_id: hubspot_fake::CLIENT_ID.into(),
+        client_secret: SecretString::from(hubspot_fake::CLIENT_SECRET),
+        authorize_url: base.join("oauth/authorize").unwrap(),
+        token_url: base.join("oauth/v1/token").unwrap(),
+        revocation: Some(Revocation::DeleteRefreshToken(
+            base.join("oauth/v1/refresh-tokens/").unwrap(),
+        )),
+        credentials_in_body: true,
+        extra_authorize_params: Vec::new(),
+    }
+}
+
+impl World {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledEventStore::open(dir.path().join("events")).unwrap();
+        let repo = Arc::new(Repository::new(Arc::new(store)));
+        let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+            .await
+            .unwrap();
+        let vault = Arc::new(Vault::new(db.clone(), MasterKey::generate()));
+        let hubspot = FakeHubSpot::start(5, 0).await.unwrap();
+        let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-right", 0, 0)
+            .await
+            .unwrap();
+        let endpoints = Endpoints {
+            hubspot_api: hubspot.server.base.clone(),
+            zendesk_api_template: format!("{}{{subdomain}}/", zendesk.server.base),
+            ..Endpoints::default()
+        };
+        let providers = Providers::new(&endpoints, &common::http());
+        let oauth = BTreeMap::from([("hubspot".to_owned(), hubspot_client(&hubspot))]);
+        let redirect = Url::parse("http://127.0.0.1:7000/v1/oauth/callback").unwrap();
+        let connections = Connections::new(
+            repo.clone(),
+            db.clone(),
+            vault.clone(),
+            providers,
+            oauth.clone(),
+            BTreeMap::from([(
+                "salesforce".to_owned(),
+                "Salesforce's OAuth client is not configured".to_owned(),
+            )]),
+            ProviderHttp::default_client(),
+            redirect.clone(),
+        );
+        let credentials = CredentialService::new(
+            repo.clone(),
+            vault.clone(),
+            Leases::new(db.clone(), "test"),
+            oauth,
+            ProviderHttp::default_client(),
+            redirect,
+        );
+        Self {
+            _dir: dir,
+            repo,
+            db,
+            vault,
+            hubspot,
+            zendesk,
+            connections,
+            credentials,
+        }
+    }
+
+    async fn events(&self, id: IntegrationId) -> Vec<IntegrationEvent> {
+        self.repo
+            .store()
+            .read_stream(&StreamName::integration(id), 1, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.decode::<IntegrationEvent>().unwrap())
+            .collect()
+    }
+
+    async fn state(&self, id: IntegrationId) -> Integration {
+        self.repo
+            .load::<Integration>(&StreamName::integration(id))
+            .await
+            .unwrap()
+            .state
+    }
+
+    async fn stored_secrets(&self) -> i64 {
+        let rows: Vec<(i64,)> = fetch_all(&self.db, "SELECT COUNT(*) FROM vault_secrets", &[])
+            .await
+            .unwrap();
+        rows[0].0
+    }
+
+    /// Follows the popup: the provider's redirect back to the callback, `(state, code)`.
+    async fn consent(&self, url: Url) -> (String, String) {
+        let answer = ProviderHttp::default_client()
+            .get(url)
+            .send()
+            .await
+            .unwrap();
+        let back = Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
+        let query: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
+        (query["state"].clone(), query["code"].clone())
+    }
+}
+
+fn zendesk_fields(token: &str) -> BTreeMap<String, SecretString> {
+    BTreeMap::from([
+        ("subdomain".to_owned(), SecretString::from("acme")),
+        ("email".to_owned(), SecretString::from("agent@acme.com")),
+        ("api_token".to_owned(), SecretString::from(token.to_owned())),
+    ])
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_refused_with_the_providers_reason_and_nothing_is_stored() {
+    let world = World::new().await;
+    let admin = as_user("ada", Role::Admin);
+    let refused = world
+        .connections
+        .connect_with_key(&admin, "zendesk", &zendesk_fields("zd-wrong"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, ConnectError::Provider(ProviderError::Unauthorized { detail }) if detail.contains("Couldn't authenticate you")),
+        "{refused:?}"
+    );
+    assert_eq!(world.repo.store().head_position().await.unwrap(), 0);
+    assert_eq!(world.stored_secrets().await, 0);
+
+    // A member without the permission is refused before the provider is even asked.
+    let before = Counters::get(&world.zendesk.counters.requests);
+    let member = as_user(
+        "bob",
+        Role::Member {
+            integration_permission: false,
+        },
+    );
+    let forbidden = world
+        .connections
+        .connect_with_key(&member, "zendesk", &zendesk_fields("zd-right"))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        forbidden,
+        ConnectError::Domain(DomainError::Forbidden(_))
+    ));
+    assert_eq!(Counters::get(&world.zendesk.counters.requests), before);
+
+    let mut missing = zendesk_fields("zd-right");
+    missing.remove("api_token");
+    let invalid = world
+        .connections
+        .connect_with_key(&admin, "zendesk", &missing)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&invalid, ConnectError::InvalidSetup { field, .. } if field == "api_token"),
+        "{invalid:?}"
+    );
+
+    let connected = world
+        .connections
+        .connect_with_key(&admin, "zendesk", &zendesk_fields("zd-right"))
+        .await
+        .unwrap();
+    let events = world.events(connected.integration).await;
+    assert!(
+        matches!(&events[0], IntegrationEvent::IntegrationConnected(c)
+        if c.setup.get("subdomain").map(String::as_str) == Some("acme") && !c.setup.contains_key("api_token"))
+    );
+    assert!(matches!(&events[1], IntegrationEvent::ConnectionTested(t) if t.ok));
+    assert_eq!(world.stored_secrets().await, 1);
+
+    // A new key for it: a wrong one is refused and the old one stays.
+    let wrong = BTreeMap::from([("api_token".to_owned(), SecretString::from("zd-nope"))]);
+    assert!(world
+        .connections
+        .reauth_with_key(&admin, connected.integration, &wrong)
+        .await
+        .is_err());
+    let identity = world
+        .connections
+        .test(&admin, connected.integration, &world.credentials)
+        .await
+        .unwrap();
+    assert!(identity.answer.contains("Zendesk"), "{}", identity.answer);
+}
+
+#[tokio::test]
+async fn oauth_connects_reauthenticates_in_place_and_disconnect_revokes_the_grant() {
+    let world = World::new().await;
+    let admin = as_user("ada", Role::Admin);
+    let url = world
+        .connections
+        .start_oauth(&admin, "hubspot", None, BTreeMap::new())
+        .await
+        .unwrap();
+    let (state, code) = world.consent(url).await;
+    let connected = world
+        .connections
+        .finish_oauth("hubspot", &state, &code, None)
+        .await
+        .unwrap();
+    let id = connected.integration;
+    let events = world.events(id).await;
+    let IntegrationEvent::IntegrationConnected(first) = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert!(first
+        .granted_scopes
+        .contains(&"crm.objects.contacts.read".to_owned()));
+    assert_eq!(world.state(id).await.status, Status::Connected);
+    let replay = world
+        .connections
+        .finish_oauth("hubspot", &state, &code, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        replay,
+        ConnectError::Callback(CallbackError::UnknownState)
+    ));
+
+    // The user revokes the app at HubSpot; the service learns it and asks for reauth.
+    world.hubspot.auth.revoke_everything();
+    world
+        .repo
+        .execute::<Integration>(
+            &StreamName::integration(id),
+            &IntegrationCommand::MarkCredentialsExpired {
+                reason: domain::integration::ExpiryReason::Revoked,
+                detail: "refused".into(),
+            },
+            &domain::aggregate::CommandContext::new(
+                domain::Caller::system("test"),
+                domain::Timestamp::now(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(world.state(id).await.status, Status::NeedsReauth);
+    let url = world
+        .connections
+        .start_oauth(&admin, "hubspot", Some(id), BTreeMap::new())
+        .await
+        .unwrap();
+    let (state, code) = world.consent(url).await;
+    let again = world
+        .connections
+        .finish_oauth("hubspot", &state, &code, None)
+        .await
+        .unwrap();
+    assert_eq!(again.integration, id, "reauth keeps the integration");
+    assert_eq!(world.state(id).await.status, Status::Connected);
+
+    let stored = world.state(id).await.credential_ref.unwrap();
+    let secret = world.vault.get(&stored).await.unwrap();
+    let credentials = adapters::provider::Credentials::from_secret(&secret).unwrap();
+    let refresh = {
+        use secrecy::ExposeSecret;
+        credentials
+            .refresh_token
+            .unwrap()
+            .expose_secret()
+            .to_owned()
+    };
+    assert!(world.hubspot.auth.refresh_token_alive(&refresh));
+    let revoked = world
+        .connections
+        .disconnect(&admin, id, "no longer used")
+        .await
+        .unwrap();
+    assert!(revoked);
+    assert!(!world.hubspot.auth.refresh_token_alive(&refresh));
+    assert!(matches!(
+        world.events(id).await.last(),
+        Some(IntegrationEvent::Disconnected(d)) if d.token_revoked
+    ));
+}
+
+#[tokio::test]
+async fn an_app_without_an_oauth_client_is_unavailable_with_the_reason() {
+    let world = World::new().await;
+    let admin = as_user("ada", Role::Admin);
+    let unavailable = world
+        .connections
+        .start_oauth(&admin, "salesforce", None, BTreeMap::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unavailable, ConnectError::Unavailable(reason) if reason.contains("not configured")),
+        "{unavailable:?}"
+    );
+    assert!(world.connections.unavailable("salesforce").is_some());
+    assert!(world.connections.unavailable("hubspot").is_none());
+    assert!(matches!(
+        world
+            .connections
+            .start_oauth(&admin, "myspace", None, BTreeMap::new())
+            .await,
+        Err(ConnectError::UnknownApp(_))
+    ));
+}
