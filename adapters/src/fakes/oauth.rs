@@ -52,6 +52,8 @@ struct Registry {
     refreshes: u64,
     spent_refresh_reuse: u64,
     spent: HashSet<String>,
+    /// Every token and code handed out, for tests that look for leaks.
+    issued: Vec<String>,
 }
 
 /// Tokens issued by one fake provider.
@@ -116,6 +118,7 @@ impl AuthServer {
         let refresh = token("rt");
         registry.access.insert(access.clone(), scopes.clone());
         registry.refresh.insert(refresh.clone(), scopes);
+        registry.issued.extend([access.clone(), refresh.clone()]);
         (access, refresh)
     }
 
@@ -138,6 +141,11 @@ impl AuthServer {
         registry.revoked_all = true;
         registry.access.clear();
         registry.refresh.clear();
+    }
+
+    /// Every access and refresh token issued so far, live or not.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.registry().issued.clone()
     }
 
     /// How many refreshes succeeded.
@@ -317,6 +325,7 @@ impl AuthServer {
         registry
             .refresh
             .insert(refresh.clone(), pending.scopes.clone());
+        registry.issued.extend([access.clone(), refresh.clone()]);
         drop(registry);
         self.token_answer(&access, Some(&refresh), &pending.scopes)
     }
@@ -343,11 +352,13 @@ impl AuthServer {
         registry.refreshes += 1;
         let access = token("at");
         registry.access.insert(access.clone(), scopes.clone());
+        registry.issued.push(access.clone());
         let returned = if self.policy.rotate {
             registry.refresh.remove(&presented);
             registry.spent.insert(presented);
             let fresh = token("rt");
             registry.refresh.insert(fresh.clone(), scopes.clone());
+            registry.issued.push(fresh.clone());
             Some(fresh)
         } else if self.policy.refresh_returns_token {
             Some(presented)
