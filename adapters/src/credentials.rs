@@ -7,7 +7,7 @@
 //! token, so a rotating one is never spent twice. The new secret goes to the vault under a new
 //! reference, and `CredentialsRefreshed` records it. Waiters give up after the lease period.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,9 @@ pub struct CredentialService {
     oauth: BTreeMap<String, OAuthClient>,
     http: reqwest::Client,
     redirect: Url,
+    /// Refreshes in this process, one at a time per integration (the lease is this
+    /// process's, so it does not keep two of its own tasks apart).
+    local: std::sync::Mutex<HashMap<IntegrationId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn storage(error: impl std::fmt::Display) -> ProviderError {
@@ -62,6 +65,7 @@ impl CredentialService {
             oauth,
             http,
             redirect,
+            local: std::sync::Mutex::default(),
         }
     }
 
@@ -162,6 +166,14 @@ impl CredentialSource for CredentialService {
         id: IntegrationId,
         stale: &Credentials,
     ) -> Result<Credentials, ProviderError> {
+        let local = self
+            .local
+            .lock()
+            .expect("local refresh locks")
+            .entry(id)
+            .or_default()
+            .clone();
+        let _one_here = local.lock().await;
         let lease = format!("refresh:{id}");
         let deadline = Instant::now() + REFRESH_LEASE;
         loop {

@@ -54,6 +54,10 @@ struct Registry {
     spent: HashSet<String>,
     /// Every token and code handed out, for tests that look for leaks.
     issued: Vec<String>,
+    /// Refresh tokens rotate on every refresh, whatever the policy says.
+    rotating: bool,
+    /// The next token requests answer 503.
+    token_unavailable: u32,
 }
 
 /// Tokens issued by one fake provider.
@@ -143,6 +147,17 @@ impl AuthServer {
         registry.refresh.clear();
     }
 
+    /// From now on a refresh spends the refresh token it was given and returns a new one (as
+    /// Zendesk's and some Salesforce apps' do).
+    pub fn rotate_refresh_tokens(&self) {
+        self.registry().rotating = true;
+    }
+
+    /// The next `count` requests to the token endpoint answer 503.
+    pub fn token_endpoint_unavailable(&self, count: u32) {
+        self.registry().token_unavailable = count;
+    }
+
     /// Every access and refresh token issued so far, live or not.
     pub fn issued_tokens(&self) -> Vec<String> {
         self.registry().issued.clone()
@@ -229,6 +244,17 @@ impl AuthServer {
     /// The token endpoint: `authorization_code` and `refresh_token` grants, client
     /// credentials in the body or in Basic auth.
     pub fn token(&self, headers: &HeaderMap, form: TokenForm) -> Response {
+        {
+            let mut registry = self.registry();
+            if registry.token_unavailable > 0 {
+                registry.token_unavailable -= 1;
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"error": "temporarily_unavailable"})),
+                )
+                    .into_response();
+            }
+        }
         if !self.client_authenticated(headers, &form) {
             return oauth_error(
                 StatusCode::UNAUTHORIZED,
@@ -353,7 +379,7 @@ impl AuthServer {
         let access = token("at");
         registry.access.insert(access.clone(), scopes.clone());
         registry.issued.push(access.clone());
-        let returned = if self.policy.rotate {
+        let returned = if self.policy.rotate || registry.rotating {
             registry.refresh.remove(&presented);
             registry.spent.insert(presented);
             let fresh = token("rt");
