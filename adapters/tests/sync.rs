@@ -113,14 +113,26 @@ fn start_worker(
 impl World {
     async fn new(contacts: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+            .await
+            .unwrap();
+        Self::on(dir, db, contacts).await
+    }
+
+    /// The read models (hashes, watermarks, leases, the vault) on PostgreSQL.
+    async fn on_postgres(contacts: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = projections::test_support::postgres_database().await;
+        let db = ReadDb::connect_postgres(&url).await.unwrap();
+        Self::on(dir, db, contacts).await
+    }
+
+    async fn on(dir: tempfile::TempDir, db: ReadDb, contacts: u64) -> Self {
         let store = SledEventStore::open(dir.path().join("events")).unwrap();
         let repo = Arc::new(Repository::new(Arc::new(store)));
         let records = Arc::new(
             SledRecordLog::open(dir.path().join("records"), Duration::from_secs(86_400)).unwrap(),
         );
-        let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
-            .await
-            .unwrap();
         let vault = Arc::new(Vault::new(db.clone(), MasterKey::generate()));
         let fake = FakeHubSpot::start(contacts, 5).await.unwrap();
 
@@ -644,4 +656,30 @@ async fn the_scheduler_requests_an_incremental_sync_when_the_period_has_passed()
         .unwrap();
     let much_later = Timestamp::from_unix_micros(now.unix_micros() + 60 * 60 * 1_000_000).unwrap();
     assert!(scheduler.tick_once(much_later).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn on_postgresql_changes_deletions_and_unchanged_records_are_told_apart_the_same() {
+    let world = World::on_postgres(120).await;
+    let (first, totals) = completed(&world.sync(SyncKind::Full).await);
+    assert_eq!((totals.pulled, totals.created), (125, 125));
+    assert_eq!(world.changes_of(first).await.len(), 125);
+
+    let (unchanged, totals) = completed(&world.sync(SyncKind::Full).await);
+    assert_eq!((totals.created, totals.updated, totals.deleted), (0, 0, 0));
+    assert!(world.changes_of(unchanged).await.is_empty());
+
+    world.fake.set("contacts", 3, &[("firstname", "Changed")]);
+    world.fake.archive("contacts", 4);
+    let (changed, totals) = completed(&world.sync(SyncKind::Full).await);
+    assert_eq!((totals.updated, totals.deleted), (1, 1));
+    let ops: BTreeMap<String, RecordOp> = world
+        .changes_of(changed)
+        .await
+        .into_iter()
+        .map(|c| (c.change.record_id, c.change.op))
+        .collect();
+    assert_eq!(ops.len(), 2);
+    assert_eq!(ops["3"], RecordOp::Updated);
+    assert_eq!(ops["4"], RecordOp::Deleted);
 }
