@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use domain::{EventId, IntegrationId, SyncId, Timestamp};
 use eventstore::nats_server::{unique_namespace, TestNats};
+use eventstore::records::encode;
 use eventstore::waiting::eventually;
 use std::sync::Arc;
 
@@ -211,4 +212,52 @@ async fn on_jetstream() {
     let (_store, short) = jetstream(&nats, Duration::from_secs(1)).await;
     expires(&short).await;
     purges_when_deleted(Arc::new(store), Arc::new(log)).await;
+}
+
+#[tokio::test]
+async fn an_embedded_log_written_one_key_per_change_is_read_back_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records");
+    let integration = IntegrationId::new();
+    let changes: Vec<RecordChange> = (0..3).map(|n| change(integration, n, None)).collect();
+    {
+        // The layout before chunks: `R‖position` → (stored at, body), `I‖integration‖position`,
+        // `M‖id` → position, `N` → the last position.
+        let db = sled::open(&path).unwrap();
+        let now = Timestamp::now().unix_micros().to_be_bytes();
+        for (n, change) in changes.iter().enumerate() {
+            let position = (n as u64 + 1).to_be_bytes();
+            let mut value = now.to_vec();
+            value.extend_from_slice(&encode(change).unwrap());
+            let mut k = vec![b'R'];
+            k.extend_from_slice(&position);
+            db.insert(k, value).unwrap();
+            let mut k = vec![b'I'];
+            k.extend_from_slice(integration.0.as_bytes());
+            k.extend_from_slice(&position);
+            db.insert(k, &[]).unwrap();
+            let mut k = vec![b'M'];
+            k.extend_from_slice(change.id.0.as_bytes());
+            db.insert(k, &position).unwrap();
+            db.insert([b'N'], &position).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let log = SledRecordLog::open(&path, Duration::from_secs(3600)).unwrap();
+    let read = log.read(1, 10).await.unwrap();
+    assert_eq!(read.len(), 3);
+    assert_eq!(
+        read.iter().map(|r| r.position).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(read[1].change, changes[1]);
+    // A repeat of what was stored before the upgrade is still dropped; new changes go on.
+    log.publish(changes.clone()).await.unwrap();
+    let later = change(integration, 7, None);
+    log.publish(vec![later.clone()]).await.unwrap();
+    let all = log.read(1, 10).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[3].position, 4);
+    assert_eq!(all[3].change, later);
+    assert_eq!(log.read(2, 2).await.unwrap(), all[1..3]);
 }
