@@ -13,12 +13,12 @@ use std::time::Duration;
 use adapters::actions::ActionWorker;
 use adapters::credentials::CredentialService;
 use adapters::fakes::google::FakeGoogle;
-use adapters::fakes::hubspot::{self as hubspot_fake, FakeHubSpot};
+use adapters::fakes::hubspot::FakeHubSpot;
 use adapters::fakes::todoist::FakeTodoist;
 use adapters::fakes::twilio::FakeTwilio;
 use adapters::fakes::zendesk::FakeZendesk;
 use adapters::lease::Leases;
-use adapters::oauth::{OAuthClient, Revocation};
+
 use adapters::provider::{Connection, Credentials};
 use adapters::providers::{Endpoints, Providers};
 use adapters::vault::{MasterKey, Vault};
@@ -77,18 +77,7 @@ impl World {
         };
         let providers = Providers::new(&endpoints, &common::http());
         let leases = Leases::new(db.clone(), Leases::process_holder());
-        let base = &hubspot.server.base;
-        let hubspot_client = OAuthClient {
-            client_id: hubspot_fake::CLIENT_ID.into(),
-            client_secret: SecretString::from(hubspot_fake::CLIENT_SECRET),
-            authorize_url: base.join("oauth/authorize").unwrap(),
-            token_url: base.join("oauth/v1/token").unwrap(),
-            revocation: Some(Revocation::DeleteRefreshToken(
-                base.join("oauth/v1/refresh-tokens/").unwrap(),
-            )),
-            credentials_in_body: true,
-            extra_authorize_params: Vec::new(),
-        };
+        let hubspot_client = common::hubspot_client(&hubspot);
         let credentials = CredentialService::new(
             repo.clone(),
             vault.clone(),

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use adapters::connections::{ConnectError, Connections};
 use adapters::credentials::CredentialService;
-use adapters::fakes::hubspot::{self as hubspot_fake, FakeHubSpot};
+use adapters::fakes::hubspot::FakeHubSpot;
 use adapters::fakes::zendesk::FakeZendesk;
 use adapters::fakes::Counters;
 use adapters::http::{ProviderError, ProviderHttp};
 use adapters::lease::Leases;
-use adapters::oauth::{CallbackError, OAuthClient, Revocation};
+use adapters::oauth::CallbackError;
 use adapters::providers::{Endpoints, Providers};
 use adapters::vault::{MasterKey, Vault};
 use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, Status};
@@ -40,20 +40,7 @@ struct World {
     credentials: CredentialService,
 }
 
-fn hubspot_client(fake: &FakeHubSpot) -> OAuthClient {
-    let base = &fake.server.base;
-    OAuthClient {
-        client_id: hubspot_fake::CLIENT_ID.into(),
-        client_secret: SecretString::from(hubspot_fake::CLIENT_SECRET),
-        authorize_url: base.join("oauth/authorize").unwrap(),
-        token_url: base.join("oauth/v1/token").unwrap(),
-        revocation: Some(Revocation::DeleteRefreshToken(
-            base.join("oauth/v1/refresh-tokens/").unwrap(),
-        )),
-        credentials_in_body: true,
-        extra_authorize_params: Vec::new(),
-    }
-}
+use common::hubspot_client;
 
 impl World {
     async fn new() -> Self {

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use adapters::credentials::CredentialService;
-use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
+use adapters::fakes::hubspot::FakeHubSpot;
 use adapters::http::{ProviderError, ProviderHttp};
 use adapters::lease::Leases;
-use adapters::oauth::{OAuthClient, Revocation};
+
 use adapters::provider::Credentials;
 use adapters::sync::CredentialSource;
 use adapters::vault::{MasterKey, Vault};
@@ -76,18 +76,7 @@ impl World {
 
     /// A credential service as one process would run it.
     fn process(&self, name: &str) -> CredentialService {
-        let base = &self.fake.server.base;
-        let client = OAuthClient {
-            client_id: fake::CLIENT_ID.into(),
-            client_secret: SecretString::from(fake::CLIENT_SECRET),
-            authorize_url: base.join("oauth/authorize").unwrap(),
-            token_url: base.join("oauth/v1/token").unwrap(),
-            revocation: Some(Revocation::DeleteRefreshToken(
-                base.join("oauth/v1/refresh-tokens/").unwrap(),
-            )),
-            credentials_in_body: true,
-            extra_authorize_params: Vec::new(),
-        };
+        let client = common::hubspot_client(&self.fake);
         CredentialService::new(
             self.repo.clone(),
             self.vault.clone(),

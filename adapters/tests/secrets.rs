@@ -20,7 +20,7 @@ use adapters::fakes::hubspot::{self as hubspot_fake, FakeHubSpot};
 use adapters::fakes::zendesk::FakeZendesk;
 use adapters::http::ProviderHttp;
 use adapters::lease::Leases;
-use adapters::oauth::{OAuthClient, Revocation};
+
 use adapters::providers::{Endpoints, Providers};
 use adapters::sync::{SyncConfig, SyncWorker};
 use adapters::vault::{MasterKey, Vault};
@@ -95,21 +95,7 @@ async fn no_secret_is_found_in_anything_the_system_wrote() {
         ..Endpoints::default()
     };
     let providers = Providers::new(&endpoints, &common::http());
-    let base = &hubspot.server.base;
-    let oauth = BTreeMap::from([(
-        "hubspot".to_owned(),
-        OAuthClient {
-            client_id: hubspot_fake::CLIENT_ID.into(),
-            client_secret: SecretString::from(hubspot_fake::CLIENT_SECRET),
-            authorize_url: base.join("oauth/authorize").unwrap(),
-            token_url: base.join("oauth/v1/token").unwrap(),
-            revocation: Some(Revocation::DeleteRefreshToken(
-                base.join("oauth/v1/refresh-tokens/").unwrap(),
-            )),
-            credentials_in_body: true,
-            extra_authorize_params: Vec::new(),
-        },
-    )]);
+    let oauth = BTreeMap::from([("hubspot".to_owned(), common::hubspot_client(&hubspot))]);
     let redirect = Url::parse("http://127.0.0.1:7000/v1/oauth/callback").unwrap();
     let leases = Leases::new(db.clone(), Leases::process_holder());
     let credentials = Arc::new(CredentialService::new(

@@ -12,12 +12,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::oauth::{AuthServer, AuthorizeParams, Refusal, TokenForm, TokenPolicy};
+use super::oauth::{AuthServer, Refusal, TokenPolicy};
 use super::store::{parse_token, Collection};
 use super::{object, with_faults, Counters, FakeServer, FaultShape, Faults};
 
@@ -162,11 +162,8 @@ impl FakeGoogle {
                 ),
             },
         );
-        let oauth = Router::new()
-            .route("/o/oauth2/v2/auth", get(authorize))
-            .route("/token", post(token))
-            .route("/revoke", post(revoke))
-            .with_state(state);
+        let oauth =
+            super::oauth::routes(auth.clone(), "/o/oauth2/v2/auth", "/token", Some("/revoke"));
         let server = FakeServer::start(api.merge(oauth)).await?;
         Ok(Self {
             server,
@@ -706,25 +703,4 @@ async fn send_message(
     sent["payload"]["headers"][1]["value"] = json!(to);
     data.messages.put(&id, sent);
     Ok(Json(json!({"id": id, "threadId": id, "labelIds": ["SENT"]})).into_response())
-}
-
-async fn authorize(State(state): State<AppState>, query: AuthorizeParams) -> Response {
-    state.auth.authorize(query.0)
-}
-
-async fn token(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<TokenForm>,
-) -> Response {
-    state.auth.token(&headers, form)
-}
-
-#[derive(Debug, Deserialize)]
-struct RevokeForm {
-    token: String,
-}
-
-async fn revoke(State(state): State<AppState>, Form(form): Form<RevokeForm>) -> Response {
-    state.auth.revoke(&form.token)
 }

@@ -14,11 +14,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::oauth::{AuthServer, AuthorizeParams, Refusal, TokenForm, TokenPolicy};
+use super::oauth::{AuthServer, Refusal, TokenPolicy};
 use super::{apply_faults, json_response, Counters, FakeServer, FaultLayer, FaultShape, Faults};
 
 pub const CLIENT_ID: &str = "fake-hubspot-client";
@@ -187,10 +187,14 @@ impl FakeHubSpot {
                 apply_faults,
             ));
         let oauth = Router::new()
-            .route("/oauth/authorize", get(authorize))
-            .route("/oauth/v1/token", post(token))
             .route("/oauth/v1/refresh-tokens/{token}", delete(revoke))
-            .with_state(state);
+            .with_state(state)
+            .merge(super::oauth::routes(
+                auth.clone(),
+                "/oauth/authorize",
+                "/oauth/v1/token",
+                None,
+            ));
         let server = FakeServer::start_on(api.merge(oauth), addr).await?;
         Ok(Self {
             server,
@@ -715,18 +719,6 @@ async fn properties(
         })
         .collect();
     Ok((rate, Json(json!({"results": results}))).into_response())
-}
-
-async fn authorize(State(state): State<AppState>, query: AuthorizeParams) -> Response {
-    state.auth.authorize(query.0)
-}
-
-async fn token(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<TokenForm>,
-) -> Response {
-    state.auth.token(&headers, form)
 }
 
 async fn revoke(State(state): State<AppState>, Path(token): Path<String>) -> Response {

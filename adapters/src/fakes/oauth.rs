@@ -440,3 +440,46 @@ fn oauth_error(
 
 /// The authorize route's query, for routers.
 pub type AuthorizeParams = Query<AuthorizeQuery>;
+
+#[derive(Debug, Deserialize)]
+struct RevokeForm {
+    token: String,
+}
+
+/// The authorization server's routes, at a provider's own paths: the browser's authorize step,
+/// the token endpoint (form-encoded), and RFC 7009 revocation (a form with `token`) when the
+/// provider has it at `revoke`.
+pub(crate) fn routes(
+    auth: std::sync::Arc<AuthServer>,
+    authorize: &str,
+    token: &str,
+    revoke: Option<&str>,
+) -> axum::Router {
+    use axum::extract::State;
+    use axum::routing::{get, post};
+    type Auth = State<std::sync::Arc<AuthServer>>;
+    let mut router = axum::Router::new()
+        .route(
+            authorize,
+            get(|State(auth): Auth, query: AuthorizeParams| async move { auth.authorize(query.0) }),
+        )
+        .route(
+            token,
+            post(
+                |State(auth): Auth, headers: HeaderMap, axum::Form(form): axum::Form<TokenForm>| async move {
+                    auth.token(&headers, form)
+                },
+            ),
+        );
+    if let Some(path) = revoke {
+        router = router.route(
+            path,
+            post(
+                |State(auth): Auth, axum::Form(form): axum::Form<RevokeForm>| async move {
+                    auth.revoke(&form.token)
+                },
+            ),
+        );
+    }
+    router.with_state(auth)
+}

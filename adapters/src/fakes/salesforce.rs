@@ -14,11 +14,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::oauth::{AuthServer, AuthorizeParams, Refusal, TokenForm, TokenPolicy};
+use super::oauth::{AuthServer, Refusal, TokenPolicy};
 use super::store::Collection;
 use super::{object, with_faults, Counters, FakeServer, FaultShape, Faults};
 
@@ -181,11 +181,12 @@ impl FakeSalesforce {
                 quota: None,
             },
         );
-        let oauth = Router::new()
-            .route("/services/oauth2/authorize", get(authorize))
-            .route("/services/oauth2/token", post(token))
-            .route("/services/oauth2/revoke", post(revoke))
-            .with_state(state);
+        let oauth = super::oauth::routes(
+            auth.clone(),
+            "/services/oauth2/authorize",
+            "/services/oauth2/token",
+            Some("/services/oauth2/revoke"),
+        );
         let server = FakeServer::start_on(api.merge(oauth), addr).await?;
         Ok(Self {
             server,
@@ -535,25 +536,4 @@ async fn create(
         Json(json!({"id": id, "success": true, "errors": []})),
     )
         .into_response())
-}
-
-async fn authorize(State(state): State<AppState>, query: AuthorizeParams) -> Response {
-    state.auth.authorize(query.0)
-}
-
-async fn token(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<TokenForm>,
-) -> Response {
-    state.auth.token(&headers, form)
-}
-
-#[derive(Debug, Deserialize)]
-struct RevokeForm {
-    token: String,
-}
-
-async fn revoke(State(state): State<AppState>, Form(form): Form<RevokeForm>) -> Response {
-    state.auth.revoke(&form.token)
 }

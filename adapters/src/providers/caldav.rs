@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use super::{bad_arguments, id_from_key, str_argument, unknown_tool};
+use super::{bad_arguments, fixed_fields, id_from_key, only_object, str_argument, unknown_tool};
 use crate::http::{error_detail, ProviderError, ProviderHttp};
 use crate::provider::{Connection, Identity, Page, Provider, PullMode, PullRequest, PulledRecord};
 use crate::xml::{self, Element, CALDAV, DAV};
@@ -450,10 +450,7 @@ impl Provider for CalDav {
         _connection: Connection<'_>,
         object: &str,
     ) -> Result<Vec<String>, ProviderError> {
-        match object {
-            "events" => Ok(EVENT_FIELDS.iter().map(|f| (*f).to_owned()).collect()),
-            other => Err(bad_arguments(format!("a CalDAV calendar has no {other}"))),
-        }
+        fixed_fields("a CalDAV calendar", object, "events", EVENT_FIELDS)
     }
 
     async fn pull(
@@ -461,12 +458,7 @@ impl Provider for CalDav {
         connection: Connection<'_>,
         request: PullRequest<'_>,
     ) -> Result<Page, ProviderError> {
-        if request.object != "events" {
-            return Err(bad_arguments(format!(
-                "a CalDAV calendar has no {}",
-                request.object
-            )));
-        }
+        only_object("a CalDAV calendar", request.object, "events")?;
         let collection = Self::collection(connection)?;
         let token = match (request.page, request.mode) {
             (Some(page), _) => page,

@@ -15,7 +15,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use super::{bad_arguments, endpoint, str_argument, string_field, unknown_tool};
+use super::{
+    bad_arguments, endpoint, fixed_fields, only_object, str_argument, string_field, unknown_tool,
+};
 use crate::http::{check, status_error, ProviderError, ProviderHttp};
 use crate::provider::{Connection, Identity, Page, Provider, PullMode, PullRequest, PulledRecord};
 
@@ -343,10 +345,7 @@ impl Provider for Gmail {
         _connection: Connection<'_>,
         object: &str,
     ) -> Result<Vec<String>, ProviderError> {
-        match object {
-            "messages" => Ok(MESSAGE_FIELDS.iter().map(|f| (*f).to_owned()).collect()),
-            other => Err(bad_arguments(format!("Gmail has no {other}"))),
-        }
+        fixed_fields("Gmail", object, "messages", MESSAGE_FIELDS)
     }
 
     async fn pull(
@@ -354,9 +353,7 @@ impl Provider for Gmail {
         connection: Connection<'_>,
         request: PullRequest<'_>,
     ) -> Result<Page, ProviderError> {
-        if request.object != "messages" {
-            return Err(bad_arguments(format!("Gmail has no {}", request.object)));
-        }
+        only_object("Gmail", request.object, "messages")?;
         let token = connection.credentials.bearer()?;
         match (request.mode, request.page) {
             (PullMode::Incremental { since: Some(start) }, page) => {

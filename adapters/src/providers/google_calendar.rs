@@ -13,7 +13,9 @@ use domain::catalog::{self, App};
 use serde_json::{json, Value};
 use url::Url;
 
-use super::{bad_arguments, endpoint, id_from_key, str_argument, string_field, unknown_tool};
+use super::{
+    endpoint, fixed_fields, id_from_key, only_object, str_argument, string_field, unknown_tool,
+};
 use crate::http::{check, ProviderError, ProviderHttp};
 use crate::provider::{Connection, Identity, Page, Provider, PullMode, PullRequest, PulledRecord};
 
@@ -94,10 +96,7 @@ impl Provider for GoogleCalendar {
         _connection: Connection<'_>,
         object: &str,
     ) -> Result<Vec<String>, ProviderError> {
-        match object {
-            "events" => Ok(EVENT_FIELDS.iter().map(|f| (*f).to_owned()).collect()),
-            other => Err(bad_arguments(format!("Google Calendar has no {other}"))),
-        }
+        fixed_fields("Google Calendar", object, "events", EVENT_FIELDS)
     }
 
     async fn pull(
@@ -105,12 +104,7 @@ impl Provider for GoogleCalendar {
         connection: Connection<'_>,
         request: PullRequest<'_>,
     ) -> Result<Page, ProviderError> {
-        if request.object != "events" {
-            return Err(bad_arguments(format!(
-                "Google Calendar has no {}",
-                request.object
-            )));
-        }
+        only_object("Google Calendar", request.object, "events")?;
         let token = connection.credentials.bearer()?;
         let mut url = self.url("calendars/primary/events")?;
         {

@@ -146,6 +146,26 @@ pub(crate) fn str_argument<'a>(
         .ok_or_else(|| bad_arguments(format!("{tool} needs a `{name}` string")))
 }
 
+/// `Ok` when `object` is the one object `app` syncs (`known`), else a refusal naming it.
+pub(crate) fn only_object(app: &str, object: &str, known: &str) -> Result<(), ProviderError> {
+    if object == known {
+        Ok(())
+    } else {
+        Err(bad_arguments(format!("{app} has no {object}")))
+    }
+}
+
+/// The fixed fields of an app's one object.
+pub(crate) fn fixed_fields(
+    app: &str,
+    object: &str,
+    known: &str,
+    fields: &[&str],
+) -> Result<Vec<String>, ProviderError> {
+    only_object(app, object, known)?;
+    Ok(fields.iter().map(|f| (*f).to_owned()).collect())
+}
+
 /// A refusal of a tool the app does not have.
 pub(crate) fn unknown_tool(app: &str, tool: &str) -> ProviderError {
     bad_arguments(format!("{app} has no tool {tool}"))

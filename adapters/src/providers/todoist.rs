@@ -12,7 +12,10 @@ use domain::catalog::{self, App};
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use super::{bad_arguments, endpoint, id_from_key, str_argument, string_field, unknown_tool};
+use super::{
+    bad_arguments, endpoint, fixed_fields, id_from_key, only_object, str_argument, string_field,
+    unknown_tool,
+};
 use crate::http::{check, error_detail, status_error, ProviderError, ProviderHttp};
 use crate::provider::{Connection, Identity, Page, Provider, PullMode, PullRequest, PulledRecord};
 
@@ -122,10 +125,7 @@ impl Provider for Todoist {
         _connection: Connection<'_>,
         object: &str,
     ) -> Result<Vec<String>, ProviderError> {
-        match object {
-            "tasks" => Ok(TASK_FIELDS.iter().map(|f| (*f).to_owned()).collect()),
-            other => Err(bad_arguments(format!("Todoist has no {other}"))),
-        }
+        fixed_fields("Todoist", object, "tasks", TASK_FIELDS)
     }
 
     async fn pull(
@@ -133,9 +133,7 @@ impl Provider for Todoist {
         connection: Connection<'_>,
         request: PullRequest<'_>,
     ) -> Result<Page, ProviderError> {
-        if request.object != "tasks" {
-            return Err(bad_arguments(format!("Todoist has no {}", request.object)));
-        }
+        only_object("Todoist", request.object, "tasks")?;
         let token = connection.credentials.secret("api_token")?;
         if let PullMode::Incremental { since } = request.mode {
             return self

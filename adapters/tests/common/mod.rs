@@ -114,3 +114,23 @@ pub async fn pull_all(
         assert!(pages < 10_000, "the pull does not end");
     }
 }
+
+/// The OAuth client of the fake HubSpot, as the configuration would give it.
+pub fn hubspot_client(
+    fake: &adapters::fakes::hubspot::FakeHubSpot,
+) -> adapters::oauth::OAuthClient {
+    use adapters::fakes::hubspot::{CLIENT_ID, CLIENT_SECRET};
+    use adapters::oauth::{OAuthClient, Revocation};
+    let base = &fake.server.base;
+    OAuthClient {
+        client_id: CLIENT_ID.into(),
+        client_secret: SecretString::from(CLIENT_SECRET),
+        authorize_url: base.join("oauth/authorize").expect("a URL"),
+        token_url: base.join("oauth/v1/token").expect("a URL"),
+        revocation: Some(Revocation::DeleteRefreshToken(
+            base.join("oauth/v1/refresh-tokens/").expect("a URL"),
+        )),
+        credentials_in_body: true,
+        extra_authorize_params: Vec::new(),
+    }
+}
