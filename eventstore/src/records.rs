@@ -584,9 +584,12 @@ impl SledRecordLog {
     pub fn open(path: impl AsRef<std::path::Path>, max_age: Duration) -> Result<Self, StoreError> {
         // Changes are written once and read in order by a few subscribers: a page cache the
         // size of the event log's would only hold memory (a long sync writes millions).
+        // Every write that must last flushes itself, so sled's periodic flusher would only
+        // repeat the work.
         let db = sled::Config::new()
             .path(path.as_ref())
             .cache_capacity(8 * 1024 * 1024)
+            .flush_every_ms(None)
             .open()?;
         migrate_from_single_changes(&db)?;
         // The newest ids, for dropping repeats.
