@@ -110,7 +110,7 @@ fn defaults(app: &str) -> Option<Defaults> {
 }
 
 /// The adapters' configuration, read.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AdaptersConfig {
     /// Where users reach the service; redirect URIs are made from it. `None`: the service's
     /// own listen address.
@@ -127,6 +127,15 @@ fn env_name(app: &str, what: &str) -> String {
         "HARMONY_OAUTH_{}_{what}",
         app.to_ascii_uppercase().replace('-', "_")
     )
+}
+
+/// No file and no variables: the providers' public endpoints, no OAuth client, so every
+/// OAuth2 app unavailable with its reason.
+impl Default for AdaptersConfig {
+    fn default() -> Self {
+        Self::load_with(None, |_| None)
+            .expect("without a file or variables the configuration cannot be invalid")
+    }
 }
 
 impl AdaptersConfig {

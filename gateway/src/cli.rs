@@ -29,10 +29,62 @@ pub enum Command {
     /// Operate on the credential vault.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// Manage the API tokens callers present as `Authorization: Bearer …`.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Run a fake provider on loopback, speaking its real wire format: for trying the service
     /// without a provider account, and for `harmony bench sync`.
     #[command(subcommand)]
     FakeProvider(FakeProviderCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token for a user of a workspace with a role; prints the token (shown once).
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    List(TokenListArgs),
+    /// Revoke a token: refused from that moment.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// The workspace the token acts in.
+    #[arg(long)]
+    pub workspace: String,
+    /// The user it acts as.
+    #[arg(long)]
+    pub user: String,
+    /// admin, integration_manager (a member with the integration permission), member or
+    /// auditor (read-only).
+    #[arg(long)]
+    pub role: String,
+    /// A note of what the token is for.
+    #[arg(long, default_value = "")]
+    pub label: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenListArgs {
+    /// Only this workspace's tokens.
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id (`tok_…`, from `create` or `list`).
+    pub id: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 #[derive(Debug, Subcommand)]

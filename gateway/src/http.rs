@@ -12,6 +12,14 @@ use crate::AppState;
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(crate::api::router())
+        .fallback(|| async {
+            crate::problem::Problem::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "there is no such route",
+            )
+        })
         .with_state(state)
 }
 

@@ -4,15 +4,19 @@
 //! [`Application`] opens the event log, the read models and the credential vault, runs the
 //! projections and serves HTTP; [`cli`] holds the commands (`serve`, `bench`, `log copy`,
 //! `projections rebuild`, `vault rotate-master-key`), run by [`bench`](mod@bench), [`log`],
-//! [`read_models`] and [`vault`]. At this stage the HTTP surface is the health check; the
-//! Marketplace API, the auditors' endpoints and the event stream are built on the same
-//! [`Application`].
+//! [`read_models`], [`tokens`] and [`vault`]. The HTTP surface so far: the health check, and
+//! under `/v1` the callers' API tokens, the catalog (apps and models) and who a token speaks
+//! for; the rest of the Marketplace API, the auditors' endpoints and the event stream are built
+//! on the same [`Application`].
 
+mod api;
 pub mod bench;
 pub mod cli;
 mod http;
 pub mod log;
+mod problem;
 pub mod read_models;
+pub mod tokens;
 pub mod vault;
 
 use std::net::SocketAddr;

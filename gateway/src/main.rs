@@ -58,6 +58,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Vault(gateway::cli::VaultCommand::RotateMasterKey(args)) => {
             gateway::vault::rotate(&args, &mut std::io::stdout().lock()).await
         }
+        Command::Tokens(command) => {
+            gateway::tokens::run(&command, &mut std::io::stdout().lock()).await
+        }
         Command::Projections(gateway::cli::ProjectionsCommand::Rebuild(args)) => {
             gateway::read_models::rebuild(&args, &mut std::io::stdout().lock()).await
         }

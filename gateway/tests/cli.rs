@@ -694,3 +694,66 @@ fn serve_creates_a_private_master_key_and_vault_rotate_master_key_rewraps_under_
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no master key"));
 }
+
+#[test]
+fn tokens_are_created_shown_once_listed_without_their_secret_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let created = harmony()
+        .args(["tokens", "create", "--workspace", "acme", "--user", "ada"])
+        .args([
+            "--role",
+            "integration_manager",
+            "--label",
+            "ci",
+            "--data-dir",
+            data_dir,
+        ])
+        .env_remove("HARMONY_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("hst_") && token.len() > 40, "{token}");
+    let told = String::from_utf8_lossy(&created.stderr).into_owned();
+    let id = told
+        .split_whitespace()
+        .find(|word| word.starts_with("tok_"))
+        .unwrap()
+        .to_owned();
+
+    let listed = harmony()
+        .args(["tokens", "list", "--json", "--data-dir", data_dir])
+        .env_remove("HARMONY_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let text = String::from_utf8(listed.stdout).unwrap();
+    assert!(!text.contains(&token), "a listing never shows a token");
+    let tokens: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(tokens[0]["id"], id.as_str());
+    assert_eq!(tokens[0]["role"], "integration_manager");
+    assert_eq!(tokens[0]["revoked"], false);
+
+    let revoke = |expect: bool| {
+        let output = harmony()
+            .args(["tokens", "revoke", &id, "--data-dir", data_dir])
+            .env_remove("HARMONY_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.success(), expect, "{output:?}");
+        output
+    };
+    revoke(true);
+    let again = revoke(false);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no live token"));
+
+    let bad = harmony()
+        .args(["tokens", "create", "--workspace", "acme", "--user", "ada"])
+        .args(["--role", "owner", "--data-dir", data_dir])
+        .env_remove("HARMONY_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role `owner`"));
+}

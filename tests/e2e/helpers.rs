@@ -14,6 +14,33 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The service's data directory (its SQLite database holds the API tokens).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir
+            .as_ref()
+            .expect("the data directory is held until stop")
+            .path()
+    }
+
+    /// A new API token for `user` of `workspace` with `role`.
+    pub async fn token(&self, workspace: &str, user: &str, role: &str) -> (String, String) {
+        let db = projections::ReadDb::open_sqlite(&self.data_dir().join("read.db"))
+            .await
+            .unwrap();
+        let issued = gateway::tokens::create(
+            &db,
+            &workspace.parse().unwrap(),
+            &user.parse().unwrap(),
+            role.parse().unwrap(),
+            "test",
+        )
+        .await
+        .unwrap();
+        db.close().await;
+        use secrecy::ExposeSecret;
+        (issued.id, issued.token.expose_secret().to_owned())
+    }
+
     /// Stops the server gracefully, waits for it to finish, and hands back its data directory.
     pub async fn stop(mut self) -> anyhow::Result<tempfile::TempDir> {
         if let Some(stop) = self.stop.take() {

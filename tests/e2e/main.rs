@@ -2,5 +2,6 @@
 //! One binary for all of them (see `helpers.rs` for `spawn_app`).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod api;
 mod health;
 mod helpers;
