@@ -37,16 +37,7 @@ async fn a_v1_route_needs_a_live_token_and_a_revoked_one_is_refused_at_once() {
     assert_eq!(problem(refused).await.0, 401);
 
     let (id, token) = app.token("acme", "ada", "admin").await;
-    let me: Value = app
-        .client
-        .get(&url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = app.get_json("/v1/me", Some(&token)).await;
     assert_eq!(me["user"], "ada");
     assert_eq!(me["workspace"], "acme");
     assert_eq!(me["role"], "admin");
@@ -88,16 +79,7 @@ async fn a_v1_route_needs_a_live_token_and_a_revoked_one_is_refused_at_once() {
 async fn apps_say_what_each_needs_and_which_cannot_be_connected_here() {
     let app = spawn_app().await;
     let (_, token) = app.token("acme", "bob", "member").await;
-    let body: Value = app
-        .client
-        .get(format!("{}/v1/apps", app.address))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = app.get_json("/v1/apps", Some(&token)).await;
     let apps = body["apps"].as_array().unwrap();
     assert_eq!(apps.len(), 8);
     let find = |id: &str| apps.iter().find(|a| a["id"] == id).unwrap().clone();
@@ -120,15 +102,6 @@ async fn apps_say_what_each_needs_and_which_cannot_be_connected_here() {
         .any(|f| f["name"] == "api_token"));
     assert_eq!(find("google-calendar")["scope"], "personal");
 
-    let models: Value = app
-        .client
-        .get(format!("{}/v1/models", app.address))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = app.get_json("/v1/models", Some(&token)).await;
     assert_eq!(models["models"].as_array().unwrap().len(), 3);
 }

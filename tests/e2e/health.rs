@@ -65,15 +65,7 @@ async fn the_read_models_catch_up_with_a_log_written_before_the_start() {
         std::time::Duration::from_secs(30),
         "the projections catching up",
         || async {
-            let body: Value = app
-                .client
-                .get(format!("{}/healthz", app.address))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let body = app.get_json("/healthz", None).await;
             let head = body["log_head"].as_u64().unwrap();
             ["installed", "sync_runs"]
                 .iter()

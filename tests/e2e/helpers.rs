@@ -22,6 +22,15 @@ impl TestApp {
             .path()
     }
 
+    /// `GET path` with `token` (if any), its body as JSON.
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> serde_json::Value {
+        let mut request = self.client.get(format!("{}{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
     /// A new API token for `user` of `workspace` with `role`.
     pub async fn token(&self, workspace: &str, user: &str, role: &str) -> (String, String) {
         let db = projections::ReadDb::open_sqlite(&self.data_dir().join("read.db"))
