@@ -2,11 +2,17 @@
 //! Marketplace > Apps with what each app needs and whether it can be connected here, and the
 //! Models tab.
 
-use axum::extract::{FromRequestParts, State};
+use std::collections::BTreeMap;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use domain::Principal;
+use domain::aggregate::CommandContext;
+use domain::{Caller as DomainCaller, DomainError, Principal, Timestamp};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::problem::Problem;
@@ -52,6 +58,236 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/apps", get(apps))
         .route("/v1/models", get(models))
         .route("/v1/me", get(me))
+        .route(
+            "/v1/me/integrations",
+            get(personal_route).post(personal_route),
+        )
+        .route(
+            "/v1/workspaces/{ws}/integrations",
+            get(installed).post(connect),
+        )
+        .route("/v1/workspaces/{ws}/integrations/{id}", get(integration))
+}
+
+impl Caller {
+    /// The caller, acting in workspace `ws` of the path: a token acts in its own workspace
+    /// only.
+    fn in_workspace(&self, ws: &str) -> Result<&Principal, Problem> {
+        if self.0.workspace.as_str() == ws {
+            Ok(&self.0)
+        } else {
+            Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "other_workspace",
+                format!(
+                    "this token acts in workspace {}, not {ws}",
+                    self.0.workspace
+                ),
+            ))
+        }
+    }
+
+    fn context(&self) -> CommandContext {
+        CommandContext::new(DomainCaller::User(self.0.clone()), Timestamp::now())
+    }
+}
+
+/// A rule the domain refused, as the API says it.
+fn domain_problem(error: &DomainError) -> Problem {
+    let status = match error {
+        DomainError::NotFound => StatusCode::NOT_FOUND,
+        DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
+        DomainError::InvalidSetup { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::CONFLICT,
+    };
+    let code = match error {
+        DomainError::NotFound => "not_found",
+        DomainError::Forbidden(_) => "forbidden",
+        _ => error.code(),
+    };
+    Problem::new(status, code, error.to_string())
+}
+
+fn connect_problem(error: adapters::connections::ConnectError) -> Problem {
+    use adapters::connections::ConnectError as E;
+    match error {
+        E::UnknownApp(app) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+            format!("there is no app {app}"),
+        ),
+        E::Unavailable(reason) => Problem::new(StatusCode::CONFLICT, "app_unavailable", reason),
+        E::InvalidSetup { field, reason } => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_setup",
+            format!("{field} {reason}"),
+        ),
+        E::Provider(error) if error.retryable() => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "provider_unavailable",
+            error.to_string(),
+        ),
+        E::Provider(error) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "provider_refused",
+            error.to_string(),
+        ),
+        E::Domain(error) => domain_problem(&error),
+        other => {
+            tracing::error!(error = %other, "a connection failed");
+            Problem::internal()
+        }
+    }
+}
+
+/// The Marketplace lives in workspaces: a personal route has none.
+async fn personal_route(_caller: Caller) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "workspace_required",
+        "the Marketplace is available only inside an organization workspace: switch to a \
+         workspace first",
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstalledQuery {
+    status: Option<String>,
+    app: Option<String>,
+    scope: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Marketplace > Installed: the workspace's integrations and the caller's personal ones.
+async fn installed(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+    Query(query): Query<InstalledQuery>,
+) -> Result<Json<Value>, Problem> {
+    let principal = caller.in_workspace(&ws)?;
+    let filter = projections::installed::Filter {
+        status: query.status,
+        app: query.app,
+        scope: query.scope,
+    };
+    let page = projections::installed::page(
+        &state.read,
+        principal.workspace.as_str(),
+        principal.user.as_str(),
+        &filter,
+        query.cursor.as_deref(),
+        query.limit.unwrap_or(50),
+    )
+    .await
+    .map_err(|error| match error {
+        projections::ReadDbError::BadCursor(_) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad_cursor",
+            "the cursor is not one this list gave out",
+        ),
+        other => {
+            tracing::error!(error = %other, "cannot read Installed");
+            Problem::internal()
+        }
+    })?;
+    Ok(Json(
+        json!({ "integrations": page.rows, "next_cursor": page.next_cursor }),
+    ))
+}
+
+/// One integration, with the actions available now. Another user's personal integration is
+/// not found, not forbidden: its existence does not leak.
+async fn integration(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
+    let principal = caller.in_workspace(&ws)?;
+    let row = projections::installed::get(
+        &state.read,
+        principal.workspace.as_str(),
+        principal.user.as_str(),
+        &id,
+    )
+    .await
+    .map_err(|error| {
+        tracing::error!(%error, "cannot read Installed");
+        Problem::internal()
+    })?
+    .ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no integration {id} here"),
+        )
+    })?;
+    Ok(Json(json!(row)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectBody {
+    app: String,
+    #[serde(default)]
+    fields: BTreeMap<String, String>,
+}
+
+/// Connects an app: an API-key app at once (its key checked with the provider first), an
+/// OAuth2 app by answering the authorization URL to open in a popup.
+async fn connect(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+    body: Result<Json<ConnectBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    caller.in_workspace(&ws)?;
+    let Json(body) = body.map_err(|rejection| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            rejection.body_text(),
+        )
+    })?;
+    let app = domain::catalog::app(&body.app).ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+            format!("there is no app {}", body.app),
+        )
+    })?;
+    let connections = &state.workers.connections;
+    match app.auth {
+        domain::catalog::AuthKind::ApiKey => {
+            let fields = body
+                .fields
+                .into_iter()
+                .map(|(name, value)| (name, secrecy::SecretString::from(value)))
+                .collect();
+            let connected = connections
+                .connect_with_key(&caller.context(), app.id, &fields)
+                .await
+                .map_err(connect_problem)?;
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({
+                    "integration_id": connected.integration.to_string(),
+                    "account_label": connected.identity.account_label,
+                    "answer": connected.identity.answer,
+                })),
+            )
+                .into_response())
+        }
+        domain::catalog::AuthKind::Oauth2 { .. } => {
+            let url = connections
+                .start_oauth(&caller.context(), app.id, None, body.fields)
+                .await
+                .map_err(connect_problem)?;
+            Ok(Json(json!({ "authorization_url": url.to_string() })).into_response())
+        }
+    }
 }
 
 /// Marketplace > Apps: every app with its category, scope, authentication, setup fields, the

@@ -133,6 +133,8 @@ pub struct Workers {
     pub scheduler: adapters::scheduler::Scheduler,
     pub credentials: Arc<adapters::credentials::CredentialService>,
     pub providers: adapters::providers::Providers,
+    /// Connect, reauth, test and disconnect.
+    pub connections: adapters::connections::Connections,
 }
 
 impl Workers {
@@ -154,12 +156,22 @@ impl Workers {
             adapters::lease::Leases::new(read.clone(), adapters::lease::Leases::process_holder());
         let credentials = Arc::new(adapters::credentials::CredentialService::new(
             repo.clone(),
-            vault,
+            vault.clone(),
             leases.clone(),
             config.oauth.clone(),
             ProviderHttp::default_client(),
-            redirect,
+            redirect.clone(),
         ));
+        let connections = adapters::connections::Connections::new(
+            repo.clone(),
+            read.clone(),
+            vault,
+            providers.clone(),
+            config.oauth.clone(),
+            config.unavailable.clone(),
+            ProviderHttp::default_client(),
+            redirect,
+        );
         let sync = adapters::sync::SyncWorker::new(
             repo.clone(),
             records,
@@ -187,6 +199,7 @@ impl Workers {
             scheduler,
             credentials,
             providers,
+            connections,
         }
     }
 

@@ -456,3 +456,29 @@ pub async fn list(
         }
     }
 }
+
+/// One integration's row as `user` of `workspace` sees it: `None` when it is not in Installed,
+/// belongs to another workspace, or is another user's personal integration.
+pub async fn get(
+    db: &ReadDb,
+    workspace: &str,
+    user: &str,
+    integration: &str,
+) -> Result<Option<InstalledRow>, ReadDbError> {
+    let sql = format!(
+        "SELECT integration_id, workspace, app, scope, owner, status, connected_by, \
+         connected_at, last_sync_at, last_sync_outcome, records_pulled, records_created, \
+         records_updated, records_deleted, mapping_version, actions FROM {TABLE} \
+         WHERE integration_id = $1 AND workspace = $2 AND (owner IS NULL OR owner = $3)"
+    );
+    let binds = [
+        Bind::Text(integration.to_owned()),
+        Bind::Text(workspace.to_owned()),
+        Bind::Text(user.to_owned()),
+    ];
+    Ok(fetch_all::<Stored>(db, &sql, &binds)
+        .await?
+        .into_iter()
+        .map(InstalledRow::from)
+        .next())
+}

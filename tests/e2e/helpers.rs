@@ -91,8 +91,26 @@ fn init_logs() {
 }
 
 pub async fn spawn_app_in(data_dir: tempfile::TempDir) -> TestApp {
+    spawn_configured(data_dir, |_| {}).await
+}
+
+/// The application with its settings changed by `configure` first (provider endpoints
+/// pointed at fakes, say).
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_configured(
+        tempfile::tempdir().expect("a temporary directory"),
+        configure,
+    )
+    .await
+}
+
+async fn spawn_configured(
+    data_dir: tempfile::TempDir,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     init_logs();
-    let settings = Settings::embedded(data_dir.path().to_owned());
+    let mut settings = Settings::embedded(data_dir.path().to_owned());
+    configure(&mut settings);
     let app = Application::build(settings)
         .await
         .expect("the application builds");

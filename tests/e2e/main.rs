@@ -5,3 +5,4 @@
 mod api;
 mod health;
 mod helpers;
+mod installed;

@@ -1,0 +1,165 @@
+//! Connecting an API-key app over HTTP and reading Installed: the key is checked with the
+//! provider first, the rules of who may connect hold, a personal integration is its owner's
+//! alone, and the Marketplace is refused outside a workspace.
+
+use serde_json::{json, Value};
+
+use adapters::fakes::todoist::FakeTodoist;
+use adapters::fakes::zendesk::FakeZendesk;
+use eventstore::waiting::eventually;
+
+use crate::helpers::{spawn_app_with, TestApp};
+
+async fn connect(app: &TestApp, token: &str, ws: &str, body: Value) -> (u16, Value) {
+    let response = app
+        .client
+        .post(format!("{}/v1/workspaces/{ws}/integrations", app.address))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+fn zendesk(token: &str) -> Value {
+    json!({"app": "zendesk", "fields": {
+        "subdomain": "acme", "email": "agent@acme.com", "api_token": token}})
+}
+
+#[tokio::test]
+async fn an_api_key_app_connects_once_its_key_is_checked_and_shows_in_installed() {
+    let zendesk_fake = FakeZendesk::start("acme", "agent@acme.com", "zd-right", 3, 1)
+        .await
+        .unwrap();
+    let todoist_fake = FakeTodoist::start("td-right", 2).await.unwrap();
+    let zendesk_base = zendesk_fake.server.base.clone();
+    let todoist_base = todoist_fake.server.base.clone();
+    let app = spawn_app_with(|settings| {
+        settings.adapters.endpoints.zendesk_api_template = format!("{zendesk_base}{{subdomain}}/");
+        settings.adapters.endpoints.todoist_api = todoist_base.join("api/v1/").unwrap();
+    })
+    .await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let (_, member) = app.token("acme", "bob", "member").await;
+
+    // A member without the integration permission is refused, in the rule's words.
+    let (status, body) = connect(&app, &member, "acme", zendesk("zd-right")).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("integration permission"));
+    // A wrong key is refused with the provider's reason.
+    let (status, body) = connect(&app, &admin, "acme", zendesk("zd-wrong")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("provider_refused"))
+    );
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Couldn't authenticate you"));
+    // An unknown field is named.
+    let (status, body) =
+        connect(&app, &admin, "acme", json!({"app": "zendesk", "colour": 1})).await;
+    assert_eq!(status, 422);
+    assert!(
+        body["detail"].as_str().unwrap().contains("colour"),
+        "{body}"
+    );
+
+    let (status, body) = connect(&app, &admin, "acme", zendesk("zd-right")).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["integration_id"].as_str().unwrap().to_owned();
+    assert!(body["account_label"]
+        .as_str()
+        .unwrap()
+        .contains("Johnny Agent"));
+
+    let installed = eventually(
+        std::time::Duration::from_secs(20),
+        "Installed shows the integration",
+        || async {
+            let page = app
+                .get_json("/v1/workspaces/acme/integrations", Some(&member))
+                .await;
+            let rows = page["integrations"].as_array().cloned().unwrap_or_default();
+            (!rows.is_empty()).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(installed.len(), 1);
+    assert_eq!(installed[0]["app"], "zendesk");
+    assert_eq!(installed[0]["status"], "connected");
+    let detail = app
+        .get_json(
+            &format!("/v1/workspaces/acme/integrations/{id}"),
+            Some(&member),
+        )
+        .await;
+    assert_eq!(detail["integration_id"], id.as_str());
+    assert!(detail["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a == "sync"));
+
+    // Ada's personal Todoist is hers alone: Bob neither lists nor finds it.
+    let (status, body) = connect(
+        &app,
+        &admin,
+        "acme",
+        json!({"app": "todoist", "fields": {"api_token": "td-right"}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let personal = body["integration_id"].as_str().unwrap().to_owned();
+    eventually(
+        std::time::Duration::from_secs(20),
+        "Ada sees her personal integration",
+        || async {
+            let page = app
+                .get_json("/v1/workspaces/acme/integrations", Some(&admin))
+                .await;
+            (page["integrations"].as_array().map(Vec::len) == Some(2)).then_some(())
+        },
+    )
+    .await;
+    let bobs = app
+        .get_json("/v1/workspaces/acme/integrations", Some(&member))
+        .await;
+    assert_eq!(bobs["integrations"].as_array().unwrap().len(), 1);
+    let hidden = app
+        .client
+        .get(format!(
+            "{}/v1/workspaces/acme/integrations/{personal}",
+            app.address
+        ))
+        .bearer_auth(&member)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hidden.status(), 404, "not 403: its existence does not leak");
+
+    // Outside a workspace, and in another workspace, the Marketplace is refused.
+    let me = app
+        .client
+        .post(format!("{}/v1/me/integrations", app.address))
+        .bearer_auth(&admin)
+        .json(&zendesk("zd-right"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 409);
+    let body: Value = me.json().await.unwrap();
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("switch to a workspace first"));
+    let (status, body) = connect(&app, &admin, "globex", zendesk("zd-right")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("other_workspace"))
+    );
+}
