@@ -8,7 +8,7 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use domain::aggregate::CommandContext;
 use domain::{Caller as DomainCaller, DomainError, Principal, Timestamp};
@@ -66,7 +66,258 @@ pub(crate) fn router() -> Router<AppState> {
             "/v1/workspaces/{ws}/integrations",
             get(installed).post(connect),
         )
-        .route("/v1/workspaces/{ws}/integrations/{id}", get(integration))
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}",
+            get(integration).delete(delete_integration),
+        )
+        .route("/v1/workspaces/{ws}/integrations/{id}/test", post(test))
+        .route("/v1/workspaces/{ws}/integrations/{id}/sync", post(sync))
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}/schedule",
+            put(schedule),
+        )
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}/disconnect",
+            post(disconnect),
+        )
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}/sync-logs",
+            get(sync_logs),
+        )
+}
+
+/// The integration id of a path: an id that is not one is simply not found.
+fn integration_id(id: &str) -> Result<domain::IntegrationId, Problem> {
+    id.parse().map_err(|_| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no integration {id} here"),
+        )
+    })
+}
+
+fn repository_problem(error: eventstore::repository::RepositoryError) -> Problem {
+    match error {
+        eventstore::repository::RepositoryError::Domain(error) => domain_problem(&error),
+        other => {
+            tracing::error!(error = %other, "a command failed");
+            Problem::internal()
+        }
+    }
+}
+
+/// Runs a command on an integration as the caller.
+async fn command(
+    state: &AppState,
+    caller: &Caller,
+    ws: &str,
+    id: &str,
+    command: domain::IntegrationCommand,
+) -> Result<(), Problem> {
+    caller.in_workspace(ws)?;
+    let id = integration_id(id)?;
+    state
+        .workers
+        .repo
+        .execute::<domain::Integration>(
+            &domain::StreamName::integration(id),
+            &command,
+            &caller.context(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(repository_problem)
+}
+
+/// Tests the connection with the provider now.
+async fn test(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
+    caller.in_workspace(&ws)?;
+    let id = integration_id(&id)?;
+    let identity = state
+        .workers
+        .connections
+        .test(&caller.context(), id, state.workers.credentials.as_ref())
+        .await
+        .map_err(connect_problem)?;
+    Ok(Json(json!({
+        "ok": true,
+        "account_label": identity.account_label,
+        "answer": identity.answer,
+    })))
+}
+
+/// A full sync, now.
+async fn sync(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let sync_id = domain::SyncId::new();
+    command(
+        &state,
+        &caller,
+        &ws,
+        &id,
+        domain::IntegrationCommand::RequestSync {
+            sync_id,
+            kind: domain::integration::SyncKind::Full,
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "sync_id": sync_id.to_string() })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleBody {
+    /// Minutes between incremental syncs; `null` for off.
+    every_minutes: Option<u32>,
+}
+
+/// The incremental-sync frequency, or off.
+async fn schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, id)): Path<(String, String)>,
+    body: Result<Json<ScheduleBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    let Json(body) = body.map_err(invalid_body)?;
+    command(
+        &state,
+        &caller,
+        &ws,
+        &id,
+        domain::IntegrationCommand::ChangeSyncSchedule {
+            every_minutes: body.every_minutes,
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "every_minutes": body.every_minutes })))
+}
+
+/// Disconnects: the token revoked at the provider where it allows, syncs stopped, data at
+/// the provider untouched.
+async fn disconnect(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
+    caller.in_workspace(&ws)?;
+    let id = integration_id(&id)?;
+    let revoked = state
+        .workers
+        .connections
+        .disconnect(&caller.context(), id, "disconnected by a user")
+        .await
+        .map_err(connect_problem)?;
+    Ok(Json(
+        json!({ "disconnected": true, "token_revoked": revoked }),
+    ))
+}
+
+/// Deletes: gone from Installed, its secrets shredded, its synced records purged; its history
+/// stays for auditors.
+async fn delete_integration(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    caller.in_workspace(&ws)?;
+    let id = integration_id(&id)?;
+    let stream = domain::StreamName::integration(id);
+    // The rules first: nothing is shredded for a caller who may not delete.
+    let state_now = state
+        .workers
+        .repo
+        .load::<domain::Integration>(&stream)
+        .await
+        .map_err(repository_problem)?
+        .state;
+    domain::Aggregate::handle(
+        &state_now,
+        &domain::IntegrationCommand::Delete {
+            secrets_shredded: true,
+        },
+        &caller.context(),
+    )
+    .map_err(|error| domain_problem(&error))?;
+    let shredded = state.vault.shred(id).await.map_err(|error| {
+        tracing::error!(%error, "cannot shred an integration's secrets");
+        Problem::internal()
+    })?;
+    eventstore::lifecycle::end(
+        &state.workers.repo,
+        &caller.context(),
+        id,
+        domain::IntegrationCommand::Delete {
+            secrets_shredded: shredded,
+        },
+    )
+    .await
+    .map_err(repository_problem)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncLogsQuery {
+    status: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// An integration's sync logs, newest first.
+async fn sync_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, id)): Path<(String, String)>,
+    Query(query): Query<SyncLogsQuery>,
+) -> Result<Json<Value>, Problem> {
+    let principal = caller.in_workspace(&ws)?;
+    let id = integration_id(&id)?;
+    let filter = projections::sync_runs::Filter {
+        status: query.status,
+        kind: query.kind,
+        since: query.since,
+        until: query.until,
+    };
+    let page = projections::sync_runs::list(
+        &state.read,
+        principal.workspace.as_str(),
+        principal.user.as_str(),
+        id,
+        &filter,
+        query.cursor,
+        query.limit.unwrap_or(50),
+    )
+    .await
+    .map_err(|error| {
+        tracing::error!(%error, "cannot read the sync logs");
+        Problem::internal()
+    })?;
+    Ok(Json(
+        json!({ "runs": page.runs, "next_cursor": page.next_cursor }),
+    ))
+}
+
+fn invalid_body(rejection: axum::extract::rejection::JsonRejection) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+        rejection.body_text(),
+    )
 }
 
 impl Caller {
@@ -244,13 +495,7 @@ async fn connect(
     body: Result<Json<ConnectBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Problem> {
     caller.in_workspace(&ws)?;
-    let Json(body) = body.map_err(|rejection| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            rejection.body_text(),
-        )
-    })?;
+    let Json(body) = body.map_err(invalid_body)?;
     let app = domain::catalog::app(&body.app).ok_or_else(|| {
         Problem::new(
             StatusCode::NOT_FOUND,

@@ -135,6 +135,8 @@ pub struct Workers {
     pub providers: adapters::providers::Providers,
     /// Connect, reauth, test and disconnect.
     pub connections: adapters::connections::Connections,
+    /// Commands on the log, for the API's actions.
+    pub repo: Arc<eventstore::repository::Repository>,
 }
 
 impl Workers {
@@ -149,6 +151,7 @@ impl Workers {
     ) -> Self {
         use adapters::http::{ProviderHttp, RetryPolicy};
         let repo = Arc::new(eventstore::repository::Repository::new(store));
+        let repo_for_api = repo.clone();
         let http = ProviderHttp::new(ProviderHttp::default_client(), RetryPolicy::default());
         let config = &settings.adapters;
         let providers = adapters::providers::Providers::new(&config.endpoints, &http);
@@ -200,6 +203,7 @@ impl Workers {
             credentials,
             providers,
             connections,
+            repo: repo_for_api,
         }
     }
 

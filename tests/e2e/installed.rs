@@ -163,3 +163,142 @@ async fn an_api_key_app_connects_once_its_key_is_checked_and_shows_in_installed(
         (403, Some("other_workspace"))
     );
 }
+
+#[tokio::test]
+async fn an_integration_is_tested_synced_scheduled_disconnected_and_deleted_over_http() {
+    let zendesk_fake = FakeZendesk::start("acme", "agent@acme.com", "zd-right", 7, 2)
+        .await
+        .unwrap();
+    let base = zendesk_fake.server.base.clone();
+    let app = spawn_app_with(|settings| {
+        settings.adapters.endpoints.zendesk_api_template = format!("{base}{{subdomain}}/");
+    })
+    .await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let (_, member) = app.token("acme", "bob", "member").await;
+    let (status, body) = connect(&app, &admin, "acme", zendesk("zd-right")).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["integration_id"].as_str().unwrap().to_owned();
+    let url = |action: &str| {
+        format!(
+            "{}/v1/workspaces/acme/integrations/{id}{action}",
+            app.address
+        )
+    };
+
+    let tested: Value = app
+        .client
+        .post(url("/test"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tested["ok"], true);
+
+    let refused = app
+        .client
+        .post(url("/sync"))
+        .bearer_auth(&member)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        403,
+        "a member without the permission syncs nothing"
+    );
+    let started = app
+        .client
+        .post(url("/sync"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let sync_id = started.json::<Value>().await.unwrap()["sync_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = eventually(
+        std::time::Duration::from_secs(30),
+        "the sync logs show the run completed",
+        || async {
+            let logs = app
+                .get_json(
+                    &format!("/v1/workspaces/acme/integrations/{id}/sync-logs"),
+                    Some(&admin),
+                )
+                .await;
+            logs["runs"]
+                .as_array()
+                .and_then(|runs| {
+                    runs.iter()
+                        .find(|r| r["sync_id"] == sync_id.as_str())
+                        .cloned()
+                })
+                .filter(|run| run["status"] == "completed")
+        },
+    )
+    .await;
+    assert_eq!(run["pulled"], 9, "seven tickets and two users");
+
+    let schedule = |minutes: Value| {
+        app.client
+            .put(url("/schedule"))
+            .bearer_auth(&admin)
+            .json(&json!({ "every_minutes": minutes }))
+            .send()
+    };
+    assert_eq!(schedule(json!(60)).await.unwrap().status(), 200);
+    let too_often = schedule(json!(1)).await.unwrap();
+    assert!(too_often.status().is_client_error());
+    let body: Value = too_often.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains('5'), "{body}");
+
+    let disconnected: Value = app
+        .client
+        .post(url("/disconnect"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(disconnected["disconnected"], true);
+    let after = app
+        .client
+        .post(url("/sync"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 409, "no sync while disconnected");
+    let deleted = app
+        .client
+        .delete(url(""))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the integration leaves Installed",
+        || async {
+            let status = app
+                .client
+                .get(url(""))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            (status == 404).then_some(())
+        },
+    )
+    .await;
+}
