@@ -86,6 +86,29 @@ pub(crate) fn router() -> Router<AppState> {
         )
 }
 
+/// The integration a `/v1/workspaces/{ws}/integrations/{id}/…` route acts on, and its caller
+/// acting in that workspace.
+pub(crate) struct Target {
+    caller: Caller,
+    id: domain::IntegrationId,
+}
+
+impl FromRequestParts<AppState> for Target {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let Path((ws, id)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route"))?;
+        caller.in_workspace(&ws)?;
+        Ok(Self {
+            id: integration_id(&id)?,
+            caller,
+        })
+    }
+}
+
 /// The integration id of a path: an id that is not one is simply not found.
 fn integration_id(id: &str) -> Result<domain::IntegrationId, Problem> {
     id.parse().map_err(|_| {
@@ -110,18 +133,14 @@ fn repository_problem(error: eventstore::repository::RepositoryError) -> Problem
 /// Runs a command on an integration as the caller.
 async fn command(
     state: &AppState,
-    caller: &Caller,
-    ws: &str,
-    id: &str,
+    Target { caller, id }: &Target,
     command: domain::IntegrationCommand,
 ) -> Result<(), Problem> {
-    caller.in_workspace(ws)?;
-    let id = integration_id(id)?;
     state
         .workers
         .repo
         .execute::<domain::Integration>(
-            &domain::StreamName::integration(id),
+            &domain::StreamName::integration(*id),
             &command,
             &caller.context(),
         )
@@ -133,11 +152,8 @@ async fn command(
 /// Tests the connection with the provider now.
 async fn test(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((ws, id)): Path<(String, String)>,
+    Target { caller, id }: Target,
 ) -> Result<Json<Value>, Problem> {
-    caller.in_workspace(&ws)?;
-    let id = integration_id(&id)?;
     let identity = state
         .workers
         .connections
@@ -152,17 +168,11 @@ async fn test(
 }
 
 /// A full sync, now.
-async fn sync(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((ws, id)): Path<(String, String)>,
-) -> Result<Response, Problem> {
+async fn sync(State(state): State<AppState>, target: Target) -> Result<Response, Problem> {
     let sync_id = domain::SyncId::new();
     command(
         &state,
-        &caller,
-        &ws,
-        &id,
+        &target,
         domain::IntegrationCommand::RequestSync {
             sync_id,
             kind: domain::integration::SyncKind::Full,
@@ -186,16 +196,13 @@ struct ScheduleBody {
 /// The incremental-sync frequency, or off.
 async fn schedule(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((ws, id)): Path<(String, String)>,
+    target: Target,
     body: Result<Json<ScheduleBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
     let Json(body) = body.map_err(invalid_body)?;
     command(
         &state,
-        &caller,
-        &ws,
-        &id,
+        &target,
         domain::IntegrationCommand::ChangeSyncSchedule {
             every_minutes: body.every_minutes,
         },
@@ -208,11 +215,8 @@ async fn schedule(
 /// the provider untouched.
 async fn disconnect(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((ws, id)): Path<(String, String)>,
+    Target { caller, id }: Target,
 ) -> Result<Json<Value>, Problem> {
-    caller.in_workspace(&ws)?;
-    let id = integration_id(&id)?;
     let revoked = state
         .workers
         .connections
@@ -228,11 +232,8 @@ async fn disconnect(
 /// stays for auditors.
 async fn delete_integration(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((ws, id)): Path<(String, String)>,
+    Target { caller, id }: Target,
 ) -> Result<StatusCode, Problem> {
-    caller.in_workspace(&ws)?;
-    let id = integration_id(&id)?;
     let stream = domain::StreamName::integration(id);
     // The rules first: nothing is shredded for a caller who may not delete.
     let state_now = state
@@ -281,12 +282,10 @@ struct SyncLogsQuery {
 /// An integration's sync logs, newest first.
 async fn sync_logs(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((ws, id)): Path<(String, String)>,
+    Target { caller, id }: Target,
     Query(query): Query<SyncLogsQuery>,
 ) -> Result<Json<Value>, Problem> {
-    let principal = caller.in_workspace(&ws)?;
-    let id = integration_id(&id)?;
+    let principal = &caller.0;
     let filter = projections::sync_runs::Filter {
         status: query.status,
         kind: query.kind,

@@ -31,6 +31,24 @@ impl TestApp {
         request.send().await.unwrap().json().await.unwrap()
     }
 
+    /// `method path` with `token`, and a JSON body if given.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
     /// A new API token for `user` of `workspace` with `role`.
     pub async fn token(&self, workspace: &str, user: &str, role: &str) -> (String, String) {
         let db = projections::ReadDb::open_sqlite(&self.data_dir().join("read.db"))

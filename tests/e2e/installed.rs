@@ -2,6 +2,7 @@
 //! provider first, the rules of who may connect hold, a personal integration is its owner's
 //! alone, and the Marketplace is refused outside a workspace.
 
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use adapters::fakes::todoist::FakeTodoist;
@@ -11,14 +12,8 @@ use eventstore::waiting::eventually;
 use crate::helpers::{spawn_app_with, TestApp};
 
 async fn connect(app: &TestApp, token: &str, ws: &str, body: Value) -> (u16, Value) {
-    let response = app
-        .client
-        .post(format!("{}/v1/workspaces/{ws}/integrations", app.address))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let path = format!("/v1/workspaces/{ws}/integrations");
+    let response = app.call(Method::POST, &path, token, Some(body)).await;
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
@@ -131,26 +126,24 @@ async fn an_api_key_app_connects_once_its_key_is_checked_and_shows_in_installed(
         .await;
     assert_eq!(bobs["integrations"].as_array().unwrap().len(), 1);
     let hidden = app
-        .client
-        .get(format!(
-            "{}/v1/workspaces/acme/integrations/{personal}",
-            app.address
-        ))
-        .bearer_auth(&member)
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::GET,
+            &format!("/v1/workspaces/acme/integrations/{personal}"),
+            &member,
+            None,
+        )
+        .await;
     assert_eq!(hidden.status(), 404, "not 403: its existence does not leak");
 
     // Outside a workspace, and in another workspace, the Marketplace is refused.
     let me = app
-        .client
-        .post(format!("{}/v1/me/integrations", app.address))
-        .bearer_auth(&admin)
-        .json(&zendesk("zd-right"))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/v1/me/integrations",
+            &admin,
+            Some(zendesk("zd-right")),
+        )
+        .await;
     assert_eq!(me.status(), 409);
     let body: Value = me.json().await.unwrap();
     assert!(body["detail"]
@@ -179,44 +172,23 @@ async fn an_integration_is_tested_synced_scheduled_disconnected_and_deleted_over
     let (status, body) = connect(&app, &admin, "acme", zendesk("zd-right")).await;
     assert_eq!(status, 201, "{body}");
     let id = body["integration_id"].as_str().unwrap().to_owned();
-    let url = |action: &str| {
-        format!(
-            "{}/v1/workspaces/acme/integrations/{id}{action}",
-            app.address
-        )
-    };
+    let url = |action: &str| format!("/v1/workspaces/acme/integrations/{id}{action}");
 
     let tested: Value = app
-        .client
-        .post(url("/test"))
-        .bearer_auth(&admin)
-        .send()
+        .call(Method::POST, &url("/test"), &admin, None)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(tested["ok"], true);
 
-    let refused = app
-        .client
-        .post(url("/sync"))
-        .bearer_auth(&member)
-        .send()
-        .await
-        .unwrap();
+    let refused = app.call(Method::POST, &url("/sync"), &member, None).await;
     assert_eq!(
         refused.status(),
         403,
         "a member without the permission syncs nothing"
     );
-    let started = app
-        .client
-        .post(url("/sync"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let started = app.call(Method::POST, &url("/sync"), &admin, None).await;
     assert_eq!(started.status(), 202);
     let sync_id = started.json::<Value>().await.unwrap()["sync_id"]
         .as_str()
@@ -245,58 +217,37 @@ async fn an_integration_is_tested_synced_scheduled_disconnected_and_deleted_over
     .await;
     assert_eq!(run["pulled"], 9, "seven tickets and two users");
 
+    let schedule_path = url("/schedule");
     let schedule = |minutes: Value| {
-        app.client
-            .put(url("/schedule"))
-            .bearer_auth(&admin)
-            .json(&json!({ "every_minutes": minutes }))
-            .send()
+        app.call(
+            Method::PUT,
+            &schedule_path,
+            &admin,
+            Some(json!({ "every_minutes": minutes })),
+        )
     };
-    assert_eq!(schedule(json!(60)).await.unwrap().status(), 200);
-    let too_often = schedule(json!(1)).await.unwrap();
+    assert_eq!(schedule(json!(60)).await.status(), 200);
+    let too_often = schedule(json!(1)).await;
     assert!(too_often.status().is_client_error());
     let body: Value = too_often.json().await.unwrap();
     assert!(body["detail"].as_str().unwrap().contains('5'), "{body}");
 
     let disconnected: Value = app
-        .client
-        .post(url("/disconnect"))
-        .bearer_auth(&admin)
-        .send()
+        .call(Method::POST, &url("/disconnect"), &admin, None)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(disconnected["disconnected"], true);
-    let after = app
-        .client
-        .post(url("/sync"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let after = app.call(Method::POST, &url("/sync"), &admin, None).await;
     assert_eq!(after.status(), 409, "no sync while disconnected");
-    let deleted = app
-        .client
-        .delete(url(""))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.call(Method::DELETE, &url(""), &admin, None).await;
     assert_eq!(deleted.status(), 204);
     eventually(
         std::time::Duration::from_secs(20),
         "the integration leaves Installed",
         || async {
-            let status = app
-                .client
-                .get(url(""))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .unwrap()
-                .status();
+            let status = app.call(Method::GET, &url(""), &admin, None).await.status();
             (status == 404).then_some(())
         },
     )
