@@ -366,6 +366,19 @@ impl Connections {
         }
     }
 
+    /// Finishes an OAuth2 flow from the shared callback URL, whatever its app.
+    pub async fn finish_callback(
+        &self,
+        state: &str,
+        code: &str,
+        caller: Option<&Principal>,
+    ) -> Result<Connected, ConnectError> {
+        let app = crate::oauth::pending_app(&self.db, state)
+            .await?
+            .ok_or(CallbackError::UnknownState)?;
+        self.finish_oauth(&app, state, code, caller).await
+    }
+
     /// Gives an API-key integration a new key, checked with the provider first.
     pub async fn reauth_with_key(
         &self,

@@ -402,6 +402,18 @@ async fn take_state(db: &ReadDb, state: &str) -> Result<(Pending, String), Callb
     Ok((pending, row.verifier))
 }
 
+/// The app a pending authorization was started for, without consuming it (the callback URL is
+/// one for every app).
+pub async fn pending_app(db: &ReadDb, state: &str) -> Result<Option<String>, CallbackError> {
+    let rows: Vec<(String,)> = fetch_all(
+        db,
+        "SELECT app FROM oauth_states WHERE state_hash = $1",
+        &[Bind::Text(state_hash(state))],
+    )
+    .await?;
+    Ok(rows.into_iter().next().map(|(app,)| app))
+}
+
 /// Drops pending authorizations that expired unused.
 pub async fn purge_expired_states(db: &ReadDb) -> Result<u64, projections::ReadDbError> {
     execute(

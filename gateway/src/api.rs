@@ -58,6 +58,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/apps", get(apps))
         .route("/v1/models", get(models))
         .route("/v1/me", get(me))
+        .route("/v1/oauth/callback", get(oauth_callback))
         .route(
             "/v1/me/integrations",
             get(personal_route).post(personal_route),
@@ -383,6 +384,18 @@ fn connect_problem(error: adapters::connections::ConnectError) -> Problem {
             error.to_string(),
         ),
         E::Domain(error) => domain_problem(&error),
+        E::Callback(
+            error @ (adapters::oauth::CallbackError::UnknownState
+            | adapters::oauth::CallbackError::Foreign),
+        ) => Problem::new(StatusCode::BAD_REQUEST, "oauth_state", error.to_string()),
+        E::Callback(error @ adapters::oauth::CallbackError::Denied(_)) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "provider_refused",
+            error.to_string(),
+        ),
+        E::Callback(adapters::oauth::CallbackError::Provider(error)) => {
+            connect_problem(E::Provider(error))
+        }
         other => {
             tracing::error!(error = %other, "a connection failed");
             Problem::internal()
@@ -565,4 +578,86 @@ async fn me(Caller(principal): Caller) -> Json<Value> {
         "workspace": principal.workspace.to_string(),
         "role": principal.role.to_string(),
     }))
+}
+
+#[derive(Debug, Deserialize)]
+struct CallbackQuery {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// The end of the OAuth2 popup: authenticated by its single-use `state`, it finishes the
+/// connect (or reauth) and answers a small page that tells the page that opened the popup
+/// (`window.opener.postMessage`) and closes itself; without an opener (popups blocked, or
+/// the provider's opener policy) the page says the outcome in words.
+async fn oauth_callback(
+    State(state): State<AppState>,
+    Query(query): Query<CallbackQuery>,
+) -> Response {
+    let outcome: Result<adapters::connections::Connected, String> =
+        match (&query.state, &query.code, &query.error) {
+            (_, _, Some(error)) => Err(format!(
+                "the provider refused the authorization: {}",
+                query.error_description.as_deref().unwrap_or(error)
+            )),
+            (Some(flow), Some(code), None) => state
+                .workers
+                .connections
+                .finish_callback(flow, code, None)
+                .await
+                .map_err(|error| connect_problem(error).detail),
+            _ => Err("the callback carries no state and code".to_owned()),
+        };
+    let (status, message) = match &outcome {
+        Ok(connected) => (
+            StatusCode::OK,
+            json!({"type": "harmony-oauth", "ok": true,
+                   "integration_id": connected.integration.to_string(),
+                   "account_label": connected.identity.account_label}),
+        ),
+        Err(detail) => (
+            StatusCode::BAD_REQUEST,
+            json!({"type": "harmony-oauth", "ok": false, "error": detail}),
+        ),
+    };
+    let words = match &outcome {
+        Ok(connected) => format!(
+            "Connected{}. You can close this window.",
+            connected
+                .identity
+                .account_label
+                .as_deref()
+                .map(|label| format!(" as {label}"))
+                .unwrap_or_default()
+        ),
+        Err(detail) => format!("Not connected: {detail}"),
+    };
+    // The message is JSON inside a script: `<` is escaped so no value can close the tag.
+    let script_message = message.to_string().replace('<', "\\u003c");
+    let page = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Harmony</title></head>\
+         <body><p id=\"outcome\">{}</p><script>\
+         (function () {{ var message = {script_message};\
+         if (window.opener) {{ window.opener.postMessage(message, window.location.origin); window.close(); }} }})();\
+         </script></body></html>",
+        html_escape(&words)
+    );
+    (
+        status,
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

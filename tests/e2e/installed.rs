@@ -253,3 +253,81 @@ async fn an_integration_is_tested_synced_scheduled_disconnected_and_deleted_over
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_oauth_app_connects_through_the_popup_and_its_callback_page_tells_the_opener() {
+    use adapters::fakes::hubspot::{self as hubspot_fake, FakeHubSpot};
+    let hubspot = FakeHubSpot::start(3, 0).await.unwrap();
+    let base = hubspot.server.base.clone();
+    let app = spawn_app_with(|settings| {
+        settings.adapters.endpoints.hubspot_api = base.clone();
+        settings.adapters.unavailable.remove("hubspot");
+        settings.adapters.oauth.insert(
+            "hubspot".into(),
+            adapters::oauth::OAuthClient {
+                client_id: hubspot_fake::CLIENT_ID.into(),
+                client_secret: secrecy::SecretString::from(hubspot_fake::CLIENT_SECRET),
+                authorize_url: base.join("oauth/authorize").unwrap(),
+                token_url: base.join("oauth/v1/token").unwrap(),
+                revocation: None,
+                credentials_in_body: true,
+                extra_authorize_params: Vec::new(),
+            },
+        );
+    })
+    .await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let (status, body) = connect(&app, &admin, "acme", json!({"app": "hubspot"})).await;
+    assert_eq!(status, 200, "{body}");
+    let authorize = body["authorization_url"].as_str().unwrap().to_owned();
+    assert!(authorize.contains("code_challenge="), "PKCE: {authorize}");
+
+    // The popup: the provider sends the browser back to the service's callback.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let consent = browser.get(&authorize).send().await.unwrap();
+    let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+    assert!(callback.starts_with(&format!("{}/v1/oauth/callback?", app.address)));
+    let page = browser.get(&callback).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("window.opener.postMessage"), "{html}");
+    assert!(html.contains("\"ok\":true"), "{html}");
+    assert!(
+        html.contains("Connected"),
+        "a page without an opener still says it"
+    );
+
+    eventually(
+        std::time::Duration::from_secs(20),
+        "Installed shows HubSpot",
+        || async {
+            let page = app
+                .get_json("/v1/workspaces/acme/integrations", Some(&admin))
+                .await;
+            page["integrations"]
+                .as_array()
+                .filter(|rows| rows.iter().any(|r| r["app"] == "hubspot"))
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    // The state is single-use: the same callback again connects nothing.
+    let again = browser.get(&callback).send().await.unwrap();
+    assert_eq!(again.status(), 400);
+    assert!(again.text().await.unwrap().contains("already used"));
+    // A refusal at the provider is told to the opener too.
+    let denied = browser
+        .get(format!(
+            "{}/v1/oauth/callback?error=access_denied&state=x",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 400);
+    assert!(denied.text().await.unwrap().contains("\"ok\":false"));
+}
