@@ -72,6 +72,7 @@ pub(crate) fn router() -> Router<AppState> {
             get(integration).delete(delete_integration),
         )
         .route("/v1/workspaces/{ws}/integrations/{id}/test", post(test))
+        .route("/v1/workspaces/{ws}/integrations/{id}/reauth", post(reauth))
         .route("/v1/workspaces/{ws}/integrations/{id}/sync", post(sync))
         .route(
             "/v1/workspaces/{ws}/integrations/{id}/schedule",
@@ -166,6 +167,69 @@ async fn test(
         "account_label": identity.account_label,
         "answer": identity.answer,
     })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReauthBody {
+    /// An API-key app's new secret fields.
+    #[serde(default)]
+    fields: BTreeMap<String, String>,
+}
+
+/// Reauthenticates, keeping the integration: an OAuth2 app answers a new authorization URL
+/// for the popup; an API-key app takes its new key, checked with the provider first.
+async fn reauth(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+    body: Option<Json<ReauthBody>>,
+) -> Result<Json<Value>, Problem> {
+    let Json(body) = body.unwrap_or_default();
+    let current = state
+        .workers
+        .repo
+        .load::<domain::Integration>(&domain::StreamName::integration(id))
+        .await
+        .map_err(repository_problem)?
+        .state;
+    let app = current
+        .profile
+        .as_ref()
+        .filter(|_| current.visible_to(&caller.context().caller))
+        .and_then(|profile| domain::catalog::app(&profile.app))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no integration {id} here"),
+            )
+        })?;
+    let connections = &state.workers.connections;
+    match app.auth {
+        domain::catalog::AuthKind::Oauth2 { .. } => {
+            let url = connections
+                .start_oauth(&caller.context(), app.id, Some(id), current.setup.clone())
+                .await
+                .map_err(connect_problem)?;
+            Ok(Json(json!({ "authorization_url": url.to_string() })))
+        }
+        domain::catalog::AuthKind::ApiKey => {
+            let secrets = body
+                .fields
+                .into_iter()
+                .map(|(name, value)| (name, secrecy::SecretString::from(value)))
+                .collect();
+            let identity = connections
+                .reauth_with_key(&caller.context(), id, &secrets)
+                .await
+                .map_err(connect_problem)?;
+            Ok(Json(json!({
+                "integration_id": id.to_string(),
+                "account_label": identity.account_label,
+                "answer": identity.answer,
+            })))
+        }
+    }
 }
 
 /// A full sync, now.

@@ -217,6 +217,21 @@ async fn an_integration_is_tested_synced_scheduled_disconnected_and_deleted_over
     .await;
     assert_eq!(run["pulled"], 9, "seven tickets and two users");
 
+    // A new key: a wrong one is refused with the provider's reason, the right one kept.
+    let reauth_path = url("/reauth");
+    let reauth = |key: &str| {
+        app.call(
+            Method::POST,
+            &reauth_path,
+            &admin,
+            Some(json!({"fields": {"api_token": key}})),
+        )
+    };
+    let wrong = reauth("zd-wrong").await;
+    assert_eq!(wrong.status(), 422);
+    let right: Value = reauth("zd-right").await.json().await.unwrap();
+    assert_eq!(right["integration_id"], id.as_str());
+
     let schedule_path = url("/schedule");
     let schedule = |minutes: Value| {
         app.call(
@@ -314,6 +329,44 @@ async fn an_oauth_app_connects_through_the_popup_and_its_callback_page_tells_the
         },
     )
     .await;
+
+    // Reauth keeps the integration: a new popup, the same id.
+    let rows = app
+        .get_json("/v1/workspaces/acme/integrations", Some(&admin))
+        .await;
+    let id = rows["integrations"][0]["integration_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reauth: Value = app
+        .call(
+            Method::POST,
+            &format!("/v1/workspaces/acme/integrations/{id}/reauth"),
+            &admin,
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let popup = browser
+        .get(reauth["authorization_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let back = popup.headers()["location"].to_str().unwrap().to_owned();
+    let html = browser
+        .get(&back)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains(&format!("\"integration_id\":\"{id}\"")),
+        "{html}"
+    );
 
     // The state is single-use: the same callback again connects nothing.
     let again = browser.get(&callback).send().await.unwrap();
