@@ -520,8 +520,6 @@ fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
 /// A chunk as stored.
 struct Chunk<'a> {
     first: u64,
-    stored_at: i64,
-    integration: IntegrationId,
     /// The changes' bodies, in position order.
     bodies: Vec<&'a [u8]>,
 }
@@ -546,7 +544,8 @@ fn encode_chunk(stored_at: i64, integration: IntegrationId, bodies: &[Vec<u8>]) 
     value
 }
 
-fn decode_chunk<'a>(k: &[u8], value: &'a [u8]) -> Result<Chunk<'a>, StoreError> {
+/// A chunk's position, time and integration, without walking its changes.
+fn chunk_header(k: &[u8], value: &[u8]) -> Result<(u64, i64, IntegrationId), StoreError> {
     let first = k
         .get(1..9)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -559,6 +558,11 @@ fn decode_chunk<'a>(k: &[u8], value: &'a [u8]) -> Result<Chunk<'a>, StoreError> 
     let integration = IntegrationId(
         uuid::Uuid::from_slice(&header[8..24]).map_err(|_| corrupt_chunk(first, "integration"))?,
     );
+    Ok((first, stored_at, integration))
+}
+
+fn decode_chunk<'a>(k: &[u8], value: &'a [u8]) -> Result<Chunk<'a>, StoreError> {
+    let (first, _, _) = chunk_header(k, value)?;
     let mut bodies = Vec::new();
     let mut rest = &value[24..];
     while !rest.is_empty() {
@@ -572,12 +576,7 @@ fn decode_chunk<'a>(k: &[u8], value: &'a [u8]) -> Result<Chunk<'a>, StoreError> 
         bodies.push(body);
         rest = &rest[4 + length..];
     }
-    Ok(Chunk {
-        first,
-        stored_at,
-        integration,
-        bodies,
-    })
+    Ok(Chunk { first, bodies })
 }
 
 impl SledRecordLog {
@@ -632,15 +631,13 @@ impl SledRecordLog {
         let db = &self.inner.db;
         for entry in db.scan_prefix([b'C']) {
             let (k, value) = entry?;
-            let chunk = decode_chunk(&k, &value)?;
-            if chunk.stored_at >= cutoff {
+            // Every publish looks here: the header alone says whether the oldest chunk expired.
+            let (first, stored_at, integration) = chunk_header(&k, &value)?;
+            if stored_at >= cutoff {
                 break;
             }
             let mut batch = sled::Batch::default();
-            batch.remove(key(
-                b'I',
-                &[chunk.integration.0.as_bytes(), &chunk.first.to_be_bytes()],
-            ));
+            batch.remove(key(b'I', &[integration.0.as_bytes(), &first.to_be_bytes()]));
             batch.remove(k.clone());
             db.apply_batch(batch)?;
         }

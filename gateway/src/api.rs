@@ -619,7 +619,7 @@ async fn apps(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
         .iter()
         .map(|app| {
             let mut entry = serde_json::to_value(app).unwrap_or(Value::Null);
-            let reason = state.adapters.unavailable.get(app.id);
+            let reason = state.workers.connections.unavailable(app.id);
             entry["available"] = json!(reason.is_none());
             if let Some(reason) = reason {
                 entry["unavailable_reason"] = json!(reason);

@@ -146,7 +146,6 @@ mod tests {
             read: read.clone(),
             runners: crate::Runners::default(),
             vault,
-            adapters: std::sync::Arc::new(settings.adapters.clone()),
             workers,
         });
         let response = app

@@ -119,8 +119,6 @@ pub struct AppState {
     pub runners: Runners,
     /// The credential vault.
     pub vault: Arc<adapters::vault::Vault>,
-    /// The adapters' configuration (which apps are available, redirect URIs).
-    pub adapters: Arc<adapters::config::AdaptersConfig>,
     /// The workers that react to the log: syncs, Companion actions, the scheduler.
     pub workers: Workers,
 }
@@ -422,7 +420,6 @@ impl Application {
                 read,
                 runners: Runners::default(),
                 vault,
-                adapters: Arc::new(settings.adapters),
                 workers,
             },
         })
