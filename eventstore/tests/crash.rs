@@ -149,20 +149,24 @@ async fn acknowledged_events_survive_sigkill_and_no_batch_is_torn() {
     let dir = tempfile::tempdir().unwrap();
     let target = [dir.path().to_str().unwrap()];
     let mut all_acked: Vec<Ack> = Vec::new();
+    let mut requested = 0;
     let rounds = 24;
     for round in 0..rounds {
+        // Every sixth kill lands during start-up and recovery; the others at a random point of
+        // a run long enough that the log keeps growing across rounds.
         let acks = if round % 6 == 0 {
             0
         } else {
-            rand::rng().random_range(1..400)
+            rand::rng().random_range(40..400)
         };
+        requested += acks;
         all_acked.extend(run_and_kill(&target, acks));
         let store = SledEventStore::open(dir.path()).unwrap();
         check(&store, &all_acked, round, true).await;
     }
     assert!(
-        all_acked.len() > 1000,
-        "only {} appends were acknowledged across {rounds} kills",
+        all_acked.len() >= requested,
+        "{} appends acknowledged across {rounds} kills, {requested} awaited",
         all_acked.len()
     );
 }
@@ -173,13 +177,15 @@ async fn on_jetstream_a_killed_writer_never_leaves_part_of_a_batch() {
     let namespace = unique_namespace();
     let target = [nats.url.as_str(), namespace.as_str()];
     let mut all_acked: Vec<Ack> = Vec::new();
+    let mut requested = 0;
     let rounds = 8;
     for round in 0..rounds {
         let acks = if round % 4 == 0 {
             0
         } else {
-            rand::rng().random_range(1..200)
+            rand::rng().random_range(40..200)
         };
+        requested += acks;
         all_acked.extend(run_and_kill(&target, acks));
         let mut config = JetStreamConfig::new(nats.url.clone());
         config.namespace = namespace.clone();
@@ -187,8 +193,8 @@ async fn on_jetstream_a_killed_writer_never_leaves_part_of_a_batch() {
         check(&store, &all_acked, round, false).await;
     }
     assert!(
-        all_acked.len() > 300,
-        "only {} appends were acknowledged across {rounds} kills",
+        all_acked.len() >= requested,
+        "{} appends acknowledged across {rounds} kills, {requested} awaited",
         all_acked.len()
     );
 }
