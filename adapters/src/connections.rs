@@ -485,6 +485,107 @@ impl Connections {
         }
     }
 
+    /// The fields the provider has now for `object` of the integration (custom ones
+    /// included): what a mapping may map from.
+    pub async fn provider_fields(
+        &self,
+        context: &CommandContext,
+        integration: IntegrationId,
+        object: &str,
+        credentials: &dyn crate::sync::CredentialSource,
+    ) -> Result<Vec<String>, ConnectError> {
+        let state = self
+            .repo
+            .load::<Integration>(&StreamName::integration(integration))
+            .await?
+            .state;
+        if !state.visible_to(&context.caller) {
+            return Err(DomainError::NotFound.into());
+        }
+        let profile = state.profile.as_ref().ok_or(DomainError::NotFound)?;
+        let app = app_of(&profile.app)?;
+        if app.mappable_object(object).is_none() {
+            return Err(DomainError::UnknownObject {
+                app: app.name.to_owned(),
+                object: object.to_owned(),
+            }
+            .into());
+        }
+        self.discover(app, integration, &state, object, credentials)
+            .await
+    }
+
+    async fn discover(
+        &self,
+        app: &App,
+        integration: IntegrationId,
+        state: &Integration,
+        object: &str,
+        credentials: &dyn crate::sync::CredentialSource,
+    ) -> Result<Vec<String>, ConnectError> {
+        let provider = self
+            .providers
+            .get(app.id)
+            .ok_or_else(|| ConnectError::Unavailable(format!("no client for {}", app.name)))?;
+        let current = credentials.current(integration, state).await?;
+        Ok(provider
+            .fields(
+                Connection {
+                    setup: &state.setup,
+                    credentials: &current,
+                },
+                object,
+            )
+            .await?)
+    }
+
+    /// Replaces an object's field mapping, checked against the fields the provider has now
+    /// (custom ones included). Every rule that needs no provider is checked first, so a caller
+    /// who may not change the mapping learns nothing from the provider. With
+    /// `expected_version`, a change made against mappings somebody changed since is refused.
+    /// Answers the mapping version after the change.
+    pub async fn change_mapping(
+        &self,
+        context: &CommandContext,
+        integration: IntegrationId,
+        object: &str,
+        fields: Vec<domain::integration::FieldMapping>,
+        expected_version: Option<u32>,
+        credentials: &dyn crate::sync::CredentialSource,
+    ) -> Result<u32, ConnectError> {
+        let stream = StreamName::integration(integration);
+        let state = self.repo.load::<Integration>(&stream).await?.state;
+        let named: Vec<String> = fields.iter().map(|f| f.provider_field.clone()).collect();
+        state.handle(
+            &IntegrationCommand::ChangeMapping {
+                object: object.to_owned(),
+                fields: fields.clone(),
+                discovered_fields: Some(named),
+                expected_version,
+            },
+            context,
+        )?;
+        let profile = state.profile.as_ref().ok_or(DomainError::NotFound)?;
+        let app = app_of(&profile.app)?;
+        let discovered = self
+            .discover(app, integration, &state, object, credentials)
+            .await?;
+        let outcome = self
+            .repo
+            .execute::<Integration>(
+                &stream,
+                &IntegrationCommand::ChangeMapping {
+                    object: object.to_owned(),
+                    fields,
+                    discovered_fields: Some(discovered),
+                    expected_version,
+                },
+                context,
+            )
+            .await?;
+        Ok(outcome.state.mapping_version)
+    }
+
     /// Disconnects: revokes the token at the provider where it allows (never deleting data
     /// there), records whether it did, and frees the app's slot. The sync worker stops the
     /// integration's running sync when it sees the disconnect.

@@ -25,8 +25,8 @@ macro_rules! on_db {
     };
 }
 
-#[cfg(feature = "fakes")]
 pub mod actions;
+#[cfg(feature = "fakes")]
 pub mod bench;
 pub mod config;
 pub mod connections;

@@ -356,6 +356,7 @@ async fn field_mappings_shape_the_published_records() {
                 },
             ],
             discovered_fields: None,
+            expected_version: None,
         })
         .await;
     let (mapped, totals) = completed(&world.sync(SyncKind::Full).await);

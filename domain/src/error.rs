@@ -59,6 +59,8 @@ pub enum DomainError {
     UnknownObject { app: String, object: String },
     #[error("mapping field `{field}`: {reason}")]
     InvalidMapping { field: String, reason: String },
+    #[error("the mappings are at version {current}, not {expected}: read them again and retry")]
+    MappingVersionMismatch { expected: u32, current: u32 },
     #[error("sync frequency must be between {min} and {max} minutes, got {got}")]
     InvalidSchedule { min: u32, max: u32, got: u32 },
     #[error("{app} has no Companion tool `{tool}`")]
@@ -102,6 +104,7 @@ impl DomainError {
             DomainError::SyncIdReused(_) => "sync_id_reused",
             DomainError::UnknownObject { .. } => "unknown_object",
             DomainError::InvalidMapping { .. } => "invalid_mapping",
+            DomainError::MappingVersionMismatch { .. } => "mapping_version",
             DomainError::InvalidSchedule { .. } => "invalid_schedule",
             DomainError::UnknownTool { .. } => "unknown_tool",
             DomainError::InvalidArguments => "invalid_arguments",
@@ -128,7 +131,8 @@ impl DomainError {
             | DomainError::SyncNotRequested(_)
             | DomainError::SyncAlreadyRunning
             | DomainError::SyncIdReused(_)
-            | DomainError::ActionState { .. } => ErrorKind::Conflict,
+            | DomainError::ActionState { .. }
+            | DomainError::MappingVersionMismatch { .. } => ErrorKind::Conflict,
             DomainError::ScopeMismatch { .. }
             | DomainError::InvalidSetup { .. }
             | DomainError::Unsupported { .. }

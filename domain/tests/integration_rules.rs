@@ -852,6 +852,7 @@ fn mappings_onto_existing_fields_are_versioned() {
                 object: "contacts".into(),
                 fields: fields.clone(),
                 discovered_fields: None,
+                expected_version: None,
             },
             &admin(),
         )
@@ -875,6 +876,7 @@ fn mappings_onto_existing_fields_are_versioned() {
             object: "companies".into(),
             fields: companies.clone(),
             discovered_fields: None,
+            expected_version: None,
         },
         &admin(),
     )
@@ -894,6 +896,7 @@ fn a_mapping_only_uses_fields_the_provider_has() {
                 object: "contacts".into(),
                 fields: vec![pair("shoe_size", "title")],
                 discovered_fields: None,
+                expected_version: None,
             },
             &admin(),
         )
@@ -910,7 +913,8 @@ fn a_mapping_only_uses_fields_the_provider_has() {
             C::ChangeMapping {
                 object: "contacts".into(),
                 fields: vec![pair("shoe_size", "title")],
-                discovered_fields: discovered
+                discovered_fields: discovered,
+                expected_version: None,
             },
             &admin()
         )
@@ -926,6 +930,7 @@ fn a_mapping_only_targets_harmony_fields_once_each() {
                 object: "contacts".into(),
                 fields: vec![pair("email", "favourite_colour")],
                 discovered_fields: None,
+                expected_version: None,
             },
             &admin(),
         )
@@ -940,6 +945,7 @@ fn a_mapping_only_targets_harmony_fields_once_each() {
                 object: "contacts".into(),
                 fields: vec![pair("email", "email"), pair("phone", "email")],
                 discovered_fields: None,
+                expected_version: None,
             },
             &admin(),
         )
@@ -966,6 +972,7 @@ fn mappings_exist_only_for_apps_that_support_them() {
             object: "tickets".into(),
             fields: vec![pair("subject", "title")],
             discovered_fields: None,
+            expected_version: None,
         },
         &admin(),
     )
@@ -979,6 +986,7 @@ fn mappings_exist_only_for_apps_that_support_them() {
                 object: "deals".into(),
                 fields: vec![pair("amount", "name")],
                 discovered_fields: None,
+                expected_version: None,
             },
             &admin(),
         )
@@ -1004,6 +1012,7 @@ fn an_unchanged_mapping_records_nothing() {
             object: "contacts".into(),
             fields,
             discovered_fields: None,
+            expected_version: None,
         },
         &admin(),
     )
@@ -1575,4 +1584,31 @@ fn metadata_names_the_workspace_and_the_owner_of_a_personal_integration() {
         .owner,
         Some(user("zoe"))
     );
+}
+
+#[test]
+fn a_mapping_change_made_against_an_old_version_is_refused() {
+    let history = || {
+        given(vec![
+            hubspot(),
+            with_meta(E::MappingChanged(MappingChanged {
+                object: "contacts".into(),
+                version: 1,
+                fields: vec![pair("email", "email")],
+            })),
+        ])
+    };
+    let change = |expected_version| C::ChangeMapping {
+        object: "contacts".into(),
+        fields: vec![pair("firstname", "first_name")],
+        discovered_fields: None,
+        expected_version,
+    };
+    history().when(change(Some(0)), &admin()).then_expect_error(
+        DomainError::MappingVersionMismatch {
+            expected: 0,
+            current: 1,
+        },
+    );
+    assert!(history().when(change(Some(1)), &admin()).result().is_ok());
 }

@@ -152,6 +152,7 @@ fn command(op: (u8, u8, u8, u8)) -> C {
                     })
                     .collect(),
                 discovered_fields: None,
+                expected_version: None,
             }
         }
         11 => C::ChangeSyncSchedule {

@@ -9,10 +9,15 @@ use serde_json::json;
 
 use crate::AppState;
 
+/// The most a request body may carry: generous for a mapping or a Companion action, small
+/// enough that nobody can fill the memory with one request.
+pub(crate) const BODY_LIMIT_BYTES: usize = 256 * 1024;
+
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(crate::api::router())
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .fallback(|| async {
             crate::problem::Problem::new(
                 StatusCode::NOT_FOUND,
@@ -147,6 +152,7 @@ mod tests {
             runners: crate::Runners::default(),
             vault,
             workers,
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
         });
         let response = app
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

@@ -121,6 +121,9 @@ pub struct AppState {
     pub vault: Arc<adapters::vault::Vault>,
     /// The workers that react to the log: syncs, Companion actions, the scheduler.
     pub workers: Workers,
+    /// Turns true when the service begins to shut down: open event streams end then, so that
+    /// in-flight requests can finish.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The workers of one process.
@@ -421,6 +424,7 @@ impl Application {
                 runners: Runners::default(),
                 vault,
                 workers,
+                closing: Arc::new(tokio::sync::watch::channel(false).0),
             },
         })
     }
@@ -459,9 +463,13 @@ impl Application {
             })
             .collect();
         let workers = self.state.workers.spawn();
+        let closing = self.state.closing.clone();
         let router = http::router(self.state);
         let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                closing.send_replace(true);
+            })
             .await
             .context("while serving HTTP");
         purger.abort();

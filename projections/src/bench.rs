@@ -152,6 +152,7 @@ impl Generated {
                         transform: None,
                     }],
                     discovered_fields: None,
+                    expected_version: None,
                 },
                 ctx,
             ));

@@ -624,6 +624,7 @@ async fn every_type(kind: &str) {
                     transform: None,
                 }],
                 discovered_fields: None,
+                expected_version: None,
             },
             admin.clone(),
         ),

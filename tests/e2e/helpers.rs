@@ -1,6 +1,7 @@
 //! `spawn_app`: the application on a free port with a fresh data directory, stopped when the
 //! returned handle is dropped.
 
+use eventstore::waiting::eventually;
 use gateway::{Application, Settings};
 use tokio::sync::oneshot;
 
@@ -144,4 +145,75 @@ async fn spawn_configured(
         stop: Some(stop),
         server: Some(server),
     }
+}
+
+/// Points the HubSpot app at a fake HubSpot at `base`, with its OAuth client configured.
+pub fn use_fake_hubspot(settings: &mut Settings, base: &url::Url) {
+    use adapters::fakes::hubspot as hubspot_fake;
+    settings.adapters.endpoints.hubspot_api = base.clone();
+    settings.adapters.unavailable.remove("hubspot");
+    settings.adapters.oauth.insert(
+        "hubspot".into(),
+        adapters::oauth::OAuthClient {
+            client_id: hubspot_fake::CLIENT_ID.into(),
+            client_secret: secrecy::SecretString::from(hubspot_fake::CLIENT_SECRET),
+            authorize_url: base.join("oauth/authorize").expect("a URL"),
+            token_url: base.join("oauth/v1/token").expect("a URL"),
+            revocation: None,
+            credentials_in_body: true,
+            extra_authorize_params: Vec::new(),
+        },
+    );
+}
+
+/// A browser that does not follow redirects, as a popup's steps are checked one by one.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client")
+}
+
+/// The OAuth popup: opens `authorization_url` at the (fake) provider, which consents at once
+/// and redirects to the service's callback; answers the callback URL and the callback page.
+pub async fn popup(browser: &reqwest::Client, authorization_url: &str) -> (String, String) {
+    let consent = browser.get(authorization_url).send().await.unwrap();
+    let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+    let page = browser.get(&callback).send().await.unwrap();
+    let html = page.text().await.unwrap();
+    (callback, html)
+}
+
+/// Connects HubSpot through the popup as `token`'s user and waits until Installed lists it;
+/// answers its integration id.
+pub async fn connect_hubspot(app: &TestApp, token: &str, ws: &str) -> String {
+    let response = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/workspaces/{ws}/integrations"),
+            token,
+            Some(serde_json::json!({"app": "hubspot"})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let (_, html) = popup(&browser(), body["authorization_url"].as_str().unwrap()).await;
+    assert!(html.contains("\"ok\":true"), "{html}");
+    let id = html
+        .split("\"integration_id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the callback page names the integration")
+        .to_owned();
+    let path = format!("/v1/workspaces/{ws}/integrations/{id}");
+    eventually(
+        std::time::Duration::from_secs(20),
+        "Installed lists HubSpot",
+        || async {
+            let row = app.get_json(&path, Some(token)).await;
+            (row["integration_id"] == id.as_str()).then_some(())
+        },
+    )
+    .await;
+    id
 }

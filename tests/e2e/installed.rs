@@ -9,7 +9,7 @@ use adapters::fakes::todoist::FakeTodoist;
 use adapters::fakes::zendesk::FakeZendesk;
 use eventstore::waiting::eventually;
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{browser, spawn_app_with, use_fake_hubspot, TestApp};
 
 async fn connect(app: &TestApp, token: &str, ws: &str, body: Value) -> (u16, Value) {
     let path = format!("/v1/workspaces/{ws}/integrations");
@@ -271,26 +271,10 @@ async fn an_integration_is_tested_synced_scheduled_disconnected_and_deleted_over
 
 #[tokio::test]
 async fn an_oauth_app_connects_through_the_popup_and_its_callback_page_tells_the_opener() {
-    use adapters::fakes::hubspot::{self as hubspot_fake, FakeHubSpot};
+    use adapters::fakes::hubspot::FakeHubSpot;
     let hubspot = FakeHubSpot::start(3, 0).await.unwrap();
     let base = hubspot.server.base.clone();
-    let app = spawn_app_with(|settings| {
-        settings.adapters.endpoints.hubspot_api = base.clone();
-        settings.adapters.unavailable.remove("hubspot");
-        settings.adapters.oauth.insert(
-            "hubspot".into(),
-            adapters::oauth::OAuthClient {
-                client_id: hubspot_fake::CLIENT_ID.into(),
-                client_secret: secrecy::SecretString::from(hubspot_fake::CLIENT_SECRET),
-                authorize_url: base.join("oauth/authorize").unwrap(),
-                token_url: base.join("oauth/v1/token").unwrap(),
-                revocation: None,
-                credentials_in_body: true,
-                extra_authorize_params: Vec::new(),
-            },
-        );
-    })
-    .await;
+    let app = spawn_app_with(|settings| use_fake_hubspot(settings, &base)).await;
     let (_, admin) = app.token("acme", "ada", "admin").await;
     let (status, body) = connect(&app, &admin, "acme", json!({"app": "hubspot"})).await;
     assert_eq!(status, 200, "{body}");
@@ -298,10 +282,7 @@ async fn an_oauth_app_connects_through_the_popup_and_its_callback_page_tells_the
     assert!(authorize.contains("code_challenge="), "PKCE: {authorize}");
 
     // The popup: the provider sends the browser back to the service's callback.
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let browser = browser();
     let consent = browser.get(&authorize).send().await.unwrap();
     let callback = consent.headers()["location"].to_str().unwrap().to_owned();
     assert!(callback.starts_with(&format!("{}/v1/oauth/callback?", app.address)));

@@ -82,6 +82,9 @@ pub enum IntegrationCommand {
         object: String,
         fields: Vec<FieldMapping>,
         discovered_fields: Option<Vec<String>>,
+        /// The mapping version the caller last read, if it wants the change refused when
+        /// somebody changed the mappings since.
+        expected_version: Option<u32>,
     },
     /// Incremental sync every so many minutes, or `None` for off.
     ChangeSyncSchedule {

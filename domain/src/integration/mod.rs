@@ -681,9 +681,18 @@ impl Aggregate for Integration {
                 object,
                 fields,
                 discovered_fields,
+                expected_version,
             } => {
                 self.authorize(context, Access::Manage)?;
                 self.ensure_not_ended()?;
+                if let Some(expected) = *expected_version {
+                    if expected != self.mapping_version {
+                        return Err(DomainError::MappingVersionMismatch {
+                            expected,
+                            current: self.mapping_version,
+                        });
+                    }
+                }
                 self.change_mapping(app, object, fields, discovered_fields.as_deref())
             }
             C::ChangeSyncSchedule { every_minutes } => {

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,11 +13,17 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use domain::aggregate::CommandContext;
 use domain::{Caller as DomainCaller, DomainError, Principal, Timestamp};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::problem::Problem;
 use crate::AppState;
+
+mod actions;
+mod audit;
+mod events;
+mod mappings;
 
 /// The caller of a `/v1` route: the principal its bearer token speaks for.
 #[derive(Clone, Debug)]
@@ -86,6 +93,48 @@ pub(crate) fn router() -> Router<AppState> {
             "/v1/workspaces/{ws}/integrations/{id}/sync-logs",
             get(sync_logs),
         )
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}/mappings",
+            get(mappings::get_mappings).put(mappings::put_mapping),
+        )
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}/actions",
+            get(actions::open_actions).post(actions::request_action),
+        )
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}/actions/{action}",
+            get(actions::get_action),
+        )
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}/actions/{action}/approve",
+            post(actions::approve),
+        )
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}/actions/{action}/reject",
+            post(actions::reject),
+        )
+        .route(
+            "/v1/workspaces/{ws}/approval-rules",
+            get(actions::rules).post(actions::add_rule),
+        )
+        .route(
+            "/v1/workspaces/{ws}/approval-rules/{rule}",
+            axum::routing::delete(actions::remove_rule),
+        )
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}/history",
+            get(audit::history),
+        )
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}/state",
+            get(audit::state_as_of),
+        )
+        .route(
+            "/v1/workspaces/{ws}/integrations/{id}/verify",
+            get(audit::verify),
+        )
+        .route("/v1/workspaces/{ws}/audit/export", get(audit::export))
+        .route("/v1/workspaces/{ws}/events", get(events::events))
 }
 
 /// The integration a `/v1/workspaces/{ws}/integrations/{id}/…` route acts on, and its caller
@@ -103,9 +152,16 @@ impl FromRequestParts<AppState> for Target {
         let Path((ws, id)) = Path::<(String, String)>::from_request_parts(parts, state)
             .await
             .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route"))?;
-        caller.in_workspace(&ws)?;
+        Self::resolve(caller, &ws, &id)
+    }
+}
+
+impl Target {
+    /// The integration `id` of workspace `ws`, as the caller acts on it.
+    fn resolve(caller: Caller, ws: &str, id: &str) -> Result<Self, Problem> {
+        caller.in_workspace(ws)?;
         Ok(Self {
-            id: integration_id(&id)?,
+            id: integration_id(id)?,
             caller,
         })
     }
@@ -113,13 +169,36 @@ impl FromRequestParts<AppState> for Target {
 
 /// The integration id of a path: an id that is not one is simply not found.
 fn integration_id(id: &str) -> Result<domain::IntegrationId, Problem> {
-    id.parse().map_err(|_| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no integration {id} here"),
-        )
-    })
+    id.parse().map_err(|_| not_found(id))
+}
+
+fn not_found(id: impl std::fmt::Display) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no integration {id} here"),
+    )
+}
+
+/// The integration's state now, if the caller may see it; otherwise not found (another
+/// user's personal integration does not leak).
+async fn load_visible(
+    state: &AppState,
+    caller: &Caller,
+    id: domain::IntegrationId,
+) -> Result<domain::Integration, Problem> {
+    let current = state
+        .workers
+        .repo
+        .load::<domain::Integration>(&domain::StreamName::integration(id))
+        .await
+        .map_err(repository_problem)?
+        .state;
+    if current.visible_to(&caller.context().caller) {
+        Ok(current)
+    } else {
+        Err(not_found(id))
+    }
 }
 
 fn repository_problem(error: eventstore::repository::RepositoryError) -> Problem {
@@ -182,28 +261,15 @@ struct ReauthBody {
 async fn reauth(
     State(state): State<AppState>,
     Target { caller, id }: Target,
-    body: Option<Json<ReauthBody>>,
+    OptionalBody(body): OptionalBody<ReauthBody>,
 ) -> Result<Json<Value>, Problem> {
-    let Json(body) = body.unwrap_or_default();
-    let current = state
-        .workers
-        .repo
-        .load::<domain::Integration>(&domain::StreamName::integration(id))
-        .await
-        .map_err(repository_problem)?
-        .state;
+    let body = body.unwrap_or_default();
+    let current = load_visible(&state, &caller, id).await?;
     let app = current
         .profile
         .as_ref()
-        .filter(|_| current.visible_to(&caller.context().caller))
         .and_then(|profile| domain::catalog::app(&profile.app))
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no integration {id} here"),
-            )
-        })?;
+        .ok_or_else(|| not_found(id))?;
     let connections = &state.workers.connections;
     match app.auth {
         domain::catalog::AuthKind::Oauth2 { .. } => {
@@ -262,9 +328,8 @@ struct ScheduleBody {
 async fn schedule(
     State(state): State<AppState>,
     target: Target,
-    body: Result<Json<ScheduleBody>, axum::extract::rejection::JsonRejection>,
+    Body(body): Body<ScheduleBody>,
 ) -> Result<Json<Value>, Problem> {
-    let Json(body) = body.map_err(invalid_body)?;
     command(
         &state,
         &target,
@@ -376,12 +441,79 @@ async fn sync_logs(
     ))
 }
 
-fn invalid_body(rejection: axum::extract::rejection::JsonRejection) -> Problem {
-    Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_body",
-        rejection.body_text(),
-    )
+/// A request body the API could not take, said precisely: too large, not JSON, or JSON that
+/// names an unknown field or gives a field the wrong type (the message names the field).
+fn body_problem(rejection: JsonRejection) -> Problem {
+    let status = rejection.status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::BAD_REQUEST => "malformed_json",
+        _ => "invalid_body",
+    };
+    let detail = match &rejection {
+        JsonRejection::JsonDataError(error) => {
+            format!("the body does not fit: {}", error.body_text())
+        }
+        JsonRejection::JsonSyntaxError(error) => {
+            format!("the body is not valid JSON: {}", error.body_text())
+        }
+        JsonRejection::MissingJsonContentType(_) => {
+            "send the body as JSON, with Content-Type: application/json".to_owned()
+        }
+        JsonRejection::BytesRejection(_) if status == StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the body is larger than the {} KiB a request may carry",
+            crate::http::BODY_LIMIT_BYTES / 1024
+        ),
+        other => other.body_text(),
+    };
+    Problem::new(status, code, detail)
+}
+
+/// A JSON request body, strictly read: unknown fields and wrong types are refused with a
+/// problem naming the field.
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        Json::<T>::from_request(request, state)
+            .await
+            .map(|Json(value)| Body(value))
+            .map_err(body_problem)
+    }
+}
+
+/// A JSON body that may be left out altogether (then `None`); one that is sent is read as
+/// strictly as [`Body`].
+pub(crate) struct OptionalBody<T>(pub(crate) Option<T>);
+
+impl<T, S> FromRequest<S> for OptionalBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let has_type = request
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE);
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| body_problem(JsonRejection::BytesRejection(rejection)))?;
+        if bytes.is_empty() && !has_type {
+            return Ok(Self(None));
+        }
+        Json::<T>::from_bytes(&bytes)
+            .map(|Json(value)| Self(Some(value)))
+            .map_err(body_problem)
+    }
 }
 
 impl Caller {
@@ -407,13 +539,13 @@ impl Caller {
     }
 }
 
-/// A rule the domain refused, as the API says it.
+/// A rule the domain refused, as the API says it: the rule in words, with its stable code.
 fn domain_problem(error: &DomainError) -> Problem {
-    let status = match error {
-        DomainError::NotFound => StatusCode::NOT_FOUND,
-        DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
-        DomainError::InvalidSetup { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => StatusCode::CONFLICT,
+    let status = match error.kind() {
+        domain::ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        domain::ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        domain::ErrorKind::Conflict => StatusCode::CONFLICT,
+        domain::ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
     };
     let code = match error {
         DomainError::NotFound => "not_found",
@@ -568,10 +700,9 @@ async fn connect(
     State(state): State<AppState>,
     caller: Caller,
     Path(ws): Path<String>,
-    body: Result<Json<ConnectBody>, axum::extract::rejection::JsonRejection>,
+    Body(body): Body<ConnectBody>,
 ) -> Result<Response, Problem> {
     caller.in_workspace(&ws)?;
-    let Json(body) = body.map_err(invalid_body)?;
     let app = domain::catalog::app(&body.app).ok_or_else(|| {
         Problem::new(
             StatusCode::NOT_FOUND,

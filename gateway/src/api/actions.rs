@@ -1,0 +1,364 @@
+//! Companion actions: Companion asks to use an integration's tool on a user's behalf; a
+//! sensitive tool waits for an admin's approval (or a workspace rule that approves it), then the
+//! action worker performs it at the provider. Approval rules are the workspace's policy.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use domain::integration::IntegrationCommand;
+use domain::policy::{PolicyChange, PolicyCommand, WorkspacePolicy};
+use domain::{ActionId, RuleId, StreamName};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{command, load_visible, repository_problem, Body, Caller, OptionalBody, Target};
+use crate::problem::Problem;
+use crate::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ActionBody {
+    /// One of the app's Companion tools.
+    tool: String,
+    /// The tool's arguments: a JSON object.
+    #[serde(default = "empty_object")]
+    arguments: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
+/// Companion asks to use a tool. Answers 202 with the action's id and whether it waits for
+/// approval.
+pub(super) async fn request_action(
+    State(state): State<AppState>,
+    target: Target,
+    Body(body): Body<ActionBody>,
+) -> Result<Response, Problem> {
+    let current = load_visible(&state, &target.caller, target.id).await?;
+    let profile = current
+        .profile
+        .as_ref()
+        .ok_or_else(|| super::not_found(target.id))?;
+    // The workspace's policy says whether a rule approves this tool without asking.
+    let policy = state
+        .workers
+        .repo
+        .load::<WorkspacePolicy>(&StreamName::workspace(&profile.workspace))
+        .await
+        .map_err(repository_problem)?
+        .state;
+    let auto_approval = policy.matching_rule(&profile.app, &body.tool, profile.scope.owner());
+    let action_id = ActionId::new();
+    command(
+        &state,
+        &target,
+        IntegrationCommand::RequestAction {
+            action_id,
+            tool: body.tool.clone(),
+            arguments: body.arguments,
+            auto_approval,
+        },
+    )
+    .await?;
+    state.workers.actions.kick(target.id);
+    let status = action_status(&state, &target, action_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(status)).into_response())
+}
+
+/// The actions still open on the integration: awaiting approval, or approved and not yet done.
+pub(super) async fn open_actions(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+) -> Result<Json<Value>, Problem> {
+    let current = load_visible(&state, &caller, id).await?;
+    let actions: Vec<Value> = current
+        .open_actions
+        .iter()
+        .map(|(action_id, action)| {
+            json!({
+                "action_id": action_id.to_string(),
+                "tool": action.tool,
+                "arguments": action.arguments,
+                "sensitive": action.sensitive,
+                "status": match action.status {
+                    domain::integration::ActionStatus::AwaitingApproval => "awaiting_approval",
+                    domain::integration::ActionStatus::Approved => "approved",
+                },
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "actions": actions })))
+}
+
+/// One action's whole course so far, from the integration's history.
+pub(super) async fn get_action(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, id, action)): Path<(String, String, String)>,
+) -> Result<Json<Value>, Problem> {
+    let target = Target::resolve(caller, &ws, &id)?;
+    load_visible(&state, &target.caller, target.id).await?;
+    let action_id = parse_action(&action)?;
+    Ok(Json(action_status(&state, &target, action_id).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DecisionBody {
+    /// Why, for the history.
+    reason: Option<String>,
+}
+
+/// Approves an action awaiting approval: the action worker performs it next.
+pub(super) async fn approve(
+    state: State<AppState>,
+    caller: Caller,
+    path: Path<(String, String, String)>,
+    body: OptionalBody<DecisionBody>,
+) -> Result<Json<Value>, Problem> {
+    decide(state, caller, path, body, true).await
+}
+
+/// Rejects an action awaiting approval: it is never performed.
+pub(super) async fn reject(
+    state: State<AppState>,
+    caller: Caller,
+    path: Path<(String, String, String)>,
+    body: OptionalBody<DecisionBody>,
+) -> Result<Json<Value>, Problem> {
+    decide(state, caller, path, body, false).await
+}
+
+async fn decide(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, id, action)): Path<(String, String, String)>,
+    OptionalBody(body): OptionalBody<DecisionBody>,
+    approve: bool,
+) -> Result<Json<Value>, Problem> {
+    let target = Target::resolve(caller, &ws, &id)?;
+    let action_id = parse_action(&action)?;
+    let reason = body.unwrap_or_default().reason;
+    let decision = if approve {
+        IntegrationCommand::ApproveAction { action_id, reason }
+    } else {
+        IntegrationCommand::RejectAction { action_id, reason }
+    };
+    if let Err(problem) = command(&state, &target, decision).await {
+        // A finished action is no longer open, but it exists: say what became of it.
+        if problem.code == "unknown_action" {
+            if let Ok(past) = action_status(&state, &target, action_id).await {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "action_state",
+                    format!(
+                        "action {action_id} is {} already: only an action awaiting approval \
+                         can be approved or rejected",
+                        past["status"].as_str().unwrap_or("finished")
+                    ),
+                ));
+            }
+        }
+        return Err(problem);
+    }
+    if approve {
+        state.workers.actions.kick(target.id);
+    }
+    Ok(Json(action_status(&state, &target, action_id).await?))
+}
+
+fn parse_action(text: &str) -> Result<ActionId, Problem> {
+    text.parse().map_err(|_| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown_action",
+            format!("no action {text} here"),
+        )
+    })
+}
+
+/// An action's status, folded from the integration's history: `awaiting_approval`,
+/// `approved`, `rejected`, `completed` (with the result) or `failed` (with the error).
+async fn action_status(
+    state: &AppState,
+    target: &Target,
+    action_id: ActionId,
+) -> Result<Value, Problem> {
+    let wanted = action_id.to_string();
+    let events = super::audit::stream_events(state, target.id).await?;
+    let mut answer: Option<Map<String, Value>> = None;
+    for event in events {
+        let Ok(data) = event.data() else { continue };
+        if data["action_id"].as_str() != Some(wanted.as_str()) {
+            continue;
+        }
+        let entry = answer.get_or_insert_with(|| {
+            let mut entry = Map::new();
+            entry.insert("action_id".into(), json!(wanted));
+            entry
+        });
+        let at = json!(event.metadata.occurred_at.to_string());
+        match event.event_type.as_str() {
+            "ActionRequested" => {
+                entry.insert("tool".into(), data["tool"].clone());
+                entry.insert("arguments".into(), data["arguments"].clone());
+                entry.insert("sensitive".into(), data["sensitive"].clone());
+                entry.insert("requested_by".into(), data["requested_by"].clone());
+                entry.insert("requested_at".into(), at);
+                entry.insert("status".into(), json!("awaiting_approval"));
+            }
+            "ActionApproved" => {
+                entry.insert("approved_by".into(), data["by"].clone());
+                entry.insert("status".into(), json!("approved"));
+            }
+            "ActionRejected" => {
+                entry.insert("rejected_by".into(), data["by"].clone());
+                entry.insert("reason".into(), data["reason"].clone());
+                entry.insert("status".into(), json!("rejected"));
+            }
+            "ActionCompleted" => {
+                entry.insert("result".into(), data["result"].clone());
+                entry.insert("finished_at".into(), at);
+                entry.insert("status".into(), json!("completed"));
+            }
+            "ActionFailed" => {
+                entry.insert("error".into(), data["error"].clone());
+                entry.insert("finished_at".into(), at);
+                entry.insert("status".into(), json!("failed"));
+            }
+            _ => {}
+        }
+    }
+    answer.map(Value::Object).ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown_action",
+            format!("no action {action_id} here"),
+        )
+    })
+}
+
+/// The workspace's auto-approval rules the caller can see: the workspace's, and their own
+/// rules for personal apps.
+pub(super) async fn rules(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let principal = caller.in_workspace(&ws)?;
+    let policy = state
+        .workers
+        .repo
+        .load::<WorkspacePolicy>(&StreamName::workspace(&principal.workspace))
+        .await
+        .map_err(repository_problem)?
+        .state;
+    let rules: Vec<Value> = policy
+        .rules
+        .iter()
+        .filter(|(_, rule)| rule.owner.as_ref().is_none_or(|o| *o == principal.user))
+        .map(|(rule_id, rule)| {
+            json!({
+                "rule_id": rule_id.to_string(),
+                "app": rule.app,
+                "tool": rule.tool,
+                "personal": rule.owner.is_some(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "rules": rules })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RuleBody {
+    app: String,
+    /// A sensitive tool of the app: from now on it is performed without asking.
+    tool: String,
+}
+
+/// Adds a rule that approves a sensitive tool without asking: for the workspace's integration
+/// of a workspace app (admins and members with the permission), or for the caller's own
+/// personal integration of a personal app.
+pub(super) async fn add_rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+    Body(body): Body<RuleBody>,
+) -> Result<Response, Problem> {
+    let principal = caller.in_workspace(&ws)?.clone();
+    let rule_id = RuleId::new();
+    let stream = StreamName::workspace(&principal.workspace);
+    let executed = state
+        .workers
+        .repo
+        .execute::<WorkspacePolicy>(
+            &stream,
+            &PolicyCommand {
+                workspace: principal.workspace.clone(),
+                change: PolicyChange::AddApprovalRule {
+                    rule_id,
+                    app: body.app.clone(),
+                    tool: body.tool.clone(),
+                },
+            },
+            &caller.context(),
+        )
+        .await
+        .map_err(repository_problem)?;
+    // The same rule asked for twice is the one rule.
+    let owner = executed
+        .state
+        .rules
+        .iter()
+        .find(|(_, rule)| {
+            rule.app == body.app
+                && rule.tool == body.tool
+                && rule.owner.as_ref().is_none_or(|o| *o == principal.user)
+        })
+        .map(|(id, _)| *id)
+        .unwrap_or(rule_id);
+    let status = if executed.events.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(json!({ "rule_id": owner.to_string(), "app": body.app, "tool": body.tool })),
+    )
+        .into_response())
+}
+
+/// Removes an approval rule: the tool asks for approval again.
+pub(super) async fn remove_rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, rule)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    let principal = caller.in_workspace(&ws)?.clone();
+    let rule_id: RuleId = rule.parse().map_err(|_| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown_rule",
+            format!("no rule {rule} here"),
+        )
+    })?;
+    state
+        .workers
+        .repo
+        .execute::<WorkspacePolicy>(
+            &StreamName::workspace(&principal.workspace),
+            &PolicyCommand {
+                workspace: principal.workspace.clone(),
+                change: PolicyChange::RemoveApprovalRule { rule_id },
+            },
+            &caller.context(),
+        )
+        .await
+        .map_err(repository_problem)?;
+    Ok(StatusCode::NO_CONTENT)
+}

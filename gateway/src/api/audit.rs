@@ -1,0 +1,216 @@
+//! For auditors: an integration's whole history with who did what and when, its state as of
+//! any moment, the check of its hash chain, and the workspace's lifecycle events as NDJSON.
+//! Read-only, so every role may read them; another user's personal integration stays
+//! invisible here too.
+
+use axum::body::Body as HttpBody;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use domain::{Integration, StreamName, Timestamp};
+use eventstore::RecordedEvent;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{load_visible, repository_problem, Caller, Target};
+use crate::problem::Problem;
+use crate::AppState;
+
+const PAGE: usize = 1000;
+
+fn store_problem(error: impl std::fmt::Display) -> Problem {
+    tracing::error!(%error, "cannot read the event log");
+    Problem::internal()
+}
+
+/// Every event of the integration's stream, in order.
+pub(super) async fn stream_events(
+    state: &AppState,
+    id: domain::IntegrationId,
+) -> Result<Vec<RecordedEvent>, Problem> {
+    let stream = StreamName::integration(id);
+    let mut events = Vec::new();
+    loop {
+        let page = state
+            .store
+            .read_stream(&stream, events.len() as u64 + 1, PAGE)
+            .await
+            .map_err(store_problem)?;
+        let done = page.len() < PAGE;
+        events.extend(page);
+        if done {
+            return Ok(events);
+        }
+    }
+}
+
+/// One event as auditors read it: what happened, to which stream, who did it and when, and
+/// its link in the hash chain.
+pub(crate) fn event_json(event: &RecordedEvent) -> Value {
+    json!({
+        "id": event.id.to_string(),
+        "stream": event.stream.as_str(),
+        "version": event.version,
+        "position": event.position,
+        "type": event.event_type,
+        "schema": event.schema,
+        "occurred_at": event.metadata.occurred_at.to_string(),
+        "actor": event.metadata.actor,
+        "workspace": event.metadata.workspace.as_str(),
+        "owner": event.metadata.owner.as_ref().map(|o| o.as_str()),
+        "correlation_id": event.metadata.correlation_id.to_string(),
+        "causation_id": event.metadata.causation_id.map(|c| c.to_string()),
+        "data": event.data().unwrap_or(Value::Null),
+        "hash": event.hash.to_hex(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistoryQuery {
+    /// The version to continue after (the `next_cursor` of the previous page).
+    cursor: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The integration's history, oldest first, in pages.
+pub(super) async fn history(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Value>, Problem> {
+    load_visible(&state, &caller, id).await?;
+    let limit = query.limit.unwrap_or(100).clamp(1, PAGE);
+    let from = query.cursor.unwrap_or(0) + 1;
+    let page = state
+        .store
+        .read_stream(&StreamName::integration(id), from, limit)
+        .await
+        .map_err(store_problem)?;
+    let next_cursor = (page.len() == limit).then(|| page.last().map(|e| e.version));
+    Ok(Json(json!({
+        "integration_id": id.to_string(),
+        "events": page.iter().map(event_json).collect::<Vec<_>>(),
+        "next_cursor": next_cursor.flatten(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StateQuery {
+    /// RFC 3339; every event that occurred at or before it counts. Absent: now.
+    as_of: Option<String>,
+}
+
+/// The integration's state as of a moment, folded from its history alone (never a snapshot):
+/// `installed` is the row Installed showed then (`null` when it had none: not yet connected,
+/// or deleted), `state` the whole state.
+pub(super) async fn state_as_of(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+    Query(query): Query<StateQuery>,
+) -> Result<Json<Value>, Problem> {
+    load_visible(&state, &caller, id).await?;
+    let as_of = match &query.as_of {
+        Some(text) => Timestamp::parse(text).map_err(|error| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query",
+                format!("as_of must be an RFC 3339 time such as 2026-11-28T10:00:00Z: {error}"),
+            )
+        })?,
+        None => Timestamp::now(),
+    };
+    let loaded = state
+        .workers
+        .repo
+        .load_as_of::<Integration>(&StreamName::integration(id), as_of)
+        .await
+        .map_err(repository_problem)?;
+    Ok(Json(json!({
+        "integration_id": id.to_string(),
+        "as_of": as_of.to_string(),
+        "version": loaded.version,
+        "hash": loaded.hash.to_hex(),
+        "installed": projections::installed::row_of(&loaded.state),
+        "state": loaded.state,
+    })))
+}
+
+/// Checks the integration's hash chain from its first event: versions without a gap, every
+/// stored hash equal to the one its content gives, and the head signed by the service where a
+/// checkpoint covers it.
+pub(super) async fn verify(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+) -> Result<Json<Value>, Problem> {
+    load_visible(&state, &caller, id).await?;
+    let report = eventstore::verify_stream(state.store.as_ref(), &StreamName::integration(id))
+        .await
+        .map_err(store_problem)?;
+    Ok(Json(json!({
+        "integration_id": id.to_string(),
+        "intact": report.is_intact(),
+        "events": report.events,
+        "head": report.head.to_hex(),
+        "broken": report.broken,
+    })))
+}
+
+/// `GET /v1/workspaces/{ws}/audit/export`: the lifecycle events of every integration the
+/// caller can see in the workspace, one JSON object per line, streamed from the log in order.
+/// Synced records and secrets are never in it: records live outside the log, and events carry
+/// only references to secrets.
+pub(super) async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+) -> Result<Response, Problem> {
+    let principal = caller.in_workspace(&ws)?.clone();
+    let head = state.store.head_position().await.map_err(store_problem)?;
+    let store = state.store.clone();
+    let lines = futures::stream::try_unfold(1u64, move |from| {
+        let store = store.clone();
+        let principal = principal.clone();
+        async move {
+            if from > head {
+                return Ok::<_, std::io::Error>(None);
+            }
+            let page = store
+                .read_all(from, PAGE)
+                .await
+                .map_err(std::io::Error::other)?;
+            let Some(last) = page.last().map(|e| e.position) else {
+                return Ok(None);
+            };
+            let mut chunk = Vec::new();
+            for event in page.iter().filter(|e| e.position <= head) {
+                let visible = event.metadata.workspace == principal.workspace
+                    && event.stream.integration_id().is_some()
+                    && event
+                        .metadata
+                        .owner
+                        .as_ref()
+                        .is_none_or(|owner| *owner == principal.user);
+                if visible {
+                    serde_json::to_writer(&mut chunk, &event_json(event))
+                        .map_err(std::io::Error::other)?;
+                    chunk.push(b'\n');
+                }
+            }
+            Ok(Some((axum::body::Bytes::from(chunk), last + 1)))
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"audit.ndjson\"",
+            ),
+        ],
+        HttpBody::from_stream(lines),
+    )
+        .into_response())
+}

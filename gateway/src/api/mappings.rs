@@ -1,0 +1,124 @@
+//! Field mappings: which provider field fills which Harmony field, per object. Every change is
+//! checked against the fields the provider has now (custom ones included) and counted: the
+//! mapping version moves with each change, and a change sent against an older version is
+//! refused rather than silently overwriting somebody else's.
+
+use axum::extract::{Query, State};
+use axum::Json;
+use domain::integration::{FieldMapping, Transform};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{connect_problem, load_visible, Body, Target};
+use crate::problem::Problem;
+use crate::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MappingsQuery {
+    /// With it, the answer also lists the provider's fields of this object, read from the
+    /// provider now (custom fields included).
+    object: Option<String>,
+}
+
+/// The integration's mappings, and what each mappable object offers.
+pub(super) async fn get_mappings(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+    Query(query): Query<MappingsQuery>,
+) -> Result<Json<Value>, Problem> {
+    let current = load_visible(&state, &caller, id).await?;
+    let app = current
+        .profile
+        .as_ref()
+        .and_then(|profile| domain::catalog::app(&profile.app))
+        .ok_or_else(|| super::not_found(id))?;
+    let objects: Vec<Value> = app
+        .capabilities
+        .mappings
+        .iter()
+        .map(|object| {
+            let mapped = current.mappings.get(object.name);
+            json!({
+                "object": object.name,
+                "harmony_object": object.harmony_object,
+                "harmony_fields": object.harmony_fields,
+                "standard_fields": object.provider_fields,
+                "version": mapped.map(|m| m.version),
+                "fields": mapped.map_or_else(Vec::new, |m| m.fields.clone()),
+            })
+        })
+        .collect();
+    let mut answer = json!({ "version": current.mapping_version, "objects": objects });
+    if let Some(object) = query.object {
+        let fields = state
+            .workers
+            .connections
+            .provider_fields(
+                &caller.context(),
+                id,
+                &object,
+                state.workers.credentials.as_ref(),
+            )
+            .await
+            .map_err(connect_problem)?;
+        answer["provider_fields"] = json!({ "object": object, "fields": fields });
+    }
+    Ok(Json(answer))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FieldBody {
+    provider_field: String,
+    harmony_field: String,
+    #[serde(default)]
+    transform: Option<Transform>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MappingBody {
+    /// The provider's object, e.g. `contacts`.
+    object: String,
+    fields: Vec<FieldBody>,
+    /// The mapping `version` last read; when given, the change is refused (409
+    /// `mapping_version`) if the mappings changed since.
+    #[serde(default)]
+    expected_version: Option<u32>,
+}
+
+/// Replaces one object's mapping.
+pub(super) async fn put_mapping(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+    Body(body): Body<MappingBody>,
+) -> Result<Json<Value>, Problem> {
+    let fields: Vec<FieldMapping> = body
+        .fields
+        .into_iter()
+        .map(|field| FieldMapping {
+            provider_field: field.provider_field,
+            harmony_field: field.harmony_field,
+            transform: field.transform,
+        })
+        .collect();
+    let version = state
+        .workers
+        .connections
+        .change_mapping(
+            &caller.context(),
+            id,
+            &body.object,
+            fields.clone(),
+            body.expected_version,
+            state.workers.credentials.as_ref(),
+        )
+        .await
+        .map_err(connect_problem)?;
+    Ok(Json(json!({
+        "object": body.object,
+        "version": version,
+        "fields": fields,
+    })))
+}
