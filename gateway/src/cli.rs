@@ -63,6 +63,9 @@ pub struct TokenCreateArgs {
     /// A note of what the token is for.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Exempt the token from the per-token rate limit (for a trusted service or a load test).
+    #[arg(long)]
+    pub unlimited: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -173,6 +176,16 @@ pub struct ServeArgs {
     /// another process takes it over (fixed when the queue is first created).
     #[arg(long, env = "HARMONY_SYNC_WORK_ACK_WAIT_SECONDS", default_value_t = 30)]
     pub sync_work_ack_wait_seconds: u64,
+    /// Requests a second each API token may make on average (0: no limit); tokens created
+    /// `--unlimited` are exempt.
+    #[arg(long, env = "HARMONY_RATE_LIMIT_PER_SECOND", default_value_t = 50)]
+    pub rate_limit_per_second: u32,
+    /// How many requests a token may make at once before the average applies.
+    #[arg(long, env = "HARMONY_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+    /// Logs as one JSON object per line (for a log collector) instead of text.
+    #[arg(long, env = "HARMONY_LOG_JSON")]
+    pub log_json: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
 }

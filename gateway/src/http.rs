@@ -16,8 +16,19 @@ pub(crate) const BODY_LIMIT_BYTES: usize = 256 * 1024;
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .merge(crate::api::router())
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::metrics))
+        .merge(
+            crate::api::router().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::idempotency::layer,
+            )),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .fallback(|| async {
             crate::problem::Problem::new(
                 StatusCode::NOT_FOUND,
@@ -28,54 +39,79 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// One projection's lag behind the log.
+pub(crate) struct Lag {
+    pub(crate) name: &'static str,
+    pub(crate) position: u64,
+    /// Events it has still to apply.
+    pub(crate) behind: u64,
+    /// How long ago the oldest of them happened.
+    pub(crate) seconds: f64,
+}
+
+/// The log's head and every projection's lag; `Err` says what cannot be read.
+pub(crate) async fn projection_lags(state: &AppState) -> Result<(u64, Vec<Lag>), &'static str> {
+    let head = state.store.head_position().await.map_err(|error| {
+        tracing::error!(%error, "cannot read the head of the event log");
+        "the event log cannot be read"
+    })?;
+    let mut lags = Vec::new();
+    for projection in projections::runner::Projection::ALL {
+        let position = projection.checkpoint(&state.read).await.map_err(|error| {
+            tracing::error!(%error, "cannot read a projection's checkpoint");
+            "the read models cannot be read"
+        })?;
+        let behind = head.saturating_sub(position);
+        let seconds = if behind == 0 {
+            0.0
+        } else {
+            match state.store.read_all(position + 1, 1).await {
+                Ok(next) => next.first().map_or(0.0, |event| {
+                    let age = domain::Timestamp::now().unix_micros()
+                        - event.metadata.occurred_at.unix_micros();
+                    (age.max(0) as f64) / 1e6
+                }),
+                Err(_) => f64::NAN,
+            }
+        };
+        lags.push(Lag {
+            name: projection.name(),
+            position,
+            behind,
+            seconds,
+        });
+    }
+    Ok((head, lags))
+}
+
 /// Alive and able to read the log: `{"status": "ok", "backend": "sled", "log_head": <position>,
 /// "projections": {"installed": {"position": …, "lag_events": …, "lag_seconds": …, "runner":
 /// "running"}, …}}`. A projection's lag is how many events it has still to apply and how long
 /// ago the oldest of them happened; its runner in this process is `running`, `standby` (another
 /// process holds its lease) or `stopped` (by an event it cannot apply).
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    let head = match state.store.head_position().await {
-        Ok(head) => head,
-        Err(error) => {
-            tracing::error!(%error, "health check cannot read the event log");
+    let (head, lags) = match projection_lags(&state).await {
+        Ok(figures) => figures,
+        Err(reason) => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "reason": "the event log cannot be read" })),
+                Json(json!({ "status": "unavailable", "reason": reason })),
             );
         }
     };
     let mut projections = serde_json::Map::new();
-    for projection in projections::runner::Projection::ALL {
-        let lag = match projection.checkpoint(&state.read).await {
-            Ok(position) => {
-                let behind = head.saturating_sub(position);
-                let seconds = if behind == 0 {
-                    0.0
-                } else {
-                    match state.store.read_all(position + 1, 1).await {
-                        Ok(next) => next.first().map_or(0.0, |event| {
-                            let age = domain::Timestamp::now().unix_micros()
-                                - event.metadata.occurred_at.unix_micros();
-                            (age.max(0) as f64) / 1e6
-                        }),
-                        Err(_) => f64::NAN,
-                    }
-                };
-                // Here: `running`, `standby` (another process holds the lease) or `stopped`.
-                let runner = state
-                    .runners
-                    .lock()
-                    .ok()
-                    .and_then(|runners| runners.get(projection.name()).copied());
-                json!({ "position": position, "lag_events": behind, "lag_seconds": seconds,
-                        "runner": runner })
-            }
-            Err(error) => {
-                tracing::error!(%error, "health check cannot read the read models");
-                json!({ "error": "the read models cannot be read" })
-            }
-        };
-        projections.insert(projection.name().to_owned(), lag);
+    for lag in lags {
+        // Here: `running`, `standby` (another process holds the lease) or `stopped`.
+        let runner = state
+            .runners
+            .lock()
+            .ok()
+            .and_then(|runners| runners.get(lag.name).copied());
+        projections.insert(
+            lag.name.to_owned(),
+            json!({ "position": lag.position, "lag_events": lag.behind,
+                    "lag_seconds": lag.seconds, "runner": runner }),
+        );
     }
     (
         StatusCode::OK,
@@ -86,6 +122,44 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
             "read_models": state.read.kind(),
             "projections": projections,
         })),
+    )
+}
+
+/// How far behind the projections may be for the service to take traffic: what Installed
+/// shows is then at most this stale.
+const READY_LAG_EVENTS: u64 = 10_000;
+const READY_LAG_SECONDS: f64 = 30.0;
+
+/// Ready to serve: the log (sled, or NATS JetStream) and the read models' database answer,
+/// and every projection is caught up within the bound above. 503 with the reasons otherwise.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (head, lags) = match projection_lags(&state).await {
+        Ok(figures) => figures,
+        Err(reason) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "ready": false, "reasons": [reason] })),
+            );
+        }
+    };
+    let reasons: Vec<String> = lags
+        .iter()
+        .filter(|lag| lag.behind > READY_LAG_EVENTS || lag.seconds > READY_LAG_SECONDS)
+        .map(|lag| {
+            format!(
+                "projection {} is {} events ({:.1} s) behind the log",
+                lag.name, lag.behind, lag.seconds
+            )
+        })
+        .collect();
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": reasons.is_empty(), "log_head": head, "reasons": reasons })),
     )
 }
 
@@ -153,6 +227,8 @@ mod tests {
             vault,
             workers,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
+            limiter: None,
+            metrics: crate::metrics::Metrics::new(),
         });
         let response = app
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

@@ -13,7 +13,10 @@ mod api;
 pub mod bench;
 pub mod cli;
 mod http;
+mod idempotency;
+pub mod limits;
 pub mod log;
+mod metrics;
 mod problem;
 pub mod read_models;
 pub mod tokens;
@@ -52,6 +55,8 @@ pub struct Settings {
     pub schedule_tick: std::time::Duration,
     /// How sync runs are held and handed over between processes.
     pub sync: SyncSettings,
+    /// The per-token rate limit; `None` for none.
+    pub rate_limit: Option<limits::RateLimit>,
 }
 
 impl Settings {
@@ -66,6 +71,7 @@ impl Settings {
             adapters: adapters::config::AdaptersConfig::default(),
             schedule_tick: std::time::Duration::from_secs(30),
             sync: SyncSettings::default(),
+            rate_limit: limits::RateLimit::new(50, 200),
         }
     }
 }
@@ -124,6 +130,10 @@ pub struct AppState {
     /// Turns true when the service begins to shut down: open event streams end then, so that
     /// in-flight requests can finish.
     pub closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The per-token rate limit, if any.
+    pub(crate) limiter: Option<limits::Limiter>,
+    /// What `/metrics` reports.
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// The workers of one process.
@@ -425,6 +435,8 @@ impl Application {
                 vault,
                 workers,
                 closing: Arc::new(tokio::sync::watch::channel(false).0),
+                limiter: settings.rate_limit.map(limits::Limiter::new),
+                metrics: metrics::Metrics::new(),
             },
         })
     }
@@ -463,6 +475,15 @@ impl Application {
             })
             .collect();
         let workers = self.state.workers.spawn();
+        let forgetting = self.state.limiter.clone().map(|limiter| {
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    every.tick().await;
+                    limiter.forget_quiet();
+                }
+            })
+        });
         let closing = self.state.closing.clone();
         let router = http::router(self.state);
         let served = axum::serve(self.listener, router)
@@ -473,6 +494,9 @@ impl Application {
             .await
             .context("while serving HTTP");
         purger.abort();
+        if let Some(forgetting) = forgetting {
+            forgetting.abort();
+        }
         for projection in projections {
             projection.abort();
         }

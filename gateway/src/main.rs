@@ -12,15 +12,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("HARMONY_LOG")
-                // PostgreSQL's notices ("table … does not exist, skipping") are not news.
-                .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("HARMONY_LOG")
+        // PostgreSQL's notices ("table … does not exist, skipping") are not news.
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if matches!(&cli.command, Command::Serve(args) if args.log_json) {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     match cli.command {
         Command::Serve(args) => {
             let shutdown = gateway::shutdown_signal();
@@ -42,6 +45,10 @@ async fn main() -> anyhow::Result<()> {
                 data_dir: args.storage.data_dir,
                 listen: args.listen,
                 database_url: args.storage.database_url,
+                rate_limit: gateway::limits::RateLimit::new(
+                    args.rate_limit_per_second,
+                    args.rate_limit_burst,
+                ),
             })
             .await?;
             tracing::info!(

@@ -13,6 +13,8 @@ pub(crate) struct Problem {
     pub(crate) code: &'static str,
     /// For people: what went wrong and, where it helps, what to do.
     pub(crate) detail: String,
+    /// Seconds to wait before trying again, sent as `Retry-After`.
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -21,7 +23,14 @@ impl Problem {
             status,
             code,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same problem, telling the client to try again after `seconds`.
+    pub(crate) fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub(crate) fn unauthorized(detail: impl Into<String>) -> Self {
@@ -55,6 +64,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

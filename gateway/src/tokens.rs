@@ -34,17 +34,20 @@ pub struct TokenInfo {
     pub revoked: bool,
 }
 
-fn hash(token: &str) -> String {
+/// The SHA-256 of a token, as stored; also what keys a caller's rate limit and idempotency keys.
+pub(crate) fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Creates a token for `user` of `workspace` with `role`.
+/// Creates a token for `user` of `workspace` with `role`; an `unlimited` one is exempt from
+/// the per-token rate limit.
 pub async fn create(
     db: &ReadDb,
     workspace: &WorkspaceId,
     user: &UserId,
     role: Role,
     label: &str,
+    unlimited: bool,
 ) -> Result<Issued, ReadDbError> {
     let secret: [u8; 32] = rand::random();
     let token = format!(
@@ -55,7 +58,7 @@ pub async fn create(
     execute(
         db,
         "INSERT INTO api_tokens (id, token_hash, workspace, user_id, role, label, created_at, \
-         revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
+         revoked_at, unlimited) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8)",
         &[
             Bind::Text(id.clone()),
             Bind::Text(hash(&token)),
@@ -64,6 +67,7 @@ pub async fn create(
             Bind::Text(role.to_string()),
             Bind::Text(label.to_owned()),
             Bind::Int(Timestamp::now().unix_micros()),
+            Bind::Int(i64::from(unlimited)),
         ],
     )
     .await?;
@@ -128,25 +132,42 @@ pub async fn revoke(db: &ReadDb, id: &str) -> Result<bool, ReadDbError> {
     Ok(changed > 0)
 }
 
+/// A live token, as presented.
+#[derive(Clone, Debug)]
+pub struct Authenticated {
+    pub principal: Principal,
+    /// Exempt from the per-token rate limit.
+    pub unlimited: bool,
+}
+
 /// Who a presented token speaks for, if it is a live token.
-pub async fn authenticate(db: &ReadDb, presented: &str) -> Result<Option<Principal>, ReadDbError> {
+pub async fn authenticate(
+    db: &ReadDb,
+    presented: &str,
+) -> Result<Option<Authenticated>, ReadDbError> {
     if !presented.starts_with(TOKEN_PREFIX) {
         return Ok(None);
     }
-    let rows: Vec<(String, String, String)> = fetch_all(
+    let rows: Vec<(String, String, String, i64)> = fetch_all(
         db,
-        "SELECT workspace, user_id, role FROM api_tokens WHERE token_hash = $1 \
+        "SELECT workspace, user_id, role, unlimited FROM api_tokens WHERE token_hash = $1 \
          AND revoked_at IS NULL",
         &[Bind::Text(hash(presented))],
     )
     .await?;
-    Ok(rows.into_iter().next().and_then(|(workspace, user, role)| {
-        Some(Principal {
-            workspace: workspace.parse().ok()?,
-            user: user.parse().ok()?,
-            role: role.parse().ok()?,
-        })
-    }))
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|(workspace, user, role, unlimited)| {
+            Some(Authenticated {
+                principal: Principal {
+                    workspace: workspace.parse().ok()?,
+                    user: user.parse().ok()?,
+                    role: role.parse().ok()?,
+                },
+                unlimited: unlimited != 0,
+            })
+        }))
 }
 
 /// `harmony tokens …`.
@@ -178,7 +199,7 @@ pub async fn run(command: &crate::cli::TokensCommand, out: &mut dyn Write) -> an
                 .role
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("--role: {e}"))?;
-            let issued = create(&db, &workspace, &user, role, &args.label).await?;
+            let issued = create(&db, &workspace, &user, role, &args.label, args.unlimited).await?;
             writeln!(out, "{}", issued.token.expose_secret())?;
             eprintln!(
                 "token {} for {user} in {workspace} ({role}); it is shown this once",

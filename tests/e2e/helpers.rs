@@ -52,6 +52,17 @@ impl TestApp {
 
     /// A new API token for `user` of `workspace` with `role`.
     pub async fn token(&self, workspace: &str, user: &str, role: &str) -> (String, String) {
+        self.token_with(workspace, user, role, false).await
+    }
+
+    /// A new API token; an `unlimited` one is exempt from the rate limit.
+    pub async fn token_with(
+        &self,
+        workspace: &str,
+        user: &str,
+        role: &str,
+        unlimited: bool,
+    ) -> (String, String) {
         let db = projections::ReadDb::open_sqlite(&self.data_dir().join("read.db"))
             .await
             .unwrap();
@@ -61,6 +72,7 @@ impl TestApp {
             &user.parse().unwrap(),
             role.parse().unwrap(),
             "test",
+            unlimited,
         )
         .await
         .unwrap();
@@ -129,6 +141,8 @@ async fn spawn_configured(
 ) -> TestApp {
     init_logs();
     let mut settings = Settings::embedded(data_dir.path().to_owned());
+    // Tests poll as fast as they like; the rate limit's own test sets one.
+    settings.rate_limit = None;
     configure(&mut settings);
     let app = Application::build(settings)
         .await

@@ -8,3 +8,4 @@ mod companion;
 mod health;
 mod helpers;
 mod installed;
+mod protocol;

@@ -48,7 +48,22 @@ impl FromRequestParts<AppState> for Caller {
                 Problem::unauthorized("the Authorization header must be `Bearer <token>`")
             })?;
         match crate::tokens::authenticate(&state.read, presented).await {
-            Ok(Some(principal)) => Ok(Caller(principal)),
+            Ok(Some(authenticated)) => {
+                if let (Some(limiter), false) = (&state.limiter, authenticated.unlimited) {
+                    if let Err(wait) = limiter.check(&crate::tokens::hash(presented)) {
+                        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+                        return Err(Problem::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            format!(
+                                "this token has made too many requests: try again in {seconds} s"
+                            ),
+                        )
+                        .retry_after(seconds));
+                    }
+                }
+                Ok(Caller(authenticated.principal))
+            }
             Ok(None) => Err(Problem::unauthorized(
                 "the API token is unknown or was revoked",
             )),
