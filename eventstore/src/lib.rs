@@ -19,6 +19,7 @@
 
 pub mod bench;
 pub mod chain;
+pub mod checkpoints;
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 pub mod copy;

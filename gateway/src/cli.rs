@@ -18,6 +18,15 @@ pub enum Command {
     /// Run the service (embedded: the event log on sled under --data-dir; distributed with
     /// --nats-url).
     Serve(ServeArgs),
+    /// An integration's history: every event with its actor and time, or its state as of a
+    /// moment.
+    History(HistoryArgs),
+    /// Check the hash chains and the signed checkpoints of one integration or of the whole
+    /// log; exits non-zero naming the first broken link.
+    Verify(VerifyArgs),
+    /// A workspace's integration lifecycle events as NDJSON on standard output (no records,
+    /// no secrets).
+    Export(ExportArgs),
     /// Measure a part of the system beside the raw engine underneath it.
     Bench(BenchArgs),
     /// Operate on the event log itself.
@@ -36,6 +45,48 @@ pub enum Command {
     /// without a provider account, and for `harmony bench sync`.
     #[command(subcommand)]
     FakeProvider(FakeProviderCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The integration's id.
+    pub integration: String,
+    /// Instead of the events, the state as of this RFC 3339 time (every event that occurred
+    /// at or before it).
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// JSON (one object per event, or the state) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The integration's id; or --all.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub integration: Option<String>,
+    /// Every stream in the log.
+    #[arg(long)]
+    pub all: bool,
+    /// The checkpoint key file, when it is not the data directory's (HARMONY_CHECKPOINT_KEY
+    /// also works).
+    #[arg(long)]
+    pub checkpoint_key: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The workspace whose integrations' events to export.
+    #[arg(long)]
+    pub workspace: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +234,11 @@ pub struct ServeArgs {
     /// How many requests a token may make at once before the average applies.
     #[arg(long, env = "HARMONY_RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
+    /// How often the service signs the heads of the streams that changed (signed checkpoints,
+    /// kept in their own log; the key is `checkpoint.key` under the data directory or
+    /// HARMONY_CHECKPOINT_KEY).
+    #[arg(long, env = "HARMONY_CHECKPOINT_SECONDS", default_value_t = 60)]
+    pub checkpoint_seconds: u64,
     /// Logs as one JSON object per line (for a log collector) instead of text.
     #[arg(long, env = "HARMONY_LOG_JSON")]
     pub log_json: bool,

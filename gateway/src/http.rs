@@ -229,6 +229,13 @@ mod tests {
             closing: Arc::new(tokio::sync::watch::channel(false).0),
             limiter: None,
             metrics: crate::metrics::Metrics::new(),
+            checkpoints: eventstore::checkpoints::Checkpoints {
+                log: Arc::new(
+                    eventstore::checkpoints::SledCheckpointLog::open(&dir.path().join("ck"))
+                        .unwrap(),
+                ),
+                key: Arc::new(eventstore::checkpoints::CheckpointKey::generate()),
+            },
         });
         let response = app
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

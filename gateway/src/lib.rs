@@ -10,6 +10,7 @@
 //! on the same [`Application`].
 
 mod api;
+pub mod audit;
 pub mod bench;
 pub mod cli;
 mod http;
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use eventstore::checkpoints::Checkpoints;
 use eventstore::{
     EventStore, JetStreamConfig, JetStreamEventStore, JetStreamRecordLog, RecordLog,
     SledEventStore, SledRecordLog,
@@ -57,6 +59,8 @@ pub struct Settings {
     pub sync: SyncSettings,
     /// The per-token rate limit; `None` for none.
     pub rate_limit: Option<limits::RateLimit>,
+    /// How often the heads of the streams that changed are signed.
+    pub checkpoint_every: std::time::Duration,
 }
 
 impl Settings {
@@ -72,6 +76,7 @@ impl Settings {
             schedule_tick: std::time::Duration::from_secs(30),
             sync: SyncSettings::default(),
             rate_limit: limits::RateLimit::new(50, 200),
+            checkpoint_every: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -134,6 +139,8 @@ pub struct AppState {
     pub(crate) limiter: Option<limits::Limiter>,
     /// What `/metrics` reports.
     pub(crate) metrics: metrics::Metrics,
+    /// The signed checkpoints of the log, and the key that signs them.
+    pub checkpoints: Checkpoints,
 }
 
 /// The workers of one process.
@@ -336,6 +343,71 @@ pub async fn open_logs(
     })
 }
 
+/// Signs the heads of the streams that changed, every `every`, in one process at a time.
+async fn sign_checkpoints(state: AppState, every: std::time::Duration) {
+    let leases = adapters::lease::Leases::new(
+        state.read.clone(),
+        adapters::lease::Leases::process_holder(),
+    );
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match leases.try_acquire("checkpoints", every * 3).await {
+            Ok(true) => match eventstore::checkpoints::sign_new(
+                state.store.as_ref(),
+                state.checkpoints.log.as_ref(),
+                &state.checkpoints.key,
+            )
+            .await
+            {
+                Ok(0) => {}
+                Ok(signed) => tracing::debug!(signed, "signed stream heads"),
+                Err(error) => tracing::warn!(%error, "could not sign checkpoints; will retry"),
+            },
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "cannot take the checkpoint lease"),
+        }
+    }
+}
+
+/// Where the checkpoint key is kept under a data directory (unless `HARMONY_CHECKPOINT_KEY`
+/// holds it).
+pub fn checkpoint_key_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("checkpoint.key")
+}
+
+/// Opens the checkpoint log beside `logs` (`checkpoints/` under `data_dir`, or the
+/// checkpoints stream on JetStream) and the key: from `key_file` when given, else the data
+/// directory's (created when absent), unless `HARMONY_CHECKPOINT_KEY` holds it.
+pub async fn open_checkpoints(
+    logs: &Logs,
+    data_dir: &std::path::Path,
+    key_file: Option<&std::path::Path>,
+) -> anyhow::Result<Checkpoints> {
+    let log: Arc<dyn eventstore::checkpoints::CheckpointLog> = match &logs.jetstream {
+        Some(jetstream) => Arc::new(
+            eventstore::checkpoints::JetStreamCheckpointLog::open(jetstream)
+                .await
+                .context("while opening the checkpoint log on NATS JetStream")?,
+        ),
+        None => {
+            let dir = data_dir.join("checkpoints");
+            Arc::new(
+                eventstore::checkpoints::SledCheckpointLog::open(&dir).with_context(|| {
+                    format!("while opening the checkpoint log in {}", dir.display())
+                })?,
+            )
+        }
+    };
+    let path = key_file.map_or_else(|| checkpoint_key_path(data_dir), std::path::Path::to_owned);
+    let key = eventstore::checkpoints::CheckpointKey::load_or_create(&path)
+        .map_err(|reason| anyhow::anyhow!("the checkpoint key: {reason}"))?;
+    Ok(Checkpoints {
+        log,
+        key: Arc::new(key),
+    })
+}
+
 /// Opens (and migrates) the read models: on PostgreSQL at `database_url` when given, else in
 /// SQLite at `read.db` under `data_dir`.
 pub async fn open_read_db(
@@ -365,6 +437,7 @@ pub fn master_key_path(data_dir: &std::path::Path) -> PathBuf {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    checkpoint_every: std::time::Duration,
 }
 
 impl std::fmt::Debug for Application {
@@ -384,17 +457,19 @@ impl Application {
                 settings.data_dir.display()
             )
         })?;
-        let Logs {
-            store,
-            records,
-            backend,
-            jetstream,
-        } = open_logs(
+        let logs = open_logs(
             settings.jetstream.clone(),
             &settings.data_dir,
             settings.records_max_age,
         )
         .await?;
+        let checkpoints = open_checkpoints(&logs, &settings.data_dir, None).await?;
+        let Logs {
+            store,
+            records,
+            backend,
+            jetstream,
+        } = logs;
         let read = open_read_db(settings.database_url.as_deref(), &settings.data_dir).await?;
         let master_key =
             adapters::vault::MasterKey::load_or_create(&master_key_path(&settings.data_dir))
@@ -437,7 +512,9 @@ impl Application {
                 closing: Arc::new(tokio::sync::watch::channel(false).0),
                 limiter: settings.rate_limit.map(limits::Limiter::new),
                 metrics: metrics::Metrics::new(),
+                checkpoints,
             },
+            checkpoint_every: settings.checkpoint_every,
         })
     }
 
@@ -484,6 +561,8 @@ impl Application {
                 }
             })
         });
+        let signer = tokio::spawn(sign_checkpoints(self.state.clone(), self.checkpoint_every));
+        let last_signing = self.state.clone();
         let closing = self.state.closing.clone();
         let router = http::router(self.state);
         let served = axum::serve(self.listener, router)
@@ -494,6 +573,17 @@ impl Application {
             .await
             .context("while serving HTTP");
         purger.abort();
+        signer.abort();
+        // What changed since the last signing is signed on the way out.
+        if let Err(error) = eventstore::checkpoints::sign_new(
+            last_signing.store.as_ref(),
+            last_signing.checkpoints.log.as_ref(),
+            &last_signing.checkpoints.key,
+        )
+        .await
+        {
+            tracing::warn!(%error, "could not sign the last checkpoints");
+        }
         if let Some(forgetting) = forgetting {
             forgetting.abort();
         }

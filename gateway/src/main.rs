@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
                 data_dir: args.storage.data_dir,
                 listen: args.listen,
                 database_url: args.storage.database_url,
+                checkpoint_every: std::time::Duration::from_secs(args.checkpoint_seconds.max(1)),
                 rate_limit: gateway::limits::RateLimit::new(
                     args.rate_limit_per_second,
                     args.rate_limit_burst,
@@ -58,6 +59,11 @@ async fn main() -> anyhow::Result<()> {
             );
             app.run_until_stopped(shutdown).await
         }
+        Command::History(args) => {
+            gateway::audit::history(&args, &mut std::io::stdout().lock()).await
+        }
+        Command::Verify(args) => gateway::audit::verify(&args, &mut std::io::stdout().lock()).await,
+        Command::Export(args) => gateway::audit::export(&args, &mut std::io::stdout().lock()).await,
         Command::Bench(args) => gateway::bench::run(&args, &mut std::io::stdout().lock()).await,
         Command::Log(gateway::cli::LogCommand::Copy(args)) => {
             gateway::log::copy(&args, &mut std::io::stdout().lock()).await

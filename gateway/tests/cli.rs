@@ -757,3 +757,171 @@ fn tokens_are_created_shown_once_listed_without_their_secret_and_revoked() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role `owner`"));
 }
+
+/// Rewrites the log under `dir` as someone with write access but without the checkpoint key
+/// would: the same events, one of them altered, every chain hash recomputed.
+async fn forge(dir: &std::path::Path, position: u64) {
+    use eventstore::EventStore;
+    let original = eventstore::SledEventStore::open(dir.join("log")).unwrap();
+    let events = original.read_all(1, 100_000).await.unwrap();
+    drop(original);
+    let forged_dir = dir.join("forged");
+    let forged = eventstore::SledEventStore::open(&forged_dir).unwrap();
+    for event in events {
+        let mut data = event.data().unwrap();
+        if event.position == position {
+            data["account_label"] = serde_json::json!("somebody else");
+        }
+        forged
+            .append(
+                &event.stream,
+                eventstore::ExpectedVersion::from_version(event.version - 1),
+                vec![eventstore::NewEvent {
+                    id: event.id,
+                    event_type: event.event_type.clone(),
+                    schema: event.schema,
+                    data,
+                    metadata: event.metadata.clone(),
+                }],
+            )
+            .await
+            .unwrap();
+    }
+    drop(forged);
+    std::fs::remove_dir_all(dir.join("log")).unwrap();
+    std::fs::rename(forged_dir, dir.join("log")).unwrap();
+}
+
+#[test]
+fn history_verify_and_export_read_the_log_and_a_rewritten_history_is_caught_by_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (hubspot, connected_at) = runtime.block_on(async {
+        use eventstore::EventStore;
+        let store = eventstore::SledEventStore::open(dir.path().join("log")).unwrap();
+        let store: std::sync::Arc<dyn EventStore> = std::sync::Arc::new(store);
+        connect_apps(store.clone(), &["hubspot", "gmail"]).await;
+        let events = store.read_all(1, 1000).await.unwrap();
+        let connected = events
+            .iter()
+            .find(|e| {
+                e.event_type == "IntegrationConnected" && e.data().unwrap()["app"] == "hubspot"
+            })
+            .unwrap();
+        (
+            connected.stream.integration_id().unwrap().to_string(),
+            connected.metadata.occurred_at,
+        )
+    });
+    // The service signs the heads of the streams, at the latest when it stops.
+    let (served, _) = serve(&["--data-dir", data_dir]);
+    stop_with_sigterm(served);
+    assert!(dir.path().join("checkpoints").is_dir());
+
+    let run = |args: &[&str]| {
+        harmony()
+            .args(args)
+            .args(["--data-dir", data_dir])
+            .env_remove("HARMONY_NATS_URL")
+            .env_remove("HARMONY_DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    let output = run(&["history", &hubspot]);
+    assert!(output.status.success(), "{output:?}");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("IntegrationConnected") && table.contains("user ada"),
+        "{table}"
+    );
+    let output = run(&["history", &hubspot, "--json"]);
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["type"], "IntegrationConnected");
+    let before = domain::Timestamp::from_unix_micros(connected_at.unix_micros() - 1).unwrap();
+    let output = run(&[
+        "history",
+        &hubspot,
+        "--as-of",
+        &before.to_string(),
+        "--json",
+    ]);
+    let then: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(then["version"], 0, "nothing had happened yet");
+    assert!(then["installed"].is_null());
+    let output = run(&[
+        "history",
+        &hubspot,
+        "--as-of",
+        &connected_at.to_string(),
+        "--json",
+    ]);
+    let then: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(then["installed"]["status"], "connected");
+
+    let output = run(&["verify", &hubspot]);
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("intact") && said.contains("holds"), "{said}");
+    let output = run(&["verify", "--all"]);
+    assert!(output.status.success(), "{output:?}");
+
+    let output = run(&["export", "--workspace", "acme"]);
+    assert!(output.status.success(), "{output:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(lines.iter().any(|l| l["data"]["app"] == "gmail"));
+    assert!(lines
+        .iter()
+        .all(|l| l["stream"].as_str().unwrap().starts_with("integration-")));
+
+    // Bad arguments are named.
+    let output = run(&["history", "not-an-id"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not an integration id"));
+    let output = run(&["verify"]);
+    assert!(!output.status.success());
+
+    // A rewritten history with every hash recomputed: the chain holds, the checkpoint does not.
+    let position = runtime.block_on(async {
+        use eventstore::EventStore;
+        let store = eventstore::SledEventStore::open(dir.path().join("log")).unwrap();
+        let events = store.read_all(1, 1000).await.unwrap();
+        events
+            .iter()
+            .find(|e| e.stream.as_str() == format!("integration-{hubspot}"))
+            .unwrap()
+            .position
+    });
+    runtime.block_on(forge(dir.path(), position));
+    let output = run(&["verify", "--all"]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains(&format!("integration-{hubspot}"))
+            && message.contains("signed checkpoint")
+            && message.contains("rewritten"),
+        "{message}"
+    );
+    // An edit that leaves the chain alone is named at its link.
+    runtime.block_on(async {
+        let store = eventstore::SledEventStore::open(dir.path().join("log")).unwrap();
+        store
+            .tamper(position, |data| {
+                data["account_label"] = serde_json::json!("x")
+            })
+            .unwrap();
+    });
+    let output = run(&["verify", &hubspot]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("broken at version 1"), "{message}");
+}

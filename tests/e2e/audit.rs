@@ -91,6 +91,7 @@ async fn auditors_read_the_history_the_state_as_of_a_moment_and_the_verified_cha
     let app = spawn_app_with(|settings| {
         settings.adapters.endpoints.zendesk_api_template = format!("{zendesk_base}{{subdomain}}/");
         settings.adapters.endpoints.todoist_api = todoist_base.join("api/v1/").unwrap();
+        settings.checkpoint_every = Duration::from_millis(100);
     })
     .await;
     let (_, admin) = app.token("acme", "ada", "admin").await;
@@ -182,7 +183,14 @@ async fn auditors_read_the_history_the_state_as_of_a_moment_and_the_verified_cha
     assert_eq!(rest["events"][0]["version"], 2);
     assert_eq!(rest["next_cursor"], 3);
 
-    let verified = app.get_json(&url("/verify"), Some(&auditor)).await;
+    // The service signs the stream's head soon after it changes.
+    let verified = eventually(Duration::from_secs(20), "the head is signed", || async {
+        let verified = app.get_json(&url("/verify"), Some(&auditor)).await;
+        (verified["checkpoint"]["status"] == "holds"
+            && verified["checkpoint"]["version"] == verified["events"])
+            .then_some(verified)
+    })
+    .await;
     assert_eq!(verified["intact"], true, "{verified}");
     assert_eq!(verified["events"].as_u64().unwrap(), versions.len() as u64);
     assert_eq!(verified["head"], events.last().unwrap()["hash"]);

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{load_visible, repository_problem, Caller, Target};
+use crate::audit::event_json;
 use crate::problem::Problem;
 use crate::AppState;
 
@@ -43,27 +44,6 @@ pub(super) async fn stream_events(
             return Ok(events);
         }
     }
-}
-
-/// One event as auditors read it: what happened, to which stream, who did it and when, and
-/// its link in the hash chain.
-pub(crate) fn event_json(event: &RecordedEvent) -> Value {
-    json!({
-        "id": event.id.to_string(),
-        "stream": event.stream.as_str(),
-        "version": event.version,
-        "position": event.position,
-        "type": event.event_type,
-        "schema": event.schema,
-        "occurred_at": event.metadata.occurred_at.to_string(),
-        "actor": event.metadata.actor,
-        "workspace": event.metadata.workspace.as_str(),
-        "owner": event.metadata.owner.as_ref().map(|o| o.as_str()),
-        "correlation_id": event.metadata.correlation_id.to_string(),
-        "causation_id": event.metadata.causation_id.map(|c| c.to_string()),
-        "data": event.data().unwrap_or(Value::Null),
-        "hash": event.hash.to_hex(),
-    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,23 +118,33 @@ pub(super) async fn state_as_of(
     })))
 }
 
-/// Checks the integration's hash chain from its first event: versions without a gap, every
-/// stored hash equal to the one its content gives, and the head signed by the service where a
-/// checkpoint covers it.
+/// Checks the integration's hash chain from its first event — versions without a gap, every
+/// stored hash equal to the one its content gives — and the service's newest signed
+/// checkpoint of it: the stream must still hold, at the signed version, the signed hash.
 pub(super) async fn verify(
     State(state): State<AppState>,
     Target { caller, id }: Target,
 ) -> Result<Json<Value>, Problem> {
     load_visible(&state, &caller, id).await?;
-    let report = eventstore::verify_stream(state.store.as_ref(), &StreamName::integration(id))
+    let stream = StreamName::integration(id);
+    let report = eventstore::verify_stream(state.store.as_ref(), &stream)
         .await
         .map_err(store_problem)?;
+    let checkpoint = eventstore::checkpoints::check(
+        state.store.as_ref(),
+        state.checkpoints.log.as_ref(),
+        &state.checkpoints.key.verifying(),
+        &stream,
+    )
+    .await
+    .map_err(store_problem)?;
     Ok(Json(json!({
         "integration_id": id.to_string(),
-        "intact": report.is_intact(),
+        "intact": report.is_intact() && !checkpoint.is_broken(),
         "events": report.events,
         "head": report.head.to_hex(),
         "broken": report.broken,
+        "checkpoint": checkpoint,
     })))
 }
 

@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 
-use super::audit::event_json;
 use super::{integration_id, Caller};
+use crate::audit::event_json;
 use crate::problem::Problem;
 use crate::AppState;
 

@@ -1,0 +1,487 @@
+//! Signed checkpoints: the service signs the head hash of every stream with an Ed25519 key
+//! kept outside the log, and keeps the signatures in a log of their own. The hash chain alone
+//! shows any edit of an event — unless the editor also recomputes every later hash. A
+//! checkpoint closes that gap: rewriting history then means the stream no longer holds the
+//! hash the service signed at that version, and without the key nobody can sign the new one.
+//!
+//! The checkpoint log is `checkpoints/` beside the embedded log (its own sled database), or
+//! the `<NS>_CHECKPOINTS` stream on JetStream, where each stream's checkpoints go to a subject
+//! of their own so that the latest is one direct get away.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, stream};
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use domain::{StreamName, Timestamp};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::{EventStore, JetStreamEventStore, StoreError};
+
+/// The environment variable that may hold the signing key (base64 of its 32-byte seed); every
+/// process of a deployment must sign with the same key.
+pub const KEY_ENV: &str = "HARMONY_CHECKPOINT_KEY";
+
+/// One stream's head, as the service signed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    /// The chain hash of the event at `version`, hex.
+    pub hash: String,
+    pub signed_at: Timestamp,
+    /// Names the public key that verifies the signature.
+    pub key_id: String,
+    /// Ed25519 over [`Checkpoint::message`], hex.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The bytes that are signed.
+    pub fn message(&self) -> Vec<u8> {
+        format!(
+            "harmony-checkpoint/1\n{}\n{}\n{}\n{}",
+            self.stream, self.version, self.hash, self.signed_at
+        )
+        .into_bytes()
+    }
+}
+
+/// The key checkpoints are signed with.
+pub struct CheckpointKey {
+    signing: SigningKey,
+}
+
+impl fmt::Debug for CheckpointKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckpointKey")
+            .field("id", &self.id())
+            .finish()
+    }
+}
+
+impl CheckpointKey {
+    pub fn generate() -> Self {
+        Self {
+            signing: SigningKey::from_bytes(&rand::random::<[u8; 32]>()),
+        }
+    }
+
+    /// Reads a key written as base64 of its 32-byte seed.
+    pub fn from_base64(text: &str) -> Result<Self, String> {
+        let bytes = BASE64
+            .decode(text.trim())
+            .map_err(|_| "it is not base64".to_owned())?;
+        let seed: [u8; 32] = bytes
+            .try_into()
+            .map_err(|bytes: Vec<u8>| format!("it is {} bytes long, not 32", bytes.len()))?;
+        Ok(Self {
+            signing: SigningKey::from_bytes(&seed),
+        })
+    }
+
+    /// The key from `HARMONY_CHECKPOINT_KEY` if set, else from `path`, created (mode 0600, a
+    /// new random key) when absent. A key file others may read is refused.
+    pub fn load_or_create(path: &Path) -> Result<Self, String> {
+        if let Ok(text) = std::env::var(KEY_ENV) {
+            return Self::from_base64(&text).map_err(|error| format!("{KEY_ENV}: {error}"));
+        }
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::metadata(path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?
+                        .permissions()
+                        .mode();
+                    if mode & 0o077 != 0 {
+                        return Err(format!(
+                            "{} may be read by others (mode {:o}): chmod 600 it",
+                            path.display(),
+                            mode & 0o777
+                        ));
+                    }
+                }
+                Self::from_base64(&text).map_err(|error| format!("{}: {error}", path.display()))
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate();
+                key.write_new(path)
+                    .map_err(|error| format!("{}: {error}", path.display()))?;
+                tracing::info!(path = %path.display(), id = %key.id(), "created a new checkpoint key");
+                Ok(key)
+            }
+            Err(error) => Err(format!("{}: {error}", path.display())),
+        }
+    }
+
+    fn write_new(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path)?;
+        file.write_all(BASE64.encode(self.signing.to_bytes()).as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()
+    }
+
+    /// The public half, which is all a verifier needs.
+    pub fn verifying(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    /// Names the key: the start of its public key, hex.
+    pub fn id(&self) -> String {
+        key_id(&self.verifying())
+    }
+
+    fn sign(&self, stream: &StreamName, version: u64, position: u64, hash: String) -> Checkpoint {
+        let mut checkpoint = Checkpoint {
+            stream: stream.as_str().to_owned(),
+            version,
+            position,
+            hash,
+            signed_at: Timestamp::now(),
+            key_id: self.id(),
+            signature: String::new(),
+        };
+        checkpoint.signature = hex::encode(self.signing.sign(&checkpoint.message()).to_bytes());
+        checkpoint
+    }
+}
+
+fn key_id(key: &VerifyingKey) -> String {
+    hex::encode(&key.to_bytes()[..8])
+}
+
+/// Where checkpoints are kept.
+#[async_trait]
+pub trait CheckpointLog: Send + Sync + fmt::Debug {
+    /// Keeps `checkpoints`, and notes that the log has been signed up to position
+    /// `covered_to`.
+    async fn record(&self, checkpoints: &[Checkpoint], covered_to: u64) -> Result<(), StoreError>;
+    /// The newest checkpoint of `stream`, if it was ever signed.
+    async fn latest(&self, stream: &StreamName) -> Result<Option<Checkpoint>, StoreError>;
+    /// The position up to which the log has been signed (0: nothing yet).
+    async fn covered_to(&self) -> Result<u64, StoreError>;
+}
+
+fn corrupt(reason: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        position: 0,
+        reason: format!("a checkpoint cannot be read: {reason}"),
+    }
+}
+
+/// The embedded checkpoint log: a sled database of its own.
+#[derive(Clone, Debug)]
+pub struct SledCheckpointLog {
+    latest: sled::Tree,
+    history: sled::Tree,
+    meta: sled::Tree,
+    db: sled::Db,
+}
+
+impl SledCheckpointLog {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(dir)?;
+        Ok(Self {
+            latest: db.open_tree("latest")?,
+            history: db.open_tree("history")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+}
+
+#[async_trait]
+impl CheckpointLog for SledCheckpointLog {
+    async fn record(&self, checkpoints: &[Checkpoint], covered_to: u64) -> Result<(), StoreError> {
+        for checkpoint in checkpoints {
+            let bytes = serde_json::to_vec(checkpoint).map_err(corrupt)?;
+            let id = self.db.generate_id()?;
+            self.history.insert(id.to_be_bytes(), bytes.as_slice())?;
+            self.latest.insert(checkpoint.stream.as_bytes(), bytes)?;
+        }
+        self.meta.insert("covered_to", &covered_to.to_be_bytes())?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    async fn latest(&self, stream: &StreamName) -> Result<Option<Checkpoint>, StoreError> {
+        self.latest
+            .get(stream.as_str().as_bytes())?
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn covered_to(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get("covered_to")?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+}
+
+/// The checkpoint log on JetStream: `<NS>_CHECKPOINTS`.
+#[derive(Clone, Debug)]
+pub struct JetStreamCheckpointLog {
+    js: jetstream::Context,
+    stream: String,
+    namespace: String,
+}
+
+impl JetStreamCheckpointLog {
+    /// Creates (or checks) `<NS>_CHECKPOINTS` beside the event log of `store`.
+    pub async fn open(store: &JetStreamEventStore) -> Result<Self, StoreError> {
+        let config = store.config().clone();
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            .build(store.client().clone());
+        let name = format!("{}_CHECKPOINTS", config.namespace.to_ascii_uppercase());
+        let wanted = stream::Config {
+            name: name.clone(),
+            description: Some("Harmony Sync: signed checkpoints of the event log".into()),
+            subjects: vec![format!("{}.checkpoints.>", config.namespace)],
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: config.duplicate_window,
+            deny_delete: true,
+            deny_purge: true,
+            allow_direct: true,
+            ..Default::default()
+        };
+        crate::jetstream::ensure_stream(&js, wanted).await?;
+        Ok(Self {
+            js,
+            stream: name,
+            namespace: config.namespace,
+        })
+    }
+
+    fn subject(&self, stream: &str) -> String {
+        format!("{}.checkpoints.stream.{stream}", self.namespace)
+    }
+
+    fn covered_subject(&self) -> String {
+        format!("{}.checkpoints.covered", self.namespace)
+    }
+
+    async fn last(&self, subject: String) -> Result<Option<bytes::Bytes>, StoreError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("the checkpoint stream: {error}")))?;
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => Ok(Some(message.payload)),
+            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(error) => Err(StoreError::Unavailable(format!(
+                "reading a checkpoint: {error}"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl CheckpointLog for JetStreamCheckpointLog {
+    async fn record(&self, checkpoints: &[Checkpoint], covered_to: u64) -> Result<(), StoreError> {
+        let unavailable = |error: &dyn fmt::Display| {
+            StoreError::Unavailable(format!("recording a checkpoint: {error}"))
+        };
+        let mut acks = Vec::with_capacity(checkpoints.len() + 1);
+        for checkpoint in checkpoints {
+            let bytes = serde_json::to_vec(checkpoint).map_err(corrupt)?;
+            acks.push(
+                self.js
+                    .publish(self.subject(&checkpoint.stream), bytes.into())
+                    .await
+                    .map_err(|e| unavailable(&e))?,
+            );
+        }
+        for ack in acks {
+            ack.await.map_err(|e| unavailable(&e))?;
+        }
+        self.js
+            .publish(
+                self.covered_subject(),
+                covered_to.to_string().into_bytes().into(),
+            )
+            .await
+            .map_err(|e| unavailable(&e))?
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(())
+    }
+
+    async fn latest(&self, stream: &StreamName) -> Result<Option<Checkpoint>, StoreError> {
+        self.last(self.subject(stream.as_str()))
+            .await?
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn covered_to(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .last(self.covered_subject())
+            .await?
+            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+}
+
+/// Signs the head of every stream that changed since the last signing. Returns how many
+/// streams it signed.
+pub async fn sign_new(
+    store: &dyn EventStore,
+    log: &dyn CheckpointLog,
+    key: &CheckpointKey,
+) -> Result<usize, StoreError> {
+    const PAGE: usize = 1000;
+    let head = store.head_position().await?;
+    let mut from = log.covered_to().await? + 1;
+    if from > head {
+        return Ok(0);
+    }
+    let mut heads: BTreeMap<StreamName, (u64, u64, String)> = BTreeMap::new();
+    while from <= head {
+        let page = store.read_all(from, PAGE).await?;
+        let Some(last) = page.last().map(|e| e.position) else {
+            break;
+        };
+        for event in page.into_iter().filter(|e| e.position <= head) {
+            heads.insert(
+                event.stream.clone(),
+                (event.version, event.position, event.hash.to_hex()),
+            );
+        }
+        from = last + 1;
+    }
+    let checkpoints: Vec<Checkpoint> = heads
+        .into_iter()
+        .map(|(stream, (version, position, hash))| key.sign(&stream, version, position, hash))
+        .collect();
+    log.record(&checkpoints, head).await?;
+    Ok(checkpoints.len())
+}
+
+/// What the newest checkpoint of a stream says about the stream as it is now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CheckpointCheck {
+    /// The stream has not been signed yet.
+    NotSigned,
+    /// The stream still holds, at the signed version, the hash the service signed.
+    Holds { version: u64, signed_at: Timestamp },
+    /// It does not: the history was rewritten (or the checkpoint is not the service's).
+    Broken { version: u64, reason: String },
+}
+
+impl CheckpointCheck {
+    pub fn is_broken(&self) -> bool {
+        matches!(self, CheckpointCheck::Broken { .. })
+    }
+}
+
+/// Checks the newest checkpoint of `stream` against the stream, with the public key
+/// `verifying`.
+pub async fn check(
+    store: &dyn EventStore,
+    log: &dyn CheckpointLog,
+    verifying: &VerifyingKey,
+    stream: &StreamName,
+) -> Result<CheckpointCheck, StoreError> {
+    let Some(checkpoint) = log.latest(stream).await? else {
+        return Ok(CheckpointCheck::NotSigned);
+    };
+    let broken = |reason: String| CheckpointCheck::Broken {
+        version: checkpoint.version,
+        reason,
+    };
+    let signature = hex::decode(&checkpoint.signature)
+        .ok()
+        .and_then(|bytes| Signature::from_slice(&bytes).ok());
+    let signed = signature.is_some_and(|signature| {
+        checkpoint.key_id == key_id(verifying)
+            && verifying.verify(&checkpoint.message(), &signature).is_ok()
+    });
+    if !signed {
+        return Ok(broken(format!(
+            "the checkpoint of version {} is not signed by this service's key {}",
+            checkpoint.version,
+            key_id(verifying)
+        )));
+    }
+    let at = store.read_stream(stream, checkpoint.version, 1).await?;
+    Ok(match at.first() {
+        Some(event) if event.version == checkpoint.version => {
+            if event.hash.to_hex() == checkpoint.hash {
+                CheckpointCheck::Holds {
+                    version: checkpoint.version,
+                    signed_at: checkpoint.signed_at,
+                }
+            } else {
+                broken(format!(
+                    "version {} hashes to {} but the service signed {} on {}: the history was \
+                     rewritten",
+                    checkpoint.version,
+                    event.hash.to_hex(),
+                    checkpoint.hash,
+                    checkpoint.signed_at
+                ))
+            }
+        }
+        _ => broken(format!(
+            "the stream no longer reaches version {}, which the service signed on {}",
+            checkpoint.version, checkpoint.signed_at
+        )),
+    })
+}
+
+/// A checkpoint log and the key, as a process holds them.
+#[derive(Clone, Debug)]
+pub struct Checkpoints {
+    pub log: Arc<dyn CheckpointLog>,
+    pub key: Arc<CheckpointKey>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_verifies_under_its_key_and_not_once_altered() {
+        let key = CheckpointKey::generate();
+        let stream = StreamName::parse("workspace-acme").unwrap();
+        let checkpoint = key.sign(&stream, 3, 9, "ab".repeat(32));
+        let signature =
+            Signature::from_slice(&hex::decode(&checkpoint.signature).unwrap()).unwrap();
+        assert!(key
+            .verifying()
+            .verify(&checkpoint.message(), &signature)
+            .is_ok());
+        let mut altered = checkpoint.clone();
+        altered.hash = "cd".repeat(32);
+        assert!(key
+            .verifying()
+            .verify(&altered.message(), &signature)
+            .is_err());
+        let again = CheckpointKey::from_base64(&BASE64.encode(key.signing.to_bytes())).unwrap();
+        assert_eq!(again.id(), key.id());
+    }
+}

@@ -1,0 +1,264 @@
+//! The auditor's commands: `harmony history`, `harmony verify` and `harmony export`, read
+//! straight from the log (the embedded log is the data directory's; stop the service first,
+//! as sled admits one process).
+
+use std::io::Write;
+
+use anyhow::Context;
+use domain::{Integration, IntegrationId, StreamName, Timestamp, WorkspaceId};
+use eventstore::checkpoints::CheckpointCheck;
+use eventstore::repository::Repository;
+use eventstore::{EventStore, RecordedEvent};
+use serde_json::{json, Value};
+
+use crate::cli::{ExportArgs, HistoryArgs, StorageArgs, VerifyArgs};
+use crate::{open_checkpoints, open_logs, Logs};
+
+const PAGE: usize = 1000;
+
+/// One event as auditors read it: what happened, to which stream, who did it and when, and
+/// its link in the hash chain.
+pub(crate) fn event_json(event: &RecordedEvent) -> Value {
+    json!({
+        "id": event.id.to_string(),
+        "stream": event.stream.as_str(),
+        "version": event.version,
+        "position": event.position,
+        "type": event.event_type,
+        "schema": event.schema,
+        "occurred_at": event.metadata.occurred_at.to_string(),
+        "actor": event.metadata.actor,
+        "workspace": event.metadata.workspace.as_str(),
+        "owner": event.metadata.owner.as_ref().map(|o| o.as_str()),
+        "correlation_id": event.metadata.correlation_id.to_string(),
+        "causation_id": event.metadata.causation_id.map(|c| c.to_string()),
+        "data": event.data().unwrap_or(Value::Null),
+        "hash": event.hash.to_hex(),
+    })
+}
+
+async fn open(storage: &StorageArgs) -> anyhow::Result<Logs> {
+    if storage.nats_url.is_none() && !storage.data_dir.join("log").is_dir() {
+        anyhow::bail!(
+            "{} holds no event log: pass --data-dir (or --nats-url)",
+            storage.data_dir.display()
+        );
+    }
+    open_logs(
+        storage.jetstream_config(),
+        &storage.data_dir,
+        storage.records_max_age(),
+    )
+    .await
+}
+
+fn integration(text: &str) -> anyhow::Result<IntegrationId> {
+    text.parse()
+        .map_err(|_| anyhow::anyhow!("{text} is not an integration id"))
+}
+
+/// `harmony history <integration> [--as-of T] [--json]`.
+pub async fn history(args: &HistoryArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let id = integration(&args.integration)?;
+    let as_of = args
+        .as_of
+        .as_deref()
+        .map(|text| {
+            Timestamp::parse(text)
+                .map_err(|e| anyhow::anyhow!("--as-of must be an RFC 3339 time: {e}"))
+        })
+        .transpose()?;
+    let logs = open(&args.storage).await?;
+    let stream = StreamName::integration(id);
+    if logs.store.stream_version(&stream).await?.is_none() {
+        anyhow::bail!("there is no integration {id} in this log");
+    }
+    if let Some(as_of) = as_of {
+        let repo = Repository::new(logs.store.clone());
+        let loaded = repo
+            .load_as_of::<Integration>(&stream, as_of)
+            .await
+            .context("while folding the history")?;
+        let state = json!({
+            "integration_id": id.to_string(),
+            "as_of": as_of.to_string(),
+            "version": loaded.version,
+            "hash": loaded.hash.to_hex(),
+            "installed": projections::installed::row_of(&loaded.state),
+            "state": loaded.state,
+        });
+        if args.json {
+            writeln!(out, "{state}")?;
+        } else {
+            writeln!(out, "{}", serde_json::to_string_pretty(&state)?)?;
+        }
+        return Ok(());
+    }
+    if !args.json {
+        writeln!(out, "version\toccurred_at\tactor\ttype")?;
+    }
+    let mut from = 1;
+    loop {
+        let page = logs.store.read_stream(&stream, from, PAGE).await?;
+        for event in &page {
+            if args.json {
+                writeln!(out, "{}", event_json(event))?;
+            } else {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}",
+                    event.version,
+                    event.metadata.occurred_at,
+                    event.metadata.actor,
+                    event.event_type
+                )?;
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => from = last.version + 1,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Every stream in the log, in the order they first appear.
+async fn all_streams(store: &dyn EventStore) -> anyhow::Result<Vec<StreamName>> {
+    let head = store.head_position().await?;
+    let bar = indicatif::ProgressBar::new(head).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events read  {per_sec}")
+            .context("the progress template is valid")?,
+    );
+    let mut seen = std::collections::HashSet::new();
+    let mut streams = Vec::new();
+    let mut from = 1;
+    while from <= head {
+        let page = store.read_all(from, PAGE).await?;
+        let Some(last) = page.last().map(|e| e.position) else {
+            break;
+        };
+        for event in page {
+            if seen.insert(event.stream.clone()) {
+                streams.push(event.stream);
+            }
+        }
+        bar.set_position(last.min(head));
+        from = last + 1;
+    }
+    bar.finish_and_clear();
+    Ok(streams)
+}
+
+/// `harmony verify [<integration>|--all]`.
+pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let logs = open(&args.storage).await?;
+    let checkpoints = open_checkpoints(
+        &logs,
+        &args.storage.data_dir,
+        args.checkpoint_key.as_deref(),
+    )
+    .await?;
+    let verifying = checkpoints.key.verifying();
+    let streams = match &args.integration {
+        Some(text) => {
+            let stream = StreamName::integration(integration(text)?);
+            if logs.store.stream_version(&stream).await?.is_none() {
+                anyhow::bail!("there is no integration {text} in this log");
+            }
+            vec![stream]
+        }
+        None => all_streams(logs.store.as_ref()).await?,
+    };
+    let bar = indicatif::ProgressBar::new(streams.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} streams verified  eta {eta}")
+            .context("the progress template is valid")?,
+    );
+    let mut events = 0;
+    for stream in &streams {
+        let report = eventstore::verify_stream(logs.store.as_ref(), stream).await?;
+        let checkpoint = eventstore::checkpoints::check(
+            logs.store.as_ref(),
+            checkpoints.log.as_ref(),
+            &verifying,
+            stream,
+        )
+        .await?;
+        events += report.events;
+        bar.inc(1);
+        if args.json {
+            writeln!(
+                out,
+                "{}",
+                json!({"stream": stream.as_str(), "intact": report.is_intact() && !checkpoint.is_broken(),
+                       "events": report.events, "head": report.head.to_hex(),
+                       "broken": report.broken, "checkpoint": checkpoint})
+            )?;
+        }
+        if let Some(broken) = &report.broken {
+            bar.finish_and_clear();
+            anyhow::bail!(
+                "{stream} is broken at version {} (position {}): {}",
+                broken.version,
+                broken.position,
+                broken.reason
+            );
+        }
+        if let CheckpointCheck::Broken { reason, .. } = &checkpoint {
+            bar.finish_and_clear();
+            anyhow::bail!("{stream} does not match its signed checkpoint: {reason}");
+        }
+        if !args.json && args.integration.is_some() {
+            let signed = match &checkpoint {
+                CheckpointCheck::Holds { version, signed_at } => {
+                    format!("; the checkpoint signed at version {version} on {signed_at} holds")
+                }
+                _ => "; not signed yet".to_owned(),
+            };
+            writeln!(
+                out,
+                "{stream}: intact, {} events, head {}{signed}",
+                report.events,
+                report.head.to_hex()
+            )?;
+        }
+    }
+    bar.finish_and_clear();
+    if !args.json && args.integration.is_none() {
+        writeln!(
+            out,
+            "{} streams, {events} events: every chain intact and every signed checkpoint holds",
+            streams.len()
+        )?;
+    }
+    Ok(())
+}
+
+/// `harmony export --workspace W`: the lifecycle events of every integration of the
+/// workspace, personal ones included (the operator reads the whole log), as NDJSON.
+pub async fn export(args: &ExportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let workspace: WorkspaceId = args
+        .workspace
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--workspace: {e}"))?;
+    let logs = open(&args.storage).await?;
+    let head = logs.store.head_position().await?;
+    let mut from = 1;
+    let mut exported = 0u64;
+    while from <= head {
+        let page = logs.store.read_all(from, PAGE).await?;
+        let Some(last) = page.last().map(|e| e.position) else {
+            break;
+        };
+        for event in page.iter().filter(|e| {
+            e.position <= head
+                && e.metadata.workspace == workspace
+                && e.stream.integration_id().is_some()
+        }) {
+            writeln!(out, "{}", event_json(event))?;
+            exported += 1;
+        }
+        from = last + 1;
+    }
+    out.flush()?;
+    eprintln!("exported {exported} events of workspace {workspace}");
+    Ok(())
+}
