@@ -6,6 +6,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
@@ -13,17 +16,72 @@ use crate::AppState;
 /// enough that nobody can fill the memory with one request.
 pub(crate) const BODY_LIMIT_BYTES: usize = 256 * 1024;
 
+/// The OpenAPI document's frame: the routes fill in the rest.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Harmony Sync",
+        description = "The Marketplace of integrations: connect apps, sync them, audit their \
+                       history. Every /v1 route takes `Authorization: Bearer <API token>` except \
+                       the OAuth callback; errors are application/problem+json with a stable `code`."
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "catalog", description = "Marketplace > Apps and Models"),
+        (name = "integrations", description = "Connect, Installed and each integration's actions"),
+        (name = "mappings", description = "Field mappings, versioned"),
+        (name = "actions", description = "Companion actions and their approval"),
+        (name = "audit", description = "History, state as of a moment, chain verification, export"),
+        (name = "events", description = "The workspace's events as server-sent events"),
+        (name = "oauth", description = "The end of the OAuth2 popup"),
+        (name = "operations", description = "Health, readiness, metrics")
+    )
+)]
+pub(crate) struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API token from `harmony tokens create`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The whole application's routes, and its OpenAPI document.
+pub(crate) fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(crate::metrics::metrics))
+        .merge(crate::api::router())
+        .split_for_parts()
+}
+
 pub(crate) fn router(state: AppState) -> Router {
+    let (routes, openapi) = routes();
+    let document = Arc::new(openapi);
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(crate::metrics::metrics))
-        .merge(
-            crate::api::router().layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                crate::idempotency::layer,
-            )),
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
         )
+        .merge(routes.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::layer,
+        )))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -84,6 +142,9 @@ pub(crate) async fn projection_lags(state: &AppState) -> Result<(u64, Vec<Lag>),
     Ok((head, lags))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive: the log's head and each projection's lag"),
+              (status = 503, description = "The log or the read models cannot be read")))]
 /// Alive and able to read the log: `{"status": "ok", "backend": "sled", "log_head": <position>,
 /// "projections": {"installed": {"position": …, "lag_events": …, "lag_seconds": …, "runner":
 /// "running"}, …}}`. A projection's lag is how many events it has still to apply and how long
@@ -130,6 +191,9 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 const READY_LAG_EVENTS: u64 = 10_000;
 const READY_LAG_SECONDS: f64 = 30.0;
 
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready"),
+              (status = 503, description = "Not ready: `reasons` says why")))]
 /// Ready to serve: the log (sled, or NATS JetStream) and the read models' database answer,
 /// and every projection is caught up within the bound above. 503 with the reasons otherwise.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

@@ -5,6 +5,19 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+/// A problem as it is sent (RFC 9457 with a stable `code`): for the OpenAPI document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ProblemBody {
+    /// `https://harmony.example/problems/<code>`.
+    r#type: String,
+    title: String,
+    status: u16,
+    /// Stable, snake_case: what a client branches on.
+    code: String,
+    /// For people: what went wrong and, where it helps, what to do.
+    detail: String,
+}
+
 /// One refusal or failure, as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Problem {

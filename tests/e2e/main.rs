@@ -8,4 +8,5 @@ mod companion;
 mod health;
 mod helpers;
 mod installed;
+mod openapi;
 mod protocol;

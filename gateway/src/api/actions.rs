@@ -16,13 +16,14 @@ use super::{command, load_visible, repository_problem, Body, Caller, OptionalBod
 use crate::problem::Problem;
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ActionBody {
     /// One of the app's Companion tools.
     tool: String,
     /// The tool's arguments: a JSON object.
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     arguments: Value,
 }
 
@@ -32,6 +33,27 @@ fn empty_object() -> Value {
 
 /// Companion asks to use a tool. Answers 202 with the action's id and whether it waits for
 /// approval.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations/{id}/actions",
+    tag = "actions",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id")
+    ),
+    request_body = ActionBody,
+    responses(
+        (status = 202, description = "Requested: `action_id` and `status` (`awaiting_approval` or `approved`)"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn request_action(
     State(state): State<AppState>,
     target: Target,
@@ -69,6 +91,23 @@ pub(super) async fn request_action(
 }
 
 /// The actions still open on the integration: awaiting approval, or approved and not yet done.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations/{id}/actions",
+    tag = "actions",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id")
+    ),
+    responses(
+        (status = 200, description = "The actions awaiting approval or approved and not yet performed"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn open_actions(
     State(state): State<AppState>,
     Target { caller, id }: Target,
@@ -94,6 +133,24 @@ pub(super) async fn open_actions(
 }
 
 /// One action's whole course so far, from the integration's history.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations/{id}/actions/{action}",
+    tag = "actions",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id"),
+        ("action" = String, Path, description = "The action id")
+    ),
+    responses(
+        (status = 200, description = "The action's course: status, who approved, result or error"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn get_action(
     State(state): State<AppState>,
     caller: Caller,
@@ -105,7 +162,7 @@ pub(super) async fn get_action(
     Ok(Json(action_status(&state, &target, action_id).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DecisionBody {
     /// Why, for the history.
@@ -113,6 +170,26 @@ pub(super) struct DecisionBody {
 }
 
 /// Approves an action awaiting approval: the action worker performs it next.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations/{id}/actions/{action}/approve",
+    tag = "actions",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id"),
+        ("action" = String, Path, description = "The action id")
+    ),
+    request_body = DecisionBody,
+    responses(
+        (status = 200, description = "Approved: it is performed next"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn approve(
     state: State<AppState>,
     caller: Caller,
@@ -123,6 +200,26 @@ pub(super) async fn approve(
 }
 
 /// Rejects an action awaiting approval: it is never performed.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations/{id}/actions/{action}/reject",
+    tag = "actions",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id"),
+        ("action" = String, Path, description = "The action id")
+    ),
+    request_body = DecisionBody,
+    responses(
+        (status = 200, description = "Rejected: it is never performed"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn reject(
     state: State<AppState>,
     caller: Caller,
@@ -243,6 +340,21 @@ async fn action_status(
 
 /// The workspace's auto-approval rules the caller can see: the workspace's, and their own
 /// rules for personal apps.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/approval-rules",
+    tag = "actions",
+    params(
+        ("ws" = String, Path, description = "The workspace")
+    ),
+    responses(
+        (status = 200, description = "The auto-approval rules the caller can see"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn rules(
     State(state): State<AppState>,
     caller: Caller,
@@ -272,7 +384,7 @@ pub(super) async fn rules(
     Ok(Json(json!({ "rules": rules })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RuleBody {
     app: String,
@@ -283,6 +395,25 @@ pub(super) struct RuleBody {
 /// Adds a rule that approves a sensitive tool without asking: for the workspace's integration
 /// of a workspace app (admins and members with the permission), or for the caller's own
 /// personal integration of a personal app.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/approval-rules",
+    tag = "actions",
+    params(
+        ("ws" = String, Path, description = "The workspace")
+    ),
+    request_body = RuleBody,
+    responses(
+        (status = 201, description = "The rule added: `rule_id`"),
+        (status = 200, description = "The same rule existed: its `rule_id`"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn add_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -334,6 +465,23 @@ pub(super) async fn add_rule(
 }
 
 /// Removes an approval rule: the tool asks for approval again.
+#[utoipa::path(
+    delete,
+    path = "/v1/workspaces/{ws}/approval-rules/{rule}",
+    tag = "actions",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("rule" = String, Path, description = "The approval rule id")
+    ),
+    responses(
+        (status = 204, description = "Removed: the tool asks for approval again"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn remove_rule(
     State(state): State<AppState>,
     caller: Caller,

@@ -46,7 +46,8 @@ pub(super) async fn stream_events(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HistoryQuery {
     /// The version to continue after (the `next_cursor` of the previous page).
@@ -55,6 +56,24 @@ pub(super) struct HistoryQuery {
 }
 
 /// The integration's history, oldest first, in pages.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations/{id}/history",
+    tag = "audit",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id"),
+        HistoryQuery
+    ),
+    responses(
+        (status = 200, description = "Events oldest first, each with actor, time and chain hash; `next_cursor`"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn history(
     State(state): State<AppState>,
     Target { caller, id }: Target,
@@ -76,7 +95,8 @@ pub(super) async fn history(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StateQuery {
     /// RFC 3339; every event that occurred at or before it counts. Absent: now.
@@ -86,6 +106,25 @@ pub(super) struct StateQuery {
 /// The integration's state as of a moment, folded from its history alone (never a snapshot):
 /// `installed` is the row Installed showed then (`null` when it had none: not yet connected,
 /// or deleted), `state` the whole state.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations/{id}/state",
+    tag = "audit",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id"),
+        StateQuery
+    ),
+    responses(
+        (status = 200, description = "`installed` (the row Installed showed then) and the whole `state`"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn state_as_of(
     State(state): State<AppState>,
     Target { caller, id }: Target,
@@ -121,6 +160,23 @@ pub(super) async fn state_as_of(
 /// Checks the integration's hash chain from its first event — versions without a gap, every
 /// stored hash equal to the one its content gives — and the service's newest signed
 /// checkpoint of it: the stream must still hold, at the signed version, the signed hash.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations/{id}/verify",
+    tag = "audit",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id")
+    ),
+    responses(
+        (status = 200, description = "`intact`, the first `broken` link if any, and the signed `checkpoint`'s check"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn verify(
     State(state): State<AppState>,
     Target { caller, id }: Target,
@@ -152,6 +208,21 @@ pub(super) async fn verify(
 /// caller can see in the workspace, one JSON object per line, streamed from the log in order.
 /// Synced records and secrets are never in it: records live outside the log, and events carry
 /// only references to secrets.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/audit/export",
+    tag = "audit",
+    params(
+        ("ws" = String, Path, description = "The workspace")
+    ),
+    responses(
+        (status = 200, description = "One event per line", content_type = "application/x-ndjson"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn export(
     State(state): State<AppState>,
     caller: Caller,

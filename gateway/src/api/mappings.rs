@@ -13,7 +13,8 @@ use super::{connect_problem, load_visible, Body, Target};
 use crate::problem::Problem;
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MappingsQuery {
     /// With it, the answer also lists the provider's fields of this object, read from the
@@ -22,6 +23,26 @@ pub(super) struct MappingsQuery {
 }
 
 /// The integration's mappings, and what each mappable object offers.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations/{id}/mappings",
+    tag = "mappings",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id"),
+        MappingsQuery
+    ),
+    responses(
+        (status = 200, description = "The mapping `version`, each mappable object with its fields, and the provider's fields when `object` is given"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "The provider could not be reached", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn get_mappings(
     State(state): State<AppState>,
     Target { caller, id }: Target,
@@ -67,16 +88,17 @@ pub(super) async fn get_mappings(
     Ok(Json(answer))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FieldBody {
     provider_field: String,
     harmony_field: String,
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "trim")]
     transform: Option<Transform>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MappingBody {
     /// The provider's object, e.g. `contacts`.
@@ -89,6 +111,28 @@ pub(super) struct MappingBody {
 }
 
 /// Replaces one object's mapping.
+#[utoipa::path(
+    put,
+    path = "/v1/workspaces/{ws}/integrations/{id}/mappings",
+    tag = "mappings",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id")
+    ),
+    request_body = MappingBody,
+    responses(
+        (status = 200, description = "The object's mapping replaced: the new `version`"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "The provider could not be reached", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn put_mapping(
     State(state): State<AppState>,
     Target { caller, id }: Target,

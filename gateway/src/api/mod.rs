@@ -9,13 +9,14 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use domain::aggregate::CommandContext;
 use domain::{Caller as DomainCaller, DomainError, Principal, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::problem::Problem;
 use crate::AppState;
@@ -75,81 +76,35 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/apps", get(apps))
-        .route("/v1/models", get(models))
-        .route("/v1/me", get(me))
-        .route("/v1/oauth/callback", get(oauth_callback))
-        .route(
-            "/v1/me/integrations",
-            get(personal_route).post(personal_route),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations",
-            get(installed).post(connect),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}",
-            get(integration).delete(delete_integration),
-        )
-        .route("/v1/workspaces/{ws}/integrations/{id}/test", post(test))
-        .route("/v1/workspaces/{ws}/integrations/{id}/reauth", post(reauth))
-        .route("/v1/workspaces/{ws}/integrations/{id}/sync", post(sync))
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}/schedule",
-            put(schedule),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}/disconnect",
-            post(disconnect),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}/sync-logs",
-            get(sync_logs),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}/mappings",
-            get(mappings::get_mappings).put(mappings::put_mapping),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}/actions",
-            get(actions::open_actions).post(actions::request_action),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}/actions/{action}",
-            get(actions::get_action),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}/actions/{action}/approve",
-            post(actions::approve),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}/actions/{action}/reject",
-            post(actions::reject),
-        )
-        .route(
-            "/v1/workspaces/{ws}/approval-rules",
-            get(actions::rules).post(actions::add_rule),
-        )
-        .route(
-            "/v1/workspaces/{ws}/approval-rules/{rule}",
-            axum::routing::delete(actions::remove_rule),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}/history",
-            get(audit::history),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}/state",
-            get(audit::state_as_of),
-        )
-        .route(
-            "/v1/workspaces/{ws}/integrations/{id}/verify",
-            get(audit::verify),
-        )
-        .route("/v1/workspaces/{ws}/audit/export", get(audit::export))
-        .route("/v1/workspaces/{ws}/events", get(events::events))
+/// Every `/v1` route, each registered with the OpenAPI description of its handler: a route
+/// cannot be served without being documented.
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(apps))
+        .routes(routes!(models))
+        .routes(routes!(me))
+        .routes(routes!(oauth_callback))
+        .routes(routes!(personal_route, personal_write))
+        .routes(routes!(installed, connect))
+        .routes(routes!(integration, delete_integration))
+        .routes(routes!(test))
+        .routes(routes!(reauth))
+        .routes(routes!(sync))
+        .routes(routes!(schedule))
+        .routes(routes!(disconnect))
+        .routes(routes!(sync_logs))
+        .routes(routes!(mappings::get_mappings, mappings::put_mapping))
+        .routes(routes!(actions::open_actions, actions::request_action))
+        .routes(routes!(actions::get_action))
+        .routes(routes!(actions::approve))
+        .routes(routes!(actions::reject))
+        .routes(routes!(actions::rules, actions::add_rule))
+        .routes(routes!(actions::remove_rule))
+        .routes(routes!(audit::history))
+        .routes(routes!(audit::state_as_of))
+        .routes(routes!(audit::verify))
+        .routes(routes!(audit::export))
+        .routes(routes!(events::events))
 }
 
 /// The integration a `/v1/workspaces/{ws}/integrations/{id}/…` route acts on, and its caller
@@ -246,6 +201,26 @@ async fn command(
 }
 
 /// Tests the connection with the provider now.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations/{id}/test",
+    tag = "integrations",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id")
+    ),
+    responses(
+        (status = 200, description = "The provider accepted the credentials"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "The provider could not be reached", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn test(
     State(state): State<AppState>,
     Target { caller, id }: Target,
@@ -263,7 +238,7 @@ async fn test(
     })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReauthBody {
     /// An API-key app's new secret fields.
@@ -273,6 +248,27 @@ struct ReauthBody {
 
 /// Reauthenticates, keeping the integration: an OAuth2 app answers a new authorization URL
 /// for the popup; an API-key app takes its new key, checked with the provider first.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations/{id}/reauth",
+    tag = "integrations",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id")
+    ),
+    request_body = ReauthBody,
+    responses(
+        (status = 200, description = "OAuth2: a new `authorization_url`; API key: the new key, accepted"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "The provider could not be reached", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn reauth(
     State(state): State<AppState>,
     Target { caller, id }: Target,
@@ -314,6 +310,24 @@ async fn reauth(
 }
 
 /// A full sync, now.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations/{id}/sync",
+    tag = "integrations",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id")
+    ),
+    responses(
+        (status = 202, description = "A full sync requested: its `sync_id`"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn sync(State(state): State<AppState>, target: Target) -> Result<Response, Problem> {
     let sync_id = domain::SyncId::new();
     command(
@@ -332,7 +346,7 @@ async fn sync(State(state): State<AppState>, target: Target) -> Result<Response,
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ScheduleBody {
     /// Minutes between incremental syncs; `null` for off.
@@ -340,6 +354,26 @@ struct ScheduleBody {
 }
 
 /// The incremental-sync frequency, or off.
+#[utoipa::path(
+    put,
+    path = "/v1/workspaces/{ws}/integrations/{id}/schedule",
+    tag = "integrations",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id")
+    ),
+    request_body = ScheduleBody,
+    responses(
+        (status = 200, description = "The incremental-sync frequency set"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn schedule(
     State(state): State<AppState>,
     target: Target,
@@ -358,6 +392,24 @@ async fn schedule(
 
 /// Disconnects: the token revoked at the provider where it allows, syncs stopped, data at
 /// the provider untouched.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations/{id}/disconnect",
+    tag = "integrations",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id")
+    ),
+    responses(
+        (status = 200, description = "Disconnected; `token_revoked` says whether the provider revoked the token"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn disconnect(
     State(state): State<AppState>,
     Target { caller, id }: Target,
@@ -375,6 +427,24 @@ async fn disconnect(
 
 /// Deletes: gone from Installed, its secrets shredded, its synced records purged; its history
 /// stays for auditors.
+#[utoipa::path(
+    delete,
+    path = "/v1/workspaces/{ws}/integrations/{id}",
+    tag = "integrations",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id")
+    ),
+    responses(
+        (status = 204, description = "Deleted: secrets shredded, records purged, history kept"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn delete_integration(
     State(state): State<AppState>,
     Target { caller, id }: Target,
@@ -413,7 +483,8 @@ async fn delete_integration(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SyncLogsQuery {
     status: Option<String>,
@@ -425,6 +496,24 @@ struct SyncLogsQuery {
 }
 
 /// An integration's sync logs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations/{id}/sync-logs",
+    tag = "integrations",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id"),
+        SyncLogsQuery
+    ),
+    responses(
+        (status = 200, description = "Sync runs, newest first: `runs` and `next_cursor`"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn sync_logs(
     State(state): State<AppState>,
     Target { caller, id }: Target,
@@ -614,7 +703,33 @@ fn connect_problem(error: adapters::connections::ConnectError) -> Problem {
     }
 }
 
+/// The same refusal for a connect sent to the personal route.
+#[utoipa::path(
+    post,
+    path = "/v1/me/integrations",
+    tag = "integrations",
+    responses(
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The Marketplace is only inside a workspace", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
+async fn personal_write(caller: Caller) -> Problem {
+    personal_route(caller).await
+}
+
 /// The Marketplace lives in workspaces: a personal route has none.
+#[utoipa::path(
+    get,
+    path = "/v1/me/integrations",
+    tag = "integrations",
+    responses(
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn personal_route(_caller: Caller) -> Problem {
     Problem::new(
         StatusCode::CONFLICT,
@@ -624,7 +739,8 @@ async fn personal_route(_caller: Caller) -> Problem {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct InstalledQuery {
     status: Option<String>,
@@ -635,6 +751,23 @@ struct InstalledQuery {
 }
 
 /// Marketplace > Installed: the workspace's integrations and the caller's personal ones.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations",
+    tag = "integrations",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        InstalledQuery
+    ),
+    responses(
+        (status = 200, description = "Marketplace > Installed: `integrations` and `next_cursor`"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed request", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn installed(
     State(state): State<AppState>,
     caller: Caller,
@@ -674,6 +807,23 @@ async fn installed(
 
 /// One integration, with the actions available now. Another user's personal integration is
 /// not found, not forbidden: its existence does not leak.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations/{id}",
+    tag = "integrations",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The integration id")
+    ),
+    responses(
+        (status = 200, description = "The integration as Installed shows it, with the actions available now"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn integration(
     State(state): State<AppState>,
     caller: Caller,
@@ -701,7 +851,7 @@ async fn integration(
     Ok(Json(json!(row)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ConnectBody {
     app: String,
@@ -711,6 +861,28 @@ struct ConnectBody {
 
 /// Connects an app: an API-key app at once (its key checked with the provider first), an
 /// OAuth2 app by answering the authorization URL to open in a popup.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations",
+    tag = "integrations",
+    params(
+        ("ws" = String, Path, description = "The workspace")
+    ),
+    request_body = ConnectBody,
+    responses(
+        (status = 201, description = "An API-key app, connected: `integration_id`, `account_label`"),
+        (status = 200, description = "An OAuth2 app: the `authorization_url` to open in a popup"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "The provider could not be reached", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn connect(
     State(state): State<AppState>,
     caller: Caller,
@@ -760,6 +932,17 @@ async fn connect(
 /// Marketplace > Apps: every app with its category, scope, authentication, setup fields, the
 /// access it asks for and its capabilities; `available` is false, with the reason, for an
 /// OAuth2 app whose client this service has not been given.
+#[utoipa::path(
+    get,
+    path = "/v1/apps",
+    tag = "catalog",
+    responses(
+        (status = 200, description = "Every app, with `available` and, when not, `unavailable_reason`"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn apps(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
     let apps: Vec<Value> = domain::catalog::apps()
         .iter()
@@ -777,11 +960,33 @@ async fn apps(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
 }
 
 /// Marketplace > Models.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "catalog",
+    responses(
+        (status = 200, description = "The Models tab"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn models(_caller: Caller) -> Json<Value> {
     Json(json!({ "models": domain::catalog::models() }))
 }
 
 /// Who the token speaks for.
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "catalog",
+    responses(
+        (status = 200, description = "The user, workspace and role of the token"),
+        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn me(Caller(principal): Caller) -> Json<Value> {
     Json(json!({
         "user": principal.user.to_string(),
@@ -790,7 +995,8 @@ async fn me(Caller(principal): Caller) -> Json<Value> {
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CallbackQuery {
     state: Option<String>,
     code: Option<String>,
@@ -802,6 +1008,18 @@ struct CallbackQuery {
 /// connect (or reauth) and answers a small page that tells the page that opened the popup
 /// (`window.opener.postMessage`) and closes itself; without an opener (popups blocked, or
 /// the provider's opener policy) the page says the outcome in words.
+#[utoipa::path(
+    get,
+    path = "/v1/oauth/callback",
+    tag = "oauth",
+    params(
+        CallbackQuery
+    ),
+    responses(
+        (status = 200, description = "Connected: a page that tells its opener and closes itself", content_type = "text/html"),
+        (status = 400, description = "Not connected: the page says why", content_type = "text/html")
+    ),
+)]
 async fn oauth_callback(
     State(state): State<AppState>,
     Query(query): Query<CallbackQuery>,
