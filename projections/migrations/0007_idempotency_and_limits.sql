@@ -7,7 +7,7 @@ CREATE TABLE idempotency_keys (
     scope        TEXT NOT NULL,
     idem_key     TEXT NOT NULL,
     fingerprint  TEXT NOT NULL,
-    status       INTEGER,
+    status       BIGINT,
     content_type TEXT,
     body         TEXT,
     created_at   BIGINT NOT NULL,
@@ -16,4 +16,4 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
 
 -- Tokens exempt from the per-token rate limit (load generators, trusted services).
-ALTER TABLE api_tokens ADD COLUMN unlimited INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE api_tokens ADD COLUMN unlimited BIGINT NOT NULL DEFAULT 0;

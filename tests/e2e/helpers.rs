@@ -8,6 +8,9 @@ use tokio::sync::oneshot;
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    /// The read models' PostgreSQL, when the service runs on it (else SQLite in the data
+    /// directory).
+    pub database_url: Option<String>,
     /// Kept so the data directory outlives the server; handed back by [`TestApp::stop`].
     data_dir: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -63,9 +66,12 @@ impl TestApp {
         role: &str,
         unlimited: bool,
     ) -> (String, String) {
-        let db = projections::ReadDb::open_sqlite(&self.data_dir().join("read.db"))
-            .await
-            .unwrap();
+        let db = match &self.database_url {
+            Some(url) => projections::ReadDb::connect_postgres(url).await.unwrap(),
+            None => projections::ReadDb::open_sqlite(&self.data_dir().join("read.db"))
+                .await
+                .unwrap(),
+        };
         let issued = gateway::tokens::create(
             &db,
             &workspace.parse().unwrap(),
@@ -144,6 +150,7 @@ async fn spawn_configured(
     // Tests poll as fast as they like; the rate limit's own test sets one.
     settings.rate_limit = None;
     configure(&mut settings);
+    let database_url = settings.database_url.clone();
     let app = Application::build(settings)
         .await
         .expect("the application builds");
@@ -155,6 +162,7 @@ async fn spawn_configured(
     TestApp {
         address,
         client: reqwest::Client::new(),
+        database_url,
         data_dir: Some(data_dir),
         stop: Some(stop),
         server: Some(server),

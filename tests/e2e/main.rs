@@ -10,3 +10,4 @@ mod helpers;
 mod installed;
 mod openapi;
 mod protocol;
+mod walk;
