@@ -61,6 +61,15 @@ impl Figure {
     }
 }
 
+/// The `p` quantile (0 to 1) of `sorted` latencies, in milliseconds to the microsecond.
+pub fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    (sorted[index].as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// A suite's figures, in the JSON shape DESIGN.md gives.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {

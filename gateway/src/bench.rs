@@ -47,6 +47,17 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         (Suite::Sync, Backend::Jetstream) => {
             anyhow::bail!("the sync suite runs on the embedded stack: leave out --backend")
         }
+        (Suite::Gateway, Backend::Sled) => {
+            let sizes = if args.quick {
+                crate::bench_gateway::Sizes::QUICK
+            } else {
+                crate::bench_gateway::Sizes::FULL
+            };
+            crate::bench_gateway::run(scratch.path(), sizes, &progress).await?
+        }
+        (Suite::Gateway, Backend::Jetstream) => {
+            anyhow::bail!("the gateway suite runs on the embedded default: leave out --backend")
+        }
         (Suite::Eventstore, Backend::Sled) => {
             let sizes = if args.quick {
                 Sizes::QUICK

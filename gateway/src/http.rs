@@ -300,6 +300,7 @@ mod tests {
                 ),
                 key: Arc::new(eventstore::checkpoints::CheckpointKey::generate()),
             },
+            installed_pages: Arc::default(),
         });
         let response = app
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

@@ -12,12 +12,14 @@
 mod api;
 pub mod audit;
 pub mod bench;
+pub mod bench_gateway;
 pub mod cli;
 mod http;
 mod idempotency;
 pub mod limits;
 pub mod log;
 mod metrics;
+mod pages;
 mod problem;
 pub mod read_models;
 pub mod tokens;
@@ -61,6 +63,9 @@ pub struct Settings {
     pub rate_limit: Option<limits::RateLimit>,
     /// How often the heads of the streams that changed are signed.
     pub checkpoint_every: std::time::Duration,
+    /// Run the sync worker, the action worker and the scheduler here. Off for a process that
+    /// only serves the API beside others that do the work (on JetStream + PostgreSQL).
+    pub run_workers: bool,
 }
 
 impl Settings {
@@ -77,6 +82,7 @@ impl Settings {
             sync: SyncSettings::default(),
             rate_limit: limits::RateLimit::new(50, 200),
             checkpoint_every: std::time::Duration::from_secs(60),
+            run_workers: true,
         }
     }
 }
@@ -141,6 +147,8 @@ pub struct AppState {
     pub(crate) metrics: metrics::Metrics,
     /// The signed checkpoints of the log, and the key that signs them.
     pub checkpoints: Checkpoints,
+    /// Installed pages answered at the read model's current checkpoint.
+    pub(crate) installed_pages: Arc<pages::PageCache>,
 }
 
 /// The workers of one process.
@@ -438,6 +446,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     checkpoint_every: std::time::Duration,
+    run_workers: bool,
 }
 
 impl std::fmt::Debug for Application {
@@ -513,8 +522,10 @@ impl Application {
                 limiter: settings.rate_limit.map(limits::Limiter::new),
                 metrics: metrics::Metrics::new(),
                 checkpoints,
+                installed_pages: Arc::default(),
             },
             checkpoint_every: settings.checkpoint_every,
+            run_workers: settings.run_workers,
         })
     }
 
@@ -551,7 +562,12 @@ impl Application {
                 ))
             })
             .collect();
-        let workers = self.state.workers.spawn();
+        let workers = if self.run_workers {
+            self.state.workers.spawn()
+        } else {
+            tracing::info!("the sync worker, the action worker and the scheduler run elsewhere");
+            Vec::new()
+        };
         let forgetting = self.state.limiter.clone().map(|limiter| {
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(std::time::Duration::from_secs(60));

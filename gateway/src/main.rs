@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
                 listen: args.listen,
                 database_url: args.storage.database_url,
                 checkpoint_every: std::time::Duration::from_secs(args.checkpoint_seconds.max(1)),
+                run_workers: !args.no_workers,
                 rate_limit: gateway::limits::RateLimit::new(
                     args.rate_limit_per_second,
                     args.rate_limit_burst,

@@ -229,6 +229,40 @@ fn bench_sync_syncs_from_a_fake_provider_process_and_finds_nothing_to_publish_th
 }
 
 #[test]
+fn bench_gateway_loads_a_server_in_its_own_process_beside_the_raw_engines() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (report, _) = bench_json(&["gateway", "--dir", scratch.path().to_str().unwrap()]);
+    assert_eq!(report["suite"], "gateway");
+    let figures = report["figures"].as_array().unwrap();
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "get_installed_rps",
+            "get_installed_p50_ms",
+            "get_installed_p99_ms",
+            "post_sync_rps",
+            "post_sync_p50_ms",
+            "post_sync_p99_ms"
+        ]
+    );
+    for figure in figures {
+        assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");
+    }
+    for rate in [&figures[0], &figures[3]] {
+        assert!(rate["raw"].as_f64().unwrap() > 0.0, "{rate}");
+    }
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).unwrap().count(),
+        0,
+        "the suite leaves nothing in its directory"
+    );
+}
+
+#[test]
 fn bench_projections_rebuilds_on_both_databases_and_leaves_no_schema_behind() {
     let database = tokio::runtime::Runtime::new()
         .unwrap()

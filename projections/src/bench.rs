@@ -422,13 +422,7 @@ async fn rebuild_beside_raw(
 }
 
 /// The `p`th percentile of `sorted`, in milliseconds.
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    (sorted[index].as_secs_f64() * 1e6).round() / 1e3
-}
+use eventstore::bench::percentile_ms as percentile;
 
 /// Times `sizes.queries` Installed pages and as many sync-logs pages on `db`: a random
 /// workspace or integration, a random filter, half of them a page reached through a cursor

@@ -144,3 +144,49 @@ async fn readiness_and_metrics_report_the_log_the_projections_and_the_requests()
     assert!(text.contains("harmony_log_events "));
     assert!(text.contains("harmony_records_synced "));
 }
+
+#[tokio::test]
+async fn a_sync_asked_for_while_one_is_queued_joins_it_and_names_it() {
+    let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-right", 1, 0)
+        .await
+        .unwrap();
+    let base = zendesk.server.base.clone();
+    // No sync worker here: the first request stays queued.
+    let app = spawn_app_with(|settings| {
+        settings.adapters.endpoints.zendesk_api_template = format!("{base}{{subdomain}}/");
+        settings.run_workers = false;
+    })
+    .await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let connected: Value = app
+        .call(
+            Method::POST,
+            "/v1/workspaces/acme/integrations",
+            &admin,
+            Some(json!({"app": "zendesk", "fields": {
+                "subdomain": "acme", "email": "agent@acme.com", "api_token": "zd-right"}})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!(
+        "/v1/workspaces/acme/integrations/{}/sync",
+        connected["integration_id"].as_str().unwrap()
+    );
+    let first: Value = app
+        .call(Method::POST, &path, &admin, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second: Value = app
+        .call(Method::POST, &path, &admin, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["coalesced"], false);
+    assert_eq!(second["coalesced"], true);
+    assert_eq!(second["sync_id"], first["sync_id"], "the queued run's id");
+}

@@ -330,18 +330,27 @@ async fn reauth(
 )]
 async fn sync(State(state): State<AppState>, target: Target) -> Result<Response, Problem> {
     let sync_id = domain::SyncId::new();
-    command(
-        &state,
-        &target,
-        domain::IntegrationCommand::RequestSync {
-            sync_id,
-            kind: domain::integration::SyncKind::Full,
-        },
-    )
-    .await?;
+    let executed = state
+        .workers
+        .repo
+        .execute::<domain::Integration>(
+            &domain::StreamName::integration(target.id),
+            &domain::IntegrationCommand::RequestSync {
+                sync_id,
+                kind: domain::integration::SyncKind::Full,
+            },
+            &target.caller.context(),
+        )
+        .await
+        .map_err(repository_problem)?;
+    // A request while one is already queued joins it: answer the queued run's id.
+    let (sync_id, coalesced) = match (&executed.append, &executed.state.pending_sync) {
+        (None, Some(pending)) => (pending.sync_id, true),
+        _ => (sync_id, false),
+    };
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "sync_id": sync_id.to_string() })),
+        Json(json!({ "sync_id": sync_id.to_string(), "coalesced": coalesced })),
     )
         .into_response())
 }
@@ -773,23 +782,9 @@ async fn installed(
     caller: Caller,
     Path(ws): Path<String>,
     Query(query): Query<InstalledQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     let principal = caller.in_workspace(&ws)?;
-    let filter = projections::installed::Filter {
-        status: query.status,
-        app: query.app,
-        scope: query.scope,
-    };
-    let page = projections::installed::page(
-        &state.read,
-        principal.workspace.as_str(),
-        principal.user.as_str(),
-        &filter,
-        query.cursor.as_deref(),
-        query.limit.unwrap_or(50),
-    )
-    .await
-    .map_err(|error| match error {
+    let read_failed = |error: projections::ReadDbError| match error {
         projections::ReadDbError::BadCursor(_) => Problem::new(
             StatusCode::BAD_REQUEST,
             "bad_cursor",
@@ -799,10 +794,50 @@ async fn installed(
             tracing::error!(error = %other, "cannot read Installed");
             Problem::internal()
         }
-    })?;
-    Ok(Json(
-        json!({ "integrations": page.rows, "next_cursor": page.next_cursor }),
-    ))
+    };
+    let limit = query.limit.unwrap_or(50);
+    // The same page, unchanged since the read model last moved, is answered as it was.
+    let key = format!(
+        "{}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0{limit}",
+        principal.workspace, principal.user, query.status, query.app, query.scope, query.cursor
+    );
+    let position = projections::runner::Projection::Installed
+        .checkpoint(&state.read)
+        .await
+        .map_err(read_failed)?;
+    let body = match state.installed_pages.get(&key, position) {
+        Some(body) => body,
+        None => {
+            let filter = projections::installed::Filter {
+                status: query.status,
+                app: query.app,
+                scope: query.scope,
+            };
+            let page = projections::installed::page(
+                &state.read,
+                principal.workspace.as_str(),
+                principal.user.as_str(),
+                &filter,
+                query.cursor.as_deref(),
+                limit,
+            )
+            .await
+            .map_err(read_failed)?;
+            let body = axum::body::Bytes::from(
+                serde_json::to_vec(
+                    &json!({ "integrations": page.rows, "next_cursor": page.next_cursor }),
+                )
+                .map_err(|_| Problem::internal())?,
+            );
+            state.installed_pages.put(key, position, body.clone());
+            body
+        }
+    };
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 /// One integration, with the actions available now. Another user's personal integration is
