@@ -190,3 +190,21 @@ async fn a_sync_asked_for_while_one_is_queued_joins_it_and_names_it() {
     assert_eq!(second["coalesced"], true);
     assert_eq!(second["sync_id"], first["sync_id"], "the queued run's id");
 }
+
+#[tokio::test]
+async fn a_graceful_stop_ends_open_event_streams_and_finishes() {
+    let app = spawn_app().await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let mut stream = crate::audit::open_sse(&app, "/v1/workspaces/acme/events", &admin, None).await;
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), app.stop()).await;
+    assert!(
+        matches!(stopped, Ok(Ok(_))),
+        "the server stops with a stream open: {stopped:?}"
+    );
+    // The stream ends rather than hanging.
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the open stream ended");
+}

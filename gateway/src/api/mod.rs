@@ -172,8 +172,25 @@ async fn load_visible(
 }
 
 fn repository_problem(error: eventstore::repository::RepositoryError) -> Problem {
+    use eventstore::repository::RepositoryError as E;
     match error {
-        eventstore::repository::RepositoryError::Domain(error) => domain_problem(&error),
+        E::Domain(error) => domain_problem(&error),
+        // Conflicting appends are retried inside; only sustained contention comes out here.
+        E::TooMuchContention { .. } => Problem::new(
+            StatusCode::CONFLICT,
+            "contention",
+            "the integration is changing too fast to apply this now: try again",
+        )
+        .retry_after(1),
+        E::Store(eventstore::StoreError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "the event log is unavailable");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log_unavailable",
+                "the event log cannot be reached right now: try again",
+            )
+            .retry_after(2)
+        }
         other => {
             tracing::error!(error = %other, "a command failed");
             Problem::internal()
@@ -705,6 +722,7 @@ fn connect_problem(error: adapters::connections::ConnectError) -> Problem {
         E::Callback(adapters::oauth::CallbackError::Provider(error)) => {
             connect_problem(E::Provider(error))
         }
+        E::Repository(error) => repository_problem(error),
         other => {
             tracing::error!(error = %other, "a connection failed");
             Problem::internal()
