@@ -168,6 +168,7 @@ pub struct FakeHubSpotArgs {
 pub enum VaultCommand {
     /// Re-wrap every integration's data key under a new master key, in one transaction, then
     /// put the new key in the master key file. Secrets themselves are not re-encrypted.
+    #[command(alias = "rotate-key")]
     RotateMasterKey(RotateArgs),
 }
 

@@ -719,7 +719,7 @@ fn serve_creates_a_private_master_key_and_vault_rotate_master_key_rewraps_under_
     });
 
     let output = harmony()
-        .args(["vault", "rotate-master-key", "--data-dir"])
+        .args(["vault", "rotate-key", "--data-dir"])
         .arg(dir.path().join("elsewhere"))
         .args(["--generate"])
         .env_remove("HARMONY_MASTER_KEY")
