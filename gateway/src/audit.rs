@@ -37,6 +37,23 @@ pub(crate) fn event_json(event: &RecordedEvent) -> Value {
     })
 }
 
+/// An integration's state as of a moment, as auditors read it: `installed` is the row
+/// Installed showed then (`null` when it had none), `state` the whole folded state.
+pub(crate) fn state_json(
+    id: IntegrationId,
+    as_of: Timestamp,
+    loaded: &eventstore::repository::Loaded<Integration>,
+) -> Value {
+    json!({
+        "integration_id": id.to_string(),
+        "as_of": as_of.to_string(),
+        "version": loaded.version,
+        "hash": loaded.hash.to_hex(),
+        "installed": projections::installed::row_of(&loaded.state),
+        "state": loaded.state,
+    })
+}
+
 async fn open(storage: &StorageArgs) -> anyhow::Result<Logs> {
     if storage.nats_url.is_none() && !storage.data_dir.join("log").is_dir() {
         anyhow::bail!(
@@ -79,14 +96,7 @@ pub async fn history(args: &HistoryArgs, out: &mut dyn Write) -> anyhow::Result<
             .load_as_of::<Integration>(&stream, as_of)
             .await
             .context("while folding the history")?;
-        let state = json!({
-            "integration_id": id.to_string(),
-            "as_of": as_of.to_string(),
-            "version": loaded.version,
-            "hash": loaded.hash.to_hex(),
-            "installed": projections::installed::row_of(&loaded.state),
-            "state": loaded.state,
-        });
+        let state = state_json(id, as_of, &loaded);
         if args.json {
             writeln!(out, "{state}")?;
         } else {

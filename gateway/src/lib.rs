@@ -588,9 +588,9 @@ impl Application {
             })
             .await
             .context("while serving HTTP");
-        purger.abort();
-        signer.abort();
         // What changed since the last signing is signed on the way out.
+        signer.abort();
+        let _ = signer.await;
         if let Err(error) = eventstore::checkpoints::sign_new(
             last_signing.store.as_ref(),
             last_signing.checkpoints.log.as_ref(),
@@ -600,15 +600,16 @@ impl Application {
         {
             tracing::warn!(%error, "could not sign the last checkpoints");
         }
-        if let Some(forgetting) = forgetting {
-            forgetting.abort();
-        }
-        for projection in projections {
-            projection.abort();
-        }
+        drop(last_signing);
         // A run stopped here resumes from its last cursor wherever the work is taken up next.
-        for worker in workers {
-            worker.abort();
+        let tasks = std::iter::once(purger)
+            .chain(forgetting)
+            .chain(projections)
+            .chain(workers);
+        for task in tasks {
+            task.abort();
+            // Awaited, so that whatever it held (the logs' file locks) is released on return.
+            let _ = task.await;
         }
         served
     }

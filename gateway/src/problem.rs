@@ -18,6 +18,132 @@ pub(crate) struct ProblemBody {
     detail: String,
 }
 
+/// The refusals any `/v1` route may answer, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum CallerRefusals {
+    #[response(
+        status = 401,
+        description = "No live API token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(ProblemBody),
+    #[response(
+        status = 429,
+        description = "Rate limited: see Retry-After",
+        content_type = "application/problem+json"
+    )]
+    RateLimited(ProblemBody),
+}
+
+/// The refusals of a route that reads in a workspace.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum ReadRefusals {
+    #[response(
+        status = 400,
+        description = "A malformed query (a cursor this list did not give out)",
+        content_type = "application/problem+json"
+    )]
+    BadRequest(ProblemBody),
+    #[response(
+        status = 401,
+        description = "No live API token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(ProblemBody),
+    #[response(
+        status = 403,
+        description = "The token acts in another workspace",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(ProblemBody),
+    #[response(
+        status = 404,
+        description = "Not found, or not visible to this caller",
+        content_type = "application/problem+json"
+    )]
+    NotFound(ProblemBody),
+    #[response(
+        status = 422,
+        description = "A query parameter is invalid: the problem names it",
+        content_type = "application/problem+json"
+    )]
+    Invalid(ProblemBody),
+    #[response(
+        status = 429,
+        description = "Rate limited: see Retry-After",
+        content_type = "application/problem+json"
+    )]
+    RateLimited(ProblemBody),
+}
+
+/// The refusals of a route that changes something.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum WriteRefusals {
+    #[response(
+        status = 400,
+        description = "Broken JSON, or an invalid Idempotency-Key",
+        content_type = "application/problem+json"
+    )]
+    BadRequest(ProblemBody),
+    #[response(
+        status = 401,
+        description = "No live API token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(ProblemBody),
+    #[response(
+        status = 403,
+        description = "The role or the integration permission is missing, or another workspace",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(ProblemBody),
+    #[response(
+        status = 404,
+        description = "Not found, or not visible to this caller",
+        content_type = "application/problem+json"
+    )]
+    NotFound(ProblemBody),
+    #[response(
+        status = 409,
+        description = "A rule of the current state refuses it (the rule in words)",
+        content_type = "application/problem+json"
+    )]
+    Conflict(ProblemBody),
+    #[response(
+        status = 413,
+        description = "The body is larger than 256 KiB",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(ProblemBody),
+    #[response(
+        status = 422,
+        description = "Invalid: an unknown field or wrong type (named), a rule, or the provider's refusal",
+        content_type = "application/problem+json"
+    )]
+    Invalid(ProblemBody),
+    #[response(
+        status = 429,
+        description = "Rate limited: see Retry-After",
+        content_type = "application/problem+json"
+    )]
+    RateLimited(ProblemBody),
+    #[response(
+        status = 502,
+        description = "The provider could not be reached",
+        content_type = "application/problem+json"
+    )]
+    ProviderUnavailable(ProblemBody),
+    #[response(
+        status = 503,
+        description = "The event log cannot be reached: see Retry-After",
+        content_type = "application/problem+json"
+    )]
+    LogUnavailable(ProblemBody),
+}
+
 /// One refusal or failure, as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Problem {

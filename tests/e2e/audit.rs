@@ -12,7 +12,7 @@ use adapters::fakes::todoist::FakeTodoist;
 use adapters::fakes::zendesk::FakeZendesk;
 use eventstore::waiting::eventually;
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{spawn_app_with, use_fake_zendesk, zendesk_account, TestApp};
 
 /// One server-sent event.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ async fn auditors_read_the_history_the_state_as_of_a_moment_and_the_verified_cha
     let zendesk_base = zendesk.server.base.clone();
     let todoist_base = todoist.server.base.clone();
     let app = spawn_app_with(|settings| {
-        settings.adapters.endpoints.zendesk_api_template = format!("{zendesk_base}{{subdomain}}/");
+        use_fake_zendesk(settings, &zendesk_base);
         settings.adapters.endpoints.todoist_api = todoist_base.join("api/v1/").unwrap();
         settings.checkpoint_every = Duration::from_millis(100);
     })
@@ -106,8 +106,7 @@ async fn auditors_read_the_history_the_state_as_of_a_moment_and_the_verified_cha
             Method::POST,
             "/v1/workspaces/acme/integrations",
             &admin,
-            Some(json!({"app": "zendesk", "fields": {
-                "subdomain": "acme", "email": "agent@acme.com", "api_token": "zd-secret-key"}})),
+            Some(zendesk_account("zd-secret-key")),
         )
         .await
         .json()

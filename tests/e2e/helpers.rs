@@ -239,3 +239,14 @@ pub async fn connect_hubspot(app: &TestApp, token: &str, ws: &str) -> String {
     .await;
     id
 }
+
+/// Points Zendesk at a fake Zendesk at `base` (its accounts under `base/<subdomain>/`).
+pub fn use_fake_zendesk(settings: &mut Settings, base: &url::Url) {
+    settings.adapters.endpoints.zendesk_api_template = format!("{base}{{subdomain}}/");
+}
+
+/// A connect body for the fake Zendesk's account `acme` with `api_token`.
+pub fn zendesk_account(api_token: &str) -> serde_json::Value {
+    serde_json::json!({"app": "zendesk", "fields": {
+        "subdomain": "acme", "email": "agent@acme.com", "api_token": api_token}})
+}

@@ -9,17 +9,14 @@ use adapters::fakes::todoist::FakeTodoist;
 use adapters::fakes::zendesk::FakeZendesk;
 use eventstore::waiting::eventually;
 
-use crate::helpers::{browser, spawn_app_with, use_fake_hubspot, TestApp};
+use crate::helpers::{
+    browser, spawn_app_with, use_fake_hubspot, use_fake_zendesk, zendesk_account, TestApp,
+};
 
 async fn connect(app: &TestApp, token: &str, ws: &str, body: Value) -> (u16, Value) {
     let path = format!("/v1/workspaces/{ws}/integrations");
     let response = app.call(Method::POST, &path, token, Some(body)).await;
     (response.status().as_u16(), response.json().await.unwrap())
-}
-
-fn zendesk(token: &str) -> Value {
-    json!({"app": "zendesk", "fields": {
-        "subdomain": "acme", "email": "agent@acme.com", "api_token": token}})
 }
 
 #[tokio::test]
@@ -31,7 +28,7 @@ async fn an_api_key_app_connects_once_its_key_is_checked_and_shows_in_installed(
     let zendesk_base = zendesk_fake.server.base.clone();
     let todoist_base = todoist_fake.server.base.clone();
     let app = spawn_app_with(|settings| {
-        settings.adapters.endpoints.zendesk_api_template = format!("{zendesk_base}{{subdomain}}/");
+        use_fake_zendesk(settings, &zendesk_base);
         settings.adapters.endpoints.todoist_api = todoist_base.join("api/v1/").unwrap();
     })
     .await;
@@ -39,14 +36,14 @@ async fn an_api_key_app_connects_once_its_key_is_checked_and_shows_in_installed(
     let (_, member) = app.token("acme", "bob", "member").await;
 
     // A member without the integration permission is refused, in the rule's words.
-    let (status, body) = connect(&app, &member, "acme", zendesk("zd-right")).await;
+    let (status, body) = connect(&app, &member, "acme", zendesk_account("zd-right")).await;
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
     assert!(body["detail"]
         .as_str()
         .unwrap()
         .contains("integration permission"));
     // A wrong key is refused with the provider's reason.
-    let (status, body) = connect(&app, &admin, "acme", zendesk("zd-wrong")).await;
+    let (status, body) = connect(&app, &admin, "acme", zendesk_account("zd-wrong")).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (422, Some("provider_refused"))
@@ -64,7 +61,7 @@ async fn an_api_key_app_connects_once_its_key_is_checked_and_shows_in_installed(
         "{body}"
     );
 
-    let (status, body) = connect(&app, &admin, "acme", zendesk("zd-right")).await;
+    let (status, body) = connect(&app, &admin, "acme", zendesk_account("zd-right")).await;
     assert_eq!(status, 201, "{body}");
     let id = body["integration_id"].as_str().unwrap().to_owned();
     assert!(body["account_label"]
@@ -141,7 +138,7 @@ async fn an_api_key_app_connects_once_its_key_is_checked_and_shows_in_installed(
             Method::POST,
             "/v1/me/integrations",
             &admin,
-            Some(zendesk("zd-right")),
+            Some(zendesk_account("zd-right")),
         )
         .await;
     assert_eq!(me.status(), 409);
@@ -150,7 +147,7 @@ async fn an_api_key_app_connects_once_its_key_is_checked_and_shows_in_installed(
         .as_str()
         .unwrap()
         .contains("switch to a workspace first"));
-    let (status, body) = connect(&app, &admin, "globex", zendesk("zd-right")).await;
+    let (status, body) = connect(&app, &admin, "globex", zendesk_account("zd-right")).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (403, Some("other_workspace"))
@@ -164,12 +161,12 @@ async fn an_integration_is_tested_synced_scheduled_disconnected_and_deleted_over
         .unwrap();
     let base = zendesk_fake.server.base.clone();
     let app = spawn_app_with(|settings| {
-        settings.adapters.endpoints.zendesk_api_template = format!("{base}{{subdomain}}/");
+        use_fake_zendesk(settings, &base);
     })
     .await;
     let (_, admin) = app.token("acme", "ada", "admin").await;
     let (_, member) = app.token("acme", "bob", "member").await;
-    let (status, body) = connect(&app, &admin, "acme", zendesk("zd-right")).await;
+    let (status, body) = connect(&app, &admin, "acme", zendesk_account("zd-right")).await;
     assert_eq!(status, 201, "{body}");
     let id = body["integration_id"].as_str().unwrap().to_owned();
     let url = |action: &str| format!("/v1/workspaces/acme/integrations/{id}{action}");

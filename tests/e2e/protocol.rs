@@ -2,11 +2,11 @@
 //! replays, the per-token rate limit, readiness and metrics.
 
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use adapters::fakes::zendesk::FakeZendesk;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{spawn_app, spawn_app_with, use_fake_zendesk, zendesk_account};
 
 #[tokio::test]
 async fn a_retried_write_with_the_same_idempotency_key_gets_the_first_answer() {
@@ -15,7 +15,7 @@ async fn a_retried_write_with_the_same_idempotency_key_gets_the_first_answer() {
         .unwrap();
     let base = zendesk.server.base.clone();
     let app = spawn_app_with(|settings| {
-        settings.adapters.endpoints.zendesk_api_template = format!("{base}{{subdomain}}/");
+        use_fake_zendesk(settings, &base);
     })
     .await;
     let (_, admin) = app.token("acme", "ada", "admin").await;
@@ -25,8 +25,7 @@ async fn a_retried_write_with_the_same_idempotency_key_gets_the_first_answer() {
             .post(format!("{}/v1/workspaces/acme/integrations", app.address))
             .bearer_auth(token)
             .header("Idempotency-Key", key)
-            .json(&json!({"app": "zendesk", "fields": {
-                "subdomain": "acme", "email": "agent@acme.com", "api_token": api_token}}))
+            .json(&zendesk_account(api_token))
             .send()
     };
     let first = connect(&admin, "connect-1", "zd-right").await.unwrap();
@@ -44,8 +43,7 @@ async fn a_retried_write_with_the_same_idempotency_key_gets_the_first_answer() {
             Method::POST,
             "/v1/workspaces/acme/integrations",
             &admin,
-            Some(json!({"app": "zendesk", "fields": {
-                "subdomain": "acme", "email": "agent@acme.com", "api_token": "zd-right"}})),
+            Some(zendesk_account("zd-right")),
         )
         .await;
     assert_eq!(plain.status(), 409);
@@ -153,7 +151,7 @@ async fn a_sync_asked_for_while_one_is_queued_joins_it_and_names_it() {
     let base = zendesk.server.base.clone();
     // No sync worker here: the first request stays queued.
     let app = spawn_app_with(|settings| {
-        settings.adapters.endpoints.zendesk_api_template = format!("{base}{{subdomain}}/");
+        use_fake_zendesk(settings, &base);
         settings.run_workers = false;
     })
     .await;
@@ -163,8 +161,7 @@ async fn a_sync_asked_for_while_one_is_queued_joins_it_and_names_it() {
             Method::POST,
             "/v1/workspaces/acme/integrations",
             &admin,
-            Some(json!({"app": "zendesk", "fields": {
-                "subdomain": "acme", "email": "agent@acme.com", "api_token": "zd-right"}})),
+            Some(zendesk_account("zd-right")),
         )
         .await
         .json()

@@ -38,19 +38,12 @@ fn empty_object() -> Value {
     path = "/v1/workspaces/{ws}/integrations/{id}/actions",
     tag = "actions",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id")
+        crate::api::IntegrationPath
     ),
     request_body = ActionBody,
     responses(
         (status = 202, description = "Requested: `action_id` and `status` (`awaiting_approval` or `approved`)"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -96,15 +89,11 @@ pub(super) async fn request_action(
     path = "/v1/workspaces/{ws}/integrations/{id}/actions",
     tag = "actions",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id")
+        crate::api::IntegrationPath
     ),
     responses(
         (status = 200, description = "The actions awaiting approval or approved and not yet performed"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
 )]
@@ -138,16 +127,11 @@ pub(super) async fn open_actions(
     path = "/v1/workspaces/{ws}/integrations/{id}/actions/{action}",
     tag = "actions",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id"),
-        ("action" = String, Path, description = "The action id")
+        crate::api::ActionPath
     ),
     responses(
         (status = 200, description = "The action's course: status, who approved, result or error"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
 )]
@@ -175,18 +159,12 @@ pub(super) struct DecisionBody {
     path = "/v1/workspaces/{ws}/integrations/{id}/actions/{action}/approve",
     tag = "actions",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id"),
-        ("action" = String, Path, description = "The action id")
+        crate::api::ActionPath
     ),
     request_body = DecisionBody,
     responses(
         (status = 200, description = "Approved: it is performed next"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -205,18 +183,12 @@ pub(super) async fn approve(
     path = "/v1/workspaces/{ws}/integrations/{id}/actions/{action}/reject",
     tag = "actions",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id"),
-        ("action" = String, Path, description = "The action id")
+        crate::api::ActionPath
     ),
     request_body = DecisionBody,
     responses(
         (status = 200, description = "Rejected: it is never performed"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -345,13 +317,11 @@ async fn action_status(
     path = "/v1/workspaces/{ws}/approval-rules",
     tag = "actions",
     params(
-        ("ws" = String, Path, description = "The workspace")
+        crate::api::WorkspacePath
     ),
     responses(
         (status = 200, description = "The auto-approval rules the caller can see"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
 )]
@@ -400,17 +370,13 @@ pub(super) struct RuleBody {
     path = "/v1/workspaces/{ws}/approval-rules",
     tag = "actions",
     params(
-        ("ws" = String, Path, description = "The workspace")
+        crate::api::WorkspacePath
     ),
     request_body = RuleBody,
     responses(
         (status = 201, description = "The rule added: `rule_id`"),
         (status = 200, description = "The same rule existed: its `rule_id`"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -470,15 +436,11 @@ pub(super) async fn add_rule(
     path = "/v1/workspaces/{ws}/approval-rules/{rule}",
     tag = "actions",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("rule" = String, Path, description = "The approval rule id")
+        crate::api::RulePath
     ),
     responses(
         (status = 204, description = "Removed: the tool asks for approval again"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
 )]

@@ -61,16 +61,12 @@ pub(super) struct HistoryQuery {
     path = "/v1/workspaces/{ws}/integrations/{id}/history",
     tag = "audit",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id"),
+        crate::api::IntegrationPath,
         HistoryQuery
     ),
     responses(
         (status = 200, description = "Events oldest first, each with actor, time and chain hash; `next_cursor`"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
 )]
@@ -111,17 +107,12 @@ pub(super) struct StateQuery {
     path = "/v1/workspaces/{ws}/integrations/{id}/state",
     tag = "audit",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id"),
+        crate::api::IntegrationPath,
         StateQuery
     ),
     responses(
         (status = 200, description = "`installed` (the row Installed showed then) and the whole `state`"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -147,14 +138,7 @@ pub(super) async fn state_as_of(
         .load_as_of::<Integration>(&StreamName::integration(id), as_of)
         .await
         .map_err(repository_problem)?;
-    Ok(Json(json!({
-        "integration_id": id.to_string(),
-        "as_of": as_of.to_string(),
-        "version": loaded.version,
-        "hash": loaded.hash.to_hex(),
-        "installed": projections::installed::row_of(&loaded.state),
-        "state": loaded.state,
-    })))
+    Ok(Json(crate::audit::state_json(id, as_of, &loaded)))
 }
 
 /// Checks the integration's hash chain from its first event — versions without a gap, every
@@ -165,15 +149,11 @@ pub(super) async fn state_as_of(
     path = "/v1/workspaces/{ws}/integrations/{id}/verify",
     tag = "audit",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id")
+        crate::api::IntegrationPath
     ),
     responses(
         (status = 200, description = "`intact`, the first `broken` link if any, and the signed `checkpoint`'s check"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
 )]
@@ -213,13 +193,11 @@ pub(super) async fn verify(
     path = "/v1/workspaces/{ws}/audit/export",
     tag = "audit",
     params(
-        ("ws" = String, Path, description = "The workspace")
+        crate::api::WorkspacePath
     ),
     responses(
         (status = 200, description = "One event per line", content_type = "application/x-ndjson"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
 )]

@@ -43,16 +43,13 @@ fn invalid(detail: impl Into<String>) -> Problem {
     path = "/v1/workspaces/{ws}/events",
     tag = "events",
     params(
-        ("ws" = String, Path, description = "The workspace"),
+        crate::api::WorkspacePath,
         EventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")
     ),
     responses(
         (status = 200, description = "Server-sent events: `id` is the log position, `event` the type, `data` the event", content_type = "text/event-stream"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]

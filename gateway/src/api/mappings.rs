@@ -28,18 +28,12 @@ pub(super) struct MappingsQuery {
     path = "/v1/workspaces/{ws}/integrations/{id}/mappings",
     tag = "mappings",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id"),
+        crate::api::IntegrationPath,
         MappingsQuery
     ),
     responses(
         (status = 200, description = "The mapping `version`, each mappable object with its fields, and the provider's fields when `object` is given"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 502, description = "The provider could not be reached", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -116,20 +110,12 @@ pub(super) struct MappingBody {
     path = "/v1/workspaces/{ws}/integrations/{id}/mappings",
     tag = "mappings",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id")
+        crate::api::IntegrationPath
     ),
     request_body = MappingBody,
     responses(
         (status = 200, description = "The object's mapping replaced: the new `version`"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 502, description = "The provider could not be reached", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]

@@ -107,6 +107,50 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(events::events))
 }
 
+/// The path of a workspace's route, for the OpenAPI document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct WorkspacePath {
+    /// The workspace.
+    ws: String,
+}
+
+/// The path of an integration's route.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct IntegrationPath {
+    /// The workspace.
+    ws: String,
+    /// The integration id.
+    id: String,
+}
+
+/// The path of a Companion action's route.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct ActionPath {
+    /// The workspace.
+    ws: String,
+    /// The integration id.
+    id: String,
+    /// The action id.
+    action: String,
+}
+
+/// The path of an approval rule's route.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct RulePath {
+    /// The workspace.
+    ws: String,
+    /// The approval rule id.
+    rule: String,
+}
+
 /// The integration a `/v1/workspaces/{ws}/integrations/{id}/…` route acts on, and its caller
 /// acting in that workspace.
 pub(crate) struct Target {
@@ -223,18 +267,11 @@ async fn command(
     path = "/v1/workspaces/{ws}/integrations/{id}/test",
     tag = "integrations",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id")
+        crate::api::IntegrationPath
     ),
     responses(
         (status = 200, description = "The provider accepted the credentials"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 502, description = "The provider could not be reached", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -270,19 +307,12 @@ struct ReauthBody {
     path = "/v1/workspaces/{ws}/integrations/{id}/reauth",
     tag = "integrations",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id")
+        crate::api::IntegrationPath
     ),
     request_body = ReauthBody,
     responses(
         (status = 200, description = "OAuth2: a new `authorization_url`; API key: the new key, accepted"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 502, description = "The provider could not be reached", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -332,16 +362,11 @@ async fn reauth(
     path = "/v1/workspaces/{ws}/integrations/{id}/sync",
     tag = "integrations",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id")
+        crate::api::IntegrationPath
     ),
     responses(
         (status = 202, description = "A full sync requested: its `sync_id`"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -385,18 +410,12 @@ struct ScheduleBody {
     path = "/v1/workspaces/{ws}/integrations/{id}/schedule",
     tag = "integrations",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id")
+        crate::api::IntegrationPath
     ),
     request_body = ScheduleBody,
     responses(
         (status = 200, description = "The incremental-sync frequency set"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -423,16 +442,11 @@ async fn schedule(
     path = "/v1/workspaces/{ws}/integrations/{id}/disconnect",
     tag = "integrations",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id")
+        crate::api::IntegrationPath
     ),
     responses(
         (status = 200, description = "Disconnected; `token_revoked` says whether the provider revoked the token"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -458,16 +472,11 @@ async fn disconnect(
     path = "/v1/workspaces/{ws}/integrations/{id}",
     tag = "integrations",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id")
+        crate::api::IntegrationPath
     ),
     responses(
         (status = 204, description = "Deleted: secrets shredded, records purged, history kept"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -527,16 +536,12 @@ struct SyncLogsQuery {
     path = "/v1/workspaces/{ws}/integrations/{id}/sync-logs",
     tag = "integrations",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id"),
+        crate::api::IntegrationPath,
         SyncLogsQuery
     ),
     responses(
         (status = 200, description = "Sync runs, newest first: `runs` and `next_cursor`"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
 )]
@@ -783,15 +788,12 @@ struct InstalledQuery {
     path = "/v1/workspaces/{ws}/integrations",
     tag = "integrations",
     params(
-        ("ws" = String, Path, description = "The workspace"),
+        crate::api::WorkspacePath,
         InstalledQuery
     ),
     responses(
         (status = 200, description = "Marketplace > Installed: `integrations` and `next_cursor`"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 400, description = "Malformed request", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
 )]
@@ -865,15 +867,11 @@ async fn installed(
     path = "/v1/workspaces/{ws}/integrations/{id}",
     tag = "integrations",
     params(
-        ("ws" = String, Path, description = "The workspace"),
-        ("id" = String, Path, description = "The integration id")
+        crate::api::IntegrationPath
     ),
     responses(
         (status = 200, description = "The integration as Installed shows it, with the actions available now"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
 )]
@@ -919,20 +917,13 @@ struct ConnectBody {
     path = "/v1/workspaces/{ws}/integrations",
     tag = "integrations",
     params(
-        ("ws" = String, Path, description = "The workspace")
+        crate::api::WorkspacePath
     ),
     request_body = ConnectBody,
     responses(
         (status = 201, description = "An API-key app, connected: `integration_id`, `account_label`"),
         (status = 200, description = "An OAuth2 app: the `authorization_url` to open in a popup"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed: another workspace, or the role or permission is missing", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Not found (or not visible to this caller)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A rule of the current state refuses it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The request is invalid: the problem names the field or the rule", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 502, description = "The provider could not be reached", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
 )]
@@ -991,8 +982,7 @@ async fn connect(
     tag = "catalog",
     responses(
         (status = 200, description = "Every app, with `available` and, when not, `unavailable_reason`"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::CallerRefusals
     ),
     security(("bearer" = []))
 )]
@@ -1019,8 +1009,7 @@ async fn apps(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
     tag = "catalog",
     responses(
         (status = 200, description = "The Models tab"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::CallerRefusals
     ),
     security(("bearer" = []))
 )]
@@ -1035,8 +1024,7 @@ async fn models(_caller: Caller) -> Json<Value> {
     tag = "catalog",
     responses(
         (status = 200, description = "The user, workspace and role of the token"),
-        (status = 401, description = "No live API token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited: see Retry-After", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+        crate::problem::CallerRefusals
     ),
     security(("bearer" = []))
 )]
