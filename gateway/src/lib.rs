@@ -14,6 +14,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_gateway;
 pub mod cli;
+mod console;
 mod http;
 mod idempotency;
 pub mod limits;

@@ -5,6 +5,7 @@
 mod api;
 mod audit;
 mod companion;
+mod console;
 mod health;
 mod helpers;
 mod installed;

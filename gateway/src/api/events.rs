@@ -24,7 +24,7 @@ use crate::AppState;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub(super) struct EventsQuery {
+pub(crate) struct EventsQuery {
     /// Comma-separated event types, e.g. `SyncCompleted,CredentialsExpired`.
     types: Option<String>,
     /// Only this integration's events.
@@ -53,7 +53,7 @@ fn invalid(detail: impl Into<String>) -> Problem {
     ),
     security(("bearer" = []))
 )]
-pub(super) async fn events(
+pub(crate) async fn events(
     State(state): State<AppState>,
     caller: Caller,
     Path(ws): Path<String>,

@@ -24,6 +24,7 @@ use crate::AppState;
 mod actions;
 mod audit;
 mod events;
+pub(crate) use events::{events, EventsQuery};
 mod mappings;
 
 /// The caller of a `/v1` route: the principal its bearer token speaks for.
@@ -170,7 +171,18 @@ impl FromRequestParts<AppState> for Target {
     }
 }
 
+impl ReauthBody {
+    pub(crate) fn with_fields(fields: BTreeMap<String, String>) -> Self {
+        Self { fields }
+    }
+}
+
 impl Target {
+    /// The integration `id` in the caller's own workspace.
+    pub(crate) fn of(caller: Caller, id: domain::IntegrationId) -> Self {
+        Self { caller, id }
+    }
+
     /// The integration `id` of workspace `ws`, as the caller acts on it.
     fn resolve(caller: Caller, ws: &str, id: &str) -> Result<Self, Problem> {
         caller.in_workspace(ws)?;
@@ -275,7 +287,7 @@ async fn command(
     ),
     security(("bearer" = []))
 )]
-async fn test(
+pub(crate) async fn test(
     State(state): State<AppState>,
     Target { caller, id }: Target,
 ) -> Result<Json<Value>, Problem> {
@@ -294,7 +306,7 @@ async fn test(
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReauthBody {
+pub(crate) struct ReauthBody {
     /// An API-key app's new secret fields.
     #[serde(default)]
     fields: BTreeMap<String, String>,
@@ -316,7 +328,7 @@ struct ReauthBody {
     ),
     security(("bearer" = []))
 )]
-async fn reauth(
+pub(crate) async fn reauth(
     State(state): State<AppState>,
     Target { caller, id }: Target,
     OptionalBody(body): OptionalBody<ReauthBody>,
@@ -370,7 +382,10 @@ async fn reauth(
     ),
     security(("bearer" = []))
 )]
-async fn sync(State(state): State<AppState>, target: Target) -> Result<Response, Problem> {
+pub(crate) async fn sync(
+    State(state): State<AppState>,
+    target: Target,
+) -> Result<Response, Problem> {
     let sync_id = domain::SyncId::new();
     let executed = state
         .workers
@@ -450,7 +465,7 @@ async fn schedule(
     ),
     security(("bearer" = []))
 )]
-async fn disconnect(
+pub(crate) async fn disconnect(
     State(state): State<AppState>,
     Target { caller, id }: Target,
 ) -> Result<Json<Value>, Problem> {
@@ -480,7 +495,7 @@ async fn disconnect(
     ),
     security(("bearer" = []))
 )]
-async fn delete_integration(
+pub(crate) async fn delete_integration(
     State(state): State<AppState>,
     Target { caller, id }: Target,
 ) -> Result<StatusCode, Problem> {
@@ -690,7 +705,7 @@ fn domain_problem(error: &DomainError) -> Problem {
     Problem::new(status, code, error.to_string())
 }
 
-fn connect_problem(error: adapters::connections::ConnectError) -> Problem {
+pub(crate) fn connect_problem(error: adapters::connections::ConnectError) -> Problem {
     use adapters::connections::ConnectError as E;
     match error {
         E::UnknownApp(app) => Problem::new(

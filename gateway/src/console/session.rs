@@ -1,0 +1,144 @@
+//! Console sessions: sign-in with an API token into an HttpOnly, SameSite=Lax cookie holding a
+//! random session id (only its hash is stored). Each request looks the session up joined with
+//! its token, so a revoked token ends its sessions at once. Each session has a CSRF token that
+//! every form sends back.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine;
+use domain::{Principal, Timestamp};
+use projections::db::{execute, fetch_all, Bind};
+use projections::{ReadDb, ReadDbError};
+
+use crate::AppState;
+
+pub(crate) const COOKIE: &str = "harmony_session";
+/// How long a session lasts.
+const LIFETIME_MICROS: i64 = 12 * 3600 * 1_000_000;
+
+fn random() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+/// A signed-in browser: who it acts as, and the CSRF token its forms carry.
+#[derive(Clone, Debug)]
+pub(crate) struct Session {
+    pub(crate) principal: Principal,
+    pub(crate) csrf: String,
+}
+
+impl Session {
+    /// Whether `sent` is this session's CSRF token.
+    pub(crate) fn csrf_ok(&self, sent: Option<&String>) -> bool {
+        sent.is_some_and(|sent| {
+            sent.len() == self.csrf.len()
+                && sent
+                    .bytes()
+                    .zip(self.csrf.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+    }
+}
+
+/// Starts a session for the API token `token`: the cookie to set, or `None` when the token
+/// is not a live one.
+pub(crate) async fn sign_in(db: &ReadDb, token: &str) -> Result<Option<HeaderValue>, ReadDbError> {
+    if crate::tokens::authenticate(db, token).await?.is_none() {
+        return Ok(None);
+    }
+    let id = random();
+    let now = Timestamp::now().unix_micros();
+    execute(
+        db,
+        "DELETE FROM console_sessions WHERE expires_at < $1",
+        &[Bind::Int(now)],
+    )
+    .await?;
+    execute(
+        db,
+        "INSERT INTO console_sessions (id_hash, token_hash, csrf, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            Bind::Text(crate::tokens::hash(&id)),
+            Bind::Text(crate::tokens::hash(token)),
+            Bind::Text(random()),
+            Bind::Int(now),
+            Bind::Int(now + LIFETIME_MICROS),
+        ],
+    )
+    .await?;
+    Ok(HeaderValue::from_str(&format!(
+        "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Lax; Max-Age={}",
+        LIFETIME_MICROS / 1_000_000
+    ))
+    .ok())
+}
+
+/// Ends the session whose cookie is `id`; answers the cookie that clears it in the browser.
+pub(crate) async fn sign_out(db: &ReadDb, id: Option<&str>) -> Result<HeaderValue, ReadDbError> {
+    if let Some(id) = id {
+        execute(
+            db,
+            "DELETE FROM console_sessions WHERE id_hash = $1",
+            &[Bind::Text(crate::tokens::hash(id))],
+        )
+        .await?;
+    }
+    Ok(HeaderValue::from_static(
+        "harmony_session=; Path=/console; HttpOnly; SameSite=Lax; Max-Age=0",
+    ))
+}
+
+/// The session cookie's value in `parts`, if any.
+pub(crate) fn cookie(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let to_sign_in = || Redirect::to("/console/sign-in").into_response();
+        let Some(id) = cookie(parts) else {
+            return Err(to_sign_in());
+        };
+        let rows: Vec<(String, String, String, String)> = fetch_all(
+            &state.read,
+            "SELECT t.workspace, t.user_id, t.role, s.csrf FROM console_sessions s \
+             JOIN api_tokens t ON t.token_hash = s.token_hash \
+             WHERE s.id_hash = $1 AND s.expires_at > $2 AND t.revoked_at IS NULL",
+            &[
+                Bind::Text(crate::tokens::hash(&id)),
+                Bind::Int(Timestamp::now().unix_micros()),
+            ],
+        )
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "cannot read console sessions");
+            crate::problem::Problem::internal().into_response()
+        })?;
+        let Some((workspace, user, role, csrf)) = rows.into_iter().next() else {
+            return Err(to_sign_in());
+        };
+        let principal = (|| {
+            Some(Principal {
+                workspace: workspace.parse().ok()?,
+                user: user.parse().ok()?,
+                role: role.parse().ok()?,
+            })
+        })()
+        .ok_or_else(to_sign_in)?;
+        Ok(Session { principal, csrf })
+    }
+}

@@ -1,0 +1,451 @@
+//! The admin console in a real browser: Debian's Chromium, headless, driven over WebDriver
+//! (chromedriver), against the service and the fake providers. Each test saves screenshots
+//! under `target/console-screenshots/`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use adapters::fakes::hubspot::FakeHubSpot;
+use adapters::fakes::zendesk::FakeZendesk;
+use eventstore::waiting::eventually;
+
+use crate::helpers::{spawn_app_with, use_fake_hubspot, use_fake_zendesk, TestApp};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A chromedriver of its own and a headless Chromium session; both go when dropped.
+struct Browser {
+    client: Option<Client>,
+    driver: Child,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Ends the session first (Chromium exits with it), then the driver.
+        if let Some(client) = self.client.take() {
+            let _ = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(client.close())
+            });
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn browser() -> Browser {
+    let chromedriver =
+        std::env::var("HARMONY_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+    let chromium = std::env::var("HARMONY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let port = free_port();
+    let driver = Command::new(&chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{chromedriver} does not start ({e}): run ./scripts/test.sh, which installs it")
+        });
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({"binary": chromium, "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--window-size=1100,900"]}),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let client = eventually(WAIT, "chromedriver answers", || {
+        let capabilities = capabilities.clone();
+        let url = url.clone();
+        async move {
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(capabilities)
+                .connect(&url)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    Browser {
+        client: Some(client),
+        driver,
+    }
+}
+
+impl Browser {
+    fn c(&self) -> &Client {
+        self.client.as_ref().expect("the session is open")
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = self.c().screenshot().await.unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.c()
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn click(&self, css: &str) {
+        self.c()
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        self.c()
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+
+    async fn sign_in(&self, app: &TestApp, token: &str) {
+        self.c()
+            .goto(&format!("{}/console", app.address))
+            .await
+            .unwrap();
+        self.fill("#token", token).await;
+        self.click("form button[type=submit]").await;
+        eventually(WAIT, "signed in", || async {
+            self.c()
+                .current_url()
+                .await
+                .ok()
+                .filter(|u| u.path() == "/console/installed")
+        })
+        .await;
+    }
+
+    async fn path_becomes(&self, prefix: &str) -> String {
+        eventually(WAIT, &format!("the page becomes {prefix}…"), || async {
+            let url = self.c().current_url().await.ok()?;
+            url.path()
+                .starts_with(prefix)
+                .then(|| url.path().to_owned())
+        })
+        .await
+    }
+
+    async fn text_becomes(&self, css: &str, wanted: &str) {
+        eventually(WAIT, &format!("{css} says {wanted}"), || async {
+            let element = self.c().find(Locator::Css(css)).await.ok()?;
+            let text = element.text().await.ok()?;
+            text.contains(wanted).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_signs_in_and_connects_an_api_key_app() {
+    let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-right", 3, 1)
+        .await
+        .unwrap();
+    let base = zendesk.server.base.clone();
+    let app = spawn_app_with(|settings| use_fake_zendesk(settings, &base)).await;
+    let (_, ada) = app.token("acme", "ada", "admin").await;
+    let browser = browser().await;
+    // A wrong token is refused in words.
+    browser
+        .c()
+        .goto(&format!("{}/console/sign-in", app.address))
+        .await
+        .unwrap();
+    browser.fill("#token", "hst_nonsense").await;
+    browser.click("form button[type=submit]").await;
+    assert!(browser
+        .text(".error")
+        .await
+        .contains("unknown or was revoked"));
+    browser.sign_in(&app, &ada).await;
+    browser.screenshot("installed-empty").await;
+
+    browser.click("nav a[href='/console/apps']").await;
+    browser.click("a[href='/console/apps/zendesk']").await;
+    assert!(browser.text("main").await.contains("Workspace integration"));
+    browser.fill("#subdomain", "acme").await;
+    browser.fill("#email", "agent@acme.com").await;
+    browser.fill("#api_token", "zd-wrong").await;
+    browser.click("main form button[type=submit]").await;
+    assert!(
+        browser
+            .text(".error")
+            .await
+            .contains("Couldn't authenticate you"),
+        "the provider's reason"
+    );
+    browser.fill("#subdomain", "acme").await;
+    browser.fill("#email", "agent@acme.com").await;
+    browser.fill("#api_token", "zd-right").await;
+    browser.click("main form button[type=submit]").await;
+    browser.path_becomes("/console/integrations/").await;
+    assert_eq!(browser.text(".notice").await, "Connected");
+    browser.text_becomes("#status", "connected").await;
+    browser.screenshot("zendesk-connected").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_popup_live_sync_logs_mappings_and_disconnect() {
+    let hubspot = FakeHubSpot::start(6, 2).await.unwrap();
+    hubspot.add_custom_property("shoe_size");
+    let base = hubspot.server.base.clone();
+    let app = spawn_app_with(|settings| use_fake_hubspot(settings, &base)).await;
+    let (_, ada) = app.token("acme", "ada", "admin").await;
+    let browser = browser().await;
+    browser.sign_in(&app, &ada).await;
+
+    // A blocked popup is explained, with the seed's advice.
+    browser
+        .c()
+        .goto(&format!("{}/console/apps/hubspot", app.address))
+        .await
+        .unwrap();
+    browser
+        .c()
+        .execute("window.open = function () { return null; };", vec![])
+        .await
+        .unwrap();
+    browser.click("main form button[type=submit]").await;
+    browser
+        .text_becomes("#oauth-notice", "allow popups for Harmony")
+        .await;
+
+    // The popup: it opens, the fake HubSpot consents at once, the callback page tells this
+    // page, which goes to the new integration.
+    browser.c().refresh().await.unwrap();
+    browser.click("main form button[type=submit]").await;
+    let detail = browser.path_becomes("/console/integrations/").await;
+    browser.text_becomes("#status", "connected").await;
+    browser.screenshot("hubspot-connected").await;
+    let before_sync = domain::Timestamp::now();
+
+    // A full sync, its status followed live: the page is not reloaded (its marker stays).
+    hubspot.faults.slow(Duration::from_millis(400));
+    browser.click("form[action$='/sync'] button").await;
+    browser.path_becomes(&detail).await;
+    browser
+        .c()
+        .execute("window.stillHere = true;", vec![])
+        .await
+        .unwrap();
+    browser.text_becomes("#status", "syncing").await;
+    browser.screenshot("hubspot-syncing").await;
+    hubspot.faults.slow(Duration::ZERO);
+    browser.text_becomes("#last-sync", "completed").await;
+    browser.text_becomes("#status", "connected").await;
+    let still = browser
+        .c()
+        .execute("return window.stillHere === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(still, json!(true), "the status changed without a reload");
+
+    // The sync logs: the run, and its chart.
+    browser.click("a[href$='/sync-logs']").await;
+    assert!(browser.text("table").await.contains("completed"));
+    browser
+        .c()
+        .find(Locator::Css("svg.chart rect"))
+        .await
+        .unwrap();
+    browser.screenshot("hubspot-sync-logs").await;
+
+    // A mapping, with the custom field the provider has.
+    browser
+        .c()
+        .goto(&format!("{}{detail}/mappings", app.address))
+        .await
+        .unwrap();
+    browser
+        .c()
+        .find(Locator::Css(
+            "#map-contacts-title option[value='shoe_size']",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .click("form[action$='/mappings'] button[type=submit]")
+        .await;
+    browser.text_becomes(".notice", "version 1").await;
+    let selected = browser
+        .c()
+        .execute(
+            "return document.getElementById('map-contacts-title').value;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(selected, json!("shoe_size"));
+    browser.screenshot("hubspot-mappings").await;
+
+    // The history: verified, and the state as of a moment.
+    browser
+        .c()
+        .goto(&format!("{}{detail}/history", app.address))
+        .await
+        .unwrap();
+    assert!(browser.text("#verification").await.contains("intact"));
+    assert!(browser
+        .text("ol.timeline")
+        .await
+        .contains("SyncCompleted by system"));
+    // As of a moment before the sync: connected, never synced.
+    // (A datetime-local value: UTC, to the millisecond, without the zone.)
+    let picked = before_sync.to_string()[..23].to_owned();
+    browser
+        .c()
+        .execute(
+            "document.getElementById('as_of').value = arguments[0]; \
+             document.getElementById('as_of').form.submit();",
+            vec![json!(picked)],
+        )
+        .await
+        .unwrap();
+    browser.text_becomes("#last-sync", "never").await;
+    assert!(browser
+        .text("main")
+        .await
+        .contains(&format!("At {}", &picked[..19])));
+    browser.screenshot("hubspot-history").await;
+
+    // Installed lists it.
+    browser.click("nav a[href='/console/installed']").await;
+    assert!(browser.text("table").await.contains("HubSpot"));
+    browser.screenshot("installed").await;
+
+    // Disconnect, behind a confirmation that says what it does and does not remove.
+    browser
+        .c()
+        .goto(&format!("{}{detail}", app.address))
+        .await
+        .unwrap();
+    browser.click("a[href$='/disconnect']").await;
+    let words = browser.text("main").await;
+    assert!(words.contains("stops future syncs") && words.contains("does not delete any data"));
+    browser.click("main form button.danger").await;
+    browser.text_becomes("#status", "disconnected").await;
+    browser.screenshot("hubspot-disconnected").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_the_permission_sees_no_write_buttons_and_is_refused() {
+    let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-right", 1, 0)
+        .await
+        .unwrap();
+    let base = zendesk.server.base.clone();
+    let app = spawn_app_with(|settings| use_fake_zendesk(settings, &base)).await;
+    let (_, ada) = app.token("acme", "ada", "admin").await;
+    let (_, bob) = app.token("acme", "bob", "member").await;
+    let connected: serde_json::Value = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/workspaces/acme/integrations",
+            &ada,
+            Some(crate::helpers::zendesk_account("zd-right")),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = connected["integration_id"].as_str().unwrap().to_owned();
+    let browser = browser().await;
+    browser.sign_in(&app, &bob).await;
+    browser
+        .c()
+        .goto(&format!("{}/console/integrations/{id}", app.address))
+        .await
+        .unwrap();
+    browser.text_becomes("#status", "connected").await;
+    let page = browser.c().source().await.unwrap();
+    assert!(
+        !page.contains("/sync\"") && !page.contains("/disconnect\""),
+        "no write buttons"
+    );
+    assert!(browser
+        .text("main")
+        .await
+        .contains("You can look but not change it"));
+    // At a narrow width the page still reads.
+    browser.c().set_window_size(380, 800).await.unwrap();
+    browser.screenshot("member-narrow").await;
+
+    // Trying anyway: with the session's CSRF token, the domain's rule refuses it; without
+    // it, the form is refused as forged.
+    let csrf = browser
+        .c()
+        .execute(
+            "return document.querySelector('input[name=csrf]').value;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser
+        .c()
+        .execute(
+            "const f = document.createElement('form'); f.method = 'post'; \
+             f.action = arguments[0]; const i = document.createElement('input'); \
+             i.name = 'csrf'; i.value = arguments[1]; f.appendChild(i); \
+             document.body.appendChild(f); f.submit();",
+            vec![json!(format!("/console/integrations/{id}/sync")), csrf],
+        )
+        .await
+        .unwrap();
+    browser
+        .text_becomes(".error", "integration permission")
+        .await;
+    let cookie = browser
+        .c()
+        .get_named_cookie("harmony_session")
+        .await
+        .unwrap();
+    let forged = reqwest::Client::new()
+        .post(format!("{}/console/integrations/{id}/sync", app.address))
+        .header("Cookie", format!("harmony_session={}", cookie.value()))
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        forged.status(),
+        403,
+        "a form without the session's CSRF token"
+    );
+    assert!(forged
+        .text()
+        .await
+        .unwrap()
+        .contains("did not come from the console"));
+}
