@@ -1120,9 +1120,14 @@ async fn oauth_callback(
     };
     // The message is JSON inside a script: `<` is escaped so no value can close the tag.
     let script_message = message.to_string().replace('<', "\\u003c");
+    // Without an opener (no JavaScript on the console's side, or popups blocked), a way on.
+    let onward = match &outcome {
+        Ok(connected) => format!("/console/integrations/{}", connected.integration),
+        Err(_) => "/console/installed".to_owned(),
+    };
     let page = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Harmony</title></head>\
-         <body><p id=\"outcome\">{}</p><script>\
+         <body><p id=\"outcome\">{}</p><p><a href=\"{onward}\">Back to Harmony</a></p><script>\
          (function () {{ var message = {script_message};\
          if (window.opener) {{ window.opener.postMessage(message, window.location.origin); window.close(); }} }})();\
          </script></body></html>",
