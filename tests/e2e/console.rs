@@ -218,6 +218,21 @@ async fn an_admin_signs_in_and_connects_an_api_key_app() {
     assert_eq!(browser.text(".notice").await, "Connected");
     browser.text_becomes("#status", "connected").await;
     browser.screenshot("zendesk-connected").await;
+
+    // Delete, behind a confirmation that says what goes and what stays.
+    browser.click("a[href$='/delete']").await;
+    let words = browser.text("main").await;
+    assert!(
+        words.contains("destroys its stored credentials") && words.contains("history stays"),
+        "{words}"
+    );
+    browser.click("main form button.danger").await;
+    browser.path_becomes("/console/installed").await;
+    assert_eq!(browser.text(".notice").await, "Deleted");
+    assert!(browser
+        .text("main")
+        .await
+        .contains("Nothing is connected yet"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,6 +488,14 @@ async fn a_member_without_the_permission_sees_no_write_buttons_and_is_refused() 
         .await
         .unwrap()
         .contains("did not come from the console"));
+    // The sign-in form has a token of its own too.
+    let cross_site = reqwest::Client::new()
+        .post(format!("{}/console/sign-in", app.address))
+        .form(&[("token", bob.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,11 +133,40 @@ impl FlashQuery {
     }
 }
 
-async fn sign_in_page() -> Response {
-    html_page(views::sign_in(None))
+/// The sign-in page, with a fresh CSRF token for its form (also set as a cookie).
+fn sign_in_form(status: StatusCode, error: Option<&str>) -> Response {
+    let nonce = session::random();
+    let cookie = format!(
+        "{}={nonce}; Path=/console; HttpOnly; SameSite=Lax; Max-Age=1800",
+        session::SIGN_IN_COOKIE
+    );
+    (
+        status,
+        [
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        views::sign_in(&nonce, error),
+    )
+        .into_response()
 }
 
-async fn sign_in(State(state): State<AppState>, Form(form): Form<Fields>) -> Response {
+async fn sign_in_page() -> Response {
+    sign_in_form(StatusCode::OK, None)
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<Fields>,
+) -> Response {
+    let expected = session::named_cookie(&headers, session::SIGN_IN_COOKIE);
+    if expected.is_none() || expected.as_ref() != form.get("csrf") {
+        return sign_in_form(
+            StatusCode::FORBIDDEN,
+            Some("This sign-in form is stale or did not come from the console: try again."),
+        );
+    }
     let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
     match session::sign_in(&state.read, token).await {
         Ok(Some(cookie)) => (
@@ -145,11 +174,10 @@ async fn sign_in(State(state): State<AppState>, Form(form): Form<Fields>) -> Res
             Redirect::to("/console/installed"),
         )
             .into_response(),
-        Ok(None) => (
+        Ok(None) => sign_in_form(
             StatusCode::UNAUTHORIZED,
-            views::sign_in(Some("That token is unknown or was revoked.")),
-        )
-            .into_response(),
+            Some("That token is unknown or was revoked."),
+        ),
         Err(error) => {
             tracing::error!(%error, "cannot start a console session");
             Problem::internal().into_response()

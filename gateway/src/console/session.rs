@@ -15,10 +15,13 @@ use projections::{ReadDb, ReadDbError};
 use crate::AppState;
 
 pub(crate) const COOKIE: &str = "harmony_session";
+/// The sign-in form's own CSRF token, before there is a session: the form and this cookie
+/// must carry the same value.
+pub(crate) const SIGN_IN_COOKIE: &str = "harmony_sign_in";
 /// How long a session lasts.
 const LIFETIME_MICROS: i64 = 12 * 3600 * 1_000_000;
 
-fn random() -> String {
+pub(crate) fn random() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
 
@@ -94,14 +97,18 @@ pub(crate) async fn sign_out(db: &ReadDb, id: Option<&str>) -> Result<HeaderValu
 
 /// The session cookie's value in `parts`, if any.
 pub(crate) fn cookie(parts: &Parts) -> Option<String> {
-    parts
-        .headers
+    named_cookie(&parts.headers, COOKIE)
+}
+
+/// The value of the cookie `name` in `headers`, if any.
+pub(crate) fn named_cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(found, _)| *found == name)
         .map(|(_, value)| value.to_owned())
 }
 

@@ -71,7 +71,7 @@ pub(crate) fn csrf(session: &Session) -> Markup {
     html! { input type="hidden" name="csrf" value=(session.csrf); }
 }
 
-pub(crate) fn sign_in(error: Option<&str>) -> Markup {
+pub(crate) fn sign_in(nonce: &str, error: Option<&str>) -> Markup {
     page(
         "Sign in",
         None,
@@ -83,6 +83,7 @@ pub(crate) fn sign_in(error: Option<&str>) -> Markup {
         html! {
             h1 { "Sign in" }
             form method="post" action="/console/sign-in" {
+                input type="hidden" name="csrf" value=(nonce);
                 label for="token" { "API token" }
                 input #token type="password" name="token" autocomplete="off" required;
                 p.hint { "An operator creates one with " code { "harmony tokens create" } "." }
