@@ -55,6 +55,14 @@ pub struct Executed<A: Aggregate> {
     pub append: Option<AppendResult>,
 }
 
+/// What [`Repository::decide`] did: the state after the command, and where its events landed
+/// (`None` when it decided there was nothing to do).
+#[derive(Debug)]
+pub struct Decided<A: Aggregate> {
+    pub state: A,
+    pub append: Option<AppendResult>,
+}
+
 /// Loads aggregates from, and appends their events to, one event store.
 #[derive(Clone)]
 pub struct Repository {
@@ -203,20 +211,50 @@ impl Repository {
         }
     }
 
-    /// Decides `command` on the current state of `stream` and appends what it yields.
+    /// Decides `command` on the current state of `stream` and appends what it yields; answers
+    /// the events as recorded (positions and hashes included).
     pub async fn execute<A: Aggregate>(
         &self,
         stream: &StreamName,
         command: &A::Command,
         context: &CommandContext,
     ) -> Result<Executed<A>, RepositoryError> {
+        let decided = self.decide::<A>(stream, command, context).await?;
+        let events = match &decided.append {
+            // Read back what was stored: callers get the recorded events with their
+            // positions and hashes.
+            Some(append) => {
+                self.store
+                    .read_stream(
+                        stream,
+                        append.first_version,
+                        (append.last_version - append.first_version + 1) as usize,
+                    )
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        Ok(Executed {
+            state: decided.state,
+            events,
+            append: decided.append,
+        })
+    }
+
+    /// As [`Repository::execute`], without reading the appended events back: for callers that
+    /// need only the new state and where the events landed (a request answered over HTTP).
+    pub async fn decide<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+        command: &A::Command,
+        context: &CommandContext,
+    ) -> Result<Decided<A>, RepositoryError> {
         for _ in 0..self.max_attempts {
             let loaded = self.load::<A>(stream).await?;
             let decided = loaded.state.handle(command, context)?;
             if decided.is_empty() {
-                return Ok(Executed {
+                return Ok(Decided {
                     state: loaded.state,
-                    events: Vec::new(),
                     append: None,
                 });
             }
@@ -235,23 +273,12 @@ impl Repository {
                 .await
             {
                 Ok(append) => {
-                    // Read back what was stored: callers get the recorded events with their
-                    // positions and hashes.
-                    let events = self
-                        .store
-                        .read_stream(
-                            stream,
-                            append.first_version,
-                            (append.last_version - append.first_version + 1) as usize,
-                        )
-                        .await?;
                     let mut state = loaded.state;
                     for event in &decided {
                         state.apply(event, &metadata);
                     }
-                    return Ok(Executed {
+                    return Ok(Decided {
                         state,
-                        events,
                         append: Some(append),
                     });
                 }

@@ -263,7 +263,7 @@ async fn command(
     state
         .workers
         .repo
-        .execute::<domain::Integration>(
+        .decide::<domain::Integration>(
             &domain::StreamName::integration(*id),
             &command,
             &caller.context(),
@@ -387,10 +387,10 @@ pub(crate) async fn sync(
     target: Target,
 ) -> Result<Response, Problem> {
     let sync_id = domain::SyncId::new();
-    let executed = state
+    let decided = state
         .workers
         .repo
-        .execute::<domain::Integration>(
+        .decide::<domain::Integration>(
             &domain::StreamName::integration(target.id),
             &domain::IntegrationCommand::RequestSync {
                 sync_id,
@@ -401,7 +401,7 @@ pub(crate) async fn sync(
         .await
         .map_err(repository_problem)?;
     // A request while one is already queued joins it: answer the queued run's id.
-    let (sync_id, coalesced) = match (&executed.append, &executed.state.pending_sync) {
+    let (sync_id, coalesced) = match (&decided.append, &decided.state.pending_sync) {
         (None, Some(pending)) => (pending.sync_id, true),
         _ => (sync_id, false),
     };
