@@ -9,7 +9,6 @@
 //! bound to its row (the reference or the integration as associated data), so ciphertexts
 //! moved between rows do not decrypt.
 
-use std::io::Write;
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -110,54 +109,22 @@ impl MasterKey {
             return Self::from_base64(&text)
                 .map_err(|error| VaultError::MasterKey(format!("{MASTER_KEY_ENV}: {error}")));
         }
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let mode = std::fs::metadata(path)
-                        .map_err(|e| VaultError::MasterKey(format!("{}: {e}", path.display())))?
-                        .permissions()
-                        .mode();
-                    if mode & 0o077 != 0 {
-                        return Err(VaultError::MasterKey(format!(
-                            "{} may be read by others (mode {:o}): chmod 600 it",
-                            path.display(),
-                            mode & 0o777
-                        )));
-                    }
-                }
-                Self::from_base64(&text)
-                    .map_err(|error| VaultError::MasterKey(format!("{}: {error}", path.display())))
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+        match eventstore::keyfile::read_private(path).map_err(VaultError::MasterKey)? {
+            Some(text) => Self::from_base64(&text)
+                .map_err(|error| VaultError::MasterKey(format!("{}: {error}", path.display()))),
+            None => {
                 let key = Self::generate();
                 key.write_new(path)?;
                 tracing::info!(path = %path.display(), id = %key.id, "created a new master key");
                 Ok(key)
             }
-            Err(error) => Err(VaultError::MasterKey(format!(
-                "{}: {error}",
-                path.display()
-            ))),
         }
     }
 
     /// Writes the key to a new file at `path`, readable by its owner alone.
     pub fn write_new(&self, path: &Path) -> Result<(), VaultError> {
-        let failed = |e: std::io::Error| VaultError::MasterKey(format!("{}: {e}", path.display()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(path).map_err(failed)?;
-        file.write_all(self.to_base64().expose_secret().as_bytes())
-            .and_then(|()| file.write_all(b"\n"))
-            .and_then(|()| file.sync_all())
-            .map_err(failed)
+        eventstore::keyfile::write_new_private(path, self.to_base64().expose_secret())
+            .map_err(|e| VaultError::MasterKey(format!("{}: {e}", path.display())))
     }
 
     /// The key's name in the database (not secret).

@@ -21,6 +21,7 @@ use domain::{StreamName, Timestamp};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use crate::chain::VerifyReport;
 use crate::{EventStore, JetStreamEventStore, StoreError};
 
 /// The environment variable that may hold the signing key (base64 of its 32-byte seed); every
@@ -92,49 +93,18 @@ impl CheckpointKey {
         if let Ok(text) = std::env::var(KEY_ENV) {
             return Self::from_base64(&text).map_err(|error| format!("{KEY_ENV}: {error}"));
         }
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let mode = std::fs::metadata(path)
-                        .map_err(|e| format!("{}: {e}", path.display()))?
-                        .permissions()
-                        .mode();
-                    if mode & 0o077 != 0 {
-                        return Err(format!(
-                            "{} may be read by others (mode {:o}): chmod 600 it",
-                            path.display(),
-                            mode & 0o777
-                        ));
-                    }
-                }
+        match crate::keyfile::read_private(path)? {
+            Some(text) => {
                 Self::from_base64(&text).map_err(|error| format!("{}: {error}", path.display()))
             }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            None => {
                 let key = Self::generate();
-                key.write_new(path)
+                crate::keyfile::write_new_private(path, &BASE64.encode(key.signing.to_bytes()))
                     .map_err(|error| format!("{}: {error}", path.display()))?;
                 tracing::info!(path = %path.display(), id = %key.id(), "created a new checkpoint key");
                 Ok(key)
             }
-            Err(error) => Err(format!("{}: {error}", path.display())),
         }
-    }
-
-    fn write_new(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(path)?;
-        file.write_all(BASE64.encode(self.signing.to_bytes()).as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()
     }
 
     /// The public half, which is all a verifier needs.
@@ -458,6 +428,34 @@ pub async fn check(
 pub struct Checkpoints {
     pub log: Arc<dyn CheckpointLog>,
     pub key: Arc<CheckpointKey>,
+}
+
+/// A stream checked whole: its chain from the first event, and its newest signed checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verified {
+    pub chain: VerifyReport,
+    pub checkpoint: CheckpointCheck,
+}
+
+impl Verified {
+    /// The chain holds, and so does the newest checkpoint (if the stream was signed yet).
+    pub fn is_intact(&self) -> bool {
+        self.chain.is_intact() && !self.checkpoint.is_broken()
+    }
+}
+
+impl Checkpoints {
+    /// Checks `stream`'s chain and its newest checkpoint against this service's key.
+    pub async fn verify(
+        &self,
+        store: &dyn EventStore,
+        stream: &StreamName,
+    ) -> Result<Verified, StoreError> {
+        Ok(Verified {
+            chain: crate::verify_stream(store, stream).await?,
+            checkpoint: check(store, self.log.as_ref(), &self.key.verifying(), stream).await?,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! On top of the raw log, [`repository`] loads aggregates (with snapshots, so loading stays
 //! fast however long a stream grows) and executes commands with conflict retries, and
 //! [`lifecycle`] holds the parts of an integration's life that span two streams (connect with
-//! its slot reservation, disconnect and delete releasing it).
+//! its slot reservation, disconnect and delete releasing it). [`checkpoints`] signs stream
+//! heads into a log of their own, so a history rewritten with recomputed hashes is caught.
 //!
 //! This crate knows nothing of HTTP, SQL or providers.
 
@@ -25,6 +26,7 @@ pub mod conformance;
 pub mod copy;
 mod error;
 pub mod jetstream;
+pub mod keyfile;
 pub mod lifecycle;
 #[cfg(any(test, feature = "test-support"))]
 pub mod nats_server;

@@ -167,7 +167,6 @@ pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()
         args.checkpoint_key.as_deref(),
     )
     .await?;
-    let verifying = checkpoints.key.verifying();
     let streams = match &args.integration {
         Some(text) => {
             let stream = StreamName::integration(integration(text)?);
@@ -184,21 +183,15 @@ pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()
     );
     let mut events = 0;
     for stream in &streams {
-        let report = eventstore::verify_stream(logs.store.as_ref(), stream).await?;
-        let checkpoint = eventstore::checkpoints::check(
-            logs.store.as_ref(),
-            checkpoints.log.as_ref(),
-            &verifying,
-            stream,
-        )
-        .await?;
+        let verified = checkpoints.verify(logs.store.as_ref(), stream).await?;
+        let (report, checkpoint) = (&verified.chain, &verified.checkpoint);
         events += report.events;
         bar.inc(1);
         if args.json {
             writeln!(
                 out,
                 "{}",
-                json!({"stream": stream.as_str(), "intact": report.is_intact() && !checkpoint.is_broken(),
+                json!({"stream": stream.as_str(), "intact": verified.is_intact(),
                        "events": report.events, "head": report.head.to_hex(),
                        "broken": report.broken, "checkpoint": checkpoint})
             )?;
@@ -212,12 +205,12 @@ pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()
                 broken.reason
             );
         }
-        if let CheckpointCheck::Broken { reason, .. } = &checkpoint {
+        if let CheckpointCheck::Broken { reason, .. } = checkpoint {
             bar.finish_and_clear();
             anyhow::bail!("{stream} does not match its signed checkpoint: {reason}");
         }
         if !args.json && args.integration.is_some() {
-            let signed = match &checkpoint {
+            let signed = match checkpoint {
                 CheckpointCheck::Holds { version, signed_at } => {
                     format!("; the checkpoint signed at version {version} on {signed_at} holds")
                 }

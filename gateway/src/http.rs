@@ -1,4 +1,6 @@
-//! HTTP routes. Each module of the API will own its `router()`; they are merged here.
+//! The whole HTTP surface: the API's routes with the OpenAPI document they make
+//! (`/openapi.json`), the console, `/healthz`, `/readyz` and `/metrics`, and the layers every
+//! request passes (body limit, metrics, `Idempotency-Key` on the API).
 
 use axum::extract::State;
 use axum::http::StatusCode;

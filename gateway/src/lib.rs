@@ -1,13 +1,13 @@
 //! The gateway of Harmony Sync and the `harmony` binary's commands.
 //!
 //! `main.rs` only parses the command line; everything it runs lives here:
-//! [`Application`] opens the event log, the read models and the credential vault, runs the
-//! projections and serves HTTP; [`cli`] holds the commands (`serve`, `bench`, `log copy`,
-//! `projections rebuild`, `vault rotate-master-key`), run by [`bench`](mod@bench), [`log`],
-//! [`read_models`], [`tokens`] and [`vault`]. The HTTP surface so far: the health check, and
-//! under `/v1` the callers' API tokens, the catalog (apps and models) and who a token speaks
-//! for; the rest of the Marketplace API, the auditors' endpoints and the event stream are built
-//! on the same [`Application`].
+//! [`Application`] opens the event log, the read models, the credential vault and the
+//! checkpoint log, runs the projections, the workers and the checkpoint signer, and serves
+//! HTTP — the Marketplace API under `/v1`, the admin console under `/console`, `/healthz`,
+//! `/readyz`, `/metrics` and `/openapi.json`. [`cli`] holds the commands (`serve`, `history`,
+//! `verify`, `export`, `tokens`, `bench`, `log copy`, `projections rebuild`, `vault
+//! rotate-master-key`), run by [`audit`], [`tokens`], [`bench`](mod@bench),
+//! [`bench_gateway`], [`log`], [`read_models`] and [`vault`].
 
 mod api;
 pub mod audit;

@@ -162,25 +162,18 @@ pub(super) async fn verify(
     Target { caller, id }: Target,
 ) -> Result<Json<Value>, Problem> {
     load_visible(&state, &caller, id).await?;
-    let stream = StreamName::integration(id);
-    let report = eventstore::verify_stream(state.store.as_ref(), &stream)
+    let verified = state
+        .checkpoints
+        .verify(state.store.as_ref(), &StreamName::integration(id))
         .await
         .map_err(store_problem)?;
-    let checkpoint = eventstore::checkpoints::check(
-        state.store.as_ref(),
-        state.checkpoints.log.as_ref(),
-        &state.checkpoints.key.verifying(),
-        &stream,
-    )
-    .await
-    .map_err(store_problem)?;
     Ok(Json(json!({
         "integration_id": id.to_string(),
-        "intact": report.is_intact() && !checkpoint.is_broken(),
-        "events": report.events,
-        "head": report.head.to_hex(),
-        "broken": report.broken,
-        "checkpoint": checkpoint,
+        "intact": verified.is_intact(),
+        "events": verified.chain.events,
+        "head": verified.chain.head.to_hex(),
+        "broken": verified.chain.broken,
+        "checkpoint": verified.checkpoint,
     })))
 }
 

@@ -1,6 +1,9 @@
-//! The Marketplace API under `/v1`: who is calling (bearer API tokens), and the catalog —
-//! Marketplace > Apps with what each app needs and whether it can be connected here, and the
-//! Models tab.
+//! The Marketplace API under `/v1`. Who is calling (bearer API tokens, the [`Caller`] and
+//! [`Target`] extractors), strict JSON bodies, and the routes: the catalog (Apps and Models),
+//! connecting (API keys, and the OAuth2 popup's callback page), Installed and each
+//! integration's actions here; mappings, Companion actions, the auditors' endpoints and the
+//! event stream in the submodules. Every route is registered with its OpenAPI description
+//! (utoipa-axum), and every refusal is a [`Problem`] carrying the domain's rule in words.
 
 use std::collections::BTreeMap;
 

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use domain::aggregate::CommandContext;
-use domain::catalog::{self, App, AppScope, AuthKind};
+use domain::catalog::{self, AppScope, AuthKind};
 use domain::{
     Caller as DomainCaller, Integration, IntegrationId, Principal, StreamName, Timestamp,
 };
@@ -194,9 +194,8 @@ async fn sign_out(
     if !session.csrf_ok(form.get("csrf")) {
         return forged(&session);
     }
-    let (mut parts, ()) = axum::http::Request::new(()).into_parts();
-    parts.headers = headers;
-    match session::sign_out(&state.read, session::cookie(&parts).as_deref()).await {
+    let id = session::named_cookie(&headers, session::COOKIE);
+    match session::sign_out(&state.read, id.as_deref()).await {
         Ok(cookie) => (
             [(header::SET_COOKIE, cookie)],
             Redirect::to("/console/sign-in"),
@@ -273,17 +272,13 @@ async fn models(session: Session, Query(q): Query<FlashQuery>) -> Response {
     ))
 }
 
-fn app_of(id: &str) -> Option<&'static App> {
-    catalog::app(id)
-}
-
 async fn app_page(
     State(state): State<AppState>,
     session: Session,
     Path(app): Path<String>,
     Query(q): Query<FlashQuery>,
 ) -> Response {
-    let Some(app) = app_of(&app) else {
+    let Some(app) = catalog::app(&app) else {
         return error_page(
             &session,
             StatusCode::NOT_FOUND,
@@ -349,7 +344,7 @@ async fn connect(
         return forged(&session);
     }
     form.remove("csrf");
-    let Some(app) = app_of(&app_id) else {
+    let Some(app) = catalog::app(&app_id) else {
         return refused(
             &back,
             &Problem::new(StatusCode::NOT_FOUND, "unknown_app", "there is no such app"),
@@ -422,7 +417,7 @@ async fn installed(
                     tbody {
                         @for row in &rows {
                             tr {
-                                td { a href={"/console/integrations/" (row.integration_id)} { (app_of(&row.app).map_or(row.app.as_str(), |a| a.name)) } }
+                                td { a href={"/console/integrations/" (row.integration_id)} { (catalog::app(&row.app).map_or(row.app.as_str(), |a| a.name)) } }
                                 td { (row.scope) }
                                 td { (status_badge(&row.status)) }
                                 td { (row.last_sync_at.as_deref().unwrap_or("never")) }
@@ -502,7 +497,7 @@ async fn detail(
         Ok(found) => found,
         Err(response) => return response,
     };
-    let app = app_of(&row.app);
+    let app = catalog::app(&row.app);
     let name = app.map_or(row.app.as_str(), |a| a.name);
     let can = |action: &str| row.actions.iter().any(|a| a == action);
     let manage = may_manage(&session.principal, &row);
@@ -560,31 +555,93 @@ async fn status(
     }
 }
 
-/// Runs an API handler's logic for a console form: checks the CSRF token, and turns the
-/// outcome into a redirect back to the integration with a notice or the refusal in words.
-async fn act<F, Fut>(session: Session, id: String, form: &Fields, done: &str, run: F) -> Response
-where
-    F: FnOnce(Session, IntegrationId) -> Fut,
-    Fut: std::future::Future<Output = Result<(), Problem>>,
-{
+/// The integration a form on its page acts on, once the form's CSRF token is the session's;
+/// otherwise the page that says why not.
+fn checked(session: &Session, id: &str, form: &Fields) -> Result<IntegrationId, Box<Response>> {
     if !session.csrf_ok(form.get("csrf")) {
-        return forged(&session);
+        return Err(Box::new(forged(session)));
     }
-    let back = format!("/console/integrations/{id}");
-    let Ok(parsed) = id.parse::<IntegrationId>() else {
-        return refused(
+    id.parse().map_err(|_| {
+        Box::new(refused(
             "/console/installed",
             &Problem::new(StatusCode::NOT_FOUND, "not_found", "no such integration"),
-        );
+        ))
+    })
+}
+
+fn target(session: &Session, id: IntegrationId) -> crate::api::Target {
+    crate::api::Target::of(Caller(session.principal.clone()), id)
+}
+
+/// The plain buttons of an integration's page, each the API's handler of the same name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Test,
+    Sync,
+    Disconnect,
+    Delete,
+}
+
+/// Runs `act` for a console form and answers a redirect with a notice, or with the refusal in
+/// words: back to the integration, or to Installed once it is deleted.
+async fn act(state: AppState, session: Session, id: String, form: &Fields, act: Act) -> Response {
+    let parsed = match checked(&session, &id, form) {
+        Ok(parsed) => parsed,
+        Err(response) => return *response,
     };
-    match run(session, parsed).await {
+    let target = target(&session, parsed);
+    let after = state.clone();
+    let state = State(state);
+    let (outcome, done) = match act {
+        Act::Test => (
+            crate::api::test(state, target).await.map(|_| ()),
+            "The connection works",
+        ),
+        Act::Sync => (
+            crate::api::sync(state, target).await.map(|_| ()),
+            "Full sync requested",
+        ),
+        Act::Disconnect => (
+            crate::api::disconnect(state, target).await.map(|_| ()),
+            "Disconnected",
+        ),
+        Act::Delete => (
+            crate::api::delete_integration(state, target)
+                .await
+                .map(|_| ()),
+            "Deleted",
+        ),
+    };
+    let back = format!("/console/integrations/{id}");
+    match outcome {
+        Ok(()) if act == Act::Delete => {
+            // Installed is a read model: let it apply the delete before showing it.
+            installed_caught_up(&after).await;
+            notice("/console/installed", done)
+        }
         Ok(()) => notice(&back, done),
         Err(problem) => refused(&back, &problem),
     }
 }
 
-fn target(session: &Session, id: IntegrationId) -> crate::api::Target {
-    crate::api::Target::of(Caller(session.principal.clone()), id)
+/// Waits, two seconds at most, until Installed has applied everything the log holds now, so
+/// that the page a change leads to shows the change.
+async fn installed_caught_up(state: &AppState) {
+    let Ok(head) = state.store.head_position().await else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        match projections::runner::Projection::Installed
+            .checkpoint(&state.read)
+            .await
+        {
+            Ok(position) if position < head => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            _ => return,
+        }
+    }
 }
 
 async fn test(
@@ -593,18 +650,7 @@ async fn test(
     Path(id): Path<String>,
     Form(form): Form<Fields>,
 ) -> Response {
-    act(
-        session,
-        id,
-        &form,
-        "The connection works",
-        |session, id| async move {
-            crate::api::test(State(state), target(&session, id))
-                .await
-                .map(|_| ())
-        },
-    )
-    .await
+    act(state, session, id, &form, Act::Test).await
 }
 
 async fn sync(
@@ -613,18 +659,7 @@ async fn sync(
     Path(id): Path<String>,
     Form(form): Form<Fields>,
 ) -> Response {
-    act(
-        session,
-        id,
-        &form,
-        "Full sync requested",
-        |session, id| async move {
-            crate::api::sync(State(state), target(&session, id))
-                .await
-                .map(|_| ())
-        },
-    )
-    .await
+    act(state, session, id, &form, Act::Sync).await
 }
 
 async fn reauth(
@@ -634,17 +669,12 @@ async fn reauth(
     headers: HeaderMap,
     Form(mut form): Form<Fields>,
 ) -> Response {
-    if !session.csrf_ok(form.get("csrf")) {
-        return forged(&session);
-    }
+    let parsed = match checked(&session, &id, &form) {
+        Ok(parsed) => parsed,
+        Err(response) => return *response,
+    };
     form.remove("csrf");
     let back = format!("/console/integrations/{id}");
-    let Ok(parsed) = id.parse::<IntegrationId>() else {
-        return refused(
-            "/console/installed",
-            &Problem::new(StatusCode::NOT_FOUND, "not_found", "no such integration"),
-        );
-    };
     let body = crate::api::ReauthBody::with_fields(form.into_iter().collect());
     let answer = crate::api::reauth(
         State(state),
@@ -673,7 +703,7 @@ fn confirmation(
     what: Markup,
     button: &str,
 ) -> Response {
-    let name = app_of(&row.app).map_or(row.app.as_str(), |a| a.name);
+    let name = catalog::app(&row.app).map_or(row.app.as_str(), |a| a.name);
     let body = html! {
         h1 { (button) " " (name) "?" }
         (what)
@@ -724,18 +754,7 @@ async fn disconnect(
     Path(id): Path<String>,
     Form(form): Form<Fields>,
 ) -> Response {
-    act(
-        session,
-        id,
-        &form,
-        "Disconnected",
-        |session, id| async move {
-            crate::api::disconnect(State(state), target(&session, id))
-                .await
-                .map(|_| ())
-        },
-    )
-    .await
+    act(state, session, id, &form, Act::Disconnect).await
 }
 
 async fn confirm_delete(
@@ -764,19 +783,7 @@ async fn delete(
     Path(id): Path<String>,
     Form(form): Form<Fields>,
 ) -> Response {
-    if !session.csrf_ok(form.get("csrf")) {
-        return forged(&session);
-    }
-    let Ok(parsed) = id.parse::<IntegrationId>() else {
-        return refused(
-            "/console/installed",
-            &Problem::new(StatusCode::NOT_FOUND, "not_found", "no such integration"),
-        );
-    };
-    match crate::api::delete_integration(State(state), target(&session, parsed)).await {
-        Ok(_) => notice("/console/installed", "Deleted"),
-        Err(problem) => refused(&format!("/console/integrations/{id}"), &problem),
-    }
+    act(state, session, id, &form, Act::Delete).await
 }
 
 /// The event stream for the console's live parts: the API's stream, for the signed-in user.

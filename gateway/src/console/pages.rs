@@ -5,12 +5,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
 use domain::integration::FieldMapping;
-use domain::{IntegrationId, StreamName, Timestamp};
+use domain::{StreamName, Timestamp};
 use maud::html;
 use serde::Deserialize;
 
 use super::{
-    context, csrf, error_page, forged, html_page, may_manage, notice, page, refused, status_badge,
+    checked, context, csrf, error_page, html_page, may_manage, notice, page, refused, status_badge,
     views, visible, Fields, Flash, FlashQuery, Session, Tab,
 };
 use crate::problem::Problem;
@@ -104,16 +104,11 @@ pub(super) async fn save_mapping(
     Path(id): Path<String>,
     Form(form): Form<Fields>,
 ) -> Response {
-    if !session.csrf_ok(form.get("csrf")) {
-        return forged(&session);
-    }
-    let back = format!("/console/integrations/{id}/mappings");
-    let Ok(parsed) = id.parse::<IntegrationId>() else {
-        return refused(
-            "/console/installed",
-            &Problem::new(StatusCode::NOT_FOUND, "not_found", "no such integration"),
-        );
+    let parsed = match checked(&session, &id, &form) {
+        Ok(parsed) => parsed,
+        Err(response) => return *response,
     };
+    let back = format!("/console/integrations/{id}/mappings");
     let object = form.get("object").cloned().unwrap_or_default();
     let expected = form.get("expected_version").and_then(|v| v.parse().ok());
     let mut fields: Vec<FieldMapping> = form
@@ -294,17 +289,12 @@ pub(super) async fn history(
             );
         }
     };
-    let report = eventstore::verify_stream(state.store.as_ref(), &stream)
+    let verified = state
+        .checkpoints
+        .verify(state.store.as_ref(), &stream)
         .await
         .ok();
-    let checkpoint = eventstore::checkpoints::check(
-        state.store.as_ref(),
-        state.checkpoints.log.as_ref(),
-        &state.checkpoints.key.verifying(),
-        &stream,
-    )
-    .await
-    .ok();
+    let checkpoint = verified.as_ref().map(|v| &v.checkpoint);
     let moment = q
         .as_of
         .as_deref()
@@ -326,19 +316,18 @@ pub(super) async fn history(
             }),
         _ => None,
     };
-    let intact = report.as_ref().is_some_and(|r| r.is_intact())
-        && !checkpoint.as_ref().is_some_and(|c| c.is_broken());
+    let intact = verified.as_ref().is_some_and(|v| v.is_intact());
     let body = html! {
         h1 { (title(&row, "history")) }
         section #verification {
             h2 { "Verification" }
             @if intact {
                 p.notice { "The chain of " (events.len()) " events is intact."
-                    @if let Some(eventstore::checkpoints::CheckpointCheck::Holds { version, signed_at }) = &checkpoint { " The service's signed checkpoint at version " (version) " (" (signed_at) ") holds." } }
+                    @if let Some(eventstore::checkpoints::CheckpointCheck::Holds { version, signed_at }) = checkpoint { " The service's signed checkpoint at version " (version) " (" (signed_at) ") holds." } }
             } @else {
                 p.error { "The history does not verify: "
-                    @if let Some(broken) = report.as_ref().and_then(|r| r.broken.as_ref()) { "version " (broken.version) ": " (broken.reason) }
-                    @if let Some(eventstore::checkpoints::CheckpointCheck::Broken { reason, .. }) = &checkpoint { (reason) } }
+                    @if let Some(broken) = verified.as_ref().and_then(|v| v.chain.broken.as_ref()) { "version " (broken.version) ": " (broken.reason) }
+                    @if let Some(eventstore::checkpoints::CheckpointCheck::Broken { reason, .. }) = checkpoint { (reason) } }
             }
         }
         section {

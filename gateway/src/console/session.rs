@@ -95,11 +95,6 @@ pub(crate) async fn sign_out(db: &ReadDb, id: Option<&str>) -> Result<HeaderValu
     ))
 }
 
-/// The session cookie's value in `parts`, if any.
-pub(crate) fn cookie(parts: &Parts) -> Option<String> {
-    named_cookie(&parts.headers, COOKIE)
-}
-
 /// The value of the cookie `name` in `headers`, if any.
 pub(crate) fn named_cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     headers
@@ -117,7 +112,7 @@ impl FromRequestParts<AppState> for Session {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let to_sign_in = || Redirect::to("/console/sign-in").into_response();
-        let Some(id) = cookie(parts) else {
+        let Some(id) = named_cookie(&parts.headers, COOKIE) else {
             return Err(to_sign_in());
         };
         let rows: Vec<(String, String, String, String)> = fetch_all(
