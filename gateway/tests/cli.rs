@@ -959,3 +959,46 @@ fn history_verify_and_export_read_the_log_and_a_rewritten_history_is_caught_by_i
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("broken at version 1"), "{message}");
 }
+
+#[test]
+fn serve_with_log_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = harmony()
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--log-json", "--data-dir"])
+        .arg(dir.path())
+        .env("HARMONY_LOG", "info")
+        .env_remove("HARMONY_NATS_URL")
+        .env_remove("HARMONY_DATABASE_URL")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let served = Served(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listening = loop {
+        let line = received
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server logs that it listens");
+        let entry: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(entry["level"].is_string(), "{entry}");
+        if entry["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("listening on http://"))
+        {
+            break entry;
+        }
+    };
+    assert_eq!(
+        listening["backend"], "sled",
+        "fields sit beside the message"
+    );
+    stop_with_sigterm(served);
+}

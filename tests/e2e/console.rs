@@ -273,7 +273,8 @@ async fn oauth_popup_live_sync_logs_mappings_and_disconnect() {
     // A full sync, its status followed live: the page is not reloaded (its marker stays).
     hubspot.faults.slow(Duration::from_millis(400));
     browser.click("form[action$='/sync'] button").await;
-    browser.path_becomes(&detail).await;
+    // (The page it leaves is the same page: wait for the one the form leads to.)
+    browser.text_becomes(".notice", "Full sync requested").await;
     browser
         .c()
         .execute("window.stillHere = true;", vec![])
