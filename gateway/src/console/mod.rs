@@ -695,37 +695,47 @@ async fn reauth(
     }
 }
 
-fn confirmation(
-    session: &Session,
-    id: IntegrationId,
-    row: &InstalledRow,
-    action: &str,
-    what: Markup,
-    button: &str,
-) -> Response {
+/// The confirmation page of a destructive button: what it removes, and that the provider's
+/// data stays.
+async fn confirm(state: AppState, session: Session, id: String, act: Act) -> Response {
+    let (id, row) = match visible(&state, &session, &id).await {
+        Ok((id, _, row)) => (id, row),
+        Err(response) => return response,
+    };
+    let (action, button, what) = match act {
+        Act::Disconnect => (
+            "disconnect",
+            "Disconnect",
+            "Disconnecting stops future syncs, revokes Harmony's access at the provider where it \
+             allows it, and removes the connection's configuration. The integration stays in \
+             Installed with its history, mappings and sync logs, and can be connected again.",
+        ),
+        _ => (
+            "delete",
+            "Delete",
+            "Deleting removes the integration from Installed, destroys its stored credentials \
+             for good and purges the records it synced into Harmony. Its history stays, for \
+             auditors.",
+        ),
+    };
     let name = catalog::app(&row.app).map_or(row.app.as_str(), |a| a.name);
     let body = html! {
         h1 { (button) " " (name) "?" }
-        (what)
+        p { (what) }
         p { "It does not delete any data in " (name) " itself." }
         div.actions {
             form method="post" action={"/console/integrations/" (id) "/" (action)} {
-                (csrf(session))
+                (csrf(&session))
                 button.danger type="submit" { (button) }
             }
             a.button href={"/console/integrations/" (id)} { "Cancel" }
         }
     };
-    html_page(page(
-        button,
-        Some(session),
-        Tab::Installed,
-        &Flash {
-            notice: None,
-            error: None,
-        },
-        body,
-    ))
+    let flash = Flash {
+        notice: None,
+        error: None,
+    };
+    html_page(page(button, Some(&session), Tab::Installed, &flash, body))
 }
 
 async fn confirm_disconnect(
@@ -733,19 +743,7 @@ async fn confirm_disconnect(
     session: Session,
     Path(id): Path<String>,
 ) -> Response {
-    match visible(&state, &session, &id).await {
-        Ok((id, _, row)) => confirmation(
-            &session,
-            id,
-            &row,
-            "disconnect",
-            html! {
-                p { "Disconnecting stops future syncs, revokes Harmony's access at the provider where it allows it, and removes the connection's configuration. The integration stays in Installed with its history, mappings and sync logs, and can be connected again." }
-            },
-            "Disconnect",
-        ),
-        Err(response) => response,
-    }
+    confirm(state, session, id, Act::Disconnect).await
 }
 
 async fn disconnect(
@@ -762,19 +760,7 @@ async fn confirm_delete(
     session: Session,
     Path(id): Path<String>,
 ) -> Response {
-    match visible(&state, &session, &id).await {
-        Ok((id, _, row)) => confirmation(
-            &session,
-            id,
-            &row,
-            "delete",
-            html! {
-                p { "Deleting removes the integration from Installed, destroys its stored credentials for good and purges the records it synced into Harmony. Its history stays, for auditors." }
-            },
-            "Delete",
-        ),
-        Err(response) => response,
-    }
+    confirm(state, session, id, Act::Delete).await
 }
 
 async fn delete(
