@@ -106,7 +106,10 @@ impl Stack {
             eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
         )
         .await?;
-        let http = ProviderHttp::new(ProviderHttp::default_client(), RetryPolicy::default());
+        let http = ProviderHttp::new(
+            crate::outbound::Outbound::loopback(),
+            RetryPolicy::default(),
+        );
         let leases = Leases::new(db.clone(), Leases::process_holder());
         let service = CredentialService::new(
             repo.clone(),

@@ -266,6 +266,39 @@ impl AdaptersConfig {
         })
     }
 
+    /// The endpoints the operator configured (or the providers' public defaults): requests to
+    /// their origins are trusted, and may reach private addresses. A Zendesk template whose
+    /// host holds the subdomain names no fixed origin, so its hosts stay guarded.
+    pub fn trusted_endpoints(&self) -> Vec<Url> {
+        let endpoints = &self.endpoints;
+        let mut urls = vec![
+            endpoints.hubspot_api.clone(),
+            endpoints.google_calendar_api.clone(),
+            endpoints.gmail_api.clone(),
+            endpoints.todoist_api.clone(),
+        ];
+        urls.extend(endpoints.twilio_regions.values().cloned());
+        if let Ok(zendesk) = Url::parse(&endpoints.zendesk_api_template) {
+            if !zendesk
+                .host_str()
+                .is_some_and(|host| host.contains("subdomain"))
+            {
+                urls.push(zendesk);
+            }
+        }
+        for client in self.oauth.values() {
+            urls.push(client.authorize_url.clone());
+            urls.push(client.token_url.clone());
+            match &client.revocation {
+                Some(Revocation::Rfc7009(url) | Revocation::DeleteRefreshToken(url)) => {
+                    urls.push(url.clone());
+                }
+                None => {}
+            }
+        }
+        urls
+    }
+
     /// The OAuth callback's URL under the public base URL (or `fallback` when none is set).
     pub fn redirect_uri(&self, fallback: &Url) -> Url {
         let base = self.public_base_url.as_ref().unwrap_or(fallback);

@@ -24,7 +24,7 @@ use projections::ReadDb;
 use secrecy::SecretString;
 use url::Url;
 
-use crate::http::ProviderError;
+use crate::http::{interactive, ProviderError};
 use crate::oauth::{CallbackError, OAuthClient, Pending};
 use crate::provider::{Connection, Credentials, Identity};
 use crate::providers::Providers;
@@ -125,7 +125,7 @@ impl Connections {
             .get(app.id)
             .ok_or_else(|| ConnectError::Unavailable(format!("no client for {}", app.name)))?;
         let started = Instant::now();
-        let identity = provider.test(Connection { setup, credentials }).await?;
+        let identity = interactive(provider.test(Connection { setup, credentials })).await?;
         Ok((identity, started.elapsed().as_millis() as u64))
     }
 
@@ -307,16 +307,15 @@ impl Connections {
         let client = self.oauth.get(app.id).ok_or_else(|| {
             ConnectError::Unavailable(format!("no OAuth client for {}", app.name))
         })?;
-        let (pending, grant) = client
-            .finish(
-                &self.db,
-                &self.http,
-                &self.redirect,
-                state,
-                code,
-                caller.map(|p| (&p.workspace, &p.user)),
-            )
-            .await?;
+        let (pending, grant) = interactive(client.finish(
+            &self.db,
+            &self.http,
+            &self.redirect,
+            state,
+            code,
+            caller.map(|p| (&p.workspace, &p.user)),
+        ))
+        .await?;
         if pending.app != app.id {
             return Err(CallbackError::Foreign.into());
         }
@@ -465,10 +464,10 @@ impl Connections {
         )?;
         let profile = state.profile.as_ref().ok_or(DomainError::NotFound)?;
         let app = app_of(&profile.app)?;
-        let tried = async {
+        let tried = interactive(async {
             let current = credentials.current(integration, &state).await?;
             self.check(app, &state.setup, &current).await
-        }
+        })
         .await;
         match tried {
             Ok((identity, latency_ms)) => {
@@ -527,16 +526,19 @@ impl Connections {
             .providers
             .get(app.id)
             .ok_or_else(|| ConnectError::Unavailable(format!("no client for {}", app.name)))?;
-        let current = credentials.current(integration, state).await?;
-        Ok(provider
-            .fields(
-                Connection {
-                    setup: &state.setup,
-                    credentials: &current,
-                },
-                object,
-            )
-            .await?)
+        interactive(async {
+            let current = credentials.current(integration, state).await?;
+            Ok(provider
+                .fields(
+                    Connection {
+                        setup: &state.setup,
+                        credentials: &current,
+                    },
+                    object,
+                )
+                .await?)
+        })
+        .await
     }
 
     /// Replaces an object's field mapping, checked against the fields the provider has now
@@ -615,7 +617,7 @@ impl Connections {
             let stored = self.vault.get(reference).await;
             if let Ok(secret) = stored {
                 let credentials = Credentials::from_secret(&secret)?;
-                match client.revoke(&self.http, &credentials).await {
+                match interactive(client.revoke(&self.http, &credentials)).await {
                     Ok(confirmed) => revoked = confirmed,
                     Err(error) => {
                         tracing::warn!(%integration, %error, "the provider did not confirm the revocation")

@@ -1,6 +1,12 @@
 //! HTTP to providers: retries with jittered exponential backoff inside a time budget, the
 //! provider's rate-limit signals honoured (`Retry-After`, HubSpot's `X-HubSpot-RateLimit-*`),
 //! and every failure classified into a [`ProviderError`] that says whether trying again helps.
+//!
+//! Every request goes through [`Outbound::route`](crate::outbound::Outbound::route), so a URL
+//! that names a host the service must not reach is refused before anything is sent. Bodies
+//! are read up to a cap ([`MAX_BODY_BYTES`]), so a hostile server cannot fill the memory. A
+//! call made while a user waits ([`interactive`]) ends within [`INTERACTIVE_DEADLINE`],
+//! retries included; background syncs keep the policy's whole budget.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,6 +15,8 @@ use rand::Rng;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::Value;
+
+use crate::outbound::Outbound;
 
 /// Why a provider call did not give what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +45,10 @@ pub enum ProviderError {
     /// Something about the connection itself is missing (a setup field, a credential).
     #[error("{0}")]
     Misconfigured(String),
+    /// The URL names a host the service does not connect to (loopback, a private network …);
+    /// nothing was sent.
+    #[error("{0}")]
+    Refused(#[from] crate::outbound::Refused),
 }
 
 impl ProviderError {
@@ -59,6 +71,7 @@ impl ProviderError {
             ProviderError::StaleCursor { .. } => "stale_cursor",
             ProviderError::Protocol { .. } => "protocol",
             ProviderError::Misconfigured(_) => "misconfigured",
+            ProviderError::Refused(_) => "outbound_refused",
         }
     }
 
@@ -97,34 +110,72 @@ impl Default for RetryPolicy {
 /// one integration waits when the provider said its window is used up.
 #[derive(Clone, Debug)]
 pub struct ProviderHttp {
-    client: reqwest::Client,
+    outbound: Outbound,
     policy: RetryPolicy,
     paused_until: Arc<Mutex<Option<Instant>>>,
 }
 
+/// The most a provider's answer may carry. A CalDAV multiget of a page of events or a page of
+/// CRM records is well under it.
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// The most of an error answer that is read: its explanation is cut to a few hundred
+/// characters anyway.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// How long a call made while a user waits (connect, test, reauth, the mapping editor) may
+/// take in all, retries included.
+pub const INTERACTIVE_DEADLINE: Duration = Duration::from_secs(15);
+
+tokio::task_local! {
+    /// When the user-facing call this task runs inside must be answered.
+    static DEADLINE: Instant;
+}
+
+/// Runs `work` as a call a user waits for: every provider request inside it ends by
+/// [`INTERACTIVE_DEADLINE`] from now, retries included, and the whole of it is cut there.
+pub async fn interactive<T, E>(
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E>
+where
+    E: From<ProviderError>,
+{
+    let deadline = Instant::now() + INTERACTIVE_DEADLINE;
+    let work = DEADLINE.scope(deadline, work);
+    match tokio::time::timeout(INTERACTIVE_DEADLINE, work).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ProviderError::Unavailable {
+            detail: format!(
+                "the provider did not answer within {} s",
+                INTERACTIVE_DEADLINE.as_secs()
+            ),
+        }
+        .into()),
+    }
+}
+
+fn deadline() -> Option<Instant> {
+    DEADLINE.try_with(|deadline| *deadline).ok()
+}
+
 impl ProviderHttp {
-    pub fn new(client: reqwest::Client, policy: RetryPolicy) -> Self {
+    pub fn new(outbound: Outbound, policy: RetryPolicy) -> Self {
         Self {
-            client,
+            outbound,
             policy,
             paused_until: Arc::default(),
         }
     }
 
-    /// A client that follows no redirects (a token or API call must not be sent elsewhere) and
-    /// names itself.
+    /// A client for operator-configured endpoints only (OAuth token and revocation URLs):
+    /// follows no redirects and names itself.
     pub fn default_client() -> reqwest::Client {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("harmony-sync/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .expect("a client with static settings builds")
+        Outbound::guarded_only().trusted().clone()
     }
 
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
+    /// Which client each URL goes through.
+    pub fn outbound(&self) -> &Outbound {
+        &self.outbound
     }
 
     pub fn policy(&self) -> RetryPolicy {
@@ -158,13 +209,28 @@ impl ProviderHttp {
         replay: Replay,
     ) -> Result<Response, ProviderError> {
         let started = Instant::now();
+        let budget = match deadline() {
+            Some(deadline) => self
+                .policy
+                .budget
+                .min(deadline.saturating_duration_since(started)),
+            None => self.policy.budget,
+        };
         let mut attempt: u32 = 0;
         loop {
             self.wait_for_window().await;
-            let outcome = build(&self.client)
-                .timeout(self.policy.timeout)
-                .send()
-                .await;
+            let left = budget.saturating_sub(started.elapsed());
+            let request = build(self.outbound.trusted())
+                .timeout(self.policy.timeout.min(left.max(Duration::from_millis(1))))
+                .build()
+                .map_err(|error| {
+                    ProviderError::Misconfigured(format!(
+                        "the request cannot be made: {}",
+                        error.without_url()
+                    ))
+                })?;
+            let client = self.outbound.route(request.url())?;
+            let outcome = client.execute(request).await;
             let (wait, failure) = match outcome {
                 Ok(response) => {
                     self.note_rate_limit(response.headers());
@@ -177,7 +243,7 @@ impl ProviderHttp {
                                 return Ok(response);
                             }
                             let told = retry_after(response.headers());
-                            let body = response.text().await.unwrap_or_default();
+                            let body = error_body(response).await;
                             let detail =
                                 format!("HTTP {}: {}", status.as_u16(), error_detail(&body));
                             if status == StatusCode::TOO_MANY_REQUESTS {
@@ -193,6 +259,9 @@ impl ProviderHttp {
                     }
                 }
                 Err(error) => {
+                    if let Some(refused) = crate::outbound::refusal_in(&error) {
+                        return Err(ProviderError::Refused(refused));
+                    }
                     if replay == Replay::OnlyUnprocessed && !error.is_connect() {
                         return Err(ProviderError::Unavailable {
                             detail: format!("{} ({NOT_REPEATED})", describe_transport_error(error)),
@@ -211,7 +280,7 @@ impl ProviderHttp {
                 Some(told) => told + jitter(Duration::from_millis(100)),
                 None => jitter(self.backoff_bound(attempt)),
             };
-            if started.elapsed() + delay > self.policy.budget {
+            if started.elapsed() + delay > budget {
                 return Err(failure);
             }
             tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, %failure, "retrying a provider call");
@@ -228,10 +297,7 @@ impl ProviderHttp {
     ) -> Result<Value, ProviderError> {
         let response = self.send(build).await?;
         let response = check(response).await?;
-        response
-            .json::<Value>()
-            .await
-            .map_err(|error| ProviderError::protocol(format!("the body is not JSON: {error}")))
+        json_body(response).await
     }
 
     fn backoff_bound(&self, attempt: u32) -> Duration {
@@ -283,12 +349,12 @@ async fn quota_refusal(response: Response) -> Result<Response, String> {
     }
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response.bytes().await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&body);
+    let body = error_body(response).await;
+    let text = body.as_str();
     if text.contains("\"rateLimitExceeded\"") || text.contains("\"userRateLimitExceeded\"") {
-        return Err(format!("HTTP 403: {}", error_detail(&text)));
+        return Err(format!("HTTP 403: {}", error_detail(text)));
     }
-    let mut rebuilt = http::Response::new(body);
+    let mut rebuilt = http::Response::new(body.into_bytes());
     *rebuilt.status_mut() = status;
     *rebuilt.headers_mut() = headers;
     Ok(Response::from(rebuilt))
@@ -340,8 +406,72 @@ pub async fn check(response: Response) -> Result<Response, ProviderError> {
     if status.is_success() {
         return Ok(response);
     }
-    let body = response.text().await.unwrap_or_default();
+    let body = error_body(response).await;
     Err(status_error(status, &body))
+}
+
+/// Reads a body of at most `limit` bytes; a longer one is a protocol error, and what was read
+/// of it is dropped.
+pub async fn read_capped(
+    mut response: Response,
+    limit: usize,
+) -> Result<bytes::Bytes, ProviderError> {
+    let too_large = || {
+        ProviderError::protocol(format!(
+            "the answer is larger than the {} MiB the service reads",
+            limit / (1024 * 1024)
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        let chunk = response
+            .chunk()
+            .await
+            .map_err(|error| ProviderError::Unavailable {
+                detail: describe_transport_error(error),
+            })?;
+        let Some(chunk) = chunk else { break };
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
+}
+
+/// A success's body as text, read up to [`MAX_BODY_BYTES`].
+pub async fn text_body(response: Response) -> Result<String, ProviderError> {
+    let bytes = read_capped(response, MAX_BODY_BYTES).await?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A success's body as JSON, read up to [`MAX_BODY_BYTES`].
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    response: Response,
+) -> Result<T, ProviderError> {
+    let bytes = read_capped(response, MAX_BODY_BYTES).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|error| ProviderError::protocol(format!("the body is not JSON: {error}")))
+}
+
+/// An error answer's body: its first [`MAX_ERROR_BODY_BYTES`], which is more than its
+/// explanation needs.
+pub async fn error_body(mut response: Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ERROR_BODY_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_ERROR_BODY_BYTES {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// The error a non-success status and body mean, in any provider's shape.

@@ -8,7 +8,9 @@
 //!   revocation, on the `oauth2` crate; [`credentials`]: credentials read from the vault and
 //!   refreshed single-flight across processes.
 //! - [`provider`]: the `Provider` trait every client implements; [`providers`]: the clients;
-//!   [`http`]: retries, backoff and rate limits shared by all of them.
+//!   [`http`]: retries, backoff, rate limits and body caps shared by all of them;
+//!   [`outbound`]: which hosts they may reach (no loopback or private network through a setup
+//!   field or a provider's answer).
 //! - [`sync`]: the sync worker; [`lease`]: leases in the service's database.
 //! - [`fakes`] (feature `fakes`): local servers speaking each provider's wire format, with
 //!   switchable faults; [`bench`]: `harmony bench sync`.
@@ -36,6 +38,7 @@ pub mod fakes;
 pub mod http;
 pub mod lease;
 pub mod oauth;
+pub mod outbound;
 pub mod provider;
 pub mod providers;
 pub mod scheduler;

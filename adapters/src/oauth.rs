@@ -284,7 +284,7 @@ impl OAuthClient {
         if status.is_success() {
             return Ok(true);
         }
-        let body = response.text().await.unwrap_or_default();
+        let body = crate::http::error_body(response).await;
         Err(crate::http::status_error(status, &body))
     }
 }

@@ -39,7 +39,7 @@ impl Setup {
         };
         let client = HubSpot::new(
             fake.server.base.clone(),
-            ProviderHttp::new(ProviderHttp::default_client(), policy),
+            ProviderHttp::new(adapters::outbound::Outbound::loopback(), policy),
         );
         Self {
             fake,

@@ -75,7 +75,7 @@ fn start_worker(
     vault: &Arc<Vault>,
     fake: &FakeHubSpot,
 ) -> (SyncWorker, tokio::task::JoinHandle<()>) {
-    let http = ProviderHttp::new(ProviderHttp::default_client(), policy());
+    let http = ProviderHttp::new(adapters::outbound::Outbound::loopback(), policy());
     let endpoints = Endpoints {
         hubspot_api: fake.server.base.clone(),
         ..Endpoints::default()

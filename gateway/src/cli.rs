@@ -247,6 +247,12 @@ pub struct ServeArgs {
     /// Logs as one JSON object per line (for a log collector) instead of text.
     #[arg(long, env = "HARMONY_LOG_JSON")]
     pub log_json: bool,
+    /// Address ranges (CIDR, comma-separated) that URLs typed by users or returned by
+    /// providers may reach beyond public addresses: an on-premises CalDAV server, say.
+    /// Loopback, private, link-local and CGNAT addresses are refused otherwise; the endpoints
+    /// of the configuration file are always trusted.
+    #[arg(long, env = "HARMONY_OUTBOUND_ALLOW", value_delimiter = ',', value_parser = adapters::outbound::parse_allow)]
+    pub outbound_allow: Vec<adapters::outbound::IpNet>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }

@@ -56,6 +56,9 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// OAuth clients, the public base URL and provider endpoints.
     pub adapters: adapters::config::AdaptersConfig,
+    /// Which addresses a user-supplied or provider-returned URL may reach: public ones, and
+    /// the ranges opened with `--outbound-allow`.
+    pub outbound: adapters::outbound::OutboundPolicy,
     /// How often the scheduler looks for due incremental syncs.
     pub schedule_tick: std::time::Duration,
     /// How sync runs are held and handed over between processes.
@@ -79,6 +82,7 @@ impl Settings {
             records_max_age: RECORDS_MAX_AGE,
             database_url: None,
             adapters: adapters::config::AdaptersConfig::default(),
+            outbound: adapters::outbound::OutboundPolicy::default(),
             schedule_tick: std::time::Duration::from_secs(30),
             sync: SyncSettings::default(),
             rate_limit: limits::RateLimit::new(50, 200),
@@ -179,8 +183,12 @@ impl Workers {
         use adapters::http::{ProviderHttp, RetryPolicy};
         let repo = Arc::new(eventstore::repository::Repository::new(store));
         let repo_for_api = repo.clone();
-        let http = ProviderHttp::new(ProviderHttp::default_client(), RetryPolicy::default());
         let config = &settings.adapters;
+        let outbound = adapters::outbound::Outbound::new(
+            settings.outbound.clone(),
+            config.trusted_endpoints(),
+        );
+        let http = ProviderHttp::new(outbound.clone(), RetryPolicy::default());
         let providers = adapters::providers::Providers::new(&config.endpoints, &http);
         let leases =
             adapters::lease::Leases::new(read.clone(), adapters::lease::Leases::process_holder());
@@ -189,7 +197,7 @@ impl Workers {
             vault.clone(),
             leases.clone(),
             config.oauth.clone(),
-            ProviderHttp::default_client(),
+            outbound.trusted().clone(),
             redirect.clone(),
         ));
         let connections = adapters::connections::Connections::new(
@@ -199,7 +207,7 @@ impl Workers {
             providers.clone(),
             config.oauth.clone(),
             config.unavailable.clone(),
-            ProviderHttp::default_client(),
+            outbound.trusted().clone(),
             redirect,
         );
         let sync = adapters::sync::SyncWorker::new(

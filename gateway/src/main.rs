@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let app = Application::build(Settings {
                 adapters,
+                outbound: adapters::outbound::OutboundPolicy::new(args.outbound_allow),
                 schedule_tick: std::time::Duration::from_secs(args.schedule_tick_seconds.max(1)),
                 sync: gateway::SyncSettings {
                     lease: std::time::Duration::from_secs(args.sync_lease_seconds.max(1)),

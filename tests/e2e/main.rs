@@ -11,4 +11,5 @@ mod helpers;
 mod installed;
 mod openapi;
 mod protocol;
+mod security;
 mod walk;

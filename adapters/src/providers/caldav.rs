@@ -105,10 +105,10 @@ impl CalDav {
             })
             .await?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
         if status != StatusCode::MULTI_STATUS {
-            return Err(dav_error(status, &text));
+            return Err(dav_error(status, &crate::http::error_body(response).await));
         }
+        let text = crate::http::text_body(response).await?;
         let doc = xml::parse(&text).map_err(ProviderError::protocol)?;
         if !doc.is(DAV, "multistatus") {
             return Err(ProviderError::protocol(
@@ -525,7 +525,7 @@ impl Provider for CalDav {
                 let status = response.status();
                 // 412: the resource exists — a retry of a create that went through.
                 if !(status.is_success() || status == StatusCode::PRECONDITION_FAILED) {
-                    let text = response.text().await.unwrap_or_default();
+                    let text = crate::http::error_body(response).await;
                     return Err(dav_error(status, &text));
                 }
                 Ok(json!({"uid": uid, "href": url.path(), "created": status.is_success()}))

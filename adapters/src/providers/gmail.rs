@@ -104,11 +104,7 @@ impl Gmail {
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let message: Value = check(response)
-            .await?
-            .json()
-            .await
-            .map_err(ProviderError::protocol)?;
+        let message: Value = crate::http::json_body(check(response).await?).await?;
         Ok(Some(message_record(id, &message)))
     }
 
@@ -189,7 +185,7 @@ impl Gmail {
             .send(|client| client.get(url.clone()).bearer_auth(token))
             .await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
-            let body = response.text().await.unwrap_or_default();
+            let body = crate::http::error_body(response).await;
             return Err(ProviderError::StaleCursor {
                 detail: format!(
                     "history id {start} is too old: {}",
@@ -199,10 +195,10 @@ impl Gmail {
         }
         if !response.status().is_success() {
             let status = response.status();
-            let body = response.text().await.unwrap_or_default();
+            let body = crate::http::error_body(response).await;
             return Err(status_error(status, &body));
         }
-        let body: Value = response.json().await.map_err(ProviderError::protocol)?;
+        let body: Value = crate::http::json_body(response).await?;
         // The last change of each message wins; added messages are read for their headers.
         let mut order: Vec<String> = Vec::new();
         let mut deleted: std::collections::HashMap<String, bool> = Default::default();
@@ -404,11 +400,7 @@ impl Provider for Gmail {
                     .http
                     .send_once(|client| client.post(url.clone()).bearer_auth(token).json(&payload))
                     .await?;
-                let sent: Value = check(response)
-                    .await?
-                    .json()
-                    .await
-                    .map_err(ProviderError::protocol)?;
+                let sent: Value = crate::http::json_body(check(response).await?).await?;
                 Ok(json!({"id": sent.get("id"), "threadId": sent.get("threadId")}))
             }
             "search_messages" => {

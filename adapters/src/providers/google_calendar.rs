@@ -198,11 +198,7 @@ impl Provider for GoogleCalendar {
                         .json(|client| client.get(existing.clone()).bearer_auth(token))
                         .await?
                 } else {
-                    check(response)
-                        .await?
-                        .json()
-                        .await
-                        .map_err(ProviderError::protocol)?
+                    crate::http::json_body(check(response).await?).await?
                 };
                 Ok(json!({
                     "id": created.get("id"),

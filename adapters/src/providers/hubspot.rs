@@ -382,11 +382,7 @@ impl Provider for HubSpot {
                     .http
                     .send(|client| client.patch(url.clone()).bearer_auth(token).json(&body))
                     .await?;
-                let answer: Value = check(response)
-                    .await?
-                    .json()
-                    .await
-                    .map_err(ProviderError::protocol)?;
+                let answer: Value = crate::http::json_body(check(response).await?).await?;
                 Ok(json!({"id": answer.get("id"), "properties": answer.get("properties")}))
             }
             "search_contacts" => {

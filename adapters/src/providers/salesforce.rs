@@ -346,11 +346,7 @@ impl Provider for Salesforce {
                     .http
                     .send_once(|client| client.post(url.clone()).bearer_auth(token).json(fields))
                     .await?;
-                let created: Value = check(response)
-                    .await?
-                    .json()
-                    .await
-                    .map_err(ProviderError::protocol)?;
+                let created: Value = crate::http::json_body(check(response).await?).await?;
                 Ok(json!({"id": created.get("id"), "success": created.get("success")}))
             }
             "update_opportunity" => {

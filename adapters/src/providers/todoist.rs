@@ -60,7 +60,7 @@ impl Todoist {
             .await?;
         let status = response.status();
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
+            let body = crate::http::error_body(response).await;
             if body.contains("INVALID_SYNC_TOKEN") {
                 return Err(ProviderError::StaleCursor {
                     detail: error_detail(&body),
@@ -68,7 +68,7 @@ impl Todoist {
             }
             return Err(status_error(status, &body));
         }
-        let body: Value = response.json().await.map_err(ProviderError::protocol)?;
+        let body: Value = crate::http::json_body(response).await?;
         let records = body
             .get("items")
             .and_then(Value::as_array)

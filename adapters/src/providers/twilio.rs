@@ -279,11 +279,7 @@ impl Provider for Twilio {
                     .http
                     .send_once(|client| account.auth(client.post(url.clone())).form(&form))
                     .await?;
-                let sent: Value = check(response)
-                    .await?
-                    .json()
-                    .await
-                    .map_err(ProviderError::protocol)?;
+                let sent: Value = crate::http::json_body(check(response).await?).await?;
                 Ok(json!({"sid": sent.get("sid"), "status": sent.get("status"),
                           "to": sent.get("to")}))
             }

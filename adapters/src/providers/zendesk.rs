@@ -321,11 +321,7 @@ impl Provider for Zendesk {
                     .http
                     .send_once(|client| account.auth(client.put(url.clone())).json(&payload))
                     .await?;
-                let answer: Value = check(response)
-                    .await?
-                    .json()
-                    .await
-                    .map_err(ProviderError::protocol)?;
+                let answer: Value = crate::http::json_body(check(response).await?).await?;
                 Ok(json!({"id": answer.pointer("/ticket/id"), "commented": true}))
             }
             "search_tickets" => {

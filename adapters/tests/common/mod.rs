@@ -13,7 +13,7 @@ use secrecy::SecretString;
 
 pub fn http() -> ProviderHttp {
     ProviderHttp::new(
-        ProviderHttp::default_client(),
+        adapters::outbound::Outbound::loopback(),
         RetryPolicy {
             base: Duration::from_millis(10),
             max_delay: Duration::from_secs(5),

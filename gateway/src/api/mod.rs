@@ -722,6 +722,11 @@ pub(crate) fn connect_problem(error: adapters::connections::ConnectError) -> Pro
             "invalid_setup",
             format!("{field} {reason}"),
         ),
+        E::Provider(adapters::http::ProviderError::Refused(refused)) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "outbound_refused",
+            format!("{refused}; an operator can open an address range with --outbound-allow"),
+        ),
         E::Provider(error) if error.retryable() => Problem::new(
             StatusCode::BAD_GATEWAY,
             "provider_unavailable",

@@ -1,0 +1,157 @@
+//! The defences of docs/SECURITY.md, each tried the way an attacker would: setup fields that
+//! name internal hosts, hostile provider servers, OAuth links sent to a victim, revoked
+//! tokens, and what the service leaves on disk and in its answers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adapters::outbound::OutboundPolicy;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+/// A TCP server on loopback that counts the connections it accepts and answers each with a
+/// body no refused request may ever echo.
+struct Listener {
+    port: u16,
+    accepted: Arc<AtomicU64>,
+}
+
+const INTERNAL_BODY: &str = "internal-metadata-never-to-be-echoed";
+
+impl Listener {
+    async fn start(answer: bool) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                if answer {
+                    use tokio::io::AsyncWriteExt;
+                    let response = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: {}\r\n\r\n{INTERNAL_BODY}",
+                        INTERNAL_BODY.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                }
+                // Kept open without a word: a server that never answers.
+                held.push(socket);
+            }
+        });
+        Self { port, accepted }
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+fn caldav(server_url: &str) -> Value {
+    json!({"app": "caldav", "fields": {
+        "server_url": server_url, "username": "jane", "app_password": "app-password-1"}})
+}
+
+#[tokio::test]
+async fn setup_fields_naming_internal_hosts_are_refused_without_opening_a_connection() {
+    let internal = Listener::start(true).await;
+    let app = spawn_app().await;
+    let (_, token) = app.token("acme", "jane", "member").await;
+    let port = internal.port;
+    let refused_by_the_guard = [
+        format!("http://127.0.0.1:{port}/dav/"),
+        format!("http://localhost:{port}/dav/"),
+        format!("https://127.1:{port}/dav/"),
+        format!("https://2130706433:{port}/dav/"),
+        format!("https://[::ffff:127.0.0.1]:{port}/dav/"),
+        format!("https://[::1]:{port}/dav/"),
+        "https://169.254.169.254/latest/meta-data/".to_owned(),
+        "https://10.0.0.1/dav/".to_owned(),
+        "https://100.64.0.1/dav/".to_owned(),
+        "https://[fd00::1]/dav/".to_owned(),
+    ];
+    for url in &refused_by_the_guard {
+        let started = Instant::now();
+        let response = app
+            .call(
+                Method::POST,
+                "/v1/workspaces/acme/integrations",
+                &token,
+                Some(caldav(url)),
+            )
+            .await;
+        let elapsed = started.elapsed();
+        assert_eq!(response.status(), 422, "{url}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "outbound_refused", "{url}: {problem}");
+        assert!(
+            !problem.to_string().contains(INTERNAL_BODY),
+            "{url}: {problem}"
+        );
+        assert!(elapsed < Duration::from_secs(5), "{url} took {elapsed:?}");
+    }
+    assert_eq!(internal.accepted(), 0, "no connection was opened");
+    let installed = app
+        .get_json("/v1/workspaces/acme/integrations", Some(&token))
+        .await;
+    assert_eq!(
+        installed["integrations"],
+        json!([]),
+        "nothing was connected"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_opens_an_address_range_for_an_on_premises_server() {
+    let fake = adapters::fakes::caldav::FakeCalDav::start("jane", "app-password-1", 3)
+        .await
+        .unwrap();
+    let app = spawn_app_with(|settings| {
+        settings.outbound =
+            OutboundPolicy::new(vec![adapters::outbound::parse_allow("127.0.0.0/8").unwrap()]);
+    })
+    .await;
+    let (_, token) = app.token("acme", "jane", "member").await;
+    let response = app
+        .call(
+            Method::POST,
+            "/v1/workspaces/acme/integrations",
+            &token,
+            Some(caldav(&fake.calendar_url())),
+        )
+        .await;
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+}
+
+#[tokio::test]
+async fn a_connect_to_a_server_that_never_answers_is_answered_within_fifteen_seconds() {
+    let silent = Listener::start(false).await;
+    let app = spawn_app_with(|settings| {
+        settings.outbound =
+            OutboundPolicy::new(vec![adapters::outbound::parse_allow("127.0.0.1").unwrap()]);
+    })
+    .await;
+    let (_, token) = app.token("acme", "jane", "member").await;
+    let started = Instant::now();
+    let response = app
+        .call(
+            Method::POST,
+            "/v1/workspaces/acme/integrations",
+            &token,
+            Some(caldav(&format!("http://127.0.0.1:{}/dav/", silent.port))),
+        )
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 502);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "provider_unavailable", "{problem}");
+    assert!(silent.accepted() >= 1, "the server was tried");
+    assert!(
+        elapsed <= Duration::from_millis(16_500),
+        "answered after {elapsed:?}"
+    );
+}
