@@ -2,14 +2,25 @@
 //! out of the log, encrypted in the service's database.
 //!
 //! Each integration has a data key of its own (32 random bytes) that encrypts its secrets with
-//! XChaCha20-Poly1305; the data key is stored wrapped (encrypted) by the master key, which
+//! XChaCha20-Poly1305; the data key is stored wrapped (encrypted) by a master key, which
 //! never touches the database. Events carry only a reference (`vault:<integration>:<id>`).
 //! Shredding an integration deletes its data key: the history stays readable and verifiable,
 //! the secrets are gone for good, whoever kept a copy of the database. Every ciphertext is
 //! bound to its row (the reference or the integration as associated data), so ciphertexts
 //! moved between rows do not decrypt.
+//!
+//! **Master keys and their rotation.** The database names the *current* master key
+//! (`vault_master_keys`); new data keys are wrapped under it and only under it — the insert
+//! itself checks, so no process can wrap one under a key a rotation has begun to retire. A
+//! process holds a [`Keyring`]: the keys it was given, and where they came from, so that it
+//! looks again (the key file and the next key beside it) when the database names a key it
+//! does not hold. A rotation ([`Vault::begin_rotation`], [`Vault::rewrap`],
+//! [`Vault::finish_rotation`]) makes the new key current first, then re-wraps the data keys
+//! one by one, each in a statement of its own: a crash at any point leaves every data key
+//! wrapped by a key that still exists, and running it again carries on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -35,14 +46,19 @@ pub enum VaultError {
     #[error("the secrets of integration {0} were shredded")]
     Shredded(String),
     #[error(
-        "the data key of integration {integration} is wrapped by master key {stored}, not by the \
-         master key given ({given}): rotate with the old key, or start with the right one"
+        "the data key of integration {integration} is wrapped by master key {stored}, which this \
+         process does not hold (it holds {given}): start it with that key"
     )]
     WrongMasterKey {
         integration: String,
         stored: String,
         given: String,
     },
+    #[error(
+        "the vault's current master key is {current}, which this process does not hold: give it \
+         the new key ({MASTER_KEY_ENV}, or the key file under the data directory) and restart it"
+    )]
+    CurrentKeyNotHeld { current: String },
     #[error("a stored ciphertext does not decrypt: it was altered or moved ({0})")]
     Corrupt(String),
     #[error("the master key: {0}")]
@@ -53,6 +69,15 @@ pub enum VaultError {
 pub struct MasterKey {
     key: SecretBox<[u8; 32]>,
     id: String,
+}
+
+impl Clone for MasterKey {
+    fn clone(&self) -> Self {
+        Self {
+            key: SecretBox::new(Box::new(*self.key.expose_secret())),
+            id: self.id.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -102,16 +127,12 @@ impl MasterKey {
         SecretString::from(BASE64.encode(self.key.expose_secret()))
     }
 
-    /// The master key from `HARMONY_MASTER_KEY` if set, else from `path`, which is created
-    /// (mode 0600, with a new random key) when absent. A key file others may read is refused.
+    /// The master key in the file at `path`, which is created (mode 0600, with a new random
+    /// key) when absent. A key file others may read is refused. (`HARMONY_MASTER_KEY` is read
+    /// by [`Keyring::load_or_create`], not here.)
     pub fn load_or_create(path: &Path) -> Result<Self, VaultError> {
-        if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
-            return Self::from_base64(&text)
-                .map_err(|error| VaultError::MasterKey(format!("{MASTER_KEY_ENV}: {error}")));
-        }
-        match eventstore::keyfile::read_private(path).map_err(VaultError::MasterKey)? {
-            Some(text) => Self::from_base64(&text)
-                .map_err(|error| VaultError::MasterKey(format!("{}: {error}", path.display()))),
+        match read_key_file(path)? {
+            Some(key) => Ok(key),
             None => {
                 let key = Self::generate();
                 key.write_new(path)?;
@@ -121,9 +142,11 @@ impl MasterKey {
         }
     }
 
-    /// Writes the key to a new file at `path`, readable by its owner alone.
+    /// Writes the key to a new file at `path`, readable by its owner alone, and makes both
+    /// the file and its name durable (the directory is synced too).
     pub fn write_new(&self, path: &Path) -> Result<(), VaultError> {
         eventstore::keyfile::write_new_private(path, self.to_base64().expose_secret())
+            .and_then(|()| eventstore::keyfile::sync_parent(path))
             .map_err(|e| VaultError::MasterKey(format!("{}: {e}", path.display())))
     }
 
@@ -181,88 +204,364 @@ fn secret_aad(reference: &str) -> String {
     format!("harmony vault secret {reference}")
 }
 
-/// Runs the same statements on either database's pool or transaction.
+/// Where a process's master keys come from, so that it can look again when the vault has
+/// moved on to a key it was not started with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// `HARMONY_MASTER_KEY`: one key, or several comma-separated (the first wraps new data
+    /// keys when the vault has no current key yet). Read once: a new key needs a restart.
+    Environment,
+    /// The key file under the data directory, and during a rotation the next key beside it
+    /// ([`Keyring::next_path`]); both are read again when the vault names a key not held.
+    File(PathBuf),
+    /// Keys given in code: nothing to read again.
+    Fixed,
+}
+
+/// The master keys a process holds.
+#[derive(Clone, Debug)]
+pub struct Keyring {
+    keys: Vec<MasterKey>,
+    source: KeySource,
+}
+
+impl Keyring {
+    /// Exactly these keys; the first is preferred.
+    pub fn fixed(keys: Vec<MasterKey>) -> Self {
+        Self {
+            keys,
+            source: KeySource::Fixed,
+        }
+    }
+
+    /// The keys from `HARMONY_MASTER_KEY` if it is set, else from the key file at `path`
+    /// (created, mode 0600, with a new random key when absent) and the next key beside it,
+    /// when a rotation left one.
+    pub fn load_or_create(path: &Path) -> Result<Self, VaultError> {
+        if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
+            return Ok(Self {
+                keys: keys_from_env(&text)?,
+                source: KeySource::Environment,
+            });
+        }
+        let key = MasterKey::load_or_create(path)?;
+        let mut keys = vec![key];
+        keys.extend(read_key_file(&Self::next_path(path))?);
+        Ok(Self {
+            keys,
+            source: KeySource::File(path.to_owned()),
+        })
+    }
+
+    /// Where a rotation keeps the new key until every data key is wrapped under it.
+    pub fn next_path(path: &Path) -> PathBuf {
+        let mut name = path.file_name().unwrap_or_default().to_owned();
+        name.push(".next");
+        path.with_file_name(name)
+    }
+
+    /// The keys held.
+    pub fn keys(&self) -> &[MasterKey] {
+        &self.keys
+    }
+
+    /// Where they came from.
+    pub fn source(&self) -> &KeySource {
+        &self.source
+    }
+
+    /// Reads the key files again (a rotation may have written a next key, or put it in
+    /// place); other sources give nothing new.
+    fn reread(&self) -> Result<Vec<MasterKey>, VaultError> {
+        match &self.source {
+            KeySource::File(path) => {
+                let mut keys = Vec::new();
+                keys.extend(read_key_file(path)?);
+                keys.extend(read_key_file(&Self::next_path(path))?);
+                Ok(keys)
+            }
+            KeySource::Environment | KeySource::Fixed => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The key in the file at `path`, if there is one.
+pub fn read_key_file(path: &Path) -> Result<Option<MasterKey>, VaultError> {
+    match eventstore::keyfile::read_private(path).map_err(VaultError::MasterKey)? {
+        Some(text) => MasterKey::from_base64(&text)
+            .map(Some)
+            .map_err(|error| VaultError::MasterKey(format!("{}: {error}", path.display()))),
+        None => Ok(None),
+    }
+}
+
+/// One key or several, comma-separated, as `HARMONY_MASTER_KEY` holds them.
+fn keys_from_env(text: &str) -> Result<Vec<MasterKey>, VaultError> {
+    let keys = text
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            MasterKey::from_base64(part)
+                .map_err(|error| VaultError::MasterKey(format!("{MASTER_KEY_ENV}: {error}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        return Err(VaultError::MasterKey(format!("{MASTER_KEY_ENV} is empty")));
+    }
+    Ok(keys)
+}
+
+/// What a master key is to the vault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterKeyState {
+    pub id: String,
+    /// `current` (wraps new data keys), `retiring` (a rotation away from it is under way) or
+    /// `retired` (nothing is wrapped under it any more).
+    pub state: String,
+}
+
 /// The vault on the service's database.
 pub struct Vault {
     db: ReadDb,
-    master: MasterKey,
+    keys: RwLock<Vec<Arc<MasterKey>>>,
+    source: KeySource,
 }
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = self
+            .keys
+            .read()
+            .map(|keys| keys.iter().map(|k| k.id.clone()).collect())
+            .unwrap_or_default();
         f.debug_struct("Vault")
-            .field("master_key", &self.master.id)
+            .field("master_keys", &ids)
             .finish_non_exhaustive()
     }
 }
 
 impl Vault {
+    /// The vault with one master key.
     pub fn new(db: ReadDb, master: MasterKey) -> Self {
-        Self { db, master }
+        Self::with_keyring(db, Keyring::fixed(vec![master]))
     }
 
-    /// The master key it works with.
-    pub fn master_key(&self) -> &MasterKey {
-        &self.master
+    /// The vault with the keys of `keyring`, looking again where they came from when the
+    /// database names a key it does not hold.
+    pub fn with_keyring(db: ReadDb, keyring: Keyring) -> Self {
+        Self {
+            db,
+            keys: RwLock::new(keyring.keys.into_iter().map(Arc::new).collect()),
+            source: keyring.source,
+        }
     }
 
-    /// The data key of `integration`, created (and stored wrapped) on first use.
-    async fn data_key(
+    fn held(&self, id: &str) -> Option<Arc<MasterKey>> {
+        self.keys
+            .read()
+            .expect("the master keys' lock")
+            .iter()
+            .find(|key| key.id == id)
+            .cloned()
+    }
+
+    fn held_ids(&self) -> String {
+        self.keys
+            .read()
+            .expect("the master keys' lock")
+            .iter()
+            .map(|key| key.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The master key `id`, from the keys held or, failing that, from their source read again.
+    fn key(&self, id: &str) -> Result<Option<Arc<MasterKey>>, VaultError> {
+        if let Some(key) = self.held(id) {
+            return Ok(Some(key));
+        }
+        let again = Keyring {
+            keys: Vec::new(),
+            source: self.source.clone(),
+        }
+        .reread()?;
+        let mut keys = self.keys.write().expect("the master keys' lock");
+        for key in again {
+            if !keys.iter().any(|held| held.id == key.id) {
+                tracing::info!(id = %key.id, "read a new master key");
+                keys.push(Arc::new(key));
+            }
+        }
+        Ok(keys.iter().find(|key| key.id == id).cloned())
+    }
+
+    /// Every master key the vault knows, with its state.
+    pub async fn master_keys(&self) -> Result<Vec<MasterKeyState>, VaultError> {
+        let sql = "SELECT key_id, state FROM vault_master_keys ORDER BY changed_at, key_id";
+        let rows: Vec<(String, String)> =
+            on_db!(&self.db, |pool| sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(id, state)| MasterKeyState { id, state })
+            .collect())
+    }
+
+    /// The key new data keys are wrapped under: the database's current one. A vault that has
+    /// none yet takes this process's preferred key.
+    pub async fn current_key(&self) -> Result<Arc<MasterKey>, VaultError> {
+        let select = "SELECT key_id FROM vault_master_keys WHERE state = 'current'";
+        let mut current: Option<String> = on_db!(&self.db, |pool| sqlx::query_scalar(select)
+            .fetch_optional(pool)
+            .await?);
+        if current.is_none() {
+            let preferred = self
+                .keys
+                .read()
+                .expect("the master keys' lock")
+                .first()
+                .map(|key| key.id.clone())
+                .ok_or_else(|| VaultError::MasterKey("no master key is held".into()))?;
+            let insert = "INSERT INTO vault_master_keys (key_id, state, changed_at) \
+                          VALUES ($1, 'current', $2) ON CONFLICT DO NOTHING";
+            on_db!(&self.db, |pool| sqlx::query(insert)
+                .bind(&preferred)
+                .bind(Timestamp::now().unix_micros())
+                .execute(pool)
+                .await
+                .map(drop)?);
+            current = on_db!(&self.db, |pool| sqlx::query_scalar(select)
+                .fetch_optional(pool)
+                .await?);
+        }
+        let current = current
+            .ok_or_else(|| VaultError::MasterKey("the vault names no current key".into()))?;
+        self.key(&current)?
+            .ok_or(VaultError::CurrentKeyNotHeld { current })
+    }
+
+    /// Inserts a data key wrapped under `master` only while `master` is the current key, in one
+    /// step a rotation cannot come between. `false`: not inserted (the integration has a data
+    /// key already, or the key stopped being current).
+    async fn insert_data_key(
         &self,
         integration: &str,
-        create: bool,
-    ) -> Result<XChaCha20Poly1305, VaultError> {
+        wrapped: &str,
+        master: &MasterKey,
+    ) -> Result<bool, VaultError> {
+        let created = Timestamp::now().to_string();
+        let inserted = match &self.db {
+            // One statement: SQLite runs one writer at a time.
+            ReadDb::Sqlite(pool) => sqlx::query(
+                "INSERT INTO vault_keys (integration_id, wrapped_key, master_key_id, created_at) \
+                 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM vault_master_keys \
+                 WHERE key_id = $3 AND state = 'current') ON CONFLICT (integration_id) DO NOTHING",
+            )
+            .bind(integration)
+            .bind(wrapped)
+            .bind(&master.id)
+            .bind(&created)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            // The key's row is share-locked until the insert commits: a rotation's demotion of
+            // it waits for this insert, and this one sees the demotion if it came first.
+            ReadDb::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let current: Option<String> = sqlx::query_scalar(
+                    "SELECT key_id FROM vault_master_keys WHERE key_id = $1 \
+                     AND state = 'current' FOR SHARE",
+                )
+                .bind(&master.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if current.is_none() {
+                    return Ok(false);
+                }
+                let inserted = sqlx::query(
+                    "INSERT INTO vault_keys (integration_id, wrapped_key, master_key_id, \
+                     created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (integration_id) DO NOTHING",
+                )
+                .bind(integration)
+                .bind(wrapped)
+                .bind(&master.id)
+                .bind(&created)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                inserted
+            }
+        };
+        Ok(inserted > 0)
+    }
+
+    /// The stored data key of `integration`, unwrapped, if it has one.
+    async fn stored_data_key(
+        &self,
+        integration: &str,
+    ) -> Result<Option<XChaCha20Poly1305>, VaultError> {
         let sql = "SELECT wrapped_key, master_key_id FROM vault_keys WHERE integration_id = $1";
         let stored: Option<(String, String)> = on_db!(&self.db, |pool| sqlx::query_as(sql)
             .bind(integration)
             .fetch_optional(pool)
             .await?);
-        let key = match stored {
-            Some((wrapped, master_id)) => {
-                if master_id != self.master.id {
-                    return Err(VaultError::WrongMasterKey {
-                        integration: integration.to_owned(),
-                        stored: master_id,
-                        given: self.master.id.clone(),
-                    });
-                }
-                let bytes = SecretBox::new(Box::new(open(
-                    &self.master.cipher(),
-                    &wrapped,
-                    &key_aad(integration),
-                )?));
-                XChaCha20Poly1305::new_from_slice(bytes.expose_secret())
-                    .map_err(|_| VaultError::Corrupt(key_aad(integration)))?
-            }
-            None if create => {
-                let mut bytes = SecretBox::new(Box::new([0u8; 32]));
-                rand::rng().fill_bytes(bytes.expose_secret_mut());
-                let wrapped = seal(
-                    &self.master.cipher(),
-                    bytes.expose_secret(),
-                    &key_aad(integration),
-                );
-                let insert = "INSERT INTO vault_keys (integration_id, wrapped_key, master_key_id, \
-                              created_at) VALUES ($1, $2, $3, $4) \
-                              ON CONFLICT (integration_id) DO NOTHING";
-                let inserted = on_db!(&self.db, |pool| sqlx::query(insert)
-                    .bind(integration)
-                    .bind(&wrapped)
-                    .bind(&self.master.id)
-                    .bind(Timestamp::now().to_string())
-                    .execute(pool)
-                    .await?
-                    .rows_affected());
-                if inserted == 0 {
-                    // Another writer created it first: use theirs.
-                    return Box::pin(self.data_key(integration, false)).await;
-                }
-                XChaCha20Poly1305::new_from_slice(bytes.expose_secret())
-                    .map_err(|_| VaultError::Corrupt(key_aad(integration)))?
-            }
-            None => return Err(VaultError::Shredded(integration.to_owned())),
+        let Some((wrapped, master_id)) = stored else {
+            return Ok(None);
         };
-        Ok(key)
+        let master = self
+            .key(&master_id)?
+            .ok_or_else(|| VaultError::WrongMasterKey {
+                integration: integration.to_owned(),
+                stored: master_id.clone(),
+                given: self.held_ids(),
+            })?;
+        let bytes = SecretBox::new(Box::new(open(
+            &master.cipher(),
+            &wrapped,
+            &key_aad(integration),
+        )?));
+        XChaCha20Poly1305::new_from_slice(bytes.expose_secret())
+            .map(Some)
+            .map_err(|_| VaultError::Corrupt(key_aad(integration)))
+    }
+
+    /// The data key of `integration`, created (and stored wrapped under the current master
+    /// key) on first use when `create`.
+    async fn data_key(
+        &self,
+        integration: &str,
+        create: bool,
+    ) -> Result<XChaCha20Poly1305, VaultError> {
+        if let Some(key) = self.stored_data_key(integration).await? {
+            return Ok(key);
+        }
+        if !create {
+            return Err(VaultError::Shredded(integration.to_owned()));
+        }
+        let mut bytes = SecretBox::new(Box::new([0u8; 32]));
+        rand::rng().fill_bytes(bytes.expose_secret_mut());
+        // A rotation may make another key current between the read and the insert: then the
+        // insert refuses, and the key is wrapped again under the new one.
+        for _ in 0..5 {
+            let master = self.current_key().await?;
+            let wrapped = seal(
+                &master.cipher(),
+                bytes.expose_secret(),
+                &key_aad(integration),
+            );
+            if self.insert_data_key(integration, &wrapped, &master).await? {
+                return XChaCha20Poly1305::new_from_slice(bytes.expose_secret())
+                    .map_err(|_| VaultError::Corrupt(key_aad(integration)));
+            }
+            // Another writer created it first: use theirs.
+            if let Some(key) = self.stored_data_key(integration).await? {
+                return Ok(key);
+            }
+        }
+        Err(VaultError::MasterKey(
+            "the current master key kept changing while a data key was stored".into(),
+        ))
     }
 
     /// Stores `secret` for `integration`; returns the reference events carry.
@@ -336,44 +635,133 @@ impl Vault {
         Ok(shredded)
     }
 
-    /// Re-wraps every data key under `new`, in one transaction, and returns the vault working
-    /// with it and how many keys were re-wrapped. The secrets themselves are not touched.
-    pub async fn rotate_master(self, new: MasterKey) -> Result<(Vault, u64), VaultError> {
-        let rewrapped = on_db!(&self.db, |pool| {
+    /// A rotation's first step: `new` (which this vault must hold) becomes the current key,
+    /// and the key that was current begins to retire. From the moment this commits, no data
+    /// key is wrapped under the old key. Running it again changes nothing.
+    pub async fn begin_rotation(&self, new: &MasterKey) -> Result<(), VaultError> {
+        if self.held(&new.id).is_none() {
+            self.keys
+                .write()
+                .expect("the master keys' lock")
+                .push(Arc::new(new.clone()));
+        }
+        let now = Timestamp::now().unix_micros();
+        on_db!(&self.db, |pool| {
             let mut tx = pool.begin().await?;
-            let rows: Vec<(String, String, String)> =
-                sqlx::query_as("SELECT integration_id, wrapped_key, master_key_id FROM vault_keys")
-                    .fetch_all(&mut *tx)
-                    .await?;
-            let mut count = 0u64;
-            for (integration, wrapped, master_id) in rows {
-                if master_id == new.id {
-                    continue;
-                }
-                if master_id != self.master.id {
-                    return Err(VaultError::WrongMasterKey {
-                        integration,
-                        stored: master_id,
-                        given: self.master.id.clone(),
-                    });
-                }
-                let aad = key_aad(&integration);
-                let bytes = SecretBox::new(Box::new(open(&self.master.cipher(), &wrapped, &aad)?));
-                let rewrapped = seal(&new.cipher(), bytes.expose_secret(), &aad);
-                sqlx::query(
-                    "UPDATE vault_keys SET wrapped_key = $1, master_key_id = $2 \
-                     WHERE integration_id = $3",
-                )
-                .bind(rewrapped)
-                .bind(&new.id)
-                .bind(&integration)
-                .execute(&mut *tx)
-                .await?;
-                count += 1;
-            }
+            sqlx::query(
+                "UPDATE vault_master_keys SET state = 'retiring', changed_at = $1 \
+                 WHERE state = 'current' AND key_id <> $2",
+            )
+            .bind(now)
+            .bind(&new.id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO vault_master_keys (key_id, state, changed_at) \
+                 VALUES ($1, 'current', $2) \
+                 ON CONFLICT (key_id) DO UPDATE SET state = 'current', changed_at = $2",
+            )
+            .bind(&new.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
-            count
         });
-        Ok((Vault::new(self.db, new), rewrapped))
+        Ok(())
+    }
+
+    /// Wraps every data key that is not under the current master key under it, each in a
+    /// statement of its own, and answers how many it re-wrapped. `progress` hears each one.
+    pub async fn rewrap(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<u64, VaultError> {
+        let current = self.current_key().await?;
+        let mut count = 0u64;
+        let mut after = String::new();
+        loop {
+            let page = "SELECT integration_id, wrapped_key, master_key_id FROM vault_keys \
+                        WHERE master_key_id <> $1 AND integration_id > $2 \
+                        ORDER BY integration_id LIMIT 500";
+            let rows: Vec<(String, String, String)> = on_db!(&self.db, |pool| sqlx::query_as(page)
+                .bind(&current.id)
+                .bind(&after)
+                .fetch_all(pool)
+                .await?);
+            let Some((last, _, _)) = rows.last() else {
+                break;
+            };
+            after = last.clone();
+            for (integration, wrapped, master_id) in rows {
+                let old = self
+                    .key(&master_id)?
+                    .ok_or_else(|| VaultError::WrongMasterKey {
+                        integration: integration.clone(),
+                        stored: master_id.clone(),
+                        given: self.held_ids(),
+                    })?;
+                let aad = key_aad(&integration);
+                let bytes = SecretBox::new(Box::new(open(&old.cipher(), &wrapped, &aad)?));
+                let rewrapped = seal(&current.cipher(), bytes.expose_secret(), &aad);
+                let update = "UPDATE vault_keys SET wrapped_key = $1, master_key_id = $2 \
+                              WHERE integration_id = $3 AND master_key_id = $4";
+                let changed = on_db!(&self.db, |pool| sqlx::query(update)
+                    .bind(&rewrapped)
+                    .bind(&current.id)
+                    .bind(&integration)
+                    .bind(&master_id)
+                    .execute(pool)
+                    .await?
+                    .rows_affected());
+                count += changed;
+                progress(count);
+            }
+        }
+        Ok(count)
+    }
+
+    /// A rotation's last step: every retiring key that no data key is wrapped under any more
+    /// is retired. Answers how many were.
+    pub async fn finish_rotation(&self) -> Result<u64, VaultError> {
+        let sql = "UPDATE vault_master_keys SET state = 'retired', changed_at = $1 \
+                   WHERE state = 'retiring' AND NOT EXISTS (SELECT 1 FROM vault_keys k \
+                   WHERE k.master_key_id = vault_master_keys.key_id)";
+        Ok(on_db!(&self.db, |pool| sqlx::query(sql)
+            .bind(Timestamp::now().unix_micros())
+            .execute(pool)
+            .await?
+            .rows_affected()))
+    }
+
+    /// A whole rotation to `new` in one call: begin, re-wrap, finish. Answers how many data
+    /// keys were re-wrapped.
+    pub async fn rotate_to(&self, new: &MasterKey) -> Result<u64, VaultError> {
+        self.begin_rotation(new).await?;
+        let rewrapped = self.rewrap(&|_| {}).await?;
+        self.finish_rotation().await?;
+        Ok(rewrapped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_may_hold_several_keys_and_the_next_key_sits_beside_the_file() {
+        let first = MasterKey::generate();
+        let second = MasterKey::generate();
+        let text = format!(
+            "{}, {}",
+            first.to_base64().expose_secret(),
+            second.to_base64().expose_secret()
+        );
+        let keys = keys_from_env(&text).expect("two keys");
+        assert_eq!(
+            keys.iter().map(MasterKey::id).collect::<Vec<_>>(),
+            [first.id(), second.id()]
+        );
+        assert!(keys_from_env(" , ").is_err());
+        assert_eq!(
+            Keyring::next_path(Path::new("/data/master.key")),
+            Path::new("/data/master.key.next")
+        );
     }
 }

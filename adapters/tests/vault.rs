@@ -3,7 +3,9 @@
 //! and do not decrypt when moved between rows or read with another master key.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
-use adapters::vault::{MasterKey, Vault, VaultError};
+use std::sync::Arc;
+
+use adapters::vault::{Keyring, MasterKey, Vault, VaultError};
 use domain::IntegrationId;
 use projections::ReadDb;
 use secrecy::{ExposeSecret, SecretString};
@@ -135,7 +137,7 @@ async fn rotating_the_master_key_rewraps_every_data_key_and_retires_the_old_one(
         }
         let new = MasterKey::generate();
         let new_id = new.id().to_owned();
-        let (vault, rewrapped) = vault.rotate_master(new).await.unwrap();
+        let rewrapped = vault.rotate_to(&new).await.unwrap();
         assert_eq!(rewrapped, 5);
         for (n, reference) in references.iter().enumerate() {
             assert_eq!(
@@ -156,6 +158,106 @@ async fn rotating_the_master_key_rewraps_every_data_key_and_retires_the_old_one(
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[tokio::test]
+async fn no_data_key_is_wrapped_under_a_key_a_rotation_has_begun_to_retire() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        let old = MasterKey::generate();
+        let new = MasterKey::generate();
+        // A service started with the old key alone, beside the rotating command.
+        let service = Vault::new(db.clone(), old.clone());
+        let before = service
+            .put(
+                IntegrationId::new(),
+                &SecretString::from("before".to_owned()),
+            )
+            .await
+            .unwrap();
+        let rotator = Vault::with_keyring(db.clone(), Keyring::fixed(vec![old.clone()]));
+        rotator.begin_rotation(&new).await.unwrap();
+        // The service cannot wrap under the new key, so it stores nothing rather than wrap
+        // under the retiring one.
+        let refused = service
+            .put(
+                IntegrationId::new(),
+                &SecretString::from("during".to_owned()),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, VaultError::CurrentKeyNotHeld { current } if current == new.id()),
+            "{refused:?}"
+        );
+        assert!(!stored(&db).await.contains("during"));
+        // What it had still opens while the re-wrap has not reached it, and after.
+        assert_eq!(
+            service.get(&before).await.unwrap().expose_secret(),
+            "before"
+        );
+        assert_eq!(rotator.rewrap(&|_| {}).await.unwrap(), 1);
+        assert_eq!(rotator.finish_rotation().await.unwrap(), 1);
+        let states = rotator.master_keys().await.unwrap();
+        assert!(states
+            .iter()
+            .any(|key| key.id == new.id() && key.state == "current"));
+        assert!(states
+            .iter()
+            .any(|key| key.id == old.id() && key.state == "retired"));
+        let updated = Vault::new(db.clone(), new.clone());
+        assert_eq!(
+            updated.get(&before).await.unwrap().expose_secret(),
+            "before"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_service_reading_the_key_file_follows_a_rotation_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+        .await
+        .unwrap();
+    let path = dir.path().join("master.key");
+    let service = Arc::new(Vault::with_keyring(
+        db.clone(),
+        Keyring::load_or_create(&path).unwrap(),
+    ));
+    let old = MasterKey::load_or_create(&path).unwrap();
+    let first = service
+        .put(
+            IntegrationId::new(),
+            &SecretString::from("first".to_owned()),
+        )
+        .await
+        .unwrap();
+    // The rotation's first step: the next key is kept beside the file, then made current.
+    let new = MasterKey::generate();
+    new.write_new(&Keyring::next_path(&path)).unwrap();
+    let rotator = Vault::with_keyring(db.clone(), Keyring::fixed(vec![old]));
+    rotator.begin_rotation(&new).await.unwrap();
+    let during = service
+        .put(
+            IntegrationId::new(),
+            &SecretString::from("during".to_owned()),
+        )
+        .await
+        .unwrap();
+    assert!(stored(&db).await.lines().any(|row| row.ends_with(new.id())));
+    rotator.rewrap(&|_| {}).await.unwrap();
+    std::fs::rename(Keyring::next_path(&path), &path).unwrap();
+    rotator.finish_rotation().await.unwrap();
+    for (reference, text) in [(&first, "first"), (&during, "during")] {
+        assert_eq!(service.get(reference).await.unwrap().expose_secret(), text);
+    }
+    let restarted = Vault::with_keyring(db, Keyring::load_or_create(&path).unwrap());
+    for (reference, text) in [(&first, "first"), (&during, "during")] {
+        assert_eq!(
+            restarted.get(reference).await.unwrap().expose_secret(),
+            text
+        );
     }
 }
 

@@ -489,10 +489,14 @@ impl Application {
             jetstream,
         } = logs;
         let read = open_read_db(settings.database_url.as_deref(), &settings.data_dir).await?;
-        let master_key =
-            adapters::vault::MasterKey::load_or_create(&master_key_path(&settings.data_dir))
-                .context("while opening the credential vault")?;
-        let vault = Arc::new(adapters::vault::Vault::new(read.clone(), master_key));
+        let keys = adapters::vault::Keyring::load_or_create(&master_key_path(&settings.data_dir))
+            .context("while opening the credential vault")?;
+        let vault = Arc::new(adapters::vault::Vault::with_keyring(read.clone(), keys));
+        // A process that cannot wrap under the vault's current key must not start.
+        vault
+            .current_key()
+            .await
+            .context("while opening the credential vault")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("while binding {}", settings.listen))?;

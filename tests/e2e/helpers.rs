@@ -141,6 +141,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     .await
 }
 
+/// The application on an existing data directory (a restart), with its settings changed by
+/// `configure` first.
+pub async fn spawn_app_in_with(
+    data_dir: tempfile::TempDir,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
+    spawn_configured(data_dir, configure).await
+}
+
 async fn spawn_configured(
     data_dir: tempfile::TempDir,
     configure: impl FnOnce(&mut Settings),

@@ -155,3 +155,108 @@ async fn a_connect_to_a_server_that_never_answers_is_answered_within_fifteen_sec
         "answered after {elapsed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_master_key_rotated_while_the_service_runs_loses_no_credential() {
+    use adapters::fakes::todoist::FakeTodoist;
+    use adapters::fakes::zendesk::FakeZendesk;
+    use clap::Parser;
+    let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-key", 1, 1)
+        .await
+        .unwrap();
+    let todoist = FakeTodoist::start("td-key", 1).await.unwrap();
+    let (zendesk_base, todoist_base) = (zendesk.server.base.clone(), todoist.server.base.clone());
+    let configure = move |settings: &mut gateway::Settings| {
+        crate::helpers::use_fake_zendesk(settings, &zendesk_base);
+        settings.adapters.endpoints.todoist_api = todoist_base.join("api/v1/").unwrap();
+    };
+    let app = spawn_app_with(configure.clone()).await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let connected = app
+        .call(
+            Method::POST,
+            "/v1/workspaces/acme/integrations",
+            &admin,
+            Some(crate::helpers::zendesk_account("zd-key")),
+        )
+        .await;
+    assert_eq!(connected.status(), 201);
+    let before: Value = connected.json().await.unwrap();
+    let before = before["integration_id"].as_str().unwrap().to_owned();
+
+    // The operator rotates the master key while the service runs.
+    let data_dir = app.data_dir().to_str().unwrap().to_owned();
+    let cli = gateway::cli::Cli::try_parse_from([
+        "harmony",
+        "vault",
+        "rotate-master-key",
+        "--generate",
+        "--data-dir",
+        &data_dir,
+    ])
+    .unwrap();
+    let gateway::cli::Command::Vault(gateway::cli::VaultCommand::RotateMasterKey(args)) =
+        cli.command
+    else {
+        unreachable!("parsed as a rotation")
+    };
+    let mut said = Vec::new();
+    gateway::vault::rotate(&args, &mut said).await.unwrap();
+    let new_key =
+        adapters::vault::MasterKey::load_or_create(&app.data_dir().join("master.key")).unwrap();
+
+    let tested = app
+        .call(
+            Method::POST,
+            &format!("/v1/workspaces/acme/integrations/{before}/test"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(tested.status(), 200, "read after the rotation");
+    let after = app
+        .call(
+            Method::POST,
+            "/v1/workspaces/acme/integrations",
+            &admin,
+            Some(json!({"app": "todoist", "fields": {"api_token": "td-key"}})),
+        )
+        .await;
+    assert_eq!(after.status(), 201);
+    let after: Value = after.json().await.unwrap();
+    let after = after["integration_id"].as_str().unwrap().to_owned();
+    let db = projections::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+        .await
+        .unwrap();
+    let projections::ReadDb::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    let wrapped_by: String =
+        sqlx::query_scalar("SELECT master_key_id FROM vault_keys WHERE integration_id = $1")
+            .bind(&after)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        wrapped_by,
+        new_key.id(),
+        "connected after: under the new key"
+    );
+    db.close().await;
+
+    // And after a restart, both still open.
+    let dir = app.stop().await.unwrap();
+    let app = crate::helpers::spawn_app_in_with(dir, configure).await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    for id in [&before, &after] {
+        let response = app
+            .call(
+                Method::POST,
+                &format!("/v1/workspaces/acme/integrations/{id}/test"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), 200, "{id} after a restart");
+    }
+}
