@@ -25,7 +25,7 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::http::{interactive, ProviderError};
-use crate::oauth::{CallbackError, OAuthClient, Pending};
+use crate::oauth::{CallbackError, Claimed, OAuthClient, Pending};
 use crate::provider::{Connection, Credentials, Identity};
 use crate::providers::Providers;
 use crate::vault::{Vault, VaultError};
@@ -59,6 +59,14 @@ impl From<RepositoryError> for ConnectError {
             other => ConnectError::Repository(other),
         }
     }
+}
+
+/// What an OAuth2 flow is bound to when it starts: the SHA-256 of the starting browser's
+/// cookie and of the API token (see [`crate::oauth::binding_hash`]).
+#[derive(Clone, Debug)]
+pub struct Binding {
+    pub browser: String,
+    pub token: String,
 }
 
 /// What a connect or reauth produced.
@@ -221,13 +229,15 @@ impl Connections {
         Ok(())
     }
 
-    /// Starts an OAuth2 connect (or, with `integration`, a reauth): the URL for the popup.
+    /// Starts an OAuth2 connect (or, with `integration`, a reauth): the URL for the popup,
+    /// bound to the starting browser and API token (`binding`).
     pub async fn start_oauth(
         &self,
         context: &CommandContext,
         app: &str,
         integration: Option<IntegrationId>,
         setup: BTreeMap<String, String>,
+        binding: Binding,
     ) -> Result<Url, ConnectError> {
         let app = app_of(app)?;
         let AuthKind::Oauth2 { scopes, .. } = app.auth else {
@@ -287,6 +297,8 @@ impl Connections {
             app: app.id.to_owned(),
             integration,
             setup,
+            browser: binding.browser,
+            token: binding.token,
         };
         let started = client
             .start(&self.db, &self.redirect, scopes, &pending)
@@ -294,39 +306,33 @@ impl Connections {
         Ok(started.url)
     }
 
-    /// Finishes an OAuth2 flow from its callback. `caller`, when the callback carries a
-    /// session, must be who started it.
+    /// Takes the pending authorization a callback's `state` names (consuming it, whatever
+    /// follows), for the caller to check whose it is before [`finish_oauth`](Self::finish_oauth).
+    pub async fn claim_callback(&self, state: &str) -> Result<Claimed, ConnectError> {
+        Ok(crate::oauth::claim(&self.db, state).await?)
+    }
+
+    /// Finishes a claimed OAuth2 flow as `caller` — who started it, as their API token says
+    /// now: exchanges the code, checks the grant with the provider and connects (or
+    /// reauthenticates), every rule checked again with the caller's role now.
     pub async fn finish_oauth(
         &self,
-        app: &str,
-        state: &str,
+        claimed: Claimed,
         code: &str,
-        caller: Option<&Principal>,
+        caller: Principal,
     ) -> Result<Connected, ConnectError> {
-        let app = app_of(app)?;
+        let pending = &claimed.pending;
+        if caller.workspace != pending.workspace || caller.user != pending.user {
+            return Err(CallbackError::Foreign.into());
+        }
+        let app = app_of(&pending.app)?;
         let client = self.oauth.get(app.id).ok_or_else(|| {
             ConnectError::Unavailable(format!("no OAuth client for {}", app.name))
         })?;
-        let (pending, grant) = interactive(client.finish(
-            &self.db,
-            &self.http,
-            &self.redirect,
-            state,
-            code,
-            caller.map(|p| (&p.workspace, &p.user)),
-        ))
-        .await?;
-        if pending.app != app.id {
-            return Err(CallbackError::Foreign.into());
-        }
-        let context = CommandContext::new(
-            Caller::User(Principal {
-                user: pending.user.clone(),
-                workspace: pending.workspace.clone(),
-                role: pending.role,
-            }),
-            Timestamp::now(),
-        );
+        let context = CommandContext::new(Caller::User(caller), Timestamp::now());
+        let grant =
+            interactive(client.exchange(&self.http, &self.redirect, &claimed, code)).await?;
+        let pending = claimed.pending;
         let (identity, latency_ms) = self.check(app, &pending.setup, &grant.credentials).await?;
         match pending.integration {
             None => {
@@ -363,19 +369,6 @@ impl Connections {
                 })
             }
         }
-    }
-
-    /// Finishes an OAuth2 flow from the shared callback URL, whatever its app.
-    pub async fn finish_callback(
-        &self,
-        state: &str,
-        code: &str,
-        caller: Option<&Principal>,
-    ) -> Result<Connected, ConnectError> {
-        let app = crate::oauth::pending_app(&self.db, state)
-            .await?
-            .ok_or(CallbackError::UnknownState)?;
-        self.finish_oauth(&app, state, code, caller).await
     }
 
     /// Gives an API-key integration a new key, checked with the provider first.

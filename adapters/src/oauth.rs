@@ -2,9 +2,12 @@
 //! `state`, the token exchange, refresh, and revocation (RFC 7009, or the provider's own way).
 //!
 //! A pending authorization lives in the `oauth_states` table, keyed by the SHA-256 of its
-//! `state`, bound to the workspace, user and app that started it, and expires in ten minutes.
-//! Taking it deletes it in the same statement, so a `state` works once: a replayed callback, a
-//! foreign one or a late one is refused.
+//! `state`, bound to the workspace, user and app that started it, to the browser that started
+//! it (the SHA-256 of a cookie the gateway sets then) and to the API token it was started with
+//! (its SHA-256), and expires in ten minutes. Taking it deletes it in the same statement, so a
+//! `state` works once: a replayed callback, a foreign one or a late one is refused. An
+//! authorization URL sent to somebody else is refused at the callback, since their browser
+//! does not carry the cookie.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -109,6 +112,41 @@ pub struct Pending {
     pub integration: Option<IntegrationId>,
     /// Non-secret setup fields typed before the popup opened.
     pub setup: BTreeMap<String, String>,
+    /// The SHA-256 of the cookie the starting browser was given: the callback must carry it.
+    pub browser: String,
+    /// The SHA-256 of the API token the authorization was started with: the callback acts
+    /// only while it is live, with its role then.
+    pub token: String,
+}
+
+/// A callback's authorization, taken (and so consumed): the caller checks who it was for
+/// before [`OAuthClient::exchange`] spends the code.
+#[derive(Debug)]
+pub struct Claimed {
+    pub pending: Pending,
+    verifier: String,
+}
+
+/// The SHA-256 of a browser's binding cookie or of a token, as pending authorizations keep
+/// them.
+pub fn binding_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+impl Claimed {
+    /// Whether `browser` (the cookie's value the callback carries, if any) is the one the
+    /// authorization was started in. Compared in constant time.
+    pub fn started_in(&self, browser: Option<&str>) -> bool {
+        let Some(browser) = browser else { return false };
+        let presented = binding_hash(browser);
+        !self.pending.browser.is_empty()
+            && presented.len() == self.pending.browser.len()
+            && presented
+                .bytes()
+                .zip(self.pending.browser.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
 }
 
 /// Why a callback was refused.
@@ -118,6 +156,13 @@ pub enum CallbackError {
     UnknownState,
     #[error("the authorization was started by someone else or for another app")]
     Foreign,
+    #[error(
+        "this authorization was started in another browser: start connecting again from Harmony \
+         in this one"
+    )]
+    OtherBrowser,
+    #[error("the API token that started this authorization was revoked; sign in again and retry")]
+    Revoked,
     #[error("the provider refused the authorization: {0}")]
     Denied(String),
     #[error(transparent)]
@@ -166,7 +211,8 @@ impl OAuthClient {
         execute(
             db,
             "INSERT INTO oauth_states (state_hash, workspace_id, user_id, app, integration_id, \
-             setup, verifier, expires_at, role) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             setup, verifier, expires_at, role, browser_hash, token_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             &[
                 Bind::Text(state_hash(state.secret())),
                 Bind::Text(pending.workspace.to_string()),
@@ -177,15 +223,33 @@ impl OAuthClient {
                 Bind::Text(verifier.secret().clone()),
                 Bind::Int(expires.unix_micros()),
                 Bind::Text(pending.role.to_string()),
+                Bind::Text(pending.browser.clone()),
+                Bind::Text(pending.token.clone()),
             ],
         )
         .await?;
         Ok(Started { url })
     }
 
-    /// Exchanges the callback's code: checks and consumes the `state`, then asks the token
-    /// endpoint. `caller` is who the callback's session belongs to, when known; a state started
-    /// by someone else is refused.
+    /// Exchanges a claimed callback's code at the token endpoint.
+    pub async fn exchange(
+        &self,
+        http: &reqwest::Client,
+        redirect: &Url,
+        claimed: &Claimed,
+        code: &str,
+    ) -> Result<Grant, CallbackError> {
+        let client = self.client(redirect);
+        let answer = client
+            .exchange_code(AuthorizationCode::new(code.to_owned()))
+            .set_pkce_verifier(PkceCodeVerifier::new(claimed.verifier.clone()))
+            .request_async(http)
+            .await
+            .map_err(token_error)?;
+        Ok(grant_of(&answer, None, &[]))
+    }
+
+    /// Consumes the `state`, checks it was started in `browser`, and exchanges the code.
     pub async fn finish(
         &self,
         db: &ReadDb,
@@ -193,23 +257,14 @@ impl OAuthClient {
         redirect: &Url,
         state: &str,
         code: &str,
-        caller: Option<(&WorkspaceId, &UserId)>,
+        browser: Option<&str>,
     ) -> Result<(Pending, Grant), CallbackError> {
-        let (pending, verifier) = take_state(db, state).await?;
-        if let Some((workspace, user)) = caller {
-            if *workspace != pending.workspace || *user != pending.user {
-                return Err(CallbackError::Foreign);
-            }
+        let claimed = claim(db, state).await?;
+        if !claimed.started_in(browser) {
+            return Err(CallbackError::OtherBrowser);
         }
-        let client = self.client(redirect);
-        let answer = client
-            .exchange_code(AuthorizationCode::new(code.to_owned()))
-            .set_pkce_verifier(PkceCodeVerifier::new(verifier))
-            .request_async(http)
-            .await
-            .map_err(token_error)?;
-        let grant = grant_of(&answer, None, &[]);
-        Ok((pending, grant))
+        let grant = self.exchange(http, redirect, &claimed, code).await?;
+        Ok((claimed.pending, grant))
     }
 
     /// A refresh with `refresh_token`. The old refresh token is kept when the provider returns
@@ -366,15 +421,17 @@ struct StateRow {
     verifier: String,
     expires_at: i64,
     role: String,
+    browser_hash: String,
+    token_hash: String,
 }
 
 /// Consumes a pending authorization: gone after this, whatever the outcome.
-async fn take_state(db: &ReadDb, state: &str) -> Result<(Pending, String), CallbackError> {
+pub async fn claim(db: &ReadDb, state: &str) -> Result<Claimed, CallbackError> {
     let hash = state_hash(state);
     let rows: Vec<StateRow> = fetch_all(
         db,
         "DELETE FROM oauth_states WHERE state_hash = $1 RETURNING workspace_id, user_id, app, \
-         integration_id, setup, verifier, expires_at, role",
+         integration_id, setup, verifier, expires_at, role, browser_hash, token_hash",
         &[Bind::Text(hash)],
     )
     .await?;
@@ -398,20 +455,13 @@ async fn take_state(db: &ReadDb, state: &str) -> Result<(Pending, String), Callb
             .transpose()
             .map_err(|_| foreign())?,
         setup: serde_json::from_str(&row.setup).unwrap_or_default(),
+        browser: row.browser_hash,
+        token: row.token_hash,
     };
-    Ok((pending, row.verifier))
-}
-
-/// The app a pending authorization was started for, without consuming it (the callback URL is
-/// one for every app).
-pub async fn pending_app(db: &ReadDb, state: &str) -> Result<Option<String>, CallbackError> {
-    let rows: Vec<(String,)> = fetch_all(
-        db,
-        "SELECT app FROM oauth_states WHERE state_hash = $1",
-        &[Bind::Text(state_hash(state))],
-    )
-    .await?;
-    Ok(rows.into_iter().next().map(|(app,)| app))
+    Ok(Claimed {
+        pending,
+        verifier: row.verifier,
+    })
 }
 
 /// Drops pending authorizations that expired unused.

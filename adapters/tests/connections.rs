@@ -133,6 +133,29 @@ impl World {
         let query: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
         (query["state"].clone(), query["code"].clone())
     }
+
+    /// The callback, as the user who started the flow (ada, an admin).
+    async fn finish(
+        &self,
+        state: &str,
+        code: &str,
+    ) -> Result<adapters::connections::Connected, ConnectError> {
+        let claimed = self.connections.claim_callback(state).await?;
+        let ada = domain::Principal {
+            workspace: "acme".parse().unwrap(),
+            user: "ada".parse().unwrap(),
+            role: Role::Admin,
+        };
+        self.connections.finish_oauth(claimed, code, ada).await
+    }
+}
+
+/// What a flow is bound to; the gateway checks the browser and the token at the callback.
+fn binding() -> adapters::connections::Binding {
+    adapters::connections::Binding {
+        browser: "browser".into(),
+        token: "token".into(),
+    }
 }
 
 fn zendesk_fields(token: &str) -> BTreeMap<String, SecretString> {
@@ -224,15 +247,11 @@ async fn oauth_connects_reauthenticates_in_place_and_disconnect_revokes_the_gran
     let admin = as_user("ada", Role::Admin);
     let url = world
         .connections
-        .start_oauth(&admin, "hubspot", None, BTreeMap::new())
+        .start_oauth(&admin, "hubspot", None, BTreeMap::new(), binding())
         .await
         .unwrap();
     let (state, code) = world.consent(url).await;
-    let connected = world
-        .connections
-        .finish_oauth("hubspot", &state, &code, None)
-        .await
-        .unwrap();
+    let connected = world.finish(&state, &code).await.unwrap();
     let id = connected.integration;
     let events = world.events(id).await;
     let IntegrationEvent::IntegrationConnected(first) = &events[0] else {
@@ -242,11 +261,7 @@ async fn oauth_connects_reauthenticates_in_place_and_disconnect_revokes_the_gran
         .granted_scopes
         .contains(&"crm.objects.contacts.read".to_owned()));
     assert_eq!(world.state(id).await.status, Status::Connected);
-    let replay = world
-        .connections
-        .finish_oauth("hubspot", &state, &code, None)
-        .await
-        .unwrap_err();
+    let replay = world.finish(&state, &code).await.unwrap_err();
     assert!(matches!(
         replay,
         ConnectError::Callback(CallbackError::UnknownState)
@@ -272,15 +287,11 @@ async fn oauth_connects_reauthenticates_in_place_and_disconnect_revokes_the_gran
     assert_eq!(world.state(id).await.status, Status::NeedsReauth);
     let url = world
         .connections
-        .start_oauth(&admin, "hubspot", Some(id), BTreeMap::new())
+        .start_oauth(&admin, "hubspot", Some(id), BTreeMap::new(), binding())
         .await
         .unwrap();
     let (state, code) = world.consent(url).await;
-    let again = world
-        .connections
-        .finish_oauth("hubspot", &state, &code, None)
-        .await
-        .unwrap();
+    let again = world.finish(&state, &code).await.unwrap();
     assert_eq!(again.integration, id, "reauth keeps the integration");
     assert_eq!(world.state(id).await.status, Status::Connected);
 
@@ -315,7 +326,7 @@ async fn an_app_without_an_oauth_client_is_unavailable_with_the_reason() {
     let admin = as_user("ada", Role::Admin);
     let unavailable = world
         .connections
-        .start_oauth(&admin, "salesforce", None, BTreeMap::new())
+        .start_oauth(&admin, "salesforce", None, BTreeMap::new(), binding())
         .await
         .unwrap_err();
     assert!(
@@ -327,7 +338,7 @@ async fn an_app_without_an_oauth_client_is_unavailable_with_the_reason() {
     assert!(matches!(
         world
             .connections
-            .start_oauth(&admin, "myspace", None, BTreeMap::new())
+            .start_oauth(&admin, "myspace", None, BTreeMap::new(), binding())
             .await,
         Err(ConnectError::UnknownApp(_))
     ));

@@ -55,6 +55,9 @@ impl Flow {
     }
 
     fn pending(user: &str) -> Pending {
+        fn browser_of(user: &str) -> String {
+            format!("browser-cookie-of-{user}")
+        }
         Pending {
             workspace: "acme".parse().unwrap(),
             user: user.parse().unwrap(),
@@ -62,6 +65,8 @@ impl Flow {
             app: "hubspot".into(),
             integration: None,
             setup: BTreeMap::new(),
+            browser: adapters::oauth::binding_hash(&browser_of(user)),
+            token: adapters::oauth::binding_hash("hst_token"),
         }
     }
 
@@ -100,7 +105,14 @@ async fn the_code_flow_uses_pkce_and_records_the_granted_scopes() {
 
     let (pending, grant) = flow
         .client
-        .finish(&flow.db, &flow.http, &flow.redirect, &state, &code, None)
+        .finish(
+            &flow.db,
+            &flow.http,
+            &flow.redirect,
+            &state,
+            &code,
+            Some("browser-cookie-of-ada"),
+        )
         .await
         .unwrap();
     assert_eq!(pending, Flow::pending("ada"));
@@ -115,18 +127,23 @@ async fn the_code_flow_uses_pkce_and_records_the_granted_scopes() {
     // The same state again: refused, whatever the code.
     let replay = flow
         .client
-        .finish(&flow.db, &flow.http, &flow.redirect, &state, &code, None)
+        .finish(
+            &flow.db,
+            &flow.http,
+            &flow.redirect,
+            &state,
+            &code,
+            Some("browser-cookie-of-ada"),
+        )
         .await
         .unwrap_err();
     assert!(matches!(replay, CallbackError::UnknownState), "{replay:?}");
 }
 
 #[tokio::test]
-async fn a_state_is_bound_to_its_user_and_expires() {
+async fn a_state_is_bound_to_its_browser_and_expires() {
     let flow = Flow::new().await;
     let (state, code, _) = flow.authorize("ada").await;
-    let workspace = "acme".parse().unwrap();
-    let mallory = "mallory".parse().unwrap();
     let foreign = flow
         .client
         .finish(
@@ -135,15 +152,25 @@ async fn a_state_is_bound_to_its_user_and_expires() {
             &flow.redirect,
             &state,
             &code,
-            Some((&workspace, &mallory)),
+            Some("browser-cookie-of-mallory"),
         )
         .await
         .unwrap_err();
-    assert!(matches!(foreign, CallbackError::Foreign), "{foreign:?}");
+    assert!(
+        matches!(foreign, CallbackError::OtherBrowser),
+        "{foreign:?}"
+    );
     // Refused, and spent: the rightful user cannot finish it either now.
     let spent = flow
         .client
-        .finish(&flow.db, &flow.http, &flow.redirect, &state, &code, None)
+        .finish(
+            &flow.db,
+            &flow.http,
+            &flow.redirect,
+            &state,
+            &code,
+            Some("browser-cookie-of-ada"),
+        )
         .await
         .unwrap_err();
     assert!(matches!(spent, CallbackError::UnknownState));
@@ -158,14 +185,28 @@ async fn a_state_is_bound_to_its_user_and_expires() {
     .unwrap();
     let late = flow
         .client
-        .finish(&flow.db, &flow.http, &flow.redirect, &state, &code, None)
+        .finish(
+            &flow.db,
+            &flow.http,
+            &flow.redirect,
+            &state,
+            &code,
+            Some("browser-cookie-of-ada"),
+        )
         .await
         .unwrap_err();
     assert!(matches!(late, CallbackError::UnknownState));
 
     let unknown = flow
         .client
-        .finish(&flow.db, &flow.http, &flow.redirect, "made-up", &code, None)
+        .finish(
+            &flow.db,
+            &flow.http,
+            &flow.redirect,
+            "made-up",
+            &code,
+            Some("browser-cookie-of-ada"),
+        )
         .await
         .unwrap_err();
     assert!(matches!(unknown, CallbackError::UnknownState));
@@ -176,14 +217,28 @@ async fn a_code_is_refused_without_the_matching_verifier_or_twice() {
     let flow = Flow::new().await;
     let (state, code, _) = flow.authorize("ada").await;
     flow.client
-        .finish(&flow.db, &flow.http, &flow.redirect, &state, &code, None)
+        .finish(
+            &flow.db,
+            &flow.http,
+            &flow.redirect,
+            &state,
+            &code,
+            Some("browser-cookie-of-ada"),
+        )
         .await
         .unwrap();
     // A second authorization, finished with the first (spent) code.
     let (state, _, _) = flow.authorize("ada").await;
     let error = flow
         .client
-        .finish(&flow.db, &flow.http, &flow.redirect, &state, &code, None)
+        .finish(
+            &flow.db,
+            &flow.http,
+            &flow.redirect,
+            &state,
+            &code,
+            Some("browser-cookie-of-ada"),
+        )
         .await
         .unwrap_err();
     match error {
@@ -203,7 +258,14 @@ async fn refresh_keeps_working_tokens_and_revocation_ends_the_grant() {
     let (state, code, _) = flow.authorize("ada").await;
     let (_, grant) = flow
         .client
-        .finish(&flow.db, &flow.http, &flow.redirect, &state, &code, None)
+        .finish(
+            &flow.db,
+            &flow.http,
+            &flow.redirect,
+            &state,
+            &code,
+            Some("browser-cookie-of-ada"),
+        )
         .await
         .unwrap();
     let refreshed = flow

@@ -45,6 +45,8 @@ async fn connect(fake: &FakeSalesforce, db: &ReadDb) -> Credentials {
         app: "salesforce".into(),
         integration: None,
         setup: BTreeMap::new(),
+        browser: adapters::oauth::binding_hash("browser"),
+        token: adapters::oauth::binding_hash("token"),
     };
     let started = oauth
         .start(db, &redirect, &["api", "refresh_token"], &pending)
@@ -61,7 +63,7 @@ async fn connect(fake: &FakeSalesforce, db: &ReadDb) -> Credentials {
             &redirect,
             &query["state"],
             &query["code"],
-            None,
+            Some("browser"),
         )
         .await
         .unwrap();

@@ -202,7 +202,16 @@ async fn no_secret_is_found_in_anything_the_system_wrote() {
 
     // HubSpot through the OAuth popup, a refresh, a sync, an action.
     let url = connections
-        .start_oauth(&admin, "hubspot", None, BTreeMap::new())
+        .start_oauth(
+            &admin,
+            "hubspot",
+            None,
+            BTreeMap::new(),
+            adapters::connections::Binding {
+                browser: "browser".into(),
+                token: "token".into(),
+            },
+        )
         .await
         .unwrap();
     let answer = ProviderHttp::default_client()
@@ -212,8 +221,12 @@ async fn no_secret_is_found_in_anything_the_system_wrote() {
         .unwrap();
     let back = Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
     let query: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
+    let claimed = connections.claim_callback(&query["state"]).await.unwrap();
+    let domain::Caller::User(ada) = admin.caller.clone() else {
+        unreachable!("the admin is a user")
+    };
     let hub = connections
-        .finish_oauth("hubspot", &query["state"], &query["code"], None)
+        .finish_oauth(claimed, &query["code"], ada)
         .await
         .unwrap()
         .integration;

@@ -304,6 +304,7 @@ mod tests {
                 key: Arc::new(eventstore::checkpoints::CheckpointKey::generate()),
             },
             installed_pages: Arc::default(),
+            secure_cookies: false,
         });
         let response = app
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

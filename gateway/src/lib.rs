@@ -15,6 +15,7 @@ pub mod bench;
 pub mod bench_gateway;
 pub mod cli;
 mod console;
+mod cookies;
 mod http;
 mod idempotency;
 pub mod limits;
@@ -154,6 +155,8 @@ pub struct AppState {
     pub checkpoints: Checkpoints,
     /// Installed pages answered at the read model's current checkpoint.
     pub(crate) installed_pages: Arc<pages::PageCache>,
+    /// Cookies carry `Secure`: the public base URL is https.
+    pub(crate) secure_cookies: bool,
 }
 
 /// The workers of one process.
@@ -536,6 +539,11 @@ impl Application {
                 metrics: metrics::Metrics::new(),
                 checkpoints,
                 installed_pages: Arc::default(),
+                secure_cookies: settings
+                    .adapters
+                    .public_base_url
+                    .as_ref()
+                    .is_some_and(|url| url.scheme() == "https"),
             },
             checkpoint_every: settings.checkpoint_every,
             run_workers: settings.run_workers,

@@ -148,11 +148,19 @@ pub async fn authenticate(
     if !presented.starts_with(TOKEN_PREFIX) {
         return Ok(None);
     }
+    authenticate_hash(db, &hash(presented)).await
+}
+
+/// Who the token with SHA-256 `token_hash` speaks for, if it is still live.
+pub async fn authenticate_hash(
+    db: &ReadDb,
+    token_hash: &str,
+) -> Result<Option<Authenticated>, ReadDbError> {
     let rows: Vec<(String, String, String, i64)> = fetch_all(
         db,
         "SELECT workspace, user_id, role, unlimited FROM api_tokens WHERE token_hash = $1 \
          AND revoked_at IS NULL",
-        &[Bind::Text(hash(presented))],
+        &[Bind::Text(token_hash.to_owned())],
     )
     .await?;
     Ok(rows

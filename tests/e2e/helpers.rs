@@ -7,7 +7,9 @@ use tokio::sync::oneshot;
 
 pub struct TestApp {
     pub address: String,
+    /// The API's client: one browser, whose cookies [`TestApp::browser`] shares.
     pub client: reqwest::Client,
+    jar: std::sync::Arc<reqwest::cookie::Jar>,
     /// The read models' PostgreSQL, when the service runs on it (else SQLite in the data
     /// directory).
     pub database_url: Option<String>,
@@ -18,6 +20,17 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The browser the API calls come from, not following redirects (a popup's steps are
+    /// checked one by one): it carries the cookies the service set, as the OAuth callback
+    /// needs.
+    pub fn browser(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_provider(self.jar.clone())
+            .build()
+            .expect("a client")
+    }
+
     /// The service's data directory (its SQLite database holds the API tokens).
     pub fn data_dir(&self) -> &std::path::Path {
         self.data_dir
@@ -168,9 +181,14 @@ async fn spawn_configured(
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
     TestApp {
         address,
-        client: reqwest::Client::new(),
+        client: reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .build()
+            .expect("a client"),
+        jar,
         database_url,
         data_dir: Some(data_dir),
         stop: Some(stop),
@@ -197,7 +215,7 @@ pub fn use_fake_hubspot(settings: &mut Settings, base: &url::Url) {
     );
 }
 
-/// A browser that does not follow redirects, as a popup's steps are checked one by one.
+/// Somebody else's browser, without the service's cookies, not following redirects.
 pub fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -228,7 +246,7 @@ pub async fn connect_hubspot(app: &TestApp, token: &str, ws: &str) -> String {
         .await;
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
-    let (_, html) = popup(&browser(), body["authorization_url"].as_str().unwrap()).await;
+    let (_, html) = popup(&app.browser(), body["authorization_url"].as_str().unwrap()).await;
     assert!(html.contains("\"ok\":true"), "{html}");
     let id = html
         .split("\"integration_id\":\"")

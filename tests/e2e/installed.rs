@@ -10,7 +10,7 @@ use adapters::fakes::zendesk::FakeZendesk;
 use eventstore::waiting::eventually;
 
 use crate::helpers::{
-    browser, spawn_app_with, use_fake_hubspot, use_fake_zendesk, zendesk_account, TestApp,
+    spawn_app_with, use_fake_hubspot, use_fake_zendesk, zendesk_account, TestApp,
 };
 
 async fn connect(app: &TestApp, token: &str, ws: &str, body: Value) -> (u16, Value) {
@@ -279,7 +279,7 @@ async fn an_oauth_app_connects_through_the_popup_and_its_callback_page_tells_the
     assert!(authorize.contains("code_challenge="), "PKCE: {authorize}");
 
     // The popup: the provider sends the browser back to the service's callback.
-    let browser = browser();
+    let browser = app.browser();
     let consent = browser.get(&authorize).send().await.unwrap();
     let callback = consent.headers()["location"].to_str().unwrap().to_owned();
     assert!(callback.starts_with(&format!("{}/v1/oauth/callback?", app.address)));

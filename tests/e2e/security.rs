@@ -260,3 +260,81 @@ async fn a_master_key_rotated_while_the_service_runs_loses_no_credential() {
         assert_eq!(response.status(), 200, "{id} after a restart");
     }
 }
+
+/// Starts a HubSpot connect in `workspace` with `token` from the app's own browser: the
+/// authorization URL.
+async fn start_hubspot(app: &crate::helpers::TestApp, workspace: &str, token: &str) -> String {
+    let response = app
+        .call(
+            Method::POST,
+            &format!("/v1/workspaces/{workspace}/integrations"),
+            token,
+            Some(json!({"app": "hubspot"})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let set_cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        set_cookie.starts_with("harmony_browser=") && set_cookie.contains("HttpOnly"),
+        "{set_cookie}"
+    );
+    let body: Value = response.json().await.unwrap();
+    body["authorization_url"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_authorization_url_sent_to_somebody_else_connects_nothing() {
+    use adapters::fakes::hubspot::FakeHubSpot;
+    let hubspot = FakeHubSpot::start(1, 0).await.unwrap();
+    let base = hubspot.server.base.clone();
+    let app = spawn_app_with(|settings| crate::helpers::use_fake_hubspot(settings, &base)).await;
+    let (_, mallory) = app.token("evil", "mallory", "admin").await;
+    let url = start_hubspot(&app, "evil", &mallory).await;
+
+    // Mallory sends the link; the victim signs in at HubSpot in their own browser.
+    let victim = crate::helpers::browser();
+    let issued = hubspot.auth.issued_tokens().len();
+    let (_, page) = crate::helpers::popup(&victim, &url).await;
+    assert!(page.contains("\"ok\":false"), "{page}");
+    assert!(page.contains("another browser"), "{page}");
+    assert_eq!(
+        hubspot.auth.issued_tokens().len(),
+        issued,
+        "the victim's code was never exchanged"
+    );
+    let installed = app
+        .get_json("/v1/workspaces/evil/integrations", Some(&mallory))
+        .await;
+    assert_eq!(installed["integrations"], json!([]));
+
+    // In the browser that started it, a new authorization connects.
+    let url = start_hubspot(&app, "evil", &mallory).await;
+    let (_, page) = crate::helpers::popup(&app.browser(), &url).await;
+    assert!(page.contains("\"ok\":true"), "{page}");
+}
+
+#[tokio::test]
+async fn an_authorization_finishes_only_while_the_token_that_started_it_is_live() {
+    use adapters::fakes::hubspot::FakeHubSpot;
+    let hubspot = FakeHubSpot::start(1, 0).await.unwrap();
+    let base = hubspot.server.base.clone();
+    let app = spawn_app_with(|settings| crate::helpers::use_fake_hubspot(settings, &base)).await;
+    let (id, ada) = app.token("acme", "ada", "admin").await;
+    let url = start_hubspot(&app, "acme", &ada).await;
+    let db = projections::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+        .await
+        .unwrap();
+    assert!(gateway::tokens::revoke(&db, &id).await.unwrap());
+    db.close().await;
+    let (_, page) = crate::helpers::popup(&app.browser(), &url).await;
+    assert!(page.contains("\"ok\":false"), "{page}");
+    assert!(page.contains("revoked"), "{page}");
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let installed = app
+        .get_json("/v1/workspaces/acme/integrations", Some(&admin))
+        .await;
+    assert_eq!(installed["integrations"], json!([]));
+}

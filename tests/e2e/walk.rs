@@ -19,7 +19,7 @@ use eventstore::waiting::eventually;
 use gateway::Settings;
 
 use crate::audit::{open_sse, read_sse};
-use crate::helpers::{browser, popup, spawn_app_with, use_fake_hubspot, TestApp};
+use crate::helpers::{popup, spawn_app_with, use_fake_hubspot, TestApp};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -68,7 +68,7 @@ impl Walk {
 
     /// Runs the OAuth popup for `authorization_url`; answers the integration id it connected.
     async fn popup(&self, authorization_url: &str) -> String {
-        let (_, html) = popup(&browser(), authorization_url).await;
+        let (_, html) = popup(&self.app.browser(), authorization_url).await;
         self.answers.lock().unwrap().push(html.clone());
         assert!(html.contains("\"ok\":true"), "{html}");
         html.split("\"integration_id\":\"")

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::aggregate::CommandContext;
@@ -30,9 +30,10 @@ mod events;
 pub(crate) use events::{events, EventsQuery};
 mod mappings;
 
-/// The caller of a `/v1` route: the principal its bearer token speaks for.
+/// The caller of a `/v1` route: the principal its bearer token speaks for, and the token's
+/// SHA-256 (what its rate limit, its event streams and the OAuth flows it starts are tied to).
 #[derive(Clone, Debug)]
-pub(crate) struct Caller(pub(crate) Principal);
+pub(crate) struct Caller(pub(crate) Principal, pub(crate) String);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
@@ -67,7 +68,10 @@ impl FromRequestParts<AppState> for Caller {
                         .retry_after(seconds));
                     }
                 }
-                Ok(Caller(authenticated.principal))
+                Ok(Caller(
+                    authenticated.principal,
+                    crate::tokens::hash(presented),
+                ))
             }
             Ok(None) => Err(Problem::unauthorized(
                 "the API token is unknown or was revoked",
@@ -334,8 +338,10 @@ pub(crate) struct ReauthBody {
 pub(crate) async fn reauth(
     State(state): State<AppState>,
     Target { caller, id }: Target,
+    browser: crate::cookies::Browser,
     OptionalBody(body): OptionalBody<ReauthBody>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<([(HeaderName, HeaderValue); 1], Json<Value>), Problem> {
+    let cookie = [(axum::http::header::SET_COOKIE, browser.cookie())];
     let body = body.unwrap_or_default();
     let current = load_visible(&state, &caller, id).await?;
     let app = current
@@ -347,10 +353,19 @@ pub(crate) async fn reauth(
     match app.auth {
         domain::catalog::AuthKind::Oauth2 { .. } => {
             let url = connections
-                .start_oauth(&caller.context(), app.id, Some(id), current.setup.clone())
+                .start_oauth(
+                    &caller.context(),
+                    app.id,
+                    Some(id),
+                    current.setup.clone(),
+                    caller.binding(&browser),
+                )
                 .await
                 .map_err(connect_problem)?;
-            Ok(Json(json!({ "authorization_url": url.to_string() })))
+            Ok((
+                cookie,
+                Json(json!({ "authorization_url": url.to_string() })),
+            ))
         }
         domain::catalog::AuthKind::ApiKey => {
             let secrets = body
@@ -362,11 +377,14 @@ pub(crate) async fn reauth(
                 .reauth_with_key(&caller.context(), id, &secrets)
                 .await
                 .map_err(connect_problem)?;
-            Ok(Json(json!({
-                "integration_id": id.to_string(),
-                "account_label": identity.account_label,
-                "answer": identity.answer,
-            })))
+            Ok((
+                cookie,
+                Json(json!({
+                    "integration_id": id.to_string(),
+                    "account_label": identity.account_label,
+                    "answer": identity.answer,
+                })),
+            ))
         }
     }
 }
@@ -690,6 +708,14 @@ impl Caller {
     fn context(&self) -> CommandContext {
         CommandContext::new(DomainCaller::User(self.0.clone()), Timestamp::now())
     }
+
+    /// What an OAuth2 flow this caller starts in `browser` is bound to.
+    fn binding(&self, browser: &crate::cookies::Browser) -> adapters::connections::Binding {
+        adapters::connections::Binding {
+            browser: browser.hash(),
+            token: self.1.clone(),
+        }
+    }
 }
 
 /// A rule the domain refused, as the API says it: the rule in words, with its stable code.
@@ -742,6 +768,12 @@ pub(crate) fn connect_problem(error: adapters::connections::ConnectError) -> Pro
             error @ (adapters::oauth::CallbackError::UnknownState
             | adapters::oauth::CallbackError::Foreign),
         ) => Problem::new(StatusCode::BAD_REQUEST, "oauth_state", error.to_string()),
+        E::Callback(error @ adapters::oauth::CallbackError::OtherBrowser) => {
+            Problem::new(StatusCode::BAD_REQUEST, "oauth_browser", error.to_string())
+        }
+        E::Callback(error @ adapters::oauth::CallbackError::Revoked) => {
+            Problem::new(StatusCode::UNAUTHORIZED, "token_revoked", error.to_string())
+        }
         E::Callback(error @ adapters::oauth::CallbackError::Denied(_)) => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "provider_refused",
@@ -953,6 +985,7 @@ struct ConnectBody {
 async fn connect(
     State(state): State<AppState>,
     caller: Caller,
+    browser: crate::cookies::Browser,
     Path(ws): Path<String>,
     Body(body): Body<ConnectBody>,
 ) -> Result<Response, Problem> {
@@ -988,10 +1021,20 @@ async fn connect(
         }
         domain::catalog::AuthKind::Oauth2 { .. } => {
             let url = connections
-                .start_oauth(&caller.context(), app.id, None, body.fields)
+                .start_oauth(
+                    &caller.context(),
+                    app.id,
+                    None,
+                    body.fields,
+                    caller.binding(&browser),
+                )
                 .await
                 .map_err(connect_problem)?;
-            Ok(Json(json!({ "authorization_url": url.to_string() })).into_response())
+            Ok((
+                [(axum::http::header::SET_COOKIE, browser.cookie())],
+                Json(json!({ "authorization_url": url.to_string() })),
+            )
+                .into_response())
         }
     }
 }
@@ -1051,7 +1094,7 @@ async fn models(_caller: Caller) -> Json<Value> {
     ),
     security(("bearer" = []))
 )]
-async fn me(Caller(principal): Caller) -> Json<Value> {
+async fn me(Caller(principal, _): Caller) -> Json<Value> {
     Json(json!({
         "user": principal.user.to_string(),
         "workspace": principal.workspace.to_string(),
@@ -1086,20 +1129,24 @@ struct CallbackQuery {
 )]
 async fn oauth_callback(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Response {
     let outcome: Result<adapters::connections::Connected, String> =
         match (&query.state, &query.code, &query.error) {
-            (_, _, Some(error)) => Err(format!(
-                "the provider refused the authorization: {}",
-                query.error_description.as_deref().unwrap_or(error)
-            )),
-            (Some(flow), Some(code), None) => state
-                .workers
-                .connections
-                .finish_callback(flow, code, None)
+            (flow, _, Some(error)) => {
+                // A refused authorization is over: its state is spent.
+                if let Some(flow) = flow {
+                    let _ = state.workers.connections.claim_callback(flow).await;
+                }
+                Err(format!(
+                    "the provider refused the authorization: {}",
+                    query.error_description.as_deref().unwrap_or(error)
+                ))
+            }
+            (Some(flow), Some(code), None) => finish_callback(&state, &headers, flow, code)
                 .await
-                .map_err(|error| connect_problem(error).detail),
+                .map_err(|problem| problem.detail),
             _ => Err("the callback carries no state and code".to_owned()),
         };
     let (status, message) = match &outcome {
@@ -1150,6 +1197,37 @@ async fn oauth_callback(
         page,
     )
         .into_response()
+}
+
+/// Finishes the flow a callback names: only in the browser that started it, and only while
+/// the API token that started it is live (acting with its role now).
+async fn finish_callback(
+    state: &AppState,
+    headers: &HeaderMap,
+    flow: &str,
+    code: &str,
+) -> Result<adapters::connections::Connected, Problem> {
+    use adapters::oauth::CallbackError;
+    let connections = &state.workers.connections;
+    let claimed = connections
+        .claim_callback(flow)
+        .await
+        .map_err(connect_problem)?;
+    let browser = crate::cookies::named(headers, crate::cookies::BROWSER);
+    if !claimed.started_in(browser.as_deref()) {
+        return Err(connect_problem(CallbackError::OtherBrowser.into()));
+    }
+    let caller = crate::tokens::authenticate_hash(&state.read, &claimed.pending.token)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "cannot check an API token");
+            Problem::internal()
+        })?
+        .ok_or_else(|| connect_problem(CallbackError::Revoked.into()))?;
+    connections
+        .finish_oauth(claimed, code, caller.principal)
+        .await
+        .map_err(connect_problem)
 }
 
 fn html_escape(text: &str) -> String {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -134,25 +134,22 @@ impl FlashQuery {
 }
 
 /// The sign-in page, with a fresh CSRF token for its form (also set as a cookie).
-fn sign_in_form(status: StatusCode, error: Option<&str>) -> Response {
+fn sign_in_form(status: StatusCode, error: Option<&str>, secure: bool) -> Response {
     let nonce = session::random();
-    let cookie = format!(
-        "{}={nonce}; Path=/console; HttpOnly; SameSite=Lax; Max-Age=1800",
-        session::SIGN_IN_COOKIE
-    );
+    let cookie = crate::cookies::set(session::SIGN_IN_COOKIE, &nonce, "/console", 1800, secure);
     (
         status,
         [
             (header::SET_COOKIE, cookie),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         views::sign_in(&nonce, error),
     )
         .into_response()
 }
 
-async fn sign_in_page() -> Response {
-    sign_in_form(StatusCode::OK, None)
+async fn sign_in_page(State(state): State<AppState>) -> Response {
+    sign_in_form(StatusCode::OK, None, state.secure_cookies)
 }
 
 async fn sign_in(
@@ -165,10 +162,11 @@ async fn sign_in(
         return sign_in_form(
             StatusCode::FORBIDDEN,
             Some("This sign-in form is stale or did not come from the console: try again."),
+            state.secure_cookies,
         );
     }
     let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
-    match session::sign_in(&state.read, token).await {
+    match session::sign_in(&state.read, token, state.secure_cookies).await {
         Ok(Some(cookie)) => (
             [(header::SET_COOKIE, cookie)],
             Redirect::to("/console/installed"),
@@ -177,6 +175,7 @@ async fn sign_in(
         Ok(None) => sign_in_form(
             StatusCode::UNAUTHORIZED,
             Some("That token is unknown or was revoked."),
+            state.secure_cookies,
         ),
         Err(error) => {
             tracing::error!(%error, "cannot start a console session");
@@ -195,7 +194,7 @@ async fn sign_out(
         return forged(&session);
     }
     let id = session::named_cookie(&headers, session::COOKIE);
-    match session::sign_out(&state.read, id.as_deref()).await {
+    match session::sign_out(&state.read, id.as_deref(), state.secure_cookies).await {
         Ok(cookie) => (
             [(header::SET_COOKIE, cookie)],
             Redirect::to("/console/sign-in"),
@@ -334,6 +333,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
 async fn connect(
     State(state): State<AppState>,
     session: Session,
+    browser: crate::cookies::Browser,
     Path(app_id): Path<String>,
     headers: HeaderMap,
     Form(mut form): Form<Fields>,
@@ -370,16 +370,25 @@ async fn connect(
         }
         AuthKind::Oauth2 { .. } => {
             let setup: BTreeMap<String, String> = form.into_iter().collect();
+            let binding = adapters::connections::Binding {
+                browser: browser.hash(),
+                token: session.token_hash.clone(),
+            };
             match connections
-                .start_oauth(&context(&session), app.id, None, setup)
+                .start_oauth(&context(&session), app.id, None, setup, binding)
                 .await
             {
-                Ok(url) if json => {
-                    axum::Json(serde_json::json!({ "authorization_url": url.to_string() }))
-                        .into_response()
-                }
+                Ok(url) if json => (
+                    [(header::SET_COOKIE, browser.cookie())],
+                    axum::Json(serde_json::json!({ "authorization_url": url.to_string() })),
+                )
+                    .into_response(),
                 // Without JavaScript the whole window goes to the provider and back.
-                Ok(url) => Redirect::to(url.as_str()).into_response(),
+                Ok(url) => (
+                    [(header::SET_COOKIE, browser.cookie())],
+                    Redirect::to(url.as_str()),
+                )
+                    .into_response(),
                 Err(error) if json => crate::api::connect_problem(error).into_response(),
                 Err(error) => refused(&back, &crate::api::connect_problem(error)),
             }
@@ -570,7 +579,10 @@ fn checked(session: &Session, id: &str, form: &Fields) -> Result<IntegrationId, 
 }
 
 fn target(session: &Session, id: IntegrationId) -> crate::api::Target {
-    crate::api::Target::of(Caller(session.principal.clone()), id)
+    crate::api::Target::of(
+        Caller(session.principal.clone(), session.token_hash.clone()),
+        id,
+    )
 }
 
 /// The plain buttons of an integration's page, each the API's handler of the same name.
@@ -665,6 +677,7 @@ async fn sync(
 async fn reauth(
     State(state): State<AppState>,
     session: Session,
+    browser: crate::cookies::Browser,
     Path(id): Path<String>,
     headers: HeaderMap,
     Form(mut form): Form<Fields>,
@@ -679,15 +692,19 @@ async fn reauth(
     let answer = crate::api::reauth(
         State(state),
         target(&session, parsed),
+        browser.clone(),
         crate::api::OptionalBody(Some(body)),
     )
     .await;
+    let cookie = [(header::SET_COOKIE, browser.cookie())];
     match answer {
-        Ok(axum::Json(value)) => match value["authorization_url"].as_str() {
-            Some(url) if wants_json(&headers) => {
-                axum::Json(serde_json::json!({ "authorization_url": url })).into_response()
-            }
-            Some(url) => Redirect::to(url).into_response(),
+        Ok((_, axum::Json(value))) => match value["authorization_url"].as_str() {
+            Some(url) if wants_json(&headers) => (
+                cookie,
+                axum::Json(serde_json::json!({ "authorization_url": url })),
+            )
+                .into_response(),
+            Some(url) => (cookie, Redirect::to(url)).into_response(),
             None => notice(&back, "Re-authenticated"),
         },
         Err(problem) if wants_json(&headers) => problem.into_response(),
@@ -780,7 +797,15 @@ async fn events(
     headers: HeaderMap,
 ) -> Response {
     let ws = session.principal.workspace.to_string();
-    match crate::api::events(state, Caller(session.principal), Path(ws), query, headers).await {
+    match crate::api::events(
+        state,
+        Caller(session.principal, session.token_hash),
+        Path(ws),
+        query,
+        headers,
+    )
+    .await
+    {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
     }

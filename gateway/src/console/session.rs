@@ -5,9 +5,8 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Redirect, Response};
-use base64::Engine;
 use domain::{Principal, Timestamp};
 use projections::db::{execute, fetch_all, Bind};
 use projections::{ReadDb, ReadDbError};
@@ -21,15 +20,16 @@ pub(crate) const SIGN_IN_COOKIE: &str = "harmony_sign_in";
 /// How long a session lasts.
 const LIFETIME_MICROS: i64 = 12 * 3600 * 1_000_000;
 
-pub(crate) fn random() -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
-}
+pub(crate) use crate::cookies::{named as named_cookie, random};
 
 /// A signed-in browser: who it acts as, and the CSRF token its forms carry.
 #[derive(Clone, Debug)]
 pub(crate) struct Session {
     pub(crate) principal: Principal,
     pub(crate) csrf: String,
+    /// The SHA-256 of the API token the session signed in with: what the rate limit counts
+    /// and an OAuth flow started here is bound to.
+    pub(crate) token_hash: String,
 }
 
 impl Session {
@@ -48,7 +48,11 @@ impl Session {
 
 /// Starts a session for the API token `token`: the cookie to set, or `None` when the token
 /// is not a live one.
-pub(crate) async fn sign_in(db: &ReadDb, token: &str) -> Result<Option<HeaderValue>, ReadDbError> {
+pub(crate) async fn sign_in(
+    db: &ReadDb,
+    token: &str,
+    secure: bool,
+) -> Result<Option<HeaderValue>, ReadDbError> {
     if crate::tokens::authenticate(db, token).await?.is_none() {
         return Ok(None);
     }
@@ -73,15 +77,21 @@ pub(crate) async fn sign_in(db: &ReadDb, token: &str) -> Result<Option<HeaderVal
         ],
     )
     .await?;
-    Ok(HeaderValue::from_str(&format!(
-        "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Lax; Max-Age={}",
-        LIFETIME_MICROS / 1_000_000
-    ))
-    .ok())
+    Ok(Some(crate::cookies::set(
+        COOKIE,
+        &id,
+        "/console",
+        (LIFETIME_MICROS / 1_000_000) as u64,
+        secure,
+    )))
 }
 
 /// Ends the session whose cookie is `id`; answers the cookie that clears it in the browser.
-pub(crate) async fn sign_out(db: &ReadDb, id: Option<&str>) -> Result<HeaderValue, ReadDbError> {
+pub(crate) async fn sign_out(
+    db: &ReadDb,
+    id: Option<&str>,
+    secure: bool,
+) -> Result<HeaderValue, ReadDbError> {
     if let Some(id) = id {
         execute(
             db,
@@ -90,21 +100,7 @@ pub(crate) async fn sign_out(db: &ReadDb, id: Option<&str>) -> Result<HeaderValu
         )
         .await?;
     }
-    Ok(HeaderValue::from_static(
-        "harmony_session=; Path=/console; HttpOnly; SameSite=Lax; Max-Age=0",
-    ))
-}
-
-/// The value of the cookie `name` in `headers`, if any.
-pub(crate) fn named_cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(found, _)| *found == name)
-        .map(|(_, value)| value.to_owned())
+    Ok(crate::cookies::set(COOKIE, "", "/console", 0, secure))
 }
 
 impl FromRequestParts<AppState> for Session {
@@ -115,9 +111,9 @@ impl FromRequestParts<AppState> for Session {
         let Some(id) = named_cookie(&parts.headers, COOKIE) else {
             return Err(to_sign_in());
         };
-        let rows: Vec<(String, String, String, String)> = fetch_all(
+        let rows: Vec<(String, String, String, String, String)> = fetch_all(
             &state.read,
-            "SELECT t.workspace, t.user_id, t.role, s.csrf FROM console_sessions s \
+            "SELECT t.workspace, t.user_id, t.role, s.csrf, s.token_hash FROM console_sessions s \
              JOIN api_tokens t ON t.token_hash = s.token_hash \
              WHERE s.id_hash = $1 AND s.expires_at > $2 AND t.revoked_at IS NULL",
             &[
@@ -130,7 +126,7 @@ impl FromRequestParts<AppState> for Session {
             tracing::error!(%error, "cannot read console sessions");
             crate::problem::Problem::internal().into_response()
         })?;
-        let Some((workspace, user, role, csrf)) = rows.into_iter().next() else {
+        let Some((workspace, user, role, csrf, token_hash)) = rows.into_iter().next() else {
             return Err(to_sign_in());
         };
         let principal = (|| {
@@ -141,6 +137,10 @@ impl FromRequestParts<AppState> for Session {
             })
         })()
         .ok_or_else(to_sign_in)?;
-        Ok(Session { principal, csrf })
+        Ok(Session {
+            principal,
+            csrf,
+            token_hash,
+        })
     }
 }
