@@ -632,6 +632,36 @@ impl Connections {
     }
 }
 
+impl Connections {
+    /// Deletes: gone from Installed, its records purged, its secrets shredded; its history
+    /// stays. The `Deleted` event is appended first, so a failed append leaves the integration
+    /// as it was, credentials and all. The secrets are shredded right after; should that fail,
+    /// the service's follower of `Deleted` events shreds them (see
+    /// [`eventstore::purge_deleted_integrations`]). Answers whether they are shredded already.
+    pub async fn delete(
+        &self,
+        context: &CommandContext,
+        integration: IntegrationId,
+    ) -> Result<bool, ConnectError> {
+        eventstore::lifecycle::end(
+            &self.repo,
+            context,
+            integration,
+            IntegrationCommand::Delete {
+                secrets_shredded: true,
+            },
+        )
+        .await?;
+        match self.vault.shred(integration).await {
+            Ok(_) => Ok(true),
+            Err(error) => {
+                tracing::warn!(%integration, %error, "the secrets of a deleted integration are shredded later");
+                Ok(false)
+            }
+        }
+    }
+}
+
 /// Setup fields that go to the log, and secret ones that go to the vault.
 type SplitFields = (BTreeMap<String, String>, BTreeMap<String, SecretString>);
 

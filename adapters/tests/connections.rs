@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use adapters::connections::{ConnectError, Connections};
@@ -23,14 +24,74 @@ use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, Sta
 use domain::testing::as_user;
 use domain::{DomainError, IntegrationId, Role, StreamName};
 use eventstore::repository::Repository;
-use eventstore::SledEventStore;
+use eventstore::{EventStore, SledEventStore, StoreError};
 use projections::db::fetch_all;
 use projections::ReadDb;
 use secrecy::SecretString;
 use url::Url;
 
+/// The log, with appends that fail while `refuse` is set (the log unreachable, say).
+struct Unreliable {
+    inner: SledEventStore,
+    refuse: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl EventStore for Unreliable {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: eventstore::ExpectedVersion,
+        events: Vec<eventstore::NewEvent>,
+    ) -> Result<eventstore::AppendResult, StoreError> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the log is unreachable".into()));
+        }
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<eventstore::RecordedEvent>, StoreError> {
+        self.inner.read_stream(stream, from_version, limit).await
+    }
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<eventstore::RecordedEvent>, StoreError> {
+        self.inner.read_all(from_position, limit).await
+    }
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        self.inner.head_position().await
+    }
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
+        self.inner.stream_version(stream).await
+    }
+    fn subscribe(&self, from_position: u64) -> eventstore::EventStream {
+        self.inner.subscribe(from_position)
+    }
+    async fn load_snapshot(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Option<eventstore::Snapshot>, StoreError> {
+        self.inner.load_snapshot(stream).await
+    }
+    async fn save_snapshot(
+        &self,
+        stream: &StreamName,
+        snapshot: eventstore::Snapshot,
+    ) -> Result<(), StoreError> {
+        self.inner.save_snapshot(stream, snapshot).await
+    }
+}
+
 struct World {
     _dir: tempfile::TempDir,
+    /// While set, appends to the log fail.
+    refuse_appends: Arc<AtomicBool>,
     repo: Arc<Repository>,
     db: ReadDb,
     vault: Arc<Vault>,
@@ -45,7 +106,11 @@ use common::hubspot_client;
 impl World {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledEventStore::open(dir.path().join("events")).unwrap();
+        let refuse_appends = Arc::new(AtomicBool::new(false));
+        let store = Unreliable {
+            inner: SledEventStore::open(dir.path().join("events")).unwrap(),
+            refuse: refuse_appends.clone(),
+        };
         let repo = Arc::new(Repository::new(Arc::new(store)));
         let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
             .await
@@ -86,6 +151,7 @@ impl World {
         );
         Self {
             _dir: dir,
+            refuse_appends,
             repo,
             db,
             vault,
@@ -341,5 +407,35 @@ async fn an_app_without_an_oauth_client_is_unavailable_with_the_reason() {
             .start_oauth(&admin, "myspace", None, BTreeMap::new(), binding())
             .await,
         Err(ConnectError::UnknownApp(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_delete_whose_event_cannot_be_appended_leaves_the_integration_whole() {
+    let world = World::new().await;
+    let admin = as_user("ada", Role::Admin);
+    let connected = world
+        .connections
+        .connect_with_key(&admin, "zendesk", &zendesk_fields("zd-right"))
+        .await
+        .unwrap();
+    let id = connected.integration;
+
+    world.refuse_appends.store(true, Ordering::SeqCst);
+    let failed = world.connections.delete(&admin, id).await.unwrap_err();
+    assert!(matches!(failed, ConnectError::Repository(_)), "{failed:?}");
+    world.refuse_appends.store(false, Ordering::SeqCst);
+    assert_eq!(world.stored_secrets().await, 1, "nothing was shredded");
+    world
+        .connections
+        .test(&admin, id, &world.credentials)
+        .await
+        .expect("its credentials still work");
+
+    assert!(world.connections.delete(&admin, id).await.unwrap());
+    assert_eq!(world.stored_secrets().await, 0);
+    assert!(matches!(
+        world.events(id).await.last(),
+        Some(IntegrationEvent::Deleted(deleted)) if deleted.secrets_shredded
     ));
 }

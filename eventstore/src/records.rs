@@ -116,13 +116,20 @@ pub trait RecordLog: Send + Sync + 'static {
 }
 
 /// Follows the event log from the records log's checkpoint and purges the records of every
-/// integration whose `Deleted` event it meets; runs until the subscription ends. Purging is
-/// idempotent, so several processes may run it and a crash between a purge and its checkpoint
-/// only repeats a purge.
-pub async fn purge_deleted_integrations(
+/// integration whose `Deleted` event it meets, after `also` has done its part for it (the
+/// service shreds the integration's secrets there); runs until the subscription ends. Purging
+/// is idempotent, so several processes may run it and a crash between a purge and its
+/// checkpoint only repeats a purge. A failure of `also` ends the run before the checkpoint
+/// moves past the event, so the next run tries it again.
+pub async fn purge_deleted_integrations<F, Fut>(
     events: Arc<dyn crate::EventStore>,
     records: Arc<dyn RecordLog>,
-) -> Result<(), StoreError> {
+    also: F,
+) -> Result<(), StoreError>
+where
+    F: Fn(domain::IntegrationId) -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
     use futures::StreamExt;
     const SAVE_EVERY: u64 = 1024;
     let from = records.purge_checkpoint().await? + 1;
@@ -149,6 +156,7 @@ pub async fn purge_deleted_integrations(
         unsaved += 1;
         if event.event_type == "Deleted" {
             if let Some(integration) = event.stream.integration_id() {
+                also(integration).await?;
                 let purged = records
                     .purge_integration(
                         &event.metadata.workspace,

@@ -104,7 +104,11 @@ async fn purges_when_deleted(events: Arc<dyn EventStore>, records: Arc<dyn Recor
         .unwrap();
     records.publish(vec![change(kept, 1, None)]).await.unwrap();
     let before = records.read(1, 1000).await.unwrap().len();
-    let purger = tokio::spawn(purge_deleted_integrations(events.clone(), records.clone()));
+    let purger = tokio::spawn(purge_deleted_integrations(
+        events.clone(),
+        records.clone(),
+        |_| async { Ok(()) },
+    ));
     let mut metadata = eventstore::conformance::metadata();
     metadata.owner = Some("max".parse().unwrap());
     let deleted = NewEvent {

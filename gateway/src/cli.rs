@@ -235,6 +235,9 @@ pub struct ServeArgs {
     /// How many requests a token may make at once before the average applies.
     #[arg(long, env = "HARMONY_RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
+    /// How many event streams (SSE) one token may hold open at once in this process.
+    #[arg(long, env = "HARMONY_MAX_STREAMS_PER_TOKEN", default_value_t = 8)]
+    pub max_streams_per_token: usize,
     /// How often the service signs the heads of the streams that changed (signed checkpoints,
     /// kept in their own log; the key is `checkpoint.key` under the data directory or
     /// HARMONY_CHECKPOINT_KEY).

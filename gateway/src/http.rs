@@ -80,10 +80,18 @@ pub(crate) fn router(state: AppState) -> Router {
                 async move { Json(document.as_ref().clone()) }
             }),
         )
-        .merge(routes.layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::idempotency::layer,
-        )))
+        .merge(
+            routes
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::idempotency::layer,
+                ))
+                // Outside the idempotency layer, so it runs first.
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::api::authenticate,
+                )),
+        )
         .merge(crate::console::router())
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -295,6 +303,7 @@ mod tests {
             workers,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
             limiter: None,
+            streams: Arc::new(crate::limits::Streams::new(8)),
             metrics: crate::metrics::Metrics::new(),
             checkpoints: eventstore::checkpoints::Checkpoints {
                 log: Arc::new(

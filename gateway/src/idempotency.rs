@@ -5,8 +5,10 @@
 //! service itself (5xx), and refusals that say nothing about the request (401, 429), are not
 //! kept, so a retry after them acts normally.
 //!
-//! Keys are per caller: the scope is the SHA-256 of the bearer token. The table lives beside
-//! the read models (SQLite, or PostgreSQL shared by every process).
+//! Keys are per caller: the scope is the SHA-256 of the bearer token, which the API's
+//! authentication has found live before this layer runs (a revoked token gets its 401, never
+//! a kept answer). The table lives beside the read models (SQLite, or PostgreSQL shared by
+//! every process).
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -44,8 +46,9 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
     let Some(key) = request.headers().get(HEADER).filter(|_| writes).cloned() else {
         return Ok(next.run(request).await);
     };
-    let Some(authorization) = request.headers().get(header::AUTHORIZATION).cloned() else {
-        // Refused as unauthenticated by the route itself.
+    // Only a live token's answers are kept or replayed: a request without one is refused
+    // by the route itself, whatever its key.
+    let Some(crate::api::Authenticated(_, token_hash)) = request.extensions().get().cloned() else {
         return Ok(next.run(request).await);
     };
     let key = key
@@ -60,7 +63,7 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
             )
         })?
         .to_owned();
-    let scope = crate::tokens::hash(authorization.to_str().unwrap_or_default());
+    let scope = token_hash;
     let (parts, body) = request.into_parts();
     let bytes = to_bytes(body, crate::http::BODY_LIMIT_BYTES)
         .await

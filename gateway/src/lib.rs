@@ -66,6 +66,8 @@ pub struct Settings {
     pub sync: SyncSettings,
     /// The per-token rate limit; `None` for none.
     pub rate_limit: Option<limits::RateLimit>,
+    /// How many event streams one token may hold open at once in a process.
+    pub max_streams_per_token: usize,
     /// How often the heads of the streams that changed are signed.
     pub checkpoint_every: std::time::Duration,
     /// Run the sync worker, the action worker and the scheduler here. Off for a process that
@@ -87,6 +89,7 @@ impl Settings {
             schedule_tick: std::time::Duration::from_secs(30),
             sync: SyncSettings::default(),
             rate_limit: limits::RateLimit::new(50, 200),
+            max_streams_per_token: 8,
             checkpoint_every: std::time::Duration::from_secs(60),
             run_workers: true,
         }
@@ -149,6 +152,8 @@ pub struct AppState {
     pub closing: Arc<tokio::sync::watch::Sender<bool>>,
     /// The per-token rate limit, if any.
     pub(crate) limiter: Option<limits::Limiter>,
+    /// The event streams each token holds open.
+    pub(crate) streams: Arc<limits::Streams>,
     /// What `/metrics` reports.
     pub(crate) metrics: metrics::Metrics,
     /// The signed checkpoints of the log, and the key that signs them.
@@ -536,6 +541,7 @@ impl Application {
                 workers,
                 closing: Arc::new(tokio::sync::watch::channel(false).0),
                 limiter: settings.rate_limit.map(limits::Limiter::new),
+                streams: Arc::new(limits::Streams::new(settings.max_streams_per_token)),
                 metrics: metrics::Metrics::new(),
                 checkpoints,
                 installed_pages: Arc::default(),
@@ -571,6 +577,7 @@ impl Application {
         let purger = tokio::spawn(purge_records_of_deleted_integrations(
             self.state.store.clone(),
             self.state.records.clone(),
+            self.state.vault.clone(),
         ));
         let projections: Vec<_> = projections::runner::Projection::ALL
             .into_iter()
@@ -636,14 +643,26 @@ impl Application {
     }
 }
 
-/// Keeps the records log free of deleted integrations' records for as long as the service
-/// runs, starting again after a failure (the log unreachable for a while, say).
+/// Keeps the records log free of deleted integrations' records, and the vault free of their
+/// secrets, for as long as the service runs, starting again after a failure (the log or the
+/// database unreachable for a while, say).
 async fn purge_records_of_deleted_integrations(
     store: Arc<dyn EventStore>,
     records: Arc<dyn RecordLog>,
+    vault: Arc<adapters::vault::Vault>,
 ) {
+    let shred = |integration| {
+        let vault = vault.clone();
+        async move {
+            vault
+                .shred(integration)
+                .await
+                .map(drop)
+                .map_err(|error| eventstore::StoreError::Unavailable(error.to_string()))
+        }
+    };
     loop {
-        match eventstore::purge_deleted_integrations(store.clone(), records.clone()).await {
+        match eventstore::purge_deleted_integrations(store.clone(), records.clone(), shred).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(%error, "purging deleted integrations' records failed; retrying");

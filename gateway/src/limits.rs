@@ -1,9 +1,11 @@
-//! The per-token rate limit: each token may make `per_second` requests a second on average,
-//! in bursts of up to `burst`; beyond that it is answered 429 with `Retry-After`. Tokens
-//! created `--unlimited` are exempt.
+//! The per-token limits: each token may make `per_second` requests a second on average, in
+//! bursts of up to `burst`, through the API and the console together; beyond that it is
+//! answered 429 with `Retry-After`. Tokens created `--unlimited` are exempt. And each token
+//! may hold a few event streams open at once ([`Streams`]).
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -54,5 +56,69 @@ impl Limiter {
     pub(crate) fn forget_quiet(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
+    }
+}
+
+/// A 429 for a token over its rate limit, with when to try again.
+pub(crate) fn rate_limited(wait: Duration) -> crate::problem::Problem {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    crate::problem::Problem::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("this token has made too many requests: try again in {seconds} s"),
+    )
+    .retry_after(seconds)
+}
+
+/// The event streams each token holds open in this process, at most `max` at once.
+#[derive(Debug)]
+pub(crate) struct Streams {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    max: usize,
+}
+
+/// One open stream of a token; closing it (dropping this) frees its place.
+#[derive(Debug)]
+pub(crate) struct StreamSlot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    token_hash: String,
+}
+
+impl Streams {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            open: Arc::default(),
+            max,
+        }
+    }
+
+    /// A place for one more stream of the token, or `None` when it holds `max` already.
+    pub(crate) fn open(&self, token_hash: &str) -> Option<StreamSlot> {
+        let mut open = self.open.lock().expect("the open streams' lock");
+        let count = open.entry(token_hash.to_owned()).or_default();
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            open: self.open.clone(),
+            token_hash: token_hash.to_owned(),
+        })
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("the open streams' lock");
+        if let Some(count) = open.get_mut(&self.token_hash) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.token_hash);
+            }
+        }
     }
 }

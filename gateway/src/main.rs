@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
                 database_url: args.storage.database_url,
                 checkpoint_every: std::time::Duration::from_secs(args.checkpoint_seconds.max(1)),
                 run_workers: !args.no_workers,
+                max_streams_per_token: args.max_streams_per_token.max(1),
                 rate_limit: gateway::limits::RateLimit::new(
                     args.rate_limit_per_second,
                     args.rate_limit_burst,

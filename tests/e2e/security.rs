@@ -338,3 +338,135 @@ async fn an_authorization_finishes_only_while_the_token_that_started_it_is_live(
         .await;
     assert_eq!(installed["integrations"], json!([]));
 }
+
+async fn revoke(app: &crate::helpers::TestApp, id: &str) {
+    let db = projections::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+        .await
+        .unwrap();
+    assert!(gateway::tokens::revoke(&db, id).await.unwrap());
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_revoked_tokens_event_stream_ends_within_five_seconds() {
+    let app = spawn_app().await;
+    let (id, token) = app.token("acme", "ada", "admin").await;
+    let mut stream = crate::audit::open_sse(&app, "/v1/workspaces/acme/events", &token, None).await;
+    revoke(&app, &id).await;
+    let revoked_at = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(_chunk) = stream.chunk().await.unwrap() {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream went on {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_token_holds_a_bounded_number_of_event_streams() {
+    let app = spawn_app_with(|settings| settings.max_streams_per_token = 3).await;
+    let (_, token) = app.token("acme", "ada", "admin").await;
+    let (_, other) = app.token("acme", "bob", "member").await;
+    let path = "/v1/workspaces/acme/events";
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(crate::audit::open_sse(&app, path, &token, None).await);
+    }
+    let refused = app.call(Method::GET, path, &token, None).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "too_many_streams");
+    // Another token is not affected, and a closed stream frees its place.
+    drop(crate::audit::open_sse(&app, path, &other, None).await);
+    drop(open.pop());
+    eventstore::waiting::eventually(Duration::from_secs(10), "a place frees up", || async {
+        let response = app.call(Method::GET, path, &token, None).await;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_idempotent_answer_is_never_replayed_to_a_revoked_token() {
+    let zendesk = adapters::fakes::zendesk::FakeZendesk::start("acme", "a@acme.com", "zd", 1, 0)
+        .await
+        .unwrap();
+    let base = zendesk.server.base.clone();
+    let app = spawn_app_with(|settings| crate::helpers::use_fake_zendesk(settings, &base)).await;
+    let (id, token) = app.token("acme", "ada", "admin").await;
+    let connect = |token: String| {
+        let request = app
+            .client
+            .post(format!("{}/v1/workspaces/acme/integrations", app.address))
+            .bearer_auth(token)
+            .header("Idempotency-Key", "connect-zendesk-1")
+            .json(&json!({"app": "zendesk", "fields": {
+                "subdomain": "acme", "email": "a@acme.com", "api_token": "zd"}}));
+        async move { request.send().await.unwrap() }
+    };
+    let first = connect(token.clone()).await;
+    assert_eq!(first.status(), 201);
+    let again = connect(token.clone()).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    revoke(&app, &id).await;
+    let after = connect(token).await;
+    assert_eq!(after.status(), 401, "{:?}", after.headers());
+    assert!(!after.headers().contains_key("idempotent-replayed"));
+}
+
+#[tokio::test]
+async fn the_console_counts_against_the_tokens_rate_limit() {
+    let app = spawn_app_with(|settings| {
+        settings.rate_limit = gateway::limits::RateLimit::new(1, 5);
+    })
+    .await;
+    let (_, token) = app.token("acme", "ada", "admin").await;
+    let browser = app.browser();
+    let form = browser
+        .get(format!("{}/console/sign-in", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let signed_in = browser
+        .post(format!("{}/console/sign-in", app.address))
+        .form(&[("csrf", csrf.as_str()), ("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let page = browser
+            .get(format!("{}/console/installed", app.address))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(page.status().as_u16());
+    }
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // The API shares the same budget: spent by the console, it waits too.
+    let api = app
+        .call(
+            Method::GET,
+            "/v1/workspaces/acme/integrations",
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(api.status(), 429);
+}

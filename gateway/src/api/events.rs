@@ -3,7 +3,8 @@
 //! reconnects with `Last-Event-ID` (or `?after=`) continues exactly after the last event it
 //! saw: the log's subscription replays from there and then goes live, with no gap and no
 //! duplicate at the seam. A caller sees the workspace's events and its own personal ones,
-//! never another user's personal integration.
+//! never another user's personal integration. A stream ends within a few seconds of its
+//! token's revocation, and a token holds a few streams at most (429 beyond).
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -34,6 +35,9 @@ pub(crate) struct EventsQuery {
     after: Option<u64>,
 }
 
+/// How often an open stream checks that its token is still live.
+const REVOCATION_CHECK: Duration = Duration::from_secs(2);
+
 fn invalid(detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", detail)
 }
@@ -61,6 +65,17 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let principal = caller.in_workspace(&ws)?.clone();
+    let slot = state.streams.open(&caller.1).ok_or_else(|| {
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!(
+                "this token holds {} event streams open already: close one first",
+                state.streams.max()
+            ),
+        )
+        .retry_after(5)
+    })?;
     let last_seen = match headers.get("last-event-id") {
         Some(value) => Some(
             value
@@ -98,11 +113,32 @@ pub(crate) async fn events(
         // Ends the stream when the service shuts down (or its sender is gone).
         let _ = closing.wait_for(|closing| *closing).await;
     };
+    let (read, token_hash) = (state.read.clone(), caller.1.clone());
+    let revoked = async move {
+        // A revoked token's stream ends within a check's interval (its database may be
+        // another process's: the check reads it, not this process's memory).
+        let mut every = tokio::time::interval(REVOCATION_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match crate::tokens::authenticate_hash(&read, &token_hash).await {
+                Ok(None) => break,
+                Ok(Some(_)) => {}
+                Err(error) => tracing::warn!(%error, "cannot check an event stream's token"),
+            }
+        }
+    };
+    let ended = async move {
+        futures::pin_mut!(closed, revoked);
+        futures::future::select(closed, revoked).await;
+    };
     let stream = state
         .store
         .subscribe(after + 1)
-        .take_until(closed)
+        .take_until(ended)
         .filter_map(move |item| {
+            // The stream holds its place among the token's streams until it is dropped.
+            let _held = &slot;
             let answer = match item {
                 Ok(event) => {
                     let visible = event.metadata.workspace == principal.workspace

@@ -35,52 +35,75 @@ mod mappings;
 #[derive(Clone, Debug)]
 pub(crate) struct Caller(pub(crate) Principal, pub(crate) String);
 
+/// A `/v1` request's token, once [`authenticate`] has found it live: its principal and hash.
+#[derive(Clone, Debug)]
+pub(crate) struct Authenticated(pub(crate) Principal, pub(crate) String);
+
+/// The bearer token of `headers`, if it has one in that form.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Authenticates a `/v1` request's bearer token once, before anything else may act on it
+/// (the idempotency layer replays answers only to a live token), and charges it to the
+/// token's rate limit. A request without a live token goes on unauthenticated: a route that
+/// needs a caller refuses it.
+pub(crate) async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(presented) = bearer(request.headers()) {
+        match crate::tokens::authenticate(&state.read, presented).await {
+            Ok(Some(authenticated)) => {
+                let token_hash = crate::tokens::hash(presented);
+                if let (Some(limiter), false) = (&state.limiter, authenticated.unlimited) {
+                    if let Err(wait) = limiter.check(&token_hash) {
+                        return crate::limits::rate_limited(wait).into_response();
+                    }
+                }
+                request
+                    .extensions_mut()
+                    .insert(Authenticated(authenticated.principal, token_hash));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "cannot check an API token");
+                return Problem::internal().into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                Problem::unauthorized("an API token is needed: Authorization: Bearer <token>")
-            })?;
-        let presented = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                Problem::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
-        match crate::tokens::authenticate(&state.read, presented).await {
-            Ok(Some(authenticated)) => {
-                if let (Some(limiter), false) = (&state.limiter, authenticated.unlimited) {
-                    if let Err(wait) = limiter.check(&crate::tokens::hash(presented)) {
-                        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-                        return Err(Problem::new(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "rate_limited",
-                            format!(
-                                "this token has made too many requests: try again in {seconds} s"
-                            ),
-                        )
-                        .retry_after(seconds));
-                    }
-                }
-                Ok(Caller(
-                    authenticated.principal,
-                    crate::tokens::hash(presented),
-                ))
-            }
-            Ok(None) => Err(Problem::unauthorized(
-                "the API token is unknown or was revoked",
-            )),
-            Err(error) => {
-                tracing::error!(%error, "cannot check an API token");
-                Err(Problem::internal())
-            }
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Problem> {
+        if let Some(Authenticated(principal, token_hash)) = parts.extensions.get() {
+            return Ok(Caller(principal.clone(), token_hash.clone()));
         }
+        if !parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            return Err(Problem::unauthorized(
+                "an API token is needed: Authorization: Bearer <token>",
+            ));
+        }
+        if bearer(&parts.headers).is_none() {
+            return Err(Problem::unauthorized(
+                "the Authorization header must be `Bearer <token>`",
+            ));
+        }
+        Err(Problem::unauthorized(
+            "the API token is unknown or was revoked",
+        ))
     }
 }
 
@@ -520,37 +543,12 @@ pub(crate) async fn delete_integration(
     State(state): State<AppState>,
     Target { caller, id }: Target,
 ) -> Result<StatusCode, Problem> {
-    let stream = domain::StreamName::integration(id);
-    // The rules first: nothing is shredded for a caller who may not delete.
-    let state_now = state
+    state
         .workers
-        .repo
-        .load::<domain::Integration>(&stream)
+        .connections
+        .delete(&caller.context(), id)
         .await
-        .map_err(repository_problem)?
-        .state;
-    domain::Aggregate::handle(
-        &state_now,
-        &domain::IntegrationCommand::Delete {
-            secrets_shredded: true,
-        },
-        &caller.context(),
-    )
-    .map_err(|error| domain_problem(&error))?;
-    let shredded = state.vault.shred(id).await.map_err(|error| {
-        tracing::error!(%error, "cannot shred an integration's secrets");
-        Problem::internal()
-    })?;
-    eventstore::lifecycle::end(
-        &state.workers.repo,
-        &caller.context(),
-        id,
-        domain::IntegrationCommand::Delete {
-            secrets_shredded: shredded,
-        },
-    )
-    .await
-    .map_err(repository_problem)?;
+        .map_err(connect_problem)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -111,9 +111,10 @@ impl FromRequestParts<AppState> for Session {
         let Some(id) = named_cookie(&parts.headers, COOKIE) else {
             return Err(to_sign_in());
         };
-        let rows: Vec<(String, String, String, String, String)> = fetch_all(
+        let rows: Vec<(String, String, String, String, String, i64)> = fetch_all(
             &state.read,
-            "SELECT t.workspace, t.user_id, t.role, s.csrf, s.token_hash FROM console_sessions s \
+            "SELECT t.workspace, t.user_id, t.role, s.csrf, s.token_hash, t.unlimited \
+             FROM console_sessions s \
              JOIN api_tokens t ON t.token_hash = s.token_hash \
              WHERE s.id_hash = $1 AND s.expires_at > $2 AND t.revoked_at IS NULL",
             &[
@@ -126,9 +127,16 @@ impl FromRequestParts<AppState> for Session {
             tracing::error!(%error, "cannot read console sessions");
             crate::problem::Problem::internal().into_response()
         })?;
-        let Some((workspace, user, role, csrf, token_hash)) = rows.into_iter().next() else {
+        let Some((workspace, user, role, csrf, token_hash, unlimited)) = rows.into_iter().next()
+        else {
             return Err(to_sign_in());
         };
+        // The console's requests count against the token's limit as the API's do.
+        if let (Some(limiter), 0) = (&state.limiter, unlimited) {
+            if let Err(wait) = limiter.check(&token_hash) {
+                return Err(crate::limits::rate_limited(wait).into_response());
+            }
+        }
         let principal = (|| {
             Some(Principal {
                 workspace: workspace.parse().ok()?,
