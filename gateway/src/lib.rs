@@ -162,6 +162,8 @@ pub struct AppState {
     pub(crate) installed_pages: Arc<pages::PageCache>,
     /// Cookies carry `Secure`: the public base URL is https.
     pub(crate) secure_cookies: bool,
+    /// The `Content-Security-Policy` of every page and answer.
+    pub(crate) content_security_policy: axum::http::HeaderValue,
 }
 
 /// The workers of one process.
@@ -433,8 +435,35 @@ pub async fn open_checkpoints(
     })
 }
 
+/// Creates the data directory (and its parents) if missing, readable by its owner alone; an
+/// existing one that others may enter is made private.
+pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder
+            .create(dir)
+            .with_context(|| format!("while creating the data directory {}", dir.display()))?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::info!(dir = %dir.display(), "making the data directory its owner's alone");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("while making {} private", dir.display()))?;
+        }
+    }
+    #[cfg(not(unix))]
+    builder
+        .create(dir)
+        .with_context(|| format!("while creating the data directory {}", dir.display()))?;
+    Ok(())
+}
+
 /// Opens (and migrates) the read models: on PostgreSQL at `database_url` when given, else in
-/// SQLite at `read.db` under `data_dir`.
+/// SQLite at `read.db` under `data_dir` (created readable by its owner alone; SQLite gives its
+/// journal files the same mode).
 pub async fn open_read_db(
     database_url: Option<&str>,
     data_dir: &std::path::Path,
@@ -445,6 +474,17 @@ pub async fn open_read_db(
             .context("while opening the read models on PostgreSQL")?,
         None => {
             let path = data_dir.join("read.db");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("while creating {}", path.display()))?;
+            }
             projections::ReadDb::open_sqlite(&path)
                 .await
                 .with_context(|| format!("while opening the read models in {}", path.display()))?
@@ -477,12 +517,7 @@ impl std::fmt::Debug for Application {
 impl Application {
     /// Opens the log and binds the listener (port 0 picks a free one, as tests do).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-            format!(
-                "while creating the data directory {}",
-                settings.data_dir.display()
-            )
-        })?;
+        create_private_dir(&settings.data_dir)?;
         let logs = open_logs(
             settings.jetstream.clone(),
             &settings.data_dir,
@@ -550,6 +585,14 @@ impl Application {
                     .public_base_url
                     .as_ref()
                     .is_some_and(|url| url.scheme() == "https"),
+                content_security_policy: http::content_security_policy(
+                    &settings
+                        .adapters
+                        .oauth
+                        .values()
+                        .map(|client| client.authorize_url.clone())
+                        .collect::<Vec<_>>(),
+                ),
             },
             checkpoint_every: settings.checkpoint_every,
             run_workers: settings.run_workers,

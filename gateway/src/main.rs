@@ -12,6 +12,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Everything this process creates (the data directory, the read models, the logs, key
+    // files, exports) is its owner's alone.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("HARMONY_LOG")
         // PostgreSQL's notices ("table … does not exist, skipping") are not news.

@@ -4,7 +4,6 @@
 
 use std::io::Write;
 
-use anyhow::Context;
 use base64::Engine;
 use domain::{Principal, Role, Timestamp, UserId, WorkspaceId};
 use projections::db::{execute, fetch_all, Bind};
@@ -186,12 +185,7 @@ pub async fn run(command: &crate::cli::TokensCommand, out: &mut dyn Write) -> an
         TokensCommand::List(args) => &args.storage,
         TokensCommand::Revoke(args) => &args.storage,
     };
-    std::fs::create_dir_all(&storage.data_dir).with_context(|| {
-        format!(
-            "while creating the data directory {}",
-            storage.data_dir.display()
-        )
-    })?;
+    crate::create_private_dir(&storage.data_dir)?;
     let db = crate::open_read_db(storage.database_url.as_deref(), &storage.data_dir).await?;
     match command {
         TokensCommand::Create(args) => {

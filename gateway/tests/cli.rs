@@ -1002,3 +1002,46 @@ fn serve_with_log_json_writes_one_json_object_per_line() {
     );
     stop_with_sigterm(served);
 }
+
+#[test]
+fn every_file_the_service_creates_under_the_data_directory_is_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("harmony-data");
+    let data = data_dir.to_str().unwrap();
+    let created = harmony()
+        .args(["tokens", "create", "--workspace", "acme", "--user", "ada"])
+        .args(["--role", "admin", "--data-dir", data])
+        .env_remove("HARMONY_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let (served, address) = serve(&["--data-dir", data, "--checkpoint-seconds", "1"]);
+    let client = reqwest::blocking::Client::new();
+    let answer = client
+        .get(format!("{address}/v1/workspaces/acme/integrations"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    stop_with_sigterm(served);
+
+    let mut checked = 0;
+    let mut pending = vec![data_dir.clone()];
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::metadata(&path).unwrap();
+        let mode = metadata.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        }
+        checked += 1;
+    }
+    assert!(
+        data_dir.join("read.db").exists() && checked > 10,
+        "checked {checked}"
+    );
+}

@@ -286,7 +286,7 @@ async fn an_oauth_app_connects_through_the_popup_and_its_callback_page_tells_the
     let page = browser.get(&callback).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
-    assert!(html.contains("window.opener.postMessage"), "{html}");
+    assert!(html.contains("/console/oauth-callback.js"), "{html}");
     assert!(html.contains("\"ok\":true"), "{html}");
     assert!(
         html.contains("Connected"),

@@ -470,3 +470,80 @@ async fn the_console_counts_against_the_tokens_rate_limit() {
         .await;
     assert_eq!(api.status(), 429);
 }
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers_and_cookies_are_secure_behind_https() {
+    use adapters::fakes::hubspot::FakeHubSpot;
+    let hubspot = FakeHubSpot::start(1, 0).await.unwrap();
+    let base = hubspot.server.base.clone();
+    let app = spawn_app_with(|settings| {
+        crate::helpers::use_fake_hubspot(settings, &base);
+        settings.adapters.public_base_url = Some("https://harmony.example.com/".parse().unwrap());
+    })
+    .await;
+    let (_, token) = app.token("acme", "ada", "admin").await;
+    let paths = [
+        ("/v1/apps", Some(token.as_str())),
+        ("/v1/apps", None),
+        ("/console/sign-in", None),
+        ("/console/installed", None),
+        ("/v1/oauth/callback?state=unknown&code=x", None),
+        ("/nowhere", None),
+        ("/openapi.json", None),
+        ("/healthz", None),
+    ];
+    for (path, token) in paths {
+        let mut request = app.browser().get(format!("{}{path}", app.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let headers = response.headers();
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            policy.contains("frame-ancestors 'none'"),
+            "{path}: {policy}"
+        );
+        assert!(policy.contains("script-src 'self'"), "{path}: {policy}");
+        assert!(!policy.contains("unsafe-inline"), "{path}: {policy}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
+    }
+    // The callback page runs no inline script: its outcome is a data block.
+    let page = app
+        .browser()
+        .get(format!(
+            "{}/v1/oauth/callback?state=unknown&code=x",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("<script>"), "{page}");
+
+    // Behind https every cookie is Secure.
+    let sign_in = app
+        .browser()
+        .get(format!("{}/console/sign-in", app.address))
+        .send()
+        .await
+        .unwrap();
+    let cookie = sign_in.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let started = app
+        .call(
+            Method::POST,
+            "/v1/workspaces/acme/integrations",
+            &token,
+            Some(json!({"app": "hubspot"})),
+        )
+        .await;
+    let cookie = started.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.starts_with("harmony_browser=") && cookie.contains("; Secure"),
+        "{cookie}"
+    );
+}

@@ -1178,12 +1178,13 @@ async fn oauth_callback(
         Ok(connected) => format!("/console/integrations/{}", connected.integration),
         Err(_) => "/console/installed".to_owned(),
     };
+    // The outcome travels in a data block (never executed); a script file of the console's
+    // tells the opener, since the pages allow no inline script.
     let page = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Harmony</title></head>\
-         <body><p id=\"outcome\">{}</p><p><a href=\"{onward}\">Back to Harmony</a></p><script>\
-         (function () {{ var message = {script_message};\
-         if (window.opener) {{ window.opener.postMessage(message, window.location.origin); window.close(); }} }})();\
-         </script></body></html>",
+         <body><p id=\"outcome\">{}</p><p><a href=\"{onward}\">Back to Harmony</a></p>\
+         <script type=\"application/json\" id=\"harmony-oauth\">{script_message}</script>\
+         <script src=\"/console/oauth-callback.js\"></script></body></html>",
         html_escape(&words)
     );
     (

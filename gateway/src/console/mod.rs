@@ -40,6 +40,8 @@ pub(crate) fn router() -> Router<AppState> {
             get(|| async { Redirect::to("/console/installed") }),
         )
         .route("/console/console.js", get(script))
+        .route("/console/console.css", get(stylesheet))
+        .route("/console/oauth-callback.js", get(callback_script))
         .route("/console/sign-in", get(sign_in_page).post(sign_in))
         .route("/console/sign-out", post(sign_out))
         .route("/console/apps", get(apps))
@@ -76,6 +78,27 @@ async fn script() -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         include_str!("console.js"),
+    )
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("console.css"),
+    )
+}
+
+/// The OAuth callback page's script: a file of its own, since the pages allow no inline script.
+async fn callback_script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("oauth-callback.js"),
     )
 }
 

@@ -1,13 +1,11 @@
 //! The console's pages, rendered on the server with maud. Every page reads without
 //! JavaScript; `console.js` adds the OAuth popup and live status on top.
 
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 use projections::installed::InstalledRow;
 use projections::sync_runs::SyncRun;
 
 use super::session::Session;
-
-const STYLE: &str = include_str!("console.css");
 
 /// Which Marketplace tab a page belongs to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -38,7 +36,7 @@ pub(crate) fn page(
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Harmony Marketplace" }
-                style { (PreEscaped(STYLE)) }
+                link rel="stylesheet" href="/console/console.css";
             }
             body {
                 header.top {
