@@ -5,7 +5,9 @@
 //! for a tool that is not sensitive) makes it look at the integration and push every approved
 //! action still open, under a lease per action so that several processes never push the same
 //! one. The action's id is the push's idempotency key. `ActionCompleted` carries the
-//! provider's answer; `ActionFailed` carries the reason and whether trying again could help.
+//! provider's answer, sealed under the integration's data key like the arguments (both are
+//! personal data; see ADR 006); `ActionFailed` carries the reason and whether trying again
+//! could help.
 //! A refused token is refreshed once; a dead grant also marks the integration as needing
 //! reauthentication.
 //!
@@ -19,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use domain::aggregate::CommandContext;
-use domain::integration::{ActionStatus, ExpiryReason, Integration, IntegrationCommand};
+use domain::integration::{
+    ActionPayload, ActionStatus, ExpiryReason, Integration, IntegrationCommand,
+};
 use domain::principal::Caller;
 use domain::{ActionId, DomainError, IntegrationId, StreamName, Timestamp};
 use eventstore::repository::{Repository, RepositoryError};
@@ -33,6 +37,7 @@ use crate::lease::Leases;
 use crate::provider::Connection;
 use crate::providers::Providers;
 use crate::sync::CredentialSource;
+use crate::vault::Vault;
 
 const DISPATCH_CHECKPOINT: &str = "action_dispatch";
 /// How long one push may hold its action.
@@ -50,6 +55,8 @@ pub struct ActionWorker {
 struct Inner {
     repo: Arc<Repository>,
     db: ReadDb,
+    /// Opens the sealed arguments and seals the provider's answer.
+    vault: Arc<Vault>,
     credentials: Arc<dyn CredentialSource>,
     providers: Providers,
     leases: Leases,
@@ -76,6 +83,7 @@ impl ActionWorker {
     pub fn new(
         repo: Arc<Repository>,
         db: ReadDb,
+        vault: Arc<Vault>,
         credentials: Arc<dyn CredentialSource>,
         providers: Providers,
         leases: Leases,
@@ -84,6 +92,7 @@ impl ActionWorker {
             inner: Arc::new(Inner {
                 repo,
                 db,
+                vault,
                 credentials,
                 providers,
                 leases,
@@ -191,7 +200,7 @@ impl ActionWorker {
     async fn work_on(&self, id: IntegrationId) -> Result<(), RepositoryError> {
         let stream = StreamName::integration(id);
         let state = self.inner.repo.load::<Integration>(&stream).await?.state;
-        let approved: Vec<(ActionId, String, Value)> = state
+        let approved: Vec<(ActionId, String, ActionPayload)> = state
             .open_actions
             .iter()
             .filter(|(_, action)| action.status == ActionStatus::Approved)
@@ -207,8 +216,15 @@ impl ActionWorker {
                     continue;
                 }
             }
-            let outcome = self.perform(id, &state, action_id, &tool, &arguments).await;
-            self.record(&stream, action_id, outcome).await?;
+            let outcome = match self.inner.vault.show(id, &arguments).await {
+                Ok(arguments) => self.perform(id, &state, action_id, &tool, &arguments).await,
+                Err(error) => Outcome::Failed {
+                    error: format!("the action's arguments cannot be read: {error}"),
+                    retryable: false,
+                    expired: None,
+                },
+            };
+            self.record(id, &stream, action_id, outcome).await?;
             let _ = self
                 .inner
                 .leases
@@ -328,15 +344,26 @@ impl ActionWorker {
 
     async fn record(
         &self,
+        id: IntegrationId,
         stream: &StreamName,
         action_id: ActionId,
         outcome: Outcome,
     ) -> Result<(), RepositoryError> {
         let (command, expired) = match outcome {
-            Outcome::Completed(result) => (
-                IntegrationCommand::CompleteAction { action_id, result },
-                None,
-            ),
+            Outcome::Completed(result) => {
+                // The answer is personal data: the history keeps it sealed.
+                let result = match self.inner.vault.seal(id, &result).await {
+                    Ok(sealed) => ActionPayload::sealed(sealed),
+                    Err(error) => {
+                        tracing::warn!(%action_id, %error, "the action's result cannot be sealed; it is not kept");
+                        ActionPayload::Plain(serde_json::json!({ "withheld": true }))
+                    }
+                };
+                (
+                    IntegrationCommand::CompleteAction { action_id, result },
+                    None,
+                )
+            }
             Outcome::Failed {
                 error,
                 retryable,

@@ -200,6 +200,10 @@ fn key_aad(integration: &str) -> String {
     format!("harmony vault data key of {integration}")
 }
 
+fn payload_aad(integration: &str) -> String {
+    format!("harmony vault sealed payload of {integration}")
+}
+
 fn secret_aad(reference: &str) -> String {
     format!("harmony vault secret {reference}")
 }
@@ -612,6 +616,56 @@ impl Vault {
         let text =
             String::from_utf8(plain).map_err(|_| VaultError::Corrupt(reference.0.clone()))?;
         Ok(SecretString::from(text))
+    }
+
+    /// Seals `value` — personal data an event of `integration` will carry — under the
+    /// integration's data key: shredding the integration makes it unreadable for good.
+    pub async fn seal(
+        &self,
+        integration: IntegrationId,
+        value: &serde_json::Value,
+    ) -> Result<domain::integration::Sealed, VaultError> {
+        let integration = integration.to_string();
+        let key = self.data_key(&integration, true).await?;
+        let plain = serde_json::to_vec(value).expect("a JSON value serializes");
+        Ok(domain::integration::Sealed {
+            ciphertext: seal(&key, &plain, &payload_aad(&integration)),
+            bytes: plain.len() as u64,
+        })
+    }
+
+    /// The value `sealed` holds; [`VaultError::Shredded`] once the integration is deleted.
+    pub async fn unseal(
+        &self,
+        integration: IntegrationId,
+        sealed: &domain::integration::Sealed,
+    ) -> Result<serde_json::Value, VaultError> {
+        let integration = integration.to_string();
+        let key = self.data_key(&integration, false).await?;
+        let aad = payload_aad(&integration);
+        let plain = open(&key, &sealed.ciphertext, &aad)?;
+        serde_json::from_slice(&plain).map_err(|_| VaultError::Corrupt(aad))
+    }
+
+    /// A Companion action's arguments or result as people may see them: the value while the
+    /// integration lives; once its key is shredded, only that there was something and its
+    /// size.
+    pub async fn show(
+        &self,
+        integration: IntegrationId,
+        payload: &domain::integration::ActionPayload,
+    ) -> Result<serde_json::Value, VaultError> {
+        use domain::integration::ActionPayload;
+        match payload {
+            ActionPayload::Plain(value) => Ok(value.clone()),
+            ActionPayload::Sealed(sealed) => match self.unseal(integration, &sealed.sealed).await {
+                Err(VaultError::Shredded(_)) => Ok(serde_json::json!({
+                    "shredded": true,
+                    "bytes": sealed.sealed.bytes,
+                })),
+                other => other,
+            },
+        }
     }
 
     /// Destroys `integration`'s data key and its ciphertexts: its secrets cannot be read again

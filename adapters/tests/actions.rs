@@ -23,6 +23,7 @@ use adapters::provider::{Connection, Credentials};
 use adapters::providers::{Endpoints, Providers};
 use adapters::vault::{MasterKey, Vault};
 use domain::catalog::AppScope;
+use domain::integration::ActionPayload;
 use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, Status};
 use domain::testing::{as_user, connect_command};
 use domain::{ActionId, IntegrationId, Role, RuleId, StreamName};
@@ -89,6 +90,7 @@ impl World {
         let worker = ActionWorker::new(
             repo.clone(),
             db.clone(),
+            vault.clone(),
             Arc::new(credentials),
             providers.clone(),
             leases,
@@ -141,6 +143,8 @@ impl World {
         rule: Option<RuleId>,
     ) -> ActionId {
         let action_id = ActionId::new();
+        // Sealed, as the API seals them.
+        let arguments = ActionPayload::sealed(self.vault.seal(id, &arguments).await.unwrap());
         self.repo
             .execute::<Integration>(
                 &StreamName::integration(id),
@@ -179,9 +183,9 @@ impl World {
             .collect()
     }
 
-    /// Waits for the action's end: `Ok(result)` or `Err((error, retryable))`.
+    /// Waits for the action's end: `Ok(result)` (unsealed) or `Err((error, retryable))`.
     async fn ended(&self, id: IntegrationId, action: ActionId) -> Result<Value, (String, bool)> {
-        eventually(WAIT, "the action ends", || async {
+        let ended = eventually(WAIT, "the action ends", || async {
             self.events(id)
                 .await
                 .into_iter()
@@ -195,7 +199,17 @@ impl World {
                     _ => None,
                 })
         })
-        .await
+        .await;
+        match ended {
+            Ok(payload) => {
+                assert!(
+                    matches!(payload, ActionPayload::Sealed(_)),
+                    "the result is kept sealed"
+                );
+                Ok(self.vault.show(id, &payload).await.unwrap())
+            }
+            Err(failure) => Err(failure),
+        }
     }
 }
 
@@ -413,7 +427,7 @@ async fn a_push_that_went_through_before_a_crash_is_not_repeated() {
             &IntegrationCommand::RequestAction {
                 action_id: action,
                 tool: "create_ticket".into(),
-                arguments,
+                arguments: ActionPayload::Plain(arguments),
                 auto_approval: None,
             },
             &as_user("ada", Role::Admin),
@@ -450,7 +464,9 @@ async fn a_push_that_went_through_before_a_crash_is_not_repeated() {
             &IntegrationCommand::RequestAction {
                 action_id: sms,
                 tool: "send_sms".into(),
-                arguments: json!({"to": "+14155552345", "from": "+14155550000", "body": "x"}),
+                arguments: ActionPayload::Plain(
+                    json!({"to": "+14155552345", "from": "+14155550000", "body": "x"}),
+                ),
                 auto_approval: Some(RuleId::new()),
             },
             &as_user("ada", Role::Admin),

@@ -125,7 +125,14 @@ async fn no_secret_is_found_in_anything_the_system_wrote() {
         leases.clone(),
         SyncConfig::default(),
     );
-    let actions = ActionWorker::new(repo.clone(), db.clone(), credentials, providers, leases);
+    let actions = ActionWorker::new(
+        repo.clone(),
+        db.clone(),
+        vault.clone(),
+        credentials,
+        providers,
+        leases,
+    );
     {
         let (sync, actions) = (sync.clone(), actions.clone());
         tokio::spawn(async move { sync.follow().await.unwrap() });
@@ -168,8 +175,12 @@ async fn no_secret_is_found_in_anything_the_system_wrote() {
     let act_and_wait = |id: IntegrationId, tool: &'static str, arguments: serde_json::Value| {
         let repo = repo.clone();
         let admin = admin.clone();
+        let vault = vault.clone();
         async move {
             let action_id = ActionId::new();
+            let arguments = domain::integration::ActionPayload::sealed(
+                vault.seal(id, &arguments).await.unwrap(),
+            );
             repo.execute::<Integration>(
                 &stream(id),
                 &IntegrationCommand::RequestAction {

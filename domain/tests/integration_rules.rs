@@ -1084,7 +1084,9 @@ fn sms(action_id: ActionId) -> C {
     C::RequestAction {
         action_id,
         tool: "send_sms".into(),
-        arguments: json!({"to": "+15550100", "body": "hi"}),
+        arguments: domain::integration::ActionPayload::Plain(
+            json!({"to": "+15550100", "body": "hi"}),
+        ),
         auto_approval: None,
     }
 }
@@ -1093,7 +1095,9 @@ fn sms_requested(action_id: ActionId) -> (E, domain::Metadata) {
     with_meta(E::ActionRequested(ActionRequested {
         action_id,
         tool: "send_sms".into(),
-        arguments: json!({"to": "+15550100", "body": "hi"}),
+        arguments: domain::integration::ActionPayload::Plain(
+            json!({"to": "+15550100", "body": "hi"}),
+        ),
         sensitive: true,
         requested_by: user("max"),
     }))
@@ -1107,7 +1111,7 @@ fn an_insensitive_action_is_approved_at_once() {
             C::RequestAction {
                 action_id,
                 tool: "list_calls".into(),
-                arguments: json!({}),
+                arguments: domain::integration::ActionPayload::Plain(json!({})),
                 auto_approval: None,
             },
             &member(),
@@ -1116,7 +1120,7 @@ fn an_insensitive_action_is_approved_at_once() {
             E::ActionRequested(ActionRequested {
                 action_id,
                 tool: "list_calls".into(),
-                arguments: json!({}),
+                arguments: domain::integration::ActionPayload::Plain(json!({})),
                 sensitive: false,
                 requested_by: user("max"),
             }),
@@ -1204,7 +1208,7 @@ fn personal_actions_are_approved_by_their_owner_only() {
     let requested = with_meta(E::ActionRequested(ActionRequested {
         action_id,
         tool: "delete_event".into(),
-        arguments: json!({"id": "e1"}),
+        arguments: domain::integration::ActionPayload::Plain(json!({"id": "e1"})),
         sensitive: true,
         requested_by: user("max"),
     }));
@@ -1269,7 +1273,7 @@ fn only_an_approved_action_is_pushed_and_finished() {
         .when(
             C::CompleteAction {
                 action_id,
-                result: json!({"sid": "SM1"}),
+                result: domain::integration::ActionPayload::Plain(json!({"sid": "SM1"})),
             },
             &system(),
         )
@@ -1285,13 +1289,13 @@ fn only_an_approved_action_is_pushed_and_finished() {
         .when(
             C::CompleteAction {
                 action_id,
-                result: json!({"sid": "SM1"}),
+                result: domain::integration::ActionPayload::Plain(json!({"sid": "SM1"})),
             },
             &system(),
         )
         .then_expect(vec![E::ActionCompleted(ActionCompleted {
             action_id,
-            result: json!({"sid": "SM1"}),
+            result: domain::integration::ActionPayload::Plain(json!({"sid": "SM1"})),
         })]);
     given(vec![twilio(), sms_requested(action_id), approved])
         .when(
@@ -1317,7 +1321,7 @@ fn an_action_names_a_tool_of_the_app_with_object_arguments() {
             C::RequestAction {
                 action_id,
                 tool: "launch_rocket".into(),
-                arguments: json!({}),
+                arguments: domain::integration::ActionPayload::Plain(json!({})),
                 auto_approval: None,
             },
             &member(),
@@ -1331,7 +1335,7 @@ fn an_action_names_a_tool_of_the_app_with_object_arguments() {
             C::RequestAction {
                 action_id,
                 tool: "send_sms".into(),
-                arguments: json!("hi"),
+                arguments: domain::integration::ActionPayload::Plain(json!("hi")),
                 auto_approval: None,
             },
             &member(),
@@ -1365,7 +1369,7 @@ fn disconnect_stops_syncs_and_actions_and_removes_the_configuration_but_keeps_hi
     let action = with_meta(E::ActionRequested(ActionRequested {
         action_id,
         tool: "update_opportunity".into(),
-        arguments: json!({}),
+        arguments: domain::integration::ActionPayload::Plain(json!({})),
         sensitive: true,
         requested_by: user("ada"),
     }));

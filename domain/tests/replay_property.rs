@@ -174,7 +174,7 @@ fn command(op: (u8, u8, u8, u8)) -> C {
             C::RequestAction {
                 action_id: action_id(a % 4),
                 tool: tools[usize::from(b) % tools.len()].into(),
-                arguments: json!({"n": c}),
+                arguments: domain::integration::ActionPayload::Plain(json!({"n": c})),
                 auto_approval: None,
             }
         }
@@ -188,7 +188,7 @@ fn command(op: (u8, u8, u8, u8)) -> C {
         },
         15 => C::CompleteAction {
             action_id: action_id(a % 4),
-            result: json!({"ok": true}),
+            result: domain::integration::ActionPayload::Plain(json!({"ok": true})),
         },
         16 => C::FailAction {
             action_id: action_id(a % 4),

@@ -213,7 +213,7 @@ impl Workers {
         let connections = adapters::connections::Connections::new(
             repo.clone(),
             read.clone(),
-            vault,
+            vault.clone(),
             providers.clone(),
             config.oauth.clone(),
             config.unavailable.clone(),
@@ -235,6 +235,7 @@ impl Workers {
         let actions = adapters::actions::ActionWorker::new(
             repo.clone(),
             read.clone(),
+            vault.clone(),
             credentials.clone(),
             providers.clone(),
             leases.clone(),

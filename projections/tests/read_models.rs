@@ -651,7 +651,9 @@ async fn every_type(kind: &str) {
         IntegrationCommand::RequestAction {
             action_id: first,
             tool: "update_contact".into(),
-            arguments: serde_json::json!({ "id": "1", "email": "a@acme.test" }),
+            arguments: domain::integration::ActionPayload::Plain(
+                serde_json::json!({ "id": "1", "email": "a@acme.test" }),
+            ),
             auto_approval: None,
         },
         IntegrationCommand::ApproveAction {
@@ -661,7 +663,7 @@ async fn every_type(kind: &str) {
         IntegrationCommand::RequestAction {
             action_id: second,
             tool: "update_contact".into(),
-            arguments: serde_json::json!({ "id": "2" }),
+            arguments: domain::integration::ActionPayload::Plain(serde_json::json!({ "id": "2" })),
             auto_approval: None,
         },
         IntegrationCommand::RejectAction {
@@ -671,7 +673,9 @@ async fn every_type(kind: &str) {
         IntegrationCommand::RequestAction {
             action_id: third,
             tool: "search_contacts".into(),
-            arguments: serde_json::json!({ "query": "acme" }),
+            arguments: domain::integration::ActionPayload::Plain(
+                serde_json::json!({ "query": "acme" }),
+            ),
             auto_approval: None,
         },
     ];
@@ -684,7 +688,7 @@ async fn every_type(kind: &str) {
         id,
         IntegrationCommand::CompleteAction {
             action_id: first,
-            result: serde_json::json!({ "ok": true }),
+            result: domain::integration::ActionPayload::Plain(serde_json::json!({ "ok": true })),
         },
     )
     .await;

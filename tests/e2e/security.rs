@@ -547,3 +547,119 @@ async fn every_answer_carries_the_security_headers_and_cookies_are_secure_behind
         "{cookie}"
     );
 }
+
+/// Every file under `dir`, searched for `needle`: the paths that hold it.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|window| window == needle) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn companion_arguments_and_results_leave_the_history_with_their_integration() {
+    use adapters::fakes::hubspot::FakeHubSpot;
+    let hubspot = FakeHubSpot::start(1, 0).await.unwrap();
+    let base = hubspot.server.base.clone();
+    let app = spawn_app_with(|settings| crate::helpers::use_fake_hubspot(settings, &base)).await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let (_, auditor) = app.token("acme", "eve", "auditor").await;
+    let id = crate::helpers::connect_hubspot(&app, &admin, "acme").await;
+    let actions = format!("/v1/workspaces/acme/integrations/{id}/actions");
+    // Personal data in the arguments, and so in the provider's answer.
+    const PERSON: &str = "alice.personal-7731@example.org";
+    let requested = app
+        .call(
+            Method::POST,
+            &actions,
+            &admin,
+            Some(json!({"tool": "create_contact",
+                        "arguments": {"properties": {"email": PERSON}}})),
+        )
+        .await;
+    assert_eq!(requested.status(), 202);
+    let requested: Value = requested.json().await.unwrap();
+    let action = format!("{actions}/{}", requested["action_id"].as_str().unwrap());
+    let done = eventstore::waiting::eventually(
+        Duration::from_secs(20),
+        "the action completes",
+        || async {
+            let answer = app.get_json(&action, Some(&admin)).await;
+            (answer["status"] == "completed").then_some(answer)
+        },
+    )
+    .await;
+    // The people allowed to see it see it while the integration lives.
+    assert_eq!(done["arguments"]["properties"]["email"], PERSON, "{done}");
+    assert!(done["result"].to_string().contains(PERSON), "{done}");
+
+    // The history keeps the action's course, but not the person.
+    let history = app
+        .get_json(
+            &format!("/v1/workspaces/acme/integrations/{id}/history"),
+            Some(&auditor),
+        )
+        .await;
+    let text = history.to_string();
+    assert!(text.contains("ActionRequested") && text.contains("ActionCompleted"));
+    assert!(!text.contains(PERSON), "{text}");
+    let export = app
+        .client
+        .get(format!("{}/v1/workspaces/acme/audit/export", app.address))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!export.contains(PERSON));
+
+    // Deleted, the integration takes the person with it; the history still verifies.
+    let deleted = app
+        .call(
+            Method::POST,
+            &format!("/v1/workspaces/acme/integrations/{id}/disconnect"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status(), 200);
+    let deleted = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/workspaces/acme/integrations/{id}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status(), 204);
+    let after = app.get_json(&action, Some(&admin)).await;
+    assert_eq!(after["status"], "completed", "{after}");
+    assert_eq!(after["arguments"]["shredded"], true, "{after}");
+    assert_eq!(after["result"]["shredded"], true, "{after}");
+    assert!(!after.to_string().contains(PERSON));
+    let verified = app
+        .get_json(
+            &format!("/v1/workspaces/acme/integrations/{id}/verify"),
+            Some(&auditor),
+        )
+        .await;
+    assert_eq!(verified["intact"], true, "{verified}");
+    let dir = app.stop().await.unwrap();
+    assert_eq!(
+        files_holding(dir.path(), PERSON.as_bytes()),
+        Vec::<String>::new(),
+        "nothing the service wrote holds the person"
+    );
+}

@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
 use super::events::{ExpiryReason, FieldMapping, SyncKind};
 use crate::catalog::AppScope;
 use crate::ids::{ActionId, CredentialRef, IntegrationId, RuleId, SyncId, UserId, WorkspaceId};
@@ -95,7 +93,9 @@ pub enum IntegrationCommand {
     RequestAction {
         action_id: ActionId,
         tool: String,
-        arguments: Value,
+        /// Sealed by the service before the command (see [`super::Sealed`]); a plain value
+        /// must be a JSON object.
+        arguments: super::ActionPayload,
         auto_approval: Option<RuleId>,
     },
     ApproveAction {
@@ -108,7 +108,7 @@ pub enum IntegrationCommand {
     },
     CompleteAction {
         action_id: ActionId,
-        result: Value,
+        result: super::ActionPayload,
     },
     FailAction {
         action_id: ActionId,

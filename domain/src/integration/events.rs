@@ -179,12 +179,49 @@ pub struct SyncScheduleChanged {
     pub every_minutes: Option<u32>,
 }
 
+/// Personal data an event carries sealed: encrypted (XChaCha20-Poly1305) under the
+/// integration's data key in the vault. Deleting the integration destroys the key, so the
+/// history keeps only that there was something, and how large; the chain still verifies,
+/// since the ciphertext itself stays.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sealed {
+    /// base64 of the nonce, then the ciphertext and its tag.
+    pub ciphertext: String,
+    /// The length of the sealed JSON, in bytes.
+    pub bytes: u64,
+}
+
+/// The arguments or the result of a Companion action as an event holds them: sealed (schema 2
+/// of `ActionRequested` and `ActionCompleted`), or in the clear as schema 1 stored them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ActionPayload {
+    Sealed(SealedPayload),
+    Plain(Value),
+}
+
+/// The JSON shape of a sealed payload: `{"sealed": {"ciphertext": …, "bytes": …}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedPayload {
+    pub sealed: Sealed,
+}
+
+impl ActionPayload {
+    /// A payload sealed as `sealed`.
+    pub fn sealed(sealed: Sealed) -> Self {
+        Self::Sealed(SealedPayload { sealed })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionRequested {
     pub action_id: ActionId,
     pub tool: String,
-    /// The tool's arguments as Companion gave them (never secrets).
-    pub arguments: Value,
+    /// The tool's arguments as Companion gave them (never secrets), sealed: they are personal
+    /// data (a contact searched for, a message's text).
+    pub arguments: ActionPayload,
     pub sensitive: bool,
     pub requested_by: UserId,
 }
@@ -220,7 +257,8 @@ pub struct ActionRejected {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionCompleted {
     pub action_id: ActionId,
-    pub result: Value,
+    /// The provider's answer, sealed: it is personal data (contacts found, a message sent).
+    pub result: ActionPayload,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,10 +307,10 @@ event_enum!(
         SyncFailed(SyncFailed) = 1,
         MappingChanged(MappingChanged) = 1,
         SyncScheduleChanged(SyncScheduleChanged) = 1,
-        ActionRequested(ActionRequested) = 1,
+        ActionRequested(ActionRequested) = 2,
         ActionApproved(ActionApproved) = 1,
         ActionRejected(ActionRejected) = 1,
-        ActionCompleted(ActionCompleted) = 1,
+        ActionCompleted(ActionCompleted) = 2,
         ActionFailed(ActionFailed) = 1,
         Disconnected(Disconnected) = 1,
         Deleted(Deleted) = 1,
@@ -294,6 +332,9 @@ fn malformed(event_type: &str, schema: u32, reason: &str) -> EventDecodeError {
 ///   `scopes` string (as OAuth2 token responses do); schema 2 stores a `granted_scopes` list.
 /// - `ConnectionTested` 1 → 2: schema 1 stored `success`, `latency_secs` (a float) and `message`;
 ///   schema 2 stores `ok`, whole `latency_ms` and `answer`.
+/// - `ActionRequested` and `ActionCompleted` 1 → 2: schema 1 stored the arguments and the
+///   result in the clear; schema 2 seals them. The old clear values stay as they were
+///   ([`ActionPayload::Plain`]): the log is never rewritten.
 fn upcast(event_type: &str, schema: u32, mut data: Value) -> Result<Value, EventDecodeError> {
     let object = data
         .as_object_mut()
@@ -333,6 +374,7 @@ fn upcast(event_type: &str, schema: u32, mut data: Value) -> Result<Value, Event
             object.insert("answer".into(), message);
             Ok(data)
         }
+        ("ActionRequested", 1) | ("ActionCompleted", 1) => Ok(data),
         _ => Err(EventDecodeError::NoUpcaster {
             event_type: event_type.to_owned(),
             schema,

@@ -12,7 +12,6 @@ mod events;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 pub use commands::{ConnectIntegration, IntegrationCommand};
 pub use events::*;
@@ -103,8 +102,8 @@ pub enum ActionStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenAction {
     pub tool: String,
-    /// The tool's arguments, for the worker that performs it once approved.
-    pub arguments: Value,
+    /// The tool's arguments, for the worker that performs it once approved (sealed).
+    pub arguments: ActionPayload,
     pub sensitive: bool,
     pub status: ActionStatus,
 }
@@ -737,7 +736,7 @@ impl Aggregate for Integration {
                     app: app.name.to_owned(),
                     tool: tool.clone(),
                 })?;
-                if !arguments.is_object() {
+                if matches!(arguments, ActionPayload::Plain(value) if !value.is_object()) {
                     return Err(DomainError::InvalidArguments);
                 }
                 if self.open_actions.contains_key(action_id) {

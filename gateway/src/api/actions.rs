@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use domain::integration::IntegrationCommand;
+use domain::integration::{ActionPayload, IntegrationCommand};
 use domain::policy::{PolicyChange, PolicyCommand, WorkspacePolicy};
 use domain::{ActionId, RuleId, StreamName};
 use serde::Deserialize;
@@ -67,17 +67,25 @@ pub(super) async fn request_action(
         .state;
     let auto_approval = policy.matching_rule(&profile.app, &body.tool, profile.scope.owner());
     let action_id = ActionId::new();
-    command(
-        &state,
-        &target,
-        IntegrationCommand::RequestAction {
-            action_id,
-            tool: body.tool.clone(),
-            arguments: body.arguments,
-            auto_approval,
-        },
+    let request = |arguments| IntegrationCommand::RequestAction {
+        action_id,
+        tool: body.tool.clone(),
+        arguments,
+        auto_approval,
+    };
+    // The rules first, on the arguments as given; then they are sealed for the history.
+    domain::Aggregate::handle(
+        &current,
+        &request(ActionPayload::Plain(body.arguments.clone())),
+        &target.caller.context(),
     )
-    .await?;
+    .map_err(|error| super::domain_problem(&error))?;
+    let sealed = state
+        .vault
+        .seal(target.id, &body.arguments)
+        .await
+        .map_err(vault_problem)?;
+    command(&state, &target, request(ActionPayload::sealed(sealed))).await?;
     state.workers.actions.kick(target.id);
     let status = action_status(&state, &target, action_id).await?;
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
@@ -102,22 +110,24 @@ pub(super) async fn open_actions(
     Target { caller, id }: Target,
 ) -> Result<Json<Value>, Problem> {
     let current = load_visible(&state, &caller, id).await?;
-    let actions: Vec<Value> = current
-        .open_actions
-        .iter()
-        .map(|(action_id, action)| {
-            json!({
-                "action_id": action_id.to_string(),
-                "tool": action.tool,
-                "arguments": action.arguments,
-                "sensitive": action.sensitive,
-                "status": match action.status {
-                    domain::integration::ActionStatus::AwaitingApproval => "awaiting_approval",
-                    domain::integration::ActionStatus::Approved => "approved",
-                },
-            })
-        })
-        .collect();
+    let mut actions = Vec::new();
+    for (action_id, action) in &current.open_actions {
+        let arguments = state
+            .vault
+            .show(id, &action.arguments)
+            .await
+            .map_err(vault_problem)?;
+        actions.push(json!({
+            "action_id": action_id.to_string(),
+            "tool": action.tool,
+            "arguments": arguments,
+            "sensitive": action.sensitive,
+            "status": match action.status {
+                domain::integration::ActionStatus::AwaitingApproval => "awaiting_approval",
+                domain::integration::ActionStatus::Approved => "approved",
+            },
+        }));
+    }
     Ok(Json(json!({ "actions": actions })))
 }
 
@@ -239,6 +249,38 @@ async fn decide(
     Ok(Json(action_status(&state, &target, action_id).await?))
 }
 
+/// An action's arguments or result as stored in an event, as the caller may see them (see
+/// [`adapters::vault::Vault::show`]).
+async fn shown(
+    state: &AppState,
+    integration: domain::IntegrationId,
+    stored: &Value,
+) -> Result<Value, Problem> {
+    let payload: ActionPayload = serde_json::from_value(stored.clone()).map_err(|error| {
+        tracing::error!(%error, "an action's stored payload does not decode");
+        Problem::internal()
+    })?;
+    state
+        .vault
+        .show(integration, &payload)
+        .await
+        .map_err(vault_problem)
+}
+
+fn vault_problem(error: adapters::vault::VaultError) -> Problem {
+    match error {
+        adapters::vault::VaultError::Shredded(_) => Problem::new(
+            StatusCode::CONFLICT,
+            "shredded",
+            "the integration's data was shredded: it takes no more actions",
+        ),
+        other => {
+            tracing::error!(error = %other, "the vault cannot seal or open an action's data");
+            Problem::internal()
+        }
+    }
+}
+
 fn parse_action(text: &str) -> Result<ActionId, Problem> {
     text.parse().map_err(|_| {
         Problem::new(
@@ -273,7 +315,10 @@ async fn action_status(
         match event.event_type.as_str() {
             "ActionRequested" => {
                 entry.insert("tool".into(), data["tool"].clone());
-                entry.insert("arguments".into(), data["arguments"].clone());
+                entry.insert(
+                    "arguments".into(),
+                    shown(state, target.id, &data["arguments"]).await?,
+                );
                 entry.insert("sensitive".into(), data["sensitive"].clone());
                 entry.insert("requested_by".into(), data["requested_by"].clone());
                 entry.insert("requested_at".into(), at);
@@ -289,7 +334,10 @@ async fn action_status(
                 entry.insert("status".into(), json!("rejected"));
             }
             "ActionCompleted" => {
-                entry.insert("result".into(), data["result"].clone());
+                entry.insert(
+                    "result".into(),
+                    shown(state, target.id, &data["result"]).await?,
+                );
                 entry.insert("finished_at".into(), at);
                 entry.insert("status".into(), json!("completed"));
             }

@@ -717,7 +717,7 @@ impl Caller {
 }
 
 /// A rule the domain refused, as the API says it: the rule in words, with its stable code.
-fn domain_problem(error: &DomainError) -> Problem {
+pub(crate) fn domain_problem(error: &DomainError) -> Problem {
     let status = match error.kind() {
         domain::ErrorKind::NotFound => StatusCode::NOT_FOUND,
         domain::ErrorKind::Forbidden => StatusCode::FORBIDDEN,
