@@ -582,7 +582,7 @@ impl Connections {
     }
 
     /// Disconnects: revokes the token at the provider where it allows (never deleting data
-    /// there), records whether it did, and frees the app's slot. The sync worker stops the
+    /// there), records whether it did, frees the app's slot and shreds the secrets. The sync worker stops the
     /// integration's running sync when it sees the disconnect.
     pub async fn disconnect(
         &self,
@@ -628,6 +628,11 @@ impl Connections {
             },
         )
         .await?;
+        // The connection's configuration goes with it: its secrets are shredded (after the
+        // event, as a delete does; the follower of the log shreds them if this fails).
+        if let Err(error) = self.vault.shred(integration).await {
+            tracing::warn!(%integration, %error, "the secrets of a disconnected integration are shredded later");
+        }
         Ok(revoked)
     }
 }

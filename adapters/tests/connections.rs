@@ -384,6 +384,11 @@ async fn oauth_connects_reauthenticates_in_place_and_disconnect_revokes_the_gran
         world.events(id).await.last(),
         Some(IntegrationEvent::Disconnected(d)) if d.token_revoked
     ));
+    assert_eq!(
+        world.stored_secrets().await,
+        0,
+        "its credentials are shredded"
+    );
 }
 
 #[tokio::test]

@@ -116,8 +116,9 @@ pub trait RecordLog: Send + Sync + 'static {
 }
 
 /// Follows the event log from the records log's checkpoint and purges the records of every
-/// integration whose `Deleted` event it meets, after `also` has done its part for it (the
-/// service shreds the integration's secrets there); runs until the subscription ends. Purging
+/// integration whose `Deleted` event it meets; `also` is called for every `Disconnected` and
+/// `Deleted` event first (the service shreds the integration's secrets there, in case the
+/// request that ended it could not); runs until the subscription ends. Purging
 /// is idempotent, so several processes may run it and a crash between a purge and its
 /// checkpoint only repeats a purge. A failure of `also` ends the run before the checkpoint
 /// moves past the event, so the next run tries it again.
@@ -154,6 +155,11 @@ where
         let event = event?;
         last = event.position;
         unsaved += 1;
+        if event.event_type == "Disconnected" {
+            if let Some(integration) = event.stream.integration_id() {
+                also(integration).await?;
+            }
+        }
         if event.event_type == "Deleted" {
             if let Some(integration) = event.stream.integration_id() {
                 also(integration).await?;
