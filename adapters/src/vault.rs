@@ -400,6 +400,21 @@ impl Vault {
         Ok(keys.iter().find(|key| key.id == id).cloned())
     }
 
+    /// The master key `master_id` that `integration`'s data key is wrapped under, or why it
+    /// cannot be had.
+    fn wrapping_key(
+        &self,
+        integration: &str,
+        master_id: &str,
+    ) -> Result<Arc<MasterKey>, VaultError> {
+        self.key(master_id)?
+            .ok_or_else(|| VaultError::WrongMasterKey {
+                integration: integration.to_owned(),
+                stored: master_id.to_owned(),
+                given: self.held_ids(),
+            })
+    }
+
     /// Every master key the vault knows, with its state.
     pub async fn master_keys(&self) -> Result<Vec<MasterKeyState>, VaultError> {
         let sql = "SELECT key_id, state FROM vault_master_keys ORDER BY changed_at, key_id";
@@ -513,13 +528,7 @@ impl Vault {
         let Some((wrapped, master_id)) = stored else {
             return Ok(None);
         };
-        let master = self
-            .key(&master_id)?
-            .ok_or_else(|| VaultError::WrongMasterKey {
-                integration: integration.to_owned(),
-                stored: master_id.clone(),
-                given: self.held_ids(),
-            })?;
+        let master = self.wrapping_key(integration, &master_id)?;
         let bytes = SecretBox::new(Box::new(open(
             &master.cipher(),
             &wrapped,
@@ -744,13 +753,7 @@ impl Vault {
             };
             after = last.clone();
             for (integration, wrapped, master_id) in rows {
-                let old = self
-                    .key(&master_id)?
-                    .ok_or_else(|| VaultError::WrongMasterKey {
-                        integration: integration.clone(),
-                        stored: master_id.clone(),
-                        given: self.held_ids(),
-                    })?;
+                let old = self.wrapping_key(&integration, &master_id)?;
                 let aad = key_aad(&integration);
                 let bytes = SecretBox::new(Box::new(open(&old.cipher(), &wrapped, &aad)?));
                 let rewrapped = seal(&current.cipher(), bytes.expose_secret(), &aad);

@@ -261,6 +261,25 @@ async fn a_master_key_rotated_while_the_service_runs_loses_no_credential() {
     }
 }
 
+/// The service with a fake HubSpot configured (and `configure` applied), and the fake.
+async fn hubspot_app(
+    configure: impl FnOnce(&mut gateway::Settings),
+) -> (
+    adapters::fakes::hubspot::FakeHubSpot,
+    crate::helpers::TestApp,
+) {
+    let hubspot = adapters::fakes::hubspot::FakeHubSpot::start(1, 0)
+        .await
+        .unwrap();
+    let base = hubspot.server.base.clone();
+    let app = spawn_app_with(|settings| {
+        crate::helpers::use_fake_hubspot(settings, &base);
+        configure(settings);
+    })
+    .await;
+    (hubspot, app)
+}
+
 /// Starts a HubSpot connect in `workspace` with `token` from the app's own browser: the
 /// authorization URL.
 async fn start_hubspot(app: &crate::helpers::TestApp, workspace: &str, token: &str) -> String {
@@ -287,10 +306,7 @@ async fn start_hubspot(app: &crate::helpers::TestApp, workspace: &str, token: &s
 
 #[tokio::test]
 async fn an_authorization_url_sent_to_somebody_else_connects_nothing() {
-    use adapters::fakes::hubspot::FakeHubSpot;
-    let hubspot = FakeHubSpot::start(1, 0).await.unwrap();
-    let base = hubspot.server.base.clone();
-    let app = spawn_app_with(|settings| crate::helpers::use_fake_hubspot(settings, &base)).await;
+    let (hubspot, app) = hubspot_app(|_| {}).await;
     let (_, mallory) = app.token("evil", "mallory", "admin").await;
     let url = start_hubspot(&app, "evil", &mallory).await;
 
@@ -318,17 +334,10 @@ async fn an_authorization_url_sent_to_somebody_else_connects_nothing() {
 
 #[tokio::test]
 async fn an_authorization_finishes_only_while_the_token_that_started_it_is_live() {
-    use adapters::fakes::hubspot::FakeHubSpot;
-    let hubspot = FakeHubSpot::start(1, 0).await.unwrap();
-    let base = hubspot.server.base.clone();
-    let app = spawn_app_with(|settings| crate::helpers::use_fake_hubspot(settings, &base)).await;
+    let (_hubspot, app) = hubspot_app(|_| {}).await;
     let (id, ada) = app.token("acme", "ada", "admin").await;
     let url = start_hubspot(&app, "acme", &ada).await;
-    let db = projections::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
-        .await
-        .unwrap();
-    assert!(gateway::tokens::revoke(&db, &id).await.unwrap());
-    db.close().await;
+    revoke(&app, &id).await;
     let (_, page) = crate::helpers::popup(&app.browser(), &url).await;
     assert!(page.contains("\"ok\":false"), "{page}");
     assert!(page.contains("revoked"), "{page}");
@@ -473,11 +482,7 @@ async fn the_console_counts_against_the_tokens_rate_limit() {
 
 #[tokio::test]
 async fn every_answer_carries_the_security_headers_and_cookies_are_secure_behind_https() {
-    use adapters::fakes::hubspot::FakeHubSpot;
-    let hubspot = FakeHubSpot::start(1, 0).await.unwrap();
-    let base = hubspot.server.base.clone();
-    let app = spawn_app_with(|settings| {
-        crate::helpers::use_fake_hubspot(settings, &base);
+    let (_hubspot, app) = hubspot_app(|settings| {
         settings.adapters.public_base_url = Some("https://harmony.example.com/".parse().unwrap());
     })
     .await;
@@ -568,10 +573,7 @@ fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
 
 #[tokio::test]
 async fn companion_arguments_and_results_leave_the_history_with_their_integration() {
-    use adapters::fakes::hubspot::FakeHubSpot;
-    let hubspot = FakeHubSpot::start(1, 0).await.unwrap();
-    let base = hubspot.server.base.clone();
-    let app = spawn_app_with(|settings| crate::helpers::use_fake_hubspot(settings, &base)).await;
+    let (_hubspot, app) = hubspot_app(|_| {}).await;
     let (_, admin) = app.token("acme", "ada", "admin").await;
     let (_, auditor) = app.token("acme", "eve", "auditor").await;
     let id = crate::helpers::connect_hubspot(&app, &admin, "acme").await;
