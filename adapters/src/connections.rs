@@ -330,10 +330,18 @@ impl Connections {
             ConnectError::Unavailable(format!("no OAuth client for {}", app.name))
         })?;
         let context = CommandContext::new(Caller::User(caller), Timestamp::now());
-        let grant =
-            interactive(client.exchange(&self.http, &self.redirect, &claimed, code)).await?;
+        // The code's exchange and the grant's check are one wait for the user.
+        let (grant, (identity, latency_ms)) = interactive(async {
+            let grant = client
+                .exchange(&self.http, &self.redirect, &claimed, code)
+                .await?;
+            let checked = self
+                .check(app, &claimed.pending.setup, &grant.credentials)
+                .await?;
+            Ok::<_, ConnectError>((grant, checked))
+        })
+        .await?;
         let pending = claimed.pending;
-        let (identity, latency_ms) = self.check(app, &pending.setup, &grant.credentials).await?;
         match pending.integration {
             None => {
                 let integration = IntegrationId::new();

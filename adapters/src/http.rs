@@ -133,16 +133,19 @@ tokio::task_local! {
 }
 
 /// Runs `work` as a call a user waits for: every provider request inside it ends by
-/// [`INTERACTIVE_DEADLINE`] from now, retries included, and the whole of it is cut there.
+/// [`INTERACTIVE_DEADLINE`] from now (or the deadline of the interactive call it is part of,
+/// if that is sooner), retries included, and the whole of it is cut there.
 pub async fn interactive<T, E>(
     work: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, E>
 where
     E: From<ProviderError>,
 {
-    let deadline = Instant::now() + INTERACTIVE_DEADLINE;
+    let now = Instant::now();
+    let ours = now + INTERACTIVE_DEADLINE;
+    let deadline = deadline().map_or(ours, |outer| outer.min(ours));
     let work = DEADLINE.scope(deadline, work);
-    match tokio::time::timeout(INTERACTIVE_DEADLINE, work).await {
+    match tokio::time::timeout(deadline.saturating_duration_since(now), work).await {
         Ok(outcome) => outcome,
         Err(_) => Err(ProviderError::Unavailable {
             detail: format!(

@@ -48,7 +48,7 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
     };
     // Only a live token's answers are kept or replayed: a request without one is refused
     // by the route itself, whatever its key.
-    let Some(crate::api::Authenticated(_, token_hash)) = request.extensions().get().cloned() else {
+    let Some(crate::api::Caller(_, token_hash)) = request.extensions().get().cloned() else {
         return Ok(next.run(request).await);
     };
     let key = key

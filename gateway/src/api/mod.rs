@@ -32,12 +32,9 @@ mod mappings;
 
 /// The caller of a `/v1` route: the principal its bearer token speaks for, and the token's
 /// SHA-256 (what its rate limit, its event streams and the OAuth flows it starts are tied to).
+/// [`authenticate`] puts it in the request's extensions once it has found the token live.
 #[derive(Clone, Debug)]
 pub(crate) struct Caller(pub(crate) Principal, pub(crate) String);
-
-/// A `/v1` request's token, once [`authenticate`] has found it live: its principal and hash.
-#[derive(Clone, Debug)]
-pub(crate) struct Authenticated(pub(crate) Principal, pub(crate) String);
 
 /// The bearer token of `headers`, if it has one in that form.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -69,7 +66,7 @@ pub(crate) async fn authenticate(
                 }
                 request
                     .extensions_mut()
-                    .insert(Authenticated(authenticated.principal, token_hash));
+                    .insert(Caller(authenticated.principal, token_hash));
             }
             Ok(None) => {}
             Err(error) => {
@@ -85,8 +82,8 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Problem> {
-        if let Some(Authenticated(principal, token_hash)) = parts.extensions.get() {
-            return Ok(Caller(principal.clone(), token_hash.clone()));
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
         }
         if !parts
             .headers
