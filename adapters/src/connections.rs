@@ -590,8 +590,8 @@ impl Connections {
     }
 
     /// Disconnects: revokes the token at the provider where it allows (never deleting data
-    /// there), records whether it did, frees the app's slot and shreds the secrets. The sync worker stops the
-    /// integration's running sync when it sees the disconnect.
+    /// there), records whether it did, frees the app's slot and shreds the secrets. The sync
+    /// worker stops the integration's running sync when it sees the disconnect.
     pub async fn disconnect(
         &self,
         context: &CommandContext,
@@ -643,9 +643,7 @@ impl Connections {
         }
         Ok(revoked)
     }
-}
 
-impl Connections {
     /// Deletes: gone from Installed, its records purged, its secrets shredded; its history
     /// stays. The `Deleted` event is appended first, so a failed append leaves the integration
     /// as it was, credentials and all. The secrets are shredded right after; should that fail,

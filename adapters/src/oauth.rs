@@ -105,7 +105,8 @@ pub struct Started {
 pub struct Pending {
     pub workspace: WorkspaceId,
     pub user: UserId,
-    /// The user's role when the authorization started; the callback acts with it.
+    /// The user's role when the authorization started (kept for the record: the callback acts
+    /// with the role the starting token has then).
     pub role: Role,
     pub app: String,
     /// The integration a reauth is for; `None` for a new connection.
