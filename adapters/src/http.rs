@@ -49,6 +49,29 @@ pub enum ProviderError {
     /// nothing was sent.
     #[error("{0}")]
     Refused(#[from] crate::outbound::Refused),
+    /// The service's own database or event log was away for a moment (restarting, between
+    /// leaders), not the provider: the same call may succeed in a few seconds.
+    #[error("the service's storage is unavailable for a moment: {detail}")]
+    StorageUnavailable { detail: String },
+}
+
+/// Whether `error`, or anything that caused it, is the service's database or event log away
+/// for a while (PostgreSQL restarting, JetStream between leaders) rather than a fault.
+pub fn dependency_away(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if matches!(
+            error.downcast_ref::<eventstore::StoreError>(),
+            Some(eventstore::StoreError::Unavailable(_))
+        ) || matches!(
+            error.downcast_ref::<ProviderError>(),
+            Some(ProviderError::StorageUnavailable { .. })
+        ) {
+            return true;
+        }
+        next = error.source();
+    }
+    projections::db::caused_by_outage(error)
 }
 
 impl ProviderError {
@@ -56,7 +79,9 @@ impl ProviderError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            ProviderError::RateLimited { .. } | ProviderError::Unavailable { .. }
+            ProviderError::RateLimited { .. }
+                | ProviderError::Unavailable { .. }
+                | ProviderError::StorageUnavailable { .. }
         )
     }
 
@@ -72,6 +97,7 @@ impl ProviderError {
             ProviderError::Protocol { .. } => "protocol",
             ProviderError::Misconfigured(_) => "misconfigured",
             ProviderError::Refused(_) => "outbound_refused",
+            ProviderError::StorageUnavailable { .. } => "storage_unavailable",
         }
     }
 

@@ -105,6 +105,24 @@ enum RunError {
     Internal(String),
 }
 
+impl RunError {
+    /// Whether the log or the database was away for a while: the run is not failed for it
+    /// but stays where its last page left it, and is taken up again from its cursor.
+    fn is_transient(&self) -> bool {
+        match self {
+            RunError::Records(StoreError::Unavailable(_))
+            | RunError::Repository(RepositoryError::Store(StoreError::Unavailable(_)))
+            | RunError::Provider(ProviderError::StorageUnavailable { .. }) => true,
+            RunError::Db(error) => error.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// How long a run interrupted by the log or the database being away waits before it is
+/// taken up again.
+const RESUME_AFTER: Duration = Duration::from_secs(2);
+
 /// Where a run stands, as `SyncProgressed` carries it: the object's index in the app's list,
 /// the provider's cursor of the next page, and whether only the deletion sweep is left.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -370,12 +388,22 @@ impl SyncWorker {
         let worker = self.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(error) = worker.work_on(id, cancelled.clone()).await {
-                    tracing::warn!(integration = %id, %error, "a sync run stopped with an error");
-                }
+                // After a run, look again: a request made during it waits as its follow-up.
+                let more = match worker.work_on(id, cancelled.clone()).await {
+                    Ok(ran) => ran,
+                    Err(error) if error.is_transient() => {
+                        tracing::warn!(integration = %id, %error, "a sync run is interrupted; resuming it shortly");
+                        tokio::time::sleep(RESUME_AFTER).await;
+                        true
+                    }
+                    Err(error) => {
+                        tracing::warn!(integration = %id, %error, "a sync run stopped with an error");
+                        false
+                    }
+                };
                 let mut active = worker.inner.active.lock().expect("active runs lock");
                 let again = active.get_mut(&id).is_some_and(|run| {
-                    let again = run.again && !*run.cancel.borrow();
+                    let again = (more || run.again) && !*run.cancel.borrow();
                     run.again = false;
                     again
                 });
@@ -406,11 +434,12 @@ impl SyncWorker {
     }
 
     /// One look at the integration: resume its interrupted run, or start its pending one.
+    /// Whether a run was worked on (so there may be a follow-up to start).
     async fn work_on(
         &self,
         id: IntegrationId,
         cancelled: watch::Receiver<bool>,
-    ) -> Result<(), RunError> {
+    ) -> Result<bool, RunError> {
         let _slot = self
             .inner
             .slots
@@ -426,7 +455,7 @@ impl SyncWorker {
                 .lock()
                 .expect("busy integrations lock")
                 .insert(id);
-            return Ok(());
+            return Ok(false);
         }
         let (lost_tx, lost) = watch::channel(false);
         let renewer = {
@@ -453,12 +482,14 @@ impl SyncWorker {
         outcome
     }
 
-    async fn run_next(&self, id: IntegrationId, stop: Stop) -> Result<(), RunError> {
+    /// Resumes the integration's interrupted run or starts its pending one, if it has one:
+    /// whether it had.
+    async fn run_next(&self, id: IntegrationId, stop: Stop) -> Result<bool, RunError> {
         let stream = StreamName::integration(id);
         let mut held = self.inner.repo.hold::<Integration>(&stream).await?;
         let state = held.state.clone();
         if state.status != Status::Connected {
-            return Ok(());
+            return Ok(false);
         }
         let (sync_id, kind, cursor, mut page_no, mut totals) =
             match (&state.running_sync, &state.pending_sync) {
@@ -486,7 +517,7 @@ impl SyncWorker {
                     match started {
                         Ok(_) => {}
                         // Someone else started it between the load and now.
-                        Err(RepositoryError::Domain(_)) => return Ok(()),
+                        Err(RepositoryError::Domain(_)) => return Ok(false),
                         Err(error) => return Err(error.into()),
                     }
                     (
@@ -497,7 +528,7 @@ impl SyncWorker {
                         RecordCounts::default(),
                     )
                 }
-                (None, None) => return Ok(()),
+                (None, None) => return Ok(false),
             };
         tracing::info!(integration = %id, sync = %sync_id, holder = self.inner.leases.holder(), "running a sync");
         let run = Run {
@@ -512,7 +543,7 @@ impl SyncWorker {
             started: Instant::now(),
         };
         let outcome = run.objects(cursor, &mut page_no, &mut totals).await;
-        run.finish(outcome).await
+        run.finish(outcome).await.map(|()| true)
     }
 
     /// Waits until no run is working in this process (for tests and shutdown).
@@ -1105,6 +1136,8 @@ impl Run<'_> {
             // Whoever cancelled recorded why (a disconnect fails the run itself); a lost
             // lease means another process carries on from the cursor.
             Err(RunError::Cancelled | RunError::LeaseLost) => return Ok(()),
+            // The log or the database away: the run stays where it is, to be resumed.
+            Err(error) if error.is_transient() => return Err(error),
             Err(RunError::Provider(
                 error @ (ProviderError::InvalidGrant { .. } | ProviderError::Unauthorized { .. }),
             )) => {

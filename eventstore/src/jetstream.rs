@@ -184,6 +184,8 @@ struct ApiError {
 mod codes {
     /// `Nats-Expected-Last-Subject-Sequence` did not hold.
     pub(super) const WRONG_LAST_SEQUENCE: u64 = 10071;
+    /// The same, as a clustered stream's leader words it (without the sequence it holds).
+    pub(super) const WRONG_LAST_SEQUENCE_CONSTANT: u64 = 10164;
     /// A re-sent atomic batch: one of its message ids is already stored.
     pub(super) const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
     /// The server holds only part of a batch (the rest went to a connection that dropped, or
@@ -229,6 +231,18 @@ impl JetStreamEventStore {
             )));
         }
         let url = config.url.clone();
+        // One server, or a cluster's servers comma-separated: the client connects to any
+        // and fails over between them.
+        let servers = url
+            .split(',')
+            .map(str::trim)
+            .filter(|server| !server.is_empty())
+            .map(|server| {
+                server.parse::<async_nats::ServerAddr>().map_err(|error| {
+                    StoreError::Misconfigured(format!("{server:?} is not a NATS URL: {error}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let client = async_nats::ConnectOptions::new()
             .name("harmony-sync")
             .connection_timeout(config.connect_timeout)
@@ -243,7 +257,7 @@ impl JetStreamEventStore {
                     other => tracing::debug!(event = %other, "NATS client event"),
                 }
             })
-            .connect(url.as_str())
+            .connect(servers)
             .await
             .map_err(|error| {
                 StoreError::Unavailable(format!("cannot reach NATS at {url}: {error}"))
@@ -604,7 +618,9 @@ impl JetStreamEventStore {
         })?;
         if let Some(error) = ack.error {
             return match error.err_code {
-                codes::WRONG_LAST_SEQUENCE => Ok(Published::WrongLastSequence),
+                codes::WRONG_LAST_SEQUENCE | codes::WRONG_LAST_SEQUENCE_CONSTANT => {
+                    Ok(Published::WrongLastSequence)
+                }
                 codes::BATCH_DUPLICATE_MSG_ID => Ok(Published::BatchHasStoredIds),
                 // Nothing was stored: the same append may be tried again.
                 codes::BATCH_INCOMPLETE | codes::BATCH_TOO_MANY_INFLIGHT => {

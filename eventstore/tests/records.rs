@@ -247,7 +247,13 @@ async fn an_embedded_log_written_one_key_per_change_is_read_back_after_the_upgra
         }
         db.flush().unwrap();
     }
-    let log = SledRecordLog::open(&path, Duration::from_secs(3600)).unwrap();
+    // sled's flusher thread lets go of the file lock a moment after the handle is dropped.
+    let log = eventually(
+        Duration::from_secs(10),
+        "the old layout's lock released",
+        || async { SledRecordLog::open(&path, Duration::from_secs(3600)).ok() },
+    )
+    .await;
     let read = log.read(1, 10).await.unwrap();
     assert_eq!(read.len(), 3);
     assert_eq!(

@@ -76,7 +76,7 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 .nats_url
                 .as_deref()
                 .context("--backend jetstream needs --nats-url")?;
-            eventstore::bench::jetstream::run(url, sizes, &progress)
+            eventstore::bench::jetstream::run(url, args.nats_replicas, sizes, &progress)
                 .await
                 .with_context(|| format!("while benchmarking JetStream at {url}"))?
         }

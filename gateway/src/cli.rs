@@ -382,9 +382,13 @@ pub struct BenchArgs {
     /// use a directory on the disk you want measured.
     #[arg(long, env = "HARMONY_BENCH_DIR")]
     pub dir: Option<PathBuf>,
-    /// The JetStream server to measure (with --backend jetstream).
+    /// The JetStream server to measure (with --backend jetstream); a cluster's servers
+    /// comma-separated.
     #[arg(long, env = "HARMONY_NATS_URL", required_if_eq("backend", "jetstream"))]
     pub nats_url: Option<String>,
+    /// Replicas of the benchmark's streams (with --backend jetstream): 3 on a cluster.
+    #[arg(long, env = "HARMONY_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
     /// The PostgreSQL server to measure the read models on as well (projections suite): the
     /// run works in schemas of its own and drops them afterwards.
     #[arg(long, env = "HARMONY_DATABASE_URL")]

@@ -3,7 +3,8 @@
 //! instead of acting twice. The same key with a different request is refused, and a retry
 //! that arrives while the first is still being answered is told to wait. Failures of the
 //! service itself (5xx), and refusals that say nothing about the request (401, 429), are not
-//! kept, so a retry after them acts normally.
+//! kept, so a retry after them acts normally. A first request that never finished (its
+//! process killed) holds its key for 30 seconds; a retry after that acts.
 //!
 //! Keys are per caller: the scope is the SHA-256 of the bearer token, which the API's
 //! authentication has found live before this layer runs (a revoked token gets its 401, never
@@ -24,11 +25,14 @@ use crate::AppState;
 
 /// How long an answer is kept.
 const KEEP_MICROS: i64 = 24 * 3600 * 1_000_000;
+/// How long a claim may stay unanswered before it is taken to have died with its process
+/// (killed mid-request): longer than any write takes (an interactive call is cut at 15 s, an
+/// append at the log's timeout), so a retry then acts instead of waiting a day.
+const ABANDONED_MICROS: i64 = 30 * 1_000_000;
 const HEADER: &str = "idempotency-key";
 
-fn database_problem(error: impl std::fmt::Display) -> Problem {
-    tracing::error!(%error, "the idempotency keys cannot be read or written");
-    Problem::internal()
+fn database_problem(error: projections::ReadDbError) -> Problem {
+    Problem::failed("the idempotency keys cannot be read or written", &error)
 }
 
 pub(crate) async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -113,7 +117,24 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
     .await
     .map_err(database_problem)?;
     if claimed == 0 {
-        return replay(state, &scope, &key, &fingerprint).await;
+        let taken_over = execute(
+            &state.read,
+            "UPDATE idempotency_keys SET created_at = $1 WHERE scope = $2 AND idem_key = $3 \
+             AND fingerprint = $4 AND status IS NULL AND created_at < $5",
+            &[
+                Bind::Int(now),
+                Bind::Text(scope.clone()),
+                Bind::Text(key.clone()),
+                Bind::Text(fingerprint.clone()),
+                Bind::Int(now - ABANDONED_MICROS),
+            ],
+        )
+        .await
+        .map_err(database_problem)?;
+        if taken_over == 0 {
+            return replay(state, &scope, &key, &fingerprint).await;
+        }
+        tracing::warn!("an Idempotency-Key's first request never finished: acting on its retry");
     }
 
     let response = next
@@ -223,7 +244,10 @@ async fn replay(
     let status = u16::try_from(status)
         .ok()
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| database_problem("a kept status is not an HTTP status"))?;
+        .ok_or_else(|| {
+            tracing::error!(status, "a kept status is not an HTTP status");
+            Problem::internal()
+        })?;
     let mut response = (status, body.unwrap_or_default()).into_response();
     if let Some(content_type) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
         response

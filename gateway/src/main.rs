@@ -22,7 +22,9 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours for a terminal; none in a log file or a journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if matches!(&cli.command, Command::Serve(args) if args.log_json) {
         logs.json().flatten_event(true).init();
     } else {

@@ -138,7 +138,7 @@ pub(crate) enum WriteRefusals {
     ProviderUnavailable(ProblemBody),
     #[response(
         status = 503,
-        description = "The event log cannot be reached: see Retry-After",
+        description = "The event log or the database cannot be reached for a moment: see Retry-After",
         content_type = "application/problem+json"
     )]
     LogUnavailable(ProblemBody),
@@ -174,6 +174,24 @@ impl Problem {
 
     pub(crate) fn unauthorized(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    /// The answer to a failure of the service itself, logged: `503 unavailable` with
+    /// Retry-After when what failed is a dependency away for a while (PostgreSQL restarting,
+    /// the event log between leaders), so a client retries; else `500 internal`.
+    pub(crate) fn failed(what: &str, error: &(dyn std::error::Error + 'static)) -> Self {
+        if adapters::http::dependency_away(error) {
+            tracing::warn!(%error, "{what}: a dependency is unavailable");
+            Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "a service this depends on is unavailable for a moment: try again",
+            )
+            .retry_after(2)
+        } else {
+            tracing::error!(%error, "{what}");
+            Self::internal()
+        }
     }
 
     pub(crate) fn internal() -> Self {

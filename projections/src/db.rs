@@ -22,6 +22,55 @@ pub enum ReadDbError {
     BadCursor(String),
 }
 
+impl ReadDbError {
+    /// Whether the database was away rather than the request wrong: the server restarting or
+    /// unreachable, the pool out of connections, a transaction to retry. Worth trying again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ReadDbError::Sql(error) if is_transient(error))
+    }
+}
+
+/// Whether `error` says the database was away for a while (see [`ReadDbError::is_transient`]).
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE classes 08 (connection exception), 53 (insufficient resources), 57P
+        // (the server shutting down or starting), and 40001/40P01 (serialization failure,
+        // deadlock); SQLite's busy and locked.
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "40001"
+                || code == "40P01"
+                || code == "5"
+                || code == "6"
+                || code == "517"
+        }),
+        _ => false,
+    }
+}
+
+/// Whether `error`, or anything that caused it, is the database away for a while.
+pub fn caused_by_outage(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(is_transient)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// A pool on one of the two databases. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum ReadDb {
@@ -108,7 +157,10 @@ impl ReadDb {
     /// Runs the migrations not yet applied. They are written in the SQL both databases
     /// share (`TEXT`, `BIGINT`, `ON CONFLICT`), so one set serves both.
     pub async fn migrate(&self) -> Result<(), ReadDbError> {
-        let migrator = sqlx::migrate!("./migrations");
+        let mut migrator = sqlx::migrate!("./migrations");
+        // Migrations only add (tables, columns, indexes): during a rolling upgrade an older
+        // process, restarting after a newer one migrated the database, runs on it as well.
+        migrator.set_ignore_missing(true);
         match self {
             ReadDb::Sqlite(pool) => migrator.run(pool).await?,
             ReadDb::Postgres(pool) => migrator.run(pool).await?,

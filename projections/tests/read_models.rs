@@ -923,3 +923,23 @@ async fn an_unknown_type_is_passed_over_and_an_undecodable_event_stops_only_its_
         f.stop();
     }
 }
+
+/// During a rolling upgrade a newer process migrates the database first; an older one
+/// (restarted meanwhile) must still start on it.
+#[tokio::test]
+async fn an_older_process_starts_on_a_database_a_newer_one_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("read.db");
+    let db = ReadDb::open_sqlite(&path).await.unwrap();
+    projections::db::execute(
+        &db,
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999999, 'from a newer release', TRUE, x'00', 0)",
+        &[],
+    )
+    .await
+    .unwrap();
+    db.close().await;
+    let again = ReadDb::open_sqlite(&path).await;
+    assert!(again.is_ok(), "{:?}", again.err());
+}

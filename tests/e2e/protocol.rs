@@ -73,6 +73,58 @@ async fn a_retried_write_with_the_same_idempotency_key_gets_the_first_answer() {
 }
 
 #[tokio::test]
+async fn a_key_whose_first_request_died_with_its_process_is_released_after_thirty_seconds() {
+    let app = spawn_app().await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let request = || {
+        app.client
+            .post(format!("{}/v1/workspaces/acme/approval-rules", app.address))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", "rule-1")
+            .json(&serde_json::json!({"app": "hubspot", "tool": "update_contact"}))
+            .send()
+    };
+    let first = request().await.unwrap();
+    assert_eq!(first.status(), 201);
+    // As a process killed while answering leaves it: claimed, never answered.
+    let db = projections::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+        .await
+        .unwrap();
+    let claimed = |age_seconds: i64| {
+        let db = db.clone();
+        async move {
+            projections::db::execute(
+                &db,
+                "UPDATE idempotency_keys SET status = NULL, body = NULL, created_at = $1",
+                &[projections::db::Bind::Int(
+                    domain::Timestamp::now().unix_micros() - age_seconds * 1_000_000,
+                )],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(claimed(5).await, 1);
+    let waiting = request().await.unwrap();
+    assert_eq!(waiting.status(), 409);
+    assert_eq!(waiting.headers()["retry-after"], "1");
+    let body: Value = waiting.json().await.unwrap();
+    assert_eq!(body["code"], "idempotency_in_flight");
+
+    claimed(31).await;
+    let retried = request().await.unwrap();
+    assert!(
+        retried.headers().get("idempotent-replayed").is_none(),
+        "acted on, not replayed"
+    );
+    assert!(retried.status().is_success(), "{:?}", retried.text().await);
+    assert_eq!(
+        request().await.unwrap().headers()["idempotent-replayed"],
+        "true"
+    );
+}
+
+#[tokio::test]
 async fn a_token_over_its_rate_limit_is_told_when_to_come_back() {
     let app = spawn_app_with(|settings| {
         settings.rate_limit = gateway::limits::RateLimit::new(1, 3);

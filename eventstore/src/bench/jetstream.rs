@@ -216,10 +216,12 @@ async fn ours_replay(store: &JetStreamEventStore, count: u64) -> Result<f64, Sto
 /// Runs the suite against the JetStream server at `url`.
 pub async fn run(
     url: &str,
+    replicas: usize,
     sizes: Sizes,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Report, StoreError> {
     let mut config = JetStreamConfig::new(url);
+    config.replicas = replicas;
     config.namespace = format!("bench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     config.request_timeout = Duration::from_secs(30);
     let store = JetStreamEventStore::connect(config.clone()).await?;
@@ -249,7 +251,11 @@ pub async fn run(
     let version = store.client().server_info().version;
     Ok(Report {
         suite: "eventstore".into(),
-        backend: format!("jetstream (nats-server {version})"),
+        backend: if replicas > 1 {
+            format!("jetstream (nats-server {version}, {replicas} replicas)")
+        } else {
+            format!("jetstream (nats-server {version})")
+        },
         machine: machine(),
         figures,
     })

@@ -274,10 +274,7 @@ fn vault_problem(error: adapters::vault::VaultError) -> Problem {
             "shredded",
             "the integration's data was shredded: it takes no more actions",
         ),
-        other => {
-            tracing::error!(error = %other, "the vault cannot seal or open an action's data");
-            Problem::internal()
-        }
+        other => Problem::failed("the vault cannot seal or open an action's data", &other),
     }
 }
 

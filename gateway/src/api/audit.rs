@@ -20,9 +20,8 @@ use crate::AppState;
 
 const PAGE: usize = 1000;
 
-fn store_problem(error: impl std::fmt::Display) -> Problem {
-    tracing::error!(%error, "cannot read the event log");
-    Problem::internal()
+fn store_problem(error: eventstore::StoreError) -> Problem {
+    Problem::failed("cannot read the event log", &error)
 }
 
 /// Every event of the integration's stream, in order.

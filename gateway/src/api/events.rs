@@ -90,10 +90,11 @@ pub(crate) async fn events(
     };
     let after = match last_seen {
         Some(position) => position,
-        None => state.store.head_position().await.map_err(|error| {
-            tracing::error!(%error, "cannot read the head of the log");
-            Problem::internal()
-        })?,
+        None => state
+            .store
+            .head_position()
+            .await
+            .map_err(|error| Problem::failed("cannot read the head of the log", &error))?,
     };
     let types: Option<BTreeSet<String>> = query.types.as_deref().map(|list| {
         list.split(',')

@@ -70,8 +70,7 @@ pub(crate) async fn authenticate(
             }
             Ok(None) => {}
             Err(error) => {
-                tracing::error!(%error, "cannot check an API token");
-                return Problem::internal().into_response();
+                return Problem::failed("cannot check an API token", &error).into_response();
             }
         }
     }
@@ -274,10 +273,7 @@ fn repository_problem(error: eventstore::repository::RepositoryError) -> Problem
             )
             .retry_after(2)
         }
-        other => {
-            tracing::error!(error = %other, "a command failed");
-            Problem::internal()
-        }
+        other => Problem::failed("a command failed", &other),
     }
 }
 
@@ -598,10 +594,7 @@ async fn sync_logs(
         query.limit.unwrap_or(50),
     )
     .await
-    .map_err(|error| {
-        tracing::error!(%error, "cannot read the sync logs");
-        Problem::internal()
-    })?;
+    .map_err(|error| Problem::failed("cannot read the sync logs", &error))?;
     Ok(Json(
         json!({ "runs": page.runs, "next_cursor": page.next_cursor }),
     ))
@@ -748,6 +741,9 @@ pub(crate) fn connect_problem(error: adapters::connections::ConnectError) -> Pro
             "outbound_refused",
             format!("{refused}; an operator can open an address range with --outbound-allow"),
         ),
+        E::Provider(error @ adapters::http::ProviderError::StorageUnavailable { .. }) => {
+            Problem::failed("a connection's credentials cannot be stored", &error)
+        }
         E::Provider(error) if error.retryable() => Problem::new(
             StatusCode::BAD_GATEWAY,
             "provider_unavailable",
@@ -778,10 +774,7 @@ pub(crate) fn connect_problem(error: adapters::connections::ConnectError) -> Pro
             connect_problem(E::Provider(error))
         }
         E::Repository(error) => repository_problem(error),
-        other => {
-            tracing::error!(error = %other, "a connection failed");
-            Problem::internal()
-        }
+        other => Problem::failed("a connection failed", &other),
     }
 }
 
@@ -860,10 +853,7 @@ async fn installed(
             "bad_cursor",
             "the cursor is not one this list gave out",
         ),
-        other => {
-            tracing::error!(error = %other, "cannot read Installed");
-            Problem::internal()
-        }
+        other => Problem::failed("cannot read Installed", &other),
     };
     let limit = query.limit.unwrap_or(50);
     // The same page, unchanged since the read model last moved, is answered as it was.
@@ -938,10 +928,7 @@ async fn integration(
         &id,
     )
     .await
-    .map_err(|error| {
-        tracing::error!(%error, "cannot read Installed");
-        Problem::internal()
-    })?
+    .map_err(|error| Problem::failed("cannot read Installed", &error))?
     .ok_or_else(|| {
         Problem::new(
             StatusCode::NOT_FOUND,
@@ -1215,10 +1202,7 @@ async fn finish_callback(
     }
     let caller = crate::tokens::authenticate_hash(&state.read, &claimed.pending.token)
         .await
-        .map_err(|error| {
-            tracing::error!(%error, "cannot check an API token");
-            Problem::internal()
-        })?
+        .map_err(|error| Problem::failed("cannot check an API token", &error))?
         .ok_or_else(|| connect_problem(CallbackError::Revoked.into()))?;
     connections
         .finish_oauth(claimed, code, caller.principal)

@@ -200,10 +200,7 @@ async fn sign_in(
             Some("That token is unknown or was revoked."),
             state.secure_cookies,
         ),
-        Err(error) => {
-            tracing::error!(%error, "cannot start a console session");
-            Problem::internal().into_response()
-        }
+        Err(error) => Problem::failed("cannot start a console session", &error).into_response(),
     }
 }
 
@@ -223,10 +220,7 @@ async fn sign_out(
             Redirect::to("/console/sign-in"),
         )
             .into_response(),
-        Err(error) => {
-            tracing::error!(%error, "cannot end a console session");
-            Problem::internal().into_response()
-        }
+        Err(error) => Problem::failed("cannot end a console session", &error).into_response(),
     }
 }
 
@@ -434,8 +428,7 @@ async fn installed(
     {
         Ok(rows) => rows,
         Err(error) => {
-            tracing::error!(%error, "cannot read Installed");
-            return Problem::internal().into_response();
+            return Problem::failed("cannot read Installed", &error).into_response();
         }
     };
     let body = html! {

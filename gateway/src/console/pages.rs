@@ -184,12 +184,8 @@ pub(super) async fn sync_logs(
     {
         Ok(runs) => runs,
         Err(error) => {
-            tracing::error!(%error, "cannot read the sync logs");
-            return error_page(
-                &session,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &Problem::internal(),
-            );
+            let problem = Problem::failed("cannot read the sync logs", &error);
+            return error_page(&session, problem.status, &problem);
         }
     };
     let option = |value: &str, current: &Option<String>| current.as_deref() == Some(value);
@@ -281,12 +277,8 @@ pub(super) async fn history(
     let events = match state.store.read_stream(&stream, 1, 1000).await {
         Ok(events) => events,
         Err(error) => {
-            tracing::error!(%error, "cannot read a history");
-            return error_page(
-                &session,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &Problem::internal(),
-            );
+            let problem = Problem::failed("cannot read a history", &error);
+            return error_page(&session, problem.status, &problem);
         }
     };
     let verified = state

@@ -124,8 +124,7 @@ impl FromRequestParts<AppState> for Session {
         )
         .await
         .map_err(|error| {
-            tracing::error!(%error, "cannot read console sessions");
-            crate::problem::Problem::internal().into_response()
+            crate::problem::Problem::failed("cannot read console sessions", &error).into_response()
         })?;
         let Some((workspace, user, role, csrf, token_hash, unlimited)) = rows.into_iter().next()
         else {
