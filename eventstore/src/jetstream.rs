@@ -68,6 +68,9 @@ pub struct JetStreamConfig {
     pub request_timeout: Duration,
     /// How long the first connection attempt may take.
     pub connect_timeout: Duration,
+    /// How long a reachable server's JetStream may take to answer at start (a cluster
+    /// electing its leaders after a restart) before the start fails.
+    pub ready_timeout: Duration,
 }
 
 impl JetStreamConfig {
@@ -80,6 +83,7 @@ impl JetStreamConfig {
             records_max_age: Duration::from_secs(30 * 24 * 3600),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            ready_timeout: Duration::from_secs(60),
         }
     }
 
@@ -265,14 +269,36 @@ impl JetStreamEventStore {
         let js = jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
             .build(client.clone());
-        js.query_account().await.map_err(|error| {
-            StoreError::Unavailable(format!(
-                "JetStream is not available at {url} (is it enabled in the server configuration?): {error}"
-            ))
-        })?;
-        let wanted = config.events_stream_config();
-        ensure_stream(&js, wanted).await?;
-        let snapshots = ensure_bucket(&js, &config).await?;
+        // A server without JetStream is an error at once; one whose JetStream does not answer
+        // yet, or answers without a leader for the streams, is waited for.
+        let deadline = tokio::time::Instant::now() + config.ready_timeout;
+        let snapshots = loop {
+            let ready = async {
+                js.query_account().await.map_err(|error| {
+                    let waiting = error.kind() == jetstream::context::AccountErrorKind::TimedOut;
+                    let error = StoreError::Unavailable(format!(
+                        "JetStream is not available at {url} (is it enabled in the server \
+                         configuration?): {error}"
+                    ));
+                    (waiting, error)
+                })?;
+                ensure_stream(&js, config.events_stream_config())
+                    .await
+                    .map_err(|error| (error.is_retryable(), error))?;
+                ensure_bucket(&js, &config)
+                    .await
+                    .map_err(|error| (error.is_retryable(), error))
+            }
+            .await;
+            match ready {
+                Ok(snapshots) => break snapshots,
+                Err((true, error)) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(%error, "JetStream is not ready yet; waiting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err((_, error)) => return Err(error),
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 stream: config.events_stream(),
