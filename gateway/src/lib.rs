@@ -24,6 +24,7 @@ mod metrics;
 mod pages;
 mod problem;
 pub mod read_models;
+mod service;
 pub mod tokens;
 pub mod vault;
 

@@ -235,3 +235,100 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+/// A command the log or the domain refused, as the API says it.
+pub(crate) fn repository_problem(error: eventstore::repository::RepositoryError) -> Problem {
+    use eventstore::repository::RepositoryError as E;
+    match error {
+        E::Domain(error) => domain_problem(&error),
+        // Conflicting appends are retried inside; only sustained contention comes out here.
+        E::TooMuchContention { .. } => Problem::new(
+            StatusCode::CONFLICT,
+            "contention",
+            "the integration is changing too fast to apply this now: try again",
+        )
+        .retry_after(1),
+        E::Store(eventstore::StoreError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "the event log is unavailable");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log_unavailable",
+                "the event log cannot be reached right now: try again",
+            )
+            .retry_after(2)
+        }
+        other => Problem::failed("a command failed", &other),
+    }
+}
+
+/// A rule the domain refused, as the API says it: the rule in words, with its stable code.
+pub(crate) fn domain_problem(error: &domain::DomainError) -> Problem {
+    let status = match error.kind() {
+        domain::ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        domain::ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        domain::ErrorKind::Conflict => StatusCode::CONFLICT,
+        domain::ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    let code = match error {
+        domain::DomainError::NotFound => "not_found",
+        domain::DomainError::Forbidden(_) => "forbidden",
+        _ => error.code(),
+    };
+    Problem::new(status, code, error.to_string())
+}
+
+pub(crate) fn connect_problem(error: adapters::connections::ConnectError) -> Problem {
+    use adapters::connections::ConnectError as E;
+    match error {
+        E::UnknownApp(app) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+            format!("there is no app {app}"),
+        ),
+        E::Unavailable(reason) => Problem::new(StatusCode::CONFLICT, "app_unavailable", reason),
+        E::InvalidSetup { field, reason } => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_setup",
+            format!("{field} {reason}"),
+        ),
+        E::Provider(adapters::http::ProviderError::Refused(refused)) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "outbound_refused",
+            format!("{refused}; an operator can open an address range with --outbound-allow"),
+        ),
+        E::Provider(error @ adapters::http::ProviderError::StorageUnavailable { .. }) => {
+            Problem::failed("a connection's credentials cannot be stored", &error)
+        }
+        E::Provider(error) if error.retryable() => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "provider_unavailable",
+            error.to_string(),
+        ),
+        E::Provider(error) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "provider_refused",
+            error.to_string(),
+        ),
+        E::Domain(error) => domain_problem(&error),
+        E::Callback(
+            error @ (adapters::oauth::CallbackError::UnknownState
+            | adapters::oauth::CallbackError::Foreign),
+        ) => Problem::new(StatusCode::BAD_REQUEST, "oauth_state", error.to_string()),
+        E::Callback(error @ adapters::oauth::CallbackError::OtherBrowser) => {
+            Problem::new(StatusCode::BAD_REQUEST, "oauth_browser", error.to_string())
+        }
+        E::Callback(error @ adapters::oauth::CallbackError::Revoked) => {
+            Problem::new(StatusCode::UNAUTHORIZED, "token_revoked", error.to_string())
+        }
+        E::Callback(error @ adapters::oauth::CallbackError::Denied(_)) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "provider_refused",
+            error.to_string(),
+        ),
+        E::Callback(adapters::oauth::CallbackError::Provider(error)) => {
+            connect_problem(E::Provider(error))
+        }
+        E::Repository(error) => repository_problem(error),
+        other => Problem::failed("a connection failed", &other),
+    }
+}

@@ -177,12 +177,22 @@ impl Integration {
         }
     }
 
+    /// Whether `caller` may connect, change or remove this integration: the rule every
+    /// managing command enforces, for a page that shows or hides what it offers.
+    pub fn manageable_by(&self, caller: &Caller) -> bool {
+        self.authorize_caller(caller, Access::Manage).is_ok()
+    }
+
     fn authorize(&self, context: &CommandContext, access: Access) -> Result<(), DomainError> {
+        self.authorize_caller(&context.caller, access)
+    }
+
+    fn authorize_caller(&self, caller: &Caller, access: Access) -> Result<(), DomainError> {
         let profile = self.profile()?;
-        let Caller::User(principal) = &context.caller else {
+        let Caller::User(principal) = caller else {
             return Ok(());
         };
-        if !self.visible_to(&context.caller) {
+        if !self.visible_to(caller) {
             // Another user's personal integration is reported as absent, not forbidden, so its
             // existence does not leak.
             return Err(DomainError::NotFound);

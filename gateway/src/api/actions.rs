@@ -12,8 +12,10 @@ use domain::{ActionId, RuleId, StreamName};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{command, load_visible, repository_problem, Body, Caller, OptionalBody, Target};
+use super::{Body, Caller, OptionalBody, Target};
+use crate::problem::repository_problem;
 use crate::problem::Problem;
+use crate::service::{command, load_visible};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -56,7 +58,7 @@ pub(super) async fn request_action(
     let profile = current
         .profile
         .as_ref()
-        .ok_or_else(|| super::not_found(target.id))?;
+        .ok_or_else(|| crate::service::not_found(target.id))?;
     // The workspace's policy says whether a rule approves this tool without asking.
     let policy = state
         .workers
@@ -79,13 +81,19 @@ pub(super) async fn request_action(
         &request(ActionPayload::Plain(body.arguments.clone())),
         &target.caller.context(),
     )
-    .map_err(|error| super::domain_problem(&error))?;
+    .map_err(|error| crate::problem::domain_problem(&error))?;
     let sealed = state
         .vault
         .seal(target.id, &body.arguments)
         .await
         .map_err(vault_problem)?;
-    command(&state, &target, request(ActionPayload::sealed(sealed))).await?;
+    command(
+        &state,
+        &target.caller,
+        target.id,
+        request(ActionPayload::sealed(sealed)),
+    )
+    .await?;
     state.workers.actions.kick(target.id);
     let status = action_status(&state, &target, action_id).await?;
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
@@ -226,7 +234,7 @@ async fn decide(
     } else {
         IntegrationCommand::RejectAction { action_id, reason }
     };
-    if let Err(problem) = command(&state, &target, decision).await {
+    if let Err(problem) = command(&state, &target.caller, target.id, decision).await {
         // A finished action is no longer open, but it exists: say what became of it.
         if problem.code == "unknown_action" {
             if let Ok(past) = action_status(&state, &target, action_id).await {

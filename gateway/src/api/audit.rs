@@ -13,9 +13,11 @@ use eventstore::RecordedEvent;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{load_visible, repository_problem, Caller, Target};
+use super::{Caller, Target};
 use crate::audit::event_json;
+use crate::problem::repository_problem;
 use crate::problem::Problem;
+use crate::service::load_visible;
 use crate::AppState;
 
 const PAGE: usize = 1000;

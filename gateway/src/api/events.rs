@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 
-use super::{integration_id, Caller};
+use super::caller::integration_id;
+use super::Caller;
 use crate::audit::event_json;
 use crate::problem::Problem;
 use crate::AppState;

@@ -9,8 +9,10 @@ use domain::integration::{FieldMapping, Transform};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{connect_problem, load_visible, Body, Target};
+use super::{Body, Target};
+use crate::problem::connect_problem;
 use crate::problem::Problem;
+use crate::service::load_visible;
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -47,7 +49,7 @@ pub(super) async fn get_mappings(
         .profile
         .as_ref()
         .and_then(|profile| domain::catalog::app(&profile.app))
-        .ok_or_else(|| super::not_found(id))?;
+        .ok_or_else(|| crate::service::not_found(id))?;
     let objects: Vec<Value> = app
         .capabilities
         .mappings

@@ -5,7 +5,7 @@
 //! Every change goes through the same services and rules as the API; every form carries the
 //! session's CSRF token.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -14,15 +14,13 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use domain::aggregate::CommandContext;
 use domain::catalog::{self, AppScope, AuthKind};
-use domain::{
-    Caller as DomainCaller, Integration, IntegrationId, Principal, StreamName, Timestamp,
-};
+use domain::{Caller as DomainCaller, Integration, IntegrationId, Timestamp};
 use maud::{html, Markup};
 use projections::installed::InstalledRow;
 use serde::Deserialize;
 
-use crate::api::Caller;
 use crate::problem::Problem;
+use crate::service::Connecting;
 use crate::AppState;
 
 mod session;
@@ -361,55 +359,22 @@ async fn connect(
         return forged(&session);
     }
     form.remove("csrf");
-    let Some(app) = catalog::app(&app_id) else {
-        return refused(
-            &back,
-            &Problem::new(StatusCode::NOT_FOUND, "unknown_app", "there is no such app"),
-        );
-    };
-    let connections = &state.workers.connections;
-    match app.auth {
-        AuthKind::ApiKey => {
-            let fields = form
-                .into_iter()
-                .map(|(name, value)| (name, secrecy::SecretString::from(value)))
-                .collect();
-            match connections
-                .connect_with_key(&context(&session), app.id, &fields)
-                .await
-            {
-                Ok(connected) => notice(
-                    &format!("/console/integrations/{}", connected.integration),
-                    "Connected",
-                ),
-                Err(error) => refused(&back, &crate::api::connect_problem(error)),
-            }
-        }
-        AuthKind::Oauth2 { .. } => {
-            let setup: BTreeMap<String, String> = form.into_iter().collect();
-            let binding = adapters::connections::Binding {
-                browser: browser.hash(),
-                token: session.token_hash.clone(),
-            };
-            match connections
-                .start_oauth(&context(&session), app.id, None, setup, binding)
-                .await
-            {
-                Ok(url) if json => (
-                    [(header::SET_COOKIE, browser.cookie())],
-                    axum::Json(serde_json::json!({ "authorization_url": url.to_string() })),
-                )
-                    .into_response(),
-                // Without JavaScript the whole window goes to the provider and back.
-                Ok(url) => (
-                    [(header::SET_COOKIE, browser.cookie())],
-                    Redirect::to(url.as_str()),
-                )
-                    .into_response(),
-                Err(error) if json => crate::api::connect_problem(error).into_response(),
-                Err(error) => refused(&back, &crate::api::connect_problem(error)),
-            }
-        }
+    let cookie = [(header::SET_COOKIE, browser.cookie())];
+    let fields = form.into_iter().collect();
+    match crate::service::connect(&state, &session.caller(), &browser, &app_id, fields).await {
+        Ok(Connecting::Connected(connected)) => notice(
+            &format!("/console/integrations/{}", connected.integration),
+            "Connected",
+        ),
+        Ok(Connecting::Authorize(url)) if json => (
+            cookie,
+            axum::Json(serde_json::json!({ "authorization_url": url.to_string() })),
+        )
+            .into_response(),
+        // Without JavaScript the whole window goes to the provider and back.
+        Ok(Connecting::Authorize(url)) => (cookie, Redirect::to(url.as_str())).into_response(),
+        Err(problem) if json => problem.into_response(),
+        Err(problem) => refused(&back, &problem),
     }
 }
 
@@ -469,38 +434,19 @@ async fn visible(
     session: &Session,
     id: &str,
 ) -> Result<(IntegrationId, Integration, InstalledRow), Response> {
-    let not_found = || {
-        error_page(
-            session,
-            StatusCode::NOT_FOUND,
-            &Problem::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no integration {id} here"),
-            ),
-        )
-    };
-    let id: IntegrationId = id.parse().map_err(|_| not_found())?;
-    let current = state
-        .workers
-        .repo
-        .load::<Integration>(&StreamName::integration(id))
+    let failed = |problem: Problem| error_page(session, problem.status, &problem);
+    let id: IntegrationId = crate::api::caller::integration_id(id).map_err(failed)?;
+    let current = crate::service::load_visible(state, &session.caller(), id)
         .await
-        .map_err(|_| not_found())?
-        .state;
-    if !current.visible_to(&DomainCaller::User(session.principal.clone())) {
-        return Err(not_found());
-    }
-    let row = projections::installed::row_of(&current).ok_or_else(not_found)?;
+        .map_err(failed)?;
+    let row = projections::installed::row_of(&current)
+        .ok_or_else(|| failed(crate::service::not_found(id)))?;
     Ok((id, current, row))
 }
 
-/// Whether the caller may change this integration (the same rule the domain enforces).
-fn may_manage(principal: &Principal, row: &InstalledRow) -> bool {
-    match row.owner.as_deref() {
-        None => principal.role.manages_workspace_integrations(),
-        Some(owner) => owner == principal.user.as_str() && principal.role.can_write(),
-    }
+/// Whether the session's user may change this integration: the domain's own rule.
+fn may_manage(session: &Session, current: &Integration) -> bool {
+    current.manageable_by(&DomainCaller::User(session.principal.clone()))
 }
 
 fn action_form(session: &Session, id: IntegrationId, action: &str, label: &str) -> Markup {
@@ -518,14 +464,14 @@ async fn detail(
     Path(id): Path<String>,
     Query(q): Query<FlashQuery>,
 ) -> Response {
-    let (id, _current, row) = match visible(&state, &session, &id).await {
+    let (id, current, row) = match visible(&state, &session, &id).await {
         Ok(found) => found,
         Err(response) => return response,
     };
     let app = catalog::app(&row.app);
     let name = app.map_or(row.app.as_str(), |a| a.name);
     let can = |action: &str| row.actions.iter().any(|a| a == action);
-    let manage = may_manage(&session.principal, &row);
+    let manage = may_manage(&session, &current);
     let oauth = app.is_some_and(|a| matches!(a.auth, AuthKind::Oauth2 { .. }));
     let body = html! {
         h1 { (name) }
@@ -594,13 +540,6 @@ fn checked(session: &Session, id: &str, form: &Fields) -> Result<IntegrationId, 
     })
 }
 
-fn target(session: &Session, id: IntegrationId) -> crate::api::Target {
-    crate::api::Target::of(
-        Caller(session.principal.clone(), session.token_hash.clone()),
-        id,
-    )
-}
-
 /// The plain buttons of an integration's page, each the API's handler of the same name.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Act {
@@ -617,26 +556,28 @@ async fn act(state: AppState, session: Session, id: String, form: &Fields, act: 
         Ok(parsed) => parsed,
         Err(response) => return *response,
     };
-    let target = target(&session, parsed);
-    let after = state.clone();
-    let state = State(state);
+    let caller = session.caller();
     let (outcome, done) = match act {
         Act::Test => (
-            crate::api::test(state, target).await.map(|_| ()),
+            crate::service::test(&state, &caller, parsed)
+                .await
+                .map(drop),
             "The connection works",
         ),
         Act::Sync => (
-            crate::api::sync(state, target).await.map(|_| ()),
+            crate::service::request_sync(&state, &caller, parsed)
+                .await
+                .map(drop),
             "Full sync requested",
         ),
         Act::Disconnect => (
-            crate::api::disconnect(state, target).await.map(|_| ()),
+            crate::service::disconnect(&state, &caller, parsed)
+                .await
+                .map(drop),
             "Disconnected",
         ),
         Act::Delete => (
-            crate::api::delete_integration(state, target)
-                .await
-                .map(|_| ()),
+            crate::service::delete(&state, &caller, parsed).await,
             "Deleted",
         ),
     };
@@ -644,7 +585,7 @@ async fn act(state: AppState, session: Session, id: String, form: &Fields, act: 
     match outcome {
         Ok(()) if act == Act::Delete => {
             // Installed is a read model: let it apply the delete before showing it.
-            installed_caught_up(&after).await;
+            installed_caught_up(&state).await;
             notice("/console/installed", done)
         }
         Ok(()) => notice(&back, done),
@@ -704,25 +645,23 @@ async fn reauth(
     };
     form.remove("csrf");
     let back = format!("/console/integrations/{id}");
-    let body = crate::api::ReauthBody::with_fields(form.into_iter().collect());
-    let answer = crate::api::reauth(
-        State(state),
-        target(&session, parsed),
-        browser.clone(),
-        crate::api::OptionalBody(Some(body)),
+    let answer = crate::service::reauth(
+        &state,
+        &session.caller(),
+        &browser,
+        parsed,
+        form.into_iter().collect(),
     )
     .await;
     let cookie = [(header::SET_COOKIE, browser.cookie())];
     match answer {
-        Ok((_, axum::Json(value))) => match value["authorization_url"].as_str() {
-            Some(url) if wants_json(&headers) => (
-                cookie,
-                axum::Json(serde_json::json!({ "authorization_url": url })),
-            )
-                .into_response(),
-            Some(url) => (cookie, Redirect::to(url)).into_response(),
-            None => notice(&back, "Re-authenticated"),
-        },
+        Ok(Connecting::Authorize(url)) if wants_json(&headers) => (
+            cookie,
+            axum::Json(serde_json::json!({ "authorization_url": url.to_string() })),
+        )
+            .into_response(),
+        Ok(Connecting::Authorize(url)) => (cookie, Redirect::to(url.as_str())).into_response(),
+        Ok(Connecting::Connected(_)) => notice(&back, "Re-authenticated"),
         Err(problem) if wants_json(&headers) => problem.into_response(),
         Err(problem) => refused(&back, &problem),
     }
@@ -813,15 +752,7 @@ async fn events(
     headers: HeaderMap,
 ) -> Response {
     let ws = session.principal.workspace.to_string();
-    match crate::api::events(
-        state,
-        Caller(session.principal, session.token_hash),
-        Path(ws),
-        query,
-        headers,
-    )
-    .await
-    {
+    match crate::api::events(state, session.caller(), Path(ws), query, headers).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
     }

@@ -38,7 +38,7 @@ pub(super) async fn mappings(
             &Problem::new(StatusCode::NOT_FOUND, "not_found", "no such app"),
         );
     };
-    let manage = may_manage(&session.principal, &row);
+    let manage = may_manage(&session, &current);
     let mut objects = Vec::new();
     for object in app.capabilities.mappings {
         // The provider's fields now, custom ones included; its standard ones if it cannot be
@@ -140,7 +140,7 @@ pub(super) async fn save_mapping(
             &back,
             &format!("Saved: the mappings are at version {version}"),
         ),
-        Err(error) => refused(&back, &crate::api::connect_problem(error)),
+        Err(error) => refused(&back, &crate::problem::connect_problem(error)),
     }
 }
 

@@ -33,6 +33,11 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// The session's user, as the API's token would speak for them.
+    pub(crate) fn caller(&self) -> crate::api::Caller {
+        crate::api::Caller(self.principal.clone(), self.token_hash.clone())
+    }
+
     /// Whether `sent` is this session's CSRF token.
     pub(crate) fn csrf_ok(&self, sent: Option<&String>) -> bool {
         sent.is_some_and(|sent| {

@@ -1,0 +1,352 @@
+//! An integration's routes: connect, test, reauth, sync, schedule, disconnect, delete, its
+//! page and its sync logs. Each reads the request and shapes the answer; the operation itself
+//! is the [`service`](crate::service)'s, which the console calls too.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Body, Caller, OptionalBody, Target};
+use crate::problem::Problem;
+use crate::service::{self, Connecting};
+use crate::AppState;
+
+/// Tests the connection with the provider now.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations/{id}/test",
+    tag = "integrations",
+    params(
+        crate::api::IntegrationPath
+    ),
+    responses(
+        (status = 200, description = "The provider accepted the credentials"),
+        crate::problem::WriteRefusals
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn test(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+) -> Result<Json<Value>, Problem> {
+    let identity = service::test(&state, &caller, id).await?;
+    Ok(Json(json!({
+        "ok": true,
+        "account_label": identity.account_label,
+        "answer": identity.answer,
+    })))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReauthBody {
+    /// An API-key app's new secret fields.
+    #[serde(default)]
+    fields: BTreeMap<String, String>,
+}
+
+/// Reauthenticates, keeping the integration: an OAuth2 app answers a new authorization URL
+/// for the popup; an API-key app takes its new key, checked with the provider first.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations/{id}/reauth",
+    tag = "integrations",
+    params(
+        crate::api::IntegrationPath
+    ),
+    request_body = ReauthBody,
+    responses(
+        (status = 200, description = "OAuth2: a new `authorization_url`; API key: the new key, accepted"),
+        crate::problem::WriteRefusals
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn reauth(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+    browser: crate::cookies::Browser,
+    OptionalBody(body): OptionalBody<ReauthBody>,
+) -> Result<Response, Problem> {
+    let fields = body.unwrap_or_default().fields;
+    let answer = match service::reauth(&state, &caller, &browser, id, fields).await? {
+        Connecting::Authorize(url) => json!({ "authorization_url": url.to_string() }),
+        Connecting::Connected(connected) => json!({
+            "integration_id": id.to_string(),
+            "account_label": connected.identity.account_label,
+            "answer": connected.identity.answer,
+        }),
+    };
+    Ok((
+        [(axum::http::header::SET_COOKIE, browser.cookie())],
+        Json(answer),
+    )
+        .into_response())
+}
+
+/// A full sync, now.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations/{id}/sync",
+    tag = "integrations",
+    params(
+        crate::api::IntegrationPath
+    ),
+    responses(
+        (status = 202, description = "A full sync requested: its `sync_id`"),
+        crate::problem::WriteRefusals
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn sync(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+) -> Result<Response, Problem> {
+    let requested = service::request_sync(&state, &caller, id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "sync_id": requested.sync_id.to_string(),
+            "coalesced": requested.coalesced,
+        })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ScheduleBody {
+    /// Minutes between incremental syncs; `null` for off.
+    every_minutes: Option<u32>,
+}
+
+/// The incremental-sync frequency, or off.
+#[utoipa::path(
+    put,
+    path = "/v1/workspaces/{ws}/integrations/{id}/schedule",
+    tag = "integrations",
+    params(
+        crate::api::IntegrationPath
+    ),
+    request_body = ScheduleBody,
+    responses(
+        (status = 200, description = "The incremental-sync frequency set"),
+        crate::problem::WriteRefusals
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn schedule(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+    Body(body): Body<ScheduleBody>,
+) -> Result<Json<Value>, Problem> {
+    service::command(
+        &state,
+        &caller,
+        id,
+        domain::IntegrationCommand::ChangeSyncSchedule {
+            every_minutes: body.every_minutes,
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "every_minutes": body.every_minutes })))
+}
+
+/// Disconnects: the token revoked at the provider where it allows, syncs stopped, data at
+/// the provider untouched.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations/{id}/disconnect",
+    tag = "integrations",
+    params(
+        crate::api::IntegrationPath
+    ),
+    responses(
+        (status = 200, description = "Disconnected; `token_revoked` says whether the provider revoked the token"),
+        crate::problem::WriteRefusals
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn disconnect(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+) -> Result<Json<Value>, Problem> {
+    let revoked = service::disconnect(&state, &caller, id).await?;
+    Ok(Json(
+        json!({ "disconnected": true, "token_revoked": revoked }),
+    ))
+}
+
+/// Deletes: gone from Installed, its secrets shredded, its synced records purged; its history
+/// stays for auditors.
+#[utoipa::path(
+    delete,
+    path = "/v1/workspaces/{ws}/integrations/{id}",
+    tag = "integrations",
+    params(
+        crate::api::IntegrationPath
+    ),
+    responses(
+        (status = 204, description = "Deleted: secrets shredded, records purged, history kept"),
+        crate::problem::WriteRefusals
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn delete_integration(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+) -> Result<StatusCode, Problem> {
+    service::delete(&state, &caller, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SyncLogsQuery {
+    status: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// An integration's sync logs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations/{id}/sync-logs",
+    tag = "integrations",
+    params(
+        crate::api::IntegrationPath,
+        SyncLogsQuery
+    ),
+    responses(
+        (status = 200, description = "Sync runs, newest first: `runs` and `next_cursor`"),
+        crate::problem::ReadRefusals
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn sync_logs(
+    State(state): State<AppState>,
+    Target { caller, id }: Target,
+    Query(query): Query<SyncLogsQuery>,
+) -> Result<Json<Value>, Problem> {
+    let principal = &caller.0;
+    let filter = projections::sync_runs::Filter {
+        status: query.status,
+        kind: query.kind,
+        since: query.since,
+        until: query.until,
+    };
+    let page = projections::sync_runs::list(
+        &state.read,
+        principal.workspace.as_str(),
+        principal.user.as_str(),
+        id,
+        &filter,
+        query.cursor,
+        query.limit.unwrap_or(50),
+    )
+    .await
+    .map_err(|error| Problem::failed("cannot read the sync logs", &error))?;
+    Ok(Json(
+        json!({ "runs": page.runs, "next_cursor": page.next_cursor }),
+    ))
+}
+
+/// One integration, with the actions available now. Another user's personal integration is
+/// not found, not forbidden: its existence does not leak.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations/{id}",
+    tag = "integrations",
+    params(
+        crate::api::IntegrationPath
+    ),
+    responses(
+        (status = 200, description = "The integration as Installed shows it, with the actions available now"),
+        crate::problem::ReadRefusals
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn integration(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
+    let principal = caller.in_workspace(&ws)?;
+    let row = projections::installed::get(
+        &state.read,
+        principal.workspace.as_str(),
+        principal.user.as_str(),
+        &id,
+    )
+    .await
+    .map_err(|error| Problem::failed("cannot read Installed", &error))?
+    .ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no integration {id} here"),
+        )
+    })?;
+    Ok(Json(json!(row)))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConnectBody {
+    app: String,
+    #[serde(default)]
+    fields: BTreeMap<String, String>,
+}
+
+/// Connects an app: an API-key app at once (its key checked with the provider first), an
+/// OAuth2 app by answering the authorization URL to open in a popup.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/integrations",
+    tag = "integrations",
+    params(
+        crate::api::WorkspacePath
+    ),
+    request_body = ConnectBody,
+    responses(
+        (status = 201, description = "An API-key app, connected: `integration_id`, `account_label`"),
+        (status = 200, description = "An OAuth2 app: the `authorization_url` to open in a popup"),
+        crate::problem::WriteRefusals
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn connect(
+    State(state): State<AppState>,
+    caller: Caller,
+    browser: crate::cookies::Browser,
+    Path(ws): Path<String>,
+    Body(body): Body<ConnectBody>,
+) -> Result<Response, Problem> {
+    caller.in_workspace(&ws)?;
+    Ok(
+        match service::connect(&state, &caller, &browser, &body.app, body.fields).await? {
+            Connecting::Connected(connected) => (
+                StatusCode::CREATED,
+                Json(json!({
+                    "integration_id": connected.integration.to_string(),
+                    "account_label": connected.identity.account_label,
+                    "answer": connected.identity.answer,
+                })),
+            )
+                .into_response(),
+            Connecting::Authorize(url) => (
+                [(axum::http::header::SET_COOKIE, browser.cookie())],
+                Json(json!({ "authorization_url": url.to_string() })),
+            )
+                .into_response(),
+        },
+    )
+}

@@ -1,0 +1,237 @@
+//! What a caller may do to an integration, whichever way they come: the API's handlers and
+//! the console's forms both call these, so each operation — its rules, its protocol, its
+//! refusals — is written once. Handlers only read the request and shape the answer.
+
+use std::collections::BTreeMap;
+
+use adapters::connections::Connected;
+use adapters::provider::Identity;
+use axum::http::StatusCode;
+use domain::catalog::AuthKind;
+use domain::{Integration, IntegrationCommand, IntegrationId, StreamName, SyncId};
+use secrecy::SecretString;
+
+use crate::api::Caller;
+use crate::cookies::Browser;
+use crate::problem::{connect_problem, repository_problem, Problem};
+use crate::AppState;
+
+/// The answer for an integration the caller cannot see: not found, as if it did not exist.
+pub(crate) fn not_found(id: impl std::fmt::Display) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no integration {id} here"),
+    )
+}
+
+/// The integration's state now, if the caller may see it; otherwise not found (another
+/// user's personal integration does not leak).
+pub(crate) async fn load_visible(
+    state: &AppState,
+    caller: &Caller,
+    id: IntegrationId,
+) -> Result<Integration, Problem> {
+    let current = state
+        .workers
+        .repo
+        .load::<Integration>(&StreamName::integration(id))
+        .await
+        .map_err(repository_problem)?
+        .state;
+    if current.visible_to(&caller.context().caller) {
+        Ok(current)
+    } else {
+        Err(not_found(id))
+    }
+}
+
+/// Runs a command on an integration as the caller: the domain decides.
+pub(crate) async fn command(
+    state: &AppState,
+    caller: &Caller,
+    id: IntegrationId,
+    command: IntegrationCommand,
+) -> Result<(), Problem> {
+    state
+        .workers
+        .repo
+        .decide::<Integration>(&StreamName::integration(id), &command, &caller.context())
+        .await
+        .map(|_| ())
+        .map_err(repository_problem)
+}
+
+/// A connect or a reauth: done at once (an API-key app, its key checked with the provider),
+/// or waiting for the provider's authorization page (an OAuth2 app).
+#[derive(Debug)]
+pub(crate) enum Connecting {
+    Connected(Connected),
+    Authorize(url::Url),
+}
+
+/// The secret fields of an API-key app, held as secrets from here on.
+fn secrets(fields: BTreeMap<String, String>) -> BTreeMap<String, SecretString> {
+    fields
+        .into_iter()
+        .map(|(name, value)| (name, SecretString::from(value)))
+        .collect()
+}
+
+/// Connects `app` in the caller's workspace with its setup `fields`; an OAuth2 flow is bound
+/// to `browser` and the caller's token.
+pub(crate) async fn connect(
+    state: &AppState,
+    caller: &Caller,
+    browser: &Browser,
+    app: &str,
+    fields: BTreeMap<String, String>,
+) -> Result<Connecting, Problem> {
+    let app = domain::catalog::app(app).ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+            format!("there is no app {app}"),
+        )
+    })?;
+    let connections = &state.workers.connections;
+    match app.auth {
+        AuthKind::ApiKey => connections
+            .connect_with_key(&caller.context(), app.id, &secrets(fields))
+            .await
+            .map(Connecting::Connected),
+        AuthKind::Oauth2 { .. } => connections
+            .start_oauth(
+                &caller.context(),
+                app.id,
+                None,
+                fields,
+                caller.binding(browser),
+            )
+            .await
+            .map(Connecting::Authorize),
+    }
+    .map_err(connect_problem)
+}
+
+/// Reauthenticates, keeping the integration: a new authorization page for an OAuth2 app, the
+/// new key in `fields` for an API-key app.
+pub(crate) async fn reauth(
+    state: &AppState,
+    caller: &Caller,
+    browser: &Browser,
+    id: IntegrationId,
+    fields: BTreeMap<String, String>,
+) -> Result<Connecting, Problem> {
+    let current = load_visible(state, caller, id).await?;
+    let app = current
+        .profile
+        .as_ref()
+        .and_then(|profile| domain::catalog::app(&profile.app))
+        .ok_or_else(|| not_found(id))?;
+    let connections = &state.workers.connections;
+    match app.auth {
+        AuthKind::Oauth2 { .. } => connections
+            .start_oauth(
+                &caller.context(),
+                app.id,
+                Some(id),
+                current.setup.clone(),
+                caller.binding(browser),
+            )
+            .await
+            .map(Connecting::Authorize),
+        AuthKind::ApiKey => connections
+            .reauth_with_key(&caller.context(), id, &secrets(fields))
+            .await
+            .map(|identity| {
+                Connecting::Connected(Connected {
+                    integration: id,
+                    identity,
+                })
+            }),
+    }
+    .map_err(connect_problem)
+}
+
+/// Tests the connection with the provider now.
+pub(crate) async fn test(
+    state: &AppState,
+    caller: &Caller,
+    id: IntegrationId,
+) -> Result<Identity, Problem> {
+    state
+        .workers
+        .connections
+        .test(&caller.context(), id, state.workers.credentials.as_ref())
+        .await
+        .map_err(connect_problem)
+}
+
+/// A full sync requested: its id, and whether it joined one already queued.
+#[derive(Debug)]
+pub(crate) struct SyncRequest {
+    pub(crate) sync_id: SyncId,
+    pub(crate) coalesced: bool,
+}
+
+/// Requests a full sync now; a request while one is queued joins it.
+pub(crate) async fn request_sync(
+    state: &AppState,
+    caller: &Caller,
+    id: IntegrationId,
+) -> Result<SyncRequest, Problem> {
+    let sync_id = SyncId::new();
+    let decided = state
+        .workers
+        .repo
+        .decide::<Integration>(
+            &StreamName::integration(id),
+            &IntegrationCommand::RequestSync {
+                sync_id,
+                kind: domain::integration::SyncKind::Full,
+            },
+            &caller.context(),
+        )
+        .await
+        .map_err(repository_problem)?;
+    Ok(match (&decided.append, &decided.state.pending_sync) {
+        (None, Some(pending)) => SyncRequest {
+            sync_id: pending.sync_id,
+            coalesced: true,
+        },
+        _ => SyncRequest {
+            sync_id,
+            coalesced: false,
+        },
+    })
+}
+
+/// Disconnects: whether the provider revoked the token.
+pub(crate) async fn disconnect(
+    state: &AppState,
+    caller: &Caller,
+    id: IntegrationId,
+) -> Result<bool, Problem> {
+    state
+        .workers
+        .connections
+        .disconnect(&caller.context(), id, "disconnected by a user")
+        .await
+        .map_err(connect_problem)
+}
+
+/// Deletes: secrets shredded, records purged, history kept.
+pub(crate) async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    id: IntegrationId,
+) -> Result<(), Problem> {
+    state
+        .workers
+        .connections
+        .delete(&caller.context(), id)
+        .await
+        .map(drop)
+        .map_err(connect_problem)
+}
