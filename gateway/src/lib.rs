@@ -254,45 +254,63 @@ impl Workers {
         }
     }
 
-    /// Runs every worker until the returned handles are aborted; a worker whose log
-    /// subscription fails starts again a second later.
+    /// Runs every worker until the returned handles are aborted; a worker that stops (its
+    /// log subscription failed or ended) starts again a second later.
     fn spawn(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let sync = self.sync.clone();
-        let actions = self.actions.clone();
         let scheduler = self.scheduler.clone();
-        vec![
-            tokio::spawn(async move {
-                loop {
-                    if let Err(error) = sync.follow().await {
-                        tracing::warn!(%error, "the sync worker stopped; restarting");
-                    }
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let mut tasks = vec![
+            supervise("the sync worker", {
+                let sync = self.sync.clone();
+                move || {
+                    let sync = sync.clone();
+                    async move { until_ended(sync.follow().await) }
                 }
             }),
-            tokio::spawn(async move {
-                loop {
-                    if let Err(error) = actions.follow().await {
-                        tracing::warn!(%error, "the action worker stopped; restarting");
-                    }
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            supervise("the action worker", {
+                let actions = self.actions.clone();
+                move || {
+                    let actions = actions.clone();
+                    async move { until_ended(actions.follow().await) }
                 }
             }),
             tokio::spawn(async move { scheduler.run().await }),
-            {
+        ];
+        if self.sync.has_queue() {
+            tasks.push(supervise("taking sync work", {
                 let sync = self.sync.clone();
-                tokio::spawn(async move {
-                    if !sync.has_queue() {
-                        return;
-                    }
-                    loop {
-                        if let Err(error) = sync.take_work().await {
-                            tracing::warn!(%error, "taking sync work stopped; restarting");
-                        }
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
-                })
-            },
-        ]
+                move || {
+                    let sync = sync.clone();
+                    async move { until_ended(sync.take_work().await) }
+                }
+            }));
+        }
+        tasks
+    }
+}
+
+/// Runs `task` for as long as the service runs: when it fails, the failure is logged and the
+/// task starts again a second later (the log or the database away for a while, say); when it
+/// finishes, it is done.
+fn supervise<F, Fut, E>(name: &'static str, mut task: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display + Send,
+{
+    tokio::spawn(async move {
+        while let Err(error) = task().await {
+            tracing::warn!(task = name, %error, "stopped; starting again in a second");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// A worker that follows the log runs for as long as the service does: its end is a failure
+/// to start again from.
+fn until_ended<E: std::fmt::Display>(outcome: Result<(), E>) -> Result<(), String> {
+    match outcome {
+        Ok(()) => Err("its subscription to the log ended".into()),
+        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -619,20 +637,20 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let purger = tokio::spawn(purge_records_of_deleted_integrations(
+        let purger = purge_records_of_deleted_integrations(
             self.state.store.clone(),
             self.state.records.clone(),
             self.state.vault.clone(),
-        ));
+        );
         let projections: Vec<_> = projections::runner::Projection::ALL
             .into_iter()
             .map(|projection| {
-                tokio::spawn(run_projection(
+                run_projection(
                     projection,
                     self.state.store.clone(),
                     self.state.read.clone(),
                     self.state.runners.clone(),
-                ))
+                )
             })
             .collect();
         let workers = if self.run_workers {
@@ -689,67 +707,58 @@ impl Application {
 }
 
 /// Keeps the records log free of deleted integrations' records, and the vault free of their
-/// secrets, for as long as the service runs, starting again after a failure (the log or the
-/// database unreachable for a while, say).
-async fn purge_records_of_deleted_integrations(
+/// secrets, for as long as the service runs.
+fn purge_records_of_deleted_integrations(
     store: Arc<dyn EventStore>,
     records: Arc<dyn RecordLog>,
     vault: Arc<adapters::vault::Vault>,
-) {
-    let shred = |integration| {
-        let vault = vault.clone();
-        async move {
-            vault
-                .shred(integration)
-                .await
-                .map(drop)
-                .map_err(|error| eventstore::StoreError::Unavailable(error.to_string()))
-        }
-    };
-    loop {
-        match eventstore::purge_deleted_integrations(store.clone(), records.clone(), shred).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, "purging deleted integrations' records failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+) -> tokio::task::JoinHandle<()> {
+    supervise("purging deleted integrations", move || {
+        let (store, records, vault) = (store.clone(), records.clone(), vault.clone());
+        let shred = move |integration| {
+            let vault = vault.clone();
+            async move {
+                vault
+                    .shred(integration)
+                    .await
+                    .map(drop)
+                    .map_err(|error| eventstore::StoreError::Unavailable(error.to_string()))
             }
-        }
-    }
+        };
+        eventstore::purge_deleted_integrations(store, records, shred)
+    })
 }
 
 /// Keeps one read model up to date while the service runs — on PostgreSQL only while this
 /// process holds its lease, waiting otherwise. An event it cannot apply stops that projection
 /// (the others go on) with an error naming the position; anything else (the log or the
 /// database away for a while, the lease lost) is retried.
-async fn run_projection(
+fn run_projection(
     projection: projections::runner::Projection,
     store: Arc<dyn EventStore>,
     read: projections::ReadDb,
     runners: Runners,
-) {
+) -> tokio::task::JoinHandle<()> {
     use projections::installed::ApplyError;
     use projections::runner::{RunError, RunnerState};
-    let on_state = |state: RunnerState| {
-        if let Ok(mut runners) = runners.lock() {
-            runners.insert(projection.name(), state);
-        }
-    };
-    loop {
-        match projections::runner::run_leased(projection, store.clone(), read.clone(), &on_state)
-            .await
-        {
-            Ok(()) => return,
-            Err(RunError::Apply(error @ ApplyError::Undecodable { .. })) => {
-                on_state(RunnerState::Stopped);
-                tracing::error!(projection = projection.name(), %error, "projection stopped");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(projection = projection.name(), %error, "projection failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    supervise(projection.name(), move || {
+        let (store, read, runners) = (store.clone(), read.clone(), runners.clone());
+        async move {
+            let on_state = |state: RunnerState| {
+                if let Ok(mut runners) = runners.lock() {
+                    runners.insert(projection.name(), state);
+                }
+            };
+            match projections::runner::run_leased(projection, store, read, &on_state).await {
+                Err(RunError::Apply(error @ ApplyError::Undecodable { .. })) => {
+                    on_state(RunnerState::Stopped);
+                    tracing::error!(projection = projection.name(), %error, "projection stopped");
+                    Ok(())
+                }
+                other => other,
             }
         }
-    }
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are installed when this is called,

@@ -95,8 +95,10 @@ fn serve_opens_the_log_answers_healthz_and_stops_on_sigterm() {
 #[test]
 fn serve_with_nats_url_and_database_url_runs_distributed() {
     let nats = eventstore::nats_server::TestNats::shared();
-    let database = std::env::var("HARMONY_TEST_DATABASE_URL")
-        .expect("HARMONY_TEST_DATABASE_URL names the test PostgreSQL: run ./scripts/test.sh");
+    // A database of its own: the vault there knows only this process's master key.
+    let database = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(projections::test_support::postgres_database());
     let dir = tempfile::tempdir().unwrap();
     let namespace = eventstore::nats_server::unique_namespace();
     let (child, address) = serve(&[
