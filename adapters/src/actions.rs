@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use database::ReadDb;
 use domain::aggregate::CommandContext;
 use domain::integration::{
     ActionPayload, ActionStatus, ExpiryReason, Integration, IntegrationCommand,
@@ -29,7 +30,6 @@ use domain::{ActionId, DomainError, IntegrationId, StreamName, Timestamp};
 use eventstore::repository::{Repository, RepositoryError};
 use eventstore::StoreError;
 use futures::StreamExt;
-use projections::ReadDb;
 use serde_json::Value;
 
 use crate::http::ProviderError;
@@ -104,7 +104,7 @@ impl ActionWorker {
 
     /// Follows the log and performs approved actions, until the subscription ends.
     pub async fn follow(&self) -> Result<(), StoreError> {
-        let from = projections::db::checkpoint(&self.inner.db, DISPATCH_CHECKPOINT)
+        let from = database::checkpoint(&self.inner.db, DISPATCH_CHECKPOINT)
             .await
             .map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let mut events = self.inner.repo.store().subscribe(from + 1);

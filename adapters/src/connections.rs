@@ -14,13 +14,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use database::ReadDb;
 use domain::aggregate::{Aggregate, CommandContext};
 use domain::catalog::{self, App, AuthKind};
 use domain::integration::{ConnectIntegration, Integration, IntegrationCommand};
 use domain::principal::{Caller, Principal};
 use domain::{DomainError, IntegrationId, StreamName, Timestamp};
 use eventstore::repository::{Repository, RepositoryError};
-use projections::ReadDb;
 use secrecy::SecretString;
 use url::Url;
 

@@ -71,7 +71,7 @@ pub fn dependency_away(error: &(dyn std::error::Error + 'static)) -> bool {
         }
         next = error.source();
     }
-    projections::db::caused_by_outage(error)
+    database::caused_by_outage(error)
 }
 
 impl ProviderError {

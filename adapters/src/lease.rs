@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use projections::{ReadDb, ReadDbError};
+use database::{ReadDb, ReadDbError};
 
 /// One process's view of the lease table.
 #[derive(Clone, Debug)]

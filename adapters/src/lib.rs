@@ -13,7 +13,7 @@
 //!   field or a provider's answer).
 //! - [`sync`]: the sync worker; [`lease`]: leases in the service's database.
 //! - [`fakes`] (feature `fakes`): local servers speaking each provider's wire format, with
-//!   switchable faults; [`bench`]: `harmony bench sync`.
+//!   switchable faults; `bench` (feature `bench`): `harmony bench sync`.
 //!
 //! Nothing here may be depended on by `domain` or `eventstore`.
 
@@ -21,14 +21,14 @@
 macro_rules! on_db {
     ($db:expr, |$pool:ident| $body:expr) => {
         match $db {
-            projections::ReadDb::Sqlite($pool) => $body,
-            projections::ReadDb::Postgres($pool) => $body,
+            database::ReadDb::Sqlite($pool) => $body,
+            database::ReadDb::Postgres($pool) => $body,
         }
     };
 }
 
 pub mod actions;
-#[cfg(feature = "fakes")]
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
 pub mod connections;

@@ -12,6 +12,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use database::ReadDb;
+use database::{execute, fetch_all, Bind};
 use domain::{IntegrationId, Role, Timestamp, UserId, WorkspaceId};
 use oauth2::basic::{
     BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
@@ -23,8 +25,6 @@ use oauth2::{
     RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse,
     TokenUrl,
 };
-use projections::db::{execute, fetch_all, Bind};
-use projections::ReadDb;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -169,7 +169,7 @@ pub enum CallbackError {
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error("the service's database failed: {0}")]
-    Db(#[from] projections::ReadDbError),
+    Db(#[from] database::ReadDbError),
 }
 
 impl OAuthClient {
@@ -466,7 +466,7 @@ pub async fn claim(db: &ReadDb, state: &str) -> Result<Claimed, CallbackError> {
 }
 
 /// Drops pending authorizations that expired unused.
-pub async fn purge_expired_states(db: &ReadDb) -> Result<u64, projections::ReadDbError> {
+pub async fn purge_expired_states(db: &ReadDb) -> Result<u64, database::ReadDbError> {
     execute(
         db,
         "DELETE FROM oauth_states WHERE expires_at < $1",

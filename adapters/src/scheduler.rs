@@ -8,13 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use database::ReadDb;
+use database::{fetch_all, Bind};
 use domain::aggregate::CommandContext;
 use domain::integration::{Integration, IntegrationCommand, SyncKind};
 use domain::principal::Caller;
 use domain::{DomainError, IntegrationId, StreamName, SyncId, Timestamp};
 use eventstore::repository::{Repository, RepositoryError};
-use projections::db::{fetch_all, Bind};
-use projections::ReadDb;
 use sha2::{Digest, Sha256};
 
 use crate::lease::Leases;
@@ -34,7 +34,7 @@ pub struct Scheduler {
 #[derive(Debug, thiserror::Error)]
 pub enum TickError {
     #[error(transparent)]
-    Db(#[from] projections::ReadDbError),
+    Db(#[from] database::ReadDbError),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
 }

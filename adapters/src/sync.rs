@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use database::{execute, fetch_all, fetch_in, Bind};
+use database::{ReadDb, ReadDbError};
 use domain::catalog;
 use domain::integration::{
     FieldMapping, Integration, IntegrationCommand, RecordCounts, Status, SyncKind, Transform,
@@ -35,8 +37,6 @@ use eventstore::repository::{Held, Repository, RepositoryError};
 use eventstore::work_queue::WorkQueue;
 use eventstore::{RecordChange, RecordLog, RecordOp, StoreError};
 use futures::StreamExt;
-use projections::db::{execute, fetch_all, fetch_in, Bind};
-use projections::{ReadDb, ReadDbError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -222,7 +222,7 @@ impl SyncWorker {
     /// subscription ends. Restarted, it replays from the oldest request whose run had not
     /// ended, so an interrupted run resumes.
     pub async fn follow(&self) -> Result<(), StoreError> {
-        let from = projections::db::checkpoint(&self.inner.db, DISPATCH_CHECKPOINT)
+        let from = database::checkpoint(&self.inner.db, DISPATCH_CHECKPOINT)
             .await
             .map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let mut events = self.inner.repo.store().subscribe(from + 1);

@@ -20,13 +20,13 @@ use adapters::lease::Leases;
 use adapters::oauth::CallbackError;
 use adapters::providers::{Endpoints, Providers};
 use adapters::vault::{MasterKey, Vault};
+use database::fetch_all;
+use database::ReadDb;
 use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, Status};
 use domain::testing::as_user;
 use domain::{DomainError, IntegrationId, Role, StreamName};
 use eventstore::repository::Repository;
 use eventstore::{EventStore, SledEventStore, StoreError};
-use projections::db::fetch_all;
-use projections::ReadDb;
 use secrecy::SecretString;
 use url::Url;
 

@@ -17,13 +17,13 @@ use adapters::lease::Leases;
 use adapters::provider::Credentials;
 use adapters::sync::CredentialSource;
 use adapters::vault::{MasterKey, Vault};
+use database::ReadDb;
 use domain::catalog::AppScope;
 use domain::integration::{Integration, IntegrationEvent, Status};
 use domain::testing::{as_user, connect_command};
 use domain::{IntegrationId, Role, StreamName, Timestamp};
 use eventstore::repository::Repository;
 use eventstore::SledEventStore;
-use projections::ReadDb;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 

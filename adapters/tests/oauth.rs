@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
 use adapters::http::{ProviderError, ProviderHttp};
 use adapters::oauth::{CallbackError, OAuthClient, Pending, Revocation};
-use projections::db::{execute, Bind};
-use projections::ReadDb;
+use database::ReadDb;
+use database::{execute, Bind};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 

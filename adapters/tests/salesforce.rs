@@ -14,7 +14,7 @@ use adapters::oauth::{OAuthClient, Pending, Revocation};
 use adapters::provider::{Connection, Credentials, Provider, PullMode};
 use adapters::providers::salesforce::Salesforce;
 use common::{http, pull_all, setup};
-use projections::ReadDb;
+use database::ReadDb;
 use secrecy::SecretString;
 use serde_json::json;
 use url::Url;

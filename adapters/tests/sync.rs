@@ -17,6 +17,7 @@ use adapters::provider::Credentials;
 use adapters::providers::{Endpoints, Providers};
 use adapters::sync::{SyncConfig, SyncWorker};
 use adapters::vault::{MasterKey, Vault};
+use database::ReadDb;
 use domain::catalog::AppScope;
 use domain::integration::{
     FieldMapping, Integration, IntegrationCommand, IntegrationEvent, Status, SyncKind,
@@ -26,7 +27,6 @@ use domain::{IntegrationId, Role, StreamName, SyncId};
 use eventstore::repository::Repository;
 use eventstore::waiting::eventually;
 use eventstore::{RecordLog, RecordOp, SledEventStore, SledRecordLog, StoredRecordChange};
-use projections::ReadDb;
 use secrecy::SecretString;
 use url::Url;
 
@@ -122,7 +122,7 @@ impl World {
     /// The read models (hashes, watermarks, leases, the vault) on PostgreSQL.
     async fn on_postgres(contacts: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let url = projections::test_support::postgres_database().await;
+        let url = database::test_support::postgres_database().await;
         let db = ReadDb::connect_postgres(&url).await.unwrap();
         Self::on(dir, db, contacts).await
     }

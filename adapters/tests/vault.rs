@@ -6,14 +6,14 @@
 use std::sync::Arc;
 
 use adapters::vault::{Keyring, MasterKey, Vault, VaultError};
+use database::ReadDb;
 use domain::IntegrationId;
-use projections::ReadDb;
 use secrecy::{ExposeSecret, SecretString};
 
 async fn databases(dir: &std::path::Path) -> Vec<ReadDb> {
     vec![
         ReadDb::open_sqlite(&dir.join("read.db")).await.unwrap(),
-        ReadDb::connect_postgres(&projections::test_support::postgres_database().await)
+        ReadDb::connect_postgres(&database::test_support::postgres_database().await)
             .await
             .unwrap(),
     ]

@@ -16,8 +16,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use database::{execute, fetch_all, Bind};
 use domain::Timestamp;
-use projections::db::{execute, fetch_all, Bind};
 use sha2::{Digest, Sha256};
 
 use crate::problem::Problem;
@@ -31,7 +31,7 @@ const KEEP_MICROS: i64 = 24 * 3600 * 1_000_000;
 const ABANDONED_MICROS: i64 = 30 * 1_000_000;
 const HEADER: &str = "idempotency-key";
 
-fn database_problem(error: projections::ReadDbError) -> Problem {
+fn database_problem(error: database::ReadDbError) -> Problem {
     Problem::failed("the idempotency keys cannot be read or written", &error)
 }
 

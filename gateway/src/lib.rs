@@ -141,7 +141,7 @@ pub struct AppState {
     pub records: Arc<dyn RecordLog>,
     pub backend: Backend,
     /// The read models (Installed, the sync logs).
-    pub read: projections::ReadDb,
+    pub read: database::ReadDb,
     /// What each projection's runner in this process is doing.
     pub runners: Runners,
     /// The credential vault.
@@ -186,7 +186,7 @@ impl Workers {
     pub fn new(
         store: Arc<dyn EventStore>,
         records: Arc<dyn RecordLog>,
-        read: &projections::ReadDb,
+        read: &database::ReadDb,
         vault: Arc<adapters::vault::Vault>,
         settings: &Settings,
         redirect: url::Url,
@@ -487,9 +487,9 @@ pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 pub async fn open_read_db(
     database_url: Option<&str>,
     data_dir: &std::path::Path,
-) -> anyhow::Result<projections::ReadDb> {
+) -> anyhow::Result<database::ReadDb> {
     Ok(match database_url {
-        Some(url) => projections::ReadDb::connect_postgres(url)
+        Some(url) => database::ReadDb::connect_postgres(url)
             .await
             .context("while opening the read models on PostgreSQL")?,
         None => {
@@ -505,7 +505,7 @@ pub async fn open_read_db(
                     .open(&path)
                     .with_context(|| format!("while creating {}", path.display()))?;
             }
-            projections::ReadDb::open_sqlite(&path)
+            database::ReadDb::open_sqlite(&path)
                 .await
                 .with_context(|| format!("while opening the read models in {}", path.display()))?
         }
@@ -736,7 +736,7 @@ fn purge_records_of_deleted_integrations(
 fn run_projection(
     projection: projections::runner::Projection,
     store: Arc<dyn EventStore>,
-    read: projections::ReadDb,
+    read: database::ReadDb,
     runners: Runners,
 ) -> tokio::task::JoinHandle<()> {
     use projections::installed::ApplyError;

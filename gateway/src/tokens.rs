@@ -5,8 +5,8 @@
 use std::io::Write;
 
 use base64::Engine;
+use database::{execute, fetch_all, Bind};
 use domain::{Principal, Role, Timestamp, UserId, WorkspaceId};
-use projections::db::{execute, fetch_all, Bind};
 use projections::{ReadDb, ReadDbError};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};

@@ -98,7 +98,7 @@ fn serve_with_nats_url_and_database_url_runs_distributed() {
     // A database of its own: the vault there knows only this process's master key.
     let database = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(projections::test_support::postgres_database());
+        .block_on(database::test_support::postgres_database());
     let dir = tempfile::tempdir().unwrap();
     let namespace = eventstore::nats_server::unique_namespace();
     let (child, address) = serve(&[
@@ -268,7 +268,7 @@ fn bench_gateway_loads_a_server_in_its_own_process_beside_the_raw_engines() {
 fn bench_projections_rebuilds_on_both_databases_and_leaves_no_schema_behind() {
     let database = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(projections::test_support::postgres_database());
+        .block_on(database::test_support::postgres_database());
     let scratch = tempfile::tempdir().unwrap();
     let (report, _) = bench_json(&[
         "projections",
@@ -502,7 +502,7 @@ async fn connect_apps(store: std::sync::Arc<dyn eventstore::EventStore>, apps: &
 }
 
 /// The apps Installed shows for ada of acme.
-async fn installed_apps(db: &projections::ReadDb) -> Vec<String> {
+async fn installed_apps(db: &database::ReadDb) -> Vec<String> {
     projections::installed::list(db, "acme", "ada")
         .await
         .unwrap()
@@ -521,7 +521,7 @@ fn projections_rebuild_replaces_the_read_models_from_the_log() {
         let store = eventstore::SledEventStore::open(dir.path().join("log")).unwrap();
         connect_apps(std::sync::Arc::new(store), &["hubspot", "gmail"]).await;
         // A read model that has lost a row, as a damaged or stale one would.
-        let db = projections::ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = database::ReadDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         let all = eventstore::SledEventStore::open(dir.path().join("log"))
@@ -532,7 +532,7 @@ fn projections_rebuild_replaces_the_read_models_from_the_log() {
         for projection in projections::runner::Projection::ALL {
             projection.apply(&db, &all).await.unwrap();
         }
-        let projections::ReadDb::Sqlite(pool) = &db else {
+        let database::ReadDb::Sqlite(pool) = &db else {
             unreachable!()
         };
         sqlx::query("DELETE FROM installed WHERE app = 'gmail'")
@@ -556,7 +556,7 @@ fn projections_rebuild_replaces_the_read_models_from_the_log() {
         "{said}"
     );
     runtime.block_on(async {
-        let db = projections::ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = database::ReadDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         assert_eq!(installed_apps(&db).await, ["gmail", "hubspot"]);
@@ -611,7 +611,7 @@ fn projections_rebuild_runs_beside_a_distributed_service() {
             &["hubspot", "gmail", "google-calendar"],
         )
         .await;
-        projections::test_support::postgres_database().await
+        database::test_support::postgres_database().await
     });
     let dir = tempfile::tempdir().unwrap();
     let storage = [
@@ -647,9 +647,7 @@ fn projections_rebuild_runs_beside_a_distributed_service() {
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(said.starts_with("rebuilt installed from "), "{said}");
     runtime.block_on(async {
-        let db = projections::ReadDb::connect_postgres(&database)
-            .await
-            .unwrap();
+        let db = database::ReadDb::connect_postgres(&database).await.unwrap();
         assert_eq!(
             installed_apps(&db).await,
             ["gmail", "google-calendar", "hubspot"]
@@ -678,7 +676,7 @@ fn serve_creates_a_private_master_key_and_vault_rotate_master_key_rewraps_under_
     let old = adapters::vault::MasterKey::load_or_create(&key_file).unwrap();
     let secret = secrecy::SecretString::from("zendesk-api-token-93ab".to_owned());
     let reference = runtime.block_on(async {
-        let db = projections::ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = database::ReadDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         let vault = adapters::vault::Vault::new(db.clone(), old);
@@ -710,7 +708,7 @@ fn serve_creates_a_private_master_key_and_vault_rotate_master_key_rewraps_under_
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     runtime.block_on(async {
-        let db = projections::ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = database::ReadDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         let vault = adapters::vault::Vault::new(db, new);

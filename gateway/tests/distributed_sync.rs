@@ -91,7 +91,7 @@ impl Service {
     async fn start() -> Self {
         let nats = TestNats::shared();
         let namespace = unique_namespace();
-        let database = projections::test_support::postgres_database().await;
+        let database = database::test_support::postgres_database().await;
         let fake = FakeHubSpot::start(250, 0).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("harmony.toml");
@@ -136,9 +136,7 @@ impl Service {
         js.namespace = namespace.clone();
         let store = JetStreamEventStore::connect(js).await.unwrap();
         let repo = Repository::new(Arc::new(store.clone()));
-        let db = projections::ReadDb::connect_postgres(&database)
-            .await
-            .unwrap();
+        let db = database::ReadDb::connect_postgres(&database).await.unwrap();
         let vault = Vault::new(db, key);
         Self {
             _dir: dir,

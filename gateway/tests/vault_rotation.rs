@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use adapters::vault::{Keyring, MasterKey, Vault};
+use database::ReadDb;
 use domain::{CredentialRef, IntegrationId};
-use projections::ReadDb;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 

@@ -1,11 +1,9 @@
 //! Read models of Harmony Sync, derived from the event log.
 //!
 //! Nothing here is the truth: every read-model table can be dropped and rebuilt from the log.
-//! (The same database also holds the credential vault's tables, `adapters`' own: migration
-//! `0003_vault.sql` is here so that one migrator serves the whole database.)
+//! The tables live in the service database (the `database` crate, re-exported as [`db`]),
+//! which also holds what the service keeps and cannot derive.
 //!
-//! - [`db`]: the read database, SQLite (a file under the data directory, WAL) or PostgreSQL,
-//!   with its migrations.
 //! - [`installed`]: Marketplace > Installed, one row per integration, folded with the domain's
 //!   own `Integration` aggregate so that status and available actions follow the same rules
 //!   as the commands.
@@ -17,12 +15,12 @@
 //! - [`bench`](mod@bench): the `harmony bench projections` suite.
 
 pub mod bench;
-pub mod db;
+pub use database as db;
 pub mod installed;
 pub mod rebuild;
 pub mod runner;
 pub mod sync_runs;
-#[cfg(any(test, feature = "test-support"))]
-pub mod test_support;
+#[cfg(feature = "test-support")]
+pub use database::test_support;
 
-pub use db::{ReadDb, ReadDbError};
+pub use database::{ReadDb, ReadDbError};

@@ -87,16 +87,16 @@ async fn a_key_whose_first_request_died_with_its_process_is_released_after_thirt
     let first = request().await.unwrap();
     assert_eq!(first.status(), 201);
     // As a process killed while answering leaves it: claimed, never answered.
-    let db = projections::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+    let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
     let claimed = |age_seconds: i64| {
         let db = db.clone();
         async move {
-            projections::db::execute(
+            database::execute(
                 &db,
                 "UPDATE idempotency_keys SET status = NULL, body = NULL, created_at = $1",
-                &[projections::db::Bind::Int(
+                &[database::Bind::Int(
                     domain::Timestamp::now().unix_micros() - age_seconds * 1_000_000,
                 )],
             )

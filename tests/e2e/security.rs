@@ -225,10 +225,10 @@ async fn a_master_key_rotated_while_the_service_runs_loses_no_credential() {
     assert_eq!(after.status(), 201);
     let after: Value = after.json().await.unwrap();
     let after = after["integration_id"].as_str().unwrap().to_owned();
-    let db = projections::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+    let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
-    let projections::ReadDb::Sqlite(pool) = &db else {
+    let database::ReadDb::Sqlite(pool) = &db else {
         unreachable!()
     };
     let wrapped_by: String =
@@ -349,7 +349,7 @@ async fn an_authorization_finishes_only_while_the_token_that_started_it_is_live(
 }
 
 async fn revoke(app: &crate::helpers::TestApp, id: &str) {
-    let db = projections::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+    let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
     assert!(gateway::tokens::revoke(&db, id).await.unwrap());

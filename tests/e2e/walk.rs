@@ -456,7 +456,7 @@ async fn the_seed_walk_on_the_embedded_default() {
 async fn the_seed_walk_on_jetstream_and_postgresql() {
     let nats = eventstore::nats_server::TestNats::shared();
     let namespace = eventstore::nats_server::unique_namespace();
-    let database = projections::test_support::postgres_database().await;
+    let database = database::test_support::postgres_database().await;
     let mut config = eventstore::JetStreamConfig::new(nats.url.clone());
     config.namespace = namespace.clone();
     the_seed_walk(

@@ -7,8 +7,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Redirect, Response};
+use database::{execute, fetch_all, Bind};
 use domain::{Principal, Timestamp};
-use projections::db::{execute, fetch_all, Bind};
 use projections::{ReadDb, ReadDbError};
 
 use crate::AppState;

@@ -1,4 +1,14 @@
-//! The read database: SQLite by default, PostgreSQL for several processes.
+//! The service database of Harmony Sync: SQLite by default (a file under the data
+//! directory, WAL), PostgreSQL for several processes. One migrator (`migrations/`) serves the
+//! whole schema: what the service keeps and cannot derive — the vault's wrapped keys and
+//! secrets, API tokens, console sessions, OAuth states, idempotency keys, leases, record hashes
+//! and sync watermarks, the workers' checkpoints — and the read models' tables, which
+//! `projections` fills and can always rebuild from the log. Here: the pool ([`ReadDb`]), its
+//! errors and which of them mean the database is away for a while, transactions with
+//! checkpoints, and the query helpers that run the same SQL on both databases.
+
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -233,7 +243,7 @@ impl WriteTx {
     }
 
     /// Runs one statement without parameters or results (DDL).
-    pub(crate) async fn execute(&mut self, sql: &str) -> Result<(), ReadDbError> {
+    pub async fn execute(&mut self, sql: &str) -> Result<(), ReadDbError> {
         match self {
             WriteTx::Sqlite(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(drop)?,
             WriteTx::Postgres(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(drop)?,
@@ -243,7 +253,7 @@ impl WriteTx {
 
     /// Where checkpoint `name` stands (0 before anything), locking it until the end of the
     /// transaction: whoever else writes the same projection waits, then sees the new value.
-    pub(crate) async fn checkpoint(&mut self, name: &str) -> Result<u64, ReadDbError> {
+    pub async fn checkpoint(&mut self, name: &str) -> Result<u64, ReadDbError> {
         let position: Option<i64> = match self {
             // SQLite's write lock, taken at BEGIN, already serializes every writer.
             WriteTx::Sqlite(tx) => {
@@ -285,7 +295,7 @@ impl WriteTx {
     }
 
     /// Forgets checkpoint `name`.
-    pub(crate) async fn delete_checkpoint(&mut self, name: &str) -> Result<(), ReadDbError> {
+    pub async fn delete_checkpoint(&mut self, name: &str) -> Result<(), ReadDbError> {
         let sql = "DELETE FROM checkpoints WHERE name = $1";
         match self {
             WriteTx::Sqlite(tx) => sqlx::query(sql)
@@ -305,7 +315,7 @@ impl WriteTx {
 
 /// Makes sure checkpoint `name` has a row, so that every writer of the projection locks the
 /// same one from its first batch on.
-pub(crate) async fn ensure_checkpoint(db: &ReadDb, name: &str) -> Result<(), ReadDbError> {
+pub async fn ensure_checkpoint(db: &ReadDb, name: &str) -> Result<(), ReadDbError> {
     let sql =
         "INSERT INTO checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING";
     match db {
