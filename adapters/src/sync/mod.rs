@@ -1,0 +1,615 @@
+//! The sync worker: reacts to `SyncRequested`, pulls the provider's records page by page,
+//! publishes what changed to the records log, and records the run in the integration's log.
+//!
+//! A run, for each object the app syncs:
+//! 1. pulls a page (a `401` refreshes the token once and tries again);
+//! 2. maps each record (the integration's field mapping for the object, if any) and hashes it;
+//! 3. compares with the hashes the last runs saw (`record_hashes`): a new record is `created`, a
+//!    different hash `updated`, the same hash nothing at all;
+//! 4. publishes the changes (durable) and then stores the new hashes;
+//! 5. appends `SyncProgressed` with the counts and the cursor of the next page.
+//!
+//! After the last page of a full run, the records it did not see are gone at the provider:
+//! each is published as `deleted`. An incremental run starts from the watermark the last run
+//! of the object left. Change ids derive from the run, the record and its hash, so a page
+//! processed twice (a crash between steps 4 and 5) publishes nothing twice.
+//!
+//! At most one run per integration at a time, in this process and across processes: a run
+//! holds the integration's lease, renewed while it works. A request during a run is coalesced
+//! by the domain into one pending follow-up, which the worker starts when the run ends. A run
+//! interrupted by a crash resumes from the cursor of its last `SyncProgressed`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use database::{execute, fetch_all, fetch_in, Bind};
+use database::{ReadDb, ReadDbError};
+use domain::catalog;
+use domain::integration::{
+    FieldMapping, Integration, IntegrationCommand, RecordCounts, Status, SyncKind, Transform,
+};
+use domain::{
+    Caller, CommandContext, DomainError, EventId, IntegrationId, StreamName, SyncId, Timestamp,
+};
+use eventstore::repository::{Held, Repository, RepositoryError};
+use eventstore::work_queue::WorkQueue;
+use eventstore::{RecordChange, RecordLog, RecordOp, StoreError};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Semaphore};
+
+use crate::http::ProviderError;
+use crate::lease::Leases;
+use crate::provider::{
+    Connection, Credentials, Page, Provider, PullMode, PullRequest, PulledRecord,
+};
+use crate::providers::Providers;
+
+mod run;
+use run::{Run, Stop};
+
+/// Where an integration's credentials come from, and how they are renewed.
+#[async_trait]
+pub trait CredentialSource: Send + Sync + std::fmt::Debug {
+    /// The credentials the integration's state names, refreshed first if they expire soon.
+    async fn current(
+        &self,
+        id: IntegrationId,
+        state: &Integration,
+    ) -> Result<Credentials, ProviderError>;
+
+    /// New credentials after the provider refused `stale`. Fails with `InvalidGrant` or
+    /// `Unauthorized` when only a reauthentication can help.
+    async fn refresh(
+        &self,
+        id: IntegrationId,
+        stale: &Credentials,
+    ) -> Result<Credentials, ProviderError>;
+}
+
+/// How the worker runs.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncConfig {
+    /// A run's lease; renewed at a third of it while the run works.
+    pub lease_ttl: Duration,
+    /// Runs of different integrations at once in this process.
+    pub max_concurrent_runs: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(30),
+            max_concurrent_runs: 8,
+        }
+    }
+}
+
+/// Why a run stopped short.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error(transparent)]
+    Records(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] ReadDbError),
+    #[error("the run was cancelled")]
+    Cancelled,
+    #[error("the run's lease was lost")]
+    LeaseLost,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RunError {
+    /// Whether the log or the database was away for a while: the run is not failed for it
+    /// but stays where its last page left it, and is taken up again from its cursor.
+    fn is_transient(&self) -> bool {
+        match self {
+            RunError::Records(StoreError::Unavailable(_))
+            | RunError::Repository(RepositoryError::Store(StoreError::Unavailable(_)))
+            | RunError::Provider(ProviderError::StorageUnavailable { .. }) => true,
+            RunError::Db(error) => error.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// How long a run interrupted by the log or the database being away waits before it is
+/// taken up again.
+const RESUME_AFTER: Duration = Duration::from_secs(2);
+
+/// Where a run stands, as `SyncProgressed` carries it: the object's index in the app's list,
+/// the provider's cursor of the next page, and whether only the deletion sweep is left.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct RunCursor {
+    object: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sweep: bool,
+}
+
+impl RunCursor {
+    fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a cursor serializes")
+    }
+
+    fn decode(text: Option<&str>) -> Self {
+        text.and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_default()
+    }
+}
+
+struct Active {
+    cancel: watch::Sender<bool>,
+    again: bool,
+}
+
+/// The sync worker of one process.
+#[derive(Clone, Debug)]
+pub struct SyncWorker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    repo: Arc<Repository>,
+    records: Arc<dyn RecordLog>,
+    db: ReadDb,
+    credentials: Arc<dyn CredentialSource>,
+    providers: Providers,
+    leases: Leases,
+    config: SyncConfig,
+    active: Mutex<HashMap<IntegrationId, Active>>,
+    slots: Semaphore,
+    idle: tokio::sync::Notify,
+    /// In a distributed service, the queue that hands runs to the processes.
+    queue: std::sync::OnceLock<WorkQueue>,
+    /// Integrations whose last look found another process holding their lease.
+    busy_elsewhere: Mutex<HashSet<IntegrationId>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncWorker")
+            .field("holder", &self.leases.holder())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+const DISPATCH_CHECKPOINT: &str = "sync_dispatch";
+/// At most this many ready pages are written in one go.
+const WRITE_BATCH_PAGES: usize = 8;
+
+fn context(reason: &str) -> CommandContext {
+    CommandContext::new(Caller::system(reason), Timestamp::now())
+}
+
+impl SyncWorker {
+    pub fn new(
+        repo: Arc<Repository>,
+        records: Arc<dyn RecordLog>,
+        db: ReadDb,
+        credentials: Arc<dyn CredentialSource>,
+        providers: Providers,
+        leases: Leases,
+        config: SyncConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                repo,
+                records,
+                db,
+                credentials,
+                providers,
+                leases,
+                slots: Semaphore::new(config.max_concurrent_runs.max(1)),
+                config,
+                active: Mutex::default(),
+                idle: tokio::sync::Notify::new(),
+                queue: std::sync::OnceLock::new(),
+                busy_elsewhere: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Follows the log and starts, resumes or cancels runs as its events say, until the log's
+    /// subscription ends. Restarted, it replays from the oldest request whose run had not
+    /// ended, so an interrupted run resumes.
+    pub async fn follow(&self) -> Result<(), StoreError> {
+        let from = database::checkpoint(&self.inner.db, DISPATCH_CHECKPOINT)
+            .await
+            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        let mut events = self.inner.repo.store().subscribe(from + 1);
+        // Positions of requests whose runs have not ended, by integration.
+        let mut open: BTreeMap<u64, IntegrationId> = BTreeMap::new();
+        let mut last_saved = from;
+        let mut last_save_at = Instant::now();
+        let queue = self.inner.queue.get();
+        while let Some(event) = events.next().await {
+            let event = event?;
+            let last_seen = event.position;
+            if let Some(id) = event.stream.integration_id() {
+                match (event.event_type.as_str(), queue) {
+                    // Distributed: the request becomes work on the shared queue, offered by
+                    // every process and kept once. An interrupted run's item was never
+                    // acknowledged, so it comes back by itself.
+                    ("SyncRequested", Some(queue)) => {
+                        queue.offer(&id.to_string(), &event.id.to_string()).await?;
+                    }
+                    ("SyncStarted" | "SyncProgressed", Some(_)) => {}
+                    ("SyncRequested" | "SyncStarted" | "SyncProgressed", None) => {
+                        open.insert(event.position, id);
+                        self.kick(id);
+                    }
+                    ("Disconnected" | "Deleted" | "CredentialsExpired", _) => self.cancel(id),
+                    _ => {}
+                }
+            }
+            // Forget requests whose integration is idle now.
+            let busy: Vec<IntegrationId> = self
+                .inner
+                .active
+                .lock()
+                .expect("active runs lock")
+                .keys()
+                .copied()
+                .collect();
+            open.retain(|_, id| busy.contains(id));
+            let safe = open
+                .keys()
+                .next()
+                .map_or(last_seen, |first| first.saturating_sub(1));
+            if safe > last_saved && last_save_at.elapsed() >= Duration::from_millis(500) {
+                self.save_checkpoint(safe).await;
+                last_saved = safe;
+                last_save_at = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes this worker take its runs from `queue`, shared with the service's other
+    /// processes, instead of from its own reading of the log. Call before [`follow`] and
+    /// [`take_work`].
+    ///
+    /// [`follow`]: Self::follow
+    /// [`take_work`]: Self::take_work
+    pub fn use_queue(&self, queue: WorkQueue) {
+        let _ = self.inner.queue.set(queue);
+    }
+
+    /// Whether runs come from a shared work queue.
+    pub fn has_queue(&self) -> bool {
+        self.inner.queue.get().is_some()
+    }
+
+    /// Takes runs from the work queue for as long as it is polled: each item is run here (a
+    /// request during a run coalesces into one follow-up), kept alive while it runs, and
+    /// acknowledged once the integration is idle — or handed back for later when another
+    /// process holds the integration's lease.
+    pub async fn take_work(&self) -> Result<(), StoreError> {
+        let Some(queue) = self.inner.queue.get() else {
+            return Err(StoreError::Misconfigured(
+                "the sync worker has no work queue".into(),
+            ));
+        };
+        let mut items = queue.items().await?;
+        // No more items in hand than runs this process may do at once: the rest stay on the
+        // queue for the other processes.
+        let in_hand = Arc::new(Semaphore::new(self.inner.config.max_concurrent_runs.max(1)));
+        loop {
+            let permit = in_hand
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| StoreError::Unavailable("the worker is shutting down".into()))?;
+            let Some(item) = items.next().await else {
+                break;
+            };
+            let item = item?;
+            let Ok(id) = item.key.parse::<IntegrationId>() else {
+                tracing::warn!(key = %item.key, "dropping sync work for no integration");
+                item.done().await?;
+                continue;
+            };
+            let worker = self.clone();
+            let heartbeat = queue.ack_wait() / 3;
+            tokio::spawn(async move {
+                worker.kick(id);
+                loop {
+                    let notified = worker.inner.idle.notified();
+                    if !worker.is_running(id) {
+                        break;
+                    }
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep(heartbeat) => {
+                            if let Err(error) = item.working().await {
+                                tracing::warn!(integration = %id, %error, "cannot keep sync work alive");
+                            }
+                        }
+                    }
+                }
+                let elsewhere = worker
+                    .inner
+                    .busy_elsewhere
+                    .lock()
+                    .expect("busy integrations lock")
+                    .remove(&id);
+                let settled = if elsewhere {
+                    item.later(Duration::from_secs(2)).await
+                } else {
+                    item.done().await
+                };
+                if let Err(error) = settled {
+                    tracing::warn!(integration = %id, %error, "cannot settle sync work");
+                }
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+
+    async fn save_checkpoint(&self, position: u64) {
+        let saved = async {
+            let mut tx = self.inner.db.begin_write().await?;
+            tx.save_checkpoint(DISPATCH_CHECKPOINT, position).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(error) = saved {
+            tracing::warn!(%error, "could not save the sync dispatcher's checkpoint");
+        }
+    }
+
+    /// Makes sure the integration's pending or interrupted run gets done: starts a task for it
+    /// unless one is already working, in which case that task looks again when it finishes.
+    pub fn kick(&self, id: IntegrationId) {
+        let mut active = self.inner.active.lock().expect("active runs lock");
+        if let Some(run) = active.get_mut(&id) {
+            run.again = true;
+            return;
+        }
+        let (cancel, cancelled) = watch::channel(false);
+        active.insert(
+            id,
+            Active {
+                cancel,
+                again: false,
+            },
+        );
+        drop(active);
+        let worker = self.clone();
+        tokio::spawn(async move {
+            loop {
+                // After a run, look again: a request made during it waits as its follow-up.
+                let more = match worker.work_on(id, cancelled.clone()).await {
+                    Ok(ran) => ran,
+                    Err(error) if error.is_transient() => {
+                        tracing::warn!(integration = %id, %error, "a sync run is interrupted; resuming it shortly");
+                        tokio::time::sleep(RESUME_AFTER).await;
+                        true
+                    }
+                    Err(error) => {
+                        tracing::warn!(integration = %id, %error, "a sync run stopped with an error");
+                        false
+                    }
+                };
+                let mut active = worker.inner.active.lock().expect("active runs lock");
+                let again = active.get_mut(&id).is_some_and(|run| {
+                    let again = (more || run.again) && !*run.cancel.borrow();
+                    run.again = false;
+                    again
+                });
+                if !again {
+                    active.remove(&id);
+                    drop(active);
+                    worker.inner.idle.notify_waiters();
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Stops the integration's run in this process, if one is working, within a second.
+    pub fn cancel(&self, id: IntegrationId) {
+        if let Some(run) = self.inner.active.lock().expect("active runs lock").get(&id) {
+            let _ = run.cancel.send(true);
+        }
+    }
+
+    /// Whether a run of the integration is working in this process.
+    pub fn is_running(&self, id: IntegrationId) -> bool {
+        self.inner
+            .active
+            .lock()
+            .expect("active runs lock")
+            .contains_key(&id)
+    }
+
+    /// One look at the integration: resume its interrupted run, or start its pending one.
+    /// Whether a run was worked on (so there may be a follow-up to start).
+    async fn work_on(
+        &self,
+        id: IntegrationId,
+        cancelled: watch::Receiver<bool>,
+    ) -> Result<bool, RunError> {
+        let _slot = self
+            .inner
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| RunError::Internal("the worker is shutting down".into()))?;
+        let lease = format!("sync:{id}");
+        let ttl = self.inner.config.lease_ttl;
+        if !self.inner.leases.try_acquire(&lease, ttl).await? {
+            tracing::debug!(integration = %id, "another process runs this integration's sync");
+            self.inner
+                .busy_elsewhere
+                .lock()
+                .expect("busy integrations lock")
+                .insert(id);
+            return Ok(false);
+        }
+        let (lost_tx, lost) = watch::channel(false);
+        let renewer = {
+            let leases = self.inner.leases.clone();
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    match leases.try_acquire(&lease, ttl).await {
+                        Ok(true) => {}
+                        Ok(false) | Err(_) => {
+                            let _ = lost_tx.send(true);
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let outcome = self.run_next(id, Stop { cancelled, lost }).await;
+        renewer.abort();
+        if let Err(error) = self.inner.leases.release(&lease).await {
+            tracing::warn!(integration = %id, %error, "could not release a sync lease");
+        }
+        outcome
+    }
+
+    /// Resumes the integration's interrupted run or starts its pending one, if it has one:
+    /// whether it had.
+    async fn run_next(&self, id: IntegrationId, stop: Stop) -> Result<bool, RunError> {
+        let stream = StreamName::integration(id);
+        let mut held = self.inner.repo.hold::<Integration>(&stream).await?;
+        let state = held.state.clone();
+        if state.status != Status::Connected {
+            return Ok(false);
+        }
+        let (sync_id, kind, cursor, mut page_no, mut totals) =
+            match (&state.running_sync, &state.pending_sync) {
+                (Some(running), _) => (
+                    running.sync_id,
+                    running.kind,
+                    RunCursor::decode(running.cursor.as_deref()),
+                    running.pages,
+                    running.totals,
+                ),
+                (None, Some(pending)) => {
+                    let started = self
+                        .inner
+                        .repo
+                        .execute_held::<Integration>(
+                            &stream,
+                            &mut held,
+                            &IntegrationCommand::StartSync {
+                                sync_id: pending.sync_id,
+                                cursor: None,
+                            },
+                            &context("sync worker"),
+                        )
+                        .await;
+                    match started {
+                        Ok(_) => {}
+                        // Someone else started it between the load and now.
+                        Err(RepositoryError::Domain(_)) => return Ok(false),
+                        Err(error) => return Err(error.into()),
+                    }
+                    (
+                        pending.sync_id,
+                        pending.kind,
+                        RunCursor::default(),
+                        0,
+                        RecordCounts::default(),
+                    )
+                }
+                (None, None) => return Ok(false),
+            };
+        tracing::info!(integration = %id, sync = %sync_id, holder = self.inner.leases.holder(), "running a sync");
+        let run = Run {
+            worker: self,
+            id,
+            stream,
+            sync_id,
+            kind,
+            state: &state,
+            held: tokio::sync::Mutex::new(held),
+            stop,
+            started: Instant::now(),
+        };
+        let outcome = run.objects(cursor, &mut page_no, &mut totals).await;
+        run.finish(outcome).await.map(|()| true)
+    }
+
+    /// Waits until no run is working in this process (for tests and shutdown).
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self
+                .inner
+                .active
+                .lock()
+                .expect("active runs lock")
+                .is_empty()
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run::map_record;
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn run_cursors_round_trip_and_default_to_the_start() {
+        let cursor = RunCursor {
+            object: 1,
+            page: Some("0.1.2".into()),
+            sweep: false,
+        };
+        assert_eq!(RunCursor::decode(Some(&cursor.encode())), cursor);
+        assert_eq!(RunCursor::decode(None), RunCursor::default());
+        assert_eq!(RunCursor::decode(Some("garbage")), RunCursor::default());
+    }
+
+    #[test]
+    fn mappings_rename_and_transform_fields() {
+        let fields = json!({"email": "  Jane@X.com ", "firstname": "Jane", "other": 1});
+        let fields = fields.as_object().expect("object");
+        assert_eq!(map_record(fields, None), Value::Object(fields.clone()));
+        let mapping = vec![
+            FieldMapping {
+                provider_field: "email".into(),
+                harmony_field: "email".into(),
+                transform: Some(Transform::Trim),
+            },
+            FieldMapping {
+                provider_field: "firstname".into(),
+                harmony_field: "first_name".into(),
+                transform: Some(Transform::Uppercase),
+            },
+            FieldMapping {
+                provider_field: "missing".into(),
+                harmony_field: "phone".into(),
+                transform: None,
+            },
+        ];
+        assert_eq!(
+            map_record(fields, Some(&mapping)),
+            json!({"email": "Jane@X.com", "first_name": "JANE", "phone": null})
+        );
+    }
+}
