@@ -4,29 +4,23 @@
 //! [`Application`] opens the event log, the read models, the credential vault and the
 //! checkpoint log, runs the projections, the workers and the checkpoint signer, and serves
 //! HTTP — the Marketplace API under `/v1`, the admin console under `/console`, `/healthz`,
-//! `/readyz`, `/metrics` and `/openapi.json`. [`cli`] holds the commands (`serve`, `history`,
-//! `verify`, `export`, `tokens`, `bench`, `log copy`, `projections rebuild`, `vault
-//! rotate-master-key`), run by [`audit`], [`tokens`], [`bench`](mod@bench),
-//! [`bench_gateway`], [`log`], [`read_models`] and [`vault`].
+//! `/readyz`, `/metrics` and `/openapi.json`. [`cli`] holds the command lines (`serve`,
+//! `history`, `verify`, `export`, `tokens`, `bench`, `log copy`, `projections rebuild`,
+//! `vault rotate-master-key`); [`commands`] runs them, except `tokens`, which [`tokens`] runs.
 
 mod api;
-pub mod audit;
-pub mod bench;
-pub mod bench_gateway;
 pub mod cli;
+pub mod commands;
 mod console;
 mod cookies;
 mod http;
 mod idempotency;
 pub mod limits;
-pub mod log;
 mod metrics;
 mod pages;
 mod problem;
-pub mod read_models;
 mod service;
 pub mod tokens;
-pub mod vault;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

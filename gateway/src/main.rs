@@ -69,25 +69,31 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(shutdown).await
         }
         Command::History(args) => {
-            gateway::audit::history(&args, &mut std::io::stdout().lock()).await
+            gateway::commands::audit::history(&args, &mut std::io::stdout().lock()).await
         }
-        Command::Verify(args) => gateway::audit::verify(&args, &mut std::io::stdout().lock()).await,
-        Command::Export(args) => gateway::audit::export(&args, &mut std::io::stdout().lock()).await,
-        Command::Bench(args) => gateway::bench::run(&args, &mut std::io::stdout().lock()).await,
+        Command::Verify(args) => {
+            gateway::commands::audit::verify(&args, &mut std::io::stdout().lock()).await
+        }
+        Command::Export(args) => {
+            gateway::commands::audit::export(&args, &mut std::io::stdout().lock()).await
+        }
+        Command::Bench(args) => {
+            gateway::commands::bench::run(&args, &mut std::io::stdout().lock()).await
+        }
         Command::Log(gateway::cli::LogCommand::Copy(args)) => {
-            gateway::log::copy(&args, &mut std::io::stdout().lock()).await
+            gateway::commands::log::copy(&args, &mut std::io::stdout().lock()).await
         }
         Command::Vault(gateway::cli::VaultCommand::RotateMasterKey(args)) => {
-            gateway::vault::rotate(&args, &mut std::io::stdout().lock()).await
+            gateway::commands::vault::rotate(&args, &mut std::io::stdout().lock()).await
         }
         Command::Tokens(command) => {
             gateway::tokens::run(&command, &mut std::io::stdout().lock()).await
         }
         Command::Projections(gateway::cli::ProjectionsCommand::Rebuild(args)) => {
-            gateway::read_models::rebuild(&args, &mut std::io::stdout().lock()).await
+            gateway::commands::read_models::rebuild(&args, &mut std::io::stdout().lock()).await
         }
         Command::FakeProvider(gateway::cli::FakeProviderCommand::Hubspot(args)) => {
-            gateway::bench::fake_hubspot(&args).await
+            gateway::commands::bench::fake_hubspot(&args).await
         }
     }
 }

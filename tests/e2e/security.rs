@@ -201,7 +201,9 @@ async fn a_master_key_rotated_while_the_service_runs_loses_no_credential() {
         unreachable!("parsed as a rotation")
     };
     let mut said = Vec::new();
-    gateway::vault::rotate(&args, &mut said).await.unwrap();
+    gateway::commands::vault::rotate(&args, &mut said)
+        .await
+        .unwrap();
     let new_key =
         adapters::vault::MasterKey::load_or_create(&app.data_dir().join("master.key")).unwrap();
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Caller, Target};
-use crate::audit::event_json;
+use crate::commands::audit::event_json;
 use crate::problem::repository_problem;
 use crate::problem::Problem;
 use crate::service::load_visible;
@@ -139,7 +139,7 @@ pub(super) async fn state_as_of(
         .load_as_of::<Integration>(&StreamName::integration(id), as_of)
         .await
         .map_err(repository_problem)?;
-    Ok(Json(crate::audit::state_json(id, as_of, &loaded)))
+    Ok(Json(crate::commands::audit::state_json(id, as_of, &loaded)))
 }
 
 /// Checks the integration's hash chain from its first event — versions without a gap, every

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::caller::integration_id;
 use super::Caller;
-use crate::audit::event_json;
+use crate::commands::audit::event_json;
 use crate::problem::Problem;
 use crate::AppState;
 

@@ -49,11 +49,11 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         (Suite::Gateway, Backend::Sled) => {
             let sizes = if args.quick {
-                crate::bench_gateway::Sizes::QUICK
+                crate::commands::bench_gateway::Sizes::QUICK
             } else {
-                crate::bench_gateway::Sizes::FULL
+                crate::commands::bench_gateway::Sizes::FULL
             };
-            crate::bench_gateway::run(scratch.path(), sizes, &progress).await?
+            crate::commands::bench_gateway::run(scratch.path(), sizes, &progress).await?
         }
         (Suite::Gateway, Backend::Jetstream) => {
             anyhow::bail!("the gateway suite runs on the embedded default: leave out --backend")
