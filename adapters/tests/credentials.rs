@@ -18,13 +18,12 @@ use adapters::provider::Credentials;
 use adapters::sync::CredentialSource;
 use adapters::vault::{MasterKey, Vault};
 use database::ReadDb;
-use domain::catalog::AppScope;
 use domain::integration::{Integration, IntegrationEvent, Status};
-use domain::testing::{as_user, connect_command};
+use domain::testing::as_user;
 use domain::{IntegrationId, Role, StreamName, Timestamp};
 use eventstore::repository::Repository;
 use eventstore::SledEventStore;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use url::Url;
 
 struct World {
@@ -46,24 +45,16 @@ impl World {
             .unwrap();
         let vault = Arc::new(Vault::new(db.clone(), MasterKey::generate()));
         let fake = FakeHubSpot::start(1, 0).await.unwrap();
-        let (access, refresh) = fake.auth.issue(&["oauth"]);
-        let mut connect = connect_command("hubspot", AppScope::Workspace, &[]);
-        let id = connect.integration;
-        let credentials = Credentials {
-            access_token: Some(SecretString::from(access)),
-            refresh_token: Some(SecretString::from(refresh)),
-            expires_at,
-            ..Credentials::default()
-        };
-        connect.credential_ref = vault.put(id, &credentials.to_secret()).await.unwrap();
-        eventstore::lifecycle::connect(
-            &repo,
-            &as_user("ada", Role::Admin),
-            connect,
-            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
-        )
-        .await
-        .unwrap();
+        let id = fake
+            .connect(
+                &repo,
+                &vault,
+                &as_user("ada", Role::Admin),
+                &["oauth"],
+                expires_at,
+            )
+            .await
+            .unwrap();
         Self {
             _dir: dir,
             repo,

@@ -18,11 +18,10 @@ use adapters::providers::{Endpoints, Providers};
 use adapters::sync::{SyncConfig, SyncWorker};
 use adapters::vault::{MasterKey, Vault};
 use database::ReadDb;
-use domain::catalog::AppScope;
 use domain::integration::{
     FieldMapping, Integration, IntegrationCommand, IntegrationEvent, Status, SyncKind,
 };
-use domain::testing::{as_user, connect_command};
+use domain::testing::as_user;
 use domain::{IntegrationId, Role, StreamName, SyncId};
 use eventstore::repository::Repository;
 use eventstore::waiting::eventually;
@@ -137,23 +136,16 @@ impl World {
         let fake = FakeHubSpot::start(contacts, 5).await.unwrap();
 
         // Connect HubSpot as the admin, with tokens the fake issued.
-        let (access, refresh) = fake.auth.issue(&["oauth", "crm.objects.contacts.read"]);
-        let mut connect = connect_command("hubspot", AppScope::Workspace, &[]);
-        let id = connect.integration;
-        let credentials = Credentials {
-            access_token: Some(SecretString::from(access)),
-            refresh_token: Some(SecretString::from(refresh)),
-            ..Credentials::default()
-        };
-        connect.credential_ref = vault.put(id, &credentials.to_secret()).await.unwrap();
-        eventstore::lifecycle::connect(
-            &repo,
-            &as_user("ada", Role::Admin),
-            connect,
-            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
-        )
-        .await
-        .unwrap();
+        let id = fake
+            .connect(
+                &repo,
+                &vault,
+                &as_user("ada", Role::Admin),
+                &["oauth", "crm.objects.contacts.read"],
+                None,
+            )
+            .await
+            .unwrap();
         let (worker, follower) = start_worker(&repo, &records, &db, &vault, &fake);
         Self {
             _dir: dir,

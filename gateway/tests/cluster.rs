@@ -18,19 +18,16 @@ use std::time::{Duration, Instant};
 
 use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
 use adapters::fakes::todoist::FakeTodoist;
-use adapters::provider::Credentials;
 use adapters::vault::{MasterKey, Vault};
 use async_nats::jetstream::{self, consumer::pull};
 use domain::aggregate::CommandContext;
-use domain::catalog::AppScope;
-use domain::testing::connect_command;
 use domain::{Caller, IntegrationId, Principal, Role, Timestamp};
 use eventstore::repository::Repository;
 use eventstore::waiting::eventually;
 use eventstore::{EventStore, JetStreamConfig, JetStreamEventStore, RecordedEvent};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 const WORKSPACES: usize = 10;
@@ -397,15 +394,6 @@ impl World {
             )
             .await
             .unwrap();
-            let (access, refresh) = self.hubspot.auth.issue(&["oauth"]);
-            let mut connect = connect_command("hubspot", AppScope::Workspace, &[]);
-            let id = connect.integration;
-            let credentials = Credentials {
-                access_token: Some(SecretString::from(access)),
-                refresh_token: Some(SecretString::from(refresh)),
-                ..Credentials::default()
-            };
-            connect.credential_ref = vault.put(id, &credentials.to_secret()).await.unwrap();
             let context = CommandContext::new(
                 Caller::User(Principal {
                     user: "admin".parse().unwrap(),
@@ -414,14 +402,11 @@ impl World {
                 }),
                 Timestamp::now(),
             );
-            eventstore::lifecycle::connect(
-                &repo,
-                &context,
-                connect,
-                eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
-            )
-            .await
-            .unwrap();
+            let id = self
+                .hubspot
+                .connect(&repo, &vault, &context, &["oauth"], None)
+                .await
+                .unwrap();
             self.targets.lock().unwrap().push(Target {
                 id,
                 workspace: workspace.clone(),
@@ -865,7 +850,11 @@ async fn a_cluster_loses_nothing_when_a_jetstream_leader_a_service_process_and_p
     );
 
     // A little more storm after the last fault, then quiet.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = world.api.tally.lock().unwrap().succeeded;
+    eventually(WAIT, "the storm goes on after the faults", || async {
+        (world.api.tally.lock().unwrap().succeeded >= before + 30).then_some(())
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.unwrap();

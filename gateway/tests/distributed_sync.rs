@@ -9,18 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
-use adapters::provider::Credentials;
 use adapters::vault::{MasterKey, Vault};
 use domain::aggregate::CommandContext;
-use domain::catalog::AppScope;
 use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, SyncKind};
-use domain::testing::connect_command;
 use domain::{Caller, IntegrationId, Principal, Role, StreamName, SyncId, Timestamp};
 use eventstore::nats_server::{unique_namespace, TestNats};
 use eventstore::repository::Repository;
 use eventstore::waiting::eventually;
 use eventstore::{JetStreamConfig, JetStreamEventStore};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use tokio::io::AsyncBufReadExt;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -85,6 +82,8 @@ struct Service {
     store: JetStreamEventStore,
     namespace: String,
     processes: Vec<Process>,
+    /// The workspace each integration is connected in.
+    workspaces: Mutex<BTreeMap<IntegrationId, String>>,
 }
 
 impl Service {
@@ -146,6 +145,7 @@ impl Service {
             store,
             namespace,
             processes,
+            workspaces: Mutex::default(),
         }
     }
 
@@ -163,41 +163,39 @@ impl Service {
         .await;
     }
 
-    /// An admin of the workspace an integration is connected in (one HubSpot a workspace).
-    fn admin(id: IntegrationId) -> CommandContext {
+    /// An admin of `workspace`.
+    fn admin(workspace: &str) -> CommandContext {
         CommandContext::new(
             Caller::User(Principal {
                 user: "ada".parse().unwrap(),
-                workspace: format!("w{}", id.as_uuid().simple()).parse().unwrap(),
+                workspace: workspace.parse().unwrap(),
                 role: Role::Admin,
             }),
             Timestamp::now(),
         )
     }
 
+    /// A HubSpot connected in a workspace of its own (one HubSpot a workspace).
     async fn connect(&self) -> IntegrationId {
-        let (access, refresh) = self.fake.auth.issue(&["oauth"]);
-        let mut connect = connect_command("hubspot", AppScope::Workspace, &[]);
-        let id = connect.integration;
-        let credentials = Credentials {
-            access_token: Some(SecretString::from(access)),
-            refresh_token: Some(SecretString::from(refresh)),
-            ..Credentials::default()
-        };
-        connect.credential_ref = self.vault.put(id, &credentials.to_secret()).await.unwrap();
-        eventstore::lifecycle::connect(
-            &self.repo,
-            &Self::admin(id),
-            connect,
-            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
-        )
-        .await
-        .unwrap();
+        let workspace = format!("w{}", uuid::Uuid::now_v7().simple());
+        let id = self
+            .fake
+            .connect(
+                &self.repo,
+                &self.vault,
+                &Self::admin(&workspace),
+                &["oauth"],
+                None,
+            )
+            .await
+            .unwrap();
+        self.workspaces.lock().unwrap().insert(id, workspace);
         id
     }
 
     async fn request(&self, id: IntegrationId) -> SyncId {
         let sync_id = SyncId::new();
+        let admin = Self::admin(&self.workspaces.lock().unwrap()[&id]);
         self.repo
             .execute::<Integration>(
                 &StreamName::integration(id),
@@ -205,7 +203,7 @@ impl Service {
                     sync_id,
                     kind: SyncKind::Full,
                 },
-                &Self::admin(id),
+                &admin,
             )
             .await
             .unwrap();

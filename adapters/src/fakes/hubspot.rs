@@ -121,6 +121,38 @@ struct AppState {
 }
 
 impl FakeHubSpot {
+    /// Connects a HubSpot integration as its OAuth flow leaves it, without the browser: tokens
+    /// this fake issued for `scopes` (the access token expiring at `expires_at`) in the vault,
+    /// and the connect in the log, made by the caller of `context`.
+    pub async fn connect(
+        &self,
+        repo: &eventstore::repository::Repository,
+        vault: &crate::vault::Vault,
+        context: &domain::aggregate::CommandContext,
+        scopes: &[&str],
+        expires_at: Option<domain::Timestamp>,
+    ) -> anyhow::Result<domain::IntegrationId> {
+        let (access, refresh) = self.auth.issue(scopes);
+        let mut connect =
+            domain::testing::connect_command("hubspot", domain::catalog::AppScope::Workspace, &[]);
+        let id = connect.integration;
+        let credentials = crate::provider::Credentials {
+            access_token: Some(secrecy::SecretString::from(access)),
+            refresh_token: Some(secrecy::SecretString::from(refresh)),
+            expires_at,
+            ..crate::provider::Credentials::default()
+        };
+        connect.credential_ref = vault.put(id, &credentials.to_secret()).await?;
+        eventstore::lifecycle::connect(
+            repo,
+            context,
+            connect,
+            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
+        )
+        .await?;
+        Ok(id)
+    }
+
     /// Starts a fake with `contacts` contacts and `companies` companies.
     pub async fn start(contacts: u64, companies: u64) -> std::io::Result<Self> {
         Self::start_on(
