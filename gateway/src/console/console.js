@@ -51,23 +51,36 @@
             say(answer.detail || "The connection could not start.");
             return;
           }
-          popup.location = answer.authorization_url;
-          say("Waiting for the provider: finish in the window that opened.");
-          if (window.EventSource) {
-            var app = form.getAttribute("data-app");
-            var reauth = form.getAttribute("data-integration");
-            var events = new EventSource("/console/events?types=IntegrationConnected,Reauthenticated");
-            var seen = function (message) {
-              var event = JSON.parse(message.data);
-              var integration = event.stream.replace("integration-", "");
-              if ((reauth && integration === reauth) || (!reauth && event.data.app === app)) {
-                events.close();
-                arrive(integration);
-              }
-            };
-            events.addEventListener("IntegrationConnected", seen);
-            events.addEventListener("Reauthenticated", seen);
+          var go = function () {
+            popup.location = answer.authorization_url;
+            say("Waiting for the provider: finish in the window that opened.");
+          };
+          if (!window.EventSource) {
+            go();
+            return;
           }
+          var app = form.getAttribute("data-app");
+          var reauth = form.getAttribute("data-integration");
+          var events = new EventSource("/console/events?types=IntegrationConnected,Reauthenticated");
+          var seen = function (message) {
+            var event = JSON.parse(message.data);
+            var integration = event.stream.replace("integration-", "");
+            if ((reauth && integration === reauth) || (!reauth && event.data.app === app)) {
+              events.close();
+              arrive(integration);
+            }
+          };
+          events.addEventListener("IntegrationConnected", seen);
+          events.addEventListener("Reauthenticated", seen);
+          // The stream starts where the log is when it opens: send the popup on only then, so
+          // that a provider answering at once cannot finish before the page listens.
+          var sent = false;
+          events.addEventListener("open", function () {
+            if (!sent) {
+              sent = true;
+              go();
+            }
+          });
         })
         .catch(function () { popup.close(); say("The connection could not start: try again."); });
     });
