@@ -18,6 +18,7 @@
 //!
 //! This crate knows nothing of HTTP, SQL or providers.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod chain;
 pub mod checkpoints;

@@ -28,6 +28,7 @@ pub enum Command {
     /// no secrets).
     Export(ExportArgs),
     /// Measure a part of the system beside the raw engine underneath it.
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
     /// Operate on the event log itself.
     #[command(subcommand)]
@@ -43,6 +44,7 @@ pub enum Command {
     Tokens(TokensCommand),
     /// Run a fake provider on loopback, speaking its real wire format: for trying the service
     /// without a provider account, and for `harmony bench sync`.
+    #[cfg(feature = "fakes")]
     #[command(subcommand)]
     FakeProvider(FakeProviderCommand),
 }

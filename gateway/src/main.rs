@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Export(args) => {
             gateway::commands::audit::export(&args, &mut std::io::stdout().lock()).await
         }
+        #[cfg(feature = "bench")]
         Command::Bench(args) => {
             gateway::commands::bench::run(&args, &mut std::io::stdout().lock()).await
         }
@@ -92,8 +93,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Projections(gateway::cli::ProjectionsCommand::Rebuild(args)) => {
             gateway::commands::read_models::rebuild(&args, &mut std::io::stdout().lock()).await
         }
+        #[cfg(feature = "fakes")]
         Command::FakeProvider(gateway::cli::FakeProviderCommand::Hubspot(args)) => {
-            gateway::commands::bench::fake_hubspot(&args).await
+            gateway::commands::fake_provider::fake_hubspot(&args).await
         }
     }
 }

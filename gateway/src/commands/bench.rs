@@ -180,31 +180,6 @@ async fn rss_child(
     Ok(())
 }
 
-/// `harmony fake-provider hubspot`.
-pub async fn fake_hubspot(args: &crate::cli::FakeHubSpotArgs) -> anyhow::Result<()> {
-    let fake =
-        adapters::fakes::hubspot::FakeHubSpot::start_on(args.contacts, args.companies, args.listen)
-            .await
-            .with_context(|| format!("while listening on {}", args.listen))?;
-    if let Some(token) = &args.accept_token {
-        fake.auth.accept(token);
-    }
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{}", fake.server.base)?;
-        stdout.flush()?;
-    }
-    eprintln!(
-        "fake HubSpot: {} contacts, {} companies; OAuth client id {}, secret {}",
-        args.contacts,
-        args.companies,
-        adapters::fakes::hubspot::CLIENT_ID,
-        adapters::fakes::hubspot::CLIENT_SECRET
-    );
-    crate::shutdown_signal().await;
-    Ok(())
-}
-
 fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,

@@ -1,11 +1,15 @@
 //! What the `harmony` commands other than `serve` do: the auditor's commands (`history`,
-//! `verify`, `export`), `bench`, `log copy`, `projections rebuild` and `vault
+//! `verify`, `export`), `bench` (feature `bench`), `fake-provider` (feature `fakes`), `log copy`, `projections rebuild` and `vault
 //! rotate-master-key`. Their command lines are in [`cli`](crate::cli); `tokens` lives with the
 //! tokens themselves in [`tokens`](crate::tokens).
 
 pub mod audit;
+#[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "bench")]
 pub mod bench_gateway;
+#[cfg(feature = "fakes")]
+pub mod fake_provider;
 pub mod log;
 pub mod read_models;
 pub mod vault;

@@ -1,0 +1,176 @@
+//! What every request handler may reach ([`AppState`]) and the workers of one process.
+
+use std::sync::Arc;
+
+use eventstore::checkpoints::Checkpoints;
+use eventstore::{EventStore, RecordLog};
+
+use crate::settings::{Backend, Settings};
+use crate::tasks::{supervise, until_ended};
+use crate::{limits, metrics, pages};
+
+/// Everything a request handler may reach: one `Clone` struct of shared handles.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn EventStore>,
+    /// Synced record changes, beside the event log on the same backend.
+    pub records: Arc<dyn RecordLog>,
+    pub backend: Backend,
+    /// The read models (Installed, the sync logs).
+    pub read: database::ReadDb,
+    /// What each projection's runner in this process is doing.
+    pub runners: Runners,
+    /// The credential vault.
+    pub vault: Arc<adapters::vault::Vault>,
+    /// The workers that react to the log: syncs, Companion actions, the scheduler.
+    pub workers: Workers,
+    /// Turns true when the service begins to shut down: open event streams end then, so that
+    /// in-flight requests can finish.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The per-token rate limit, if any.
+    pub(crate) limiter: Option<limits::Limiter>,
+    /// The event streams each token holds open.
+    pub(crate) streams: Arc<limits::Streams>,
+    /// What `/metrics` reports.
+    pub(crate) metrics: metrics::Metrics,
+    /// The signed checkpoints of the log, and the key that signs them.
+    pub checkpoints: Checkpoints,
+    /// Installed pages answered at the read model's current checkpoint.
+    pub(crate) installed_pages: Arc<pages::PageCache>,
+    /// Cookies carry `Secure`: the public base URL is https.
+    pub(crate) secure_cookies: bool,
+    /// The `Content-Security-Policy` of every page and answer.
+    pub(crate) content_security_policy: axum::http::HeaderValue,
+}
+
+/// The workers of one process.
+#[derive(Clone, Debug)]
+pub struct Workers {
+    pub sync: adapters::sync::SyncWorker,
+    pub actions: adapters::actions::ActionWorker,
+    pub scheduler: adapters::scheduler::Scheduler,
+    pub credentials: Arc<adapters::credentials::CredentialService>,
+    pub providers: adapters::providers::Providers,
+    /// Connect, reauth, test and disconnect.
+    pub connections: adapters::connections::Connections,
+    /// Commands on the log, for the API's actions.
+    pub repo: Arc<eventstore::repository::Repository>,
+}
+
+impl Workers {
+    /// The workers over a service's log, read models and vault, as `settings` configure them.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        records: Arc<dyn RecordLog>,
+        read: &database::ReadDb,
+        vault: Arc<adapters::vault::Vault>,
+        settings: &Settings,
+        redirect: url::Url,
+    ) -> Self {
+        use adapters::http::{ProviderHttp, RetryPolicy};
+        let repo = Arc::new(eventstore::repository::Repository::new(store));
+        let repo_for_api = repo.clone();
+        let config = &settings.adapters;
+        let outbound = adapters::outbound::Outbound::new(
+            settings.outbound.clone(),
+            config.trusted_endpoints(),
+        );
+        let http = ProviderHttp::new(outbound.clone(), RetryPolicy::default());
+        let providers = adapters::providers::Providers::new(&config.endpoints, &http);
+        let leases =
+            adapters::lease::Leases::new(read.clone(), adapters::lease::Leases::process_holder());
+        let credentials = Arc::new(adapters::credentials::CredentialService::new(
+            repo.clone(),
+            vault.clone(),
+            leases.clone(),
+            config.oauth.clone(),
+            outbound.trusted().clone(),
+            redirect.clone(),
+        ));
+        let connections = adapters::connections::Connections::new(
+            repo.clone(),
+            read.clone(),
+            vault.clone(),
+            providers.clone(),
+            config.oauth.clone(),
+            config.unavailable.clone(),
+            outbound.trusted().clone(),
+            redirect,
+        );
+        let sync = adapters::sync::SyncWorker::new(
+            repo.clone(),
+            records,
+            read.clone(),
+            credentials.clone(),
+            providers.clone(),
+            leases.clone(),
+            adapters::sync::SyncConfig {
+                lease_ttl: settings.sync.lease,
+                ..adapters::sync::SyncConfig::default()
+            },
+        );
+        let actions = adapters::actions::ActionWorker::new(
+            repo.clone(),
+            read.clone(),
+            vault.clone(),
+            credentials.clone(),
+            providers.clone(),
+            leases.clone(),
+        );
+        let scheduler =
+            adapters::scheduler::Scheduler::new(repo, read.clone(), leases, settings.schedule_tick);
+        Self {
+            sync,
+            actions,
+            scheduler,
+            credentials,
+            providers,
+            connections,
+            repo: repo_for_api,
+        }
+    }
+
+    /// Runs every worker until the returned handles are aborted; a worker that stops (its
+    /// log subscription failed or ended) starts again a second later.
+    pub(crate) fn spawn(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let scheduler = self.scheduler.clone();
+        let mut tasks = vec![
+            supervise("the sync worker", {
+                let sync = self.sync.clone();
+                move || {
+                    let sync = sync.clone();
+                    async move { until_ended(sync.follow().await) }
+                }
+            }),
+            supervise("the action worker", {
+                let actions = self.actions.clone();
+                move || {
+                    let actions = actions.clone();
+                    async move { until_ended(actions.follow().await) }
+                }
+            }),
+            tokio::spawn(async move { scheduler.run().await }),
+        ];
+        if self.sync.has_queue() {
+            tasks.push(supervise("taking sync work", {
+                let sync = self.sync.clone();
+                move || {
+                    let sync = sync.clone();
+                    async move { until_ended(sync.take_work().await) }
+                }
+            }));
+        }
+        tasks
+    }
+}
+
+/// What each projection's runner in this process is doing, by projection name.
+pub type Runners = Arc<
+    std::sync::Mutex<std::collections::BTreeMap<&'static str, projections::runner::RunnerState>>,
+>;
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,116 @@
+//! The service's long-running tasks and their supervisor: projections, the purge of deleted
+//! integrations, the checkpoint signer.
+
+use std::sync::Arc;
+
+use eventstore::{EventStore, RecordLog};
+
+/// Runs `task` for as long as the service runs: when it fails, the failure is logged and the
+/// task starts again a second later (the log or the database away for a while, say); when it
+/// finishes, it is done.
+pub(crate) fn supervise<F, Fut, E>(name: &'static str, mut task: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display + Send,
+{
+    tokio::spawn(async move {
+        while let Err(error) = task().await {
+            tracing::warn!(task = name, %error, "stopped; starting again in a second");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// A worker that follows the log runs for as long as the service does: its end is a failure
+/// to start again from.
+pub(crate) fn until_ended<E: std::fmt::Display>(outcome: Result<(), E>) -> Result<(), String> {
+    match outcome {
+        Ok(()) => Err("its subscription to the log ended".into()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+use crate::state::{AppState, Runners};
+
+/// Signs the heads of the streams that changed, every `every`, in one process at a time.
+pub(crate) async fn sign_checkpoints(state: AppState, every: std::time::Duration) {
+    let leases = adapters::lease::Leases::new(
+        state.read.clone(),
+        adapters::lease::Leases::process_holder(),
+    );
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match leases.try_acquire("checkpoints", every * 3).await {
+            Ok(true) => match eventstore::checkpoints::sign_new(
+                state.store.as_ref(),
+                state.checkpoints.log.as_ref(),
+                &state.checkpoints.key,
+            )
+            .await
+            {
+                Ok(0) => {}
+                Ok(signed) => tracing::debug!(signed, "signed stream heads"),
+                Err(error) => tracing::warn!(%error, "could not sign checkpoints; will retry"),
+            },
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "cannot take the checkpoint lease"),
+        }
+    }
+}
+
+/// Keeps the records log free of deleted integrations' records, and the vault free of their
+/// secrets, for as long as the service runs.
+pub(crate) fn purge_records_of_deleted_integrations(
+    store: Arc<dyn EventStore>,
+    records: Arc<dyn RecordLog>,
+    vault: Arc<adapters::vault::Vault>,
+) -> tokio::task::JoinHandle<()> {
+    supervise("purging deleted integrations", move || {
+        let (store, records, vault) = (store.clone(), records.clone(), vault.clone());
+        let shred = move |integration| {
+            let vault = vault.clone();
+            async move {
+                vault
+                    .shred(integration)
+                    .await
+                    .map(drop)
+                    .map_err(|error| eventstore::StoreError::Unavailable(error.to_string()))
+            }
+        };
+        eventstore::purge_deleted_integrations(store, records, shred)
+    })
+}
+
+/// Keeps one read model up to date while the service runs — on PostgreSQL only while this
+/// process holds its lease, waiting otherwise. An event it cannot apply stops that projection
+/// (the others go on) with an error naming the position; anything else (the log or the
+/// database away for a while, the lease lost) is retried.
+pub(crate) fn run_projection(
+    projection: projections::runner::Projection,
+    store: Arc<dyn EventStore>,
+    read: database::ReadDb,
+    runners: Runners,
+) -> tokio::task::JoinHandle<()> {
+    use projections::installed::ApplyError;
+    use projections::runner::{RunError, RunnerState};
+    supervise(projection.name(), move || {
+        let (store, read, runners) = (store.clone(), read.clone(), runners.clone());
+        async move {
+            let on_state = |state: RunnerState| {
+                if let Ok(mut runners) = runners.lock() {
+                    runners.insert(projection.name(), state);
+                }
+            };
+            match projections::runner::run_leased(projection, store, read, &on_state).await {
+                Err(RunError::Apply(error @ ApplyError::Undecodable { .. })) => {
+                    on_state(RunnerState::Stopped);
+                    tracing::error!(projection = projection.name(), %error, "projection stopped");
+                    Ok(())
+                }
+                other => other,
+            }
+        }
+    })
+}
