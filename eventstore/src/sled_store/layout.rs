@@ -1,0 +1,230 @@
+//! The log's layout on disk: the three key spaces, chunks of records, and decoding them.
+
+use super::*;
+
+pub(super) const EVENT: u8 = b'E';
+
+pub(super) const STREAM: u8 = b'S';
+
+pub(super) const ID: u8 = b'I';
+
+/// The most events one chunk holds.
+pub(super) const CHUNK_EVENTS: usize = 256;
+
+/// A chunk is closed once it holds this many bytes. Sled writes a page larger than a quarter
+/// of a segment as a separate blob file, and a leaf page holds up to 16 entries, so chunks
+/// stay small enough that a full leaf of them is well under that (see `SEGMENT_BYTES`).
+pub(super) const CHUNK_BYTES: usize = 16 * 1024;
+
+/// The part of a record that follows the fixed header (version, hash).
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredBody {
+    pub(super) id: EventId,
+    pub(super) stream: StreamName,
+    pub(super) event_type: String,
+    pub(super) schema: u32,
+    pub(super) data: String,
+    pub(super) metadata: Metadata,
+}
+
+pub(super) const HEADER: usize = 8 + 32;
+
+/// Chunk encoding: `count (u32 LE)`, `count` record lengths (u32 LE), then the records.
+pub(super) mod chunk {
+    pub(in crate::sled_store) fn encode(records: &[Vec<u8>]) -> Vec<u8> {
+        let total: usize = records.iter().map(Vec::len).sum();
+        let mut bytes = Vec::with_capacity(4 + 4 * records.len() + total);
+        bytes.extend_from_slice(&(records.len() as u32).to_le_bytes());
+        for record in records {
+            bytes.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        }
+        for record in records {
+            bytes.extend_from_slice(record);
+        }
+        bytes
+    }
+
+    /// Where each record of a chunk lies in it, or `None` if its framing is broken.
+    pub(in crate::sled_store) fn ranges(bytes: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+        let count = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let lengths = bytes.get(4..4 + 4 * count)?;
+        let mut offset = 4 + 4 * count;
+        let mut ranges = Vec::with_capacity(count);
+        for length in lengths.chunks_exact(4) {
+            let length = u32::from_le_bytes(length.try_into().ok()?) as usize;
+            bytes.get(offset..offset + length)?;
+            ranges.push(offset..offset + length);
+            offset += length;
+        }
+        Some(ranges)
+    }
+
+    /// The records of a chunk, or `None` if its framing is broken.
+    pub(in crate::sled_store) fn records(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+        Some(
+            ranges(bytes)?
+                .into_iter()
+                .map(|range| &bytes[range])
+                .collect(),
+        )
+    }
+
+    pub(in crate::sled_store) fn count(bytes: &[u8]) -> Option<u64> {
+        Some(u64::from(u32::from_le_bytes(
+            bytes.get(..4)?.try_into().ok()?,
+        )))
+    }
+}
+
+pub(super) fn event_key(position: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = EVENT;
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+pub(super) fn stream_prefix(stream: &StreamName) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.as_str().len() + 10);
+    key.push(STREAM);
+    key.extend_from_slice(stream.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+pub(super) fn stream_key(prefix: &[u8], version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 8);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+pub(super) fn id_key(id: &EventId) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = ID;
+    key[1..].copy_from_slice(id.as_uuid().as_bytes());
+    key
+}
+
+pub(super) fn read_u64(bytes: &[u8], position_hint: u64) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt {
+            position: position_hint,
+            reason: "index entry is too short".into(),
+        })?;
+    Ok(u64::from_be_bytes(array))
+}
+
+/// One entry of the stream index: an append of `count` events, versions from the key's,
+/// positions from `first_position`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StreamRun {
+    pub(super) first_version: u64,
+    pub(super) first_position: u64,
+    pub(super) count: u64,
+}
+
+impl StreamRun {
+    pub(super) fn encode(first_position: u64, count: u64) -> [u8; 12] {
+        let mut value = [0u8; 12];
+        value[..8].copy_from_slice(&first_position.to_be_bytes());
+        value[8..].copy_from_slice(&(count as u32).to_be_bytes());
+        value
+    }
+
+    pub(super) fn decode(prefix_len: usize, key: &[u8], value: &[u8]) -> Result<Self, StoreError> {
+        let first_version = read_u64(&key[prefix_len..], 0)?;
+        let first_position = read_u64(value, 0)?;
+        let count = value
+            .get(8..12)
+            .and_then(|b| b.try_into().ok())
+            .map(|b: [u8; 4]| u64::from(u32::from_be_bytes(b)))
+            .ok_or_else(|| StoreError::Corrupt {
+                position: first_position,
+                reason: "stream index entry is too short".into(),
+            })?;
+        Ok(Self {
+            first_version,
+            first_position,
+            count,
+        })
+    }
+
+    pub(super) fn last_version(&self) -> u64 {
+        self.first_version + self.count - 1
+    }
+
+    pub(super) fn last_position(&self) -> u64 {
+        self.first_position + self.count - 1
+    }
+}
+
+pub(super) fn decode(position: u64, bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    if bytes.len() < HEADER {
+        return Err(corrupt("record shorter than its header".into()));
+    }
+    let version = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let hash = ChainHash(bytes[8..HEADER].try_into().expect("32 bytes"));
+    let body: StoredBody =
+        postcard::from_bytes(&bytes[HEADER..]).map_err(|error| corrupt(error.to_string()))?;
+    Ok(RecordedEvent {
+        id: body.id,
+        stream: body.stream,
+        version,
+        position,
+        event_type: body.event_type,
+        schema: body.schema,
+        data_json: body.data,
+        metadata: body.metadata,
+        hash,
+    })
+}
+
+/// Reads records by position, keeping the last chunk it fetched, framed once.
+pub(super) struct ChunkReader<'a> {
+    log: &'a sled::Tree,
+    /// The chunk's first position, its bytes, and where each of its records lies.
+    current: Option<(u64, sled::IVec, Vec<std::ops::Range<usize>>)>,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub(super) fn new(log: &'a sled::Tree) -> Self {
+        Self { log, current: None }
+    }
+
+    /// The raw record at `position`, if stored.
+    pub(super) fn record(&mut self, position: u64) -> Result<Option<&[u8]>, StoreError> {
+        let cached = self.current.as_ref().is_some_and(|(first, _, ranges)| {
+            position >= *first && position - first < ranges.len() as u64
+        });
+        if !cached {
+            let found = self
+                .log
+                .range(event_key(0)..=event_key(position))
+                .next_back()
+                .transpose()?;
+            let Some((key, chunk)) = found else {
+                return Ok(None);
+            };
+            let first = read_u64(&key[1..], position)?;
+            let ranges = chunk::ranges(&chunk).ok_or_else(|| StoreError::Corrupt {
+                position: first,
+                reason: "chunk framing is broken".into(),
+            })?;
+            self.current = Some((first, chunk, ranges));
+        }
+        let (first, chunk, ranges) = self.current.as_ref().expect("set above");
+        Ok(ranges
+            .get((position - first) as usize)
+            .map(|range| &chunk[range.clone()]))
+    }
+
+    pub(super) fn event(&mut self, position: u64) -> Result<Option<RecordedEvent>, StoreError> {
+        match self.record(position)? {
+            Some(record) => decode(position, record).map(Some),
+            None => Ok(None),
+        }
+    }
+}

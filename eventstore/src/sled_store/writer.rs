@@ -1,0 +1,419 @@
+//! The write path: appends prepared by their callers, one writer thread batching them into
+//! one sled batch per group, and the flusher answering each group after its fsync.
+
+use super::*;
+
+/// An event made ready by the appending task: only the version and the hash are left to the
+/// writer.
+pub(super) struct PreparedEvent {
+    id: EventId,
+    /// Canonical bytes up to the version (see [`crate::chain::canonical_prefix`]).
+    canonical_prefix: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl PreparedEvent {
+    pub(super) fn record(&self, version: u64, hash: &ChainHash) -> Vec<u8> {
+        let mut record = Vec::with_capacity(HEADER + self.body.len());
+        record.extend_from_slice(&version.to_be_bytes());
+        record.extend_from_slice(&hash.0);
+        record.extend_from_slice(&self.body);
+        record
+    }
+}
+
+pub(super) fn prepare_events(
+    stream: &StreamName,
+    events: Vec<NewEvent>,
+) -> Result<Vec<PreparedEvent>, StoreError> {
+    let parts = crate::chain::canonical_batch(stream, &events)?;
+    let mut prepared = Vec::with_capacity(events.len());
+    for (
+        event,
+        crate::chain::CanonicalParts {
+            data,
+            prefix: canonical_prefix,
+        },
+    ) in events.into_iter().zip(parts)
+    {
+        let body = StoredBody {
+            id: event.id,
+            stream: stream.clone(),
+            event_type: event.event_type,
+            schema: event.schema,
+            data,
+            metadata: event.metadata,
+        };
+        let body =
+            postcard::to_stdvec(&body).map_err(|error| StoreError::Storage(error.to_string()))?;
+        prepared.push(PreparedEvent {
+            id: event.id,
+            canonical_prefix,
+            body,
+        });
+    }
+    Ok(prepared)
+}
+
+pub(super) struct AppendRequest {
+    pub(super) stream: StreamName,
+    pub(super) expected: ExpectedVersion,
+    pub(super) events: Vec<PreparedEvent>,
+    pub(super) reply: Reply,
+}
+
+/// Where an append's outcome goes.
+pub(super) type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
+
+/// What the flusher answers once the flush after it completes.
+pub(super) struct Flush {
+    /// Whether the group wrote anything (otherwise it only waits for earlier flushes).
+    wrote: bool,
+    /// The last position applied by the group.
+    last_position: u64,
+    replies: Vec<(Reply, Result<AppendResult, StoreError>)>,
+}
+
+/// State owned by the writer thread.
+pub(super) struct Writer {
+    pub(super) shared: Arc<Shared>,
+    /// Stream heads (version, last hash), loaded from the index on first use.
+    pub(super) heads: HashMap<StreamName, (u64, ChainHash)>,
+    pub(super) next_position: u64,
+}
+
+impl Shared {
+    pub(super) fn poisoned(&self) -> Option<String> {
+        self.poisoned
+            .lock()
+            .map_or_else(|_| Some("the log's state is unknown".into()), |p| p.clone())
+    }
+
+    pub(super) fn poison(&self, reason: String) {
+        tracing::error!(%reason, "event log stopped accepting appends");
+        if let Ok(mut poisoned) = self.poisoned.lock() {
+            poisoned.get_or_insert(reason);
+        }
+    }
+
+    /// The flusher: one fsync for everything queued, then the answers.
+    pub(super) fn run_flusher(&self, flushes: std::sync::mpsc::Receiver<Flush>) {
+        while let Ok(first) = flushes.recv() {
+            let mut items = vec![first];
+            items.extend(flushes.try_iter());
+            let wrote = items.iter().any(|item| item.wrote);
+            let flushed = if wrote {
+                self.db.flush().map(|_| ())
+            } else {
+                Ok(())
+            };
+            let failure = match flushed {
+                Err(error) => {
+                    let reason = format!("the log could not be made durable: {error}");
+                    self.poison(reason.clone());
+                    Some(reason)
+                }
+                Ok(()) => self.poisoned(),
+            };
+            if failure.is_none() {
+                if wrote {
+                    self.flushes.fetch_add(1, Ordering::Relaxed);
+                }
+                let head = items
+                    .iter()
+                    .map(|item| item.last_position)
+                    .max()
+                    .unwrap_or(0);
+                if head > self.durable_head.load(Ordering::Acquire) {
+                    self.durable_head.store(head, Ordering::Release);
+                    self.head_watch.send_replace(head);
+                }
+            }
+            for item in items {
+                for (reply, outcome) in item.replies {
+                    let outcome = match &failure {
+                        Some(reason) => Err(StoreError::Unavailable(reason.clone())),
+                        None => outcome,
+                    };
+                    if outcome.is_ok() {
+                        self.appends.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+        let _ = self.db.flush();
+    }
+}
+
+/// What one append of a group will write, before the group is flushed.
+pub(super) struct Prepared {
+    result: AppendResult,
+    head: (u64, ChainHash),
+}
+
+/// The writes of one group commit, gathered before they go to sled in one batch.
+#[derive(Default)]
+pub(super) struct GroupWrites {
+    batch: sled::Batch,
+    /// Records in position order, from the group's first position.
+    records: Vec<Vec<u8>>,
+    heads: HashMap<StreamName, (u64, ChainHash)>,
+    ids: HashMap<EventId, (StreamName, u64, u64)>,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, mut requests: mpsc::Receiver<AppendRequest>, max_group: usize) {
+        // Bounded, so a slow disk holds the writer back rather than letting it run ahead.
+        let (flushes, pending) = std::sync::mpsc::sync_channel::<Flush>(64);
+        let shared = self.shared.clone();
+        let flusher = std::thread::Builder::new()
+            .name("eventstore-flusher".into())
+            .spawn(move || shared.run_flusher(pending));
+        let flusher = match flusher {
+            Ok(flusher) => flusher,
+            Err(error) => {
+                self.shared
+                    .poison(format!("cannot start the flusher thread: {error}"));
+                while let Some(request) = requests.blocking_recv() {
+                    let _ = request.reply.send(Err(StoreError::Unavailable(
+                        "the event log has no flusher".into(),
+                    )));
+                }
+                return;
+            }
+        };
+        let mut group = Vec::with_capacity(max_group);
+        while let Some(first) = requests.blocking_recv() {
+            group.push(first);
+            while group.len() < max_group {
+                match requests.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            let flush = self.commit_group(&mut group);
+            if flushes.send(flush).is_err() {
+                break;
+            }
+        }
+        drop(flushes);
+        let _ = flusher.join();
+    }
+
+    pub(super) fn stream_head(
+        &mut self,
+        stream: &StreamName,
+    ) -> Result<Option<(u64, ChainHash)>, StoreError> {
+        if let Some(head) = self.heads.get(stream) {
+            return Ok(Some(*head));
+        }
+        let prefix = stream_prefix(stream);
+        let Some(entry) = self.shared.log.scan_prefix(&prefix).next_back() else {
+            return Ok(None);
+        };
+        let (key, value) = entry?;
+        let run = StreamRun::decode(prefix.len(), &key, &value)?;
+        let event = ChunkReader::new(&self.shared.log)
+            .event(run.last_position())?
+            .ok_or_else(|| StoreError::Corrupt {
+                position: run.last_position(),
+                reason: "stream head points to a missing event".into(),
+            })?;
+        let head = (run.last_version(), event.hash);
+        self.heads.insert(stream.clone(), head);
+        Ok(Some(head))
+    }
+
+    /// If the batch was stored before, the original result. An id stored as part of some other
+    /// batch is an error rather than a silent partial append.
+    pub(super) fn previous_result(
+        &self,
+        request: &AppendRequest,
+        group: &GroupWrites,
+    ) -> Result<Option<AppendResult>, StoreError> {
+        let mut reader = ChunkReader::new(&self.shared.log);
+        let mut lookup = |id: &EventId| -> Result<Option<(StreamName, u64, u64)>, StoreError> {
+            if let Some(found) = group.ids.get(id) {
+                return Ok(Some(found.clone()));
+            }
+            let Some(position) = self.shared.log.get(id_key(id))? else {
+                return Ok(None);
+            };
+            let position = read_u64(&position, 0)?;
+            let event = reader.event(position)?.ok_or_else(|| StoreError::Corrupt {
+                position,
+                reason: "id index points to a missing event".into(),
+            })?;
+            Ok(Some((event.stream, event.version, position)))
+        };
+        let mut found = Vec::with_capacity(request.events.len());
+        for event in &request.events {
+            found.push(lookup(&event.id)?);
+        }
+        if found.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let stored: Vec<_> = found.iter().flatten().collect();
+        let first = stored[0];
+        let same_batch = stored.len() == request.events.len()
+            && stored
+                .iter()
+                .enumerate()
+                .all(|(i, (stream, version, position))| {
+                    *stream == request.stream
+                        && *version == first.1 + i as u64
+                        && *position == first.2 + i as u64
+                });
+        if !same_batch {
+            let id = request
+                .events
+                .iter()
+                .zip(&found)
+                .find(|(_, found)| found.is_some())
+                .map(|(event, _)| event.id)
+                .expect("at least one id was found");
+            return Err(StoreError::IdempotencyMismatch { id });
+        }
+        let last = stored[stored.len() - 1];
+        Ok(Some(AppendResult {
+            first_version: first.1,
+            last_version: last.1,
+            first_position: first.2,
+            last_position: last.2,
+        }))
+    }
+
+    pub(super) fn prepare(
+        &mut self,
+        request: &AppendRequest,
+        group: &mut GroupWrites,
+    ) -> Result<Prepared, StoreError> {
+        if request.events.is_empty() {
+            return Err(StoreError::EmptyAppend);
+        }
+        if request.events.len() > 1 {
+            let mut ids = HashSet::with_capacity(request.events.len());
+            if let Some(repeated) = request.events.iter().find(|event| !ids.insert(event.id)) {
+                return Err(StoreError::IdempotencyMismatch { id: repeated.id });
+            }
+        }
+        let head = match group.heads.get(&request.stream) {
+            Some(head) => Some(*head),
+            None => self.stream_head(&request.stream)?,
+        };
+        if let Some(result) = self.previous_result(request, group)? {
+            let head = head.expect("a stream with stored events has a head");
+            return Ok(Prepared { result, head });
+        }
+        request
+            .expected
+            .check(&request.stream, head.map(|(version, _)| version))?;
+        let (mut version, mut hash) = head.unwrap_or((0, ChainHash::GENESIS));
+        let first_version = version + 1;
+        let first_position = self.next_position;
+        for (offset, event) in request.events.iter().enumerate() {
+            version += 1;
+            let position = first_position + offset as u64;
+            hash = link_parts(&hash, &event.canonical_prefix, version);
+            group.records.push(event.record(version, &hash));
+            group
+                .batch
+                .insert(&id_key(&event.id), &position.to_be_bytes());
+            group
+                .ids
+                .insert(event.id, (request.stream.clone(), version, position));
+        }
+        let count = request.events.len() as u64;
+        let prefix = stream_prefix(&request.stream);
+        group.batch.insert(
+            stream_key(&prefix, first_version),
+            &StreamRun::encode(first_position, count),
+        );
+        self.next_position += count;
+        Ok(Prepared {
+            result: AppendResult {
+                first_version,
+                last_version: version,
+                first_position,
+                last_position: first_position + count - 1,
+            },
+            head: (version, hash),
+        })
+    }
+
+    /// Applies a group to sled and returns what the flusher must answer once it is durable.
+    pub(super) fn commit_group(&mut self, group: &mut Vec<AppendRequest>) -> Flush {
+        if let Some(reason) = self.shared.poisoned() {
+            let replies = group
+                .drain(..)
+                .map(|r| (r.reply, Err(StoreError::Unavailable(reason.clone()))))
+                .collect();
+            return Flush {
+                wrote: false,
+                last_position: 0,
+                replies,
+            };
+        }
+        let mut writes = GroupWrites::default();
+        let start_position = self.next_position;
+        let mut outcomes = Vec::with_capacity(group.len());
+        for request in group.iter() {
+            let outcome = self.prepare(request, &mut writes);
+            if let Ok(prepared) = &outcome {
+                writes.heads.insert(request.stream.clone(), prepared.head);
+            }
+            outcomes.push(outcome.map(|prepared| prepared.result));
+        }
+        let wrote = self.next_position > start_position;
+        let mut chunk_first = start_position;
+        let mut chunk_start = 0;
+        let mut chunk_bytes = 0;
+        for (index, record) in writes.records.iter().enumerate() {
+            chunk_bytes += record.len();
+            let full = index + 1 - chunk_start == CHUNK_EVENTS || chunk_bytes >= CHUNK_BYTES;
+            if full || index + 1 == writes.records.len() {
+                writes.batch.insert(
+                    &event_key(chunk_first),
+                    chunk::encode(&writes.records[chunk_start..=index]),
+                );
+                chunk_first = start_position + index as u64 + 1;
+                chunk_start = index + 1;
+                chunk_bytes = 0;
+            }
+        }
+        let applied = if wrote {
+            self.shared.log.apply_batch(writes.batch)
+        } else {
+            Ok(())
+        };
+        match applied {
+            Ok(()) => {
+                self.heads.extend(writes.heads);
+                let replies = group
+                    .drain(..)
+                    .map(|request| request.reply)
+                    .zip(outcomes)
+                    .collect();
+                Flush {
+                    wrote,
+                    last_position: self.next_position - 1,
+                    replies,
+                }
+            }
+            Err(error) => {
+                let reason = format!("the log could not apply a group: {error}");
+                self.shared.poison(reason.clone());
+                let replies = group
+                    .drain(..)
+                    .map(|r| (r.reply, Err(StoreError::Unavailable(reason.clone()))))
+                    .collect();
+                Flush {
+                    wrote: false,
+                    last_position: 0,
+                    replies,
+                }
+            }
+        }
+    }
+}
