@@ -5,9 +5,16 @@
 //! what the app supports, and what disconnect and delete leave behind. The one rule that spans
 //! integrations — one active connection per app per scope owner — lives in
 //! [`crate::policy::WorkspacePolicy`].
+//!
+//! `handle` only dispatches: each command is decided by one function, in `connection`
+//! (connect, tests, credentials, reauth, disconnect, delete), `syncing` (syncs, mappings, the
+//! schedule) or `actions` (Companion actions); `apply` folds the events back into the state.
 
+mod actions;
 mod commands;
+mod connection;
 mod events;
+mod syncing;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -273,198 +280,6 @@ impl Integration {
         }
         actions
     }
-
-    fn connect(
-        &self,
-        command: &ConnectIntegration,
-        context: &CommandContext,
-    ) -> Result<Vec<IntegrationEvent>, DomainError> {
-        let Caller::User(principal) = &context.caller else {
-            return Err(DomainError::Forbidden(
-                "an integration is connected by a user",
-            ));
-        };
-        if self.status != Status::New {
-            return Err(DomainError::AlreadyConnected);
-        }
-        let app = catalog::app(&command.app)
-            .ok_or_else(|| DomainError::UnknownApp(command.app.clone()))?;
-        if command.scope != app.scope {
-            return Err(DomainError::ScopeMismatch {
-                app: app.name.to_owned(),
-                expected: app.scope.as_str(),
-                requested: command.scope.as_str(),
-            });
-        }
-        if !principal.role.can_write() {
-            return Err(DomainError::Forbidden("auditors have read-only access"));
-        }
-        if app.scope == AppScope::Workspace && !principal.role.manages_workspace_integrations() {
-            return Err(DomainError::Forbidden(
-                "only admins and members with the integration permission connect workspace integrations",
-            ));
-        }
-        for (name, value) in &command.setup {
-            let invalid = |reason: String| DomainError::InvalidSetup {
-                field: name.clone(),
-                reason,
-            };
-            let field = app
-                .setup_field(name)
-                .ok_or_else(|| invalid(format!("{} has no such setup field", app.name)))?;
-            if field.is_secret() {
-                return Err(invalid(
-                    "is a secret: it goes to the vault, never into the log".into(),
-                ));
-            }
-            field.kind.validate(value).map_err(invalid)?;
-        }
-        if let Some(missing) = app.setup_fields.iter().find(|field| {
-            field.required && !field.is_secret() && !command.setup.contains_key(field.name)
-        }) {
-            return Err(DomainError::InvalidSetup {
-                field: missing.name.to_owned(),
-                reason: "is required".into(),
-            });
-        }
-        let scope = match app.scope {
-            AppScope::Workspace => Scope::Workspace,
-            AppScope::Personal => Scope::Personal {
-                owner: principal.user.clone(),
-            },
-        };
-        Ok(vec![IntegrationEvent::IntegrationConnected(
-            IntegrationConnected {
-                integration: command.integration,
-                workspace: principal.workspace.clone(),
-                app: app.id.to_owned(),
-                scope,
-                setup: command.setup.clone(),
-                granted_scopes: command.granted_scopes.clone(),
-                account_label: command.account_label.clone(),
-                credential_ref: command.credential_ref.clone(),
-                token_expires_at: command.token_expires_at,
-            },
-        )])
-    }
-
-    /// The events that stop everything in flight: the pending and running syncs fail with
-    /// `code`, and open actions fail.
-    fn stop_work(&self, code: &str, message: &str, retryable: bool) -> Vec<IntegrationEvent> {
-        let mut events = Vec::new();
-        if let Some(running) = &self.running_sync {
-            events.push(IntegrationEvent::SyncFailed(SyncFailed {
-                sync_id: running.sync_id,
-                code: code.to_owned(),
-                message: message.to_owned(),
-                retryable,
-                totals: running.totals,
-            }));
-        }
-        if let Some(pending) = &self.pending_sync {
-            events.push(IntegrationEvent::SyncFailed(SyncFailed {
-                sync_id: pending.sync_id,
-                code: code.to_owned(),
-                message: message.to_owned(),
-                retryable,
-                totals: RecordCounts::default(),
-            }));
-        }
-        events
-    }
-
-    fn disconnect_events(&self, reason: &str, token_revoked: bool) -> Vec<IntegrationEvent> {
-        let mut events = self.stop_work("cancelled", "the integration was disconnected", false);
-        for action_id in self.open_actions.keys() {
-            events.push(IntegrationEvent::ActionFailed(ActionFailed {
-                action_id: *action_id,
-                error: "the integration was disconnected".into(),
-                retryable: false,
-            }));
-        }
-        events.push(IntegrationEvent::Disconnected(Disconnected {
-            reason: reason.to_owned(),
-            token_revoked,
-        }));
-        events
-    }
-
-    fn open_action(&self, action_id: ActionId) -> Result<&OpenAction, DomainError> {
-        self.open_actions
-            .get(&action_id)
-            .ok_or(DomainError::UnknownAction(action_id))
-    }
-
-    fn change_mapping(
-        &self,
-        app: &App,
-        object: &str,
-        fields: &[FieldMapping],
-        discovered_fields: Option<&[String]>,
-    ) -> Result<Vec<IntegrationEvent>, DomainError> {
-        if app.capabilities.mappings.is_empty() {
-            return Err(DomainError::Unsupported {
-                app: app.name.to_owned(),
-                capability: "field mappings",
-            });
-        }
-        let mappable = app
-            .mappable_object(object)
-            .ok_or_else(|| DomainError::UnknownObject {
-                app: app.name.to_owned(),
-                object: object.to_owned(),
-            })?;
-        if fields.is_empty() {
-            return Err(DomainError::InvalidMapping {
-                field: object.to_owned(),
-                reason: "maps no field".into(),
-            });
-        }
-        let provider_has = |field: &str| match discovered_fields {
-            Some(discovered) => discovered.iter().any(|f| f == field),
-            None => mappable.provider_fields.contains(&field),
-        };
-        let mut targets = BTreeSet::new();
-        for pair in fields {
-            if !provider_has(&pair.provider_field) {
-                return Err(DomainError::InvalidMapping {
-                    field: pair.provider_field.clone(),
-                    reason: format!("{} has no such field on {object}", app.name),
-                });
-            }
-            if !mappable
-                .harmony_fields
-                .contains(&pair.harmony_field.as_str())
-            {
-                return Err(DomainError::InvalidMapping {
-                    field: pair.harmony_field.clone(),
-                    reason: format!(
-                        "is not a field of Harmony's {} (expected one of {})",
-                        mappable.harmony_object,
-                        mappable.harmony_fields.join(", ")
-                    ),
-                });
-            }
-            if !targets.insert(pair.harmony_field.as_str()) {
-                return Err(DomainError::InvalidMapping {
-                    field: pair.harmony_field.clone(),
-                    reason: "is mapped twice".into(),
-                });
-            }
-        }
-        if self
-            .mappings
-            .get(object)
-            .is_some_and(|current| current.fields == fields)
-        {
-            return Ok(Vec::new());
-        }
-        Ok(vec![IntegrationEvent::MappingChanged(MappingChanged {
-            object: object.to_owned(),
-            version: self.mapping_version + 1,
-            fields: fields.to_vec(),
-        })])
-    }
 }
 
 impl Aggregate for Integration {
@@ -479,7 +294,7 @@ impl Aggregate for Integration {
         context: &CommandContext,
     ) -> Result<Vec<IntegrationEvent>, DomainError> {
         use IntegrationCommand as C;
-        use IntegrationEvent as E;
+        // The commands that come before the integration (and its app) exist.
         match command {
             C::Connect(connect) => return self.connect(connect, context),
             C::Abandon {
@@ -487,374 +302,102 @@ impl Aggregate for Integration {
                 owner,
                 app,
                 reason,
-            } => {
-                if !matches!(context.caller, Caller::System { .. }) {
-                    return Err(DomainError::Forbidden(
-                        "only the service itself records this",
-                    ));
-                }
-                if self.status != Status::New {
-                    return Err(DomainError::AlreadyConnected);
-                }
-                return Ok(vec![E::ConnectionAbandoned(ConnectionAbandoned {
-                    workspace: workspace.clone(),
-                    owner: owner.clone(),
-                    app: app.clone(),
-                    reason: reason.clone(),
-                })]);
-            }
+            } => return self.abandon(context, workspace, owner, app, reason),
             _ => {}
         }
         let app = self.app()?;
-        let caps = &app.capabilities;
         match command {
-            C::Connect(_) | C::Abandon { .. } => unreachable!("handled above"),
+            C::Connect(_) | C::Abandon { .. } => unreachable!("decided above"),
             C::RecordConnectionTest {
                 ok,
                 latency_ms,
                 answer,
-            } => {
-                self.authorize(context, Access::Manage)?;
-                self.ensure_active()?;
-                if !caps.test_connection {
-                    return Err(DomainError::Unsupported {
-                        app: app.name.to_owned(),
-                        capability: "connection tests",
-                    });
-                }
-                Ok(vec![E::ConnectionTested(ConnectionTested {
-                    ok: *ok,
-                    latency_ms: *latency_ms,
-                    answer: answer.clone(),
-                })])
-            }
+            } => self.record_connection_test(app, context, ok, latency_ms, answer),
             C::RecordCredentialsRefresh {
                 credential_ref,
                 expires_at,
-            } => {
-                self.authorize(context, Access::System)?;
-                self.ensure_active()?;
-                Ok(vec![E::CredentialsRefreshed(CredentialsRefreshed {
-                    credential_ref: credential_ref.clone(),
-                    expires_at: *expires_at,
-                })])
-            }
+            } => self.record_credentials_refresh(context, credential_ref, expires_at),
             C::MarkCredentialsExpired { reason, detail } => {
-                self.authorize(context, Access::System)?;
-                if self.status == Status::NeedsReauth {
-                    return Ok(Vec::new());
-                }
-                self.ensure_active()?;
-                let mut events =
-                    self.stop_work("needs_reauth", "the provider refused the credentials", true);
-                events.push(E::CredentialsExpired(CredentialsExpired {
-                    reason: *reason,
-                    detail: detail.clone(),
-                }));
-                Ok(events)
+                self.mark_credentials_expired(context, reason, detail)
             }
             C::Reauthenticate {
                 credential_ref,
                 granted_scopes,
                 expires_at,
-            } => {
-                self.authorize(context, Access::Manage)?;
-                self.ensure_not_ended()?;
-                if !caps.reauth {
-                    return Err(DomainError::Unsupported {
-                        app: app.name.to_owned(),
-                        capability: "re-authentication",
-                    });
-                }
-                Ok(vec![E::Reauthenticated(Reauthenticated {
-                    credential_ref: credential_ref.clone(),
-                    granted_scopes: granted_scopes.clone(),
-                    expires_at: *expires_at,
-                })])
-            }
-            C::RequestSync { sync_id, kind } => {
-                let trigger = match &context.caller {
-                    Caller::User(principal) => {
-                        self.authorize(context, Access::Manage)?;
-                        SyncTrigger::Manual {
-                            user: principal.user.clone(),
-                        }
-                    }
-                    Caller::System { .. } => SyncTrigger::Schedule,
-                };
-                self.ensure_active()?;
-                let supported = match kind {
-                    SyncKind::Full => caps.full_sync,
-                    SyncKind::Incremental => caps.incremental_sync,
-                };
-                if !supported {
-                    let capability = if *kind == SyncKind::Full {
-                        "full sync"
-                    } else {
-                        "incremental sync"
-                    };
-                    return Err(DomainError::Unsupported {
-                        app: app.name.to_owned(),
-                        capability,
-                    });
-                }
-                let reused = self
-                    .running_sync
-                    .as_ref()
-                    .is_some_and(|r| r.sync_id == *sync_id)
-                    || self
-                        .last_sync
-                        .as_ref()
-                        .is_some_and(|l| l.sync_id == *sync_id);
-                if reused {
-                    return Err(DomainError::SyncIdReused(*sync_id));
-                }
-                if self.pending_sync.is_some() {
-                    // Coalesced: the follow-up run already queued will pick up these changes.
-                    return Ok(Vec::new());
-                }
-                Ok(vec![E::SyncRequested(SyncRequested {
-                    sync_id: *sync_id,
-                    kind: *kind,
-                    trigger,
-                })])
-            }
-            C::StartSync { sync_id, cursor } => {
-                self.authorize(context, Access::System)?;
-                self.ensure_active()?;
-                if self.running_sync.is_some() {
-                    return Err(DomainError::SyncAlreadyRunning);
-                }
-                if self
-                    .pending_sync
-                    .as_ref()
-                    .is_none_or(|pending| pending.sync_id != *sync_id)
-                {
-                    return Err(DomainError::SyncNotRequested(*sync_id));
-                }
-                Ok(vec![E::SyncStarted(SyncStarted {
-                    sync_id: *sync_id,
-                    cursor: cursor.clone(),
-                })])
-            }
+            } => self.reauthenticate(app, context, credential_ref, granted_scopes, expires_at),
+            C::RequestSync { sync_id, kind } => self.request_sync(app, context, sync_id, kind),
+            C::StartSync { sync_id, cursor } => self.start_sync(context, sync_id, cursor),
             C::RecordSyncProgress {
                 sync_id,
                 object,
                 page,
                 counts,
                 cursor,
-            } => {
-                self.authorize(context, Access::System)?;
-                self.running(*sync_id)?;
-                Ok(vec![E::SyncProgressed(SyncProgressed {
-                    sync_id: *sync_id,
-                    object: object.clone(),
-                    page: *page,
-                    counts: *counts,
-                    cursor: cursor.clone(),
-                })])
-            }
+            } => self.record_sync_progress(context, sync_id, object, page, counts, cursor),
             C::CompleteSync {
                 sync_id,
                 duration_ms,
-            } => {
-                self.authorize(context, Access::System)?;
-                let running = self.running(*sync_id)?;
-                Ok(vec![E::SyncCompleted(SyncCompleted {
-                    sync_id: *sync_id,
-                    totals: running.totals,
-                    duration_ms: *duration_ms,
-                })])
-            }
+            } => self.complete_sync(context, sync_id, duration_ms),
             C::FailSync {
                 sync_id,
                 code,
                 message,
                 retryable,
-            } => {
-                self.authorize(context, Access::System)?;
-                let totals = match (&self.running_sync, &self.pending_sync) {
-                    (Some(running), _) if running.sync_id == *sync_id => running.totals,
-                    (_, Some(pending)) if pending.sync_id == *sync_id => RecordCounts::default(),
-                    _ => return Err(DomainError::SyncNotRunning(*sync_id)),
-                };
-                Ok(vec![E::SyncFailed(SyncFailed {
-                    sync_id: *sync_id,
-                    code: code.clone(),
-                    message: message.clone(),
-                    retryable: *retryable,
-                    totals,
-                })])
-            }
+            } => self.fail_sync(context, sync_id, code, message, retryable),
             C::ChangeMapping {
                 object,
                 fields,
                 discovered_fields,
                 expected_version,
-            } => {
-                self.authorize(context, Access::Manage)?;
-                self.ensure_not_ended()?;
-                if let Some(expected) = *expected_version {
-                    if expected != self.mapping_version {
-                        return Err(DomainError::MappingVersionMismatch {
-                            expected,
-                            current: self.mapping_version,
-                        });
-                    }
-                }
-                self.change_mapping(app, object, fields, discovered_fields.as_deref())
-            }
+            } => self.change_mapping(
+                app,
+                context,
+                object,
+                fields,
+                discovered_fields,
+                expected_version,
+            ),
             C::ChangeSyncSchedule { every_minutes } => {
-                self.authorize(context, Access::Manage)?;
-                self.ensure_not_ended()?;
-                if !caps.incremental_sync {
-                    return Err(DomainError::Unsupported {
-                        app: app.name.to_owned(),
-                        capability: "scheduled sync",
-                    });
-                }
-                if let Some(minutes) = every_minutes {
-                    if !SCHEDULE_MINUTES.contains(minutes) {
-                        return Err(DomainError::InvalidSchedule {
-                            min: *SCHEDULE_MINUTES.start(),
-                            max: *SCHEDULE_MINUTES.end(),
-                            got: *minutes,
-                        });
-                    }
-                }
-                if self.schedule_minutes == *every_minutes {
-                    return Ok(Vec::new());
-                }
-                Ok(vec![E::SyncScheduleChanged(SyncScheduleChanged {
-                    every_minutes: *every_minutes,
-                })])
+                self.change_sync_schedule(app, context, every_minutes)
             }
             C::RequestAction {
                 action_id,
                 tool,
                 arguments,
                 auto_approval,
-            } => {
-                self.authorize(context, Access::Use)?;
-                let Caller::User(principal) = &context.caller else {
-                    return Err(DomainError::Forbidden(
-                        "Companion actions are requested on behalf of a user",
-                    ));
-                };
-                self.ensure_active()?;
-                let spec = app.tool(tool).ok_or_else(|| DomainError::UnknownTool {
-                    app: app.name.to_owned(),
-                    tool: tool.clone(),
-                })?;
-                if matches!(arguments, ActionPayload::Plain(value) if !value.is_object()) {
-                    return Err(DomainError::InvalidArguments);
-                }
-                if self.open_actions.contains_key(action_id) {
-                    return Err(DomainError::ActionState {
-                        action: *action_id,
-                        state: "already requested",
-                        expected: "new",
-                    });
-                }
-                let mut events = vec![E::ActionRequested(ActionRequested {
+            } => self.request_action(app, context, action_id, tool, arguments, auto_approval),
+            C::ApproveAction { action_id, reason } => {
+                self.judge_action(context, action_id, reason, true)
+            }
+            C::RejectAction { action_id, reason } => {
+                self.judge_action(context, action_id, reason, false)
+            }
+            C::CompleteAction { action_id, result } => self.finish_action(
+                context,
+                action_id,
+                IntegrationEvent::ActionCompleted(ActionCompleted {
                     action_id: *action_id,
-                    tool: tool.clone(),
-                    arguments: arguments.clone(),
-                    sensitive: spec.sensitive,
-                    requested_by: principal.user.clone(),
-                })];
-                let approver = match (spec.sensitive, auto_approval) {
-                    (false, _) => Some(Approver::NotSensitive),
-                    (true, Some(rule_id)) => Some(Approver::Rule { rule_id: *rule_id }),
-                    (true, None) => None,
-                };
-                if let Some(by) = approver {
-                    events.push(E::ActionApproved(ActionApproved {
-                        action_id: *action_id,
-                        by,
-                        reason: None,
-                    }));
-                }
-                Ok(events)
-            }
-            C::ApproveAction { action_id, reason } | C::RejectAction { action_id, reason } => {
-                self.authorize(context, Access::Manage)?;
-                let Caller::User(principal) = &context.caller else {
-                    return Err(DomainError::Forbidden(
-                        "a person approves or rejects an action",
-                    ));
-                };
-                self.ensure_not_ended()?;
-                let action = self.open_action(*action_id)?;
-                if action.status != ActionStatus::AwaitingApproval {
-                    return Err(DomainError::ActionState {
-                        action: *action_id,
-                        state: "approved already",
-                        expected: "awaiting approval",
-                    });
-                }
-                let user = principal.user.clone();
-                Ok(vec![if matches!(command, C::ApproveAction { .. }) {
-                    E::ActionApproved(ActionApproved {
-                        action_id: *action_id,
-                        by: Approver::User { user },
-                        reason: reason.clone(),
-                    })
-                } else {
-                    E::ActionRejected(ActionRejected {
-                        action_id: *action_id,
-                        by: user,
-                        reason: reason.clone(),
-                    })
-                }])
-            }
-            C::CompleteAction { action_id, .. } | C::FailAction { action_id, .. } => {
-                self.authorize(context, Access::System)?;
-                let action = self.open_action(*action_id)?;
-                if action.status != ActionStatus::Approved {
-                    return Err(DomainError::ActionState {
-                        action: *action_id,
-                        state: "awaiting approval",
-                        expected: "approved",
-                    });
-                }
-                Ok(vec![match command {
-                    C::CompleteAction { result, .. } => E::ActionCompleted(ActionCompleted {
-                        action_id: *action_id,
-                        result: result.clone(),
-                    }),
-                    C::FailAction {
-                        error, retryable, ..
-                    } => E::ActionFailed(ActionFailed {
-                        action_id: *action_id,
-                        error: error.clone(),
-                        retryable: *retryable,
-                    }),
-                    _ => unreachable!("matched above"),
-                }])
-            }
+                    result: result.clone(),
+                }),
+            ),
+            C::FailAction {
+                action_id,
+                error,
+                retryable,
+            } => self.finish_action(
+                context,
+                action_id,
+                IntegrationEvent::ActionFailed(ActionFailed {
+                    action_id: *action_id,
+                    error: error.clone(),
+                    retryable: *retryable,
+                }),
+            ),
             C::Disconnect {
                 reason,
                 token_revoked,
-            } => {
-                self.authorize(context, Access::Manage)?;
-                self.ensure_not_ended()?;
-                Ok(self.disconnect_events(reason, *token_revoked))
-            }
-            C::Delete { secrets_shredded } => {
-                self.authorize(context, Access::Manage)?;
-                let mut events = match self.status {
-                    Status::Connected | Status::NeedsReauth => {
-                        self.disconnect_events("deleted", false)
-                    }
-                    Status::Disconnected => Vec::new(),
-                    _ => return self.ensure_active().map(|()| Vec::new()),
-                };
-                events.push(E::Deleted(Deleted {
-                    secrets_shredded: *secrets_shredded,
-                }));
-                Ok(events)
-            }
+            } => self.disconnect(context, reason, token_revoked),
+            C::Delete { secrets_shredded } => self.delete(context, secrets_shredded),
         }
     }
 
