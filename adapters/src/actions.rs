@@ -16,9 +16,14 @@
 //! rather than risk sending twice. Restarted, the worker replays from the oldest approval it
 //! had not finished, so no approved action is forgotten.
 
-use std::collections::{BTreeMap, HashMap};
+use async_trait::async_trait;
+use eventstore::follow::{Follower, InFlight};
+use eventstore::RecordedEvent;
+
+use crate::dispatch::DispatchCheckpoint;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use database::ReadDb;
 use domain::aggregate::CommandContext;
@@ -29,7 +34,6 @@ use domain::principal::Caller;
 use domain::{ActionId, DomainError, IntegrationId, StreamName, Timestamp};
 use eventstore::repository::{Repository, RepositoryError};
 use eventstore::StoreError;
-use futures::StreamExt;
 use serde_json::Value;
 
 use crate::http::ProviderError;
@@ -104,52 +108,16 @@ impl ActionWorker {
 
     /// Follows the log and performs approved actions, until the subscription ends.
     pub async fn follow(&self) -> Result<(), StoreError> {
-        let from = database::checkpoint(&self.inner.db, DISPATCH_CHECKPOINT)
+        let checkpoint = DispatchCheckpoint {
+            db: self.inner.db.clone(),
+            name: DISPATCH_CHECKPOINT,
+        };
+        let mut dispatch = Dispatch {
+            worker: self.clone(),
+            held: InFlight::default(),
+        };
+        eventstore::follow::follow(self.inner.repo.store().as_ref(), &checkpoint, &mut dispatch)
             .await
-            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
-        let mut events = self.inner.repo.store().subscribe(from + 1);
-        // Positions of approvals whose integration was not looked at to the end yet.
-        let mut open: BTreeMap<u64, IntegrationId> = BTreeMap::new();
-        let mut last_saved = from;
-        let mut last_save_at = Instant::now();
-        while let Some(event) = events.next().await {
-            let event = event?;
-            if let Some(id) = event.stream.integration_id() {
-                if event.event_type == "ActionApproved" {
-                    open.insert(event.position, id);
-                    self.kick(id);
-                }
-            }
-            let busy: Vec<IntegrationId> = self
-                .inner
-                .active
-                .lock()
-                .expect("active actions lock")
-                .keys()
-                .copied()
-                .collect();
-            open.retain(|_, id| busy.contains(id));
-            let safe = open
-                .keys()
-                .next()
-                .map_or(event.position, |first| first.saturating_sub(1));
-            if safe > last_saved && last_save_at.elapsed() >= Duration::from_millis(500) {
-                let saved = async {
-                    let mut tx = self.inner.db.begin_write().await?;
-                    tx.save_checkpoint(DISPATCH_CHECKPOINT, safe).await?;
-                    tx.commit().await
-                }
-                .await;
-                match saved {
-                    Ok(()) => last_saved = safe,
-                    Err(error) => {
-                        tracing::warn!(%error, "could not save the action dispatcher's checkpoint")
-                    }
-                }
-                last_save_at = Instant::now();
-            }
-        }
-        Ok(())
     }
 
     /// Makes sure the integration's approved actions get performed.
@@ -401,5 +369,35 @@ impl ActionWorker {
             }
         }
         Ok(())
+    }
+}
+
+/// The action worker's reading of the log: an approval gets the integration's actions
+/// performed, and stays held until the integration is idle.
+struct Dispatch {
+    worker: ActionWorker,
+    held: InFlight,
+}
+
+#[async_trait]
+impl Follower for Dispatch {
+    async fn on_event(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
+        if let Some(id) = event.stream.integration_id() {
+            if event.event_type == "ActionApproved" {
+                self.held.hold(event.position, id);
+                self.worker.kick(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn oldest_open(&mut self) -> Option<u64> {
+        let active = self
+            .worker
+            .inner
+            .active
+            .lock()
+            .expect("active actions lock");
+        self.held.oldest(|id| active.contains_key(id))
     }
 }

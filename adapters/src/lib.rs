@@ -33,6 +33,7 @@ pub mod bench;
 pub mod config;
 pub mod connections;
 pub mod credentials;
+mod dispatch;
 #[cfg(feature = "fakes")]
 pub mod fakes;
 pub mod http;

@@ -26,6 +26,7 @@ pub mod checkpoints;
 pub mod conformance;
 pub mod copy;
 mod error;
+pub mod follow;
 pub mod jetstream;
 pub mod keyfile;
 pub mod lifecycle;

@@ -19,6 +19,10 @@
 //! by the domain into one pending follow-up, which the worker starts when the run ends. A run
 //! interrupted by a crash resumes from the cursor of its last `SyncProgressed`.
 
+use eventstore::follow::{Follower, InFlight};
+use eventstore::RecordedEvent;
+
+use crate::dispatch::DispatchCheckpoint;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -225,56 +229,16 @@ impl SyncWorker {
     /// subscription ends. Restarted, it replays from the oldest request whose run had not
     /// ended, so an interrupted run resumes.
     pub async fn follow(&self) -> Result<(), StoreError> {
-        let from = database::checkpoint(&self.inner.db, DISPATCH_CHECKPOINT)
+        let checkpoint = DispatchCheckpoint {
+            db: self.inner.db.clone(),
+            name: DISPATCH_CHECKPOINT,
+        };
+        let mut dispatch = Dispatch {
+            worker: self.clone(),
+            held: InFlight::default(),
+        };
+        eventstore::follow::follow(self.inner.repo.store().as_ref(), &checkpoint, &mut dispatch)
             .await
-            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
-        let mut events = self.inner.repo.store().subscribe(from + 1);
-        // Positions of requests whose runs have not ended, by integration.
-        let mut open: BTreeMap<u64, IntegrationId> = BTreeMap::new();
-        let mut last_saved = from;
-        let mut last_save_at = Instant::now();
-        let queue = self.inner.queue.get();
-        while let Some(event) = events.next().await {
-            let event = event?;
-            let last_seen = event.position;
-            if let Some(id) = event.stream.integration_id() {
-                match (event.event_type.as_str(), queue) {
-                    // Distributed: the request becomes work on the shared queue, offered by
-                    // every process and kept once. An interrupted run's item was never
-                    // acknowledged, so it comes back by itself.
-                    ("SyncRequested", Some(queue)) => {
-                        queue.offer(&id.to_string(), &event.id.to_string()).await?;
-                    }
-                    ("SyncStarted" | "SyncProgressed", Some(_)) => {}
-                    ("SyncRequested" | "SyncStarted" | "SyncProgressed", None) => {
-                        open.insert(event.position, id);
-                        self.kick(id);
-                    }
-                    ("Disconnected" | "Deleted" | "CredentialsExpired", _) => self.cancel(id),
-                    _ => {}
-                }
-            }
-            // Forget requests whose integration is idle now.
-            let busy: Vec<IntegrationId> = self
-                .inner
-                .active
-                .lock()
-                .expect("active runs lock")
-                .keys()
-                .copied()
-                .collect();
-            open.retain(|_, id| busy.contains(id));
-            let safe = open
-                .keys()
-                .next()
-                .map_or(last_seen, |first| first.saturating_sub(1));
-            if safe > last_saved && last_save_at.elapsed() >= Duration::from_millis(500) {
-                self.save_checkpoint(safe).await;
-                last_saved = safe;
-                last_save_at = Instant::now();
-            }
-        }
-        Ok(())
     }
 
     /// Makes this worker take its runs from `queue`, shared with the service's other
@@ -357,18 +321,6 @@ impl SyncWorker {
             });
         }
         Ok(())
-    }
-
-    async fn save_checkpoint(&self, position: u64) {
-        let saved = async {
-            let mut tx = self.inner.db.begin_write().await?;
-            tx.save_checkpoint(DISPATCH_CHECKPOINT, position).await?;
-            tx.commit().await
-        }
-        .await;
-        if let Err(error) = saved {
-            tracing::warn!(%error, "could not save the sync dispatcher's checkpoint");
-        }
     }
 
     /// Makes sure the integration's pending or interrupted run gets done: starts a task for it
@@ -564,6 +516,44 @@ impl SyncWorker {
             }
             notified.await;
         }
+    }
+}
+
+/// The sync worker's reading of the log: requests start (or, distributed, offer) runs, and an
+/// ended integration's run is cancelled. A request stays held until its integration is idle,
+/// so a restart replays it and an interrupted run resumes.
+struct Dispatch {
+    worker: SyncWorker,
+    held: InFlight,
+}
+
+#[async_trait]
+impl Follower for Dispatch {
+    async fn on_event(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
+        let Some(id) = event.stream.integration_id() else {
+            return Ok(());
+        };
+        match (event.event_type.as_str(), self.worker.inner.queue.get()) {
+            // Distributed: the request becomes work on the shared queue, offered by every
+            // process and kept once. An interrupted run's item was never acknowledged, so it
+            // comes back by itself.
+            ("SyncRequested", Some(queue)) => {
+                queue.offer(&id.to_string(), &event.id.to_string()).await?;
+            }
+            ("SyncStarted" | "SyncProgressed", Some(_)) => {}
+            ("SyncRequested" | "SyncStarted" | "SyncProgressed", None) => {
+                self.held.hold(event.position, id);
+                self.worker.kick(id);
+            }
+            ("Disconnected" | "Deleted" | "CredentialsExpired", _) => self.worker.cancel(id),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn oldest_open(&mut self) -> Option<u64> {
+        let active = self.worker.inner.active.lock().expect("active runs lock");
+        self.held.oldest(|id| active.contains_key(id))
     }
 }
 

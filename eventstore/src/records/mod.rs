@@ -123,42 +123,51 @@ pub async fn purge_deleted_integrations<F, Fut>(
     also: F,
 ) -> Result<(), StoreError>
 where
-    F: Fn(domain::IntegrationId) -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
+    F: Fn(domain::IntegrationId) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
 {
-    use futures::StreamExt;
-    const SAVE_EVERY: u64 = 1024;
-    let from = records.purge_checkpoint().await? + 1;
-    let mut subscription = events.subscribe(from);
-    let mut unsaved = 0u64;
-    let mut last = from - 1;
-    loop {
-        // Save the checkpoint whenever the log goes quiet, so a restart does not reread it.
-        let next = if unsaved > 0 {
-            match tokio::time::timeout(Duration::from_secs(1), subscription.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    records.save_purge_checkpoint(last).await?;
-                    unsaved = 0;
-                    continue;
-                }
-            }
-        } else {
-            subscription.next().await
+    let checkpoint = PurgeCheckpoint(records.clone());
+    let mut purge = Purge { records, also };
+    crate::follow::follow(events.as_ref(), &checkpoint, &mut purge).await
+}
+
+/// Where the purge keeps its position: in the records log it purges.
+struct PurgeCheckpoint(Arc<dyn RecordLog>);
+
+#[async_trait]
+impl crate::follow::Checkpoint for PurgeCheckpoint {
+    async fn load(&self) -> Result<u64, StoreError> {
+        self.0.purge_checkpoint().await
+    }
+    async fn save(&self, position: u64) -> Result<(), StoreError> {
+        self.0.save_purge_checkpoint(position).await
+    }
+    fn name(&self) -> &str {
+        "purge of deleted integrations"
+    }
+}
+
+struct Purge<F> {
+    records: Arc<dyn RecordLog>,
+    also: F,
+}
+
+#[async_trait]
+impl<F, Fut> crate::follow::Follower for Purge<F>
+where
+    F: Fn(domain::IntegrationId) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
+{
+    async fn on_event(&mut self, event: &crate::RecordedEvent) -> Result<(), StoreError> {
+        let Some(integration) = event.stream.integration_id() else {
+            return Ok(());
         };
-        let Some(event) = next else { return Ok(()) };
-        let event = event?;
-        last = event.position;
-        unsaved += 1;
-        if event.event_type == "Disconnected" {
-            if let Some(integration) = event.stream.integration_id() {
-                also(integration).await?;
-            }
-        }
-        if event.event_type == "Deleted" {
-            if let Some(integration) = event.stream.integration_id() {
-                also(integration).await?;
-                let purged = records
+        match event.event_type.as_str() {
+            "Disconnected" => (self.also)(integration).await,
+            "Deleted" => {
+                (self.also)(integration).await?;
+                let purged = self
+                    .records
                     .purge_integration(
                         &event.metadata.workspace,
                         event.metadata.owner.as_ref(),
@@ -166,13 +175,9 @@ where
                     )
                     .await?;
                 tracing::info!(%integration, purged, "purged the records of a deleted integration");
-                records.save_purge_checkpoint(last).await?;
-                unsaved = 0;
+                Ok(())
             }
-        }
-        if unsaved >= SAVE_EVERY {
-            records.save_purge_checkpoint(last).await?;
-            unsaved = 0;
+            _ => Ok(()),
         }
     }
 }

@@ -1,0 +1,36 @@
+//! Where the sync and action dispatchers keep how far they followed the log: a named
+//! checkpoint in the service database (see [`eventstore::follow`]).
+
+use async_trait::async_trait;
+use database::ReadDb;
+use eventstore::StoreError;
+
+pub(crate) struct DispatchCheckpoint {
+    pub(crate) db: ReadDb,
+    pub(crate) name: &'static str,
+}
+
+#[async_trait]
+impl eventstore::follow::Checkpoint for DispatchCheckpoint {
+    async fn load(&self) -> Result<u64, StoreError> {
+        database::checkpoint(&self.db, self.name)
+            .await
+            .map_err(|error| StoreError::Unavailable(error.to_string()))
+    }
+
+    async fn save(&self, position: u64) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await.map_err(unavailable)?;
+        tx.save_checkpoint(self.name, position)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+fn unavailable(error: database::ReadDbError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
