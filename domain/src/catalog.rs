@@ -9,6 +9,7 @@ use serde::Serialize;
 
 /// Marketplace categories.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     Crm,
@@ -21,6 +22,7 @@ pub enum Category {
 
 /// Who an app's connection belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AppScope {
     /// Connected by an admin or a member with the integration permission, for the whole
@@ -41,6 +43,7 @@ impl AppScope {
 
 /// How the app proves who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AuthKind {
     /// Authorization-code flow in a popup; the scopes are requested from the provider.
@@ -54,6 +57,7 @@ pub enum AuthKind {
 
 /// The type of a setup field, which decides its validation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FieldKind {
     /// An `https://` URL, such as a Salesforce instance or a CalDAV server.
@@ -178,6 +182,7 @@ fn validate_https_url(value: &str) -> Result<(), String> {
 
 /// One field the connection flow asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetupField {
     pub name: &'static str,
     pub label: &'static str,
@@ -195,6 +200,7 @@ impl SetupField {
 
 /// A provider object that can be mapped onto a Harmony object field by field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MappableObject {
     /// The provider's object name, e.g. `contacts` or `Contact`.
     pub name: &'static str,
@@ -208,6 +214,7 @@ pub struct MappableObject {
 
 /// A tool Companion may use through this app.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CompanionTool {
     pub name: &'static str,
     pub description: &'static str,
@@ -217,6 +224,7 @@ pub struct CompanionTool {
 
 /// What a connected app can do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capabilities {
     pub test_connection: bool,
     pub reauth: bool,
@@ -232,6 +240,7 @@ pub struct Capabilities {
 
 /// One app of the Marketplace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct App {
     pub id: &'static str,
     pub name: &'static str,
@@ -689,6 +698,7 @@ pub fn app(id: &str) -> Option<&'static App> {
 
 /// An AI model Companion can use (Marketplace > Models).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Model {
     pub id: &'static str,
     pub name: &'static str,

@@ -119,6 +119,7 @@ impl Caller {
 
 /// The actor recorded on every event: `{"user": "alice"}` or `{"system": "scheduled sync"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Actor {
     User(UserId),

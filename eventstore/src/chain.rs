@@ -229,6 +229,7 @@ pub fn recompute(previous: &ChainHash, event: &RecordedEvent) -> Result<ChainHas
 
 /// The first place a chain does not hold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BrokenLink {
     pub version: u64,
     pub position: u64,

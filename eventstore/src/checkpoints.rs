@@ -352,12 +352,18 @@ pub async fn sign_new(
 
 /// What the newest checkpoint of a stream says about the stream as it is now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CheckpointCheck {
     /// The stream has not been signed yet.
     NotSigned,
     /// The stream still holds, at the signed version, the hash the service signed.
-    Holds { version: u64, signed_at: Timestamp },
+    Holds {
+        version: u64,
+        /// RFC 3339.
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        signed_at: Timestamp,
+    },
     /// It does not: the history was rewritten (or the checkpoint is not the service's).
     Broken { version: u64, reason: String },
 }

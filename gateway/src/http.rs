@@ -2,13 +2,14 @@
 //! (`/openapi.json`), the console, `/healthz`, `/readyz` and `/metrics`, and the layers every
 //! request passes (body limit, metrics, `Idempotency-Key` on the API).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
-use std::sync::Arc;
+use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -204,47 +205,89 @@ pub(crate) async fn projection_lags(state: &AppState) -> Result<(u64, Vec<Lag>),
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "Alive: the log's head and each projection's lag"),
-              (status = 503, description = "The log or the read models cannot be read")))]
+    responses((status = 200, description = "Alive: the log's head and each projection's lag", body = Health),
+              (status = 503, description = "The log or the read models cannot be read", body = Health)))]
 /// Alive and able to read the log: `{"status": "ok", "backend": "sled", "log_head": <position>,
 /// "projections": {"installed": {"position": …, "lag_events": …, "lag_seconds": …, "runner":
 /// "running"}, …}}`. A projection's lag is how many events it has still to apply and how long
 /// ago the oldest of them happened; its runner in this process is `running`, `standby` (another
 /// process holds its lease) or `stopped` (by an event it cannot apply).
-async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let (head, lags) = match projection_lags(&state).await {
         Ok(figures) => figures,
         Err(reason) => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "reason": reason })),
+                Json(Health {
+                    status: "unavailable",
+                    reason: Some(reason.to_owned()),
+                    ..Health::default()
+                }),
             );
         }
     };
-    let mut projections = serde_json::Map::new();
-    for lag in lags {
-        // Here: `running`, `standby` (another process holds the lease) or `stopped`.
-        let runner = state
-            .runners
-            .lock()
-            .ok()
-            .and_then(|runners| runners.get(lag.name).copied());
-        projections.insert(
-            lag.name.to_owned(),
-            json!({ "position": lag.position, "lag_events": lag.behind,
-                    "lag_seconds": lag.seconds, "runner": runner }),
-        );
-    }
+    let runners = state.runners.lock().ok();
+    let projections = lags
+        .into_iter()
+        .map(|lag| {
+            let runner = runners
+                .as_ref()
+                .and_then(|runners| runners.get(lag.name).copied());
+            let health = ProjectionHealth {
+                position: lag.position,
+                lag_events: lag.behind,
+                lag_seconds: lag.seconds,
+                runner,
+            };
+            (lag.name, health)
+        })
+        .collect();
     (
         StatusCode::OK,
-        Json(json!({
-            "status": "ok",
-            "backend": state.backend.name(),
-            "log_head": head,
-            "read_models": state.read.kind(),
-            "projections": projections,
-        })),
+        Json(Health {
+            status: "ok",
+            backend: Some(state.backend.name()),
+            log_head: Some(head),
+            read_models: Some(state.read.kind()),
+            projections: Some(projections),
+            reason: None,
+        }),
     )
+}
+
+/// Whether the service is alive, and how far behind the log its read models are.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok`, or `unavailable` with the `reason`.
+    status: &'static str,
+    /// `sled` or `jetstream`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<&'static str>,
+    /// The log's last position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_head: Option<u64>,
+    /// `sqlite` or `postgres`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_models: Option<&'static str>,
+    /// Each read model by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    projections: Option<BTreeMap<&'static str, ProjectionHealth>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// One read model's place behind the log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ProjectionHealth {
+    /// The last position it applied.
+    position: u64,
+    /// Events it has still to apply.
+    lag_events: u64,
+    /// How long ago the oldest of them happened.
+    lag_seconds: f64,
+    /// Its runner in this process: `running`, `standby` (another process holds its lease) or
+    /// `stopped` (by an event it cannot apply); `null` before it started.
+    runner: Option<projections::runner::RunnerState>,
 }
 
 /// How far behind the projections may be for the service to take traffic: what Installed
@@ -253,17 +296,21 @@ const READY_LAG_EVENTS: u64 = 10_000;
 const READY_LAG_SECONDS: f64 = 30.0;
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready"),
-              (status = 503, description = "Not ready: `reasons` says why")))]
+    responses((status = 200, description = "Ready", body = Readiness),
+              (status = 503, description = "Not ready: `reasons` says why", body = Readiness)))]
 /// Ready to serve: the log (sled, or NATS JetStream) and the read models' database answer,
 /// and every projection is caught up within the bound above. 503 with the reasons otherwise.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let (head, lags) = match projection_lags(&state).await {
         Ok(figures) => figures,
         Err(reason) => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "ready": false, "reasons": [reason] })),
+                Json(Readiness {
+                    ready: false,
+                    log_head: None,
+                    reasons: vec![reason.to_owned()],
+                }),
             );
         }
     };
@@ -284,8 +331,23 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({ "ready": reasons.is_empty(), "log_head": head, "reasons": reasons })),
+        Json(Readiness {
+            ready: reasons.is_empty(),
+            log_head: Some(head),
+            reasons,
+        }),
     )
+}
+
+/// Whether the service takes traffic.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Readiness {
+    ready: bool,
+    /// The log's last position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_head: Option<u64>,
+    /// Why not, when not.
+    reasons: Vec<String>,
 }
 
 #[cfg(test)]
@@ -309,7 +371,7 @@ mod tests {
             id: domain::EventId::new(),
             event_type: "ApprovalRuleRemoved".into(),
             schema: 1,
-            data: json!({ "rule_id": uuid::Uuid::nil() }),
+            data: serde_json::json!({ "rule_id": uuid::Uuid::nil() }),
             metadata: domain::Metadata {
                 workspace: "acme".parse().unwrap(),
                 owner: None,

@@ -26,6 +26,7 @@ mod state;
 mod storage;
 mod tasks;
 pub mod tokens;
+mod views;
 
 pub use app::{shutdown_signal, Application};
 pub use settings::{Backend, Settings, SyncSettings, RECORDS_MAX_AGE};

@@ -159,7 +159,7 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
 
 /// `GET /metrics`.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "application/openmetrics-text")))]
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "application/openmetrics-text")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let metrics = &state.metrics;
     match crate::http::projection_lags(&state).await {

@@ -21,6 +21,7 @@ pub(crate) const TABLE: &str = "installed";
 
 /// A row of Installed, as queries return it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstalledRow {
     pub integration_id: String,
     pub workspace: String,

@@ -231,6 +231,7 @@ pub async fn run(
 
 /// What a projection's runner is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunnerState {
     /// Waiting for the lease another process holds.

@@ -20,6 +20,7 @@ pub(crate) const PAGES: &str = "sync_run_pages";
 
 /// One run, as the sync logs show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncRun {
     pub sync_id: String,
     pub integration_id: String,
@@ -43,6 +44,7 @@ pub struct SyncRun {
 
 /// A page a run pulled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncPage {
     pub object: String,
     pub page: i64,
@@ -316,6 +318,7 @@ pub struct Filter {
 
 /// A page of runs, newest first, and the cursor of the next page if there is one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunsPage {
     pub runs: Vec<SyncRun>,
     pub next_cursor: Option<i64>,

@@ -2,6 +2,9 @@
 //! description), OpenAPI 3.1, and every path and method in it is served by the route it
 //! describes — asked without a token, each `/v1` route answers 401, never 404 or 405.
 
+use std::time::Duration;
+
+use eventstore::waiting::eventually;
 use serde_json::Value;
 
 use crate::helpers::spawn_app;
@@ -83,4 +86,235 @@ async fn every_documented_route_is_served_and_every_v1_route_is_documented_with_
         }
     }
     assert!(checked >= 33, "only {checked} operations");
+}
+
+/// Every operation that answers a body names its schema, and the service's real answers —
+/// each kind of them, from a workspace with a connected, synced integration — match the schema
+/// their operation documents for their status: a client generated from the document reads them.
+#[tokio::test]
+async fn every_answer_matches_the_schema_its_operation_documents() {
+    use adapters::fakes::hubspot::FakeHubSpot;
+    use reqwest::Method;
+
+    use crate::helpers::{connect_hubspot, spawn_app_with, use_fake_hubspot};
+
+    let hubspot = FakeHubSpot::start(3, 1).await.unwrap();
+    let base = hubspot.server.base.clone();
+    let app = spawn_app_with(|settings| use_fake_hubspot(settings, &base)).await;
+    let document: Value = app.get_json("/openapi.json", None).await;
+
+    // Every answer with a body documents what is in it.
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if status.starts_with('2') && status != "204" {
+                    let content = response["content"].as_object();
+                    assert!(
+                        content.is_some_and(|content| content
+                            .values()
+                            .all(|c| c["schema"].is_object())),
+                        "{method} {path} answers {status} without a schema: {response}"
+                    );
+                }
+            }
+        }
+    }
+
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let id = connect_hubspot(&app, &admin, "acme").await;
+    let integration = format!("/v1/workspaces/acme/integrations/{id}");
+    let (status, _) = check(
+        &app,
+        &document,
+        &admin,
+        Method::POST,
+        "/v1/workspaces/{ws}/integrations/{id}/sync",
+        &format!("{integration}/sync"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    eventually(Duration::from_secs(20), "the sync to complete", || async {
+        let runs = app
+            .get_json(&format!("{integration}/sync-logs"), Some(&admin))
+            .await;
+        (runs["runs"][0]["status"] == "completed").then_some(())
+    })
+    .await;
+    let (status, requested) = check(
+        &app,
+        &document,
+        &admin,
+        Method::POST,
+        "/v1/workspaces/{ws}/integrations/{id}/actions",
+        &format!("{integration}/actions"),
+        Some(
+            serde_json::json!({"tool": "update_contact", "arguments": {"id": "1", "properties": {"jobtitle": "CEO"}}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{requested}");
+
+    let gets = [
+        ("/v1/apps", "/v1/apps".to_owned()),
+        ("/v1/models", "/v1/models".to_owned()),
+        ("/v1/me", "/v1/me".to_owned()),
+        ("/healthz", "/healthz".to_owned()),
+        ("/readyz", "/readyz".to_owned()),
+        (
+            "/v1/workspaces/{ws}/integrations",
+            "/v1/workspaces/acme/integrations".to_owned(),
+        ),
+        ("/v1/workspaces/{ws}/integrations/{id}", integration.clone()),
+        (
+            "/v1/workspaces/{ws}/integrations/{id}/sync-logs",
+            format!("{integration}/sync-logs"),
+        ),
+        (
+            "/v1/workspaces/{ws}/integrations/{id}/history",
+            format!("{integration}/history"),
+        ),
+        (
+            "/v1/workspaces/{ws}/integrations/{id}/state",
+            format!("{integration}/state"),
+        ),
+        (
+            "/v1/workspaces/{ws}/integrations/{id}/verify",
+            format!("{integration}/verify"),
+        ),
+        (
+            "/v1/workspaces/{ws}/integrations/{id}/mappings",
+            format!("{integration}/mappings?object=contacts"),
+        ),
+        (
+            "/v1/workspaces/{ws}/integrations/{id}/actions",
+            format!("{integration}/actions"),
+        ),
+        (
+            "/v1/workspaces/{ws}/integrations/{id}/actions/{action}",
+            format!(
+                "{integration}/actions/{}",
+                requested["action_id"].as_str().unwrap()
+            ),
+        ),
+        (
+            "/v1/workspaces/{ws}/approval-rules",
+            "/v1/workspaces/acme/approval-rules".to_owned(),
+        ),
+    ];
+    for (documented, url) in &gets {
+        let (status, _) = check(&app, &document, &admin, Method::GET, documented, url, None).await;
+        assert_eq!(status, 200, "GET {url}");
+    }
+    let writes = [
+        (
+            Method::POST,
+            "/v1/workspaces/{ws}/integrations/{id}/test",
+            format!("{integration}/test"),
+            None,
+        ),
+        (
+            Method::PUT,
+            "/v1/workspaces/{ws}/integrations/{id}/schedule",
+            format!("{integration}/schedule"),
+            Some(serde_json::json!({"every_minutes": 60})),
+        ),
+        (
+            Method::PUT,
+            "/v1/workspaces/{ws}/integrations/{id}/mappings",
+            format!("{integration}/mappings"),
+            Some(serde_json::json!({"object": "contacts", "fields": [
+                {"provider_field": "email", "harmony_field": "email"},
+                {"provider_field": "firstname", "harmony_field": "first_name", "transform": "trim"}
+            ]})),
+        ),
+        (
+            Method::POST,
+            "/v1/workspaces/{ws}/approval-rules",
+            "/v1/workspaces/acme/approval-rules".to_owned(),
+            Some(serde_json::json!({"app": "hubspot", "tool": "update_contact"})),
+        ),
+        (
+            Method::POST,
+            "/v1/workspaces/{ws}/integrations/{id}/actions/{action}/approve",
+            format!(
+                "{integration}/actions/{}/approve",
+                requested["action_id"].as_str().unwrap()
+            ),
+            Some(serde_json::json!({"reason": "checked"})),
+        ),
+        (
+            Method::POST,
+            "/v1/workspaces/{ws}/integrations/{id}/reauth",
+            format!("{integration}/reauth"),
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/workspaces/{ws}/integrations/{id}/disconnect",
+            format!("{integration}/disconnect"),
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/workspaces/{ws}/integrations",
+            "/v1/workspaces/acme/integrations".to_owned(),
+            Some(serde_json::json!({"app": "hubspot"})),
+        ),
+    ];
+    for (method, documented, url, body) in writes {
+        let (status, answer) = check(
+            &app,
+            &document,
+            &admin,
+            method.clone(),
+            documented,
+            &url,
+            body,
+        )
+        .await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {url}: {status} {answer}"
+        );
+    }
+}
+
+/// Calls `url` and checks its answer against the schema `documented` names for the status it
+/// answered; returns the status and the answer.
+async fn check(
+    app: &crate::helpers::TestApp,
+    document: &Value,
+    token: &str,
+    method: reqwest::Method,
+    documented: &str,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let response = app.call(method.clone(), url, token, body).await;
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    let operation = &document["paths"][documented][method.as_str().to_lowercase()];
+    let schema =
+        &operation["responses"][status.to_string()]["content"]["application/json"]["schema"];
+    assert!(
+        schema.is_object(),
+        "{method} {documented} documents no JSON body for {status}"
+    );
+    // The schema, resolved against the whole document (its `$ref`s point into it).
+    let mut root = serde_json::Map::new();
+    root.insert("components".into(), document["components"].clone());
+    for (key, value) in schema.as_object().unwrap() {
+        root.insert(key.clone(), value.clone());
+    }
+    let validator = jsonschema::validator_for(&Value::Object(root)).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&answer)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {url} ({status}) does not match its schema: {errors:?}\n{answer}"
+    );
+    (status, answer)
 }

@@ -150,6 +150,7 @@ pub struct SyncFailed {
 
 /// A value transformation applied while mapping a field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Transform {
     Trim,
@@ -158,6 +159,7 @@ pub enum Transform {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldMapping {
     pub provider_field: String,
     pub harmony_field: String,
@@ -228,6 +230,7 @@ pub struct ActionRequested {
 
 /// Who let an action through.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Approver {
     User {

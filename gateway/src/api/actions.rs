@@ -6,11 +6,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use domain::integration::Approver;
 use domain::integration::{ActionPayload, IntegrationCommand};
 use domain::policy::{PolicyChange, PolicyCommand, WorkspacePolicy};
 use domain::{ActionId, RuleId, StreamName};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::{Body, Caller, OptionalBody, Target};
 use crate::problem::repository_problem;
@@ -44,7 +45,7 @@ fn empty_object() -> Value {
     ),
     request_body = ActionBody,
     responses(
-        (status = 202, description = "Requested: `action_id` and `status` (`awaiting_approval` or `approved`)"),
+        (status = 202, description = "Requested: `action_id` and `status` (`awaiting_approval` or `approved`)", body = Action),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -108,7 +109,7 @@ pub(super) async fn request_action(
         crate::api::IntegrationPath
     ),
     responses(
-        (status = 200, description = "The actions awaiting approval or approved and not yet performed"),
+        (status = 200, description = "The actions awaiting approval or approved and not yet performed", body = OpenActions),
         crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
@@ -116,7 +117,7 @@ pub(super) async fn request_action(
 pub(super) async fn open_actions(
     State(state): State<AppState>,
     Target { caller, id }: Target,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<OpenActions>, Problem> {
     let current = load_visible(&state, &caller, id).await?;
     let mut actions = Vec::new();
     for (action_id, action) in &current.open_actions {
@@ -125,18 +126,95 @@ pub(super) async fn open_actions(
             .show(id, &action.arguments)
             .await
             .map_err(vault_problem)?;
-        actions.push(json!({
-            "action_id": action_id.to_string(),
-            "tool": action.tool,
-            "arguments": arguments,
-            "sensitive": action.sensitive,
-            "status": match action.status {
-                domain::integration::ActionStatus::AwaitingApproval => "awaiting_approval",
-                domain::integration::ActionStatus::Approved => "approved",
+        actions.push(OpenAction {
+            action_id: action_id.to_string(),
+            tool: action.tool.clone(),
+            arguments,
+            sensitive: action.sensitive,
+            status: match action.status {
+                domain::integration::ActionStatus::AwaitingApproval => {
+                    ActionState::AwaitingApproval
+                }
+                domain::integration::ActionStatus::Approved => ActionState::Approved,
             },
-        }));
+        });
     }
-    Ok(Json(json!({ "actions": actions })))
+    Ok(Json(OpenActions { actions }))
+}
+
+/// The actions still open on an integration.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct OpenActions {
+    actions: Vec<OpenAction>,
+}
+
+/// An action awaiting approval, or approved and not yet performed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct OpenAction {
+    action_id: String,
+    tool: String,
+    /// The tool's arguments (`{"shredded": true}` once the integration's data was shredded).
+    #[schema(value_type = Object)]
+    arguments: Value,
+    /// The tool asks for approval unless a rule approves it.
+    sensitive: bool,
+    status: ActionState,
+}
+
+/// Where an action stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum ActionState {
+    #[default]
+    AwaitingApproval,
+    Approved,
+    Rejected,
+    Completed,
+    Failed,
+}
+
+impl ActionState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ActionState::AwaitingApproval => "awaiting_approval",
+            ActionState::Approved => "approved",
+            ActionState::Rejected => "rejected",
+            ActionState::Completed => "completed",
+            ActionState::Failed => "failed",
+        }
+    }
+}
+
+/// An action's whole course so far, folded from the integration's history.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub(super) struct Action {
+    action_id: String,
+    status: ActionState,
+    tool: String,
+    /// The tool's arguments (`{"shredded": true}` once the integration's data was shredded).
+    #[schema(value_type = Object)]
+    arguments: Value,
+    sensitive: bool,
+    requested_by: String,
+    /// RFC 3339.
+    requested_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approved_by: Option<Approver>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected_by: Option<String>,
+    /// Why it was rejected, when the person said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// What the provider answered, once completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    result: Option<Value>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// RFC 3339, once completed or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<String>,
 }
 
 /// One action's whole course so far, from the integration's history.
@@ -148,7 +226,7 @@ pub(super) async fn open_actions(
         crate::api::ActionPath
     ),
     responses(
-        (status = 200, description = "The action's course: status, who approved, result or error"),
+        (status = 200, description = "The action's course: status, who approved, result or error", body = Action),
         crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
@@ -157,7 +235,7 @@ pub(super) async fn get_action(
     State(state): State<AppState>,
     caller: Caller,
     Path((ws, id, action)): Path<(String, String, String)>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Action>, Problem> {
     let target = Target::resolve(caller, &ws, &id)?;
     load_visible(&state, &target.caller, target.id).await?;
     let action_id = parse_action(&action)?;
@@ -181,7 +259,7 @@ pub(super) struct DecisionBody {
     ),
     request_body = DecisionBody,
     responses(
-        (status = 200, description = "Approved: it is performed next"),
+        (status = 200, description = "Approved: it is performed next", body = Action),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -191,7 +269,7 @@ pub(super) async fn approve(
     caller: Caller,
     path: Path<(String, String, String)>,
     body: OptionalBody<DecisionBody>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Action>, Problem> {
     decide(state, caller, path, body, true).await
 }
 
@@ -205,7 +283,7 @@ pub(super) async fn approve(
     ),
     request_body = DecisionBody,
     responses(
-        (status = 200, description = "Rejected: it is never performed"),
+        (status = 200, description = "Rejected: it is never performed", body = Action),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -215,7 +293,7 @@ pub(super) async fn reject(
     caller: Caller,
     path: Path<(String, String, String)>,
     body: OptionalBody<DecisionBody>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Action>, Problem> {
     decide(state, caller, path, body, false).await
 }
 
@@ -225,7 +303,7 @@ async fn decide(
     Path((ws, id, action)): Path<(String, String, String)>,
     OptionalBody(body): OptionalBody<DecisionBody>,
     approve: bool,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Action>, Problem> {
     let target = Target::resolve(caller, &ws, &id)?;
     let action_id = parse_action(&action)?;
     let reason = body.unwrap_or_default().reason;
@@ -244,7 +322,7 @@ async fn decide(
                     format!(
                         "action {action_id} is {} already: only an action awaiting approval \
                          can be approved or rejected",
-                        past["status"].as_str().unwrap_or("finished")
+                        past.status.as_str()
                     ),
                 ));
             }
@@ -296,65 +374,68 @@ fn parse_action(text: &str) -> Result<ActionId, Problem> {
     })
 }
 
-/// An action's status, folded from the integration's history: `awaiting_approval`,
+/// An action's course, folded from the integration's history: `awaiting_approval`,
 /// `approved`, `rejected`, `completed` (with the result) or `failed` (with the error).
 async fn action_status(
     state: &AppState,
     target: &Target,
     action_id: ActionId,
-) -> Result<Value, Problem> {
+) -> Result<Action, Problem> {
+    use domain::integration::{ActionApproved, ActionFailed, ActionRejected, ActionRequested};
     let wanted = action_id.to_string();
     let events = super::audit::stream_events(state, target.id).await?;
-    let mut answer: Option<Map<String, Value>> = None;
+    let mut answer: Option<Action> = None;
     for event in events {
         let Ok(data) = event.data() else { continue };
         if data["action_id"].as_str() != Some(wanted.as_str()) {
             continue;
         }
-        let entry = answer.get_or_insert_with(|| {
-            let mut entry = Map::new();
-            entry.insert("action_id".into(), json!(wanted));
-            entry
+        let entry = answer.get_or_insert_with(|| Action {
+            action_id: wanted.clone(),
+            ..Action::default()
         });
-        let at = json!(event.metadata.occurred_at.to_string());
+        let at = event.metadata.occurred_at.to_string();
+        let undecodable = |error: serde_json::Error| {
+            tracing::error!(%error, event = %event.id, "an action's event does not decode");
+            Problem::internal()
+        };
         match event.event_type.as_str() {
             "ActionRequested" => {
-                entry.insert("tool".into(), data["tool"].clone());
-                entry.insert(
-                    "arguments".into(),
-                    shown(state, target.id, &data["arguments"]).await?,
-                );
-                entry.insert("sensitive".into(), data["sensitive"].clone());
-                entry.insert("requested_by".into(), data["requested_by"].clone());
-                entry.insert("requested_at".into(), at);
-                entry.insert("status".into(), json!("awaiting_approval"));
+                let requested: ActionRequested =
+                    serde_json::from_value(data.clone()).map_err(undecodable)?;
+                entry.tool = requested.tool;
+                entry.arguments = shown(state, target.id, &data["arguments"]).await?;
+                entry.sensitive = requested.sensitive;
+                entry.requested_by = requested.requested_by.to_string();
+                entry.requested_at = at;
+                entry.status = ActionState::AwaitingApproval;
             }
             "ActionApproved" => {
-                entry.insert("approved_by".into(), data["by"].clone());
-                entry.insert("status".into(), json!("approved"));
+                let approved: ActionApproved = serde_json::from_value(data).map_err(undecodable)?;
+                entry.approved_by = Some(approved.by);
+                entry.status = ActionState::Approved;
             }
             "ActionRejected" => {
-                entry.insert("rejected_by".into(), data["by"].clone());
-                entry.insert("reason".into(), data["reason"].clone());
-                entry.insert("status".into(), json!("rejected"));
+                let rejected: ActionRejected = serde_json::from_value(data).map_err(undecodable)?;
+                entry.rejected_by = Some(rejected.by.to_string());
+                entry.reason = rejected.reason;
+                entry.status = ActionState::Rejected;
             }
             "ActionCompleted" => {
-                entry.insert(
-                    "result".into(),
-                    shown(state, target.id, &data["result"]).await?,
-                );
-                entry.insert("finished_at".into(), at);
-                entry.insert("status".into(), json!("completed"));
+                entry.result = Some(shown(state, target.id, &data["result"]).await?);
+                entry.finished_at = Some(at);
+                entry.status = ActionState::Completed;
             }
             "ActionFailed" => {
-                entry.insert("error".into(), data["error"].clone());
-                entry.insert("finished_at".into(), at);
-                entry.insert("status".into(), json!("failed"));
+                let failed: ActionFailed = serde_json::from_value(data).map_err(undecodable)?;
+                entry.error = Some(failed.error);
+                entry.finished_at = Some(at);
+                entry.status = ActionState::Failed;
             }
             _ => {}
         }
     }
-    answer.map(Value::Object).ok_or_else(|| {
+    answer.ok_or_else(|| {
         Problem::new(
             StatusCode::NOT_FOUND,
             "unknown_action",
@@ -373,7 +454,7 @@ async fn action_status(
         crate::api::WorkspacePath
     ),
     responses(
-        (status = 200, description = "The auto-approval rules the caller can see"),
+        (status = 200, description = "The auto-approval rules the caller can see", body = Rules),
         crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
@@ -382,7 +463,7 @@ pub(super) async fn rules(
     State(state): State<AppState>,
     caller: Caller,
     Path(ws): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Rules>, Problem> {
     let principal = caller.in_workspace(&ws)?;
     let policy = state
         .workers
@@ -391,20 +472,42 @@ pub(super) async fn rules(
         .await
         .map_err(repository_problem)?
         .state;
-    let rules: Vec<Value> = policy
+    let rules = policy
         .rules
         .iter()
         .filter(|(_, rule)| rule.owner.as_ref().is_none_or(|o| *o == principal.user))
-        .map(|(rule_id, rule)| {
-            json!({
-                "rule_id": rule_id.to_string(),
-                "app": rule.app,
-                "tool": rule.tool,
-                "personal": rule.owner.is_some(),
-            })
+        .map(|(rule_id, rule)| Rule {
+            rule_id: rule_id.to_string(),
+            app: rule.app.clone(),
+            tool: rule.tool.clone(),
+            personal: rule.owner.is_some(),
         })
         .collect();
-    Ok(Json(json!({ "rules": rules })))
+    Ok(Json(Rules { rules }))
+}
+
+/// The auto-approval rules a caller can see.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Rules {
+    rules: Vec<Rule>,
+}
+
+/// A rule that approves an app's sensitive tool without asking.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Rule {
+    rule_id: String,
+    app: String,
+    tool: String,
+    /// For the caller's own personal integration of a personal app, not the workspace's.
+    personal: bool,
+}
+
+/// A rule, as added (or found already there).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct RuleAdded {
+    rule_id: String,
+    app: String,
+    tool: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -427,8 +530,8 @@ pub(super) struct RuleBody {
     ),
     request_body = RuleBody,
     responses(
-        (status = 201, description = "The rule added: `rule_id`"),
-        (status = 200, description = "The same rule existed: its `rule_id`"),
+        (status = 201, description = "The rule added: `rule_id`", body = RuleAdded),
+        (status = 200, description = "The same rule existed: its `rule_id`", body = RuleAdded),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -478,7 +581,11 @@ pub(super) async fn add_rule(
     };
     Ok((
         status,
-        Json(json!({ "rule_id": owner.to_string(), "app": body.app, "tool": body.tool })),
+        Json(RuleAdded {
+            rule_id: owner.to_string(),
+            app: body.app,
+            tool: body.tool,
+        }),
     )
         .into_response())
 }

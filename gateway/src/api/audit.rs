@@ -10,14 +10,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::{Integration, StreamName, Timestamp};
 use eventstore::RecordedEvent;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::{Caller, Target};
-use crate::commands::audit::event_json;
 use crate::problem::repository_problem;
 use crate::problem::Problem;
 use crate::service::load_visible;
+use crate::views::{EventView, StateView};
 use crate::AppState;
 
 const PAGE: usize = 1000;
@@ -66,7 +65,7 @@ pub(super) struct HistoryQuery {
         HistoryQuery
     ),
     responses(
-        (status = 200, description = "Events oldest first, each with actor, time and chain hash; `next_cursor`"),
+        (status = 200, description = "Events oldest first, each with actor, time and chain hash", body = HistoryPage),
         crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
@@ -75,7 +74,7 @@ pub(super) async fn history(
     State(state): State<AppState>,
     Target { caller, id }: Target,
     Query(query): Query<HistoryQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<HistoryPage>, Problem> {
     load_visible(&state, &caller, id).await?;
     let limit = query.limit.unwrap_or(100).clamp(1, PAGE);
     let from = query.cursor.unwrap_or(0) + 1;
@@ -85,11 +84,20 @@ pub(super) async fn history(
         .await
         .map_err(store_problem)?;
     let next_cursor = (page.len() == limit).then(|| page.last().map(|e| e.version));
-    Ok(Json(json!({
-        "integration_id": id.to_string(),
-        "events": page.iter().map(event_json).collect::<Vec<_>>(),
-        "next_cursor": next_cursor.flatten(),
-    })))
+    Ok(Json(HistoryPage {
+        integration_id: id.to_string(),
+        events: page.iter().map(EventView::from).collect(),
+        next_cursor: next_cursor.flatten(),
+    }))
+}
+
+/// A page of an integration's history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct HistoryPage {
+    integration_id: String,
+    events: Vec<EventView>,
+    /// The `cursor` of the next page; `null` on the last.
+    next_cursor: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -112,7 +120,7 @@ pub(super) struct StateQuery {
         StateQuery
     ),
     responses(
-        (status = 200, description = "`installed` (the row Installed showed then) and the whole `state`"),
+        (status = 200, description = "`installed` (the row Installed showed then) and the whole `state`", body = StateView),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -121,7 +129,7 @@ pub(super) async fn state_as_of(
     State(state): State<AppState>,
     Target { caller, id }: Target,
     Query(query): Query<StateQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<StateView>, Problem> {
     load_visible(&state, &caller, id).await?;
     let as_of = match &query.as_of {
         Some(text) => Timestamp::parse(text).map_err(|error| {
@@ -139,7 +147,7 @@ pub(super) async fn state_as_of(
         .load_as_of::<Integration>(&StreamName::integration(id), as_of)
         .await
         .map_err(repository_problem)?;
-    Ok(Json(crate::commands::audit::state_json(id, as_of, &loaded)))
+    Ok(Json(StateView::new(id, as_of, loaded)))
 }
 
 /// Checks the integration's hash chain from its first event — versions without a gap, every
@@ -153,7 +161,7 @@ pub(super) async fn state_as_of(
         crate::api::IntegrationPath
     ),
     responses(
-        (status = 200, description = "`intact`, the first `broken` link if any, and the signed `checkpoint`'s check"),
+        (status = 200, description = "`intact`, the first `broken` link if any, and the signed `checkpoint`'s check", body = Verification),
         crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
@@ -161,21 +169,36 @@ pub(super) async fn state_as_of(
 pub(super) async fn verify(
     State(state): State<AppState>,
     Target { caller, id }: Target,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Verification>, Problem> {
     load_visible(&state, &caller, id).await?;
     let verified = state
         .checkpoints
         .verify(state.store.as_ref(), &StreamName::integration(id))
         .await
         .map_err(store_problem)?;
-    Ok(Json(json!({
-        "integration_id": id.to_string(),
-        "intact": verified.is_intact(),
-        "events": verified.chain.events,
-        "head": verified.chain.head.to_hex(),
-        "broken": verified.chain.broken,
-        "checkpoint": verified.checkpoint,
-    })))
+    Ok(Json(Verification {
+        integration_id: id.to_string(),
+        intact: verified.is_intact(),
+        events: verified.chain.events,
+        head: verified.chain.head.to_hex(),
+        broken: verified.chain.broken,
+        checkpoint: verified.checkpoint,
+    }))
+}
+
+/// The check of an integration's hash chain and of its newest signed checkpoint.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Verification {
+    integration_id: String,
+    /// The chain holds, and so does the newest checkpoint (if the stream was signed yet).
+    intact: bool,
+    /// Events checked.
+    events: u64,
+    /// The last good link (hex): the stream's head when nothing is broken.
+    head: String,
+    /// The first link that does not hold.
+    broken: Option<eventstore::BrokenLink>,
+    checkpoint: eventstore::checkpoints::CheckpointCheck,
 }
 
 /// `GET /v1/workspaces/{ws}/audit/export`: the lifecycle events of every integration the
@@ -190,7 +213,7 @@ pub(super) async fn verify(
         crate::api::WorkspacePath
     ),
     responses(
-        (status = 200, description = "One event per line", content_type = "application/x-ndjson"),
+        (status = 200, description = "One event per line", body = crate::views::EventView, content_type = "application/x-ndjson"),
         crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
@@ -227,7 +250,7 @@ pub(super) async fn export(
                         .as_ref()
                         .is_none_or(|owner| *owner == principal.user);
                 if visible {
-                    serde_json::to_writer(&mut chunk, &event_json(event))
+                    serde_json::to_writer(&mut chunk, &EventView::from(event))
                         .map_err(std::io::Error::other)?;
                     chunk.push(b'\n');
                 }

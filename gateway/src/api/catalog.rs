@@ -4,7 +4,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
+use domain::catalog::{App, Model};
+use serde::Serialize;
 
 use super::Caller;
 use crate::problem::Problem;
@@ -54,25 +55,42 @@ pub(super) async fn personal_route(_caller: Caller) -> Problem {
     path = "/v1/apps",
     tag = "catalog",
     responses(
-        (status = 200, description = "Every app, with `available` and, when not, `unavailable_reason`"),
+        (status = 200, description = "Every app, with `available` and, when not, `unavailable_reason`", body = Apps),
         crate::problem::CallerRefusals
     ),
     security(("bearer" = []))
 )]
-pub(super) async fn apps(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
-    let apps: Vec<Value> = domain::catalog::apps()
+pub(super) async fn apps(State(state): State<AppState>, _caller: Caller) -> Json<Apps> {
+    let apps = domain::catalog::apps()
         .iter()
         .map(|app| {
-            let mut entry = serde_json::to_value(app).unwrap_or(Value::Null);
             let reason = state.workers.connections.unavailable(app.id);
-            entry["available"] = json!(reason.is_none());
-            if let Some(reason) = reason {
-                entry["unavailable_reason"] = json!(reason);
+            AppEntry {
+                app,
+                available: reason.is_none(),
+                unavailable_reason: reason.map(str::to_owned),
             }
-            entry
         })
         .collect();
-    Json(json!({ "apps": apps }))
+    Json(Apps { apps })
+}
+
+/// Marketplace > Apps.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Apps {
+    apps: Vec<AppEntry>,
+}
+
+/// One app of the catalog, and whether this service can connect it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct AppEntry {
+    #[serde(flatten)]
+    app: &'static App,
+    /// False for an OAuth2 app whose client this service has not been given.
+    available: bool,
+    /// Why it is not available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unavailable_reason: Option<String>,
 }
 
 /// Marketplace > Models.
@@ -81,13 +99,21 @@ pub(super) async fn apps(State(state): State<AppState>, _caller: Caller) -> Json
     path = "/v1/models",
     tag = "catalog",
     responses(
-        (status = 200, description = "The Models tab"),
+        (status = 200, description = "The Models tab", body = Models),
         crate::problem::CallerRefusals
     ),
     security(("bearer" = []))
 )]
-pub(super) async fn models(_caller: Caller) -> Json<Value> {
-    Json(json!({ "models": domain::catalog::models() }))
+pub(super) async fn models(_caller: Caller) -> Json<Models> {
+    Json(Models {
+        models: domain::catalog::models(),
+    })
+}
+
+/// Marketplace > Models.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Models {
+    models: &'static [Model],
 }
 
 /// Who the token speaks for.
@@ -96,15 +122,24 @@ pub(super) async fn models(_caller: Caller) -> Json<Value> {
     path = "/v1/me",
     tag = "catalog",
     responses(
-        (status = 200, description = "The user, workspace and role of the token"),
+        (status = 200, description = "The user, workspace and role of the token", body = Me),
         crate::problem::CallerRefusals
     ),
     security(("bearer" = []))
 )]
-pub(super) async fn me(Caller(principal, _): Caller) -> Json<Value> {
-    Json(json!({
-        "user": principal.user.to_string(),
-        "workspace": principal.workspace.to_string(),
-        "role": principal.role.to_string(),
-    }))
+pub(super) async fn me(Caller(principal, _): Caller) -> Json<Me> {
+    Json(Me {
+        user: principal.user.to_string(),
+        workspace: principal.workspace.to_string(),
+        role: principal.role.to_string(),
+    })
+}
+
+/// Who a token speaks for.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Me {
+    user: String,
+    workspace: String,
+    /// `admin`, `member` or `auditor`.
+    role: String,
 }

@@ -19,8 +19,8 @@ use serde::Deserialize;
 
 use super::caller::integration_id;
 use super::Caller;
-use crate::commands::audit::event_json;
 use crate::problem::Problem;
+use crate::views::EventView;
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -53,7 +53,7 @@ fn invalid(detail: impl Into<String>) -> Problem {
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")
     ),
     responses(
-        (status = 200, description = "Server-sent events: `id` is the log position, `event` the type, `data` the event", content_type = "text/event-stream"),
+        (status = 200, description = "Server-sent events: `id` is the log position, `event` the type, `data` the event", body = crate::views::EventView, content_type = "text/event-stream"),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -158,7 +158,7 @@ pub(crate) async fn events(
                             SseEvent::default()
                                 .id(event.position.to_string())
                                 .event(event.event_type.clone())
-                                .json_data(event_json(&event))
+                                .json_data(EventView::from(&event))
                                 .unwrap_or_else(|_| SseEvent::default().comment("unencodable")),
                         )
                     })

@@ -4,8 +4,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::Caller;
 use crate::problem::Problem;
@@ -32,7 +31,7 @@ pub(super) struct InstalledQuery {
         InstalledQuery
     ),
     responses(
-        (status = 200, description = "Marketplace > Installed: `integrations` and `next_cursor`"),
+        (status = 200, description = "Marketplace > Installed: `integrations` and `next_cursor`", body = Installed),
         crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
@@ -81,9 +80,10 @@ pub(super) async fn installed(
             .await
             .map_err(read_failed)?;
             let body = axum::body::Bytes::from(
-                serde_json::to_vec(
-                    &json!({ "integrations": page.rows, "next_cursor": page.next_cursor }),
-                )
+                serde_json::to_vec(&Installed {
+                    integrations: page.rows,
+                    next_cursor: page.next_cursor,
+                })
                 .map_err(|_| Problem::internal())?,
             );
             state.installed_pages.put(key, position, body.clone());
@@ -95,4 +95,12 @@ pub(super) async fn installed(
         body,
     )
         .into_response())
+}
+
+/// A page of Marketplace > Installed, ordered by app then integration.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Installed {
+    integrations: Vec<projections::installed::InstalledRow>,
+    /// The `cursor` of the next page; `null` on the last.
+    next_cursor: Option<String>,
 }

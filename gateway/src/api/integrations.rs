@@ -8,8 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::{Body, Caller, OptionalBody, Target};
 use crate::problem::Problem;
@@ -25,7 +24,7 @@ use crate::AppState;
         crate::api::IntegrationPath
     ),
     responses(
-        (status = 200, description = "The provider accepted the credentials"),
+        (status = 200, description = "The provider accepted the credentials", body = Tested),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -33,13 +32,48 @@ use crate::AppState;
 pub(super) async fn test(
     State(state): State<AppState>,
     Target { caller, id }: Target,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Tested>, Problem> {
     let identity = service::test(&state, &caller, id).await?;
-    Ok(Json(json!({
-        "ok": true,
-        "account_label": identity.account_label,
-        "answer": identity.answer,
-    })))
+    Ok(Json(Tested {
+        ok: true,
+        account_label: identity.account_label,
+        answer: identity.answer,
+    }))
+}
+
+/// A connection test the provider passed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Tested {
+    ok: bool,
+    /// How the provider names the connected account.
+    account_label: Option<String>,
+    /// The provider's answer in words.
+    answer: String,
+}
+
+/// An OAuth2 app's next step: the provider's consent page, to open in a popup.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Authorize {
+    authorization_url: String,
+}
+
+/// An API-key app, connected (or reauthenticated) with the key the provider just accepted.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Connected {
+    integration_id: String,
+    /// How the provider names the connected account.
+    account_label: Option<String>,
+    /// The provider's answer in words.
+    answer: String,
+}
+
+/// A reauth's answer: OAuth2 apps answer the consent page to open, API-key apps their new
+/// key's acceptance.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(super) enum Reauthenticating {
+    Authorize(Authorize),
+    Connected(Connected),
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -61,7 +95,7 @@ pub(crate) struct ReauthBody {
     ),
     request_body = ReauthBody,
     responses(
-        (status = 200, description = "OAuth2: a new `authorization_url`; API key: the new key, accepted"),
+        (status = 200, description = "OAuth2: a new `authorization_url`; API key: the new key, accepted", body = Reauthenticating),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -74,11 +108,13 @@ pub(super) async fn reauth(
 ) -> Result<Response, Problem> {
     let fields = body.unwrap_or_default().fields;
     let answer = match service::reauth(&state, &caller, &browser, id, fields).await? {
-        Connecting::Authorize(url) => json!({ "authorization_url": url.to_string() }),
-        Connecting::Connected(connected) => json!({
-            "integration_id": id.to_string(),
-            "account_label": connected.identity.account_label,
-            "answer": connected.identity.answer,
+        Connecting::Authorize(url) => Reauthenticating::Authorize(Authorize {
+            authorization_url: url.to_string(),
+        }),
+        Connecting::Connected(connected) => Reauthenticating::Connected(Connected {
+            integration_id: id.to_string(),
+            account_label: connected.identity.account_label,
+            answer: connected.identity.answer,
         }),
     };
     Ok((
@@ -97,7 +133,7 @@ pub(super) async fn reauth(
         crate::api::IntegrationPath
     ),
     responses(
-        (status = 202, description = "A full sync requested: its `sync_id`"),
+        (status = 202, description = "A full sync requested: its `sync_id`", body = SyncRequested),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -109,12 +145,21 @@ pub(super) async fn sync(
     let requested = service::request_sync(&state, &caller, id).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "sync_id": requested.sync_id.to_string(),
-            "coalesced": requested.coalesced,
-        })),
+        Json(SyncRequested {
+            sync_id: requested.sync_id.to_string(),
+            coalesced: requested.coalesced,
+        }),
     )
         .into_response())
+}
+
+/// A sync requested.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct SyncRequested {
+    /// The run that will pick up the request: the one already pending when `coalesced`.
+    sync_id: String,
+    /// A run was already pending: this request joined it.
+    coalesced: bool,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -134,7 +179,7 @@ pub(super) struct ScheduleBody {
     ),
     request_body = ScheduleBody,
     responses(
-        (status = 200, description = "The incremental-sync frequency set"),
+        (status = 200, description = "The incremental-sync frequency set", body = Schedule),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -143,7 +188,7 @@ pub(super) async fn schedule(
     State(state): State<AppState>,
     Target { caller, id }: Target,
     Body(body): Body<ScheduleBody>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Schedule>, Problem> {
     service::command(
         &state,
         &caller,
@@ -153,7 +198,16 @@ pub(super) async fn schedule(
         },
     )
     .await?;
-    Ok(Json(json!({ "every_minutes": body.every_minutes })))
+    Ok(Json(Schedule {
+        every_minutes: body.every_minutes,
+    }))
+}
+
+/// The incremental-sync frequency.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Schedule {
+    /// Minutes between incremental syncs; `null` for off.
+    every_minutes: Option<u32>,
 }
 
 /// Disconnects: the token revoked at the provider where it allows, syncs stopped, data at
@@ -166,7 +220,7 @@ pub(super) async fn schedule(
         crate::api::IntegrationPath
     ),
     responses(
-        (status = 200, description = "Disconnected; `token_revoked` says whether the provider revoked the token"),
+        (status = 200, description = "Disconnected; `token_revoked` says whether the provider revoked the token", body = Disconnected),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -174,11 +228,20 @@ pub(super) async fn schedule(
 pub(super) async fn disconnect(
     State(state): State<AppState>,
     Target { caller, id }: Target,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Disconnected>, Problem> {
     let revoked = service::disconnect(&state, &caller, id).await?;
-    Ok(Json(
-        json!({ "disconnected": true, "token_revoked": revoked }),
-    ))
+    Ok(Json(Disconnected {
+        disconnected: true,
+        token_revoked: revoked,
+    }))
+}
+
+/// A disconnect done.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Disconnected {
+    disconnected: bool,
+    /// The provider revoked the token (where it allows).
+    token_revoked: bool,
 }
 
 /// Deletes: gone from Installed, its secrets shredded, its synced records purged; its history
@@ -226,7 +289,7 @@ pub(super) struct SyncLogsQuery {
         SyncLogsQuery
     ),
     responses(
-        (status = 200, description = "Sync runs, newest first: `runs` and `next_cursor`"),
+        (status = 200, description = "Sync runs, newest first: `runs` and `next_cursor`", body = projections::sync_runs::RunsPage),
         crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
@@ -235,7 +298,7 @@ pub(super) async fn sync_logs(
     State(state): State<AppState>,
     Target { caller, id }: Target,
     Query(query): Query<SyncLogsQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<projections::sync_runs::RunsPage>, Problem> {
     let principal = &caller.0;
     let filter = projections::sync_runs::Filter {
         status: query.status,
@@ -254,9 +317,7 @@ pub(super) async fn sync_logs(
     )
     .await
     .map_err(|error| Problem::failed("cannot read the sync logs", &error))?;
-    Ok(Json(
-        json!({ "runs": page.runs, "next_cursor": page.next_cursor }),
-    ))
+    Ok(Json(page))
 }
 
 /// One integration, with the actions available now. Another user's personal integration is
@@ -269,7 +330,7 @@ pub(super) async fn sync_logs(
         crate::api::IntegrationPath
     ),
     responses(
-        (status = 200, description = "The integration as Installed shows it, with the actions available now"),
+        (status = 200, description = "The integration as Installed shows it, with the actions available now", body = projections::installed::InstalledRow),
         crate::problem::ReadRefusals
     ),
     security(("bearer" = []))
@@ -278,7 +339,7 @@ pub(super) async fn integration(
     State(state): State<AppState>,
     caller: Caller,
     Path((ws, id)): Path<(String, String)>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<projections::installed::InstalledRow>, Problem> {
     let principal = caller.in_workspace(&ws)?;
     let row = projections::installed::get(
         &state.read,
@@ -295,7 +356,7 @@ pub(super) async fn integration(
             format!("no integration {id} here"),
         )
     })?;
-    Ok(Json(json!(row)))
+    Ok(Json(row))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -317,8 +378,8 @@ pub(super) struct ConnectBody {
     ),
     request_body = ConnectBody,
     responses(
-        (status = 201, description = "An API-key app, connected: `integration_id`, `account_label`"),
-        (status = 200, description = "An OAuth2 app: the `authorization_url` to open in a popup"),
+        (status = 201, description = "An API-key app, connected: `integration_id`, `account_label`", body = Connected),
+        (status = 200, description = "An OAuth2 app: the `authorization_url` to open in a popup", body = Authorize),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -335,16 +396,18 @@ pub(super) async fn connect(
         match service::connect(&state, &caller, &browser, &body.app, body.fields).await? {
             Connecting::Connected(connected) => (
                 StatusCode::CREATED,
-                Json(json!({
-                    "integration_id": connected.integration.to_string(),
-                    "account_label": connected.identity.account_label,
-                    "answer": connected.identity.answer,
-                })),
+                Json(Connected {
+                    integration_id: connected.integration.to_string(),
+                    account_label: connected.identity.account_label,
+                    answer: connected.identity.answer,
+                }),
             )
                 .into_response(),
             Connecting::Authorize(url) => (
                 [(axum::http::header::SET_COOKIE, browser.cookie())],
-                Json(json!({ "authorization_url": url.to_string() })),
+                Json(Authorize {
+                    authorization_url: url.to_string(),
+                }),
             )
                 .into_response(),
         },

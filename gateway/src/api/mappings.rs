@@ -6,8 +6,7 @@
 use axum::extract::{Query, State};
 use axum::Json;
 use domain::integration::{FieldMapping, Transform};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::{Body, Target};
 use crate::problem::connect_problem;
@@ -34,7 +33,7 @@ pub(super) struct MappingsQuery {
         MappingsQuery
     ),
     responses(
-        (status = 200, description = "The mapping `version`, each mappable object with its fields, and the provider's fields when `object` is given"),
+        (status = 200, description = "The mapping `version`, each mappable object with its fields, and the provider's fields when `object` is given", body = Mappings),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -43,30 +42,34 @@ pub(super) async fn get_mappings(
     State(state): State<AppState>,
     Target { caller, id }: Target,
     Query(query): Query<MappingsQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Mappings>, Problem> {
     let current = load_visible(&state, &caller, id).await?;
     let app = current
         .profile
         .as_ref()
         .and_then(|profile| domain::catalog::app(&profile.app))
         .ok_or_else(|| crate::service::not_found(id))?;
-    let objects: Vec<Value> = app
+    let objects = app
         .capabilities
         .mappings
         .iter()
         .map(|object| {
             let mapped = current.mappings.get(object.name);
-            json!({
-                "object": object.name,
-                "harmony_object": object.harmony_object,
-                "harmony_fields": object.harmony_fields,
-                "standard_fields": object.provider_fields,
-                "version": mapped.map(|m| m.version),
-                "fields": mapped.map_or_else(Vec::new, |m| m.fields.clone()),
-            })
+            ObjectMapping {
+                object: object.name,
+                harmony_object: object.harmony_object,
+                harmony_fields: object.harmony_fields,
+                standard_fields: object.provider_fields,
+                version: mapped.map(|m| m.version),
+                fields: mapped.map_or_else(Vec::new, |m| m.fields.clone()),
+            }
         })
         .collect();
-    let mut answer = json!({ "version": current.mapping_version, "objects": objects });
+    let mut answer = Mappings {
+        version: current.mapping_version,
+        objects,
+        provider_fields: None,
+    };
     if let Some(object) = query.object {
         let fields = state
             .workers
@@ -79,9 +82,53 @@ pub(super) async fn get_mappings(
             )
             .await
             .map_err(connect_problem)?;
-        answer["provider_fields"] = json!({ "object": object, "fields": fields });
+        answer.provider_fields = Some(ProviderFields { object, fields });
     }
     Ok(Json(answer))
+}
+
+/// An integration's field mappings.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Mappings {
+    /// Counts every mapping change of the integration, across objects: give it back as
+    /// `expected_version` to refuse a change made meanwhile.
+    version: u32,
+    objects: Vec<ObjectMapping>,
+    /// With `?object=`: that object's fields as the provider lists them now, custom fields
+    /// included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider_fields: Option<ProviderFields>,
+}
+
+/// A provider object that maps onto a Harmony object, and its mapping now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct ObjectMapping {
+    /// The provider's object, e.g. `contacts`.
+    object: &'static str,
+    harmony_object: &'static str,
+    /// The Harmony fields a provider field may be mapped onto.
+    harmony_fields: &'static [&'static str],
+    /// The provider's standard fields.
+    standard_fields: &'static [&'static str],
+    /// The mapping version that last changed this object; `null` while it has the default.
+    version: Option<u32>,
+    fields: Vec<FieldMapping>,
+}
+
+/// A provider object's fields, as the provider lists them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct ProviderFields {
+    object: String,
+    fields: Vec<String>,
+}
+
+/// One object's mapping, as just replaced.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Mapping {
+    object: String,
+    /// The integration's new mapping version.
+    version: u32,
+    fields: Vec<FieldMapping>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -116,7 +163,7 @@ pub(super) struct MappingBody {
     ),
     request_body = MappingBody,
     responses(
-        (status = 200, description = "The object's mapping replaced: the new `version`"),
+        (status = 200, description = "The object's mapping replaced: the new `version`", body = Mapping),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -125,7 +172,7 @@ pub(super) async fn put_mapping(
     State(state): State<AppState>,
     Target { caller, id }: Target,
     Body(body): Body<MappingBody>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Mapping>, Problem> {
     let fields: Vec<FieldMapping> = body
         .fields
         .into_iter()
@@ -148,9 +195,9 @@ pub(super) async fn put_mapping(
         )
         .await
         .map_err(connect_problem)?;
-    Ok(Json(json!({
-        "object": body.object,
-        "version": version,
-        "fields": fields,
-    })))
+    Ok(Json(Mapping {
+        object: body.object,
+        version,
+        fields,
+    }))
 }

@@ -31,8 +31,8 @@ pub(super) struct CallbackQuery {
         CallbackQuery
     ),
     responses(
-        (status = 200, description = "Connected: a page that tells its opener and closes itself", content_type = "text/html"),
-        (status = 400, description = "Not connected: the page says why", content_type = "text/html")
+        (status = 200, description = "Connected: a page that tells its opener and closes itself", body = String, content_type = "text/html"),
+        (status = 400, description = "Not connected: the page says why", body = String, content_type = "text/html")
     ),
 )]
 pub(super) async fn oauth_callback(

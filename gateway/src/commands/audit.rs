@@ -8,51 +8,14 @@ use anyhow::Context;
 use domain::{Integration, IntegrationId, StreamName, Timestamp, WorkspaceId};
 use eventstore::checkpoints::CheckpointCheck;
 use eventstore::repository::Repository;
-use eventstore::{EventStore, RecordedEvent};
-use serde_json::{json, Value};
+use eventstore::EventStore;
+use serde_json::json;
 
 use crate::cli::{ExportArgs, HistoryArgs, StorageArgs, VerifyArgs};
+use crate::views::{EventView, StateView};
 use crate::{open_checkpoints, open_logs, Logs};
 
 const PAGE: usize = 1000;
-
-/// One event as auditors read it: what happened, to which stream, who did it and when, and
-/// its link in the hash chain.
-pub(crate) fn event_json(event: &RecordedEvent) -> Value {
-    json!({
-        "id": event.id.to_string(),
-        "stream": event.stream.as_str(),
-        "version": event.version,
-        "position": event.position,
-        "type": event.event_type,
-        "schema": event.schema,
-        "occurred_at": event.metadata.occurred_at.to_string(),
-        "actor": event.metadata.actor,
-        "workspace": event.metadata.workspace.as_str(),
-        "owner": event.metadata.owner.as_ref().map(|o| o.as_str()),
-        "correlation_id": event.metadata.correlation_id.to_string(),
-        "causation_id": event.metadata.causation_id.map(|c| c.to_string()),
-        "data": event.data().unwrap_or(Value::Null),
-        "hash": event.hash.to_hex(),
-    })
-}
-
-/// An integration's state as of a moment, as auditors read it: `installed` is the row
-/// Installed showed then (`null` when it had none), `state` the whole folded state.
-pub(crate) fn state_json(
-    id: IntegrationId,
-    as_of: Timestamp,
-    loaded: &eventstore::repository::Loaded<Integration>,
-) -> Value {
-    json!({
-        "integration_id": id.to_string(),
-        "as_of": as_of.to_string(),
-        "version": loaded.version,
-        "hash": loaded.hash.to_hex(),
-        "installed": projections::installed::row_of(&loaded.state),
-        "state": loaded.state,
-    })
-}
 
 async fn open(storage: &StorageArgs) -> anyhow::Result<Logs> {
     if storage.nats_url.is_none() && !storage.data_dir.join("log").is_dir() {
@@ -96,9 +59,9 @@ pub async fn history(args: &HistoryArgs, out: &mut dyn Write) -> anyhow::Result<
             .load_as_of::<Integration>(&stream, as_of)
             .await
             .context("while folding the history")?;
-        let state = state_json(id, as_of, &loaded);
+        let state = StateView::new(id, as_of, loaded);
         if args.json {
-            writeln!(out, "{state}")?;
+            writeln!(out, "{}", serde_json::to_string(&state)?)?;
         } else {
             writeln!(out, "{}", serde_json::to_string_pretty(&state)?)?;
         }
@@ -112,7 +75,7 @@ pub async fn history(args: &HistoryArgs, out: &mut dyn Write) -> anyhow::Result<
         let page = logs.store.read_stream(&stream, from, PAGE).await?;
         for event in &page {
             if args.json {
-                writeln!(out, "{}", event_json(event))?;
+                writeln!(out, "{}", serde_json::to_string(&EventView::from(event))?)?;
             } else {
                 writeln!(
                     out,
@@ -256,7 +219,7 @@ pub async fn export(args: &ExportArgs, out: &mut dyn Write) -> anyhow::Result<()
                 && e.metadata.workspace == workspace
                 && e.stream.integration_id().is_some()
         }) {
-            writeln!(out, "{}", event_json(event))?;
+            writeln!(out, "{}", serde_json::to_string(&EventView::from(event))?)?;
             exported += 1;
         }
         from = last + 1;
