@@ -23,7 +23,7 @@ impl std::fmt::Debug for Application {
 }
 
 use crate::settings::{Backend, Settings};
-use crate::state::{AppState, Runners, Workers};
+use crate::state::{AppState, Runners, Shared, Workers};
 use crate::storage::{
     create_private_dir, master_key_path, open_checkpoints, open_logs, open_read_db, Logs,
 };
@@ -48,6 +48,15 @@ impl Application {
             jetstream,
         } = logs;
         let read = open_read_db(settings.database_url.as_deref(), &settings.data_dir).await?;
+        // Tokens found live are kept while no revocation is announced; only a SQLite database
+        // (one machine) has the mark that announces them.
+        let revocations = match read {
+            database::ReadDb::Sqlite(_) => Some(
+                crate::tokens::RevocationMark::open(&settings.data_dir)
+                    .context("while opening the token revocation mark")?,
+            ),
+            database::ReadDb::Postgres(_) => None,
+        };
         let keys = adapters::vault::Keyring::load_or_create(&master_key_path(&settings.data_dir))
             .context("while opening the credential vault")?;
         let vault = Arc::new(adapters::vault::Vault::with_keyring(read.clone(), keys));
@@ -82,7 +91,7 @@ impl Application {
         }
         Ok(Self {
             listener,
-            state: AppState {
+            state: AppState::new(Shared {
                 store,
                 records,
                 backend,
@@ -91,6 +100,7 @@ impl Application {
                 vault,
                 workers,
                 closing: Arc::new(tokio::sync::watch::channel(false).0),
+                tokens: crate::tokens::TokenCache::new(revocations),
                 limiter: settings.rate_limit.map(limits::Limiter::new),
                 streams: Arc::new(limits::Streams::new(settings.max_streams_per_token)),
                 metrics: metrics::Metrics::new(),
@@ -109,7 +119,7 @@ impl Application {
                         .map(|client| client.authorize_url.clone())
                         .collect::<Vec<_>>(),
                 ),
-            },
+            }),
             checkpoint_every: settings.checkpoint_every,
             run_workers: settings.run_workers,
         })

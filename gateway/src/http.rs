@@ -405,7 +405,7 @@ mod tests {
             &settings,
             url::Url::parse("http://127.0.0.1/").unwrap(),
         );
-        let app = router(AppState {
+        let app = router(AppState::new(crate::Shared {
             store,
             records,
             backend: crate::Backend::Sled,
@@ -414,6 +414,7 @@ mod tests {
             vault,
             workers,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
+            tokens: crate::tokens::TokenCache::new(None),
             limiter: None,
             streams: Arc::new(crate::limits::Streams::new(8)),
             metrics: crate::metrics::Metrics::new(),
@@ -427,7 +428,7 @@ mod tests {
             installed_pages: Arc::default(),
             secure_cookies: false,
             content_security_policy: content_security_policy(&[]),
-        });
+        }));
         let response = app
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
             .await

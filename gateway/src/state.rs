@@ -9,9 +9,27 @@ use crate::settings::{Backend, Settings};
 use crate::tasks::{supervise, until_ended};
 use crate::{limits, metrics, pages};
 
-/// Everything a request handler may reach: one `Clone` struct of shared handles.
+/// Everything a request handler may reach, behind one `Arc`: every layer and extractor of
+/// every request clones it, so a clone is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The handles an [`AppState`] shares.
+pub struct Shared {
     pub store: Arc<dyn EventStore>,
     /// Synced record changes, beside the event log on the same backend.
     pub records: Arc<dyn RecordLog>,
@@ -27,6 +45,8 @@ pub struct AppState {
     /// Turns true when the service begins to shut down: open event streams end then, so that
     /// in-flight requests can finish.
     pub closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The live tokens this process has looked up.
+    pub(crate) tokens: crate::tokens::TokenCache,
     /// The per-token rate limit, if any.
     pub(crate) limiter: Option<limits::Limiter>,
     /// The event streams each token holds open.
@@ -172,5 +192,13 @@ pub type Runners = Arc<
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
     }
 }

@@ -3,6 +3,9 @@
 //! create|list|revoke` manages them.
 
 use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
 
 use base64::Engine;
 use database::{execute, fetch_all, Bind};
@@ -117,8 +120,10 @@ pub async fn list(
         .collect())
 }
 
-/// Revokes a token: refused from now on. `false` when no live token has that id.
-pub async fn revoke(db: &ReadDb, id: &str) -> Result<bool, ReadDbError> {
+/// Revokes a token: refused from now on, by every process serving `db` (a SQLite database
+/// in `data_dir` is told through its [`RevocationMark`]). `false` when no live token has that
+/// id.
+pub async fn revoke(db: &ReadDb, data_dir: &Path, id: &str) -> anyhow::Result<bool> {
     let changed = execute(
         db,
         "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
@@ -128,7 +133,124 @@ pub async fn revoke(db: &ReadDb, id: &str) -> Result<bool, ReadDbError> {
         ],
     )
     .await?;
+    if changed > 0 && matches!(db, ReadDb::Sqlite(_)) {
+        RevocationMark::announce(data_dir).with_context(|| {
+            format!(
+                "token {id} is revoked, but the services running on {} could not be told: \
+                 restart them",
+                data_dir.display()
+            )
+        })?;
+    }
     Ok(changed > 0)
+}
+
+/// How the processes serving one SQLite database learn at once that a token was revoked, in
+/// any of them or by `harmony tokens revoke`: a file beside the database holding eight bytes,
+/// rewritten with fresh ones after every revocation commits. A process may keep the tokens it
+/// found live while the mark reads the same; one read of the mark (a `pread` of the page
+/// cache) replaces a query per request. PostgreSQL, shared by processes on several machines,
+/// has no mark: every request asks the database.
+#[derive(Debug)]
+pub struct RevocationMark {
+    file: std::fs::File,
+}
+
+impl RevocationMark {
+    const FILE: &'static str = "tokens.revoked";
+
+    /// The mark of the database in `data_dir`, created if it is not there yet.
+    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(data_dir.join(Self::FILE))?;
+        Ok(Self { file })
+    }
+
+    /// What the mark reads now (zero before the first revocation).
+    fn read(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = [0u8; 8];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            let read = self.file.read_at(&mut bytes[filled..], filled as u64)?;
+            if read == 0 {
+                break;
+            }
+            filled += read;
+        }
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// Rewrites the mark of the database in `data_dir` with fresh bytes: random, so that two
+    /// revocations at once still change it.
+    pub fn announce(data_dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mark = Self::open(data_dir)?;
+        let fresh: u64 = rand::random::<u64>() | 1;
+        mark.file.write_all_at(&fresh.to_le_bytes(), 0)
+    }
+}
+
+/// The live tokens this process has looked up, each with the [`RevocationMark`] it was found
+/// live under: a request whose token is here, under the mark as it reads now, needs no query.
+/// Without a mark (PostgreSQL) every request asks the database.
+#[derive(Debug)]
+pub struct TokenCache {
+    mark: Option<RevocationMark>,
+    live: std::sync::Mutex<std::collections::HashMap<String, (u64, Authenticated)>>,
+}
+
+impl TokenCache {
+    /// Entries kept at most; past it the cache starts over.
+    const MAX: usize = 10_000;
+
+    pub fn new(mark: Option<RevocationMark>) -> Self {
+        Self {
+            mark,
+            live: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Who the token with SHA-256 `token_hash` speaks for, if it is still live.
+    pub async fn authenticate_hash(
+        &self,
+        db: &ReadDb,
+        token_hash: &str,
+    ) -> Result<Option<Authenticated>, ReadDbError> {
+        let Some(mark) = &self.mark else {
+            return authenticate_hash(db, token_hash).await;
+        };
+        // Read before the query: a revocation that commits after the query moves the mark
+        // after this reading, so the entry kept below is never taken for live past it.
+        let now = mark
+            .read()
+            .map_err(|error| ReadDbError::Sql(sqlx::Error::Io(error)))?;
+        if let Some((at, authenticated)) =
+            self.live.lock().expect("token cache lock").get(token_hash)
+        {
+            if *at == now {
+                return Ok(Some(authenticated.clone()));
+            }
+        }
+        let found = authenticate_hash(db, token_hash).await?;
+        let mut live = self.live.lock().expect("token cache lock");
+        match &found {
+            Some(authenticated) => {
+                if live.len() >= Self::MAX {
+                    live.clear();
+                }
+                live.insert(token_hash.to_owned(), (now, authenticated.clone()));
+            }
+            None => {
+                live.remove(token_hash);
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// A live token, as presented.
@@ -237,7 +359,7 @@ pub async fn run(command: &crate::cli::TokensCommand, out: &mut dyn Write) -> an
         }
         TokensCommand::Revoke(args) => {
             anyhow::ensure!(
-                revoke(&db, &args.id).await?,
+                revoke(&db, &storage.data_dir, &args.id).await?,
                 "no live token has the id {}",
                 args.id
             );

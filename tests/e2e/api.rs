@@ -45,7 +45,9 @@ async fn a_v1_route_needs_a_live_token_and_a_revoked_one_is_refused_at_once() {
     let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
-    assert!(gateway::tokens::revoke(&db, &id).await.unwrap());
+    assert!(gateway::tokens::revoke(&db, app.data_dir(), &id)
+        .await
+        .unwrap());
     let (status, body) = problem(
         app.client
             .get(&url)

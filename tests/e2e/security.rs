@@ -354,7 +354,9 @@ async fn revoke(app: &crate::helpers::TestApp, id: &str) {
     let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
-    assert!(gateway::tokens::revoke(&db, id).await.unwrap());
+    assert!(gateway::tokens::revoke(&db, app.data_dir(), id)
+        .await
+        .unwrap());
     db.close().await;
 }
 

@@ -38,9 +38,17 @@ pub(crate) async fn authenticate(
     next: axum::middleware::Next,
 ) -> Response {
     if let Some(presented) = bearer(request.headers()) {
-        match crate::tokens::authenticate(&state.read, presented).await {
+        let token_hash = crate::tokens::hash(presented);
+        let found = if presented.starts_with(crate::tokens::TOKEN_PREFIX) {
+            state
+                .tokens
+                .authenticate_hash(&state.read, &token_hash)
+                .await
+        } else {
+            Ok(None)
+        };
+        match found {
             Ok(Some(authenticated)) => {
-                let token_hash = crate::tokens::hash(presented);
                 if let (Some(limiter), false) = (&state.limiter, authenticated.unlimited) {
                     if let Err(wait) = limiter.check(&token_hash) {
                         return crate::limits::rate_limited(wait).into_response();

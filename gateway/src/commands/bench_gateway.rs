@@ -149,6 +149,44 @@ where
     Ok((all.len() as f64 / phase.as_secs_f64(), all))
 }
 
+/// The least an axum server can do for a request — route it and answer a small JSON body — on a
+/// runtime of its own with as many workers as the service's: the HTTP ceiling of the machine
+/// under the same load generator.
+struct MinimalServer {
+    url: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl MinimalServer {
+    async fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("while starting the minimal server's runtime")?;
+        let listener = runtime
+            .spawn(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .await??;
+        let url = format!("http://{}/minimal", listener.local_addr()?);
+        let app = axum::Router::new().route(
+            "/minimal",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({ "ok": true })) }),
+        );
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Ok(Self {
+            url,
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for MinimalServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// `harmony serve` on `data_dir`, in its own process; killed when dropped.
 struct Server {
     child: tokio::process::Child,
@@ -274,6 +312,29 @@ pub async fn run(
         first["integrations"].as_array().map(Vec::len) == Some(50),
         "Installed does not answer a page of 50: {first}"
     );
+
+    progress("a minimal axum handler over HTTP: the machine's ceiling");
+    let ceiling = MinimalServer::start().await?;
+    let (ceiling_rps, _) = closed_loop(sizes.phase, {
+        let client = client.clone();
+        let token = token.clone();
+        let url = ceiling.url.clone();
+        move || {
+            let (client, token, url) = (client.clone(), token.clone(), url.clone());
+            async move {
+                let response = client.get(&url).bearer_auth(&token).send().await?;
+                anyhow::ensure!(
+                    response.status() == 200,
+                    "GET minimal: {}",
+                    response.status()
+                );
+                response.bytes().await?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    drop(ceiling);
 
     progress("the Installed query straight on SQLite");
     let (raw_get, _) = closed_loop(sizes.phase, {
@@ -402,7 +463,8 @@ pub async fn run(
         backend: "sled".into(),
         machine: machine(),
         figures: vec![
-            Figure::against_raw("get_installed_rps", get_rps, "requests/s", raw_get),
+            Figure::against_raw("get_installed_rps", get_rps, "requests/s", ceiling_rps),
+            Figure::alone("installed_query_rps", raw_get, "queries/s"),
             Figure::alone(
                 "get_installed_p50_ms",
                 percentile_ms(&get_latencies, 0.50),
