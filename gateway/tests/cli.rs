@@ -769,6 +769,19 @@ fn tokens_are_created_shown_once_listed_without_their_secret_and_revoked() {
     assert_eq!(tokens[0]["role"], "integration_manager");
     assert_eq!(tokens[0]["revoked"], false);
 
+    // A running service knows the token, and keeps what it found: the revocation, made by
+    // another process, reaches it before the command returns.
+    let (served, address) = serve(&["--data-dir", data_dir]);
+    let me = |expected: u16| {
+        let response = reqwest::blocking::Client::new()
+            .get(format!("{address}/v1/me"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), expected);
+    };
+    me(200);
+    me(200);
     let revoke = |expect: bool| {
         let output = harmony()
             .args(["tokens", "revoke", &id, "--data-dir", data_dir])
@@ -779,6 +792,8 @@ fn tokens_are_created_shown_once_listed_without_their_secret_and_revoked() {
         output
     };
     revoke(true);
+    me(401);
+    stop_with_sigterm(served);
     let again = revoke(false);
     assert!(String::from_utf8_lossy(&again.stderr).contains("no live token"));
 
