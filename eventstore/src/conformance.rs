@@ -509,6 +509,52 @@ pub async fn snapshots_round_trip<B: Backend>(backend: &B) {
     assert_eq!(store.load_snapshot(&s).await.unwrap(), Some(snapshot));
 }
 
+/// A test event of `workspace`.
+fn event_of(workspace: &str, n: u64) -> NewEvent {
+    let mut event = event(n);
+    event.metadata.workspace =
+        WorkspaceId::try_from(workspace.to_owned()).expect("valid workspace id");
+    event
+}
+
+pub async fn a_workspaces_events_are_read_alone_in_order<B: Backend>(backend: &B) {
+    let store = backend.fresh().await;
+    // Interleaved: runs of one workspace between the other's, batches included.
+    let mut expected = Vec::new();
+    for n in 0..30u64 {
+        let (workspace, s) = if n % 3 == 0 {
+            ("small", stream(&format!("small-{}", n % 2)))
+        } else {
+            ("big", stream(&format!("big-{}", n % 4)))
+        };
+        let events = vec![event_of(workspace, n), event_of(workspace, n + 100)];
+        let appended = store
+            .append(&s, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+        if workspace == "small" {
+            expected.extend(appended.first_position..=appended.last_position);
+        }
+    }
+    let small = WorkspaceId::try_from("small".to_owned()).expect("valid workspace id");
+    let all = store.read_workspace(&small, 1, 1000).await.unwrap();
+    let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+    assert_eq!(positions, expected);
+    assert!(all.iter().all(|e| e.metadata.workspace == small));
+    // From inside a run, and a page at a time.
+    let from = expected[3];
+    let page = store.read_workspace(&small, from, 3).await.unwrap();
+    let positions: Vec<u64> = page.iter().map(|e| e.position).collect();
+    assert_eq!(positions, expected[3..6].to_vec());
+    let past = store
+        .read_workspace(&small, expected[expected.len() - 1] + 1, 10)
+        .await
+        .unwrap();
+    assert!(past.is_empty());
+    let none = WorkspaceId::try_from("nobody".to_owned()).expect("valid workspace id");
+    assert!(store.read_workspace(&none, 1, 10).await.unwrap().is_empty());
+}
+
 /// Runs every check of the suite, one `#[tokio::test]` each, against the backend `make`
 /// returns.
 #[macro_export]
@@ -523,7 +569,8 @@ macro_rules! conformance_tests {
             subscriptions_catch_up_then_follow_live_without_gap_or_duplicate,
             chains_verify_and_tampering_is_named,
             chains_do_not_depend_on_positions,
-            snapshots_round_trip
+            snapshots_round_trip,
+            a_workspaces_events_are_read_alone_in_order
         );
     };
     (@each $make:expr, $($check:ident),+) => {

@@ -52,7 +52,7 @@ pub use sled_store::{SledConfig, SledEventStore, SledStats};
 pub use types::{AppendResult, EventStream, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
 
 use async_trait::async_trait;
-use domain::StreamName;
+use domain::{StreamName, WorkspaceId};
 
 /// The event log contract. Positions start at 1; versions of a stream start at 1.
 #[async_trait]
@@ -82,6 +82,33 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Up to `limit` events of `workspace` (its integrations' and its policy's) with position
+    /// ≥ `from_position`, in position order. The backends index them by workspace, so the
+    /// cost follows the workspace's own events rather than the log's; this default reads the
+    /// whole log.
+    async fn read_workspace(
+        &self,
+        workspace: &WorkspaceId,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut found = Vec::new();
+        let mut from = from_position.max(1);
+        while found.len() < limit {
+            let page = self.read_all(from, 1024).await?;
+            let Some(last) = page.last().map(|event| event.position) else {
+                break;
+            };
+            found.extend(
+                page.into_iter()
+                    .filter(|event| event.metadata.workspace == *workspace)
+                    .take(limit - found.len()),
+            );
+            from = last + 1;
+        }
+        Ok(found)
+    }
+
     /// The position of the last durable event, 0 for an empty log.
     async fn head_position(&self) -> Result<u64, StoreError>;
 
@@ -101,4 +128,51 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &StreamName,
         snapshot: Snapshot,
     ) -> Result<(), StoreError>;
+}
+
+/// Every event of `workspace` with position > `after`: its history read through the
+/// workspace index (see [`EventStore::read_workspace`]) up to the head of the log as it is
+/// now, then the live log from there, filtered to the workspace — no gap and no duplicate in
+/// between. A replay costs the workspace's own events, not the log's.
+pub async fn subscribe_workspace(
+    store: std::sync::Arc<dyn EventStore>,
+    workspace: WorkspaceId,
+    after: u64,
+) -> Result<EventStream, StoreError> {
+    use futures::{StreamExt, TryStreamExt};
+    const PAGE: usize = 512;
+    let head = store.head_position().await?;
+    let replay = futures::stream::try_unfold(after + 1, {
+        let (store, workspace) = (store.clone(), workspace.clone());
+        move |from| {
+            let (store, workspace) = (store.clone(), workspace.clone());
+            async move {
+                if from > head {
+                    return Ok::<_, StoreError>(None);
+                }
+                let page: Vec<RecordedEvent> = store
+                    .read_workspace(&workspace, from, PAGE)
+                    .await?
+                    .into_iter()
+                    .filter(|event| event.position <= head)
+                    .collect();
+                let Some(last) = page.last().map(|event| event.position) else {
+                    return Ok(None);
+                };
+                Ok(Some((
+                    futures::stream::iter(page.into_iter().map(Ok)),
+                    last + 1,
+                )))
+            }
+        }
+    })
+    .try_flatten();
+    let live = store.subscribe(head.max(after) + 1).filter(move |event| {
+        std::future::ready(
+            event
+                .as_ref()
+                .map_or(true, |event| event.metadata.workspace == workspace),
+        )
+    });
+    Ok(Box::pin(replay.chain(live)))
 }

@@ -38,7 +38,7 @@ use async_nats::jetstream::{self, kv, stream};
 use async_nats::{HeaderMap, Message};
 use async_trait::async_trait;
 use bytes::Bytes;
-use domain::{EventId, StreamName};
+use domain::{EventId, StreamName, WorkspaceId};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -330,26 +330,24 @@ impl EventStore for JetStreamEventStore {
         from_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        const PAGE: usize = 1024;
-        let filter = self.inner.config.events_subjects();
-        let mut seq = from_position.max(1);
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let want = (limit - out.len()).min(PAGE);
-            let page = self.direct_batch(Some(seq), None, &filter, want).await?;
-            let len = page.len();
-            for (at, event) in page {
-                seq = at + 1;
-                match event {
-                    Ok(event) => out.push(event),
-                    Err(error) => tracing::warn!(%error, "skipping an undecodable message"),
-                }
-            }
-            if len < want {
-                break;
-            }
-        }
-        Ok(out)
+        self.read_filtered(&self.inner.config.events_subjects(), from_position, limit)
+            .await
+    }
+
+    async fn read_workspace(
+        &self,
+        workspace: &WorkspaceId,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        // The workspace is a token of every event's subject: the server reads its messages
+        // alone.
+        let filter = format!(
+            "{}.events.{}.>",
+            self.inner.config.namespace,
+            workspace.as_str()
+        );
+        self.read_filtered(&filter, from_position, limit).await
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {

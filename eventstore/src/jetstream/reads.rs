@@ -30,6 +30,35 @@ impl JetStreamEventStore {
             .collect())
     }
 
+    /// Up to `limit` events on `filter` from sequence `from_position`, in order; undecodable
+    /// messages are skipped with a warning.
+    pub(super) async fn read_filtered(
+        &self,
+        filter: &str,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        const PAGE: usize = 1024;
+        let mut seq = from_position.max(1);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let want = (limit - out.len()).min(PAGE);
+            let page = self.direct_batch(Some(seq), None, filter, want).await?;
+            let len = page.len();
+            for (at, event) in page {
+                seq = at + 1;
+                match event {
+                    Ok(event) => out.push(event),
+                    Err(error) => tracing::warn!(%error, "skipping an undecodable message"),
+                }
+            }
+            if len < want {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads one stored message by sequence.
     pub(super) async fn event_at(&self, seq: u64) -> Result<Option<RecordedEvent>, StoreError> {
         let page = self

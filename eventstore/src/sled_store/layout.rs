@@ -7,6 +7,11 @@ pub(super) const EVENT: u8 = b'E';
 pub(super) const STREAM: u8 = b'S';
 
 pub(super) const ID: u8 = b'I';
+/// `W ‖ workspace ‖ 0x00 ‖ first position (u64 BE)` → count (u32 BE): a run of consecutive
+/// positions holding the workspace's events.
+pub(super) const WORKSPACE: u8 = b'W';
+/// Present once every event of the log is in the workspace index.
+pub(super) const WORKSPACE_INDEXED: &[u8] = b"Mworkspace-index";
 
 /// The most events one chunk holds.
 pub(super) const CHUNK_EVENTS: usize = 256;
@@ -225,6 +230,50 @@ impl<'a> ChunkReader<'a> {
         match self.record(position)? {
             Some(record) => decode(position, record).map(Some),
             None => Ok(None),
+        }
+    }
+}
+
+pub(super) fn workspace_prefix(workspace: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + workspace.len());
+    key.push(WORKSPACE);
+    key.extend_from_slice(workspace.as_bytes());
+    key.push(0);
+    key
+}
+
+pub(super) fn workspace_key(prefix: &[u8], first_position: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 8);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&first_position.to_be_bytes());
+    key
+}
+
+/// Runs of consecutive positions by workspace, as the workspace index keeps them.
+#[derive(Debug, Default)]
+pub(super) struct WorkspaceRuns {
+    runs: Vec<(String, u64, u32)>,
+}
+
+impl WorkspaceRuns {
+    /// The event at `position` belongs to `workspace`.
+    pub(super) fn add(&mut self, workspace: &str, position: u64) {
+        if let Some((last, first, count)) = self.runs.last_mut() {
+            if last == workspace && *first + u64::from(*count) == position {
+                *count += 1;
+                return;
+            }
+        }
+        self.runs.push((workspace.to_owned(), position, 1));
+    }
+
+    /// The index entries for these runs.
+    pub(super) fn write_to(&self, batch: &mut sled::Batch) {
+        for (workspace, first, count) in &self.runs {
+            batch.insert(
+                workspace_key(&workspace_prefix(workspace), *first),
+                &count.to_be_bytes(),
+            );
         }
     }
 }

@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use domain::{EventId, Metadata, StreamName};
+use domain::{EventId, Metadata, StreamName, WorkspaceId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -204,11 +204,40 @@ impl SledEventStore {
         let handle = WriterHandle {
             thread: std::sync::Mutex::new(Some(thread)),
         };
-        Ok(Self {
+        let store = Self {
             shared,
             queue,
             _writer: Arc::new(handle),
-        })
+        };
+        store.index_workspaces()?;
+        Ok(store)
+    }
+
+    /// Builds the workspace index of a log written before it existed: once, at open, before
+    /// any append.
+    fn index_workspaces(&self) -> Result<(), StoreError> {
+        if self.shared.log.get(WORKSPACE_INDEXED)?.is_some() {
+            return Ok(());
+        }
+        const PAGE: usize = 65_536;
+        let mut from = 1;
+        loop {
+            let page = self.read_all_sync(from, PAGE)?;
+            let Some(last) = page.last().map(|event| event.position) else {
+                break;
+            };
+            let mut runs = WorkspaceRuns::default();
+            for event in &page {
+                runs.add(event.metadata.workspace.as_str(), event.position);
+            }
+            let mut batch = sled::Batch::default();
+            runs.write_to(&mut batch);
+            self.shared.log.apply_batch(batch)?;
+            from = last + 1;
+        }
+        self.shared.log.insert(WORKSPACE_INDEXED, &[1u8])?;
+        self.shared.db.flush()?;
+        Ok(())
     }
 
     pub fn stats(&self) -> SledStats {
@@ -266,6 +295,15 @@ impl EventStore for SledEventStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read_all_sync(from_position, limit)
+    }
+
+    async fn read_workspace(
+        &self,
+        workspace: &WorkspaceId,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_workspace_sync(workspace.as_str(), from_position, limit)
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
@@ -353,6 +391,45 @@ impl EventStore for SledEventStore {
 mod tests {
     use super::*;
     use crate::conformance::{self, Backend};
+
+    #[tokio::test]
+    async fn a_log_written_before_the_workspace_index_is_indexed_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledEventStore::open(dir.path()).unwrap();
+        for n in 0..10 {
+            store
+                .append(
+                    &conformance::stream(&format!("s{}", n % 3)),
+                    ExpectedVersion::Any,
+                    vec![conformance::event(n)],
+                )
+                .await
+                .unwrap();
+        }
+        // The log as an older version left it: no index, no mark.
+        let stale: Vec<sled::IVec> = store
+            .shared
+            .log
+            .scan_prefix([WORKSPACE])
+            .keys()
+            .map(Result::unwrap)
+            .collect();
+        assert!(!stale.is_empty());
+        for key in stale {
+            store.shared.log.remove(key).unwrap();
+        }
+        store.shared.log.remove(WORKSPACE_INDEXED).unwrap();
+        store.shared.db.flush().unwrap();
+        drop(store);
+
+        let reopened = SledEventStore::open(dir.path()).unwrap();
+        let acme = conformance::metadata().workspace;
+        let events = reopened.read_workspace(&acme, 1, 100).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.position).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
+    }
 
     /// Each store in its own temporary directory, removed with the backend.
     struct Sled {

@@ -3,6 +3,61 @@
 use super::*;
 
 impl SledEventStore {
+    /// [`EventStore::read_workspace`] through the workspace index: its runs from the one
+    /// holding `from_position`, each read as a contiguous range of the log.
+    pub(super) fn read_workspace_sync(
+        &self,
+        workspace: &str,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let head = self.durable_head();
+        let from = from_position.max(1);
+        if from > head || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = workspace_prefix(workspace);
+        let start = match self
+            .shared
+            .log
+            .range(workspace_key(&prefix, 0)..=workspace_key(&prefix, from))
+            .next_back()
+        {
+            Some(entry) => entry?.0.to_vec(),
+            None => workspace_key(&prefix, from),
+        };
+        let mut events = Vec::new();
+        for entry in self.shared.log.range(start..) {
+            let (key, value) = entry?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let first = read_u64(&key[prefix.len()..], from)?;
+            let count = value
+                .get(..4)
+                .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt {
+                    position: first,
+                    reason: "a workspace index entry is broken".into(),
+                })?;
+            let begin = first.max(from);
+            let end = (first + u64::from(count) - 1).min(head);
+            if begin > end {
+                if first > head {
+                    break;
+                }
+                continue;
+            }
+            let wanted = ((end - begin + 1) as usize).min(limit - events.len());
+            events.extend(self.read_all_sync(begin, wanted)?);
+            if events.len() == limit || end == head {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
     pub(super) fn read_all_sync(
         &self,
         from_position: u64,

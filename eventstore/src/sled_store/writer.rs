@@ -10,6 +10,8 @@ pub(super) struct PreparedEvent {
     /// Canonical bytes up to the version (see [`crate::chain::canonical_prefix`]).
     canonical_prefix: Vec<u8>,
     body: Vec<u8>,
+    /// The workspace it belongs to, for the workspace index.
+    workspace: String,
 }
 
 impl PreparedEvent {
@@ -36,6 +38,7 @@ pub(super) fn prepare_events(
         },
     ) in events.into_iter().zip(parts)
     {
+        let workspace = event.metadata.workspace.as_str().to_owned();
         let body = StoredBody {
             id: event.id,
             stream: stream.clone(),
@@ -50,6 +53,7 @@ pub(super) fn prepare_events(
             id: event.id,
             canonical_prefix,
             body,
+            workspace,
         });
     }
     Ok(prepared)
@@ -160,6 +164,7 @@ pub(super) struct GroupWrites {
     records: Vec<Vec<u8>>,
     heads: HashMap<StreamName, (u64, ChainHash)>,
     ids: HashMap<EventId, (StreamName, u64, u64)>,
+    workspaces: WorkspaceRuns,
 }
 
 impl Writer {
@@ -317,6 +322,7 @@ impl Writer {
             let position = first_position + offset as u64;
             hash = link_parts(&hash, &event.canonical_prefix, version);
             group.records.push(event.record(version, &hash));
+            group.workspaces.add(&event.workspace, position);
             group
                 .batch
                 .insert(&id_key(&event.id), &position.to_be_bytes());
@@ -382,6 +388,7 @@ impl Writer {
                 chunk_bytes = 0;
             }
         }
+        writes.workspaces.write_to(&mut writes.batch);
         let applied = if wrote {
             self.shared.log.apply_batch(writes.batch)
         } else {

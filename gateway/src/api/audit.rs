@@ -233,8 +233,9 @@ pub(super) async fn export(
             if from > head {
                 return Ok::<_, std::io::Error>(None);
             }
+            // The workspace's own events only: the cost follows them, not the log.
             let page = store
-                .read_all(from, PAGE)
+                .read_workspace(&principal.workspace, from, PAGE)
                 .await
                 .map_err(std::io::Error::other)?;
             let Some(last) = page.last().map(|e| e.position) else {
@@ -242,8 +243,7 @@ pub(super) async fn export(
             };
             let mut chunk = Vec::new();
             for event in page.iter().filter(|e| e.position <= head) {
-                let visible = event.metadata.workspace == principal.workspace
-                    && event.stream.integration_id().is_some()
+                let visible = event.stream.integration_id().is_some()
                     && event
                         .metadata
                         .owner

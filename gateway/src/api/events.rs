@@ -134,45 +134,45 @@ pub(crate) async fn events(
         futures::pin_mut!(closed, revoked);
         futures::future::select(closed, revoked).await;
     };
-    let stream = state
-        .store
-        .subscribe(after + 1)
-        .take_until(ended)
-        .filter_map(move |item| {
-            // The stream holds its place among the token's streams until it is dropped.
-            let _held = &slot;
-            let answer = match item {
-                Ok(event) => {
-                    let visible = event.metadata.workspace == principal.workspace
-                        && event
-                            .metadata
-                            .owner
-                            .as_ref()
-                            .is_none_or(|owner| *owner == principal.user)
-                        && only.as_ref().is_none_or(|stream| *stream == event.stream)
-                        && types
-                            .as_ref()
-                            .is_none_or(|types| types.contains(&event.event_type));
-                    visible.then(|| {
-                        Ok::<_, Infallible>(
-                            SseEvent::default()
-                                .id(event.position.to_string())
-                                .event(event.event_type.clone())
-                                .json_data(EventView::from(&event))
-                                .unwrap_or_else(|_| SseEvent::default().comment("unencodable")),
-                        )
-                    })
-                }
-                Err(error) => {
-                    // The client reconnects with its Last-Event-ID and loses nothing.
-                    tracing::warn!(%error, "the event stream's subscription failed");
-                    Some(Ok(SseEvent::default().event("error").data(
-                        "the stream was interrupted: reconnect with Last-Event-ID",
-                    )))
-                }
-            };
-            std::future::ready(answer)
-        });
+    // A replay reads the workspace's own events, then follows the live log.
+    let events =
+        eventstore::subscribe_workspace(state.store.clone(), principal.workspace.clone(), after)
+            .await
+            .map_err(|error| Problem::failed("cannot read the event log", &error))?;
+    let stream = events.take_until(ended).filter_map(move |item| {
+        // The stream holds its place among the token's streams until it is dropped.
+        let _held = &slot;
+        let answer = match item {
+            Ok(event) => {
+                let visible = event
+                    .metadata
+                    .owner
+                    .as_ref()
+                    .is_none_or(|owner| *owner == principal.user)
+                    && only.as_ref().is_none_or(|stream| *stream == event.stream)
+                    && types
+                        .as_ref()
+                        .is_none_or(|types| types.contains(&event.event_type));
+                visible.then(|| {
+                    Ok::<_, Infallible>(
+                        SseEvent::default()
+                            .id(event.position.to_string())
+                            .event(event.event_type.clone())
+                            .json_data(EventView::from(&event))
+                            .unwrap_or_else(|_| SseEvent::default().comment("unencodable")),
+                    )
+                })
+            }
+            Err(error) => {
+                // The client reconnects with its Last-Event-ID and loses nothing.
+                tracing::warn!(%error, "the event stream's subscription failed");
+                Some(Ok(SseEvent::default().event("error").data(
+                    "the stream was interrupted: reconnect with Last-Event-ID",
+                )))
+            }
+        };
+        std::future::ready(answer)
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())

@@ -210,15 +210,14 @@ pub async fn export(args: &ExportArgs, out: &mut dyn Write) -> anyhow::Result<()
     let mut from = 1;
     let mut exported = 0u64;
     while from <= head {
-        let page = logs.store.read_all(from, PAGE).await?;
+        let page = logs.store.read_workspace(&workspace, from, PAGE).await?;
         let Some(last) = page.last().map(|e| e.position) else {
             break;
         };
-        for event in page.iter().filter(|e| {
-            e.position <= head
-                && e.metadata.workspace == workspace
-                && e.stream.integration_id().is_some()
-        }) {
+        for event in page
+            .iter()
+            .filter(|e| e.position <= head && e.stream.integration_id().is_some())
+        {
             writeln!(out, "{}", serde_json::to_string(&EventView::from(event))?)?;
             exported += 1;
         }
