@@ -5,6 +5,11 @@
 //! doing that request's core work: the same Installed query straight on the SQLite read model,
 //! and the same one-event appends straight on a sled log.
 //!
+//! Also beside them: a minimal axum handler under the same load generator, the machine's
+//! HTTP ceiling, which `get_installed_rps` is reported against; and the audit export of a
+//! workspace holding 1% of the log's events, against reading the whole log (what an export
+//! cost before the workspace index).
+//!
 //! The server runs with `--no-workers`: the figure is the API's, and the syncs themselves are
 //! `harmony bench sync`'s. Its token is created `--unlimited`, so the rate limit stays out of
 //! the measurement.
@@ -54,6 +59,8 @@ impl Sizes {
 const CONNECTIONS: usize = 64;
 const WORKSPACE: &str = "bench";
 const SYNC_WORKSPACE: &str = "bench-sync";
+/// A workspace holding 1% of the log's events, for the audit export.
+const SMALL_WORKSPACE: &str = "bench-small";
 
 fn admin(workspace: &str, at: Timestamp) -> CommandContext {
     CommandContext::new(
@@ -252,6 +259,26 @@ pub async fn run(
         sizes.sync_targets
     ));
     let targets = Arc::new(seed(&store, SYNC_WORKSPACE, sizes.sync_targets).await?);
+    let small = (sizes.integrations + sizes.sync_targets) / 99;
+    progress(&format!(
+        "writing {small} integrations of a workspace holding 1% of the log"
+    ));
+    seed(&store, SMALL_WORKSPACE, small).await?;
+    progress("reading the whole log, as an export did before the workspace index");
+    let mut whole_log = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut from = 1;
+        loop {
+            let page = store.read_all(from, 1000).await?;
+            let Some(last) = page.last().map(|event| event.position) else {
+                break;
+            };
+            from = last + 1;
+        }
+        whole_log.push(started.elapsed());
+    }
+    whole_log.sort_unstable();
     drop(store);
     let read = crate::open_read_db(None, &data_dir).await?;
     let token = |workspace: &str| {
@@ -271,6 +298,7 @@ pub async fn run(
         }
     };
     let sync_token = token(SYNC_WORKSPACE).await?;
+    let small_token = token(SMALL_WORKSPACE).await?;
     let token = token(WORKSPACE).await?;
 
     progress("starting the server in its own process");
@@ -335,6 +363,29 @@ pub async fn run(
     })
     .await?;
     drop(ceiling);
+
+    progress("the small workspace's audit export over HTTP");
+    let mut exports = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = client
+            .get(format!(
+                "{}/v1/workspaces/{SMALL_WORKSPACE}/audit/export",
+                server.base
+            ))
+            .bearer_auth(&small_token)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 200, "export: {}", response.status());
+        let body = response.bytes().await?;
+        exports.push(started.elapsed());
+        let lines = body.iter().filter(|b| **b == b'\n').count();
+        anyhow::ensure!(
+            lines == small,
+            "the export holds {lines} events, not the workspace's {small}"
+        );
+    }
+    exports.sort_unstable();
 
     progress("the Installed query straight on SQLite");
     let (raw_get, _) = closed_loop(sizes.phase, {
@@ -476,6 +527,12 @@ pub async fn run(
                 "ms",
             ),
             Figure::against_raw("post_sync_rps", post_rps, "requests/s", raw_append),
+            Figure::against_raw(
+                "export_small_workspace_ms",
+                percentile_ms(&exports, 0.50),
+                "ms",
+                percentile_ms(&whole_log, 0.50),
+            ),
             Figure::alone(
                 "post_sync_p50_ms",
                 percentile_ms(&post_latencies, 0.50),
