@@ -383,7 +383,7 @@ async fn action_status(
 ) -> Result<Action, Problem> {
     use domain::integration::{ActionApproved, ActionFailed, ActionRejected, ActionRequested};
     let wanted = action_id.to_string();
-    let events = super::audit::stream_events(state, target.id).await?;
+    let events = super::audit::action_events(state, target.id, action_id).await?;
     let mut answer: Option<Action> = None;
     for event in events {
         let Ok(data) = event.data() else { continue };

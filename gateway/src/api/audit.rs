@@ -25,25 +25,84 @@ fn store_problem(error: eventstore::StoreError) -> Problem {
     Problem::failed("cannot read the event log", &error)
 }
 
-/// Every event of the integration's stream, in order.
-pub(super) async fn stream_events(
+/// How much earlier than its id's time an action's first event may be stamped (clocks of the
+/// processes that minted the id and stamped the event).
+const ACTION_CLOCK_MARGIN_MICROS: i64 = 5_000_000;
+
+/// The events of the integration's stream that concern `action`, in order. The action's id
+/// is a UUID v7, so its time says where its events start: found by bisecting the stream's
+/// versions by time, then read forward until the action ends. The cost follows the action's
+/// part of the stream, not the whole stream.
+pub(super) async fn action_events(
     state: &AppState,
     id: domain::IntegrationId,
+    action: domain::ActionId,
 ) -> Result<Vec<RecordedEvent>, Problem> {
     let stream = StreamName::integration(id);
-    let mut events = Vec::new();
-    loop {
-        let page = state
+    let Some(last) = state
+        .store
+        .stream_version(&stream)
+        .await
+        .map_err(store_problem)?
+    else {
+        return Ok(Vec::new());
+    };
+    let minted = action
+        .as_uuid()
+        .get_timestamp()
+        .map(|at| {
+            let (seconds, nanos) = at.to_unix();
+            i64::try_from(seconds).unwrap_or(i64::MAX / 2) * 1_000_000 + i64::from(nanos / 1000)
+        })
+        .unwrap_or(0)
+        - ACTION_CLOCK_MARGIN_MICROS;
+    // The first version stamped at or after `minted`.
+    let (mut low, mut high) = (1, last + 1);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        let stamped = state
             .store
-            .read_stream(&stream, events.len() as u64 + 1, PAGE)
+            .read_stream(&stream, middle, 1)
             .await
-            .map_err(store_problem)?;
-        let done = page.len() < PAGE;
-        events.extend(page);
-        if done {
-            return Ok(events);
+            .map_err(store_problem)?
+            .first()
+            .map_or(i64::MAX, |event| event.metadata.occurred_at.unix_micros());
+        if stamped < minted {
+            low = middle + 1;
+        } else {
+            high = middle;
         }
     }
+    let wanted = action.to_string();
+    let mut found = Vec::new();
+    let mut from = low;
+    while from <= last {
+        let page = state
+            .store
+            .read_stream(&stream, from, PAGE)
+            .await
+            .map_err(store_problem)?;
+        let Some(read) = page.last().map(|event| event.version) else {
+            break;
+        };
+        for event in page {
+            let ours = event
+                .data()
+                .is_ok_and(|data| data["action_id"].as_str() == Some(wanted.as_str()));
+            if ours {
+                let ended = matches!(
+                    event.event_type.as_str(),
+                    "ActionCompleted" | "ActionFailed" | "ActionRejected"
+                );
+                found.push(event);
+                if ended {
+                    return Ok(found);
+                }
+            }
+        }
+        from = read + 1;
+    }
+    Ok(found)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
