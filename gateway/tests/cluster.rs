@@ -1048,11 +1048,24 @@ async fn a_cluster_loses_nothing_when_a_jetstream_leader_a_service_process_and_p
 
     // The API answered throughout: refusals only as 503/409 with Retry-After.
     let tally = world.api.tally.lock().unwrap();
-    assert!(
-        tally.violations.is_empty(),
-        "answers the API must never give: {:#?}",
-        tally.violations
-    );
+    if !tally.violations.is_empty() {
+        // What the service logged as errors, to say why.
+        let errors: Vec<String> = (1..=SERVES)
+            .flat_map(|n| {
+                world
+                    .cluster
+                    .serve_log(n)
+                    .lines()
+                    .filter(|line| line.contains("ERROR"))
+                    .map(|line| format!("serve-{n}: {line}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        panic!(
+            "answers the API must never give: {:#?}\nthe service's errors: {errors:#?}",
+            tally.violations
+        );
+    }
     // Availability: the share of the answers given during the storm that were successes.
     let availability = tally.succeeded as f64 / tally.answered as f64;
     eprintln!(

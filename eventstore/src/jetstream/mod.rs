@@ -90,6 +90,10 @@ impl std::fmt::Debug for JetStreamEventStore {
     }
 }
 
+/// How long a read waits for the replicas to show this process's own last append.
+const REPLICA_CATCH_UP: Duration = Duration::from_secs(5);
+const REPLICA_POLL: Duration = Duration::from_millis(10);
+
 fn unavailable(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {error}"))
 }
@@ -292,37 +296,28 @@ impl EventStore for JetStreamEventStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        const PAGE: usize = 1024;
-        let filter = self.stream_filter(stream)?;
-        let from_version = from_version.max(1);
-        let mut seq = self.start_for(stream, from_version);
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let page = self.direct_batch(Some(seq), None, &filter, PAGE).await?;
-            let len = page.len();
-            for (at, event) in page {
-                seq = at + 1;
-                match event {
-                    Ok(event) if event.stream == *stream => {
-                        self.remember_mark(stream, event.version, at);
-                        if event.version >= from_version && out.len() < limit {
-                            out.push(event);
-                        }
-                    }
-                    Ok(event) => tracing::warn!(
-                        %stream, position = at, other = %event.stream,
-                        "skipping an event of another stream on this stream's subject"
-                    ),
-                    Err(error) => {
-                        tracing::warn!(%stream, %error, "skipping an undecodable message")
-                    }
-                }
+        let mut events = self.read_stream_once(stream, from_version, limit).await?;
+        // A direct get may be answered by a replica that has not yet stored this process's
+        // own last append: read again until it shows it, so a process reads its writes.
+        let Some(tail) = self.cached_tail(stream) else {
+            return Ok(events);
+        };
+        let mut waited = Duration::ZERO;
+        while events.len() < limit
+            && tail.version >= from_version.max(1)
+            && !events.iter().any(|event| event.version >= tail.version)
+        {
+            if waited >= REPLICA_CATCH_UP {
+                return Err(StoreError::Unavailable(format!(
+                    "the replicas of {stream} have not caught up with its version {}",
+                    tail.version
+                )));
             }
-            if len < PAGE {
-                break;
-            }
+            tokio::time::sleep(REPLICA_POLL).await;
+            waited += REPLICA_POLL;
+            events = self.read_stream_once(stream, from_version, limit).await?;
         }
-        Ok(out)
+        Ok(events)
     }
 
     async fn read_all(

@@ -59,6 +59,46 @@ impl JetStreamEventStore {
         Ok(out)
     }
 
+    /// [`EventStore::read_stream`] as the replica answering it has the stream.
+    pub(super) async fn read_stream_once(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        const PAGE: usize = 1024;
+        let filter = self.stream_filter(stream)?;
+        let from_version = from_version.max(1);
+        let mut seq = self.start_for(stream, from_version);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let page = self.direct_batch(Some(seq), None, &filter, PAGE).await?;
+            let len = page.len();
+            for (at, event) in page {
+                seq = at + 1;
+                match event {
+                    Ok(event) if event.stream == *stream => {
+                        self.remember_mark(stream, event.version, at);
+                        if event.version >= from_version && out.len() < limit {
+                            out.push(event);
+                        }
+                    }
+                    Ok(event) => tracing::warn!(
+                        %stream, position = at, other = %event.stream,
+                        "skipping an event of another stream on this stream's subject"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%stream, %error, "skipping an undecodable message")
+                    }
+                }
+            }
+            if len < PAGE {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads one stored message by sequence.
     pub(super) async fn event_at(&self, seq: u64) -> Result<Option<RecordedEvent>, StoreError> {
         let page = self
