@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use eventstore::follow::{Follower, InFlight};
 use eventstore::RecordedEvent;
 
-use crate::dispatch::DispatchCheckpoint;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -108,16 +107,17 @@ impl ActionWorker {
 
     /// Follows the log and performs approved actions, until the subscription ends.
     pub async fn follow(&self) -> Result<(), StoreError> {
-        let checkpoint = DispatchCheckpoint {
-            db: self.inner.db.clone(),
-            name: DISPATCH_CHECKPOINT,
-        };
         let mut dispatch = Dispatch {
             worker: self.clone(),
             held: InFlight::default(),
         };
-        eventstore::follow::follow(self.inner.repo.store().as_ref(), &checkpoint, &mut dispatch)
-            .await
+        crate::dispatch::follow(
+            self.inner.repo.store().as_ref(),
+            &self.inner.db,
+            DISPATCH_CHECKPOINT,
+            &mut dispatch,
+        )
+        .await
     }
 
     /// Makes sure the integration's approved actions get performed.

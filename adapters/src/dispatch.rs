@@ -5,9 +5,9 @@ use async_trait::async_trait;
 use database::ReadDb;
 use eventstore::StoreError;
 
-pub(crate) struct DispatchCheckpoint {
-    pub(crate) db: ReadDb,
-    pub(crate) name: &'static str,
+struct DispatchCheckpoint {
+    db: ReadDb,
+    name: &'static str,
 }
 
 #[async_trait]
@@ -33,4 +33,18 @@ impl eventstore::follow::Checkpoint for DispatchCheckpoint {
 
 fn unavailable(error: database::ReadDbError) -> StoreError {
     StoreError::Unavailable(error.to_string())
+}
+
+/// Follows `store` with `follower` from the checkpoint `name` in `db`.
+pub(crate) async fn follow(
+    store: &dyn eventstore::EventStore,
+    db: &ReadDb,
+    name: &'static str,
+    follower: &mut dyn eventstore::follow::Follower,
+) -> Result<(), StoreError> {
+    let checkpoint = DispatchCheckpoint {
+        db: db.clone(),
+        name,
+    };
+    eventstore::follow::follow(store, &checkpoint, follower).await
 }

@@ -22,7 +22,6 @@
 use eventstore::follow::{Follower, InFlight};
 use eventstore::RecordedEvent;
 
-use crate::dispatch::DispatchCheckpoint;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -229,16 +228,17 @@ impl SyncWorker {
     /// subscription ends. Restarted, it replays from the oldest request whose run had not
     /// ended, so an interrupted run resumes.
     pub async fn follow(&self) -> Result<(), StoreError> {
-        let checkpoint = DispatchCheckpoint {
-            db: self.inner.db.clone(),
-            name: DISPATCH_CHECKPOINT,
-        };
         let mut dispatch = Dispatch {
             worker: self.clone(),
             held: InFlight::default(),
         };
-        eventstore::follow::follow(self.inner.repo.store().as_ref(), &checkpoint, &mut dispatch)
-            .await
+        crate::dispatch::follow(
+            self.inner.repo.store().as_ref(),
+            &self.inner.db,
+            DISPATCH_CHECKPOINT,
+            &mut dispatch,
+        )
+        .await
     }
 
     /// Makes this worker take its runs from `queue`, shared with the service's other
