@@ -1,8 +1,8 @@
 //! The event log of Harmony Sync: the only source of truth.
 //!
 //! [`EventStore`] is the contract every backend meets: atomic, durable, idempotent appends
-//! with an optimistic-concurrency check; reads of one stream or of everything in global order;
-//! subscriptions that catch up and then follow live with no gap and no duplicate at the seam;
+//! with an optimistic-concurrency check; reads of one stream, of one workspace (indexed, so they
+//! cost that workspace's events) or of everything in global order; subscriptions that catch up and then follow live with no gap and no duplicate at the seam;
 //! and a SHA-256 hash chain per stream over canonical bytes that leave out the global position,
 //! so a chain verifies the same on every backend and in every export.
 //!
@@ -15,6 +15,8 @@
 //! [`lifecycle`] holds the parts of an integration's life that span two streams (connect with
 //! its slot reservation, disconnect and delete releasing it). [`checkpoints`] signs stream
 //! heads into a log of their own, so a history rewritten with recomputed hashes is caught.
+//! [`follow`] is the loop every background reader of the log runs: from a saved position,
+//! never saving past work still in flight.
 //!
 //! This crate knows nothing of HTTP, SQL or providers.
 
