@@ -385,11 +385,7 @@ async fn action_status(
     let wanted = action_id.to_string();
     let events = super::audit::action_events(state, target.id, action_id).await?;
     let mut answer: Option<Action> = None;
-    for event in events {
-        let Ok(data) = event.data() else { continue };
-        if data["action_id"].as_str() != Some(wanted.as_str()) {
-            continue;
-        }
+    for (event, data) in events {
         let entry = answer.get_or_insert_with(|| Action {
             action_id: wanted.clone(),
             ..Action::default()

@@ -29,7 +29,8 @@ fn store_problem(error: eventstore::StoreError) -> Problem {
 /// processes that minted the id and stamped the event).
 const ACTION_CLOCK_MARGIN_MICROS: i64 = 5_000_000;
 
-/// The events of the integration's stream that concern `action`, in order. The action's id
+/// The events of the integration's stream that concern `action`, in order, each with its
+/// data. The action's id
 /// is a UUID v7, so its time says where its events start: found by bisecting the stream's
 /// versions by time, then read forward until the action ends. The cost follows the action's
 /// part of the stream, not the whole stream.
@@ -37,7 +38,7 @@ pub(super) async fn action_events(
     state: &AppState,
     id: domain::IntegrationId,
     action: domain::ActionId,
-) -> Result<Vec<RecordedEvent>, Problem> {
+) -> Result<Vec<(RecordedEvent, serde_json::Value)>, Problem> {
     let stream = StreamName::integration(id);
     let Some(last) = state
         .store
@@ -86,15 +87,13 @@ pub(super) async fn action_events(
             break;
         };
         for event in page {
-            let ours = event
-                .data()
-                .is_ok_and(|data| data["action_id"].as_str() == Some(wanted.as_str()));
-            if ours {
+            let Ok(data) = event.data() else { continue };
+            if data["action_id"].as_str() == Some(wanted.as_str()) {
                 let ended = matches!(
                     event.event_type.as_str(),
                     "ActionCompleted" | "ActionFailed" | "ActionRejected"
                 );
-                found.push(event);
+                found.push((event, data));
                 if ended {
                     return Ok(found);
                 }
