@@ -384,6 +384,13 @@ impl Follower for Dispatch {
     async fn on_event(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
         if let Some(id) = event.stream.integration_id() {
             if event.event_type == "ActionApproved" {
+                // The runner reads the stream through this process's store, maybe from a
+                // replica behind the event it acts on.
+                self.worker
+                    .inner
+                    .repo
+                    .store()
+                    .observed(&event.stream, event.version);
                 self.held.hold(event.position, id);
                 self.worker.kick(id);
             }

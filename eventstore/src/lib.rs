@@ -111,6 +111,15 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(found)
     }
 
+    /// Tells the store that `stream` has reached at least `version`, learnt elsewhere than
+    /// from this process's own append (an event a follower was handed, a work item offered by
+    /// another process): this process's reads of the stream show that version from now on.
+    /// A backend whose reads can come from a replica behind the log waits for it; one whose
+    /// reads are always current ignores this.
+    fn observed(&self, stream: &StreamName, version: u64) {
+        let _ = (stream, version);
+    }
+
     /// The position of the last durable event, 0 for an empty log.
     async fn head_position(&self) -> Result<u64, StoreError>;
 

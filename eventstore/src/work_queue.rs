@@ -28,8 +28,14 @@ pub struct WorkQueue {
 #[derive(Debug)]
 pub struct WorkItem {
     pub key: String,
+    /// The version the key's stream had reached when the work was offered: the taker reads
+    /// the stream at least that far (see [`crate::EventStore::observed`]).
+    pub version: u64,
     message: jetstream::Message,
 }
+
+/// The header carrying an item's [`WorkItem::version`].
+const VERSION_HEADER: &str = "Harmony-Stream-Version";
 
 fn unavailable(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {error}"))
@@ -101,8 +107,9 @@ impl WorkQueue {
         self.ack_wait
     }
 
-    /// Offers work on `key`. Offers with the same `id` within the duplicate window are one.
-    pub async fn offer(&self, key: &str, id: &str) -> Result<(), StoreError> {
+    /// Offers work on `key`, whose stream has reached `version`. Offers with the same `id`
+    /// within the duplicate window are one.
+    pub async fn offer(&self, key: &str, id: &str, version: u64) -> Result<(), StoreError> {
         let valid = !key.is_empty()
             && key
                 .bytes()
@@ -114,6 +121,7 @@ impl WorkQueue {
         }
         let publish = jetstream::message::PublishMessage::build()
             .payload(key.to_owned().into())
+            .header(VERSION_HEADER, version.to_string().as_str())
             .message_id(id);
         self.js
             .send_publish(format!("{}.{key}", self.subject_prefix), publish)
@@ -139,7 +147,17 @@ impl WorkQueue {
         Ok(messages.map(|message| {
             let message = message.map_err(|e| unavailable("taking work", e))?;
             let key = String::from_utf8_lossy(&message.payload).into_owned();
-            Ok(WorkItem { key, message })
+            let version = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(VERSION_HEADER))
+                .and_then(|value| value.as_str().parse().ok())
+                .unwrap_or(0);
+            Ok(WorkItem {
+                key,
+                version,
+                message,
+            })
         }))
     }
 }

@@ -609,4 +609,77 @@ mod distributed {
         .expect("the resumed subscriber stalled");
         assert_eq!(resumed, expected[expected.len() / 2 + 1..]);
     }
+
+    #[tokio::test]
+    async fn a_process_told_of_a_version_reads_the_stream_at_least_that_far() {
+        let nats = TestNats::shared();
+        let config = config(&nats);
+        let writer = JetStreamEventStore::connect(config.clone()).await.unwrap();
+        let reader = JetStreamEventStore::connect(config).await.unwrap();
+        let s = stream("told");
+        writer
+            .append(&s, ExpectedVersion::NoStream, vec![event(1), event(2)])
+            .await
+            .unwrap();
+        // Told of a version no server holds yet, the reader waits for it rather than answer
+        // with less, and says so when it does not come.
+        reader.observed(&s, 3);
+        let behind = reader.read_stream(&s, 1, 10).await.unwrap_err();
+        assert!(
+            matches!(&behind, StoreError::Unavailable(message) if message.contains("version 3")),
+            "{behind:?}"
+        );
+        writer
+            .append(&s, ExpectedVersion::Exact(2), vec![event(3)])
+            .await
+            .unwrap();
+        let read = reader.read_stream(&s, 1, 10).await.unwrap();
+        assert_eq!(read.last().map(|e| e.version), Some(3));
+        // Reads from past the told version, or of another stream, do not wait for it.
+        assert!(reader.read_stream(&s, 4, 10).await.unwrap().is_empty());
+        assert!(reader
+            .read_stream(&stream("other"), 1, 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn work_is_offered_once_per_id_and_taken_with_the_version_it_needs() {
+        use eventstore::work_queue::WorkQueue;
+        let nats = TestNats::shared();
+        let store = JetStreamEventStore::connect(config(&nats)).await.unwrap();
+        let queue = WorkQueue::open(&store, "tests", Duration::from_secs(30))
+            .await
+            .unwrap();
+        queue.offer("k-1", "first", 7).await.unwrap();
+        queue.offer("k-1", "first", 7).await.unwrap();
+        queue.offer("k-2", "second", 9).await.unwrap();
+        // The repeated offer is one item.
+        let js = jetstream::new(store.client().clone());
+        let work = format!("{}_WORK", store.config().namespace.to_ascii_uppercase());
+        let mut work = js.get_stream(work).await.unwrap();
+        assert_eq!(work.info().await.unwrap().state.messages, 2);
+        let mut items = queue.items().await.unwrap();
+        let mut taken = Vec::new();
+        for _ in 0..2 {
+            let item = tokio::time::timeout(Duration::from_secs(10), items.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            taken.push((item.key.clone(), item.version));
+            item.done().await.unwrap();
+        }
+        assert_eq!(taken, [("k-1".to_owned(), 7), ("k-2".to_owned(), 9)]);
+        // Done work leaves the queue.
+        eventually(Duration::from_secs(10), "the queue empties", || {
+            let work = work.clone();
+            async move {
+                let mut work = work;
+                (work.info().await.ok()?.state.messages == 0).then_some(())
+            }
+        })
+        .await;
+    }
 }

@@ -285,6 +285,12 @@ impl SyncWorker {
                 item.done().await?;
                 continue;
             };
+            // The process that offered the item may have written its stream to a replica
+            // this one reads behind: read it at least as far as the offer saw it.
+            self.inner
+                .repo
+                .store()
+                .observed(&StreamName::integration(id), item.version);
             let worker = self.clone();
             let heartbeat = queue.ack_wait() / 3;
             tokio::spawn(async move {
@@ -538,10 +544,17 @@ impl Follower for Dispatch {
             // process and kept once. An interrupted run's item was never acknowledged, so it
             // comes back by itself.
             ("SyncRequested", Some(queue)) => {
-                queue.offer(&id.to_string(), &event.id.to_string()).await?;
+                queue
+                    .offer(&id.to_string(), &event.id.to_string(), event.version)
+                    .await?;
             }
             ("SyncStarted" | "SyncProgressed", Some(_)) => {}
             ("SyncRequested" | "SyncStarted" | "SyncProgressed", None) => {
+                self.worker
+                    .inner
+                    .repo
+                    .store()
+                    .observed(&event.stream, event.version);
                 self.held.hold(event.position, id);
                 self.worker.kick(id);
             }

@@ -76,6 +76,9 @@ struct Inner {
     stream: String,
     snapshots: kv::Store,
     tails: Mutex<HashMap<StreamName, Tail>>,
+    /// Versions streams are known to have reached without this process holding their tail
+    /// ([`EventStore::observed`]); an entry goes once a read shows it.
+    floors: Mutex<HashMap<StreamName, u64>>,
     /// Known (version → sequence) points of each stream, so reading a stream from a version
     /// does not start at its first event.
     marks: Mutex<HashMap<StreamName, BTreeMap<u64, u64>>>,
@@ -188,6 +191,7 @@ impl JetStreamEventStore {
                 js,
                 snapshots,
                 tails: Mutex::new(HashMap::new()),
+                floors: Mutex::new(HashMap::new()),
                 marks: Mutex::new(HashMap::new()),
             }),
         })
@@ -298,26 +302,31 @@ impl EventStore for JetStreamEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut events = self.read_stream_once(stream, from_version, limit).await?;
         // A direct get may be answered by a replica that has not yet stored this process's
-        // own last append: read again until it shows it, so a process reads its writes.
-        let Some(tail) = self.cached_tail(stream) else {
+        // own last append, or an event this process was told of: read again until it shows
+        // it, so a process reads its writes and what it acts on.
+        let Some(known) = self.known_version(stream) else {
             return Ok(events);
         };
         let mut waited = Duration::ZERO;
-        while events.len() < limit
-            && tail.version >= from_version.max(1)
-            && !events.iter().any(|event| event.version >= tail.version)
-        {
+        let shown = |events: &[RecordedEvent]| events.iter().any(|e| e.version >= known);
+        while events.len() < limit && known >= from_version.max(1) && !shown(&events) {
             if waited >= REPLICA_CATCH_UP {
                 return Err(StoreError::Unavailable(format!(
-                    "the replicas of {stream} have not caught up with its version {}",
-                    tail.version
+                    "the replicas of {stream} have not caught up with its version {known}"
                 )));
             }
             tokio::time::sleep(REPLICA_POLL).await;
             waited += REPLICA_POLL;
             events = self.read_stream_once(stream, from_version, limit).await?;
         }
+        if shown(&events) {
+            self.floor_reached(stream, known);
+        }
         Ok(events)
+    }
+
+    fn observed(&self, stream: &StreamName, version: u64) {
+        self.raise_floor(stream, version);
     }
 
     async fn read_all(

@@ -109,6 +109,42 @@ impl JetStreamEventStore {
             .remove(stream);
     }
 
+    /// The highest version of `stream` this process knows it has: its own last append's, or
+    /// one it was told of.
+    pub(super) fn known_version(&self, stream: &StreamName) -> Option<u64> {
+        let tail = self.cached_tail(stream).map(|tail| tail.version);
+        let floor = self
+            .inner
+            .floors
+            .lock()
+            .expect("the floors lock is never poisoned")
+            .get(stream)
+            .copied();
+        tail.max(floor)
+    }
+
+    pub(super) fn raise_floor(&self, stream: &StreamName, version: u64) {
+        let mut floors = self
+            .inner
+            .floors
+            .lock()
+            .expect("the floors lock is never poisoned");
+        let floor = floors.entry(stream.clone()).or_default();
+        *floor = (*floor).max(version);
+    }
+
+    /// A read showed `stream` at `version` or later: a floor at or below it is met for good.
+    pub(super) fn floor_reached(&self, stream: &StreamName, version: u64) {
+        let mut floors = self
+            .inner
+            .floors
+            .lock()
+            .expect("the floors lock is never poisoned");
+        if floors.get(stream).is_some_and(|floor| *floor <= version) {
+            floors.remove(stream);
+        }
+    }
+
     pub(super) fn remember_mark(&self, stream: &StreamName, version: u64, seq: u64) {
         if !version.is_multiple_of(MARK_EVERY) {
             return;
