@@ -6,6 +6,7 @@
 //! out the global position, which differs between backends, so that a stream's chain is the
 //! same on sled, on JetStream and in an export.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use domain::{EventId, Metadata, StreamName};
@@ -252,6 +253,64 @@ impl VerifyReport {
     }
 }
 
+/// One stream's chain as far as it has been checked, event by event.
+#[derive(Clone, Debug)]
+struct ChainCheck {
+    report: VerifyReport,
+}
+
+impl ChainCheck {
+    fn new(stream: StreamName) -> Self {
+        Self {
+            report: VerifyReport {
+                stream,
+                events: 0,
+                head: ChainHash::GENESIS,
+                broken: None,
+            },
+        }
+    }
+
+    /// Checks the stream's next event: its version follows, it is the stream's, and its hash
+    /// is the one its content and the previous link make. False once the chain is broken.
+    fn next(&mut self, event: &RecordedEvent) -> bool {
+        let report = &mut self.report;
+        if report.broken.is_some() {
+            return false;
+        }
+        let expected_version = report.events + 1;
+        let broken = |reason: String| BrokenLink {
+            version: event.version,
+            position: event.position,
+            reason,
+        };
+        let failure = if event.version != expected_version {
+            Some(broken(format!(
+                "version {} follows version {}",
+                event.version, report.events
+            )))
+        } else if event.stream != report.stream {
+            Some(broken(format!("event belongs to stream {}", event.stream)))
+        } else {
+            match recompute(&report.head, event) {
+                Ok(hash) if hash == event.hash => None,
+                Ok(hash) => Some(broken(format!(
+                    "stored hash {} but content hashes to {hash}",
+                    event.hash
+                ))),
+                Err(error) => Some(broken(error.to_string())),
+            }
+        };
+        if failure.is_some() {
+            report.broken = failure;
+            return false;
+        }
+        report.head = event.hash;
+        report.events = expected_version;
+        true
+    }
+}
+
 /// Reads `stream` from its start and checks every link: versions 1, 2, 3 … without a gap, and
 /// each stored hash equal to the one recomputed from the event's content.
 pub async fn verify_stream<S: EventStore + ?Sized>(
@@ -259,54 +318,51 @@ pub async fn verify_stream<S: EventStore + ?Sized>(
     stream: &StreamName,
 ) -> Result<VerifyReport, StoreError> {
     const PAGE: usize = 1024;
-    let mut previous = ChainHash::GENESIS;
-    let mut expected_version = 1;
+    let mut check = ChainCheck::new(stream.clone());
     loop {
-        let page = store.read_stream(stream, expected_version, PAGE).await?;
+        let page = store
+            .read_stream(stream, check.report.events + 1, PAGE)
+            .await?;
         let page_len = page.len();
-        for event in page {
-            let broken = |reason: String| BrokenLink {
-                version: event.version,
-                position: event.position,
-                reason,
-            };
-            let failure = if event.version != expected_version {
-                Some(broken(format!(
-                    "version {} follows version {}",
-                    event.version,
-                    expected_version - 1
-                )))
-            } else if event.stream != *stream {
-                Some(broken(format!("event belongs to stream {}", event.stream)))
-            } else {
-                match recompute(&previous, &event) {
-                    Ok(hash) if hash == event.hash => None,
-                    Ok(hash) => Some(broken(format!(
-                        "stored hash {} but content hashes to {hash}",
-                        event.hash
-                    ))),
-                    Err(error) => Some(broken(error.to_string())),
-                }
-            };
-            if let Some(broken) = failure {
-                return Ok(VerifyReport {
-                    stream: stream.clone(),
-                    events: expected_version - 1,
-                    head: previous,
-                    broken: Some(broken),
-                });
+        for event in &page {
+            if !check.next(event) {
+                return Ok(check.report);
             }
-            previous = event.hash;
-            expected_version += 1;
         }
         if page_len < PAGE {
-            return Ok(VerifyReport {
-                stream: stream.clone(),
-                events: expected_version - 1,
-                head: previous,
-                broken: None,
-            });
+            return Ok(check.report);
         }
+    }
+}
+
+/// Every stream's chain checked in one pass over the log: each event is checked against the
+/// one before it in its stream as the log is read, so verifying the whole log reads it once,
+/// however many streams it holds. Feed it the log in position order with [`LogVerifier::next`].
+#[derive(Debug, Default)]
+pub struct LogVerifier {
+    at: HashMap<StreamName, usize>,
+    checks: Vec<ChainCheck>,
+}
+
+impl LogVerifier {
+    /// Checks the next event of the log. Whether it is the first of its stream.
+    pub fn next(&mut self, event: &RecordedEvent) -> bool {
+        let (index, first) = match self.at.get(&event.stream) {
+            Some(index) => (*index, false),
+            None => {
+                self.at.insert(event.stream.clone(), self.checks.len());
+                self.checks.push(ChainCheck::new(event.stream.clone()));
+                (self.checks.len() - 1, true)
+            }
+        };
+        self.checks[index].next(event);
+        first
+    }
+
+    /// Each stream's report, as [`verify_stream`] would make it of the log read so far, in the
+    /// order the streams first appeared.
+    pub fn finish(self) -> Vec<VerifyReport> {
+        self.checks.into_iter().map(|check| check.report).collect()
     }
 }
 

@@ -8,7 +8,7 @@
 //! the `<NS>_CHECKPOINTS` stream on JetStream, where each stream's checkpoints go to a subject
 //! of their own so that the latest is one direct get away.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use domain::{StreamName, Timestamp};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::chain::VerifyReport;
+use crate::chain::{ChainHash, VerifyReport};
 use crate::{EventStore, JetStreamEventStore, StoreError};
 
 /// The environment variable that may hold the signing key (base64 of its 32-byte seed); every
@@ -382,12 +382,27 @@ pub async fn check(
     verifying: &VerifyingKey,
     stream: &StreamName,
 ) -> Result<CheckpointCheck, StoreError> {
-    let Some(checkpoint) = log.latest(stream).await? else {
-        return Ok(CheckpointCheck::NotSigned);
+    let checkpoint = match latest_signed(log, verifying, stream).await? {
+        Ok(checkpoint) => checkpoint,
+        Err(answer) => return Ok(answer),
     };
-    let broken = |reason: String| CheckpointCheck::Broken {
-        version: checkpoint.version,
-        reason,
+    let at = store.read_stream(stream, checkpoint.version, 1).await?;
+    let found = at
+        .first()
+        .filter(|event| event.version == checkpoint.version)
+        .map(|event| event.hash);
+    Ok(compare(&checkpoint, found))
+}
+
+/// The newest checkpoint of `stream` if this service's key signed it; otherwise what to
+/// answer about it.
+async fn latest_signed(
+    log: &dyn CheckpointLog,
+    verifying: &VerifyingKey,
+    stream: &StreamName,
+) -> Result<Result<Checkpoint, CheckpointCheck>, StoreError> {
+    let Some(checkpoint) = log.latest(stream).await? else {
+        return Ok(Err(CheckpointCheck::NotSigned));
     };
     let signature = hex::decode(&checkpoint.signature)
         .ok()
@@ -397,36 +412,43 @@ pub async fn check(
             && verifying.verify(&checkpoint.message(), &signature).is_ok()
     });
     if !signed {
-        return Ok(broken(format!(
-            "the checkpoint of version {} is not signed by this service's key {}",
-            checkpoint.version,
-            key_id(verifying)
-        )));
+        return Ok(Err(CheckpointCheck::Broken {
+            version: checkpoint.version,
+            reason: format!(
+                "the checkpoint of version {} is not signed by this service's key {}",
+                checkpoint.version,
+                key_id(verifying)
+            ),
+        }));
     }
-    let at = store.read_stream(stream, checkpoint.version, 1).await?;
-    Ok(match at.first() {
-        Some(event) if event.version == checkpoint.version => {
-            if event.hash.to_hex() == checkpoint.hash {
-                CheckpointCheck::Holds {
-                    version: checkpoint.version,
-                    signed_at: checkpoint.signed_at,
-                }
-            } else {
-                broken(format!(
-                    "version {} hashes to {} but the service signed {} on {}: the history was \
-                     rewritten",
-                    checkpoint.version,
-                    event.hash.to_hex(),
-                    checkpoint.hash,
-                    checkpoint.signed_at
-                ))
-            }
-        }
-        _ => broken(format!(
+    Ok(Ok(checkpoint))
+}
+
+/// What a signed checkpoint says given the hash the stream holds at its version (`None`: the
+/// stream no longer reaches it).
+fn compare(checkpoint: &Checkpoint, found: Option<ChainHash>) -> CheckpointCheck {
+    let broken = |reason: String| CheckpointCheck::Broken {
+        version: checkpoint.version,
+        reason,
+    };
+    match found {
+        Some(hash) if hash.to_hex() == checkpoint.hash => CheckpointCheck::Holds {
+            version: checkpoint.version,
+            signed_at: checkpoint.signed_at,
+        },
+        Some(hash) => broken(format!(
+            "version {} hashes to {} but the service signed {} on {}: the history was \
+             rewritten",
+            checkpoint.version,
+            hash.to_hex(),
+            checkpoint.hash,
+            checkpoint.signed_at
+        )),
+        None => broken(format!(
             "the stream no longer reaches version {}, which the service signed on {}",
             checkpoint.version, checkpoint.signed_at
         )),
-    })
+    }
 }
 
 /// A checkpoint log and the key, as a process holds them.
@@ -451,6 +473,59 @@ impl Verified {
 }
 
 impl Checkpoints {
+    /// Checks every stream of the log up to its head as it is now, in one pass: each chain
+    /// link by link, and each newest checkpoint against the hash met at its version. The log
+    /// is read once, whatever the number of streams; `progress` hears each position read.
+    /// Streams in the order they first appear.
+    pub async fn verify_all(
+        &self,
+        store: &dyn EventStore,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<Verified>, StoreError> {
+        const PAGE: usize = 1024;
+        let verifying = self.key.verifying();
+        let head = store.head_position().await?;
+        let mut chains = crate::chain::LogVerifier::default();
+        // Per stream, in first-seen order: its signed checkpoint (or the answer instead), and
+        // the hash found at the checkpoint's version.
+        let mut signed: Vec<(Result<Checkpoint, CheckpointCheck>, Option<ChainHash>)> = Vec::new();
+        let mut index: HashMap<StreamName, usize> = HashMap::new();
+        let mut from = 1;
+        while from <= head {
+            let page = store.read_all(from, PAGE).await?;
+            let Some(last) = page.last().map(|e| e.position) else {
+                break;
+            };
+            for event in page.iter().filter(|e| e.position <= head) {
+                if chains.next(event) {
+                    index.insert(event.stream.clone(), signed.len());
+                    let latest = latest_signed(self.log.as_ref(), &verifying, &event.stream);
+                    signed.push((latest.await?, None));
+                }
+                let (checkpoint, found) = &mut signed[index[&event.stream]];
+                if let Ok(checkpoint) = checkpoint {
+                    if found.is_none() && event.version == checkpoint.version {
+                        *found = Some(event.hash);
+                    }
+                }
+            }
+            progress(last.min(head));
+            from = last + 1;
+        }
+        Ok(chains
+            .finish()
+            .into_iter()
+            .zip(signed)
+            .map(|(chain, (checkpoint, found))| Verified {
+                chain,
+                checkpoint: match checkpoint {
+                    Ok(checkpoint) => compare(&checkpoint, found),
+                    Err(answer) => answer,
+                },
+            })
+            .collect())
+    }
+
     /// Checks `stream`'s chain and its newest checkpoint against this service's key.
     pub async fn verify(
         &self,

@@ -976,6 +976,22 @@ fn history_verify_and_export_read_the_log_and_a_rewritten_history_is_caught_by_i
     assert!(!output.status.success());
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("broken at version 1"), "{message}");
+    // The whole log's check, one pass, names the same link, and reports every stream first.
+    let output = run(&["verify", "--all", "--json"]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains(&format!("integration-{hubspot} is broken at version 1")),
+        "{message}"
+    );
+    let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let broken: Vec<&serde_json::Value> = reports.iter().filter(|r| r["intact"] == false).collect();
+    assert_eq!(broken.len(), 1, "{reports:#?}");
+    assert_eq!(broken[0]["stream"], format!("integration-{hubspot}"));
+    assert!(reports.len() > 1, "every stream is reported: {reports:#?}");
 }
 
 #[test]

@@ -8,7 +8,6 @@ use anyhow::Context;
 use domain::{Integration, IntegrationId, StreamName, Timestamp, WorkspaceId};
 use eventstore::checkpoints::CheckpointCheck;
 use eventstore::repository::Repository;
-use eventstore::EventStore;
 use serde_json::json;
 
 use crate::cli::{ExportArgs, HistoryArgs, StorageArgs, VerifyArgs};
@@ -94,33 +93,6 @@ pub async fn history(args: &HistoryArgs, out: &mut dyn Write) -> anyhow::Result<
     }
 }
 
-/// Every stream in the log, in the order they first appear.
-async fn all_streams(store: &dyn EventStore) -> anyhow::Result<Vec<StreamName>> {
-    let head = store.head_position().await?;
-    let bar = indicatif::ProgressBar::new(head).with_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events read  {per_sec}")
-            .context("the progress template is valid")?,
-    );
-    let mut seen = std::collections::HashSet::new();
-    let mut streams = Vec::new();
-    let mut from = 1;
-    while from <= head {
-        let page = store.read_all(from, PAGE).await?;
-        let Some(last) = page.last().map(|e| e.position) else {
-            break;
-        };
-        for event in page {
-            if seen.insert(event.stream.clone()) {
-                streams.push(event.stream);
-            }
-        }
-        bar.set_position(last.min(head));
-        from = last + 1;
-    }
-    bar.finish_and_clear();
-    Ok(streams)
-}
-
 /// `harmony verify [<integration>|--all]`.
 pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let logs = open(&args.storage).await?;
@@ -130,26 +102,35 @@ pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()
         args.checkpoint_key.as_deref(),
     )
     .await?;
-    let streams = match &args.integration {
+    let verified = match &args.integration {
         Some(text) => {
             let stream = StreamName::integration(integration(text)?);
             if logs.store.stream_version(&stream).await?.is_none() {
                 anyhow::bail!("there is no integration {text} in this log");
             }
-            vec![stream]
+            vec![checkpoints.verify(logs.store.as_ref(), &stream).await?]
         }
-        None => all_streams(logs.store.as_ref()).await?,
+        None => {
+            // One pass over the log checks every stream.
+            let head = logs.store.head_position().await?;
+            let bar = indicatif::ProgressBar::new(head).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} events verified  eta {eta}",
+                )
+                .context("the progress template is valid")?,
+            );
+            let verified = checkpoints
+                .verify_all(logs.store.as_ref(), &|at| bar.set_position(at))
+                .await?;
+            bar.finish_and_clear();
+            verified
+        }
     };
-    let bar = indicatif::ProgressBar::new(streams.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} streams verified  eta {eta}")
-            .context("the progress template is valid")?,
-    );
     let mut events = 0;
-    for stream in &streams {
-        let verified = checkpoints.verify(logs.store.as_ref(), stream).await?;
+    for verified in &verified {
         let (report, checkpoint) = (&verified.chain, &verified.checkpoint);
+        let stream = &report.stream;
         events += report.events;
-        bar.inc(1);
         if args.json {
             writeln!(
                 out,
@@ -158,21 +139,7 @@ pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()
                        "events": report.events, "head": report.head.to_hex(),
                        "broken": report.broken, "checkpoint": checkpoint})
             )?;
-        }
-        if let Some(broken) = &report.broken {
-            bar.finish_and_clear();
-            anyhow::bail!(
-                "{stream} is broken at version {} (position {}): {}",
-                broken.version,
-                broken.position,
-                broken.reason
-            );
-        }
-        if let CheckpointCheck::Broken { reason, .. } = checkpoint {
-            bar.finish_and_clear();
-            anyhow::bail!("{stream} does not match its signed checkpoint: {reason}");
-        }
-        if !args.json && args.integration.is_some() {
+        } else if args.integration.is_some() && verified.is_intact() {
             let signed = match checkpoint {
                 CheckpointCheck::Holds { version, signed_at } => {
                     format!("; the checkpoint signed at version {version} on {signed_at} holds")
@@ -187,12 +154,31 @@ pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()
             )?;
         }
     }
-    bar.finish_and_clear();
+    // Every stream is reported (as JSON) before the first broken one fails the command.
+    let broken = verified.iter().filter(|v| !v.is_intact()).count();
+    let also = match broken {
+        0 | 1 => String::new(),
+        n => format!(" ({} other streams are broken too)", n - 1),
+    };
+    for verified in &verified {
+        let stream = &verified.chain.stream;
+        if let Some(broken) = &verified.chain.broken {
+            anyhow::bail!(
+                "{stream} is broken at version {} (position {}): {}{also}",
+                broken.version,
+                broken.position,
+                broken.reason
+            );
+        }
+        if let CheckpointCheck::Broken { reason, .. } = &verified.checkpoint {
+            anyhow::bail!("{stream} does not match its signed checkpoint: {reason}{also}");
+        }
+    }
     if !args.json && args.integration.is_none() {
         writeln!(
             out,
             "{} streams, {events} events: every chain intact and every signed checkpoint holds",
-            streams.len()
+            verified.len()
         )?;
     }
     Ok(())
