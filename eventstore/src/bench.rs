@@ -253,6 +253,7 @@ pub async fn run(
     for (writers, total) in [1u64, 16, 256].into_iter().zip(sizes.single_appends) {
         progress(&format!("append_w{writers}: {total} durable appends"));
         let ours = ours_single(&store, writers, total).await?;
+        progress(&format!("append_w{writers}: the raw engine"));
         let raw = raw_single(
             &raw_db,
             &raw_tree,
