@@ -6,6 +6,7 @@ pub(super) const EVENT: u8 = b'E';
 
 pub(super) const STREAM: u8 = b'S';
 
+/// `I ‖ event id` → position: the id index of logs written before the time index (read only).
 pub(super) const ID: u8 = b'I';
 /// `W ‖ workspace ‖ 0x00 ‖ first position (u64 BE)` → count (u32 BE): a run of consecutive
 /// positions holding the workspace's events.

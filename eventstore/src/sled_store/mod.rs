@@ -1,7 +1,7 @@
 //! The embedded backend: a log on sled with group commit.
 //!
 //! # Layout
-//! One sled tree, `log`, holds three key spaces so that one atomic sled batch covers all of a
+//! One sled tree, `log`, holds these key spaces, so that one atomic sled batch covers all of a
 //! group commit:
 //! - `E ‖ first position (u64 BE)` → a **chunk**: the records of up to [`CHUNK_EVENTS`](layout::CHUNK_EVENTS)
 //!   consecutive positions. A record is the event's version (u64 BE), its chain hash
@@ -11,7 +11,15 @@
 //! - `S ‖ stream ‖ 0x00 ‖ first version (u64 BE)` → first position (u64 BE) and count (u32 BE):
 //!   one entry per append, which covers consecutive versions at consecutive positions (stream
 //!   names never contain 0x00, so a stream's entries form one contiguous range).
-//! - `I ‖ event id (16 bytes)` → position: the idempotency index, one entry per event.
+//! - `T ‖ second (u64 BE)` → the first position stored in that second: a coarse time index,
+//!   at most one entry per second, for idempotency (below).
+//! - `W ‖ workspace ‖ 0x00 ‖ first position (u64 BE)` → count: runs of a workspace's events.
+//!
+//! Idempotency needs no per-event entry (ADR 007): the writer keeps the ids stored in the last
+//! seconds to minutes in memory, and an id made before what they cover (event ids are UUID v7
+//! and carry their time) is looked for in the log from the time index's position for its time
+//! on. Logs written before that kept `I ‖ event id` → position for every event; those entries
+//! are still read for the events they cover, and no longer written.
 //!
 //! Snapshots live in a second tree, `snapshots`: they are derived data and need no atomicity
 //! with the log.
@@ -54,9 +62,11 @@ use crate::EventStore;
 
 mod layout;
 mod reads;
+mod recent;
 mod writer;
 
 use layout::*;
+use recent::{time_key, Known, RecentIds, TIME};
 use writer::*;
 
 /// Sled's segment size: 2 MiB, so that pages up to 512 KiB stay inline in the log. Larger
@@ -189,10 +199,19 @@ impl SledEventStore {
             appends: AtomicU64::new(0),
         });
         let (queue, requests) = mpsc::channel(16_384);
+        let indexed_second = match shared.log.scan_prefix([TIME]).next_back() {
+            Some(entry) => read_u64(&entry?.0[1..], 0)?,
+            None => 0,
+        };
+        let recent = RecentIds::load(&shared.log, head)?;
         let writer = Writer {
             shared: shared.clone(),
             heads: HashMap::new(),
             next_position: head + 1,
+            recent,
+            indexed_second,
+            group_start: head + 1,
+            legacy_ids: shared.log.scan_prefix([ID]).next().is_some(),
         };
         let max_group = config.max_group.max(1);
         let thread = std::thread::Builder::new()
@@ -429,6 +448,146 @@ mod tests {
             events.iter().map(|e| e.position).collect::<Vec<_>>(),
             (1..=10).collect::<Vec<_>>()
         );
+    }
+
+    /// An event whose id was made `ago` before now, as a copy of an old log carries.
+    fn made_ago(n: u64, ago: std::time::Duration) -> NewEvent {
+        let made = std::time::SystemTime::now() - ago;
+        let since = made.duration_since(std::time::UNIX_EPOCH).unwrap();
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+        NewEvent {
+            id: EventId(uuid::Uuid::new_v7(ts)),
+            ..conformance::event(n)
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_are_recognized_from_memory_and_after_a_restart_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        // A batch made an hour ago (a copy resuming), a fresh one, and others around them.
+        let old = vec![made_ago(1, hour), made_ago(2, hour)];
+        let fresh = vec![conformance::event(3)];
+        let noise = conformance::stream("noise");
+        store
+            .append(&noise, ExpectedVersion::Any, vec![conformance::event(0)])
+            .await
+            .unwrap();
+        let s = conformance::stream("retried");
+        let first = store
+            .append(&s, ExpectedVersion::NoStream, old.clone())
+            .await
+            .unwrap();
+        let second = store
+            .append(&s, ExpectedVersion::Exact(2), fresh.clone())
+            .await
+            .unwrap();
+        store
+            .append(&noise, ExpectedVersion::Any, vec![conformance::event(4)])
+            .await
+            .unwrap();
+        // In the same process: from memory.
+        let again = store.append(&s, ExpectedVersion::Any, old.clone()).await;
+        assert_eq!(again.unwrap(), first);
+        // As if the first three events had been stored an hour ago and the rest a minute ago:
+        // a restart then remembers the last minute, and finds the old batch in the log.
+        let times: Vec<(sled::IVec, sled::IVec)> = store
+            .shared
+            .log
+            .scan_prefix([TIME])
+            .map(Result::unwrap)
+            .collect();
+        let now = read_u64(&times[0].0[1..], 0).unwrap();
+        for (key, _) in times {
+            store.shared.log.remove(key).unwrap();
+        }
+        let at = |position: u64| position.to_be_bytes();
+        store
+            .shared
+            .log
+            .insert(time_key(now - 3600), &at(1))
+            .unwrap();
+        store
+            .shared
+            .log
+            .insert(time_key(now - 60), &at(first.last_position + 1))
+            .unwrap();
+        store.shared.db.flush().unwrap();
+        drop(store);
+
+        // After a restart memory is empty: both are found in the log, and nothing is written.
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let head = store.head_position().await.unwrap();
+        let again = store.append(&s, ExpectedVersion::Any, old.clone()).await;
+        assert_eq!(again.unwrap(), first);
+        let again = store
+            .append(&s, ExpectedVersion::NoStream, fresh.clone())
+            .await;
+        assert_eq!(again.unwrap(), second);
+        // Part of a stored batch with a new event is refused, as is a stored id elsewhere.
+        let mixed = vec![old[1].clone(), conformance::event(5)];
+        assert_eq!(
+            store.append(&s, ExpectedVersion::Any, mixed).await,
+            Err(StoreError::IdempotencyMismatch { id: old[1].id })
+        );
+        assert_eq!(
+            store
+                .append(&noise, ExpectedVersion::Any, fresh.clone())
+                .await,
+            Err(StoreError::IdempotencyMismatch { id: fresh[0].id })
+        );
+        assert_eq!(store.head_position().await.unwrap(), head);
+        // No per-event index entry was written: one time entry for the whole second or two.
+        assert_eq!(store.shared.log.scan_prefix([ID]).count(), 0);
+        assert!(store.shared.log.scan_prefix([TIME]).count() <= 3);
+    }
+
+    #[tokio::test]
+    async fn a_log_written_with_an_id_index_still_recognizes_its_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let s = conformance::stream("legacy");
+        let batch = vec![conformance::event(1), conformance::event(2)];
+        let first = store
+            .append(&s, ExpectedVersion::NoStream, batch.clone())
+            .await
+            .unwrap();
+        // As an older version left it: an id index entry per event, no time index.
+        for (offset, event) in batch.iter().enumerate() {
+            let position = first.first_position + offset as u64;
+            store
+                .shared
+                .log
+                .insert(id_key(&event.id), &position.to_be_bytes())
+                .unwrap();
+        }
+        let times: Vec<sled::IVec> = store
+            .shared
+            .log
+            .scan_prefix([TIME])
+            .keys()
+            .map(Result::unwrap)
+            .collect();
+        for key in times {
+            store.shared.log.remove(key).unwrap();
+        }
+        store.shared.db.flush().unwrap();
+        drop(store);
+
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let again = store
+            .append(&s, ExpectedVersion::NoStream, batch.clone())
+            .await;
+        assert_eq!(again.unwrap(), first);
+        // New appends go on from there, indexed by time.
+        let next = store
+            .append(&s, ExpectedVersion::Exact(2), vec![conformance::event(3)])
+            .await
+            .unwrap();
+        assert_eq!(next.first_version, 3);
+        assert_eq!(store.read_stream(&s, 1, 10).await.unwrap().len(), 3);
+        assert_eq!(store.shared.log.scan_prefix([TIME]).count(), 1);
     }
 
     /// Each store in its own temporary directory, removed with the backend.

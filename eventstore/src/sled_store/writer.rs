@@ -84,6 +84,14 @@ pub(super) struct Writer {
     /// Stream heads (version, last hash), loaded from the index on first use.
     pub(super) heads: HashMap<StreamName, (u64, ChainHash)>,
     pub(super) next_position: u64,
+    /// The ids stored lately, for idempotency (see [`super::recent`]).
+    pub(super) recent: RecentIds,
+    /// The last second the time index has an entry for.
+    pub(super) indexed_second: u64,
+    /// The first position of the group being prepared: everything before it is applied.
+    pub(super) group_start: u64,
+    /// Whether the log holds id index entries (it was written before the time index).
+    pub(super) legacy_ids: bool,
 }
 
 impl Shared {
@@ -238,23 +246,35 @@ impl Writer {
         group: &GroupWrites,
     ) -> Result<Option<AppendResult>, StoreError> {
         let mut reader = ChunkReader::new(&self.shared.log);
-        let mut lookup = |id: &EventId| -> Result<Option<(StreamName, u64, u64)>, StoreError> {
-            if let Some(found) = group.ids.get(id) {
-                return Ok(Some(found.clone()));
-            }
-            let Some(position) = self.shared.log.get(id_key(id))? else {
-                return Ok(None);
-            };
-            let position = read_u64(&position, 0)?;
-            let event = reader.event(position)?.ok_or_else(|| StoreError::Corrupt {
-                position,
-                reason: "id index points to a missing event".into(),
-            })?;
-            Ok(Some((event.stream, event.version, position)))
-        };
-        let mut found = Vec::with_capacity(request.events.len());
+        let mut found: Vec<Option<(StreamName, u64, u64)>> =
+            Vec::with_capacity(request.events.len());
+        let mut unknown = Vec::new();
         for event in &request.events {
-            found.push(lookup(&event.id)?);
+            if let Some(stored) = group.ids.get(&event.id) {
+                found.push(Some(stored.clone()));
+                continue;
+            }
+            match self.recent.known(&event.id) {
+                Known::New => found.push(None),
+                Known::Stored(position) => {
+                    let event = reader.event(position)?.ok_or_else(|| StoreError::Corrupt {
+                        position,
+                        reason: "a recent id points to a missing event".into(),
+                    })?;
+                    found.push(Some((event.stream, event.version, position)));
+                }
+                Known::Unknown => {
+                    unknown.push((found.len(), event.id));
+                    found.push(None);
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            let ids: Vec<EventId> = unknown.iter().map(|(_, id)| *id).collect();
+            let mut stored = self.search(&ids)?;
+            for (index, id) in unknown {
+                found[index] = stored.remove(&id);
+            }
         }
         if found.iter().all(Option::is_none) {
             return Ok(None);
@@ -287,6 +307,65 @@ impl Writer {
             first_position: first.2,
             last_position: last.2,
         }))
+    }
+
+    /// Looks for `ids` in the log itself: in the id index of events stored before the time
+    /// index, then in every event stored since the earliest moment one of them can have been
+    /// stored. Slow, and rare: only ids older than the recent ones come here.
+    fn search(
+        &self,
+        ids: &[EventId],
+    ) -> Result<HashMap<EventId, (StreamName, u64, u64)>, StoreError> {
+        let mut reader = ChunkReader::new(&self.shared.log);
+        let mut found = HashMap::new();
+        let mut wanted: HashSet<EventId> = HashSet::new();
+        for id in ids {
+            let indexed = if self.legacy_ids {
+                self.shared.log.get(id_key(id))?
+            } else {
+                None
+            };
+            match indexed {
+                Some(position) => {
+                    let position = read_u64(&position, 0)?;
+                    let event = reader.event(position)?.ok_or_else(|| StoreError::Corrupt {
+                        position,
+                        reason: "id index points to a missing event".into(),
+                    })?;
+                    found.insert(*id, (event.stream, event.version, position));
+                }
+                None => {
+                    wanted.insert(*id);
+                }
+            }
+        }
+        let Some(earliest) = wanted.iter().map(RecentIds::earliest_store).min() else {
+            return Ok(found);
+        };
+        let second = time_key(earliest / 1000);
+        let from = match self.shared.log.range(time_key(0)..=second).next_back() {
+            Some(entry) => Some(entry?),
+            // Older than the time index: from its first entry (what came before is in the
+            // id index).
+            None => self.shared.log.scan_prefix([TIME]).next().transpose()?,
+        };
+        let Some((_, from)) = from else {
+            return Ok(found);
+        };
+        // What memory holds needs no reading.
+        let end = self.group_start.min(self.recent.complete_from());
+        let mut position = read_u64(&from, 0)?;
+        while position < end && !wanted.is_empty() {
+            let event = reader.event(position)?.ok_or_else(|| StoreError::Corrupt {
+                position,
+                reason: "the time index points past the log".into(),
+            })?;
+            if wanted.remove(&event.id) {
+                found.insert(event.id, (event.stream, event.version, position));
+            }
+            position += 1;
+        }
+        Ok(found)
     }
 
     pub(super) fn prepare(
@@ -324,9 +403,6 @@ impl Writer {
             group.records.push(event.record(version, &hash));
             group.workspaces.add(&event.workspace, position);
             group
-                .batch
-                .insert(&id_key(&event.id), &position.to_be_bytes());
-            group
                 .ids
                 .insert(event.id, (request.stream.clone(), version, position));
         }
@@ -363,6 +439,7 @@ impl Writer {
         }
         let mut writes = GroupWrites::default();
         let start_position = self.next_position;
+        self.group_start = start_position;
         let mut outcomes = Vec::with_capacity(group.len());
         for request in group.iter() {
             let outcome = self.prepare(request, &mut writes);
@@ -389,6 +466,13 @@ impl Writer {
             }
         }
         writes.workspaces.write_to(&mut writes.batch);
+        let now = self.recent.now();
+        let second = now / 1000;
+        if wrote && second > self.indexed_second {
+            writes
+                .batch
+                .insert(&time_key(second), &start_position.to_be_bytes());
+        }
         let applied = if wrote {
             self.shared.log.apply_batch(writes.batch)
         } else {
@@ -396,6 +480,16 @@ impl Writer {
         };
         match applied {
             Ok(()) => {
+                if wrote {
+                    self.indexed_second = self.indexed_second.max(second);
+                }
+                self.recent.committed(
+                    now,
+                    writes
+                        .ids
+                        .into_iter()
+                        .map(|(id, (_, _, position))| (id, position)),
+                );
                 self.heads.extend(writes.heads);
                 let replies = group
                     .drain(..)
