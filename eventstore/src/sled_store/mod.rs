@@ -69,6 +69,10 @@ use layout::*;
 use recent::{time_key, Known, RecentIds, TIME};
 use writer::*;
 
+/// The writer's maps, hashed on its hot path: keys are event ids and stream names this
+/// process stores, so a fast hasher with a per-process seed is enough.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
+
 /// Sled's segment size: 2 MiB, so that pages up to 512 KiB stay inline in the log. Larger
 /// segments cost more per flush (sled starts a fresh, zeroed buffer of this size).
 const SEGMENT_BYTES: usize = 2 * 1024 * 1024;
@@ -206,7 +210,7 @@ impl SledEventStore {
         let recent = RecentIds::load(&shared.log, head)?;
         let writer = Writer {
             shared: shared.clone(),
-            heads: HashMap::new(),
+            heads: FastMap::default(),
             next_position: head + 1,
             recent,
             indexed_second,

@@ -45,7 +45,7 @@ pub(super) enum Known {
 /// The ids stored lately and where, with the moment from which they are complete.
 #[derive(Debug)]
 pub(super) struct RecentIds {
-    positions: HashMap<EventId, u64>,
+    positions: FastMap<EventId, u64>,
     /// Per group commit, oldest first: when it was stored (ms) and its ids.
     groups: VecDeque<(u64, Vec<EventId>)>,
     /// Every id stored at or after this moment (ms) is in `positions`…
@@ -73,7 +73,7 @@ impl RecentIds {
     pub(super) fn new() -> Self {
         let now = unix_ms(std::time::SystemTime::now());
         Self {
-            positions: HashMap::new(),
+            positions: FastMap::default(),
             groups: VecDeque::new(),
             complete_since: now,
             complete_from: 1,
@@ -91,7 +91,7 @@ impl RecentIds {
         };
         let now = unix_ms(std::time::SystemTime::now()).max(last_indexed * 1000);
         let mut recent = Self {
-            positions: HashMap::new(),
+            positions: FastMap::default(),
             groups: VecDeque::new(),
             complete_since: now,
             complete_from: head + 1,

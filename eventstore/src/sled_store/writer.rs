@@ -82,7 +82,7 @@ pub(super) struct Flush {
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     /// Stream heads (version, last hash), loaded from the index on first use.
-    pub(super) heads: HashMap<StreamName, (u64, ChainHash)>,
+    pub(super) heads: FastMap<StreamName, (u64, ChainHash)>,
     pub(super) next_position: u64,
     /// The ids stored lately, for idempotency (see [`super::recent`]).
     pub(super) recent: RecentIds,
@@ -170,8 +170,8 @@ pub(super) struct GroupWrites {
     batch: sled::Batch,
     /// Records in position order, from the group's first position.
     records: Vec<Vec<u8>>,
-    heads: HashMap<StreamName, (u64, ChainHash)>,
-    ids: HashMap<EventId, (StreamName, u64, u64)>,
+    heads: FastMap<StreamName, (u64, ChainHash)>,
+    ids: FastMap<EventId, (StreamName, u64, u64)>,
     workspaces: WorkspaceRuns,
 }
 
