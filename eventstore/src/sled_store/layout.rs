@@ -227,6 +227,19 @@ impl<'a> ChunkReader<'a> {
             .map(|range| &chunk[range.clone()]))
     }
 
+    /// The event at `position`, which `what` (an index) says is stored: its absence is
+    /// corruption.
+    pub(super) fn indexed_event(
+        &mut self,
+        position: u64,
+        what: &str,
+    ) -> Result<RecordedEvent, StoreError> {
+        self.event(position)?.ok_or_else(|| StoreError::Corrupt {
+            position,
+            reason: format!("{what} points to a missing event"),
+        })
+    }
+
     pub(super) fn event(&mut self, position: u64) -> Result<Option<RecordedEvent>, StoreError> {
         match self.record(position)? {
             Some(record) => decode(position, record).map(Some),

@@ -111,10 +111,7 @@ impl RecentIds {
         let mut reader = ChunkReader::new(log);
         let mut ids = Vec::new();
         for position in first..=head {
-            let event = reader.event(position)?.ok_or_else(|| StoreError::Corrupt {
-                position,
-                reason: "the time index points past the log".into(),
-            })?;
+            let event = reader.indexed_event(position, "the time index")?;
             ids.push((event.id, position));
         }
         recent.complete_since = second * 1000;

@@ -228,11 +228,7 @@ impl Writer {
         let (key, value) = entry?;
         let run = StreamRun::decode(prefix.len(), &key, &value)?;
         let event = ChunkReader::new(&self.shared.log)
-            .event(run.last_position())?
-            .ok_or_else(|| StoreError::Corrupt {
-                position: run.last_position(),
-                reason: "stream head points to a missing event".into(),
-            })?;
+            .indexed_event(run.last_position(), "the stream head")?;
         let head = (run.last_version(), event.hash);
         self.heads.insert(stream.clone(), head);
         Ok(Some(head))
@@ -257,10 +253,7 @@ impl Writer {
             match self.recent.known(&event.id) {
                 Known::New => found.push(None),
                 Known::Stored(position) => {
-                    let event = reader.event(position)?.ok_or_else(|| StoreError::Corrupt {
-                        position,
-                        reason: "a recent id points to a missing event".into(),
-                    })?;
+                    let event = reader.indexed_event(position, "a recent id")?;
                     found.push(Some((event.stream, event.version, position)));
                 }
                 Known::Unknown => {
@@ -328,10 +321,7 @@ impl Writer {
             match indexed {
                 Some(position) => {
                     let position = read_u64(&position, 0)?;
-                    let event = reader.event(position)?.ok_or_else(|| StoreError::Corrupt {
-                        position,
-                        reason: "id index points to a missing event".into(),
-                    })?;
+                    let event = reader.indexed_event(position, "the id index")?;
                     found.insert(*id, (event.stream, event.version, position));
                 }
                 None => {
@@ -356,10 +346,7 @@ impl Writer {
         let end = self.group_start.min(self.recent.complete_from());
         let mut position = read_u64(&from, 0)?;
         while position < end && !wanted.is_empty() {
-            let event = reader.event(position)?.ok_or_else(|| StoreError::Corrupt {
-                position,
-                reason: "the time index points past the log".into(),
-            })?;
+            let event = reader.indexed_event(position, "the time index")?;
             if wanted.remove(&event.id) {
                 found.insert(event.id, (event.stream, event.version, position));
             }
