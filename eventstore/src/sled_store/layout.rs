@@ -89,19 +89,27 @@ pub(super) fn event_key(position: u64) -> [u8; 9] {
     key
 }
 
-pub(super) fn stream_prefix(stream: &StreamName) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.as_str().len() + 10);
-    key.push(STREAM);
-    key.extend_from_slice(stream.as_str().as_bytes());
+/// `tag ‖ name ‖ 0x00`: where the entries of one stream (or workspace) begin; names never
+/// contain 0x00, so one name's entries form one contiguous range.
+fn named_prefix(tag: u8, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 10);
+    key.push(tag);
+    key.extend_from_slice(name.as_bytes());
     key.push(0);
     key
 }
 
-pub(super) fn stream_key(prefix: &[u8], version: u64) -> Vec<u8> {
+/// `prefix ‖ n (u64 BE)`: an entry of a stream (from its version) or of a workspace (from its
+/// position).
+pub(super) fn entry_key(prefix: &[u8], n: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + 8);
     key.extend_from_slice(prefix);
-    key.extend_from_slice(&version.to_be_bytes());
+    key.extend_from_slice(&n.to_be_bytes());
     key
+}
+
+pub(super) fn stream_prefix(stream: &StreamName) -> Vec<u8> {
+    named_prefix(STREAM, stream.as_str())
 }
 
 pub(super) fn id_key(id: &EventId) -> [u8; 17] {
@@ -249,18 +257,7 @@ impl<'a> ChunkReader<'a> {
 }
 
 pub(super) fn workspace_prefix(workspace: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(2 + workspace.len());
-    key.push(WORKSPACE);
-    key.extend_from_slice(workspace.as_bytes());
-    key.push(0);
-    key
-}
-
-pub(super) fn workspace_key(prefix: &[u8], first_position: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + 8);
-    key.extend_from_slice(prefix);
-    key.extend_from_slice(&first_position.to_be_bytes());
-    key
+    named_prefix(WORKSPACE, workspace)
 }
 
 /// Runs of consecutive positions by workspace, as the workspace index keeps them.
@@ -285,7 +282,7 @@ impl WorkspaceRuns {
     pub(super) fn write_to(&self, batch: &mut sled::Batch) {
         for (workspace, first, count) in &self.runs {
             batch.insert(
-                workspace_key(&workspace_prefix(workspace), *first),
+                entry_key(&workspace_prefix(workspace), *first),
                 &count.to_be_bytes(),
             );
         }

@@ -20,11 +20,11 @@ impl SledEventStore {
         let start = match self
             .shared
             .log
-            .range(workspace_key(&prefix, 0)..=workspace_key(&prefix, from))
+            .range(entry_key(&prefix, 0)..=entry_key(&prefix, from))
             .next_back()
         {
             Some(entry) => entry?.0.to_vec(),
-            None => workspace_key(&prefix, from),
+            None => entry_key(&prefix, from),
         };
         let mut events = Vec::new();
         for entry in self.shared.log.range(start..) {
@@ -114,11 +114,11 @@ impl SledEventStore {
         let covering = self
             .shared
             .log
-            .range(stream_key(&prefix, 0)..=stream_key(&prefix, from))
+            .range(entry_key(&prefix, 0)..=entry_key(&prefix, from))
             .next_back()
             .transpose()?;
-        let start = covering.map_or_else(|| stream_key(&prefix, from), |(key, _)| key.to_vec());
-        let end = stream_key(&prefix, u64::MAX);
+        let start = covering.map_or_else(|| entry_key(&prefix, from), |(key, _)| key.to_vec());
+        let end = entry_key(&prefix, u64::MAX);
         let prefix_len = prefix.len();
         Ok(self.shared.log.range(start..=end).map(move |entry| {
             let (key, value) = entry?;

@@ -396,7 +396,7 @@ impl Writer {
         let count = request.events.len() as u64;
         let prefix = stream_prefix(&request.stream);
         group.batch.insert(
-            stream_key(&prefix, first_version),
+            entry_key(&prefix, first_version),
             &StreamRun::encode(first_position, count),
         );
         self.next_position += count;
