@@ -6,7 +6,9 @@
 //! and the same one-event appends straight on a sled log.
 //!
 //! Also beside them: a minimal axum handler under the same load generator, the machine's
-//! HTTP ceiling, which `get_installed_rps` is reported against; and the audit export of a
+//! HTTP ceiling, which `get_installed_rps` is reported against; the same handler appending
+//! the POST's one event straight on a sled log (`http_append_rps`: HTTP and the raw append,
+//! nothing else — the ceiling of any write API here); and the audit export of a
 //! workspace holding 1% of the log's events, against reading the whole log (what an export
 //! cost before the workspace index).
 //!
@@ -158,14 +160,17 @@ where
 
 /// The least an axum server can do for a request — route it and answer a small JSON body — on a
 /// runtime of its own with as many workers as the service's: the HTTP ceiling of the machine
-/// under the same load generator.
+/// under the same load generator. Its second route appends one event to a sled log of its own
+/// and answers: the ceiling of any write API on this machine, HTTP plus the raw append and
+/// nothing else.
 struct MinimalServer {
     url: String,
+    append_url: String,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl MinimalServer {
-    async fn start() -> anyhow::Result<Self> {
+    async fn start(log: &std::path::Path) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -173,17 +178,69 @@ impl MinimalServer {
         let listener = runtime
             .spawn(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .await??;
-        let url = format!("http://{}/minimal", listener.local_addr()?);
-        let app = axum::Router::new().route(
-            "/minimal",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({ "ok": true })) }),
-        );
+        let address = listener.local_addr()?;
+        let store = Arc::new(SledEventStore::open(log)?);
+        let app = axum::Router::new()
+            .route(
+                "/minimal",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({ "ok": true })) }),
+            )
+            .route(
+                "/append/{id}",
+                axum::routing::post(
+                    move |axum::extract::Path(id): axum::extract::Path<IntegrationId>| {
+                        let store = store.clone();
+                        async move {
+                            match append_sync_requested(&store, id).await {
+                                Ok(()) => (
+                                    axum::http::StatusCode::ACCEPTED,
+                                    axum::Json(serde_json::json!({ "ok": true })),
+                                ),
+                                Err(error) => (
+                                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                                    axum::Json(serde_json::json!({ "error": error.to_string() })),
+                                ),
+                            }
+                        }
+                    },
+                ),
+            );
         runtime.spawn(async move { axum::serve(listener, app).await });
         Ok(Self {
-            url,
+            url: format!("http://{address}/minimal"),
+            append_url: format!("http://{address}/append"),
             runtime: Some(runtime),
         })
     }
+}
+
+/// The one event a sync request appends, straight on `store`: the raw engine's part of
+/// `POST …/sync`.
+async fn append_sync_requested(store: &SledEventStore, id: IntegrationId) -> anyhow::Result<()> {
+    let user: domain::UserId = "ada".parse().expect("a valid user id");
+    let event = NewEvent::from_domain(
+        &domain::IntegrationEvent::SyncRequested(domain::integration::SyncRequested {
+            sync_id: domain::SyncId::new(),
+            kind: domain::integration::SyncKind::Full,
+            trigger: domain::integration::SyncTrigger::Manual { user: user.clone() },
+        }),
+        domain::Metadata {
+            workspace: SYNC_WORKSPACE.parse().expect("a valid workspace id"),
+            owner: None,
+            actor: domain::Actor::User(user),
+            correlation_id: uuid::Uuid::now_v7(),
+            causation_id: None,
+            occurred_at: Timestamp::now(),
+        },
+    );
+    store
+        .append(
+            &StreamName::integration(id),
+            ExpectedVersion::Any,
+            vec![event],
+        )
+        .await?;
+    Ok(())
 }
 
 impl Drop for MinimalServer {
@@ -342,7 +399,7 @@ pub async fn run(
     );
 
     progress("a minimal axum handler over HTTP: the machine's ceiling");
-    let ceiling = MinimalServer::start().await?;
+    let ceiling = MinimalServer::start(&scratch.join("minimal-log")).await?;
     let (ceiling_rps, _) = closed_loop(sizes.phase, {
         let client = client.clone();
         let token = token.clone();
@@ -362,7 +419,6 @@ pub async fn run(
         }
     })
     .await?;
-    drop(ceiling);
 
     progress("the small workspace's audit export over HTTP");
     let mut exports = Vec::new();
@@ -436,35 +492,32 @@ pub async fn run(
             let (store, ids) = (raw_store.clone(), ids.clone());
             async move {
                 let id = ids[rand::rng().random_range(0..ids.len())];
-                let event = NewEvent::from_domain(
-                    &domain::IntegrationEvent::SyncRequested(domain::integration::SyncRequested {
-                        sync_id: domain::SyncId::new(),
-                        kind: domain::integration::SyncKind::Full,
-                        trigger: domain::integration::SyncTrigger::Manual {
-                            user: "ada".parse().expect("a valid user id"),
-                        },
-                    }),
-                    domain::Metadata {
-                        workspace: SYNC_WORKSPACE.parse().expect("a valid workspace id"),
-                        owner: None,
-                        actor: domain::Actor::User("ada".parse().expect("a valid user id")),
-                        correlation_id: uuid::Uuid::now_v7(),
-                        causation_id: None,
-                        occurred_at: Timestamp::now(),
-                    },
+                append_sync_requested(&store, id).await
+            }
+        }
+    })
+    .await?;
+
+    progress("the minimal handler appending the same event over HTTP: a write API's ceiling");
+    let (http_append, _) = closed_loop(sizes.phase, {
+        let (client, ids, url) = (client.clone(), targets.clone(), ceiling.append_url.clone());
+        move || {
+            let (client, ids, url) = (client.clone(), ids.clone(), url.clone());
+            async move {
+                let id = ids[rand::rng().random_range(0..ids.len())];
+                let response = client.post(format!("{url}/{id}")).send().await?;
+                anyhow::ensure!(
+                    response.status() == 202,
+                    "POST minimal append: {}",
+                    response.status()
                 );
-                store
-                    .append(
-                        &StreamName::integration(id),
-                        ExpectedVersion::Any,
-                        vec![event],
-                    )
-                    .await?;
+                response.bytes().await?;
                 Ok(())
             }
         }
     })
     .await?;
+    drop(ceiling);
 
     progress("POST …/sync over HTTP");
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -527,6 +580,7 @@ pub async fn run(
                 "ms",
             ),
             Figure::against_raw("post_sync_rps", post_rps, "requests/s", raw_append),
+            Figure::against_raw("http_append_rps", http_append, "requests/s", raw_append),
             Figure::against_raw(
                 "export_small_workspace_ms",
                 percentile_ms(&exports, 0.50),
