@@ -61,6 +61,18 @@ struct ClientFile {
     authorize_url: Option<Url>,
     token_url: Option<Url>,
     revoke_url: Option<Url>,
+    /// The issuer identifier a callback's `iss` must name (RFC 9207).
+    issuer: Option<String>,
+    /// How the client authenticates at the token endpoint: `basic` (HTTP Basic, RFC 6749
+    /// §2.3.1) or `body` (`client_id` and `client_secret` in the form).
+    client_auth: Option<ClientAuth>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ClientAuth {
+    Basic,
+    Body,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +93,9 @@ struct Defaults {
     token: &'static str,
     revoke: Option<(&'static str, bool)>,
     extra: &'static [(&'static str, &'static str)],
+    /// The client's credentials go in the token request's body: only for a provider that
+    /// accepts nothing else (HubSpot); HTTP Basic otherwise.
+    credentials_in_body: bool,
 }
 
 fn defaults(app: &str) -> Option<Defaults> {
@@ -90,6 +105,7 @@ fn defaults(app: &str) -> Option<Defaults> {
         revoke: Some(("https://oauth2.googleapis.com/revoke", true)),
         // A refresh token only comes with offline access and a consent screen.
         extra: &[("access_type", "offline"), ("prompt", "consent")],
+        credentials_in_body: false,
     };
     match app {
         "hubspot" => Some(Defaults {
@@ -97,12 +113,14 @@ fn defaults(app: &str) -> Option<Defaults> {
             token: "https://api.hubapi.com/oauth/v1/token",
             revoke: Some(("https://api.hubapi.com/oauth/v1/refresh-tokens/", false)),
             extra: &[],
+            credentials_in_body: true,
         }),
         "salesforce" => Some(Defaults {
             authorize: "https://login.salesforce.com/services/oauth2/authorize",
             token: "https://login.salesforce.com/services/oauth2/token",
             revoke: Some(("https://login.salesforce.com/services/oauth2/revoke", true)),
             extra: &[],
+            credentials_in_body: false,
         }),
         "google-calendar" | "gmail" => Some(GOOGLE),
         _ => None,
@@ -164,9 +182,17 @@ impl AdaptersConfig {
             }
         };
         if let Some(unknown) = parsed.oauth.keys().find(|app| defaults(app).is_none()) {
+            let known: Vec<&str> = catalog::apps()
+                .iter()
+                .filter(|app| matches!(app.auth, AuthKind::Oauth2 { .. }))
+                .map(|app| app.id)
+                .collect();
             return Err(ConfigError::Invalid {
                 path: file.map(|p| p.display().to_string()).unwrap_or_default(),
-                message: format!("[oauth.{unknown}]: no OAuth2 app has that id"),
+                message: format!(
+                    "[oauth.{unknown}]: no OAuth2 app has that id; the OAuth2 apps are {}",
+                    known.join(", ")
+                ),
             });
         }
         let public_base_url = match env("HARMONY_PUBLIC_BASE_URL") {
@@ -249,7 +275,12 @@ impl AdaptersConfig {
                         defaults.token,
                     ),
                     revocation,
-                    credentials_in_body: true,
+                    credentials_in_body: match file.as_ref().and_then(|f| f.client_auth) {
+                        Some(ClientAuth::Body) => true,
+                        Some(ClientAuth::Basic) => false,
+                        None => defaults.credentials_in_body,
+                    },
+                    issuer: file.as_ref().and_then(|f| f.issuer.clone()),
                     extra_authorize_params: defaults
                         .extra
                         .iter()
@@ -344,10 +375,19 @@ hubspot_api = "http://127.0.0.1:9/"
             hubspot.revocation,
             Some(Revocation::DeleteRefreshToken(_))
         ));
+        assert!(
+            hubspot.credentials_in_body,
+            "HubSpot takes client credentials only in the body"
+        );
         let google = &config.oauth["google-calendar"];
         assert!(google
             .extra_authorize_params
             .contains(&("access_type".to_owned(), "offline".to_owned())));
+        assert!(
+            !google.credentials_in_body,
+            "HTTP Basic unless the provider needs the body"
+        );
+        assert_eq!(google.expected_issuer(), "https://accounts.google.com");
         assert!(config.unavailable["salesforce"].contains("HARMONY_OAUTH_SALESFORCE_CLIENT_ID"));
         assert!(config.unavailable.contains_key("gmail"));
         assert!(
@@ -363,9 +403,46 @@ hubspot_api = "http://127.0.0.1:9/"
         let secrets = format!("{:?}", config.oauth);
         assert!(!secrets.contains("file-secret") && !secrets.contains("google-secret"));
 
-        std::fs::write(&path, "[oauth.myspace]\nclient_id = \"x\"\n").expect("writes");
+        std::fs::write(
+            &path,
+            r#"
+[oauth.salesforce]
+client_id = "sf"
+client_secret = "sf-secret"
+client_auth = "body"
+issuer = "https://login.example.com"
+"#,
+        )
+        .expect("writes");
+        let config = AdaptersConfig::load_with(Some(&path), |_| None).expect("loads");
+        let salesforce = &config.oauth["salesforce"];
+        assert!(
+            salesforce.credentials_in_body,
+            "client_auth = \"body\" wins"
+        );
+        assert_eq!(salesforce.expected_issuer(), "https://login.example.com");
+        assert!(salesforce
+            .check_issuer(Some("https://login.example.com/"))
+            .is_ok());
+        assert!(salesforce.check_issuer(None).is_ok());
+        let wrong = salesforce
+            .check_issuer(Some("https://evil.example.com"))
+            .unwrap_err();
+        assert!(wrong.to_string().contains("evil.example.com"), "{wrong}");
+
+        // The variable spelling of an app id is not its table's name: the error lists those.
+        std::fs::write(&path, "[oauth.google_calendar]\nclient_id = \"x\"\n").expect("writes");
+        let error = AdaptersConfig::load_with(Some(&path), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[oauth.google_calendar]"), "{error}");
+        assert!(
+            error.contains("google-calendar") && error.contains("hubspot"),
+            "{error}"
+        );
+        std::fs::write(&path, "[oauth.hubspot]\nclient_auth = \"header\"\n").expect("writes");
         let error = AdaptersConfig::load_with(Some(&path), |_| None).unwrap_err();
-        assert!(error.to_string().contains("myspace"), "{error}");
+        assert!(error.to_string().contains("basic"), "{error}");
         std::fs::write(&path, "public_base = 1\n").expect("writes");
         let error = AdaptersConfig::load_with(Some(&path), |_| None).unwrap_err();
         assert!(error.to_string().contains("public_base"), "{error}");

@@ -313,12 +313,14 @@ impl Connections {
     }
 
     /// Finishes a claimed OAuth2 flow as `caller` — who started it, as their API token says
-    /// now: exchanges the code, checks the grant with the provider and connects (or
+    /// now: checks the callback's issuer (`iss`, RFC 9207, when the provider sent one),
+    /// exchanges the code, checks the grant with the provider and connects (or
     /// reauthenticates), every rule checked again with the caller's role now.
     pub async fn finish_oauth(
         &self,
         claimed: Claimed,
         code: &str,
+        iss: Option<&str>,
         caller: Principal,
     ) -> Result<Connected, ConnectError> {
         let pending = &claimed.pending;
@@ -329,6 +331,7 @@ impl Connections {
         let client = self.oauth.get(app.id).ok_or_else(|| {
             ConnectError::Unavailable(format!("no OAuth client for {}", app.name))
         })?;
+        client.check_issuer(iss)?;
         let context = CommandContext::new(Caller::User(caller), Timestamp::now());
         // The code's exchange and the grant's check are one wait for the user.
         let (grant, (identity, latency_ms)) = interactive(async {

@@ -53,8 +53,12 @@ pub struct OAuthClient {
     pub authorize_url: Url,
     pub token_url: Url,
     pub revocation: Option<Revocation>,
-    /// Client credentials in the request body (HubSpot) rather than HTTP Basic.
+    /// Client credentials in the request body (HubSpot, which accepts nothing else) rather
+    /// than HTTP Basic, RFC 6749 §2.3.1's default.
     pub credentials_in_body: bool,
+    /// The authorization server's issuer identifier (RFC 9207), checked against a callback's
+    /// `iss`; `None`: the authorization URL's origin.
+    pub issuer: Option<String>,
     /// Extra authorization parameters (Google's `access_type=offline`, `prompt=consent`).
     pub extra_authorize_params: Vec<(String, String)>,
 }
@@ -166,6 +170,11 @@ pub enum CallbackError {
     Revoked,
     #[error("the provider refused the authorization: {0}")]
     Denied(String),
+    #[error(
+        "the authorization answer names the issuer {got}, not {expected}: it did not come from \
+         this app's authorization server; start connecting again"
+    )]
+    WrongIssuer { expected: String, got: String },
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error("the service's database failed: {0}")]
@@ -173,6 +182,32 @@ pub enum CallbackError {
 }
 
 impl OAuthClient {
+    /// The issuer a callback's `iss` must name (RFC 9207): the configured one, or the origin
+    /// of the authorization URL (`https://accounts.google.com`).
+    pub fn expected_issuer(&self) -> String {
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| self.authorize_url.origin().ascii_serialization())
+    }
+
+    /// Checks a callback's `iss` (RFC 9207) when the provider sent one: an answer naming
+    /// another issuer may come from a server mixing flows up, and its code is never sent to
+    /// this app's token endpoint.
+    pub fn check_issuer(&self, iss: Option<&str>) -> Result<(), CallbackError> {
+        let Some(iss) = iss else {
+            return Ok(());
+        };
+        let expected = self.expected_issuer();
+        if iss.trim_end_matches('/') == expected.trim_end_matches('/') {
+            Ok(())
+        } else {
+            Err(CallbackError::WrongIssuer {
+                expected,
+                got: iss.to_owned(),
+            })
+        }
+    }
+
     fn client(&self, redirect: &Url) -> Client {
         oauth2::Client::new(ClientId::new(self.client_id.clone()))
             .set_client_secret(ClientSecret::new(

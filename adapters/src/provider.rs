@@ -175,6 +175,16 @@ pub struct PulledRecord {
     pub deleted: bool,
 }
 
+impl PulledRecord {
+    /// The provider sent the record itself: a live one, or a deleted one with its fields
+    /// (HubSpot's `archived`, Salesforce's `IsDeleted`). A bare tombstone — a removal in a
+    /// feed, a 404 for a member gone before it was read — is no record received, and a run
+    /// counts it as a deletion only.
+    pub fn received(&self) -> bool {
+        !(self.deleted && self.fields.is_empty())
+    }
+}
+
 /// One page of records.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Page {

@@ -98,6 +98,24 @@ async fn sync_collection_pages_through_truncation_then_reads_changes_and_removal
     assert!(since.deleted_ids()[0].ends_with("event-00003.ics"));
     assert_eq!(since.records[0].fields["summary"], "Moved, with a comma");
 
+    // A member removed while a full run reads: listed, then a 404 in the multiget. It is a
+    // deletion, not a record received.
+    fake.remove_before_next_read("event-00004.ics");
+    let racing = pull_all(&provider, &account, &key, "events", PullMode::Full)
+        .await
+        .unwrap();
+    let received = racing.records.iter().filter(|r| r.received()).count();
+    // 450, one new, one removed before: 450 listed; one of them gone by the read.
+    assert_eq!(received, 449);
+    // (The listing's later pages, read from an intermediate token, also name the removals
+    // made since: tombstones too.)
+    let gone = racing.deleted_ids();
+    assert!(
+        gone.iter().any(|id| id.ends_with("event-00004.ics")),
+        "{gone:?}"
+    );
+    assert!(racing.records.iter().all(|r| r.received() != r.deleted));
+
     fake.forget_tokens();
     let stale = pull_all(
         &provider,

@@ -206,13 +206,23 @@ impl World {
         state: &str,
         code: &str,
     ) -> Result<adapters::connections::Connected, ConnectError> {
+        self.finish_from(state, code, None).await
+    }
+
+    /// The callback naming the issuer `iss` (RFC 9207).
+    async fn finish_from(
+        &self,
+        state: &str,
+        code: &str,
+        iss: Option<&str>,
+    ) -> Result<adapters::connections::Connected, ConnectError> {
         let claimed = self.connections.claim_callback(state).await?;
         let ada = domain::Principal {
             workspace: "acme".parse().unwrap(),
             user: "ada".parse().unwrap(),
             role: Role::Admin,
         };
-        self.connections.finish_oauth(claimed, code, ada).await
+        self.connections.finish_oauth(claimed, code, iss, ada).await
     }
 }
 
@@ -388,6 +398,46 @@ async fn oauth_connects_reauthenticates_in_place_and_disconnect_revokes_the_gran
         world.stored_secrets().await,
         0,
         "its credentials are shredded"
+    );
+}
+
+#[tokio::test]
+async fn a_callback_naming_another_issuer_is_refused_before_its_code_is_spent() {
+    let world = World::new().await;
+    let admin = as_user("ada", Role::Admin);
+    let start = || {
+        world
+            .connections
+            .start_oauth(&admin, "hubspot", None, BTreeMap::new(), binding())
+    };
+    let (state, code) = world.consent(start().await.unwrap()).await;
+    let refused = world
+        .finish_from(&state, &code, Some("https://attacker.example"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            ConnectError::Callback(CallbackError::WrongIssuer { got, .. }) if got == "https://attacker.example"
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        world.hubspot.auth.client_authentications().is_empty(),
+        "the code never reached the token endpoint"
+    );
+    assert_eq!(world.stored_secrets().await, 0);
+
+    // The app's own issuer (its authorization server's origin) is accepted.
+    let issuer = world.hubspot.server.base.origin().ascii_serialization();
+    let (state, code) = world.consent(start().await.unwrap()).await;
+    let connected = world
+        .finish_from(&state, &code, Some(&issuer))
+        .await
+        .unwrap();
+    assert_eq!(
+        world.state(connected.integration).await.status,
+        Status::Connected
     );
 }
 

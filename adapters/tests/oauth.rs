@@ -39,6 +39,7 @@ impl Flow {
                 base.join("oauth/v1/refresh-tokens/").unwrap(),
             )),
             credentials_in_body: true,
+            issuer: None,
             extra_authorize_params: vec![(
                 "optional_scopes".into(),
                 "crm.objects.deals.read".into(),
@@ -308,5 +309,95 @@ async fn refresh_keeps_working_tokens_and_revocation_ends_the_grant() {
     assert!(
         matches!(dead, ProviderError::InvalidGrant { .. }),
         "{dead:?}"
+    );
+}
+
+/// Runs a code flow with `client` against an authorization server whose authorize endpoint is
+/// the client's: the code exchange's outcome.
+async fn exchange_with(
+    flow: &Flow,
+    client: &OAuthClient,
+    app: &str,
+) -> Result<adapters::oauth::Grant, CallbackError> {
+    let mut pending = Flow::pending("ada");
+    pending.app = app.into();
+    let started = client
+        .start(&flow.db, &flow.redirect, &["openid"], &pending)
+        .await
+        .unwrap();
+    let response = flow.http.get(started.url).send().await.unwrap();
+    assert!(response.status().is_redirection(), "{}", response.status());
+    let back = Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
+    let query: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
+    client
+        .finish(
+            &flow.db,
+            &flow.http,
+            &flow.redirect,
+            &query["state"],
+            &query["code"],
+            Some("browser-cookie-of-ada"),
+        )
+        .await
+        .map(|(_, grant)| grant)
+}
+
+#[tokio::test]
+async fn clients_authenticate_with_http_basic_unless_their_provider_needs_the_body() {
+    use adapters::fakes::oauth::ClientAuthentication::{Basic, Body};
+    let flow = Flow::new().await;
+    let google = adapters::fakes::google::FakeGoogle::start(0, 0)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("harmony.toml");
+    let (hubspot_base, google_base) = (&flow.fake.server.base, &google.server.base);
+    let config = |hubspot_auth: &str| {
+        format!(
+            r#"
+[oauth.hubspot]
+client_id = "{hubspot_id}"
+client_secret = "{hubspot_secret}"
+authorize_url = "{hubspot_base}oauth/authorize"
+token_url = "{hubspot_base}oauth/v1/token"
+{hubspot_auth}
+[oauth.google-calendar]
+client_id = "{google_id}"
+client_secret = "{google_secret}"
+authorize_url = "{google_base}o/oauth2/v2/auth"
+token_url = "{google_base}token"
+"#,
+            hubspot_id = fake::CLIENT_ID,
+            hubspot_secret = fake::CLIENT_SECRET,
+            google_id = adapters::fakes::google::CLIENT_ID,
+            google_secret = adapters::fakes::google::CLIENT_SECRET,
+        )
+    };
+    std::fs::write(&path, config("")).unwrap();
+    let clients = adapters::config::AdaptersConfig::load_with(Some(&path), |_| None)
+        .unwrap()
+        .oauth;
+
+    let grant = exchange_with(&flow, &clients["google-calendar"], "google-calendar")
+        .await
+        .unwrap();
+    assert!(grant.credentials.refresh_token.is_some());
+    assert_eq!(google.auth.client_authentications(), vec![Basic]);
+    exchange_with(&flow, &clients["hubspot"], "hubspot")
+        .await
+        .unwrap();
+    assert_eq!(flow.fake.auth.client_authentications(), vec![Body]);
+
+    // HubSpot takes nothing but the body: a client told to use Basic is refused.
+    std::fs::write(&path, config(r#"client_auth = "basic""#)).unwrap();
+    let clients = adapters::config::AdaptersConfig::load_with(Some(&path), |_| None)
+        .unwrap()
+        .oauth;
+    let refused = exchange_with(&flow, &clients["hubspot"], "hubspot")
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("client authentication failed"),
+        "{refused}"
     );
 }

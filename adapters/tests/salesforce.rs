@@ -30,6 +30,7 @@ fn client(fake: &FakeSalesforce) -> OAuthClient {
             base.join("services/oauth2/revoke").unwrap(),
         )),
         credentials_in_body: true,
+        issuer: None,
         extra_authorize_params: Vec::new(),
     }
 }

@@ -237,7 +237,7 @@ async fn no_secret_is_found_in_anything_the_system_wrote() {
         unreachable!("the admin is a user")
     };
     let hub = connections
-        .finish_oauth(claimed, &query["code"], ada)
+        .finish_oauth(claimed, &query["code"], None, ada)
         .await
         .unwrap()
         .integration;

@@ -63,6 +63,7 @@ fn hubspot_client(fake: &FakeHubSpot) -> OAuthClient {
             base.join("oauth/v1/refresh-tokens/").unwrap(),
         )),
         credentials_in_body: true,
+        issuer: None,
         extra_authorize_params: Vec::new(),
     }
 }

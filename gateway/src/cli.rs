@@ -148,6 +148,31 @@ pub enum FakeProviderCommand {
     /// A fake HubSpot (CRM v3 contacts and companies, OAuth, rate-limit headers). Prints its
     /// base URL on the first line of standard output, then serves until stopped.
     Hubspot(FakeHubSpotArgs),
+    /// A fake Salesforce (OAuth with an instance URL, SOQL queries of contacts and accounts).
+    Salesforce(FakeCountsArgs),
+    /// A fake Google: Calendar v3 events and Gmail v1 messages, one OAuth server for both
+    /// apps (`google-calendar`, `gmail`).
+    Google(FakeCountsArgs),
+    /// A fake Zendesk (tickets and users, incremental exports, API-token Basic auth) at
+    /// subdomain `acme`.
+    Zendesk(FakeCountsArgs),
+    /// A fake Twilio region (messages and calls, Basic auth with an account SID).
+    Twilio(FakeCountsArgs),
+    /// A fake Todoist (tasks, bearer API token).
+    Todoist(FakeCountsArgs),
+    /// A fake CalDAV server (one calendar, sync-collection, calendar-multiget).
+    Caldav(FakeCountsArgs),
+}
+
+/// Every fake but HubSpot: how many records of each of its kinds it serves. Each prints its
+/// base URL on the first line of standard output, and on standard error the credentials it
+/// accepts and the configuration that points the service at it; then serves until stopped.
+#[derive(Debug, Args)]
+pub struct FakeCountsArgs {
+    /// Records of each kind the fake serves (contacts and accounts, events and messages,
+    /// tickets and users, messages and calls, tasks, events), generated from their number.
+    #[arg(long, default_value_t = 100)]
+    pub records: u64,
 }
 
 #[derive(Debug, Args)]

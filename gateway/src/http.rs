@@ -62,12 +62,51 @@ impl utoipa::Modify for BearerScheme {
 
 /// The whole application's routes, and its OpenAPI document.
 pub(crate) fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+    let (router, mut openapi) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(crate::metrics::metrics))
         .merge(crate::api::router())
-        .split_for_parts()
+        .split_for_parts();
+    document_unsupported_media_type(&mut openapi);
+    (router, openapi)
+}
+
+/// Every operation that takes a JSON body refuses any other with 415
+/// (`unsupported_media_type`, see `api::body`): said once here for all of them, so no
+/// operation can forget it.
+fn document_unsupported_media_type(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let refused = ResponseBuilder::new()
+        .description("The body is not sent as JSON (Content-Type: application/json)")
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ProblemBody")))
+                .build(),
+        )
+        .build();
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let takes_json = operation
+                .request_body
+                .as_ref()
+                .is_some_and(|body| body.content.contains_key("application/json"));
+            if takes_json {
+                operation
+                    .responses
+                    .responses
+                    .entry("415".to_owned())
+                    .or_insert_with(|| refused.clone().into());
+            }
+        }
+    }
 }
 
 pub(crate) fn router(state: AppState) -> Router {

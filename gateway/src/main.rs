@@ -97,5 +97,6 @@ async fn main() -> anyhow::Result<()> {
         Command::FakeProvider(gateway::cli::FakeProviderCommand::Hubspot(args)) => {
             gateway::commands::fake_provider::fake_hubspot(&args).await
         }
+        Command::FakeProvider(other) => gateway::commands::fake_provider::fake(&other).await,
     }
 }

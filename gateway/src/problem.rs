@@ -320,6 +320,9 @@ pub(crate) fn connect_problem(error: adapters::connections::ConnectError) -> Pro
         E::Callback(error @ adapters::oauth::CallbackError::Revoked) => {
             Problem::new(StatusCode::UNAUTHORIZED, "token_revoked", error.to_string())
         }
+        E::Callback(error @ adapters::oauth::CallbackError::WrongIssuer { .. }) => {
+            Problem::new(StatusCode::BAD_REQUEST, "oauth_issuer", error.to_string())
+        }
         E::Callback(error @ adapters::oauth::CallbackError::Denied(_)) => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "provider_refused",

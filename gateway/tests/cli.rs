@@ -1080,3 +1080,77 @@ fn every_file_the_service_creates_under_the_data_directory_is_its_owners_alone()
         "checked {checked}"
     );
 }
+
+/// `harmony fake-provider` serves every provider: each fake prints its base URL first, then
+/// the credentials it accepts and configuration that the service reads as it is, and answers
+/// a request without credentials with its provider's refusal.
+#[test]
+fn every_provider_has_a_fake_whose_printed_configuration_the_service_reads() {
+    use std::io::{BufRead, BufReader};
+    // A request each fake refuses without credentials, as its provider does.
+    let probes = [
+        (
+            "salesforce",
+            "GET",
+            "services/data/v60.0/query?q=SELECT+Id+FROM+Contact",
+        ),
+        ("google", "GET", "gmail/v1/users/me/profile"),
+        ("zendesk", "GET", "acme/api/v2/ticket_fields"),
+        (
+            "twilio",
+            "GET",
+            "2010-04-01/Accounts/AC00000000000000000000000000000001",
+        ),
+        ("todoist", "GET", "api/v1/tasks"),
+        ("caldav", "PROPFIND", "dav/calendars/jane/work/"),
+    ];
+    let http = reqwest::blocking::Client::new();
+    for (name, method, path) in probes {
+        let mut child = harmony()
+            .args(["fake-provider", name, "--records", "3"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut base = String::new();
+        stdout.read_line(&mut base).unwrap();
+        let base = url::Url::parse(base.trim()).unwrap();
+        let said: Vec<String> = BufReader::new(child.stderr.take().unwrap())
+            .lines()
+            .map(Result::unwrap)
+            .take_while(|line| line != "serving until stopped")
+            .collect();
+        let config_at = said
+            .iter()
+            .position(|line| line == "in harmony.toml:")
+            .unwrap_or_else(|| panic!("{name}: {said:?}"));
+        let config = said[config_at + 1..].join("\n");
+        if config.starts_with('[') {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("harmony.toml");
+            std::fs::write(&file, &config).unwrap();
+            let read = adapters::config::AdaptersConfig::load_with(Some(&file), |_| None)
+                .unwrap_or_else(|error| panic!("{name}: {error}\n{config}"));
+            let pointed = read
+                .trusted_endpoints()
+                .iter()
+                .any(|url| url.as_str().starts_with(base.as_str()));
+            assert!(
+                pointed,
+                "{name}: the configuration names another server\n{config}"
+            );
+        }
+        let answer = http
+            .request(method.parse().unwrap(), base.join(path).unwrap())
+            .send()
+            .unwrap();
+        assert!(
+            matches!(answer.status().as_u16(), 400 | 401),
+            "{name}: {method} {path} without credentials answered {}",
+            answer.status()
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -49,14 +49,7 @@ pub fn row_of(integration: &Integration) -> Option<InstalledRow> {
     let profile = integration.profile.as_ref()?;
     let status = match integration.status {
         Status::Connected if integration.running_sync.is_some() => "syncing",
-        Status::Connected
-            if matches!(
-                integration.last_sync.as_ref().map(|s| &s.outcome),
-                Some(SyncOutcome::Failed { .. })
-            ) =>
-        {
-            "error"
-        }
+        Status::Connected if integration.failing() => "error",
         Status::Connected => "connected",
         Status::NeedsReauth => "needs_reauth",
         Status::Disconnected => "disconnected",

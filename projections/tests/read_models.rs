@@ -261,6 +261,37 @@ async fn life(kind: &str) {
         ("error", Some("failed"))
     );
 
+    // The failure was an expired grant: once the user reauthenticates, the integration is
+    // connected again, and the failed run stays what it was.
+    run(
+        &f.repository,
+        &system(),
+        id,
+        IntegrationCommand::MarkCredentialsExpired {
+            reason: domain::integration::ExpiryReason::Revoked,
+            detail: "invalid_grant".into(),
+        },
+    )
+    .await;
+    assert_eq!(f.row(id).await.status, "needs_reauth");
+    run(
+        &f.repository,
+        // Now: the reauth comes after the failure.
+        &as_user("ada", Role::Admin),
+        id,
+        IntegrationCommand::Reauthenticate {
+            credential_ref: domain::CredentialRef(format!("vault:{id}:2")),
+            granted_scopes: vec!["crm.objects.contacts.read".into()],
+            expires_at: None,
+        },
+    )
+    .await;
+    let row = f.row(id).await;
+    assert_eq!(
+        (row.status.as_str(), row.last_sync_outcome.as_deref()),
+        ("connected", Some("failed"))
+    );
+
     // The sync logs: newest first, with status, trigger, counts and error, paged by cursor.
     let all = f.sync_logs("ada", id, &Filter::default(), None, 10).await;
     assert_eq!(all.next_cursor, None);

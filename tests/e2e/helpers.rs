@@ -210,6 +210,7 @@ pub fn use_fake_hubspot(settings: &mut Settings, base: &url::Url) {
             token_url: base.join("oauth/v1/token").expect("a URL"),
             revocation: None,
             credentials_in_body: true,
+            issuer: None,
             extra_authorize_params: Vec::new(),
         },
     );

@@ -88,6 +88,53 @@ async fn every_documented_route_is_served_and_every_v1_route_is_documented_with_
     assert!(checked >= 33, "only {checked} operations");
 }
 
+/// Every operation that takes a JSON body documents the 415 it answers to any other body, and
+/// answers it: a problem with the stable code `unsupported_media_type`.
+#[tokio::test]
+async fn every_operation_with_a_json_body_documents_and_answers_415() {
+    let app = spawn_app().await;
+    let (_, token) = app.token("acme", "ada", "admin").await;
+    let document: Value = app.get_json("/openapi.json", None).await;
+    let id = "0192f1c4-6a8e-7cc1-9a4e-3c1d2b7e9f10";
+    let mut checked = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if operation["requestBody"]["content"]["application/json"].is_null() {
+                continue;
+            }
+            let refused = &operation["responses"]["415"];
+            assert!(
+                refused["content"]["application/problem+json"]["schema"].is_object(),
+                "{method} {path} does not document 415: {}",
+                operation["responses"]
+            );
+            let url = path
+                .replace("{ws}", "acme")
+                .replace("{id}", id)
+                .replace("{action}", id)
+                .replace("{rule}", id)
+                .replace("{object}", "contacts");
+            let response = app
+                .client
+                .request(
+                    method.to_uppercase().parse().unwrap(),
+                    format!("{}{url}", app.address),
+                )
+                .bearer_auth(&token)
+                .header("content-type", "text/plain")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 415, "{method} {path}");
+            let problem: Value = response.json().await.unwrap();
+            assert_eq!(problem["code"], "unsupported_media_type", "{method} {path}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} operations take a JSON body");
+}
+
 /// Every operation that answers a body names its schema, and the service's real answers —
 /// each kind of them, from a workspace with a connected, synced integration — match the schema
 /// their operation documents for their status: a client generated from the document reads them.

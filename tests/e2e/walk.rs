@@ -36,6 +36,7 @@ fn use_fake_google(settings: &mut Settings, base: &url::Url) {
             token_url: base.join("token").unwrap(),
             revocation: None,
             credentials_in_body: true,
+            issuer: None,
             extra_authorize_params: Vec::new(),
         },
     );

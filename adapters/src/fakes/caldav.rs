@@ -27,6 +27,8 @@ const TOKEN_PREFIX: &str = "http://fake.example/ns/sync/";
 struct Data {
     /// Members by resource name (`abc.ics`): their iCalendar text and ETag.
     members: Collection,
+    /// Members the next `calendar-multiget` finds removed.
+    vanishing: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -129,6 +131,12 @@ impl FakeCalDav {
     /// Removes a resource.
     pub fn remove(&self, name: &str) {
         self.data().members.delete(name);
+    }
+
+    /// Removes the resource `name` when the next `calendar-multiget` arrives: listed by the
+    /// run, gone by the time it reads the data (the read answers 404 for it).
+    pub fn remove_before_next_read(&self, name: &str) {
+        self.data().vanishing.push(name.to_owned());
     }
 
     /// Sync tokens issued so far are refused from now on.
@@ -309,7 +317,11 @@ async fn collection(
             multistatus(out)
         }
         "REPORT" if request.is(CALDAV, "calendar-multiget") => {
-            let data = state.data();
+            let mut data = state.data();
+            // Removals racing a run: gone between the listing and this read.
+            for name in std::mem::take(&mut data.vanishing) {
+                data.members.delete(&name);
+            }
             let mut out = String::new();
             for href in request.children_named(DAV, "href") {
                 let href = href.trimmed();

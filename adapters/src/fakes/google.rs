@@ -104,6 +104,7 @@ impl FakeGoogle {
         let auth = Arc::new(AuthServer::new(TokenPolicy {
             client_id: CLIENT_ID.into(),
             client_secret: CLIENT_SECRET.into(),
+            accepts_basic: true,
             expires_in: Some(3599),
             refresh_returns_token: false,
             rotate: false,

@@ -171,6 +171,7 @@ impl FakeHubSpot {
         let auth = Arc::new(AuthServer::new(TokenPolicy {
             client_id: CLIENT_ID.into(),
             client_secret: CLIENT_SECRET.into(),
+            accepts_basic: false,
             expires_in: Some(1800),
             refresh_returns_token: true,
             rotate: false,

@@ -32,6 +32,16 @@ pub struct TokenPolicy {
     pub invalid_grant_extra: Map<String, Value>,
     /// Extra members of every token answer (Salesforce's `instance_url`, HubSpot's `hub_id`).
     pub token_extra: Map<String, Value>,
+    /// The token endpoint takes client credentials in HTTP Basic (RFC 6749 §2.3.1) as well as
+    /// in the body; HubSpot's takes them only in the body.
+    pub accepts_basic: bool,
+}
+
+/// How a client authenticated at the token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuthentication {
+    Basic,
+    Body,
 }
 
 #[derive(Debug)]
@@ -58,6 +68,8 @@ struct Registry {
     rotating: bool,
     /// The next token requests answer 503.
     token_unavailable: u32,
+    /// How each token request's client authenticated, in order.
+    client_authentications: Vec<ClientAuthentication>,
 }
 
 /// Tokens issued by one fake provider.
@@ -164,6 +176,11 @@ impl AuthServer {
     }
 
     /// How many refreshes succeeded.
+    /// How each token request so far authenticated its client, in order.
+    pub fn client_authentications(&self) -> Vec<ClientAuthentication> {
+        self.registry().client_authentications.clone()
+    }
+
     pub fn refreshes(&self) -> u64 {
         self.registry().refreshes
     }
@@ -288,28 +305,43 @@ impl AuthServer {
         StatusCode::OK.into_response()
     }
 
+    /// Authenticates the client by one method (RFC 6749 §2.3: never two at once): HTTP Basic
+    /// with the id and secret form-encoded (§2.3.1), or both in the body.
     fn client_authenticated(&self, headers: &HeaderMap, form: &TokenForm) -> bool {
-        let from_basic = headers
+        let basic = headers
             .get("authorization")
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Basic "))
-            .and_then(|encoded| {
-                base64::engine::general_purpose::STANDARD
+            .and_then(|value| value.strip_prefix("Basic "));
+        let in_body = form.client_secret.is_some();
+        let (method, id, secret) = match (basic, in_body) {
+            (Some(_), true) | (None, false) => return false,
+            (Some(encoded), false) => {
+                let pair = base64::engine::general_purpose::STANDARD
                     .decode(encoded)
                     .ok()
-            })
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .and_then(|pair| {
-                pair.split_once(':')
-                    .map(|(id, secret)| (id.to_owned(), secret.to_owned()))
-            });
-        let (id, secret) = match from_basic {
-            Some(pair) => pair,
-            None => (
+                    .and_then(|bytes| String::from_utf8(bytes).ok());
+                let Some((id, secret)) = pair.as_deref().and_then(|pair| pair.split_once(':'))
+                else {
+                    return false;
+                };
+                let decode = |part: &str| {
+                    url::form_urlencoded::parse(format!("v={part}").as_bytes())
+                        .next()
+                        .map(|(_, value)| value.into_owned())
+                        .unwrap_or_default()
+                };
+                (ClientAuthentication::Basic, decode(id), decode(secret))
+            }
+            (None, true) => (
+                ClientAuthentication::Body,
                 form.client_id.clone().unwrap_or_default(),
                 form.client_secret.clone().unwrap_or_default(),
             ),
         };
+        if method == ClientAuthentication::Basic && !self.policy.accepts_basic {
+            return false;
+        }
+        self.registry().client_authentications.push(method);
         id == self.policy.client_id && secret == self.policy.client_secret
     }
 

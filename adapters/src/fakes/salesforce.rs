@@ -132,6 +132,7 @@ impl FakeSalesforce {
         let auth = Arc::new(AuthServer::new(TokenPolicy {
             client_id: CLIENT_ID.into(),
             client_secret: CLIENT_SECRET.into(),
+            accepts_basic: true,
             expires_in: None,
             refresh_returns_token: false,
             rotate: false,

@@ -147,7 +147,7 @@ impl Run<'_> {
                         let next = pulled.next_page.clone();
                         let item = Prepared {
                             seen,
-                            pulled: pulled.records.len() as u64,
+                            pulled: pulled.records.iter().filter(|r| r.received()).count() as u64,
                             next_page: pulled.next_page,
                             watermark: pulled.watermark,
                         };

@@ -131,6 +131,7 @@ pub fn hubspot_client(
             base.join("oauth/v1/refresh-tokens/").expect("a URL"),
         )),
         credentials_in_body: true,
+        issuer: None,
         extra_authorize_params: Vec::new(),
     }
 }

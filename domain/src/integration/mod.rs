@@ -139,6 +139,10 @@ pub struct Integration {
     pub mappings: BTreeMap<String, ObjectMapping>,
     pub schedule_minutes: Option<u32>,
     pub open_actions: BTreeMap<ActionId, OpenAction>,
+    /// When the user last reauthenticated: a sync that failed before it no longer says how
+    /// the integration stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reauthenticated_at: Option<Timestamp>,
 }
 
 /// The bounds of the incremental-sync schedule, in minutes.
@@ -157,6 +161,17 @@ enum Access {
 }
 
 impl Integration {
+    /// The last sync failed, and nothing since says the integration is well again (a
+    /// successful reauth does: the failed run stays in the sync logs).
+    pub fn failing(&self) -> bool {
+        self.last_sync.as_ref().is_some_and(|last| {
+            matches!(last.outcome, SyncOutcome::Failed { .. })
+                && self
+                    .reauthenticated_at
+                    .is_none_or(|reauthenticated| last.finished_at > reauthenticated)
+        })
+    }
+
     fn profile(&self) -> Result<&Profile, DomainError> {
         self.profile.as_ref().ok_or(DomainError::NotFound)
     }
@@ -286,7 +301,7 @@ impl Aggregate for Integration {
     type Command = IntegrationCommand;
     type Event = IntegrationEvent;
 
-    const SNAPSHOT_SCHEMA: u32 = 1;
+    const SNAPSHOT_SCHEMA: u32 = 2;
 
     fn handle(
         &self,
@@ -433,6 +448,7 @@ impl Aggregate for Integration {
             E::CredentialsExpired(_) => self.status = Status::NeedsReauth,
             E::Reauthenticated(e) => {
                 self.status = Status::Connected;
+                self.reauthenticated_at = Some(metadata.occurred_at);
                 self.credential_ref = Some(e.credential_ref.clone());
                 self.granted_scopes = e.granted_scopes.clone();
                 self.token_expires_at = e.expires_at;

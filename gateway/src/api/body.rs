@@ -69,9 +69,15 @@ where
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let has_type = request
-            .headers()
-            .contains_key(axum::http::header::CONTENT_TYPE);
+        let content_type = request.headers().get(axum::http::header::CONTENT_TYPE);
+        let has_type = content_type.is_some();
+        if content_type.is_some_and(|value| !is_json(value)) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON, with Content-Type: application/json",
+            ));
+        }
         let bytes = axum::body::Bytes::from_request(request, state)
             .await
             .map_err(|rejection| body_problem(JsonRejection::BytesRejection(rejection)))?;
@@ -82,4 +88,21 @@ where
             .map(|Json(value)| Self(Some(value)))
             .map_err(body_problem)
     }
+}
+
+/// `application/json`, or a `+json` type, with or without parameters (what [`Json`] takes).
+fn is_json(content_type: &axum::http::HeaderValue) -> bool {
+    let Ok(text) = content_type.to_str() else {
+        return false;
+    };
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.ends_with("+json"))
 }

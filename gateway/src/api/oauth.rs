@@ -17,6 +17,9 @@ pub(super) struct CallbackQuery {
     code: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
+    /// The authorization server's issuer identifier (RFC 9207), when it sends one: it must
+    /// be the app's.
+    iss: Option<String>,
 }
 
 /// The end of the OAuth2 popup: authenticated by its single-use `state`, it finishes the
@@ -52,9 +55,11 @@ pub(super) async fn oauth_callback(
                     query.error_description.as_deref().unwrap_or(error)
                 ))
             }
-            (Some(flow), Some(code), None) => finish_callback(&state, &headers, flow, code)
-                .await
-                .map_err(|problem| problem.detail),
+            (Some(flow), Some(code), None) => {
+                finish_callback(&state, &headers, flow, code, query.iss.as_deref())
+                    .await
+                    .map_err(|problem| problem.detail)
+            }
             _ => Err("the callback carries no state and code".to_owned()),
         };
     let (status, message) = match &outcome {
@@ -115,6 +120,7 @@ async fn finish_callback(
     headers: &HeaderMap,
     flow: &str,
     code: &str,
+    iss: Option<&str>,
 ) -> Result<adapters::connections::Connected, Problem> {
     use adapters::oauth::CallbackError;
     let connections = &state.workers.connections;
@@ -131,7 +137,7 @@ async fn finish_callback(
         .map_err(|error| Problem::failed("cannot check an API token", &error))?
         .ok_or_else(|| connect_problem(CallbackError::Revoked.into()))?;
     connections
-        .finish_oauth(claimed, code, caller.principal)
+        .finish_oauth(claimed, code, iss, caller.principal)
         .await
         .map_err(connect_problem)
 }
