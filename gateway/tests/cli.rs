@@ -1154,3 +1154,64 @@ fn every_provider_has_a_fake_whose_printed_configuration_the_service_reads() {
         child.wait().unwrap();
     }
 }
+
+/// The README's configuration example is one the service reads (every key in it exists, every
+/// table is an app), it names every `[endpoints]` key, and it shows every fake provider.
+#[test]
+fn the_readmes_configuration_is_read_as_written_and_names_every_key_and_fake() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme
+        .find("```toml\n# harmony.toml\n")
+        .expect("the example")
+        + "```toml\n".len();
+    let example = &readme[start..start + readme[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("harmony.toml");
+    std::fs::write(&file, example).unwrap();
+    let config = adapters::config::AdaptersConfig::load_with(Some(&file), |_| None)
+        .unwrap_or_else(|error| panic!("{error}\n{example}"));
+    assert_eq!(
+        config.oauth.keys().collect::<Vec<_>>(),
+        ["google-calendar", "salesforce"]
+    );
+    for key in [
+        "hubspot_api",
+        "google_calendar_api",
+        "gmail_api",
+        "todoist_api",
+        "zendesk_api_template",
+        "twilio_regions",
+        "revoke_url",
+        "issuer",
+        "client_auth",
+        "authorize_url",
+        "token_url",
+    ] {
+        assert!(
+            example.contains(&format!("\n{key} =")),
+            "the example lacks {key}"
+        );
+    }
+    let help = harmony()
+        .args(["fake-provider", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .take_while(|word| *word != "Options:")
+        .filter(|word| *word != "help")
+        .collect();
+    assert_eq!(commands.len(), 7, "{help}");
+    for command in commands {
+        assert!(
+            readme.contains(&format!("harmony fake-provider {command} ")),
+            "the README does not show `harmony fake-provider {command}`"
+        );
+    }
+}

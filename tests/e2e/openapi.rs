@@ -40,6 +40,16 @@ async fn every_documented_route_is_served_and_every_v1_route_is_documented_with_
     }
     assert!(document["components"]["securitySchemes"]["bearer"].is_object());
     assert!(document["components"]["schemas"]["ConnectBody"].is_object());
+    // The schedule's bounds are the domain's.
+    let minutes = &document["components"]["schemas"]["ScheduleBody"]["properties"]["every_minutes"];
+    assert_eq!(
+        (minutes["minimum"].as_u64(), minutes["maximum"].as_u64()),
+        (
+            Some(u64::from(*domain::integration::SCHEDULE_MINUTES.start())),
+            Some(u64::from(*domain::integration::SCHEDULE_MINUTES.end()))
+        ),
+        "{minutes}"
+    );
 
     let id = "0192f1c4-6a8e-7cc1-9a4e-3c1d2b7e9f10";
     let mut checked = 0;

@@ -165,7 +165,8 @@ pub(super) struct SyncRequested {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ScheduleBody {
-    /// Minutes between incremental syncs; `null` for off.
+    /// Minutes between incremental syncs, 5 to 1440 (a day); `null` for off.
+    #[schema(minimum = 5, maximum = 1440)]
     every_minutes: Option<u32>,
 }
 
