@@ -67,8 +67,37 @@ impl<'de> Deserialize<'de> for ChainHash {
 
 /// The canonical form of an event's data, as stored and hashed.
 pub fn canonical_data(data: &serde_json::Value) -> Result<String, StoreError> {
+    if already_canonical(data) {
+        return serde_json::to_string(data)
+            .map_err(|error| StoreError::InvalidData(error.to_string()));
+    }
     serde_json_canonicalizer::to_string(data)
         .map_err(|error| StoreError::InvalidData(error.to_string()))
+}
+
+/// The largest integer an IEEE double holds exactly: RFC 8785 writes numbers as doubles.
+const EXACT_INTEGER: u64 = 1 << 53;
+
+/// Whether `value`'s plain serialization already is its RFC 8785 form, as it is for what
+/// events carry: objects sort their keys by bytes (a `BTreeMap`), which is the canonical
+/// UTF-16 order for ASCII keys; strings are escaped as ECMAScript escapes them; integers up
+/// to 2^53 are written alike. Floating-point numbers (written as ECMAScript writes doubles),
+/// larger integers and non-ASCII keys take the canonicalizer.
+fn already_canonical(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
+        Value::Number(number) => {
+            number.as_u64().is_some_and(|n| n <= EXACT_INTEGER)
+                || number
+                    .as_i64()
+                    .is_some_and(|n| n.unsigned_abs() <= EXACT_INTEGER)
+        }
+        Value::Array(items) => items.iter().all(already_canonical),
+        Value::Object(members) => members
+            .iter()
+            .all(|(key, value)| key.is_ascii() && already_canonical(value)),
+    }
 }
 
 /// The canonical bytes of an event up to, not including, its version: `version` is the last
@@ -369,6 +398,57 @@ impl LogVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// JSON of every kind: integers small and large, floats, strings with control and
+    /// non-ASCII characters, keys ASCII or not.
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-(1i64 << 53)..=(1i64 << 53)).prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[\\x00-\\x7f\u{e9}\u{2028}\u{fffd}\u{1f600}]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    "[a-zA-Z_\\x00-\\x1f\u{e9}\u{ff5e}\u{1f600}]{0,6}",
+                    inner,
+                    0..6
+                )
+                .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_plain_serialization_is_taken_only_where_it_is_canonical(value in any_json()) {
+            let canonical = serde_json_canonicalizer::to_string(&value).unwrap();
+            prop_assert_eq!(canonical_data(&value).unwrap(), canonical);
+        }
+    }
+
+    #[test]
+    fn keys_whose_byte_order_is_not_their_utf16_order_are_sorted_canonically() {
+        // U+FF5E sorts before U+1F600 by bytes, after it by UTF-16 code units.
+        let value = serde_json::json!({"\u{ff5e}": 1, "\u{1f600}": 2, "a": 3});
+        assert_eq!(
+            canonical_data(&value).unwrap(),
+            "{\"a\":3,\"\u{1f600}\":2,\"\u{ff5e}\":1}"
+        );
+        let float = serde_json::json!({"a": 1.5e300});
+        assert_eq!(canonical_data(&float).unwrap(), "{\"a\":1.5e+300}");
+        let big = serde_json::json!({"n": u64::MAX});
+        assert_eq!(canonical_data(&big).unwrap(), "{\"n\":18446744073709552000}");
+    }
 
     #[test]
     fn the_canonical_form_is_rfc_8785_and_its_parts_hash_like_the_whole() {
