@@ -447,7 +447,10 @@ mod tests {
         let float = serde_json::json!({"a": 1.5e300});
         assert_eq!(canonical_data(&float).unwrap(), "{\"a\":1.5e+300}");
         let big = serde_json::json!({"n": u64::MAX});
-        assert_eq!(canonical_data(&big).unwrap(), "{\"n\":18446744073709552000}");
+        assert_eq!(
+            canonical_data(&big).unwrap(),
+            "{\"n\":18446744073709552000}"
+        );
     }
 
     #[test]

@@ -361,4 +361,33 @@ async fn an_oauth_app_connects_through_the_popup_and_its_callback_page_tells_the
         .unwrap();
     assert_eq!(denied.status(), 400);
     assert!(denied.text().await.unwrap().contains("\"ok\":false"));
+
+    // An answer naming another authorization server (RFC 9207 `iss`) is refused, its code
+    // unused; HubSpot's own issuer (its authorization server's origin) is accepted (in a
+    // workspace without HubSpot yet).
+    let (_, beta) = app.token("beta", "ada", "admin").await;
+    for (iss, connects, workspace, token) in [
+        ("https://attacker.example".to_owned(), false, "acme", &admin),
+        (base.origin().ascii_serialization(), true, "beta", &beta),
+    ] {
+        let (status, body) = connect(&app, token, workspace, json!({"app": "hubspot"})).await;
+        assert_eq!(status, 200, "{body}");
+        let consent = browser
+            .get(body["authorization_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+        let mut with_iss = url::Url::parse(&callback).unwrap();
+        with_iss.query_pairs_mut().append_pair("iss", &iss);
+        let page = browser.get(with_iss).send().await.unwrap();
+        let status = page.status();
+        let html = page.text().await.unwrap();
+        if connects {
+            assert_eq!(status, 200, "{html}");
+        } else {
+            assert_eq!(status, 400, "{html}");
+            assert!(html.contains("attacker.example"), "{html}");
+        }
+    }
 }
