@@ -97,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         Command::FakeProvider(gateway::cli::FakeProviderCommand::Hubspot(args)) => {
             gateway::commands::fake_provider::fake_hubspot(&args).await
         }
+        #[cfg(feature = "fakes")]
         Command::FakeProvider(other) => gateway::commands::fake_provider::fake(&other).await,
     }
 }
