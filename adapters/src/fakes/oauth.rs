@@ -175,12 +175,12 @@ impl AuthServer {
         self.registry().issued.clone()
     }
 
-    /// How many refreshes succeeded.
     /// How each token request so far authenticated its client, in order.
     pub fn client_authentications(&self) -> Vec<ClientAuthentication> {
         self.registry().client_authentications.clone()
     }
 
+    /// How many refreshes succeeded.
     pub fn refreshes(&self) -> u64 {
         self.registry().refreshes
     }
