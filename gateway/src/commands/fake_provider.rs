@@ -41,6 +41,17 @@ struct Described {
     config: String,
 }
 
+/// The `[oauth.<app>]` table for a fake's OAuth client, its authorize, token and revoke
+/// endpoints at `paths` under `base`.
+fn oauth_table(app: &str, (id, secret): (&str, &str), base: &url::Url, paths: [&str; 3]) -> String {
+    let [authorize, token, revoke] = paths;
+    format!(
+        "[oauth.{app}]\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\
+         authorize_url = \"{base}{authorize}\"\ntoken_url = \"{base}{token}\"\n\
+         revoke_url = \"{base}{revoke}\""
+    )
+}
+
 /// `harmony fake-provider <salesforce|google|zendesk|twilio|todoist|caldav>`.
 pub async fn fake(command: &crate::cli::FakeProviderCommand) -> anyhow::Result<()> {
     use crate::cli::FakeProviderCommand as C;
@@ -58,13 +69,18 @@ pub async fn fake(command: &crate::cli::FakeProviderCommand) -> anyhow::Result<(
                     fakes::salesforce::CLIENT_ID,
                     fakes::salesforce::CLIENT_SECRET
                 ),
-                config: format!(
-                    "[oauth.salesforce]\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
-                     authorize_url = \"{base}services/oauth2/authorize\"\n\
-                     token_url = \"{base}services/oauth2/token\"\n\
-                     revoke_url = \"{base}services/oauth2/revoke\"",
-                    fakes::salesforce::CLIENT_ID,
-                    fakes::salesforce::CLIENT_SECRET
+                config: oauth_table(
+                    "salesforce",
+                    (
+                        fakes::salesforce::CLIENT_ID,
+                        fakes::salesforce::CLIENT_SECRET,
+                    ),
+                    &base,
+                    [
+                        "services/oauth2/authorize",
+                        "services/oauth2/token",
+                        "services/oauth2/revoke",
+                    ],
                 ),
                 base,
             };
@@ -74,12 +90,11 @@ pub async fn fake(command: &crate::cli::FakeProviderCommand) -> anyhow::Result<(
             let fake = fakes::google::FakeGoogle::start(args.records, args.records).await?;
             let base = fake.server.base.clone();
             let client = |app: &str| {
-                format!(
-                    "[oauth.{app}]\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
-                     authorize_url = \"{base}o/oauth2/v2/auth\"\ntoken_url = \"{base}token\"\n\
-                     revoke_url = \"{base}revoke\"",
-                    fakes::google::CLIENT_ID,
-                    fakes::google::CLIENT_SECRET
+                oauth_table(
+                    app,
+                    (fakes::google::CLIENT_ID, fakes::google::CLIENT_SECRET),
+                    &base,
+                    ["o/oauth2/v2/auth", "token", "revoke"],
                 )
             };
             let described = Described {
