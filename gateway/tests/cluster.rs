@@ -583,7 +583,8 @@ impl World {
                 .call(Method::PUT, &path, &target.token, Some(&body), &[])
                 .await
                 .is_some(),
-            "a write after the fault"
+            "a write after the fault: {:?}",
+            self.api.tally.lock().unwrap().violations
         );
         since.elapsed()
     }
@@ -596,7 +597,8 @@ impl World {
                 .call(Method::GET, &path, &target.token, None, &[])
                 .await
                 .is_some(),
-            "a read after the fault"
+            "a read after the fault: {:?}",
+            self.api.tally.lock().unwrap().violations
         );
         since.elapsed()
     }

@@ -18,6 +18,9 @@ pub(super) struct PubAck {
 
 #[derive(Debug, Deserialize)]
 pub(super) struct ApiError {
+    /// The HTTP-like status of the error: 503 while the stream has no leader.
+    #[serde(default)]
+    code: u16,
     #[serde(default)]
     err_code: u64,
     #[serde(default)]
@@ -37,6 +40,12 @@ mod codes {
     pub(super) const BATCH_INCOMPLETE: u64 = 10176;
     /// Too many batches in flight on the server right now.
     pub(super) const BATCH_TOO_MANY_INFLIGHT: u64 = 10211;
+    /// The JetStream system is between leaders ("temporarily unavailable").
+    pub(super) const CLUSTER_NOT_AVAILABLE: u64 = 10008;
+    /// The server asked cannot handle the request now ("cluster can not handle request").
+    pub(super) const CLUSTER_NOT_LEADER: u64 = 10009;
+    /// The stream's replicas are not in contact ("stream is offline").
+    pub(super) const STREAM_OFFLINE: u64 = 10118;
 }
 
 pub(super) enum Published {
@@ -306,12 +315,18 @@ impl JetStreamEventStore {
                 }
                 codes::BATCH_DUPLICATE_MSG_ID => Ok(Published::BatchHasStoredIds),
                 // Nothing was stored: the same append may be tried again.
-                codes::BATCH_INCOMPLETE | codes::BATCH_TOO_MANY_INFLIGHT => {
-                    Err(StoreError::Unavailable(format!(
-                        "JetStream did not take the batch, nothing was stored: {} (error {})",
-                        error.description, error.err_code
-                    )))
-                }
+                codes::BATCH_INCOMPLETE
+                | codes::BATCH_TOO_MANY_INFLIGHT
+                | codes::CLUSTER_NOT_AVAILABLE
+                | codes::CLUSTER_NOT_LEADER
+                | codes::STREAM_OFFLINE => Err(StoreError::Unavailable(format!(
+                    "JetStream did not take the batch, nothing was stored: {} (error {})",
+                    error.description, error.err_code
+                ))),
+                _ if error.code == 503 => Err(StoreError::Unavailable(format!(
+                    "JetStream cannot take the append now: {} (error {})",
+                    error.description, error.err_code
+                ))),
                 code => Err(StoreError::Storage(format!(
                     "JetStream refused the append: {} (error {code})",
                     error.description

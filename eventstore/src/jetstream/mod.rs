@@ -101,6 +101,22 @@ fn unavailable(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {error}"))
 }
 
+/// A status a JetStream request was answered with instead of data, as an error: timeouts and
+/// "unavailable" (503: no server answers for the stream, as between leaders) pass with time;
+/// anything else is a fault.
+fn status_error(
+    what: &str,
+    status: async_nats::StatusCode,
+    description: Option<String>,
+) -> StoreError {
+    let reason = format!("{what}: {status} {}", description.unwrap_or_default());
+    if matches!(status.as_u16(), 408 | 503 | 504) {
+        StoreError::Unavailable(reason)
+    } else {
+        StoreError::Storage(reason)
+    }
+}
+
 impl JetStreamEventStore {
     /// Connects, checks that JetStream is enabled, and creates the stream and the snapshot
     /// bucket if they do not exist. An unreachable server, JetStream disabled, or a stream

@@ -174,10 +174,11 @@ pub(crate) async fn direct_batch(
             if status.as_u16() == 404 || status.as_u16() == 204 {
                 break;
             }
-            return Err(StoreError::Storage(format!(
-                "reading the log: {status} {}",
-                message.description.unwrap_or_default()
-            )));
+            return Err(super::status_error(
+                "reading the log",
+                status,
+                message.description,
+            ));
         }
         let Some(seq) = header_u64(&message, "Nats-Sequence") else {
             // An empty message without a sequence ends the batch.

@@ -41,10 +41,11 @@ impl JetStreamEventStore {
             if status.as_u16() == 404 {
                 return Ok(None);
             }
-            return Err(StoreError::Storage(format!(
-                "reading a stream's end: {status} {}",
-                message.description.unwrap_or_default()
-            )));
+            return Err(super::status_error(
+                "reading a stream's end",
+                status,
+                message.description,
+            ));
         }
         let seq = header_u64(&message, "Nats-Sequence").ok_or_else(|| {
             StoreError::Storage("a direct get answered without Nats-Sequence".into())
