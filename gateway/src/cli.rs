@@ -283,6 +283,11 @@ pub struct ServeArgs {
     /// of the configuration file are always trusted.
     #[arg(long, env = "HARMONY_OUTBOUND_ALLOW", value_delimiter = ',', value_parser = adapters::outbound::parse_allow)]
     pub outbound_allow: Vec<adapters::outbound::IpNet>,
+    /// Try the service: every provider faked on loopback and configured, a workspace `acme`
+    /// with an admin, a member and an auditor whose tokens are printed, and Zendesk connected
+    /// and syncing. Its state lives in a temporary directory that goes when it stops.
+    #[arg(long, conflicts_with_all = ["nats_url", "database_url", "config"])]
+    pub demo: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
 }

@@ -1,7 +1,7 @@
 //! `harmony`: parses the command line and hands over to the gateway library.
 
 use clap::Parser;
-use gateway::cli::{Cli, Command};
+use gateway::cli::{Cli, Command, ServeArgs};
 use gateway::{Application, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -31,43 +31,7 @@ async fn main() -> anyhow::Result<()> {
         logs.init();
     }
     match cli.command {
-        Command::Serve(args) => {
-            let shutdown = gateway::shutdown_signal();
-            let adapters = adapters::config::AdaptersConfig::load(args.config.as_deref())?;
-            for reason in adapters.unavailable.values() {
-                tracing::info!("{reason}");
-            }
-            let app = Application::build(Settings {
-                adapters,
-                outbound: adapters::outbound::OutboundPolicy::new(args.outbound_allow),
-                schedule_tick: std::time::Duration::from_secs(args.schedule_tick_seconds.max(1)),
-                sync: gateway::SyncSettings {
-                    lease: std::time::Duration::from_secs(args.sync_lease_seconds.max(1)),
-                    work_ack_wait: std::time::Duration::from_secs(
-                        args.sync_work_ack_wait_seconds.max(1),
-                    ),
-                },
-                jetstream: args.storage.jetstream_config(),
-                records_max_age: args.storage.records_max_age(),
-                data_dir: args.storage.data_dir,
-                listen: args.listen,
-                database_url: args.storage.database_url,
-                checkpoint_every: std::time::Duration::from_secs(args.checkpoint_seconds.max(1)),
-                run_workers: !args.no_workers,
-                max_streams_per_token: args.max_streams_per_token.max(1),
-                rate_limit: gateway::limits::RateLimit::new(
-                    args.rate_limit_per_second,
-                    args.rate_limit_burst,
-                ),
-            })
-            .await?;
-            tracing::info!(
-                backend = app.backend().name(),
-                "listening on http://{}",
-                app.local_addr()?
-            );
-            app.run_until_stopped(shutdown).await
-        }
+        Command::Serve(args) => serve(args).await,
         Command::History(args) => {
             gateway::commands::audit::history(&args, &mut std::io::stdout().lock()).await
         }
@@ -100,4 +64,78 @@ async fn main() -> anyhow::Result<()> {
         #[cfg(feature = "fakes")]
         Command::FakeProvider(other) => gateway::commands::fake_provider::fake(&other).await,
     }
+}
+
+/// `harmony serve`, or with `--demo` the service beside every fake provider.
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let shutdown = gateway::shutdown_signal();
+    #[cfg(feature = "fakes")]
+    let demo = match args.demo {
+        true => Some(gateway::commands::demo::Demo::start().await?),
+        false => None,
+    };
+    #[cfg(not(feature = "fakes"))]
+    if args.demo {
+        anyhow::bail!(
+            "--demo needs the fake providers, which this build leaves out (cargo feature `fakes`)"
+        );
+    }
+    let mut settings = Settings {
+        adapters: adapters::config::AdaptersConfig::default(),
+        outbound: adapters::outbound::OutboundPolicy::new(args.outbound_allow),
+        schedule_tick: std::time::Duration::from_secs(args.schedule_tick_seconds.max(1)),
+        sync: gateway::SyncSettings {
+            lease: std::time::Duration::from_secs(args.sync_lease_seconds.max(1)),
+            work_ack_wait: std::time::Duration::from_secs(args.sync_work_ack_wait_seconds.max(1)),
+        },
+        jetstream: args.storage.jetstream_config(),
+        records_max_age: args.storage.records_max_age(),
+        data_dir: args.storage.data_dir,
+        listen: args.listen,
+        database_url: args.storage.database_url,
+        checkpoint_every: std::time::Duration::from_secs(args.checkpoint_seconds.max(1)),
+        run_workers: !args.no_workers,
+        max_streams_per_token: args.max_streams_per_token.max(1),
+        rate_limit: gateway::limits::RateLimit::new(
+            args.rate_limit_per_second,
+            args.rate_limit_burst,
+        ),
+    };
+    #[cfg(feature = "fakes")]
+    if let Some(demo) = &demo {
+        settings.adapters = demo.adapters.clone();
+        settings.outbound = demo.outbound();
+        settings.data_dir = demo.data_dir();
+    }
+    if !args.demo {
+        settings.adapters = adapters::config::AdaptersConfig::load(args.config.as_deref())?;
+        for reason in settings.adapters.unavailable.values() {
+            tracing::info!("{reason}");
+        }
+    }
+    #[cfg(feature = "fakes")]
+    let data_dir = settings.data_dir.clone();
+    let app = Application::build(settings).await?;
+    let address = app.local_addr()?;
+    tracing::info!(
+        backend = app.backend().name(),
+        "listening on http://{address}"
+    );
+    #[cfg(feature = "fakes")]
+    if let Some(demo) = &demo {
+        let db = gateway::open_read_db(None, &data_dir).await?;
+        let base = url::Url::parse(&format!("http://{address}/"))?;
+        let serving = app.run_until_stopped(shutdown);
+        let welcome = async {
+            if let Err(error) = demo.welcome(&base, &db, &mut std::io::stdout()).await {
+                tracing::error!("the demo could not be set up: {error:#}");
+            }
+            std::future::pending::<()>().await;
+        };
+        return tokio::select! {
+            served = serving => served,
+            () = welcome => Ok(()),
+        };
+    }
+    app.run_until_stopped(shutdown).await
 }

@@ -15,30 +15,59 @@ pub async fn fake_hubspot(args: &crate::cli::FakeHubSpotArgs) -> anyhow::Result<
     if let Some(token) = &args.accept_token {
         fake.auth.accept(token);
     }
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{}", fake.server.base)?;
-        stdout.flush()?;
-    }
+    let described = hubspot_described(&fake.server.base);
+    announce(&described)?;
     eprintln!(
-        "fake HubSpot: {} contacts, {} companies; OAuth client id {}, secret {}",
+        "fake HubSpot: {} contacts, {} companies; {}\nin harmony.toml:\n{}\nserving until stopped",
         args.contacts,
         args.companies,
-        adapters::fakes::hubspot::CLIENT_ID,
-        adapters::fakes::hubspot::CLIENT_SECRET
+        described.credentials,
+        described.config()
     );
     crate::shutdown_signal().await;
     Ok(())
 }
 
-/// What a fake accepts and how the service is pointed at it, for standard error.
-struct Described {
-    base: url::Url,
-    name: &'static str,
+/// What a fake accepts and how the service is pointed at it.
+pub(crate) struct Described {
+    pub(crate) base: url::Url,
+    pub(crate) name: &'static str,
     /// The credentials it accepts, in words.
-    credentials: String,
-    /// The `harmony.toml` lines that point the service at it.
-    config: String,
+    pub(crate) credentials: String,
+    /// The `[oauth.<app>]` tables of `harmony.toml` for its OAuth clients.
+    pub(crate) oauth: Vec<String>,
+    /// The `[endpoints]` lines (`key = "value"`) that point the service at it.
+    pub(crate) endpoints: Vec<String>,
+}
+
+impl Described {
+    /// The `harmony.toml` lines that point the service at this fake alone.
+    fn config(&self) -> String {
+        let mut parts = self.oauth.clone();
+        if !self.endpoints.is_empty() {
+            parts.push(format!("[endpoints]\n{}", self.endpoints.join("\n")));
+        }
+        if parts.is_empty() {
+            "(none: the server URL is a field of the connection)".to_owned()
+        } else {
+            parts.join("\n")
+        }
+    }
+
+    /// One `harmony.toml` for all of `fakes`.
+    pub(crate) fn config_for_all(fakes: &[&Described]) -> String {
+        let mut oauth = Vec::new();
+        let mut endpoints = Vec::new();
+        for fake in fakes {
+            oauth.extend(fake.oauth.iter().cloned());
+            endpoints.extend(fake.endpoints.iter().cloned());
+        }
+        format!(
+            "{}\n\n[endpoints]\n{}\n",
+            oauth.join("\n\n"),
+            endpoints.join("\n")
+        )
+    }
 }
 
 /// The `[oauth.<app>]` table for a fake's OAuth client, its authorize, token and revoke
@@ -52,15 +81,89 @@ fn oauth_table(app: &str, (id, secret): (&str, &str), base: &url::Url, paths: [&
     )
 }
 
+/// HubSpot's fake at `base`, described.
+pub(crate) fn hubspot_described(base: &url::Url) -> Described {
+    use adapters::fakes::hubspot::{CLIENT_ID, CLIENT_SECRET};
+    Described {
+        base: base.clone(),
+        name: "HubSpot",
+        credentials: format!("OAuth client id {CLIENT_ID}, secret {CLIENT_SECRET}"),
+        oauth: vec![oauth_table(
+            "hubspot",
+            (CLIENT_ID, CLIENT_SECRET),
+            base,
+            [
+                "oauth/authorize",
+                "oauth/v1/token",
+                "oauth/v1/refresh-tokens/",
+            ],
+        )],
+        endpoints: vec![format!("hubspot_api = \"{base}\"")],
+    }
+}
+
+/// Prints a fake's base URL on the first line of standard output.
+fn announce(described: &Described) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", described.base)?;
+    stdout.flush()?;
+    Ok(())
+}
+
 /// `harmony fake-provider <salesforce|google|zendesk|twilio|todoist|caldav>`.
 pub async fn fake(command: &crate::cli::FakeProviderCommand) -> anyhow::Result<()> {
     use crate::cli::FakeProviderCommand as C;
-    use adapters::fakes;
-    // Each fake is kept alive (its server stops when dropped) until the signal.
-    let (_fake, described): (Box<dyn std::any::Any>, Described) = match command {
+    let (kind, args) = match command {
         C::Hubspot(_) => anyhow::bail!("HubSpot's fake has its own options"),
-        C::Salesforce(args) => {
-            let fake = fakes::salesforce::FakeSalesforce::start(args.records, args.records).await?;
+        C::Salesforce(args) => (Kind::Salesforce, args),
+        C::Google(args) => (Kind::Google, args),
+        C::Zendesk(args) => (Kind::Zendesk, args),
+        C::Twilio(args) => (Kind::Twilio, args),
+        C::Todoist(args) => (Kind::Todoist, args),
+        C::Caldav(args) => (Kind::Caldav, args),
+    };
+    // The fake is kept alive (its server stops when dropped) until the signal.
+    let (_fake, described) = start(kind, args.records).await?;
+    announce(&described)?;
+    eprintln!(
+        "fake {}: {}\nin harmony.toml:\n{}\nserving until stopped",
+        described.name,
+        described.credentials,
+        described.config()
+    );
+    crate::shutdown_signal().await;
+    Ok(())
+}
+
+/// The fakes besides HubSpot's.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    Salesforce,
+    Google,
+    Zendesk,
+    Twilio,
+    Todoist,
+    Caldav,
+}
+
+/// A running fake: its server stops when this is dropped.
+pub(crate) type Running = Box<dyn std::any::Any + Send>;
+
+/// Zendesk's fake: the subdomain, agent email and API token it accepts.
+pub(crate) const ZENDESK: (&str, &str, &str) = ("acme", "agent@acme.example", "fake-zendesk-token");
+/// Twilio's fake: the account SID and auth token it accepts (region us1).
+pub(crate) const TWILIO: (&str, &str) = ("AC00000000000000000000000000000001", "fake-twilio-token");
+/// Todoist's fake: the API token it accepts.
+pub(crate) const TODOIST_TOKEN: &str = "fake-todoist-token";
+/// CalDAV's fake: the username and app password it accepts.
+pub(crate) const CALDAV: (&str, &str) = ("jane", "fake-caldav-password");
+
+/// Starts the fake of `kind` with `records` of each of its kinds of record, on loopback.
+pub(crate) async fn start(kind: Kind, records: u64) -> anyhow::Result<(Running, Described)> {
+    use adapters::fakes;
+    Ok(match kind {
+        Kind::Salesforce => {
+            let fake = fakes::salesforce::FakeSalesforce::start(records, records).await?;
             let base = fake.server.base.clone();
             let described = Described {
                 name: "Salesforce",
@@ -69,7 +172,8 @@ pub async fn fake(command: &crate::cli::FakeProviderCommand) -> anyhow::Result<(
                     fakes::salesforce::CLIENT_ID,
                     fakes::salesforce::CLIENT_SECRET
                 ),
-                config: oauth_table(
+                endpoints: Vec::new(),
+                oauth: vec![oauth_table(
                     "salesforce",
                     (
                         fakes::salesforce::CLIENT_ID,
@@ -81,13 +185,13 @@ pub async fn fake(command: &crate::cli::FakeProviderCommand) -> anyhow::Result<(
                         "services/oauth2/token",
                         "services/oauth2/revoke",
                     ],
-                ),
+                )],
                 base,
             };
             (Box::new(fake), described)
         }
-        C::Google(args) => {
-            let fake = fakes::google::FakeGoogle::start(args.records, args.records).await?;
+        Kind::Google => {
+            let fake = fakes::google::FakeGoogle::start(records, records).await?;
             let base = fake.server.base.clone();
             let client = |app: &str| {
                 oauth_table(
@@ -105,86 +209,72 @@ pub async fn fake(command: &crate::cli::FakeProviderCommand) -> anyhow::Result<(
                     fakes::google::CLIENT_SECRET,
                     fakes::google::EMAIL
                 ),
-                config: format!(
-                    "{}\n{}\n[endpoints]\ngoogle_calendar_api = \"{base}calendar/v3/\"\n\
-                     gmail_api = \"{base}gmail/v1/\"",
-                    client("google-calendar"),
-                    client("gmail")
-                ),
+                oauth: vec![client("google-calendar"), client("gmail")],
+                endpoints: vec![
+                    format!("google_calendar_api = \"{base}calendar/v3/\""),
+                    format!("gmail_api = \"{base}gmail/v1/\""),
+                ],
                 base,
             };
             (Box::new(fake), described)
         }
-        C::Zendesk(args) => {
-            let (subdomain, email, token) = ("acme", "agent@acme.example", "fake-zendesk-token");
-            let fake = fakes::zendesk::FakeZendesk::start(
-                subdomain,
-                email,
-                token,
-                args.records,
-                args.records,
-            )
-            .await?;
+        Kind::Zendesk => {
+            let (subdomain, email, token) = ZENDESK;
+            let fake =
+                fakes::zendesk::FakeZendesk::start(subdomain, email, token, records, records)
+                    .await?;
             let base = fake.server.base.clone();
             let described = Described {
                 name: "Zendesk",
                 credentials: format!(
                     "subdomain {subdomain}, agent email {email}, API token {token}"
                 ),
-                config: format!("[endpoints]\nzendesk_api_template = \"{base}{{subdomain}}/\""),
+                oauth: Vec::new(),
+                endpoints: vec![format!("zendesk_api_template = \"{base}{{subdomain}}/\"")],
                 base,
             };
             (Box::new(fake), described)
         }
-        C::Twilio(args) => {
-            let (sid, token) = ("AC00000000000000000000000000000001", "fake-twilio-token");
-            let fake =
-                fakes::twilio::FakeTwilio::start(sid, token, args.records, args.records).await?;
+        Kind::Twilio => {
+            let (sid, token) = TWILIO;
+            let fake = fakes::twilio::FakeTwilio::start(sid, token, records, records).await?;
             let base = fake.server.base.clone();
             let described = Described {
                 name: "Twilio",
                 credentials: format!("account SID {sid}, auth token {token}, region us1"),
-                config: format!("[endpoints.twilio_regions]\nus1 = \"{base}\""),
+                oauth: Vec::new(),
+                endpoints: vec![format!("twilio_regions.us1 = \"{base}\"")],
                 base,
             };
             (Box::new(fake), described)
         }
-        C::Todoist(args) => {
-            let token = "fake-todoist-token";
-            let fake = fakes::todoist::FakeTodoist::start(token, args.records).await?;
+        Kind::Todoist => {
+            let token = TODOIST_TOKEN;
+            let fake = fakes::todoist::FakeTodoist::start(token, records).await?;
             let base = fake.server.base.clone();
             let described = Described {
                 name: "Todoist",
                 credentials: format!("API token {token}"),
-                config: format!("[endpoints]\ntodoist_api = \"{base}api/v1/\""),
+                oauth: Vec::new(),
+                endpoints: vec![format!("todoist_api = \"{base}api/v1/\"")],
                 base,
             };
             (Box::new(fake), described)
         }
-        C::Caldav(args) => {
-            let (user, password) = ("jane", "fake-caldav-password");
-            let fake = fakes::caldav::FakeCalDav::start(user, password, args.records).await?;
+        Kind::Caldav => {
+            let (user, password) = CALDAV;
+            let fake = fakes::caldav::FakeCalDav::start(user, password, records).await?;
             let described = Described {
                 name: "CalDAV",
                 credentials: format!(
                     "server URL {}, username {user}, app password {password}",
                     fake.calendar_url()
                 ),
-                config: "(none: the server URL is a field of the connection)".to_owned(),
+                oauth: Vec::new(),
+                endpoints: Vec::new(),
                 base: fake.server.base.clone(),
             };
             (Box::new(fake), described)
         }
-    };
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{}", described.base)?;
-        stdout.flush()?;
-    }
-    eprintln!(
-        "fake {}: {}\nin harmony.toml:\n{}\nserving until stopped",
-        described.name, described.credentials, described.config
-    );
-    crate::shutdown_signal().await;
-    Ok(())
+    })
 }

@@ -1,5 +1,5 @@
 //! What the `harmony` commands other than `serve` do: the auditor's commands (`history`,
-//! `verify`, `export`), `bench` (feature `bench`), `fake-provider` (feature `fakes`), `log copy`, `projections rebuild` and `vault
+//! `verify`, `export`), `bench` (feature `bench`), `fake-provider` and `serve --demo` (feature `fakes`), `log copy`, `projections rebuild` and `vault
 //! rotate-master-key`. Their command lines are in [`cli`](crate::cli); `tokens` lives with the
 //! tokens themselves in [`tokens`](crate::tokens).
 
@@ -8,6 +8,8 @@ pub mod audit;
 pub mod bench;
 #[cfg(feature = "bench")]
 pub mod bench_gateway;
+#[cfg(feature = "fakes")]
+pub mod demo;
 #[cfg(feature = "fakes")]
 pub mod fake_provider;
 pub mod log;
