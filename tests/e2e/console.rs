@@ -2,175 +2,19 @@
 //! (chromedriver), against the service and the fake providers. Each test saves screenshots
 //! under `target/console-screenshots/`.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use serde_json::json;
 
 use adapters::fakes::hubspot::FakeHubSpot;
 use adapters::fakes::zendesk::FakeZendesk;
 use eventstore::waiting::eventually;
 
-use crate::helpers::{spawn_app_with, use_fake_hubspot, use_fake_zendesk, TestApp};
+use crate::browser::{browser, browser_with};
+use crate::helpers::{spawn_app_with, use_fake_hubspot, use_fake_zendesk};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A chromedriver of its own and a headless Chromium session; both go when dropped.
-struct Browser {
-    client: Option<Client>,
-    driver: Child,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Ends the session first (Chromium exits with it), then the driver.
-        if let Some(client) = self.client.take() {
-            let _ = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(client.close())
-            });
-        }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn browser() -> Browser {
-    browser_with(true).await
-}
-
-/// A browser, with JavaScript on or off.
-async fn browser_with(javascript: bool) -> Browser {
-    let chromedriver =
-        std::env::var("HARMONY_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-    let chromium = std::env::var("HARMONY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let port = free_port();
-    let driver = Command::new(&chromedriver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("{chromedriver} does not start ({e}): run ./scripts/test.sh, which installs it")
-        });
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        json!({"binary": chromium, "args": [
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--window-size=1100,900",
-            format!("--blink-settings=scriptEnabled={javascript}")]}),
-    );
-    let url = format!("http://127.0.0.1:{port}");
-    let client = eventually(WAIT, "chromedriver answers", || {
-        let capabilities = capabilities.clone();
-        let url = url.clone();
-        async move {
-            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-                .capabilities(capabilities)
-                .connect(&url)
-                .await
-                .ok()
-        }
-    })
-    .await;
-    Browser {
-        client: Some(client),
-        driver,
-    }
-}
-
-impl Browser {
-    fn c(&self) -> &Client {
-        self.client.as_ref().expect("the session is open")
-    }
-
-    async fn screenshot(&self, name: &str) {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
-        std::fs::create_dir_all(&dir).unwrap();
-        let png = self.c().screenshot().await.unwrap();
-        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
-    }
-
-    async fn text(&self, css: &str) -> String {
-        self.c()
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn click(&self, css: &str) {
-        self.c()
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
-            .await
-            .unwrap();
-    }
-
-    async fn fill(&self, css: &str, value: &str) {
-        self.c()
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .send_keys(value)
-            .await
-            .unwrap();
-    }
-
-    async fn sign_in(&self, app: &TestApp, token: &str) {
-        self.c()
-            .goto(&format!("{}/console", app.address))
-            .await
-            .unwrap();
-        self.fill("#token", token).await;
-        self.click("form button[type=submit]").await;
-        eventually(WAIT, "signed in", || async {
-            self.c()
-                .current_url()
-                .await
-                .ok()
-                .filter(|u| u.path() == "/console/installed")
-        })
-        .await;
-    }
-
-    async fn path_becomes(&self, prefix: &str) -> String {
-        eventually(WAIT, &format!("the page becomes {prefix}…"), || async {
-            let url = self.c().current_url().await.ok()?;
-            url.path()
-                .starts_with(prefix)
-                .then(|| url.path().to_owned())
-        })
-        .await
-    }
-
-    async fn text_becomes(&self, css: &str, wanted: &str) {
-        eventually(WAIT, &format!("{css} says {wanted}"), || async {
-            let element = self.c().find(Locator::Css(css)).await.ok()?;
-            let text = element.text().await.ok()?;
-            text.contains(wanted).then_some(())
-        })
-        .await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_signs_in_and_connects_an_api_key_app() {
@@ -193,7 +37,7 @@ async fn an_admin_signs_in_and_connects_an_api_key_app() {
         .text(".error")
         .await
         .contains("unknown or was revoked"));
-    browser.sign_in(&app, &ada).await;
+    browser.sign_in(&app.address, &ada).await;
     browser.screenshot("installed-empty").await;
 
     browser.click("nav a[href='/console/apps']").await;
@@ -243,7 +87,7 @@ async fn oauth_popup_live_sync_logs_mappings_and_disconnect() {
     let app = spawn_app_with(|settings| use_fake_hubspot(settings, &base)).await;
     let (_, ada) = app.token("acme", "ada", "admin").await;
     let browser = browser().await;
-    browser.sign_in(&app, &ada).await;
+    browser.sign_in(&app.address, &ada).await;
 
     // A blocked popup is explained, with the seed's advice.
     browser
@@ -423,7 +267,7 @@ async fn a_member_without_the_permission_sees_no_write_buttons_and_is_refused() 
         .unwrap();
     let id = connected["integration_id"].as_str().unwrap().to_owned();
     let browser = browser().await;
-    browser.sign_in(&app, &bob).await;
+    browser.sign_in(&app.address, &bob).await;
     browser
         .c()
         .goto(&format!("{}/console/integrations/{id}", app.address))
@@ -506,7 +350,7 @@ async fn without_javascript_an_oauth_app_connects_in_the_whole_window_and_syncs(
     let app = spawn_app_with(|settings| use_fake_hubspot(settings, &base)).await;
     let (_, ada) = app.token("acme", "ada", "admin").await;
     let browser = browser_with(false).await;
-    browser.sign_in(&app, &ada).await;
+    browser.sign_in(&app.address, &ada).await;
     browser
         .c()
         .goto(&format!("{}/console/apps/hubspot", app.address))

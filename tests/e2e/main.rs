@@ -4,6 +4,7 @@
 
 mod api;
 mod audit;
+mod browser;
 mod companion;
 mod console;
 mod health;

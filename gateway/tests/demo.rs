@@ -1,0 +1,275 @@
+//! `harmony serve --demo` as a newcomer runs it, the built binary: it prints the console's
+//! address and three people's tokens; in a real browser the admin finds every app
+//! connectable, Zendesk's first sync completed in its sync logs, connects Todoist with the
+//! printed token and watches that sync complete too; each OAuth2 app connects through its
+//! fake's consent page. Stopped, it removes what it made.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+#[path = "../../tests/e2e/browser.rs"]
+mod browser;
+
+/// What the demo printed: the console's base address, the tokens by role, the data directory.
+#[derive(Debug)]
+struct Printed {
+    address: String,
+    tokens: Vec<(String, String)>,
+    data_dir: std::path::PathBuf,
+    text: String,
+}
+
+fn read_welcome(child: &mut Child) -> Printed {
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        text.push_str(&line);
+        text.push('\n');
+        if line.starts_with("Its state is in") {
+            break;
+        }
+    }
+    let address = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("console"))
+        .map(|rest| rest.trim().trim_end_matches("/console").to_owned())
+        .unwrap_or_else(|| panic!("no console address in {text}"));
+    let tokens = text
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            match words.as_slice() {
+                [role, _user, token] if token.starts_with("hst_") => {
+                    Some(((*role).to_owned(), (*token).to_owned()))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    let data_dir = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Its state is in "))
+        .and_then(|rest| rest.split(" and goes").next())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no data directory in {text}"));
+    Printed {
+        address,
+        tokens,
+        data_dir,
+        text,
+    }
+}
+
+/// Stops the demo as Ctrl-C does, and waits for it.
+fn interrupt(child: &mut Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_every_app_connectable_and_a_completed_sync_in_the_console() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_harmony"))
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+        // Whatever the environment says of a data directory or a real deployment, the demo
+        // keeps to its own.
+        .env("HARMONY_DATA_DIR", "/nonexistent/harmony")
+        .env_remove("HARMONY_NATS_URL")
+        .env_remove("HARMONY_DATABASE_URL")
+        .env_remove("HARMONY_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let printed = tokio::task::block_in_place(|| read_welcome(&mut child));
+    let roles: Vec<&str> = printed.tokens.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(roles, ["admin", "member", "auditor"], "{}", printed.text);
+    assert!(printed.data_dir.exists(), "{}", printed.text);
+    let token = |role: &str| {
+        printed
+            .tokens
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, t)| t.clone())
+            .unwrap()
+    };
+
+    // Each printed token is one of its workspace's people, with its role.
+    let http = reqwest::Client::new();
+    for (role, token) in &printed.tokens {
+        let me: serde_json::Value = http
+            .get(format!("{}/v1/me", printed.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me["workspace"], "acme", "{me}");
+        assert_eq!(me["role"], role.as_str(), "{me}");
+    }
+
+    let browser = browser::browser().await;
+    browser.sign_in(&printed.address, &token("admin")).await;
+
+    // Every app of the Marketplace is configured, none unavailable.
+    browser.click("nav a[href='/console/apps']").await;
+    let apps = browser.text("main").await;
+    assert!(!apps.contains("Unavailable"), "{apps}");
+    for app in [
+        "hubspot",
+        "salesforce",
+        "zendesk",
+        "twilio",
+        "google-calendar",
+        "gmail",
+        "todoist",
+        "caldav",
+    ] {
+        browser
+            .click(&format!("a[href='/console/apps/{app}']"))
+            .await;
+        let page = browser.text("main").await;
+        assert!(!page.contains("Unavailable"), "{app}: {page}");
+        assert!(
+            browser
+                .c()
+                .find(fantoccini::Locator::Css("main form button[type=submit]"))
+                .await
+                .is_ok(),
+            "{app} has no connect button: {page}"
+        );
+        browser.c().back().await.unwrap();
+    }
+    browser.screenshot("demo-apps").await;
+
+    // Zendesk, connected by the demo: its first sync completed.
+    browser.click("nav a[href='/console/installed']").await;
+    browser
+        .click("main a[href^='/console/integrations/']")
+        .await;
+    browser.text_becomes("h1", "Zendesk").await;
+    browser.text_becomes("#last-sync", "completed").await;
+    browser.click("a[href$='/sync-logs']").await;
+    browser.text_becomes("table", "completed").await;
+    browser.screenshot("demo-zendesk-sync-logs").await;
+
+    // Todoist, connected with the printed token: the sync it starts completes.
+    let todoist = printed
+        .text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Todoist: API token "))
+        .unwrap_or_else(|| panic!("no Todoist token in {}", printed.text))
+        .to_owned();
+    browser.click("nav a[href='/console/apps']").await;
+    browser.click("a[href='/console/apps/todoist']").await;
+    browser.fill("#api_token", &todoist).await;
+    browser.click("main form button[type=submit]").await;
+    browser.path_becomes("/console/integrations/").await;
+    browser.text_becomes("#status", "connected").await;
+    browser.click("form[action$='/sync'] button").await;
+    browser.text_becomes("#last-sync", "completed").await;
+    browser.screenshot("demo-todoist-synced").await;
+    drop(browser);
+
+    // The OAuth2 apps connect too: each fake's authorization page consents at once and sends
+    // the browser back to the service's callback.
+    let salesforce = printed
+        .text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Salesforce: Instance URL "))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no Salesforce instance URL in {}", printed.text))
+        .to_owned();
+    // One browser: the authorization is bound to the one that started it.
+    let popup = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    for (app, fields) in [
+        ("hubspot", serde_json::json!({})),
+        (
+            "salesforce",
+            serde_json::json!({"instance_url": salesforce}),
+        ),
+        ("google-calendar", serde_json::json!({})),
+        ("gmail", serde_json::json!({})),
+    ] {
+        let started: serde_json::Value = popup
+            .post(format!(
+                "{}/v1/workspaces/acme/integrations",
+                printed.address
+            ))
+            .bearer_auth(token("admin"))
+            .json(&serde_json::json!({"app": app, "fields": fields}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let authorize = started["authorization_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{app}: {started}"));
+        let consent = popup.get(authorize).send().await.unwrap();
+        let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+        let page = popup
+            .get(&callback)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains("\"ok\":true"), "{app}: {page}");
+    }
+
+    let status = tokio::task::block_in_place(|| interrupt(&mut child));
+    assert!(status.success(), "the demo ended {status}");
+    assert!(
+        !printed.data_dir.exists(),
+        "the demo left {}",
+        printed.data_dir.display()
+    );
+}
+
+/// The demo is a mode of its own: never beside a real deployment's log, database or
+/// configuration.
+#[test]
+fn the_demo_refuses_a_real_deployments_storage_and_configuration() {
+    for (flag, value) in [
+        ("--nats-url", "nats://127.0.0.1:4222"),
+        ("--database-url", "postgres://localhost/harmony"),
+        ("--config", "harmony.toml"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_harmony"))
+            .args(["serve", "--demo", flag, value])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{flag}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains("cannot be used with") && said.contains("--demo"),
+            "{flag}: {said}"
+        );
+    }
+}
