@@ -12,6 +12,9 @@
         .then(function (answer) { return answer.ok ? answer.text() : null; })
         .then(function (html) { if (html !== null) { live.innerHTML = html; } });
     };
+    // Once the stream is open, every later event arrives on it; what happened between the
+    // page being drawn and that moment is caught by one refresh then.
+    stream.addEventListener("open", refresh);
     ["SyncRequested", "SyncStarted", "SyncProgressed", "SyncCompleted", "SyncFailed",
      "CredentialsExpired", "CredentialsRefreshed", "Reauthenticated", "Disconnected",
      "ConnectionTested", "MappingChanged"].forEach(function (type) {
