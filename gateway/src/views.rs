@@ -37,7 +37,7 @@ pub(crate) struct EventView {
     pub causation_id: Option<String>,
     /// The event's own fields (secrets never among them; sealed personal data shows as
     /// `{"sealed": …}`, or `{"shredded": true}` once its integration was deleted).
-    #[schema(value_type = Object)]
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
     pub data: Value,
     /// The chain hash (hex SHA-256) over this event and the previous one's hash.
     pub hash: String,
@@ -78,7 +78,7 @@ pub(crate) struct StateView {
     /// deleted).
     pub installed: Option<InstalledRow>,
     /// The whole folded state.
-    #[schema(value_type = Object)]
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
     pub state: Integration,
 }
 

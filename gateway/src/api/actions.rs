@@ -26,7 +26,7 @@ pub(super) struct ActionBody {
     tool: String,
     /// The tool's arguments: a JSON object.
     #[serde(default = "empty_object")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
     arguments: Value,
 }
 
@@ -154,7 +154,7 @@ pub(super) struct OpenAction {
     action_id: String,
     tool: String,
     /// The tool's arguments (`{"shredded": true}` once the integration's data was shredded).
-    #[schema(value_type = Object)]
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
     arguments: Value,
     /// The tool asks for approval unless a rule approves it.
     sensitive: bool,
@@ -192,7 +192,7 @@ pub(super) struct Action {
     status: ActionState,
     tool: String,
     /// The tool's arguments (`{"shredded": true}` once the integration's data was shredded).
-    #[schema(value_type = Object)]
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
     arguments: Value,
     sensitive: bool,
     requested_by: String,
@@ -207,7 +207,7 @@ pub(super) struct Action {
     reason: Option<String>,
     /// What the provider answered, once completed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, serde_json::Value>>)]
     result: Option<Value>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
