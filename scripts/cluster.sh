@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Harmony Sync as a cluster on one machine, on loopback: three nats-servers clustered
 # (deploy/nats-{1,2,3}.conf, streams replicated three times), one PostgreSQL, and several
-# `harmony serve` processes sharing them (deploy/harmony.env). README.md, "Running a cluster",
+# `harmony serve` processes sharing them (deploy/harmony.env). docs/CLUSTER.md
 # explains it; the cluster fault test (gateway/tests/cluster.rs) runs it the same way.
 #
 #   scripts/cluster.sh up                  start whatever is not running (builds the release binary)

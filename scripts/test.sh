@@ -17,17 +17,20 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-# The Node.js consumer example the tests run (examples/node-consumer), with its locked
+# The Node.js examples the tests run (examples/node-consumer, a JetStream consumer, and
+# examples/typed-client, a client generated from /openapi.json), with their locked
 # dependencies from the npm registry.
-ensure_node_example() {
+ensure_node_examples() {
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    apt_install "node and npm are needed for the Node.js example" nodejs npm
+    apt_install "node and npm are needed for the Node.js examples" nodejs npm
   fi
-  local example=examples/node-consumer
-  if ! [ -d "$example/node_modules/nats" ] || [ "$example/package-lock.json" -nt "$example/node_modules/.package-lock.json" ]; then
-    echo "== npm ci in $example"
-    (cd "$example" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-  fi
+  local example
+  for example in examples/node-consumer examples/typed-client; do
+    if ! [ -f "$example/node_modules/.package-lock.json" ] || [ "$example/package-lock.json" -nt "$example/node_modules/.package-lock.json" ]; then
+      echo "== npm ci in $example"
+      (cd "$example" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
+  done
 }
 
 # Debian's Chromium and its WebDriver, for the console's browser tests.
@@ -40,7 +43,7 @@ ensure_chromium() {
 }
 
 ensure_nats_server
-ensure_node_example
+ensure_node_examples
 ensure_postgres
 ensure_chromium
 echo "== nats.conf is valid for $("$HARMONY_NATS_SERVER" --version)"

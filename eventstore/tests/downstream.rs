@@ -1,5 +1,5 @@
-//! What a downstream service does with the change events, as the README's "Subscribing to
-//! change events" tells it: a durable consumer filtered by subject, resumed after a restart,
+//! What a downstream service does with the change events, as docs/EVENTS.md tells
+//! it: a durable consumer filtered by subject, resumed after a restart,
 //! deduplicating on the event id. Once with async-nats, once with the Node.js example.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 

@@ -241,7 +241,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HARMONY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// A TOML file with the OAuth clients, the public base URL and provider endpoints (see
-    /// the README); the HARMONY_OAUTH_* and HARMONY_PUBLIC_BASE_URL variables override it.
+    /// docs/PROVIDERS.md); the HARMONY_OAUTH_* and HARMONY_PUBLIC_BASE_URL variables override it.
     #[arg(long, env = "HARMONY_CONFIG")]
     pub config: Option<PathBuf>,
     /// How often the scheduler looks for integrations due an incremental sync.

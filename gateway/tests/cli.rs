@@ -1155,12 +1155,14 @@ fn every_provider_has_a_fake_whose_printed_configuration_the_service_reads() {
     }
 }
 
-/// The README's configuration example is one the service reads (every key in it exists, every
-/// table is an app), it names every `[endpoints]` key, and it shows every fake provider.
+/// The providers' documentation: its configuration example is one the service reads (every
+/// key in it exists, every table is an app), it names every `[endpoints]` key, and it shows
+/// every fake provider.
 #[test]
-fn the_readmes_configuration_is_read_as_written_and_names_every_key_and_fake() {
+fn the_provider_docs_configuration_is_read_as_written_and_names_every_key_and_fake() {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROVIDERS.md"))
+            .unwrap();
     let start = readme
         .find("```toml\n# harmony.toml\n")
         .expect("the example")
@@ -1211,7 +1213,73 @@ fn the_readmes_configuration_is_read_as_written_and_names_every_key_and_fake() {
     for command in commands {
         assert!(
             readme.contains(&format!("harmony fake-provider {command} ")),
-            "the README does not show `harmony fake-provider {command}`"
+            "docs/PROVIDERS.md does not show `harmony fake-provider {command}`"
         );
+    }
+}
+
+/// The README is read in one sitting: under 250 lines, a quick start of exactly two commands
+/// (the service and every test), and every document it links to, and every document those
+/// link to in turn, is there.
+#[test]
+fn the_readme_is_short_starts_in_two_commands_and_every_link_resolves() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.lines().count() < 250,
+        "the README has {} lines",
+        readme.lines().count()
+    );
+    let quick = readme
+        .split("## Quick start")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("a quick start");
+    let commands: Vec<&str> = quick.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(commands.len(), 2, "{quick}");
+    assert!(commands[0].starts_with("cargo run --release -p gateway -- serve"));
+    assert!(commands[1].starts_with("./scripts/test.sh"));
+    for doc in [
+        "API",
+        "CONSOLE",
+        "PROVIDERS",
+        "OPERATIONS",
+        "CLUSTER",
+        "AUDITING",
+        "EVENTS",
+        "SECURITY",
+    ] {
+        assert!(
+            readme.contains(&format!("](docs/{doc}.md)")),
+            "the README does not link docs/{doc}.md"
+        );
+    }
+    // Every relative link of the README and of the documents under docs/.
+    let mut pages = vec![root.join("README.md")];
+    pages.extend(
+        std::fs::read_dir(root.join("docs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md")),
+    );
+    for page in pages {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for target in text
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next())
+        {
+            let target = target.split('#').next().unwrap();
+            if target.is_empty() || target.contains("://") {
+                continue;
+            }
+            let path = page.parent().unwrap().join(target);
+            assert!(
+                path.exists(),
+                "{} links to {target}, which is not there",
+                page.display()
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 mod browser;
 
 /// What the demo printed: the console's base address, the tokens by role, the data directory.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Printed {
     address: String,
     tokens: Vec<(String, String)>,
@@ -63,6 +63,49 @@ fn read_welcome(child: &mut Child) -> Printed {
     }
 }
 
+/// `harmony serve --demo`, running until dropped, and what it printed.
+struct Demo {
+    child: Child,
+    printed: Printed,
+}
+
+impl Demo {
+    fn start() -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_harmony"))
+            .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+            // Whatever the environment says of a data directory or a real deployment, the
+            // demo keeps to its own.
+            .env("HARMONY_DATA_DIR", "/nonexistent/harmony")
+            .env_remove("HARMONY_NATS_URL")
+            .env_remove("HARMONY_DATABASE_URL")
+            .env_remove("HARMONY_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let printed = read_welcome(&mut child);
+        Self { child, printed }
+    }
+
+    fn token(&self, role: &str) -> String {
+        self.printed
+            .tokens
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("no {role} token in {}", self.printed.text))
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            interrupt(&mut self.child);
+        }
+    }
+}
+
 /// Stops the demo as Ctrl-C does, and waits for it.
 fn interrupt(child: &mut Child) -> std::process::ExitStatus {
     Command::new("kill")
@@ -84,31 +127,13 @@ fn interrupt(child: &mut Child) -> std::process::ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_every_app_connectable_and_a_completed_sync_in_the_console() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_harmony"))
-        .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
-        // Whatever the environment says of a data directory or a real deployment, the demo
-        // keeps to its own.
-        .env("HARMONY_DATA_DIR", "/nonexistent/harmony")
-        .env_remove("HARMONY_NATS_URL")
-        .env_remove("HARMONY_DATABASE_URL")
-        .env_remove("HARMONY_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let printed = tokio::task::block_in_place(|| read_welcome(&mut child));
+    let mut demo = tokio::task::block_in_place(Demo::start);
+    let printed = std::mem::take(&mut demo.printed);
+    demo.printed.tokens = printed.tokens.clone();
     let roles: Vec<&str> = printed.tokens.iter().map(|(r, _)| r.as_str()).collect();
     assert_eq!(roles, ["admin", "member", "auditor"], "{}", printed.text);
     assert!(printed.data_dir.exists(), "{}", printed.text);
-    let token = |role: &str| {
-        printed
-            .tokens
-            .iter()
-            .find(|(r, _)| r == role)
-            .map(|(_, t)| t.clone())
-            .unwrap()
-    };
+    let token = |role: &str| demo.token(role);
 
     // Each printed token is one of its workspace's people, with its role.
     let http = reqwest::Client::new();
@@ -184,6 +209,7 @@ async fn the_demo_shows_every_app_connectable_and_a_completed_sync_in_the_consol
     browser.click("main form button[type=submit]").await;
     browser.path_becomes("/console/integrations/").await;
     browser.text_becomes("#status", "connected").await;
+    browser.screenshot("demo-todoist-connected").await;
     browser.click("form[action$='/sync'] button").await;
     browser.text_becomes("#last-sync", "completed").await;
     browser.screenshot("demo-todoist-synced").await;
@@ -242,7 +268,7 @@ async fn the_demo_shows_every_app_connectable_and_a_completed_sync_in_the_consol
         assert!(page.contains("\"ok\":true"), "{app}: {page}");
     }
 
-    let status = tokio::task::block_in_place(|| interrupt(&mut child));
+    let status = tokio::task::block_in_place(|| interrupt(&mut demo.child));
     assert!(status.success(), "the demo ended {status}");
     assert!(
         !printed.data_dir.exists(),
@@ -272,4 +298,52 @@ fn the_demo_refuses_a_real_deployments_storage_and_configuration() {
             "{flag}: {said}"
         );
     }
+}
+
+/// A client generated from the demo's `/openapi.json` by a standard generator
+/// (openapi-typescript, with openapi-fetch: examples/typed-client) compiles against it and
+/// walks the seed: Apps, connecting through the OAuth popup, Installed, test, full sync and
+/// its sync log, mappings, reauth, a member refused, a personal integration, the auditor's
+/// history, state as of a moment and verification, disconnect and delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_generated_from_the_openapi_document_walks_the_seed() {
+    let demo = tokio::task::block_in_place(Demo::start);
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/typed-client");
+    assert!(
+        example.join("node_modules/openapi-typescript").exists(),
+        "run ./scripts/test.sh, which installs the example's packages (npm ci)"
+    );
+    let npm = |script: &str| {
+        let output = Command::new("npm")
+            .args(["run", "--silent", script])
+            .current_dir(&example)
+            .env("HARMONY_URL", &demo.printed.address)
+            .env("HARMONY_ADMIN_TOKEN", demo.token("admin"))
+            .env("HARMONY_MEMBER_TOKEN", demo.token("member"))
+            .env("HARMONY_AUDITOR_TOKEN", demo.token("auditor"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "npm run {script}: {said}");
+        said
+    };
+    let schema = example.join("src/schema.d.ts");
+    let _ = std::fs::remove_file(&schema);
+    tokio::task::block_in_place(|| {
+        npm("generate");
+        assert!(
+            std::fs::read_to_string(&schema)
+                .unwrap()
+                .contains("\"/v1/workspaces/{ws}/integrations/{id}/sync-logs\""),
+            "the client is generated from the document"
+        );
+        npm("build");
+        let walked = npm("walk");
+        assert!(walked.contains("the walk is complete"), "{walked}");
+    });
 }
