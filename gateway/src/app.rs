@@ -65,14 +65,12 @@ impl Application {
             .current_key()
             .await
             .context("while opening the credential vault")?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "while binding {} (another address: --listen or HARMONY_LISTEN)",
-                    settings.listen
-                )
-            })?;
+        let listener = TcpListener::bind(settings.listen).await.with_context(|| {
+            format!(
+                "while binding {} (another address: --listen or HARMONY_LISTEN)",
+                settings.listen
+            )
+        })?;
         let own = url::Url::parse(&format!("http://{}/", listener.local_addr()?))
             .context("while naming the service's own URL")?;
         let redirect = settings.adapters.redirect_uri(&own);

@@ -347,3 +347,47 @@ async fn a_client_generated_from_the_openapi_document_walks_the_seed() {
         assert!(walked.contains("the walk is complete"), "{walked}");
     });
 }
+
+/// The README's first look at the API runs as written against the demo (on its own port):
+/// each command answers what its comment says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_first_look_at_the_api_runs_against_the_demo() {
+    let demo = tokio::task::block_in_place(Demo::start);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let block = readme
+        .split("## A first look at the API")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's first look at the API");
+    // Every command but the event stream, which follows the log until stopped: it gets two
+    // seconds. Each answer on a line of its own, for the checks below.
+    let script = block
+        .replace("http://127.0.0.1:8080", &demo.printed.address)
+        .replace("curl -sN ", "curl -sN --max-time 2 ")
+        .lines()
+        .map(|line| format!("{line}\n"))
+        .collect::<String>()
+        .replace("\ncurl ", "\necho; curl ");
+    let output = tokio::task::block_in_place(|| {
+        Command::new("bash")
+            .args(["-c", &script])
+            .env("TOKEN", demo.token("admin"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    });
+    let said = String::from_utf8_lossy(&output.stdout);
+    for wanted in [
+        "\"id\":\"hubspot\"",
+        "\"app\":\"zendesk\"",
+        "\"sync_id\":",
+        "\"runs\":[",
+        "\"IntegrationConnected\"",
+        "\"intact\":true",
+        "event: ",
+    ] {
+        assert!(said.contains(wanted), "no {wanted} in:\n{said}\n{script}");
+    }
+}
