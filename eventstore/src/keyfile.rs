@@ -32,8 +32,16 @@ pub fn read_private(path: &Path) -> Result<Option<String>, String> {
 }
 
 /// Writes `text` and a newline to a new file at `path` (never over an existing one), readable
-/// by its owner alone, and syncs it.
+/// by its owner alone, and syncs it. The file appears whole or not at all: it is written and
+/// synced under a temporary name beside `path`, then linked to `path` (which fails, changing
+/// nothing, if `path` exists), so a process killed mid-write never leaves a short key file.
 pub fn write_new_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("a key file needs a file name"))?
+        .to_os_string();
+    name.push(format!(".{}.partial", uuid::Uuid::now_v7().simple()));
+    let partial = path.with_file_name(name);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -41,10 +49,15 @@ pub fn write_new_private(path: &Path, text: &str) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()
+    let written = options.open(&partial).and_then(|mut file| {
+        file.write_all(text.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&partial, path));
+    // The partial name goes either way; what matters is whether `path` holds the key.
+    let _ = std::fs::remove_file(&partial);
+    linked
 }
 
 /// Syncs the directory holding `path`, so that a file created or renamed there survives a
@@ -55,4 +68,27 @@ pub fn sync_parent(path: &Path) -> std::io::Result<()> {
         _ => Path::new("."),
     };
     std::fs::File::open(parent)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_key_file_is_written_whole_and_never_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        write_new_private(&path, "first").unwrap();
+        assert_eq!(read_private(&path).unwrap().as_deref(), Some("first\n"));
+        let again = write_new_private(&path, "second").unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(read_private(&path).unwrap().as_deref(), Some("first\n"));
+        // Nothing else is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("master.key")]);
+    }
 }
