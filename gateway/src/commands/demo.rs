@@ -124,6 +124,7 @@ impl Demo {
                 token.expose_secret()
             ));
         }
+        let zendesk_connected = zendesk.is_ok();
         match zendesk {
             Ok(()) => text.push_str(
                 "\nZendesk is connected for the workspace and its first sync is running: \
@@ -138,6 +139,7 @@ impl Demo {
         for about in &self.described {
             let how = match about.name {
                 "Salesforce" => format!("Instance URL {}; then it consents at once", about.base),
+                "Zendesk" if zendesk_connected => continue,
                 "Zendesk" | "Twilio" | "Todoist" | "CalDAV" => about.credentials.clone(),
                 _ => continue,
             };
