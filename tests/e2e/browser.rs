@@ -15,6 +15,8 @@ const WAIT: Duration = Duration::from_secs(20);
 pub struct Browser {
     client: Option<Client>,
     driver: Child,
+    /// Chromium's profile and chromedriver's temporary files: removed after both are gone.
+    _scratch: tempfile::TempDir,
 }
 
 impl Drop for Browser {
@@ -48,8 +50,11 @@ pub async fn browser_with(javascript: bool) -> Browser {
         std::env::var("HARMONY_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
     let chromium = std::env::var("HARMONY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let port = free_port();
+    let scratch = tempfile::tempdir().unwrap();
     let driver = Command::new(&chromedriver)
         .arg(format!("--port={port}"))
+        // What the browser writes to its temporary directory goes in ours.
+        .env("TMPDIR", scratch.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -62,6 +67,7 @@ pub async fn browser_with(javascript: bool) -> Browser {
         json!({"binary": chromium, "args": [
             "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--window-size=1100,900",
+            format!("--user-data-dir={}", scratch.path().join("profile").display()),
             format!("--blink-settings=scriptEnabled={javascript}")]}),
     );
     let url = format!("http://127.0.0.1:{port}");
@@ -80,6 +86,7 @@ pub async fn browser_with(javascript: bool) -> Browser {
     Browser {
         client: Some(client),
         driver,
+        _scratch: scratch,
     }
 }
 
