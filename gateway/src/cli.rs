@@ -286,7 +286,7 @@ pub struct ServeArgs {
     /// Try the service: every provider faked on loopback and configured, a workspace `acme`
     /// with an admin, a member and an auditor whose tokens are printed, and Zendesk connected
     /// and syncing. Its state lives in a temporary directory that goes when it stops.
-    #[arg(long, conflicts_with_all = ["nats_url", "database_url", "config"])]
+    #[arg(long, conflicts_with_all = ["nats_url", "database_url", "config", "no_workers"])]
     pub demo: bool,
     #[command(flatten)]
     pub storage: StorageArgs,

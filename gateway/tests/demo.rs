@@ -278,16 +278,18 @@ async fn the_demo_shows_every_app_connectable_and_a_completed_sync_in_the_consol
 }
 
 /// The demo is a mode of its own: never beside a real deployment's log, database or
-/// configuration.
+/// configuration, and always with its workers.
 #[test]
 fn the_demo_refuses_a_real_deployments_storage_and_configuration() {
     for (flag, value) in [
         ("--nats-url", "nats://127.0.0.1:4222"),
         ("--database-url", "postgres://localhost/harmony"),
         ("--config", "harmony.toml"),
+        ("--no-workers", ""),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_harmony"))
-            .args(["serve", "--demo", flag, value])
+            .args(["serve", "--demo", flag])
+            .args(Some(value).filter(|v| !v.is_empty()))
             .stdin(Stdio::null())
             .output()
             .unwrap();
