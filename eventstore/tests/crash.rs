@@ -134,13 +134,28 @@ async fn check(store: &dyn EventStore, all_acked: &[Ack], round: usize, gapless:
         assert_eq!(seen, size, "round {round}: batch {batch} is torn");
     }
     for stream in 1..=16u128 {
-        let report = verify_stream(
-            store,
-            &StreamName::integration(IntegrationId(uuid::Uuid::from_u128(stream))),
-        )
-        .await
-        .unwrap();
+        let name = StreamName::integration(IntegrationId(uuid::Uuid::from_u128(stream)));
+        let report = verify_stream(store, &name).await.unwrap();
         assert!(report.is_intact(), "round {round}: {report:?}");
+        // Read by stream, every event of the stream is there, in version order: none is
+        // missing from the stream's index.
+        let in_log: Vec<u64> = events
+            .iter()
+            .filter(|e| e.stream == name)
+            .map(|e| e.position)
+            .collect();
+        let by_stream = store.read_stream(&name, 1, usize::MAX).await.unwrap();
+        let positions: Vec<u64> = by_stream.iter().map(|e| e.position).collect();
+        assert_eq!(positions, in_log, "round {round}: {name} reads otherwise");
+        assert!(by_stream
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.version == i as u64 + 1));
+        assert_eq!(
+            store.stream_version(&name).await.unwrap(),
+            by_stream.last().map(|e| e.version),
+            "round {round}: {name}"
+        );
     }
 }
 

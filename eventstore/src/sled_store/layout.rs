@@ -13,6 +13,9 @@ pub(super) const ID: u8 = b'I';
 pub(super) const WORKSPACE: u8 = b'W';
 /// Present once every event of the log is in the workspace index.
 pub(super) const WORKSPACE_INDEXED: &[u8] = b"Mworkspace-index";
+/// The stream index holds every event at or before this position (u64 BE); the appends after
+/// it are in the writer's window, and are read back from the log into it at open (ADR 008).
+pub(super) const STREAM_INDEXED_THROUGH: &[u8] = b"Mstream-index-through";
 
 /// The most events one chunk holds.
 pub(super) const CHUNK_EVENTS: usize = 256;
@@ -130,39 +133,67 @@ pub(super) fn read_u64(bytes: &[u8], position_hint: u64) -> Result<u64, StoreErr
     Ok(u64::from_be_bytes(array))
 }
 
-/// One entry of the stream index: an append of `count` events, versions from the key's,
-/// positions from `first_position`.
-#[derive(Clone, Copy, Debug)]
+/// A run of a stream's events: `count` versions from `first_version` at as many consecutive
+/// positions from `first_position`. An entry of the stream index holds one run or several
+/// (a window's, ADR 008): `S ‖ stream ‖ 0x00 ‖ first version` → `(first position u64 BE,
+/// count u32 BE)` per run, the versions of each run following the previous one's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct StreamRun {
     pub(super) first_version: u64,
     pub(super) first_position: u64,
     pub(super) count: u64,
 }
 
+/// The bytes of one run in an index entry.
+const RUN_BYTES: usize = 12;
+
 impl StreamRun {
-    pub(super) fn encode(first_position: u64, count: u64) -> [u8; 12] {
-        let mut value = [0u8; 12];
-        value[..8].copy_from_slice(&first_position.to_be_bytes());
-        value[8..].copy_from_slice(&(count as u32).to_be_bytes());
+    /// An index entry's value for `runs`, consecutive versions of one stream.
+    pub(super) fn encode_all(runs: &[StreamRun]) -> Vec<u8> {
+        let mut value = Vec::with_capacity(runs.len() * RUN_BYTES);
+        for run in runs {
+            value.extend_from_slice(&run.first_position.to_be_bytes());
+            value.extend_from_slice(&(run.count as u32).to_be_bytes());
+        }
         value
     }
 
-    pub(super) fn decode(prefix_len: usize, key: &[u8], value: &[u8]) -> Result<Self, StoreError> {
-        let first_version = read_u64(&key[prefix_len..], 0)?;
-        let first_position = read_u64(value, 0)?;
-        let count = value
-            .get(8..12)
-            .and_then(|b| b.try_into().ok())
-            .map(|b: [u8; 4]| u64::from(u32::from_be_bytes(b)))
-            .ok_or_else(|| StoreError::Corrupt {
-                position: first_position,
-                reason: "stream index entry is too short".into(),
-            })?;
-        Ok(Self {
-            first_version,
-            first_position,
-            count,
-        })
+    /// The runs of one index entry.
+    pub(super) fn decode_all(
+        prefix_len: usize,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Vec<Self>, StoreError> {
+        let mut version = read_u64(&key[prefix_len..], 0)?;
+        if value.is_empty() || !value.len().is_multiple_of(RUN_BYTES) {
+            return Err(StoreError::Corrupt {
+                position: 0,
+                reason: format!(
+                    "a stream index entry of {} bytes is not a list of runs",
+                    value.len()
+                ),
+            });
+        }
+        let mut runs = Vec::with_capacity(value.len() / RUN_BYTES);
+        for run in value.chunks_exact(RUN_BYTES) {
+            let first_position = read_u64(run, 0)?;
+            let count = u64::from(u32::from_be_bytes(
+                run[8..].try_into().expect("a run is twelve bytes"),
+            ));
+            if count == 0 {
+                return Err(StoreError::Corrupt {
+                    position: first_position,
+                    reason: "a stream index entry holds an empty run".into(),
+                });
+            }
+            runs.push(Self {
+                first_version: version,
+                first_position,
+                count,
+            });
+            version += count;
+        }
+        Ok(runs)
     }
 
     pub(super) fn last_version(&self) -> u64 {
@@ -171,6 +202,27 @@ impl StreamRun {
 
     pub(super) fn last_position(&self) -> u64 {
         self.first_position + self.count - 1
+    }
+
+    /// The last version of this run stored at or before `head`, if any.
+    pub(super) fn last_version_through(&self, head: u64) -> Option<u64> {
+        (self.first_position <= head)
+            .then(|| self.first_version + (self.count - 1).min(head - self.first_position))
+    }
+
+    /// Adds `next` to `runs`, extending the last run when `next` continues it in both
+    /// version and position.
+    pub(super) fn push(runs: &mut Vec<StreamRun>, next: StreamRun) {
+        if let Some(last) = runs.last_mut() {
+            if last.last_version() + 1 == next.first_version
+                && last.last_position() + 1 == next.first_position
+                && last.count + next.count <= u64::from(u32::MAX)
+            {
+                last.count += next.count;
+                return;
+            }
+        }
+        runs.push(next);
     }
 }
 

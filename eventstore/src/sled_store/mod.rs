@@ -72,6 +72,10 @@ use writer::*;
 /// The writer's maps, hashed on its hot path: keys are event ids and stream names this
 /// process stores, so a fast hasher with a per-process seed is enough.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
+/// The stream runs not yet in the stream index, by stream (ADR 008).
+type Window = FastMap<StreamName, Vec<StreamRun>>;
+/// Streams' last versions and hashes.
+type Heads = FastMap<StreamName, (u64, ChainHash)>;
 
 /// Sled's segment size: 2 MiB, so that pages up to 512 KiB stay inline in the log. Larger
 /// segments cost more per flush (sled starts a fresh, zeroed buffer of this size).
@@ -85,6 +89,10 @@ pub struct SledConfig {
     pub cache_bytes: u64,
     /// The most appends one group commit takes.
     pub max_group: usize,
+    /// How long a stream's appends gather in the writer's window before their stream index
+    /// entry is written (one entry per stream per window, ADR 008); zero writes every group's
+    /// entries with the group.
+    pub index_window: std::time::Duration,
 }
 
 impl SledConfig {
@@ -93,6 +101,7 @@ impl SledConfig {
             path: path.into(),
             cache_bytes: 1024 * 1024 * 1024,
             max_group: 4096,
+            index_window: std::time::Duration::from_millis(100),
         }
     }
 
@@ -121,6 +130,23 @@ struct Shared {
     head_watch: watch::Sender<u64>,
     flushes: AtomicU64,
     appends: AtomicU64,
+    /// The stream runs appended since the stream index was last written (ADR 008), by stream:
+    /// readers take them together with the index. The writer adds a group's runs after
+    /// applying it, before it becomes durable, and removes them after applying the group that
+    /// wrote them to the index.
+    window: std::sync::RwLock<Window>,
+}
+
+impl Shared {
+    /// The window's runs of `stream`.
+    fn window_runs(&self, stream: &StreamName) -> Vec<StreamRun> {
+        self.window
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(stream)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// Counters of the writer, for metrics and for checking that group commit happens.
@@ -201,16 +227,27 @@ impl SledEventStore {
             head_watch,
             flushes: AtomicU64::new(0),
             appends: AtomicU64::new(0),
+            window: std::sync::RwLock::new(FastMap::default()),
         });
+        let (window, heads) = reopen_window(&shared, head)?;
         let (queue, requests) = mpsc::channel(16_384);
         let indexed_second = match shared.log.scan_prefix([TIME]).next_back() {
             Some(entry) => read_u64(&entry?.0[1..], 0)?,
             None => 0,
         };
         let recent = RecentIds::load(&shared.log, head)?;
+        let window_opened = (!window.is_empty()).then(std::time::Instant::now);
+        let window_len = window.values().map(Vec::len).sum();
+        *shared
+            .window
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = window;
         let writer = Writer {
             shared: shared.clone(),
-            heads: FastMap::default(),
+            heads,
+            index_window: config.index_window,
+            window_opened,
+            window_len,
             next_position: head + 1,
             recent,
             indexed_second,
@@ -335,13 +372,23 @@ impl EventStore for SledEventStore {
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
         let head = self.durable_head();
+        // The window first: its runs are the stream's newest (and taken before the index, a
+        // run moving from one to the other in between is seen in one of them).
+        let window = self.shared.window_runs(stream);
+        // Skip appends applied by a group that is not flushed yet.
+        if let Some(version) = window
+            .iter()
+            .rev()
+            .find_map(|r| r.last_version_through(head))
+        {
+            return Ok(Some(version));
+        }
         let prefix = stream_prefix(stream);
         for entry in self.shared.log.scan_prefix(&prefix).rev() {
             let (key, value) = entry?;
-            let run = StreamRun::decode(prefix.len(), &key, &value)?;
-            // Skip an append applied by a group that is not flushed yet.
-            if run.last_position() <= head {
-                return Ok(Some(run.last_version()));
+            let runs = StreamRun::decode_all(prefix.len(), &key, &value)?;
+            if let Some(version) = runs.iter().rev().find_map(|r| r.last_version_through(head)) {
+                return Ok(Some(version));
             }
         }
         Ok(None)
@@ -408,6 +455,39 @@ impl EventStore for SledEventStore {
             .insert(stream.as_str().as_bytes(), snapshot.encode()?)?;
         Ok(())
     }
+}
+
+/// The writer's window as the log holds it at open: every event after the stream index's
+/// "indexed through" position, by stream, with the heads of those streams. A log without
+/// the mark (written when every append had its own entry) is indexed through its head, and
+/// the mark is written before anything else.
+fn reopen_window(shared: &Shared, head: u64) -> Result<(Window, Heads), StoreError> {
+    let mut window = Window::default();
+    let mut heads = Heads::default();
+    let through = match shared.log.get(STREAM_INDEXED_THROUGH)? {
+        Some(value) => read_u64(&value, 0)?,
+        None => {
+            shared
+                .log
+                .insert(STREAM_INDEXED_THROUGH, &head.to_be_bytes())?;
+            shared.db.flush()?;
+            head
+        }
+    };
+    let mut reader = ChunkReader::new(&shared.log);
+    for position in through + 1..=head {
+        let event = reader.indexed_event(position, "the log's head")?;
+        StreamRun::push(
+            window.entry(event.stream.clone()).or_default(),
+            StreamRun {
+                first_version: event.version,
+                first_position: position,
+                count: 1,
+            },
+        );
+        heads.insert(event.stream, (event.version, event.hash));
+    }
+    Ok((window, heads))
 }
 
 #[cfg(test)]
@@ -640,6 +720,150 @@ mod tests {
     }
 
     crate::conformance_tests!(sled());
+
+    /// The whole contract again with a window that never closes by age: every read of a
+    /// stream's recent events goes through the writer's window.
+    mod windowed {
+        use super::*;
+
+        struct Windowed(Sled);
+
+        #[async_trait]
+        impl Backend for Windowed {
+            type Store = SledEventStore;
+            async fn fresh(&self) -> SledEventStore {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SledEventStore::open_with(SledConfig {
+                    index_window: std::time::Duration::from_secs(3600),
+                    ..SledConfig::new(dir.path())
+                })
+                .unwrap();
+                self.0.dirs.lock().unwrap().push(dir);
+                store
+            }
+            async fn tamper(
+                &self,
+                store: &SledEventStore,
+                stream: &StreamName,
+                position: u64,
+            ) -> conformance::Tampered {
+                self.0.tamper(store, stream, position).await
+            }
+        }
+
+        crate::conformance_tests!(Windowed(sled()));
+    }
+
+    fn windowed(dir: &Path, window: std::time::Duration) -> SledEventStore {
+        SledEventStore::open_with(SledConfig {
+            index_window: window,
+            ..SledConfig::new(dir)
+        })
+        .unwrap()
+    }
+
+    /// The appends of a window that was never written to the index (the process stopped
+    /// first) are read back from the log at open: every stream reads whole, its version is
+    /// right, its chain continues and verifies; and once the window is written, the same.
+    #[tokio::test]
+    async fn a_window_never_written_to_the_index_is_read_back_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        let streams: Vec<StreamName> = (0..5)
+            .map(|n| conformance::stream(&format!("w{n}")))
+            .collect();
+        {
+            let store = windowed(dir.path(), hour);
+            for round in 0..4u64 {
+                for s in &streams {
+                    store
+                        .append(s, ExpectedVersion::Any, vec![conformance::event(round)])
+                        .await
+                        .unwrap();
+                }
+            }
+            assert!(
+                store.shared.log.scan_prefix([STREAM]).next().is_none(),
+                "the window is not written yet"
+            );
+            assert_eq!(store.stream_version(&streams[0]).await.unwrap(), Some(4));
+        }
+        // Reopened, still with a window that never closes by age.
+        {
+            let store = windowed(dir.path(), hour);
+            for s in &streams {
+                assert_eq!(store.read_stream(s, 1, 100).await.unwrap().len(), 4);
+                assert_eq!(store.read_stream(s, 3, 100).await.unwrap().len(), 2);
+                assert_eq!(store.stream_version(s).await.unwrap(), Some(4));
+                store
+                    .append(s, ExpectedVersion::Exact(4), vec![conformance::event(9)])
+                    .await
+                    .unwrap();
+                assert!(crate::verify_stream(&store, s).await.unwrap().is_intact());
+            }
+        }
+        // Reopened with a window of no length: the next group writes it all to the index.
+        let store = windowed(dir.path(), std::time::Duration::ZERO);
+        store
+            .append(
+                &streams[0],
+                ExpectedVersion::Exact(5),
+                vec![conformance::event(10)],
+            )
+            .await
+            .unwrap();
+        assert!(
+            store.shared.window_runs(&streams[1]).is_empty(),
+            "written out"
+        );
+        let entries = store
+            .shared
+            .log
+            .scan_prefix(stream_prefix(&streams[1]))
+            .count();
+        assert_eq!(entries, 1, "one entry for the stream's whole window");
+        for (n, s) in streams.iter().enumerate() {
+            let events = store.read_stream(s, 1, 100).await.unwrap();
+            let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+            let expected: Vec<u64> = (1..=if n == 0 { 6 } else { 5 }).collect();
+            assert_eq!(versions, expected);
+            assert!(crate::verify_stream(&store, s).await.unwrap().is_intact());
+        }
+    }
+
+    /// A log written when every append had its own index entry (no "indexed through" mark)
+    /// opens as fully indexed, and reads and appends as before.
+    #[tokio::test]
+    async fn a_log_without_the_indexed_through_mark_is_indexed_through_its_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = conformance::stream("old");
+        {
+            let store = windowed(dir.path(), std::time::Duration::ZERO);
+            for n in 0..3 {
+                store
+                    .append(&s, ExpectedVersion::Any, vec![conformance::event(n)])
+                    .await
+                    .unwrap();
+            }
+            store.shared.log.remove(STREAM_INDEXED_THROUGH).unwrap();
+            store.shared.db.flush().unwrap();
+        }
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let head = store.head_position().await.unwrap();
+        let mark = store
+            .shared
+            .log
+            .get(STREAM_INDEXED_THROUGH)
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_u64(&mark, 0).unwrap(), head);
+        assert_eq!(store.read_stream(&s, 1, 10).await.unwrap().len(), 3);
+        store
+            .append(&s, ExpectedVersion::Exact(3), vec![conformance::event(3)])
+            .await
+            .unwrap();
+        assert!(crate::verify_stream(&store, &s).await.unwrap().is_intact());
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_appends_share_fsyncs() {

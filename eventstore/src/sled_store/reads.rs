@@ -103,12 +103,16 @@ impl SledEventStore {
         Ok(events)
     }
 
-    /// The stream index entries that cover versions from `from_version` on.
+    /// The stream's runs that cover versions from `from_version` on: the index's, then the
+    /// writer's window's (taken first, so that a run the writer moves from the window to the
+    /// index meanwhile is found in one of them, and dropped from the window's when it is in
+    /// both).
     pub(super) fn stream_runs(
         &self,
         stream: &StreamName,
         from_version: u64,
     ) -> Result<impl Iterator<Item = Result<StreamRun, StoreError>> + '_, StoreError> {
+        let window = self.shared.window_runs(stream);
         let prefix = stream_prefix(stream);
         let from = from_version.max(1);
         let covering = self
@@ -120,9 +124,29 @@ impl SledEventStore {
         let start = covering.map_or_else(|| entry_key(&prefix, from), |(key, _)| key.to_vec());
         let end = entry_key(&prefix, u64::MAX);
         let prefix_len = prefix.len();
-        Ok(self.shared.log.range(start..=end).map(move |entry| {
+        let mut entries = self.shared.log.range(start..=end).map(move |entry| {
             let (key, value) = entry?;
-            StreamRun::decode(prefix_len, &key, &value)
+            StreamRun::decode_all(prefix_len, &key, &value)
+        });
+        let mut entry: std::vec::IntoIter<StreamRun> = Vec::new().into_iter();
+        let mut window = window.into_iter();
+        // The last version the index gave: the window's runs up to it are in both.
+        let mut indexed = 0;
+        Ok(std::iter::from_fn(move || loop {
+            if let Some(run) = entry.next() {
+                indexed = run.last_version();
+                return Some(Ok(run));
+            }
+            match entries.next() {
+                Some(Ok(runs)) => entry = runs.into_iter(),
+                Some(Err(error)) => return Some(Err(error)),
+                None => {
+                    return window
+                        .by_ref()
+                        .find(|run| run.first_version > indexed)
+                        .map(Ok)
+                }
+            }
         }))
     }
 

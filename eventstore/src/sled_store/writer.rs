@@ -92,7 +92,17 @@ pub(super) struct Writer {
     pub(super) group_start: u64,
     /// Whether the log holds id index entries (it was written before the time index).
     pub(super) legacy_ids: bool,
+    /// How long the window gathers runs before they are written to the stream index.
+    pub(super) index_window: std::time::Duration,
+    /// When the window's first run came (`None`: empty).
+    pub(super) window_opened: Option<std::time::Instant>,
+    /// How many runs the window holds.
+    pub(super) window_len: usize,
 }
+
+/// The most runs the window holds before it is written out whatever its age: a bound on its
+/// memory and on what a reopen reads back.
+const MAX_WINDOW_RUNS: usize = 65_536;
 
 impl Shared {
     pub(super) fn poisoned(&self) -> Option<String> {
@@ -173,6 +183,8 @@ pub(super) struct GroupWrites {
     heads: FastMap<StreamName, (u64, ChainHash)>,
     ids: FastMap<EventId, (StreamName, u64, u64)>,
     workspaces: WorkspaceRuns,
+    /// The group's appends, for the stream index (through the window).
+    runs: Vec<(StreamName, StreamRun)>,
 }
 
 impl Writer {
@@ -221,12 +233,19 @@ impl Writer {
         if let Some(head) = self.heads.get(stream) {
             return Ok(Some(*head));
         }
-        let prefix = stream_prefix(stream);
-        let Some(entry) = self.shared.log.scan_prefix(&prefix).next_back() else {
-            return Ok(None);
+        let run = match self.shared.window_runs(stream).last() {
+            Some(run) => *run,
+            None => {
+                let prefix = stream_prefix(stream);
+                let Some(entry) = self.shared.log.scan_prefix(&prefix).next_back() else {
+                    return Ok(None);
+                };
+                let (key, value) = entry?;
+                *StreamRun::decode_all(prefix.len(), &key, &value)?
+                    .last()
+                    .expect("an index entry holds at least one run")
+            }
         };
-        let (key, value) = entry?;
-        let run = StreamRun::decode(prefix.len(), &key, &value)?;
         let event = ChunkReader::new(&self.shared.log)
             .indexed_event(run.last_position(), "the stream head")?;
         let head = (run.last_version(), event.hash);
@@ -394,11 +413,14 @@ impl Writer {
                 .insert(event.id, (request.stream.clone(), version, position));
         }
         let count = request.events.len() as u64;
-        let prefix = stream_prefix(&request.stream);
-        group.batch.insert(
-            entry_key(&prefix, first_version),
-            &StreamRun::encode(first_position, count),
-        );
+        group.runs.push((
+            request.stream.clone(),
+            StreamRun {
+                first_version,
+                first_position,
+                count,
+            },
+        ));
         self.next_position += count;
         Ok(Prepared {
             result: AppendResult {
@@ -409,6 +431,34 @@ impl Writer {
             },
             head: (version, hash),
         })
+    }
+
+    /// After a group is applied: the window emptied if the group wrote it to the index, or
+    /// the group's runs added to it. (Before the group's flush, so that a reader bounded by
+    /// the durable head finds every run it may read, in the window or in the index.)
+    fn update_window(&mut self, indexed: bool, runs: &[(StreamName, StreamRun)]) {
+        // A panic elsewhere cannot leave the map half-changed: its updates are single calls.
+        let mut window = self
+            .shared
+            .window
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if indexed {
+            window.clear();
+            self.window_opened = None;
+            self.window_len = 0;
+            return;
+        }
+        for (stream, run) in runs {
+            let runs = window.entry(stream.clone()).or_default();
+            let before = runs.len();
+            StreamRun::push(runs, *run);
+            self.window_len += runs.len() - before;
+        }
+        if self.window_len > 0 {
+            self.window_opened
+                .get_or_insert_with(std::time::Instant::now);
+        }
     }
 
     /// Applies a group to sled and returns what the flusher must answer once it is durable.
@@ -453,6 +503,35 @@ impl Writer {
             }
         }
         writes.workspaces.write_to(&mut writes.batch);
+        // The stream index: the group's runs join the window, which is written out (one entry
+        // per stream, with the "indexed through" mark) once it is old or large enough.
+        let index_now = wrote
+            && (self.index_window.is_zero()
+                || self.window_len + writes.runs.len() >= MAX_WINDOW_RUNS
+                || self
+                    .window_opened
+                    .is_some_and(|opened| opened.elapsed() >= self.index_window));
+        if index_now {
+            let mut entries = self
+                .shared
+                .window
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            for (stream, run) in &writes.runs {
+                StreamRun::push(entries.entry(stream.clone()).or_default(), *run);
+            }
+            for (stream, runs) in &entries {
+                writes.batch.insert(
+                    entry_key(&stream_prefix(stream), runs[0].first_version),
+                    StreamRun::encode_all(runs),
+                );
+            }
+            writes.batch.insert(
+                STREAM_INDEXED_THROUGH,
+                &(self.next_position - 1).to_be_bytes(),
+            );
+        }
         let now = self.recent.now();
         let second = now / 1000;
         if wrote && second > self.indexed_second {
@@ -470,6 +549,7 @@ impl Writer {
                 if wrote {
                     self.indexed_second = self.indexed_second.max(second);
                 }
+                self.update_window(index_now, &writes.runs);
                 self.recent.committed(
                     now,
                     writes
