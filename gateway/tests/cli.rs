@@ -5,6 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/readme.rs"]
+mod readme;
+
 fn harmony() -> Command {
     Command::new(env!("CARGO_BIN_EXE_harmony"))
 }
@@ -1224,18 +1227,13 @@ fn the_provider_docs_configuration_is_read_as_written_and_names_every_key_and_fa
 #[test]
 fn the_readme_is_short_starts_in_two_commands_and_every_link_resolves() {
     let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = readme::readme();
     assert!(
         readme.lines().count() < 250,
         "the README has {} lines",
         readme.lines().count()
     );
-    let quick = readme
-        .split("## Quick start")
-        .nth(1)
-        .and_then(|rest| rest.split("```sh\n").nth(1))
-        .and_then(|block| block.split("```").next())
-        .expect("a quick start");
+    let quick = readme::sh_block_after(&readme, "## Quick start");
     let commands: Vec<&str> = quick.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(commands.len(), 2, "{quick}");
     assert!(commands[0].starts_with("cargo run --release -p gateway -- serve"));

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 #[path = "../../tests/e2e/browser.rs"]
 mod browser;
+#[path = "support/readme.rs"]
+mod readme;
 
 /// What the demo printed: the console's base address, the tokens by role, the data directory.
 #[derive(Debug, Default)]
@@ -19,6 +21,21 @@ struct Printed {
     tokens: Vec<(String, String)>,
     data_dir: std::path::PathBuf,
     text: String,
+}
+
+impl Printed {
+    /// What follows `prefix` on the printed line that starts with it.
+    fn after(&self, prefix: &str) -> &str {
+        self.text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {}", self.text))
+    }
+}
+
+/// The JSON a request answers.
+async fn json(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 fn read_welcome(child: &mut Child) -> Printed {
@@ -106,30 +123,26 @@ impl Drop for Demo {
     }
 }
 
-/// Stops the demo as Ctrl-C does, and waits for it.
+/// Stops the demo as Ctrl-C does, and waits for it (killing it, and failing, if it has not
+/// stopped within 30 seconds).
 fn interrupt(child: &mut Child) -> std::process::ExitStatus {
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let (ended, wait) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(move || ended.send(child.wait().unwrap()));
+        wait.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+                panic!("the demo did not stop within 30 s of SIGINT")
+            })
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_every_app_connectable_and_a_completed_sync_in_the_console() {
     let mut demo = tokio::task::block_in_place(Demo::start);
-    let printed = std::mem::take(&mut demo.printed);
-    demo.printed.tokens = printed.tokens.clone();
+    let printed = &demo.printed;
     let roles: Vec<&str> = printed.tokens.iter().map(|(r, _)| r.as_str()).collect();
     assert_eq!(roles, ["admin", "member", "auditor"], "{}", printed.text);
     assert!(printed.data_dir.exists(), "{}", printed.text);
@@ -138,15 +151,11 @@ async fn the_demo_shows_every_app_connectable_and_a_completed_sync_in_the_consol
     // Each printed token is one of its workspace's people, with its role.
     let http = reqwest::Client::new();
     for (role, token) in &printed.tokens {
-        let me: serde_json::Value = http
-            .get(format!("{}/v1/me", printed.address))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let me = json(
+            http.get(format!("{}/v1/me", printed.address))
+                .bearer_auth(token),
+        )
+        .await;
         assert_eq!(me["workspace"], "acme", "{me}");
         assert_eq!(me["role"], role.as_str(), "{me}");
     }
@@ -197,15 +206,10 @@ async fn the_demo_shows_every_app_connectable_and_a_completed_sync_in_the_consol
     browser.screenshot("demo-zendesk-sync-logs").await;
 
     // Todoist, connected with the printed token: the sync it starts completes.
-    let todoist = printed
-        .text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Todoist: API token "))
-        .unwrap_or_else(|| panic!("no Todoist token in {}", printed.text))
-        .to_owned();
+    let todoist = printed.after("Todoist: API token ");
     browser.click("nav a[href='/console/apps']").await;
     browser.click("a[href='/console/apps/todoist']").await;
-    browser.fill("#api_token", &todoist).await;
+    browser.fill("#api_token", todoist).await;
     browser.click("main form button[type=submit]").await;
     browser.path_becomes("/console/integrations/").await;
     browser.text_becomes("#status", "connected").await;
@@ -218,12 +222,10 @@ async fn the_demo_shows_every_app_connectable_and_a_completed_sync_in_the_consol
     // The OAuth2 apps connect too: each fake's authorization page consents at once and sends
     // the browser back to the service's callback.
     let salesforce = printed
-        .text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Salesforce: Instance URL "))
-        .and_then(|rest| rest.split(';').next())
-        .unwrap_or_else(|| panic!("no Salesforce instance URL in {}", printed.text))
-        .to_owned();
+        .after("Salesforce: Instance URL ")
+        .split(';')
+        .next()
+        .expect("a URL");
     // One browser: the authorization is bound to the one that started it.
     let popup = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -239,42 +241,27 @@ async fn the_demo_shows_every_app_connectable_and_a_completed_sync_in_the_consol
         ("google-calendar", serde_json::json!({})),
         ("gmail", serde_json::json!({})),
     ] {
-        let started: serde_json::Value = popup
-            .post(format!(
-                "{}/v1/workspaces/acme/integrations",
-                printed.address
-            ))
-            .bearer_auth(token("admin"))
-            .json(&serde_json::json!({"app": app, "fields": fields}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let started = json(
+            popup
+                .post(format!(
+                    "{}/v1/workspaces/acme/integrations",
+                    printed.address
+                ))
+                .bearer_auth(token("admin"))
+                .json(&serde_json::json!({"app": app, "fields": fields})),
+        )
+        .await;
         let authorize = started["authorization_url"]
             .as_str()
             .unwrap_or_else(|| panic!("{app}: {started}"));
-        let consent = popup.get(authorize).send().await.unwrap();
-        let callback = consent.headers()["location"].to_str().unwrap().to_owned();
-        let page = popup
-            .get(&callback)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, page) = browser::popup(&popup, authorize).await;
         assert!(page.contains("\"ok\":true"), "{app}: {page}");
     }
 
+    let data_dir = printed.data_dir.clone();
     let status = tokio::task::block_in_place(|| interrupt(&mut demo.child));
     assert!(status.success(), "the demo ended {status}");
-    assert!(
-        !printed.data_dir.exists(),
-        "the demo left {}",
-        printed.data_dir.display()
-    );
+    assert!(!data_dir.exists(), "the demo left {}", data_dir.display());
 }
 
 /// The demo is a mode of its own: never beside a real deployment's log, database or
@@ -355,14 +342,8 @@ async fn a_client_generated_from_the_openapi_document_walks_the_seed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readmes_first_look_at_the_api_runs_against_the_demo() {
     let demo = tokio::task::block_in_place(Demo::start);
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let block = readme
-        .split("## A first look at the API")
-        .nth(1)
-        .and_then(|rest| rest.split("```sh\n").nth(1))
-        .and_then(|rest| rest.split("```").next())
-        .expect("the README's first look at the API");
+    let readme = readme::readme();
+    let block = readme::sh_block_after(&readme, "## A first look at the API");
     // Every command but the event stream, which follows the log until stopped: it gets two
     // seconds. Each answer on a line of its own, for the checks below.
     let script = block

@@ -1,5 +1,6 @@
 //! A headless Chromium driven over WebDriver (Debian's chromedriver, started per browser),
-//! with the few verbs the console's tests use. Shared by the console's tests and the demo's
+//! with the few verbs the console's tests use, and the OAuth popup as a plain HTTP client
+//! walks it. Shared by the console's tests and the demo's
 //! (`gateway/tests/demo.rs`, which includes this file).
 
 use std::process::{Child, Command, Stdio};
@@ -103,28 +104,22 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
-    pub async fn text(&self, css: &str) -> String {
+    /// The element `css` selects, once it is there.
+    async fn element(&self, css: &str) -> fantoccini::elements::Element {
         self.c()
             .wait()
             .at_most(WAIT)
             .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .text()
-            .await
-            .unwrap()
+    }
+
+    pub async fn text(&self, css: &str) -> String {
+        self.element(css).await.text().await.unwrap()
     }
 
     pub async fn click(&self, css: &str) {
-        self.c()
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+        self.element(css).await.click().await.unwrap();
     }
 
     pub async fn fill(&self, css: &str, value: &str) {
@@ -169,4 +164,15 @@ impl Browser {
         })
         .await;
     }
+}
+
+/// The OAuth popup, in `browser` (which does not follow redirects): opens `authorization_url`
+/// at the (fake) provider, which consents at once and redirects to the service's callback;
+/// answers the callback URL and the callback page.
+pub async fn popup(browser: &reqwest::Client, authorization_url: &str) -> (String, String) {
+    let consent = browser.get(authorization_url).send().await.unwrap();
+    let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+    let page = browser.get(&callback).send().await.unwrap();
+    let html = page.text().await.unwrap();
+    (callback, html)
 }

@@ -224,15 +224,7 @@ pub fn browser() -> reqwest::Client {
         .expect("a client")
 }
 
-/// The OAuth popup: opens `authorization_url` at the (fake) provider, which consents at once
-/// and redirects to the service's callback; answers the callback URL and the callback page.
-pub async fn popup(browser: &reqwest::Client, authorization_url: &str) -> (String, String) {
-    let consent = browser.get(authorization_url).send().await.unwrap();
-    let callback = consent.headers()["location"].to_str().unwrap().to_owned();
-    let page = browser.get(&callback).send().await.unwrap();
-    let html = page.text().await.unwrap();
-    (callback, html)
-}
+pub use crate::browser::popup;
 
 /// Connects HubSpot through the popup as `token`'s user and waits until Installed lists it;
 /// answers its integration id.

@@ -8,9 +8,13 @@
 //!   (32 bytes), then the rest of the event (postcard). Storing events in chunks rather than
 //!   one sled entry each keeps sled's per-entry cost (its real bottleneck, on writes and on
 //!   scans) off the per-event path, as Kafka does with record batches.
-//! - `S ‖ stream ‖ 0x00 ‖ first version (u64 BE)` → first position (u64 BE) and count (u32 BE):
-//!   one entry per append, which covers consecutive versions at consecutive positions (stream
-//!   names never contain 0x00, so a stream's entries form one contiguous range).
+//! - `S ‖ stream ‖ 0x00 ‖ first version (u64 BE)` → runs of (first position u64 BE, count
+//!   u32 BE), each covering consecutive versions at consecutive positions, the runs' versions
+//!   following each other from the key's (stream names never contain 0x00, so a stream's
+//!   entries form one contiguous range). The writer gathers a stream's runs over a window
+//!   (100 ms) and writes them as one entry, with `Mstream-index-through` (every event at or
+//!   before that position is indexed); readers take the writer's window with the index, and
+//!   an open reads the events after the mark back into the window (ADR 008).
 //! - `T ‖ second (u64 BE)` → the first position stored in that second: a coarse time index,
 //!   at most one entry per second, for idempotency (below).
 //! - `W ‖ workspace ‖ 0x00 ‖ first position (u64 BE)` → count: runs of a workspace's events.
@@ -674,14 +678,17 @@ mod tests {
         assert_eq!(store.shared.log.scan_prefix([TIME]).count(), 1);
     }
 
-    /// Each store in its own temporary directory, removed with the backend.
+    /// Each store in its own temporary directory, removed with the backend, opened with
+    /// `index_window` (the default's, unless a test wants another).
     struct Sled {
         dirs: std::sync::Mutex<Vec<tempfile::TempDir>>,
+        index_window: std::time::Duration,
     }
 
     fn sled() -> Sled {
         Sled {
             dirs: std::sync::Mutex::new(Vec::new()),
+            index_window: SledConfig::new("").index_window,
         }
     }
 
@@ -690,7 +697,7 @@ mod tests {
         type Store = SledEventStore;
         async fn fresh(&self) -> SledEventStore {
             let dir = tempfile::tempdir().unwrap();
-            let store = SledEventStore::open(dir.path()).unwrap();
+            let store = windowed(dir.path(), self.index_window);
             self.dirs.lock().unwrap().push(dir);
             store
         }
@@ -726,32 +733,10 @@ mod tests {
     mod windowed {
         use super::*;
 
-        struct Windowed(Sled);
-
-        #[async_trait]
-        impl Backend for Windowed {
-            type Store = SledEventStore;
-            async fn fresh(&self) -> SledEventStore {
-                let dir = tempfile::tempdir().unwrap();
-                let store = SledEventStore::open_with(SledConfig {
-                    index_window: std::time::Duration::from_secs(3600),
-                    ..SledConfig::new(dir.path())
-                })
-                .unwrap();
-                self.0.dirs.lock().unwrap().push(dir);
-                store
-            }
-            async fn tamper(
-                &self,
-                store: &SledEventStore,
-                stream: &StreamName,
-                position: u64,
-            ) -> conformance::Tampered {
-                self.0.tamper(store, stream, position).await
-            }
-        }
-
-        crate::conformance_tests!(Windowed(sled()));
+        crate::conformance_tests!(Sled {
+            index_window: std::time::Duration::from_secs(3600),
+            ..sled()
+        });
     }
 
     fn windowed(dir: &Path, window: std::time::Duration) -> SledEventStore {

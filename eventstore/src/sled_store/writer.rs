@@ -450,10 +450,18 @@ impl Writer {
             return;
         }
         for (stream, run) in runs {
-            let runs = window.entry(stream.clone()).or_default();
-            let before = runs.len();
-            StreamRun::push(runs, *run);
-            self.window_len += runs.len() - before;
+            // The stream's name is copied only for its first run of the window.
+            match window.get_mut(stream) {
+                Some(runs) => {
+                    let before = runs.len();
+                    StreamRun::push(runs, *run);
+                    self.window_len += runs.len() - before;
+                }
+                None => {
+                    window.insert(stream.clone(), vec![*run]);
+                    self.window_len += 1;
+                }
+            }
         }
         if self.window_len > 0 {
             self.window_opened

@@ -43,30 +43,24 @@ pub(crate) struct Described {
 impl Described {
     /// The `harmony.toml` lines that point the service at this fake alone.
     fn config(&self) -> String {
-        let mut parts = self.oauth.clone();
-        if !self.endpoints.is_empty() {
-            parts.push(format!("[endpoints]\n{}", self.endpoints.join("\n")));
-        }
-        if parts.is_empty() {
+        if self.oauth.is_empty() && self.endpoints.is_empty() {
             "(none: the server URL is a field of the connection)".to_owned()
         } else {
-            parts.join("\n")
+            Self::config_for_all(&[self])
         }
     }
 
     /// One `harmony.toml` for all of `fakes`.
     pub(crate) fn config_for_all(fakes: &[&Described]) -> String {
-        let mut oauth = Vec::new();
-        let mut endpoints = Vec::new();
-        for fake in fakes {
-            oauth.extend(fake.oauth.iter().cloned());
-            endpoints.extend(fake.endpoints.iter().cloned());
+        let mut parts: Vec<String> = fakes.iter().flat_map(|f| f.oauth.clone()).collect();
+        let endpoints: Vec<&str> = fakes
+            .iter()
+            .flat_map(|f| f.endpoints.iter().map(String::as_str))
+            .collect();
+        if !endpoints.is_empty() {
+            parts.push(format!("[endpoints]\n{}", endpoints.join("\n")));
         }
-        format!(
-            "{}\n\n[endpoints]\n{}\n",
-            oauth.join("\n\n"),
-            endpoints.join("\n")
-        )
+        parts.join("\n")
     }
 }
 
