@@ -81,6 +81,9 @@ async fn a_durable_consumer_resumes_and_deduplicates_on_the_event_id() {
         filter_subject: format!("{ns}.events.acme.ws.>"),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(1),
+        // One message in flight: an event is delivered only once the one before it is
+        // acknowledged, so a redelivery never lands after a later event.
+        max_ack_pending: 1,
         ..Default::default()
     };
     let mut handled: Vec<String> = Vec::new();
@@ -165,7 +168,7 @@ fn the_node_example_follows_resumes_and_filters() {
             .env("DURABLE", "node-example")
             .env("SEEN_FILE", seen_file.path())
             .env("COUNT", count.to_string())
-            // What the first run fetched ahead comes back to the second after this.
+            // An event delivered to the first run as it stopped comes back to the second after this.
             .env("ACK_WAIT", "1")
             .output()
             .expect("node runs (Debian's nodejs, or the machine's)");

@@ -14,9 +14,11 @@
 //   DURABLE        the consumer's name              (default node-consumer)
 //   SEEN_FILE      where handled ids are kept       (default ./seen-ids.txt)
 //   COUNT          stop after this many new events (default 0: run forever)
-//   ACK_WAIT       seconds before an unacknowledged message is delivered again (default 30);
-//                  messages fetched ahead but not handled when the consumer stops come back
-//                  after this long
+//   ACK_WAIT       seconds before an unacknowledged message is delivered again (default 30)
+//
+// The consumer holds one message at a time (max_ack_pending 1): the next event is delivered
+// once this one is acknowledged, so events arrive in log order even across a crash, when the
+// unacknowledged one comes back first.
 //
 // Each handled event is printed as one JSON line: {"id", "type", "subject", "version", "seq"}.
 import { appendFileSync, existsSync, readFileSync } from "node:fs";
@@ -39,12 +41,14 @@ const jsm = await nc.jetstreamManager();
 try {
   await jsm.consumers.info(stream, durable);
 } catch {
-  // First start: a durable consumer from the beginning of the log, acknowledged one by one.
+  // First start: a durable consumer from the beginning of the log, acknowledged one by one,
+  // one in flight so that order survives a redelivery.
   await jsm.consumers.add(stream, {
     durable_name: durable,
     filter_subject: filter,
     deliver_policy: DeliverPolicy.All,
     ack_policy: AckPolicy.Explicit,
+    max_ack_pending: 1,
     ack_wait: ackWaitSeconds * 1_000_000_000, // nanoseconds
   });
 }
