@@ -244,9 +244,11 @@ impl WriteTx {
 
     /// Runs one statement without parameters or results (DDL).
     pub async fn execute(&mut self, sql: &str) -> Result<(), ReadDbError> {
+        // A `&str` runs without parameters, unprepared (PostgreSQL's simple query protocol).
+        use sqlx::Executor as _;
         match self {
-            WriteTx::Sqlite(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(drop)?,
-            WriteTx::Postgres(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(drop)?,
+            WriteTx::Sqlite(tx) => tx.execute(sql).await.map(drop)?,
+            WriteTx::Postgres(tx) => tx.execute(sql).await.map(drop)?,
         };
         Ok(())
     }
@@ -294,6 +296,27 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Records that what lies before checkpoint `name` was built by `version`.
+    pub async fn save_version(&mut self, name: &str, version: u64) -> Result<(), ReadDbError> {
+        let sql = "UPDATE checkpoints SET version = $2 WHERE name = $1";
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        match self {
+            WriteTx::Sqlite(tx) => sqlx::query(sql)
+                .bind(name)
+                .bind(version)
+                .execute(&mut **tx)
+                .await
+                .map(drop)?,
+            WriteTx::Postgres(tx) => sqlx::query(sql)
+                .bind(name)
+                .bind(version)
+                .execute(&mut **tx)
+                .await
+                .map(drop)?,
+        };
+        Ok(())
+    }
+
     /// Forgets checkpoint `name`.
     pub async fn delete_checkpoint(&mut self, name: &str) -> Result<(), ReadDbError> {
         let sql = "DELETE FROM checkpoints WHERE name = $1";
@@ -314,15 +337,43 @@ impl WriteTx {
 }
 
 /// Makes sure checkpoint `name` has a row, so that every writer of the projection locks the
-/// same one from its first batch on.
-pub async fn ensure_checkpoint(db: &ReadDb, name: &str) -> Result<(), ReadDbError> {
-    let sql =
-        "INSERT INTO checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING";
-    match db {
-        ReadDb::Sqlite(pool) => sqlx::query(sql).bind(name).execute(pool).await.map(drop)?,
-        ReadDb::Postgres(pool) => sqlx::query(sql).bind(name).execute(pool).await.map(drop)?,
-    };
+/// same one from its first batch on. A checkpoint that has applied nothing yet is marked as
+/// built by `version`: whatever writes its first rows is that code.
+pub async fn ensure_checkpoint(db: &ReadDb, name: &str, version: u64) -> Result<(), ReadDbError> {
+    let version = Bind::Int(i64::try_from(version).unwrap_or(i64::MAX));
+    let name = Bind::Text(name.to_owned());
+    execute(
+        db,
+        "INSERT INTO checkpoints (name, position, version) VALUES ($1, 0, $2) \
+         ON CONFLICT (name) DO NOTHING",
+        &[name.clone(), version.clone()],
+    )
+    .await?;
+    execute(
+        db,
+        "UPDATE checkpoints SET version = $2 WHERE name = $1 AND position = 0 AND version < $2",
+        &[name, version],
+    )
+    .await?;
     Ok(())
+}
+
+/// Where checkpoint `name` stands and the version of the code that built what lies before
+/// it; `None` when it has no row.
+pub async fn checkpoint_version(
+    db: &ReadDb,
+    name: &str,
+) -> Result<Option<(u64, u64)>, ReadDbError> {
+    let rows: Vec<(i64, i64)> = fetch_all(
+        db,
+        "SELECT position, version FROM checkpoints WHERE name = $1",
+        &[Bind::Text(name.to_owned())],
+    )
+    .await?;
+    let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(rows
+        .first()
+        .map(|(position, version)| (unsigned(*position), unsigned(*version))))
 }
 
 /// The position projection `name` has applied up to, 0 before anything.

@@ -249,8 +249,9 @@ pub(crate) async fn projection_lags(state: &AppState) -> Result<(u64, Vec<Lag>),
 /// Alive and able to read the log: `{"status": "ok", "backend": "sled", "log_head": <position>,
 /// "projections": {"installed": {"position": …, "lag_events": …, "lag_seconds": …, "runner":
 /// "running"}, …}}`. A projection's lag is how many events it has still to apply and how long
-/// ago the oldest of them happened; its runner in this process is `running`, `standby` (another
-/// process holds its lease) or `stopped` (by an event it cannot apply).
+/// ago the oldest of them happened; its runner in this process is `running`, `rebuilding`
+/// (running, and rebuilding tables an older release built beside the live ones), `standby`
+/// (another process holds its lease) or `stopped` (by an event it cannot apply).
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let (head, lags) = match projection_lags(&state).await {
         Ok(figures) => figures,
@@ -324,8 +325,9 @@ struct ProjectionHealth {
     lag_events: u64,
     /// How long ago the oldest of them happened.
     lag_seconds: f64,
-    /// Its runner in this process: `running`, `standby` (another process holds its lease) or
-    /// `stopped` (by an event it cannot apply); `null` before it started.
+    /// Its runner in this process: `running`, `rebuilding` (running, and rebuilding tables an
+    /// older release built beside the live ones), `standby` (another process holds its lease)
+    /// or `stopped` (by an event it cannot apply); `null` before it started.
     runner: Option<projections::runner::RunnerState>,
 }
 

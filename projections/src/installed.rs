@@ -16,6 +16,10 @@ use crate::db::{fetch_all, Bind, ReadDb, ReadDbError, Target, WriteTx};
 /// The projection's name, as its checkpoint is stored.
 pub const NAME: &str = "installed";
 
+/// The version of what this code makes of the events. 2: an integration reauthenticated after
+/// a failed sync is `connected` (the state remembers when it was reauthenticated).
+pub const VERSION: u64 = 2;
+
 /// Its table.
 pub(crate) const TABLE: &str = "installed";
 

@@ -154,15 +154,16 @@ async fn swap(
     projections: &[Projection],
 ) -> Result<u64, RunError> {
     for projection in projections {
-        crate::db::ensure_checkpoint(db, projection.name()).await?;
+        crate::db::ensure_checkpoint(db, projection.name(), projection.version()).await?;
     }
     let mut tx = db.begin_write().await?;
     let mut position = 0;
     // Always in the same order as `Projection::ALL`, as the runners lock them.
-    for projection in Projection::ALL
+    let in_order: Vec<Projection> = Projection::ALL
         .into_iter()
         .filter(|p| projections.contains(p))
-    {
+        .collect();
+    for projection in in_order {
         let live = tx.checkpoint(projection.name()).await?;
         let copy_name = projection.checkpoint_name(Target::Rebuild);
         let mut copied = tx.checkpoint(&copy_name).await?;
@@ -192,6 +193,8 @@ async fn swap(
         }
         let reached = copied.max(live);
         tx.save_checkpoint(projection.name(), reached).await?;
+        tx.save_version(projection.name(), projection.version())
+            .await?;
         tx.delete_checkpoint(&copy_name).await?;
         position = position.max(reached);
     }

@@ -108,6 +108,15 @@ impl Projection {
         }
     }
 
+    /// The version of its code: raised by a release that changes what it makes of events it
+    /// has already applied, so that tables an older version built are rebuilt.
+    pub fn version(self) -> u64 {
+        match self {
+            Projection::Installed => installed::VERSION,
+            Projection::SyncRuns => sync_runs::VERSION,
+        }
+    }
+
     /// The projection called `name`.
     pub fn named(name: &str) -> Option<Projection> {
         Projection::ALL.into_iter().find(|p| p.name() == name)
@@ -213,19 +222,95 @@ pub enum RunError {
 
 /// Follows the log into `projection` until the subscription ends or an event cannot be
 /// applied. Catching up, batches fill up to [`MAX_BATCH`]; live, each event is applied as soon
-/// as no other is waiting.
+/// as no other is waiting. When an older version of the projection's code built its tables,
+/// it rebuilds them beside the live ones meanwhile (see [`upgrade`]).
 pub async fn run(
     projection: Projection,
     store: Arc<dyn EventStore>,
     db: ReadDb,
 ) -> Result<(), RunError> {
-    crate::db::ensure_checkpoint(&db, projection.name()).await?;
+    fn unheard(_: RunnerState) {}
+    follow(projection, store, db, &unheard).await
+}
+
+async fn follow(
+    projection: Projection,
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+    on_state: &(dyn Fn(RunnerState) + Sync),
+) -> Result<(), RunError> {
+    crate::db::ensure_checkpoint(&db, projection.name(), projection.version()).await?;
     let from = projection.checkpoint(&db).await? + 1;
-    let mut events = store.subscribe(from).ready_chunks(MAX_BATCH);
-    while let Some(chunk) = events.next().await {
-        let batch = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
-        projection.apply(&db, &batch).await?;
+    let live = async {
+        let mut events = store.subscribe(from).ready_chunks(MAX_BATCH);
+        while let Some(chunk) = events.next().await {
+            let batch = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
+            projection.apply(&db, &batch).await?;
+        }
+        Ok(())
+    };
+    futures::future::try_join(live, upgrade(projection, store.as_ref(), &db, on_state)).await?;
+    Ok(())
+}
+
+/// How often a rebuild after an upgrade logs its progress.
+const UPGRADE_PROGRESS: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Rebuilds `projection` when an older version of its code built its tables: a release that
+/// changes what the projection makes of events it has already applied raises its
+/// [`Projection::version`], and the process writing the projection (its lease holder) then
+/// fills fresh tables from the whole log and swaps them in, as `harmony projections rebuild`
+/// does, while the live tables go on serving and being applied to. Tables a newer version
+/// built (an older release running beside a newer one) are left as they are. A rebuild cut
+/// short is started afresh by the next writer, which finds the old version still recorded.
+async fn upgrade(
+    projection: Projection,
+    store: &dyn EventStore,
+    db: &ReadDb,
+    on_state: &(dyn Fn(RunnerState) + Sync),
+) -> Result<(), RunError> {
+    let name = projection.name();
+    let version = projection.version();
+    let Some((position, built_by)) = crate::db::checkpoint_version(db, name).await? else {
+        return Ok(());
+    };
+    if position == 0 || built_by == version {
+        return Ok(());
     }
+    if built_by > version {
+        tracing::warn!(
+            projection = name,
+            built_by,
+            version,
+            "the read model was built by a newer release; applying with this one's code"
+        );
+        return Ok(());
+    }
+    tracing::info!(
+        projection = name,
+        built_by,
+        version,
+        "the read model was built by an older release: rebuilding it beside the live tables"
+    );
+    on_state(RunnerState::Rebuilding);
+    let told = std::sync::Mutex::new(std::time::Instant::now());
+    let progress = |at: u64, head: u64| {
+        if let Ok(mut told) = told.lock() {
+            if told.elapsed() >= UPGRADE_PROGRESS {
+                *told = std::time::Instant::now();
+                tracing::info!(projection = name, at, head, "rebuilding");
+            }
+        }
+    };
+    let rebuilt = crate::rebuild::rebuild(store, db, &[projection], &progress).await?;
+    tracing::info!(
+        projection = name,
+        version,
+        events = rebuilt.events,
+        position = rebuilt.position,
+        "rebuilt and swapped in"
+    );
+    on_state(RunnerState::Running);
     Ok(())
 }
 
@@ -238,6 +323,9 @@ pub enum RunnerState {
     Standby,
     /// Holding the lease (or needing none) and applying the log.
     Running,
+    /// Running, and rebuilding the read model's tables beside the live ones because an older
+    /// release built them.
+    Rebuilding,
     /// Stopped by an event it cannot apply.
     Stopped,
 }
@@ -268,7 +356,7 @@ pub async fn run_leased(
 ) -> Result<(), RunError> {
     let ReadDb::Postgres(pool) = &db else {
         on_state(RunnerState::Running);
-        return run(projection, store, db).await;
+        return follow(projection, store, db, on_state).await;
     };
     on_state(RunnerState::Standby);
     let mut lease = pool.acquire().await.map_err(ReadDbError::from)?.detach();
@@ -291,7 +379,7 @@ pub async fn run_leased(
         }
     };
     tokio::select! {
-        ran = run(projection, store, db.clone()) => ran,
+        ran = follow(projection, store, db.clone(), on_state) => ran,
         lost = held => Err(RunError::LeaseLost(lost.to_string())),
     }
 }

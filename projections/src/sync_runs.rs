@@ -14,6 +14,9 @@ use crate::installed::ApplyError;
 /// The projection's name, as its checkpoint is stored.
 pub const NAME: &str = "sync_runs";
 
+/// The version of what this code makes of the events.
+pub const VERSION: u64 = 1;
+
 /// Its tables: the runs, and each run's pages.
 pub(crate) const RUNS: &str = "sync_runs";
 pub(crate) const PAGES: &str = "sync_run_pages";

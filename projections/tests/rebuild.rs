@@ -268,3 +268,174 @@ async fn of_two_processes_on_postgres_one_writes_each_model_and_the_other_takes_
         runner.abort();
     }
 }
+
+/// Runs both projections as the service does, recording every state each runner reports.
+fn spawn_recorded(
+    store: &Arc<dyn EventStore>,
+    db: &ReadDb,
+    heard: &Arc<Mutex<Vec<(&'static str, RunnerState)>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    Projection::ALL
+        .into_iter()
+        .map(|projection| {
+            let (store, db, heard) = (store.clone(), db.clone(), heard.clone());
+            tokio::spawn(async move {
+                let on_state = |state| heard.lock().unwrap().push((projection.name(), state));
+                runner::run_leased(projection, store, db, &on_state)
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect()
+}
+
+async fn built_by(db: &ReadDb, projection: Projection) -> u64 {
+    projections::db::checkpoint_version(db, projection.name())
+        .await
+        .unwrap()
+        .expect("the checkpoint has a row")
+        .1
+}
+
+fn stop(runners: Vec<tokio::task::JoinHandle<()>>) {
+    for runner in runners {
+        runner.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_an_older_release_built_are_rebuilt_at_start_and_a_newer_ones_left_alone() {
+    assert!(
+        Projection::Installed.version() > 1,
+        "this test upgrades Installed from version 1"
+    );
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> =
+            Arc::new(SledEventStore::open(dir.path().join("log")).unwrap());
+        let ids = write_log(store.clone(), 6, 2).await;
+        let repository = Repository::new(store.clone());
+        let db = fresh_db(kind, dir.path()).await;
+        let heard = Arc::new(Mutex::new(Vec::new()));
+
+        // A fresh database is built by this release from its first event.
+        let runners = spawn_recorded(&store, &db, &heard);
+        caught_up(&*store, &db).await;
+        stop(runners);
+        for projection in Projection::ALL {
+            assert_eq!(
+                built_by(&db, projection).await,
+                projection.version(),
+                "{kind}"
+            );
+        }
+        assert!(
+            !heard
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, state)| *state == RunnerState::Rebuilding),
+            "{kind}: a fresh database was rebuilt"
+        );
+
+        // Installed as an older release left it (damaged, to see what a rebuild replaces);
+        // the sync logs, damaged too, as this release built them.
+        exec(&db, "UPDATE installed SET status = 'damaged'").await;
+        exec(&db, "UPDATE sync_runs SET pulled = -1").await;
+        exec(
+            &db,
+            "UPDATE checkpoints SET version = 1 WHERE name = 'installed'",
+        )
+        .await;
+        heard.lock().unwrap().clear();
+        let runners = spawn_recorded(&store, &db, &heard);
+        // The log grows while the rebuild runs.
+        sync_once(&repository, *ids.last().unwrap(), 3).await;
+        eventually(
+            Duration::from_secs(30),
+            "Installed rebuilt by this release",
+            || async {
+                (built_by(&db, Projection::Installed).await == Projection::Installed.version())
+                    .then_some(())
+            },
+        )
+        .await;
+        caught_up(&*store, &db).await;
+        let rows = installed::list(&db, "acme", "ada").await.unwrap();
+        let reference = one_pass(&*store, dir.path()).await;
+        assert_eq!(
+            format!("{rows:?}"),
+            format!(
+                "{:?}",
+                installed::list(&reference, "acme", "ada").await.unwrap()
+            ),
+            "{kind}: the rebuilt Installed is not what the whole log makes"
+        );
+        let installed_states: Vec<RunnerState> = heard
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| *name == Projection::Installed.name())
+            .map(|(_, state)| *state)
+            .filter(|state| *state != RunnerState::Standby)
+            .collect();
+        assert_eq!(
+            installed_states,
+            [
+                RunnerState::Running,
+                RunnerState::Rebuilding,
+                RunnerState::Running
+            ],
+            "{kind}"
+        );
+        let untouched: i64 = match &db {
+            ReadDb::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE pulled = -1")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+            }
+            ReadDb::Postgres(pool) => {
+                sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE pulled = -1")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(
+            untouched > 0,
+            "{kind}: sync logs of the current version were rebuilt"
+        );
+        stop(runners);
+
+        // Tables a newer release built are applied to, never rebuilt.
+        exec(&db, "UPDATE installed SET status = 'damaged'").await;
+        exec(
+            &db,
+            "UPDATE checkpoints SET version = 99 WHERE name = 'installed'",
+        )
+        .await;
+        heard.lock().unwrap().clear();
+        let runners = spawn_recorded(&store, &db, &heard);
+        sync_once(&repository, *ids.last().unwrap(), 1).await;
+        caught_up(&*store, &db).await;
+        stop(runners);
+        assert_eq!(built_by(&db, Projection::Installed).await, 99, "{kind}");
+        let damaged = installed::list(&db, "acme", "ada")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|row| row.status == "damaged")
+            .count();
+        assert!(damaged > 0, "{kind}: a newer release's tables were rebuilt");
+        assert!(
+            !heard
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, state)| *state == RunnerState::Rebuilding),
+            "{kind}"
+        );
+        db.close().await;
+    }
+}
