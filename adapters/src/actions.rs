@@ -45,6 +45,9 @@ use crate::vault::Vault;
 const DISPATCH_CHECKPOINT: &str = "action_dispatch";
 /// How long one push may hold its action.
 const ACTION_LEASE: Duration = Duration::from_secs(300);
+/// How soon an action another process holds is looked at again: done there by then, or taken
+/// over here once a dead process's lease has run out.
+const LOOK_AGAIN: Duration = Duration::from_secs(2);
 /// A mark that an attempt of a non-repeatable push began; kept until the outcome is recorded.
 const ATTEMPT_MARK: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -133,11 +136,18 @@ impl ActionWorker {
         let worker = self.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(error) = worker.work_on(id).await {
-                    tracing::warn!(integration = %id, %error, "performing actions stopped with an error");
+                let waiting = match worker.work_on(id).await {
+                    Ok(waiting) => waiting,
+                    Err(error) => {
+                        tracing::warn!(integration = %id, %error, "performing actions stopped with an error");
+                        false
+                    }
+                };
+                if waiting {
+                    tokio::time::sleep(LOOK_AGAIN).await;
                 }
                 let mut active = worker.inner.active.lock().expect("active actions lock");
-                let again = active.get_mut(&id).is_some_and(std::mem::take);
+                let again = active.get_mut(&id).is_some_and(std::mem::take) || waiting;
                 if !again {
                     active.remove(&id);
                     drop(active);
@@ -165,7 +175,9 @@ impl ActionWorker {
         }
     }
 
-    async fn work_on(&self, id: IntegrationId) -> Result<(), RepositoryError> {
+    /// Performs the integration's approved actions. Whether one was left because another
+    /// process holds its lease: performing it there, or dead with its lease not yet run out.
+    async fn work_on(&self, id: IntegrationId) -> Result<bool, RepositoryError> {
         let stream = StreamName::integration(id);
         let state = self.inner.repo.load::<Integration>(&stream).await?.state;
         let approved: Vec<(ActionId, String, ActionPayload)> = state
@@ -174,11 +186,15 @@ impl ActionWorker {
             .filter(|(_, action)| action.status == ActionStatus::Approved)
             .map(|(id, action)| (*id, action.tool.clone(), action.arguments.clone()))
             .collect();
+        let mut waiting = false;
         for (action_id, tool, arguments) in approved {
             let lease = format!("action:{action_id}");
             match self.inner.leases.try_acquire(&lease, ACTION_LEASE).await {
                 Ok(true) => {}
-                Ok(false) => continue,
+                Ok(false) => {
+                    waiting = true;
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(%action_id, %error, "could not take an action's lease");
                     continue;
@@ -200,7 +216,7 @@ impl ActionWorker {
                 .await;
             let _ = self.inner.leases.release(&lease).await;
         }
-        Ok(())
+        Ok(waiting)
     }
 
     async fn perform(

@@ -480,6 +480,51 @@ async fn a_push_that_went_through_before_a_crash_is_not_repeated() {
 }
 
 #[tokio::test]
+async fn an_action_whose_lease_a_dead_process_left_is_performed_when_that_lease_runs_out() {
+    let world = World::new().await;
+    let zendesk = world
+        .connect(
+            "zendesk",
+            AppScope::Workspace,
+            &[("subdomain", "acme"), ("email", "agent@acme.com")],
+            Credentials::from_secrets(BTreeMap::from([(
+                "api_token".to_owned(),
+                SecretString::from("zd-token".to_owned()),
+            )])),
+        )
+        .await;
+    // A process took the action and died before pushing it: its lease stands a while.
+    let action = ActionId::new();
+    let dead = Leases::new(world.db.clone(), "a process that died");
+    let left_for = Duration::from_secs(3);
+    assert!(dead
+        .try_acquire(&format!("action:{action}"), left_for)
+        .await
+        .unwrap());
+    let held_since = std::time::Instant::now();
+    world
+        .repo
+        .execute::<Integration>(
+            &StreamName::integration(zendesk),
+            &IntegrationCommand::RequestAction {
+                action_id: action,
+                tool: "create_ticket".into(),
+                arguments: ActionPayload::Plain(json!({"subject": "Late", "body": "but done"})),
+                auto_approval: None,
+            },
+            &as_user("ada", Role::Admin),
+        )
+        .await
+        .unwrap();
+    world.ended(zendesk, action).await.unwrap();
+    assert!(
+        held_since.elapsed() >= left_for,
+        "performed while another holder's lease stood"
+    );
+    assert_eq!(world.zendesk.ticket_subjects(), ["Late"]);
+}
+
+#[tokio::test]
 async fn a_revoked_grant_fails_the_action_and_marks_the_integration() {
     let world = World::new().await;
     let (access, refresh) = world.hubspot.auth.issue(&["oauth"]);

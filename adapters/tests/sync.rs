@@ -593,6 +593,25 @@ async fn an_interrupted_run_resumes_from_its_last_cursor() {
 }
 
 #[tokio::test]
+async fn a_run_whose_lease_a_dead_process_left_resumes_when_that_lease_runs_out() {
+    let world = World::new(300).await;
+    // A process died running this integration's sync: its lease stays for its time to live.
+    let dead = Leases::new(world.db.clone(), "a-process-that-died");
+    let left_for = Duration::from_secs(3);
+    let lease = format!("sync:{}", world.id);
+    assert!(dead.try_acquire(&lease, left_for).await.unwrap());
+    let held_since = std::time::Instant::now();
+
+    let (_, totals) = completed(&world.sync(SyncKind::Full).await);
+    assert_eq!(totals.created, 305);
+    assert!(
+        held_since.elapsed() >= left_for,
+        "the run started while another holder's lease stood"
+    );
+    world.worker.wait_idle().await;
+}
+
+#[tokio::test]
 async fn the_scheduler_requests_an_incremental_sync_when_the_period_has_passed() {
     use adapters::scheduler::Scheduler;
     use domain::integration::SyncTrigger;

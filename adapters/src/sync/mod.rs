@@ -107,6 +107,8 @@ enum RunError {
     Cancelled,
     #[error("the run's lease was lost")]
     LeaseLost,
+    #[error("the run's lease is held by a process that stopped")]
+    LeaseHeld,
     #[error("{0}")]
     Internal(String),
 }
@@ -352,6 +354,11 @@ impl SyncWorker {
                 // After a run, look again: a request made during it waits as its follow-up.
                 let more = match worker.work_on(id, cancelled.clone()).await {
                     Ok(ran) => ran,
+                    Err(RunError::LeaseHeld) => {
+                        tracing::debug!(integration = %id, "waiting for a stopped process's sync lease to run out");
+                        tokio::time::sleep(RESUME_AFTER).await;
+                        true
+                    }
                     Err(error) if error.is_transient() => {
                         tracing::warn!(integration = %id, %error, "a sync run is interrupted; resuming it shortly");
                         tokio::time::sleep(RESUME_AFTER).await;
@@ -410,6 +417,11 @@ impl SyncWorker {
         let lease = format!("sync:{id}");
         let ttl = self.inner.config.lease_ttl;
         if !self.inner.leases.try_acquire(&lease, ttl).await? {
+            if self.inner.queue.get().is_none() {
+                // Alone on its log (embedded), this process finds the lease of an earlier one
+                // that died running the sync: the run resumes once that lease runs out.
+                return Err(RunError::LeaseHeld);
+            }
             tracing::debug!(integration = %id, "another process runs this integration's sync");
             self.inner
                 .busy_elsewhere

@@ -575,7 +575,7 @@ impl Run<'_> {
             },
             // Whoever cancelled recorded why (a disconnect fails the run itself); a lost
             // lease means another process carries on from the cursor.
-            Err(RunError::Cancelled | RunError::LeaseLost) => return Ok(()),
+            Err(RunError::Cancelled | RunError::LeaseLost | RunError::LeaseHeld) => return Ok(()),
             // The log or the database away: the run stays where it is, to be resumed.
             Err(error) if error.is_transient() => return Err(error),
             Err(RunError::Provider(
