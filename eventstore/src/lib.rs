@@ -42,6 +42,7 @@ mod types;
 pub mod waiting;
 pub mod wire;
 pub mod work_queue;
+pub mod written;
 
 pub use chain::{verify_stream, BrokenLink, ChainHash, VerifyReport};
 pub use error::StoreError;

@@ -273,6 +273,7 @@ impl Repository {
                 .await
             {
                 Ok(append) => {
+                    crate::written::note(append.last_position);
                     let mut state = loaded.state;
                     for event in &decided {
                         state.apply(event, &metadata);
@@ -362,6 +363,7 @@ impl Repository {
                 .await
             {
                 Ok(append) => {
+                    crate::written::note(append.last_position);
                     held.state = next;
                     held.version = append.last_version;
                     return Ok(count);

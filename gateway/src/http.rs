@@ -69,7 +69,89 @@ pub(crate) fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::api::router())
         .split_for_parts();
     document_unsupported_media_type(&mut openapi);
+    document_consistency(&mut openapi);
     (router, openapi)
+}
+
+/// Every `/v1` operation takes `Harmony-Min-Position` and may answer 503 `not_caught_up`;
+/// every one that writes says `Harmony-Position` on success (see `consistency`). Said once
+/// here for all of them.
+fn document_consistency(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
+    let position = || {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0))
+            .build()
+    };
+    let min_position = ParameterBuilder::new()
+        .name("Harmony-Min-Position")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Answer from read models that have applied the log at least this far: an earlier \
+             answer's Harmony-Position. Waits up to 5 s, then 503 not_caught_up.",
+        ))
+        .schema(Some(position()))
+        .build();
+    let written = HeaderBuilder::new()
+        .schema(position())
+        .description(Some(
+            "The log position this request's events reached: send it back as \
+             Harmony-Min-Position to read them.",
+        ))
+        .build();
+    let behind = ResponseBuilder::new()
+        .description(
+            "The log or the database cannot be reached for a moment, or the read models have \
+             not reached Harmony-Min-Position (not_caught_up): see Retry-After",
+        )
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ProblemBody")))
+                .build(),
+        )
+        .build();
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.post, true),
+            (&mut item.put, true),
+            (&mut item.patch, true),
+            (&mut item.delete, true),
+        ];
+        for (operation, writes) in operations {
+            let Some(operation) = operation.as_mut() else {
+                continue;
+            };
+            operation
+                .parameters
+                .get_or_insert_with(Vec::new)
+                .push(min_position.clone());
+            operation
+                .responses
+                .responses
+                .insert("503".to_owned(), behind.clone().into());
+            if !writes {
+                continue;
+            }
+            for (status, response) in operation.responses.responses.iter_mut() {
+                if let (true, RefOr::T(response)) = (status.starts_with('2'), response) {
+                    response
+                        .headers
+                        .insert("Harmony-Position".to_owned(), written.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Every operation that takes a JSON body refuses any other with 415
@@ -122,6 +204,11 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .merge(
             routes
+                // Inside the idempotency layer, so a kept answer keeps its position.
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::consistency::layer,
+                ))
                 .layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     crate::idempotency::layer,

@@ -167,9 +167,14 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let position = parts
+        .headers
+        .get(crate::consistency::POSITION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
     if let Err(error) = execute(
         &state.read,
-        "UPDATE idempotency_keys SET status = $1, content_type = $2, body = $3 \
+        "UPDATE idempotency_keys SET status = $1, content_type = $2, body = $3, position = $6 \
          WHERE scope = $4 AND idem_key = $5",
         &[
             Bind::Int(i64::from(status.as_u16())),
@@ -177,6 +182,7 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
             Bind::Text(text.to_owned()),
             Bind::Text(scope.clone()),
             Bind::Text(key.clone()),
+            Bind::MaybeInt(position),
         ],
     )
     .await
@@ -200,7 +206,13 @@ async fn forget(state: &AppState, scope: &str, key: &str) {
     }
 }
 
-type KeptRow = (String, Option<i64>, Option<String>, Option<String>);
+type KeptRow = (
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
 
 async fn replay(
     state: &AppState,
@@ -210,13 +222,14 @@ async fn replay(
 ) -> Result<Response, Problem> {
     let rows: Vec<KeptRow> = fetch_all(
         &state.read,
-        "SELECT fingerprint, status, content_type, body FROM idempotency_keys \
+        "SELECT fingerprint, status, content_type, body, position FROM idempotency_keys \
          WHERE scope = $1 AND idem_key = $2",
         &[Bind::Text(scope.to_owned()), Bind::Text(key.to_owned())],
     )
     .await
     .map_err(database_problem)?;
-    let Some((kept_fingerprint, status, content_type, body)) = rows.into_iter().next() else {
+    let Some((kept_fingerprint, status, content_type, body, position)) = rows.into_iter().next()
+    else {
         // Forgotten between the claim and now (the first attempt failed): try again.
         return Err(Problem::new(
             StatusCode::CONFLICT,
@@ -253,6 +266,11 @@ async fn replay(
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, content_type);
+    }
+    if let Some(position) = position {
+        response
+            .headers_mut()
+            .insert(crate::consistency::POSITION, HeaderValue::from(position));
     }
     response
         .headers_mut()

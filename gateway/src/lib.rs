@@ -12,6 +12,7 @@ mod api;
 mod app;
 pub mod cli;
 pub mod commands;
+mod consistency;
 mod console;
 mod cookies;
 mod http;

@@ -6,6 +6,7 @@ mod api;
 mod audit;
 mod browser;
 mod companion;
+mod consistency;
 mod console;
 mod health;
 mod helpers;

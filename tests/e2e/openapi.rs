@@ -375,3 +375,42 @@ async fn check(
     );
     (status, answer)
 }
+
+#[tokio::test]
+async fn every_operation_documents_reading_your_own_writes() {
+    let app = spawn_app().await;
+    let document: Value = app.get_json("/openapi.json", None).await;
+    let mut writes = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for (method, operation) in item.as_object().unwrap() {
+            let takes = operation["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == "Harmony-Min-Position" && p["in"] == "header");
+            assert!(takes, "{method} {path} does not take Harmony-Min-Position");
+            assert!(
+                operation["responses"]["503"]["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("not_caught_up")),
+                "{method} {path} does not document 503 not_caught_up"
+            );
+            if method == "get" {
+                continue;
+            }
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if status.starts_with('2') {
+                    assert!(
+                        response["headers"]["Harmony-Position"]["schema"].is_object(),
+                        "{method} {path} {status} does not document Harmony-Position"
+                    );
+                }
+            }
+            writes += 1;
+        }
+    }
+    assert!(writes >= 10, "only {writes} writing operations found");
+}

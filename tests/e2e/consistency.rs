@@ -1,0 +1,128 @@
+//! Reading your own writes over HTTP: a write answers the log position it reached
+//! (`Harmony-Position`, replayed with an idempotent answer); a read sent with it
+//! (`Harmony-Min-Position`) answers from read models that have applied it, and refuses
+//! (503 `not_caught_up`) rather than answer from read models that have not.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use adapters::fakes::zendesk::FakeZendesk;
+
+use crate::helpers::{spawn_app_with, use_fake_zendesk, zendesk_account, TestApp};
+
+fn position_of(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get("harmony-position")
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+async fn read_after(app: &TestApp, path: &str, token: &str, min: u64) -> reqwest::Response {
+    app.client
+        .get(format!("{}{path}", app.address))
+        .bearer_auth(token)
+        .header("Harmony-Min-Position", min.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_read_sent_with_a_writes_position_shows_that_write() {
+    let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
+        .await
+        .unwrap();
+    let base = zendesk.server.base.clone();
+    let app = spawn_app_with(|settings| use_fake_zendesk(settings, &base)).await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let installed = "/v1/workspaces/acme/integrations";
+
+    // Before anything: a position no write has reached yet is waited for, then refused, not
+    // answered from read models behind it.
+    let listed = app.call(Method::GET, installed, &admin, None).await;
+    assert_eq!(listed.status(), 200);
+    assert_eq!(position_of(&listed), None, "a read writes nothing");
+    let ahead = read_after(&app, installed, &admin, 1_000_000).await;
+    assert_eq!(ahead.status(), 503);
+    assert!(ahead.headers().contains_key("retry-after"));
+    let problem: Value = ahead.json().await.unwrap();
+    assert_eq!(problem["code"], "not_caught_up", "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("1000000"),
+        "{problem}"
+    );
+
+    // Connect: its position, sent back, gets a read that lists the integration at once.
+    let connected = app
+        .client
+        .post(format!("{}{installed}", app.address))
+        .bearer_auth(&admin)
+        .header("Idempotency-Key", "connect-zendesk")
+        .json(&zendesk_account("zd-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(connected.status(), 201, "{:?}", connected.headers());
+    let at = position_of(&connected).expect("a write says its position");
+    let id = connected.json::<Value>().await.unwrap()["integration_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let row = read_after(&app, &format!("{installed}/{id}"), &admin, at).await;
+    assert_eq!(row.status(), 200);
+    assert_eq!(row.json::<Value>().await.unwrap()["status"], "connected");
+
+    // The same request again is answered as it was, position included.
+    let again = app
+        .client
+        .post(format!("{}{installed}", app.address))
+        .bearer_auth(&admin)
+        .header("Idempotency-Key", "connect-zendesk")
+        .json(&zendesk_account("zd-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(position_of(&again), Some(at));
+
+    // Each later write moves the position on, and a read after it shows it.
+    let disconnected = app
+        .call(
+            Method::POST,
+            &format!("{installed}/{id}/disconnect"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(disconnected.status(), 200);
+    let later = position_of(&disconnected).expect("a write says its position");
+    assert!(later > at);
+    let row = read_after(&app, &format!("{installed}/{id}"), &admin, later).await;
+    assert_eq!(row.json::<Value>().await.unwrap()["status"], "disconnected");
+    let deleted = app
+        .call(Method::DELETE, &format!("{installed}/{id}"), &admin, None)
+        .await;
+    assert_eq!(deleted.status(), 204);
+    let gone = position_of(&deleted).expect("a write says its position");
+    let list: Value = read_after(&app, installed, &admin, gone)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["integrations"], Value::Array(Vec::new()), "{list}");
+
+    // A position that is not a number is refused as such.
+    let bad = app
+        .client
+        .get(format!("{}{installed}", app.address))
+        .bearer_auth(&admin)
+        .header("Harmony-Min-Position", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["code"],
+        "bad_min_position"
+    );
+}
