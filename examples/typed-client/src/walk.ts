@@ -52,18 +52,29 @@ class Browser {
   };
 
   /** The provider's popup: its consent page sends the browser back to Harmony's callback,
-   * whose page says the outcome. Answers the integration it connected. */
-  async popup(authorizationUrl: string): Promise<string> {
+   * whose page says the outcome. Answers the integration it connected, and the log position
+   * the callback wrote up to. */
+  async popup(authorizationUrl: string): Promise<{ id: string; position: number }> {
     const consent = await this.fetch(authorizationUrl);
     const callback = consent.headers.get("location");
     check(callback !== null, `the provider's consent redirects (${consent.status})`);
-    const page = await (await this.fetch(callback)).text();
+    const answer = await this.fetch(callback);
+    const position = positionOf(answer);
+    const page = await answer.text();
     const outcome = /<script type="application\/json" id="harmony-oauth">(.*?)<\/script>/s.exec(page);
     check(outcome?.[1] !== undefined, "the callback page carries its outcome");
     const said = JSON.parse(outcome[1]) as { ok: boolean; integration_id?: string; error?: string };
     check(said.ok && said.integration_id !== undefined, `the callback connected: ${said.error}`);
-    return said.integration_id;
+    return { id: said.integration_id, position };
   }
+}
+
+/** How far in the log a write reached (its Harmony-Position): sent back as
+ * Harmony-Min-Position, a read then shows that write. */
+function positionOf(response: Response): number {
+  const position = Number(response.headers.get("harmony-position"));
+  check(Number.isSafeInteger(position) && position > 0, "a write answers its log position");
+  return position;
 }
 
 function client(token: string, browser = new Browser()) {
@@ -115,15 +126,18 @@ const started = await admin.POST("/v1/workspaces/{ws}/integrations", {
 });
 check(started.response.status === 200 && started.data !== undefined, "HubSpot's connect starts");
 check("authorization_url" in started.data, "an OAuth app answers with its authorization URL");
-const hubspot = await adminBrowser.popup(started.data.authorization_url);
+const { id: hubspot, position: connectedAt } = await adminBrowser.popup(
+  started.data.authorization_url,
+);
 step(`HubSpot connected through the popup: ${hubspot}`);
 const integration = { ws, id: hubspot };
 
-// Marketplace > Installed.
-const row = await eventually("Installed lists HubSpot", async () => {
-  const installed = await admin.GET("/v1/workspaces/{ws}/integrations", { params: { path } });
-  return installed.data?.integrations.find((r) => r.integration_id === hubspot);
+// Marketplace > Installed, read as of the connect at least (its read model follows the log).
+const installed = await admin.GET("/v1/workspaces/{ws}/integrations", {
+  params: { path, header: { "Harmony-Min-Position": connectedAt } },
 });
+const row = installed.data?.integrations.find((r) => r.integration_id === hubspot);
+check(row !== undefined, "Installed lists HubSpot");
 check(row.status === "connected" && row.actions.includes("sync"), `HubSpot is connected: ${row.status}`);
 step(`Installed: HubSpot ${row.status}, actions ${row.actions.join(", ")}`);
 
@@ -174,7 +188,7 @@ const reauth = await admin.POST("/v1/workspaces/{ws}/integrations/{id}/reauth", 
 });
 check(reauth.data !== undefined && "authorization_url" in reauth.data, "reauth answers with a popup");
 const again = await adminBrowser.popup(reauth.data.authorization_url);
-check(again === hubspot, "reauth keeps the integration");
+check(again.id === hubspot, "reauth keeps the integration");
 step("re-authenticated");
 
 // A member without the integration permission is refused a workspace integration's write.
@@ -193,7 +207,17 @@ const todoist = await member.POST("/v1/workspaces/{ws}/integrations", {
 check(todoist.response.status === 201 && todoist.data !== undefined, "the member connects Todoist");
 check("integration_id" in todoist.data, "an API-key app connects at once");
 const personal = todoist.data.integration_id;
-const adminSees = await admin.GET("/v1/workspaces/{ws}/integrations", { params: { path } });
+const todoistAt = positionOf(todoist.response);
+const memberSees = await member.GET("/v1/workspaces/{ws}/integrations", {
+  params: { path, header: { "Harmony-Min-Position": todoistAt } },
+});
+check(
+  memberSees.data?.integrations.some((r) => r.integration_id === personal) === true,
+  "the member sees their personal integration",
+);
+const adminSees = await admin.GET("/v1/workspaces/{ws}/integrations", {
+  params: { path, header: { "Harmony-Min-Position": todoistAt } },
+});
 check(
   adminSees.data?.integrations.every((r) => r.integration_id !== personal) === true,
   "the member's personal integration is not the admin's to see",
@@ -209,17 +233,17 @@ const types = history.data.events.map((e) => e.type);
 for (const wanted of ["IntegrationConnected", "SyncCompleted", "MappingChanged", "Reauthenticated"]) {
   check(types.includes(wanted), `the history holds ${wanted}: ${types.join(", ")}`);
 }
-const connectedAt = history.data.events.find((e) => e.type === "IntegrationConnected")?.occurred_at;
-check(connectedAt !== undefined, "the connect has a time");
+const connectTime = history.data.events.find((e) => e.type === "IntegrationConnected")?.occurred_at;
+check(connectTime !== undefined, "the connect has a time");
 const then = await auditor.GET("/v1/workspaces/{ws}/integrations/{id}/state", {
-  params: { path: integration, query: { as_of: connectedAt } },
+  params: { path: integration, query: { as_of: connectTime } },
 });
 check(then.data?.installed?.last_sync_at == null, "as of the connect, nothing had synced");
 const verified = await auditor.GET("/v1/workspaces/{ws}/integrations/{id}/verify", {
   params: { path: integration },
 });
 check(verified.data?.intact === true, "the chain verifies");
-step(`auditor: ${types.length} events, state as of ${connectedAt}, chain intact (${verified.data.events} events)`);
+step(`auditor: ${types.length} events, state as of ${connectTime}, chain intact (${verified.data.events} events)`);
 
 // Disconnect, then delete: future syncs stop, the connection configuration goes, the
 // history stays.
@@ -235,6 +259,13 @@ const deleted = await admin.DELETE("/v1/workspaces/{ws}/integrations/{id}", {
   params: { path: integration },
 });
 check(deleted.response.status === 204, "HubSpot is deleted");
+const afterDelete = await admin.GET("/v1/workspaces/{ws}/integrations", {
+  params: { path, header: { "Harmony-Min-Position": positionOf(deleted.response) } },
+});
+check(
+  afterDelete.data?.integrations.every((r) => r.integration_id !== hubspot) === true,
+  "Installed no longer lists HubSpot",
+);
 const after = await auditor.GET("/v1/workspaces/{ws}/integrations/{id}/history", {
   params: { path: integration },
 });
