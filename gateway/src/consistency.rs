@@ -2,7 +2,9 @@
 //! behind it, in this process or another one. Every answer to a request that appended to the
 //! log says how far it wrote (`Harmony-Position`); a later request that sends that number back
 //! (`Harmony-Min-Position`) is answered only once every read model has applied the log that
-//! far — waiting up to [`READ_WAIT`] for it, then refused with 503 `not_caught_up`.
+//! far — waiting up to [`READ_WAIT`] for it, then refused with 503 `not_caught_up`. The
+//! console's forms, whose redirects lead to pages drawn from the read models, are answered
+//! once the read models have applied what they wrote ([`settle`]).
 
 use std::time::Duration;
 
@@ -20,7 +22,10 @@ pub(crate) const POSITION: &str = "harmony-position";
 pub(crate) const MIN_POSITION: &str = "harmony-min-position";
 /// How long a request waits for the read models to reach its `Harmony-Min-Position`.
 pub(crate) const READ_WAIT: Duration = Duration::from_secs(5);
+/// How long a console form's answer waits for the read models to apply what it wrote.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
+/// For the API: waits for `Harmony-Min-Position`, and says `Harmony-Position`.
 pub(crate) async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(value) = request.headers().get(MIN_POSITION) {
         let Some(min) = value
@@ -36,8 +41,24 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
             )
             .into_response();
         };
-        if let Err(problem) = caught_up(&state, min).await {
-            return problem.into_response();
+        match caught_up(&state, min, READ_WAIT).await {
+            Ok(()) => {}
+            Err(Behind::At(name, position)) => {
+                return Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_caught_up",
+                    format!(
+                        "the read model {name} has applied the log up to position {position}, \
+                         not yet {min}: retry shortly"
+                    ),
+                )
+                .retry_after(1)
+                .into_response();
+            }
+            Err(Behind::Unreadable(error)) => {
+                return Problem::failed("cannot read the read models' positions", &error)
+                    .into_response();
+            }
         }
     }
     let (mut response, written) = eventstore::written::tracking(next.run(request)).await;
@@ -49,34 +70,55 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
     response
 }
 
-/// Waits until every read model has applied the log up to `min`, for [`READ_WAIT`] at most.
-async fn caught_up(state: &AppState, min: u64) -> Result<(), Problem> {
-    let deadline = tokio::time::Instant::now() + READ_WAIT;
+/// For the console: answers a form once the read models have applied what it wrote,
+/// [`SETTLE_WAIT`] at most, so that the page its redirect leads to shows the change.
+pub(crate) async fn settle(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (response, written) = eventstore::written::tracking(next.run(request)).await;
+    if let Some(position) = written {
+        if let Err(behind) = caught_up(&state, position, SETTLE_WAIT).await {
+            tracing::debug!(
+                position,
+                ?behind,
+                "answering a console form before the read models show it"
+            );
+        }
+    }
+    response
+}
+
+/// Why the read models were not found at a position.
+#[derive(Debug)]
+enum Behind {
+    /// This read model stood here when the wait ended.
+    At(&'static str, u64),
+    Unreadable(database::ReadDbError),
+}
+
+/// Waits until every read model has applied the log up to `min`, for `wait` at most.
+async fn caught_up(state: &AppState, min: u64, wait: Duration) -> Result<(), Behind> {
+    let deadline = tokio::time::Instant::now() + wait;
     let mut pause = Duration::from_millis(2);
     loop {
         let mut behind = None;
         for projection in projections::runner::Projection::ALL {
-            let position = projection.checkpoint(&state.read).await.map_err(|error| {
-                Problem::failed("cannot read the read models' positions", &error)
-            })?;
+            let position = projection
+                .checkpoint(&state.read)
+                .await
+                .map_err(Behind::Unreadable)?;
             if position < min {
-                behind = Some((projection.name(), position));
+                behind = Some(Behind::At(projection.name(), position));
                 break;
             }
         }
-        let Some((name, position)) = behind else {
+        let Some(behind) = behind else {
             return Ok(());
         };
         if tokio::time::Instant::now() + pause > deadline {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_caught_up",
-                format!(
-                    "the read model {name} has applied the log up to position {position}, not \
-                     yet {min}: retry shortly"
-                ),
-            )
-            .retry_after(1));
+            return Err(behind);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(50));

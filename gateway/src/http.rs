@@ -219,7 +219,12 @@ pub(crate) fn router(state: AppState) -> Router {
                     crate::api::authenticate,
                 )),
         )
-        .merge(crate::console::router())
+        .merge(
+            crate::console::router().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::consistency::settle,
+            )),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -583,33 +583,9 @@ async fn act(state: AppState, session: Session, id: String, form: &Fields, act: 
     };
     let back = format!("/console/integrations/{id}");
     match outcome {
-        Ok(()) if act == Act::Delete => {
-            // Installed is a read model: let it apply the delete before showing it.
-            installed_caught_up(&state).await;
-            notice("/console/installed", done)
-        }
+        Ok(()) if act == Act::Delete => notice("/console/installed", done),
         Ok(()) => notice(&back, done),
         Err(problem) => refused(&back, &problem),
-    }
-}
-
-/// Waits, two seconds at most, until Installed has applied everything the log holds now, so
-/// that the page a change leads to shows the change.
-async fn installed_caught_up(state: &AppState) {
-    let Ok(head) = state.store.head_position().await else {
-        return;
-    };
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    while tokio::time::Instant::now() < deadline {
-        match projections::runner::Projection::Installed
-            .checkpoint(&state.read)
-            .await
-        {
-            Ok(position) if position < head => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            _ => return,
-        }
     }
 }
 
