@@ -25,8 +25,9 @@ pub(crate) const READ_WAIT: Duration = Duration::from_secs(5);
 /// How long a console form's answer waits for the read models to apply what it wrote.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
-/// For the API: waits for `Harmony-Min-Position`, and says `Harmony-Position`.
-pub(crate) async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// For the API: waits for `Harmony-Min-Position`, and says `Harmony-Position`. Run by the
+/// idempotency layer, inside it.
+pub(crate) async fn around(state: &AppState, request: Request, next: Next) -> Response {
     if let Some(value) = request.headers().get(MIN_POSITION) {
         let Some(min) = value
             .to_str()
@@ -41,7 +42,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
             )
             .into_response();
         };
-        match caught_up(&state, min, READ_WAIT).await {
+        match caught_up(state, min, READ_WAIT).await {
             Ok(()) => {}
             Err(Behind::At(name, position)) => {
                 return Problem::new(

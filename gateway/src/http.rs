@@ -204,11 +204,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .merge(
             routes
-                // Inside the idempotency layer, so a kept answer keeps its position.
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    crate::consistency::layer,
-                ))
+                // Idempotency, and reading your own writes inside it.
                 .layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     crate::idempotency::layer,

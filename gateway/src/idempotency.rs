@@ -35,6 +35,9 @@ fn database_problem(error: database::ReadDbError) -> Problem {
     Problem::failed("the idempotency keys cannot be read or written", &error)
 }
 
+/// The layer of every `/v1` request: idempotency around the read-your-writes protocol
+/// (`consistency::around`), so that a kept answer keeps its `Harmony-Position` — one layer
+/// rather than two, as each costs every request.
 pub(crate) async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match handle(&state, request, next).await {
         Ok(response) => response,
@@ -48,12 +51,12 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
     let Some(key) = request.headers().get(HEADER).filter(|_| writes).cloned() else {
-        return Ok(next.run(request).await);
+        return Ok(crate::consistency::around(state, request, next).await);
     };
     // Only a live token's answers are kept or replayed: a request without one is refused
     // by the route itself, whatever its key.
     let Some(crate::api::Caller(_, token_hash)) = request.extensions().get().cloned() else {
-        return Ok(next.run(request).await);
+        return Ok(crate::consistency::around(state, request, next).await);
     };
     let key = key
         .to_str()
@@ -137,9 +140,9 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
         tracing::warn!("an Idempotency-Key's first request never finished: acting on its retry");
     }
 
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let response =
+        crate::consistency::around(state, Request::from_parts(parts, Body::from(bytes)), next)
+            .await;
     let status = response.status();
     let keep = !(status.is_server_error()
         || status == StatusCode::UNAUTHORIZED
