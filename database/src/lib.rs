@@ -296,9 +296,11 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Records that what lies before checkpoint `name` was built by `version`.
-    pub async fn save_version(&mut self, name: &str, version: u64) -> Result<(), ReadDbError> {
-        let sql = "UPDATE checkpoints SET version = $2 WHERE name = $1";
+    /// Records that what lies before checkpoint `name` was just rebuilt, by `version`: a new
+    /// generation.
+    pub async fn save_rebuilt(&mut self, name: &str, version: u64) -> Result<(), ReadDbError> {
+        let sql =
+            "UPDATE checkpoints SET version = $2, generation = generation + 1 WHERE name = $1";
         let version = i64::try_from(version).unwrap_or(i64::MAX);
         match self {
             WriteTx::Sqlite(tx) => sqlx::query(sql)
@@ -358,22 +360,34 @@ pub async fn ensure_checkpoint(db: &ReadDb, name: &str, version: u64) -> Result<
     Ok(())
 }
 
-/// Where checkpoint `name` stands and the version of the code that built what lies before
-/// it; `None` when it has no row.
-pub async fn checkpoint_version(
-    db: &ReadDb,
-    name: &str,
-) -> Result<Option<(u64, u64)>, ReadDbError> {
-    let rows: Vec<(i64, i64)> = fetch_all(
+/// Where a projection's checkpoint stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// The last position applied.
+    pub position: u64,
+    /// The version of the code that built what lies before it.
+    pub version: u64,
+    /// How many rebuilds have been swapped in: a swap replaces rows without moving the
+    /// position.
+    pub generation: u64,
+}
+
+/// Where checkpoint `name` stands; `None` when it has no row.
+pub async fn standing(db: &ReadDb, name: &str) -> Result<Option<Standing>, ReadDbError> {
+    let rows: Vec<(i64, i64, i64)> = fetch_all(
         db,
-        "SELECT position, version FROM checkpoints WHERE name = $1",
+        "SELECT position, version, generation FROM checkpoints WHERE name = $1",
         &[Bind::Text(name.to_owned())],
     )
     .await?;
     let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
     Ok(rows
         .first()
-        .map(|(position, version)| (unsigned(*position), unsigned(*version))))
+        .map(|(position, version, generation)| Standing {
+            position: unsigned(*position),
+            version: unsigned(*version),
+            generation: unsigned(*generation),
+        }))
 }
 
 /// The position projection `name` has applied up to, 0 before anything.

@@ -193,7 +193,7 @@ async fn swap(
         }
         let reached = copied.max(live);
         tx.save_checkpoint(projection.name(), reached).await?;
-        tx.save_version(projection.name(), projection.version())
+        tx.save_rebuilt(projection.name(), projection.version())
             .await?;
         tx.delete_checkpoint(&copy_name).await?;
         position = position.max(reached);

@@ -205,6 +205,14 @@ impl Projection {
     pub async fn checkpoint(self, db: &ReadDb) -> Result<u64, crate::ReadDbError> {
         crate::db::checkpoint(db, self.name()).await
     }
+
+    /// Where it is in the log, and which rebuild of its tables is in place: an answer drawn
+    /// from them stays right while both stand.
+    pub async fn stamp(self, db: &ReadDb) -> Result<(u64, u64), crate::ReadDbError> {
+        Ok(crate::db::standing(db, self.name())
+            .await?
+            .map_or((0, 0), |standing| (standing.position, standing.generation)))
+    }
 }
 
 /// Why a projection stopped.
@@ -271,10 +279,11 @@ async fn upgrade(
 ) -> Result<(), RunError> {
     let name = projection.name();
     let version = projection.version();
-    let Some((position, built_by)) = crate::db::checkpoint_version(db, name).await? else {
+    let Some(standing) = crate::db::standing(db, name).await? else {
         return Ok(());
     };
-    if position == 0 || built_by == version {
+    let built_by = standing.version;
+    if standing.position == 0 || built_by == version {
         return Ok(());
     }
     if built_by > version {

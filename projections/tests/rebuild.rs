@@ -290,11 +290,11 @@ fn spawn_recorded(
 }
 
 async fn built_by(db: &ReadDb, projection: Projection) -> u64 {
-    projections::db::checkpoint_version(db, projection.name())
+    projections::db::standing(db, projection.name())
         .await
         .unwrap()
         .expect("the checkpoint has a row")
-        .1
+        .version
 }
 
 fn stop(runners: Vec<tokio::task::JoinHandle<()>>) {

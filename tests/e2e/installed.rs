@@ -391,3 +391,92 @@ async fn an_oauth_app_connects_through_the_popup_and_its_callback_page_tells_the
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rebuild_installed_shows_the_rebuilt_rows_not_a_page_answered_before_it() {
+    use projections::runner::Projection;
+    let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
+        .await
+        .unwrap();
+    let base = zendesk.server.base.clone();
+    // On JetStream, so that a rebuild can run beside the service as operators run it.
+    let nats = eventstore::nats_server::TestNats::shared();
+    let mut config = eventstore::JetStreamConfig::new(nats.url.clone());
+    config.namespace = eventstore::nats_server::unique_namespace();
+    let log = config.clone();
+    let app = spawn_app_with(move |settings| {
+        use_fake_zendesk(settings, &base);
+        settings.jetstream = Some(config);
+    })
+    .await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let installed = "/v1/workspaces/acme/integrations";
+    let connected = app
+        .call(
+            Method::POST,
+            installed,
+            &admin,
+            Some(zendesk_account("zd-key")),
+        )
+        .await;
+    assert_eq!(connected.status(), 201);
+    let at = connected.headers()["harmony-position"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let statuses = || async {
+        let page: Value = app
+            .client
+            .get(format!("{}{installed}", app.address))
+            .bearer_auth(&admin)
+            .header("Harmony-Min-Position", &at)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["integrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["status"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    // Once Installed holds the connect, its table is damaged behind the service's back, and
+    // Installed answers (and keeps) that page.
+    let read = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+        .await
+        .unwrap();
+    let at_least: u64 = at.parse().unwrap();
+    eventually(
+        std::time::Duration::from_secs(20),
+        "Installed applying the connect",
+        || async {
+            (Projection::Installed.checkpoint(&read).await.unwrap() >= at_least).then_some(())
+        },
+    )
+    .await;
+    database::execute(&read, "UPDATE installed SET status = 'damaged'", &[])
+        .await
+        .unwrap();
+    let position = Projection::Installed.checkpoint(&read).await.unwrap();
+    assert_eq!(statuses().await, ["damaged"]);
+    assert_eq!(statuses().await, ["damaged"]);
+
+    // A rebuild swaps fresh tables in with no new event: the position stands, the rows are new.
+    let store = eventstore::JetStreamEventStore::connect(log).await.unwrap();
+    projections::rebuild::rebuild(&store, &read, &Projection::ALL, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        Projection::Installed.checkpoint(&read).await.unwrap(),
+        position
+    );
+    assert_eq!(
+        statuses().await,
+        ["connected"],
+        "a page answered before the rebuild was served after it"
+    );
+}

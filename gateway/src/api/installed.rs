@@ -57,11 +57,11 @@ pub(super) async fn installed(
         "{}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0{limit}",
         principal.workspace, principal.user, query.status, query.app, query.scope, query.cursor
     );
-    let position = projections::runner::Projection::Installed
-        .checkpoint(&state.read)
+    let stamp = projections::runner::Projection::Installed
+        .stamp(&state.read)
         .await
         .map_err(read_failed)?;
-    let body = match state.installed_pages.get(&key, position) {
+    let body = match state.installed_pages.get(&key, stamp) {
         Some(body) => body,
         None => {
             let filter = projections::installed::Filter {
@@ -86,7 +86,7 @@ pub(super) async fn installed(
                 })
                 .map_err(|_| Problem::internal())?,
             );
-            state.installed_pages.put(key, position, body.clone());
+            state.installed_pages.put(key, stamp, body.clone());
             body
         }
     };
