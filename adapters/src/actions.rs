@@ -36,11 +36,11 @@ use eventstore::StoreError;
 use serde_json::Value;
 
 use crate::http::ProviderError;
-use crate::lease::Leases;
 use crate::provider::Connection;
 use crate::providers::Providers;
 use crate::sync::CredentialSource;
 use crate::vault::Vault;
+use database::lease::Leases;
 
 const DISPATCH_CHECKPOINT: &str = "action_dispatch";
 /// How long one push may hold its action.

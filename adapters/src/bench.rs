@@ -28,11 +28,11 @@ use url::Url;
 
 use crate::credentials::CredentialService;
 use crate::http::{ProviderHttp, RetryPolicy};
-use crate::lease::Leases;
 use crate::provider::Credentials;
 use crate::providers::{Endpoints, Providers};
 use crate::sync::{SyncConfig, SyncWorker};
 use crate::vault::{MasterKey, Vault};
+use database::lease::Leases;
 
 /// How much work a run does.
 #[derive(Clone, Copy, Debug)]

@@ -19,11 +19,11 @@ use secrecy::ExposeSecret;
 use url::Url;
 
 use crate::http::ProviderError;
-use crate::lease::Leases;
 use crate::oauth::OAuthClient;
 use crate::provider::Credentials;
 use crate::sync::CredentialSource;
 use crate::vault::Vault;
+use database::lease::Leases;
 
 /// Refresh this long before the access token expires.
 pub const REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);

@@ -37,7 +37,6 @@ mod dispatch;
 #[cfg(feature = "fakes")]
 pub mod fakes;
 pub mod http;
-pub mod lease;
 pub mod oauth;
 pub mod outbound;
 pub mod provider;

@@ -17,7 +17,7 @@ use domain::{DomainError, IntegrationId, StreamName, SyncId, Timestamp};
 use eventstore::repository::{Repository, RepositoryError};
 use sha2::{Digest, Sha256};
 
-use crate::lease::Leases;
+use database::lease::Leases;
 
 const LEASE: &str = "scheduler";
 

@@ -17,7 +17,7 @@ use adapters::fakes::hubspot::FakeHubSpot;
 use adapters::fakes::todoist::FakeTodoist;
 use adapters::fakes::twilio::FakeTwilio;
 use adapters::fakes::zendesk::FakeZendesk;
-use adapters::lease::Leases;
+use database::lease::Leases;
 
 use adapters::provider::{Connection, Credentials};
 use adapters::providers::{Endpoints, Providers};

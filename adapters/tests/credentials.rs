@@ -12,7 +12,7 @@ use std::sync::Arc;
 use adapters::credentials::CredentialService;
 use adapters::fakes::hubspot::FakeHubSpot;
 use adapters::http::{ProviderError, ProviderHttp};
-use adapters::lease::Leases;
+use database::lease::Leases;
 
 use adapters::provider::Credentials;
 use adapters::sync::CredentialSource;

@@ -19,7 +19,7 @@ use adapters::credentials::CredentialService;
 use adapters::fakes::hubspot::{self as hubspot_fake, FakeHubSpot};
 use adapters::fakes::zendesk::FakeZendesk;
 use adapters::http::ProviderHttp;
-use adapters::lease::Leases;
+use database::lease::Leases;
 
 use adapters::providers::{Endpoints, Providers};
 use adapters::sync::{SyncConfig, SyncWorker};

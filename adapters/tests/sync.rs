@@ -11,12 +11,12 @@ use std::time::Duration;
 use adapters::credentials::CredentialService;
 use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
 use adapters::http::{ProviderHttp, RetryPolicy};
-use adapters::lease::Leases;
 use adapters::oauth::{OAuthClient, Revocation};
 use adapters::provider::Credentials;
 use adapters::providers::{Endpoints, Providers};
 use adapters::sync::{SyncConfig, SyncWorker};
 use adapters::vault::{MasterKey, Vault};
+use database::lease::Leases;
 use database::ReadDb;
 use domain::integration::{
     FieldMapping, Integration, IntegrationCommand, IntegrationEvent, Status, SyncKind,

@@ -5,8 +5,10 @@
 //! and sync watermarks, the workers' checkpoints — and the read models' tables, which
 //! `projections` fills and can always rebuild from the log. Here: the pool ([`ReadDb`]), its
 //! errors and which of them mean the database is away for a while, transactions with
-//! checkpoints, and the query helpers that run the same SQL on both databases.
+//! checkpoints, the query helpers that run the same SQL on both databases, and [`lease`]:
+//! work one process at a time may do.
 
+pub mod lease;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 

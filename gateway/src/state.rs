@@ -98,7 +98,7 @@ impl Workers {
         let http = ProviderHttp::new(outbound.clone(), RetryPolicy::default());
         let providers = adapters::providers::Providers::new(&config.endpoints, &http);
         let leases =
-            adapters::lease::Leases::new(read.clone(), adapters::lease::Leases::process_holder());
+            database::lease::Leases::new(read.clone(), database::lease::Leases::process_holder());
         let credentials = Arc::new(adapters::credentials::CredentialService::new(
             repo.clone(),
             vault.clone(),

@@ -35,9 +35,9 @@ use crate::state::{AppState, Runners};
 
 /// Signs the heads of the streams that changed, every `every`, in one process at a time.
 pub(crate) async fn sign_checkpoints(state: AppState, every: std::time::Duration) {
-    let leases = adapters::lease::Leases::new(
+    let leases = database::lease::Leases::new(
         state.read.clone(),
-        adapters::lease::Leases::process_holder(),
+        database::lease::Leases::process_holder(),
     );
     let mut tick = tokio::time::interval(every);
     loop {

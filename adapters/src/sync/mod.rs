@@ -46,11 +46,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Semaphore};
 
 use crate::http::ProviderError;
-use crate::lease::Leases;
 use crate::provider::{
     Connection, Credentials, Page, Provider, PullMode, PullRequest, PulledRecord,
 };
 use crate::providers::Providers;
+use database::lease::Leases;
 
 mod run;
 use run::{Run, Stop};

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use database::{ReadDb, ReadDbError};
+use crate::{execute, fetch_all, Bind, ReadDb, ReadDbError};
 
 /// One process's view of the lease table.
 #[derive(Clone, Debug)]
@@ -17,8 +17,13 @@ pub struct Leases {
     holder: String,
 }
 
+/// Milliseconds since the Unix epoch, as lease times are kept.
 fn now_millis() -> i64 {
-    crate::providers::now_millis()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 impl Leases {
@@ -42,42 +47,43 @@ impl Leases {
     /// Takes (or renews) lease `name` for `ttl`; false when another holder has it.
     pub async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<bool, ReadDbError> {
         let now = now_millis();
-        let expires = now + ttl.as_millis() as i64;
-        let sql = "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
-                   ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-                   expires_at = excluded.expires_at \
-                   WHERE leases.holder = excluded.holder OR leases.expires_at < $4";
-        let taken = on_db!(&self.db, |pool| sqlx::query(sql)
-            .bind(name)
-            .bind(&self.holder)
-            .bind(expires)
-            .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected());
+        let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let taken = execute(
+            &self.db,
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+             expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+            &[
+                Bind::Text(name.to_owned()),
+                Bind::Text(self.holder.clone()),
+                Bind::Int(expires),
+                Bind::Int(now),
+            ],
+        )
+        .await?;
         Ok(taken == 1)
     }
 
     /// Gives lease `name` up if this process holds it.
     pub async fn release(&self, name: &str) -> Result<(), ReadDbError> {
-        let sql = "DELETE FROM leases WHERE name = $1 AND holder = $2";
-        on_db!(&self.db, |pool| sqlx::query(sql)
-            .bind(name)
-            .bind(&self.holder)
-            .execute(pool)
-            .await
-            .map(drop)?);
-        Ok(())
+        execute(
+            &self.db,
+            "DELETE FROM leases WHERE name = $1 AND holder = $2",
+            &[Bind::Text(name.to_owned()), Bind::Text(self.holder.clone())],
+        )
+        .await
+        .map(drop)
     }
 
     /// Who holds lease `name` now, if anyone does.
     pub async fn holder_of(&self, name: &str) -> Result<Option<String>, ReadDbError> {
-        let sql = "SELECT holder FROM leases WHERE name = $1 AND expires_at >= $2";
-        let holder: Option<String> = on_db!(&self.db, |pool| sqlx::query_scalar(sql)
-            .bind(name)
-            .bind(now_millis())
-            .fetch_optional(pool)
-            .await?);
-        Ok(holder)
+        let rows: Vec<(String,)> = fetch_all(
+            &self.db,
+            "SELECT holder FROM leases WHERE name = $1 AND expires_at >= $2",
+            &[Bind::Text(name.to_owned()), Bind::Int(now_millis())],
+        )
+        .await?;
+        Ok(rows.into_iter().next().map(|(holder,)| holder))
     }
 }
