@@ -8,9 +8,17 @@
 //! place, drops the old ones and moves the checkpoint. Readers see the old tables up to that
 //! commit and the new ones after it. The live runner reads the checkpoint inside each of its
 //! transactions, so it carries on from the swapped-in position with nothing applied twice.
+//!
+//! One rebuild runs at a time on a database: the copies have fixed names, so a second one
+//! would drop or fill the first one's. Each holds a lease ([`REBUILD_LEASE`]) from before it
+//! prepares its copies until its swap is done; another waits for it — `harmony projections
+//! rebuild` run by hand while the service rebuilds after an upgrade, say.
+
+use std::time::Duration;
 
 use eventstore::EventStore;
 
+use crate::db::lease::Leases;
 use crate::db::{ReadDb, ReadDbError, Target, WriteTx};
 use crate::installed;
 use crate::runner::{Batch, Projection, RunError};
@@ -28,9 +36,52 @@ pub struct Rebuilt {
     pub position: u64,
 }
 
-/// Rebuilds `projections` from position 0 and swaps them in. `progress(position, head)` is
-/// called after each batch.
+/// The lease a rebuild holds on its database.
+pub const REBUILD_LEASE: &str = "projections-rebuild";
+/// How long the lease lasts unless renewed: a rebuild whose process died is followed by the
+/// next one after this at most.
+const REBUILD_LEASE_TTL: Duration = Duration::from_secs(30);
+/// How often a rebuild waiting for another looks again.
+const REBUILD_WAIT_POLL: Duration = Duration::from_millis(250);
+
+/// Rebuilds `projections` from position 0 and swaps them in, once no other rebuild runs on
+/// `db`. `progress(position, head)` is called after each batch.
 pub async fn rebuild(
+    store: &dyn EventStore,
+    db: &ReadDb,
+    projections: &[Projection],
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Rebuilt, RunError> {
+    let leases = Leases::new(db.clone(), Leases::process_holder());
+    let mut told = false;
+    while !leases.try_acquire(REBUILD_LEASE, REBUILD_LEASE_TTL).await? {
+        if !told {
+            tracing::info!("another rebuild is running on this database: waiting for it to end");
+            told = true;
+        }
+        tokio::time::sleep(REBUILD_WAIT_POLL).await;
+    }
+    let held = async {
+        loop {
+            tokio::time::sleep(REBUILD_LEASE_TTL / 3).await;
+            if !leases.try_acquire(REBUILD_LEASE, REBUILD_LEASE_TTL).await? {
+                return Err(RunError::LeaseLost(
+                    "another rebuild took the database over".into(),
+                ));
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        rebuilt = fill_and_swap(store, db, projections, progress) => rebuilt,
+        lost = held => lost,
+    };
+    if let Err(error) = leases.release(REBUILD_LEASE).await {
+        tracing::warn!(%error, "could not release the rebuild's lease; it lapses by itself");
+    }
+    outcome
+}
+
+async fn fill_and_swap(
     store: &dyn EventStore,
     db: &ReadDb,
     projections: &[Projection],

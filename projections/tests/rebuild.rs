@@ -439,3 +439,60 @@ async fn tables_an_older_release_built_are_rebuilt_at_start_and_a_newer_ones_lef
         db.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rebuilds_at_once_take_turns_and_leave_what_one_pass_makes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(SledEventStore::open(dir.path().join("log")).unwrap());
+    // Several of a rebuild's batches, so that two at once would interleave.
+    let ids = write_log(store.clone(), 100, 9).await;
+    let head = store.head_position().await.unwrap();
+    assert!(
+        head > 2 * projections::rebuild::REBUILD_BATCH as u64,
+        "{head} events"
+    );
+    let reference = one_pass(&*store, dir.path()).await;
+    for kind in KINDS {
+        let db = fresh_db(kind, dir.path()).await;
+        let all = store.read_all(1, usize::MAX).await.unwrap();
+        for projection in Projection::ALL {
+            projection.apply(&db, &all).await.unwrap();
+        }
+        exec(&db, "UPDATE installed SET status = 'damaged'").await;
+
+        // Each batch of each rebuild, in the order they were applied.
+        let batches: Arc<Mutex<Vec<char>>> = Arc::default();
+        let tell = |who: char| {
+            let batches = batches.clone();
+            move |_: u64, _: u64| batches.lock().unwrap().push(who)
+        };
+        let (first, second) = (tell('a'), tell('b'));
+        let (a, b) = tokio::join!(
+            rebuild(&*store, &db, &Projection::ALL, &first),
+            rebuild(&*store, &db, &Projection::ALL, &second),
+        );
+        a.unwrap();
+        b.unwrap();
+        let order: String = batches.lock().unwrap().iter().collect();
+        let turns = order.as_bytes().windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(turns, 1, "{kind}: the rebuilds ran at once: {order}");
+        // Installed whole, and the sync logs of the last integrations.
+        let some = &ids[ids.len() - 5..];
+        assert_eq!(
+            views(&db, &["ada"], some).await,
+            views(&reference, &["ada"], some).await,
+            "{kind}"
+        );
+        let leases = projections::db::lease::Leases::new(db.clone(), "anyone");
+        assert_eq!(
+            leases
+                .holder_of(projections::rebuild::REBUILD_LEASE)
+                .await
+                .unwrap(),
+            None,
+            "{kind}: the lease was not given back"
+        );
+        db.close().await;
+    }
+}
