@@ -5,6 +5,11 @@
 //! far — waiting up to [`READ_WAIT`] for it, then refused with 503 `not_caught_up`. The
 //! console's forms, whose redirects lead to pages drawn from the read models, are answered
 //! once the read models have applied what they wrote ([`settle`]).
+//!
+//! An integration's history and state are read from the log itself, which on JetStream may
+//! answer from a replica a moment behind. A request that waited for a position also reads
+//! the integration's stream at least as far as Installed has folded it by then
+//! ([`log_follows_read_models`]).
 
 use std::time::Duration;
 
@@ -12,6 +17,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+
+use domain::{IntegrationId, StreamName};
 
 use crate::problem::Problem;
 use crate::AppState;
@@ -25,9 +32,16 @@ pub(crate) const READ_WAIT: Duration = Duration::from_secs(5);
 /// How long a console form's answer waits for the read models to apply what it wrote.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
+tokio::task_local! {
+    /// Set while a request that sent `Harmony-Min-Position` is answered, once the read models
+    /// have reached it.
+    static WAITED: ();
+}
+
 /// For the API: waits for `Harmony-Min-Position`, and says `Harmony-Position`. Run by the
 /// idempotency layer, inside it.
 pub(crate) async fn around(state: &AppState, request: Request, next: Next) -> Response {
+    let waited = request.headers().contains_key(MIN_POSITION);
     if let Some(value) = request.headers().get(MIN_POSITION) {
         let Some(min) = value
             .to_str()
@@ -62,13 +76,36 @@ pub(crate) async fn around(state: &AppState, request: Request, next: Next) -> Re
             }
         }
     }
-    let (mut response, written) = eventstore::written::tracking(next.run(request)).await;
+    let answered = eventstore::written::tracking(next.run(request));
+    let (mut response, written) = if waited {
+        WAITED.scope((), answered).await
+    } else {
+        answered.await
+    };
     if let Some(position) = written {
         response
             .headers_mut()
             .insert(POSITION, HeaderValue::from(position));
     }
     response
+}
+
+/// In a request that waited for `Harmony-Min-Position`, makes this process's reads of
+/// `integration`'s stream show at least the version Installed has folded: what the read
+/// models show, the log read after them shows too, whichever replica answers.
+pub(crate) async fn log_follows_read_models(state: &AppState, integration: IntegrationId) {
+    if WAITED.try_with(|()| ()).is_err() {
+        return;
+    }
+    match projections::installed::folded_version(&state.read, &integration.to_string()).await {
+        Ok(Some(version)) => state
+            .store
+            .observed(&StreamName::integration(integration), version),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(%integration, %error, "cannot read how far Installed folded a stream");
+        }
+    }
 }
 
 /// For the console: answers a form once the read models have applied what it wrote,

@@ -32,6 +32,7 @@ pub(crate) async fn load_visible(
     caller: &Caller,
     id: IntegrationId,
 ) -> Result<Integration, Problem> {
+    crate::consistency::log_follows_read_models(state, id).await;
     let current = state
         .workers
         .repo

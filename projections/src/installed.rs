@@ -455,6 +455,19 @@ pub async fn list(
     }
 }
 
+/// The version of the integration's stream folded into its row, `None` when it has no row.
+pub async fn folded_version(db: &ReadDb, integration: &str) -> Result<Option<u64>, ReadDbError> {
+    let rows: Vec<(i64,)> = fetch_all(
+        db,
+        &format!("SELECT version FROM {TABLE} WHERE integration_id = $1"),
+        &[Bind::Text(integration.to_owned())],
+    )
+    .await?;
+    Ok(rows
+        .first()
+        .map(|(version,)| u64::try_from(*version).unwrap_or(0)))
+}
+
 /// One integration's row as `user` of `workspace` sees it: `None` when it is not in Installed,
 /// belongs to another workspace, or is another user's personal integration.
 pub async fn get(

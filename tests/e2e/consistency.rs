@@ -126,3 +126,68 @@ async fn a_read_sent_with_a_writes_position_shows_that_write() {
         "bad_min_position"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_jetstream_a_history_read_after_a_position_shows_what_installed_shows() {
+    let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
+        .await
+        .unwrap();
+    let base = zendesk.server.base.clone();
+    let nats = eventstore::nats_server::TestNats::shared();
+    let mut config = eventstore::JetStreamConfig::new(nats.url.clone());
+    config.namespace = eventstore::nats_server::unique_namespace();
+    let app = spawn_app_with(move |settings| {
+        use_fake_zendesk(settings, &base);
+        settings.jetstream = Some(config);
+    })
+    .await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let (_, auditor) = app.token("acme", "eve", "auditor").await;
+    let connected = app
+        .call(
+            Method::POST,
+            "/v1/workspaces/acme/integrations",
+            &admin,
+            Some(zendesk_account("zd-key")),
+        )
+        .await;
+    let at = position_of(&connected).expect("a write says its position");
+    let id = connected.json::<Value>().await.unwrap()["integration_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let history = format!("/v1/workspaces/acme/integrations/{id}/history");
+    let read = read_after(&app, &history, &auditor, at).await;
+    assert_eq!(read.status(), 200);
+    let shown = read.json::<Value>().await.unwrap()["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(shown > 0);
+
+    // Installed has folded further than any server of the log holds — what a replica behind
+    // the others looks like from here.
+    let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+        .await
+        .unwrap();
+    database::execute(
+        &db,
+        "UPDATE installed SET version = version + 3 WHERE integration_id = $1",
+        &[database::Bind::Text(id.clone())],
+    )
+    .await
+    .unwrap();
+    // A read that did not ask for a position answers from the log as it is...
+    let plain = app.call(Method::GET, &history, &auditor, None).await;
+    assert_eq!(plain.status(), 200);
+    // ...one that did waits for the log to show what Installed shows, and says it could not
+    // rather than answer with less.
+    let behind = read_after(&app, &history, &auditor, at).await;
+    assert_eq!(
+        behind.status(),
+        503,
+        "answered from a log behind Installed: {}",
+        behind.text().await.unwrap()
+    );
+    assert!(behind.headers().contains_key("retry-after"));
+}
