@@ -142,7 +142,19 @@ impl World {
         arguments: Value,
         rule: Option<RuleId>,
     ) -> ActionId {
-        let action_id = ActionId::new();
+        self.request_as(id, ActionId::new(), tool, arguments, rule)
+            .await
+    }
+
+    /// Requests action `action_id`.
+    async fn request_as(
+        &self,
+        id: IntegrationId,
+        action_id: ActionId,
+        tool: &str,
+        arguments: Value,
+        rule: Option<RuleId>,
+    ) -> ActionId {
         // Sealed, as the API seals them.
         let arguments = ActionPayload::sealed(self.vault.seal(id, &arguments).await.unwrap());
         self.repo
@@ -159,6 +171,20 @@ impl World {
             .await
             .unwrap();
         action_id
+    }
+
+    /// Zendesk connected for the workspace, with the API token the fake accepts.
+    async fn connect_zendesk(&self) -> IntegrationId {
+        self.connect(
+            "zendesk",
+            AppScope::Workspace,
+            &[("subdomain", "acme"), ("email", "agent@acme.com")],
+            Credentials::from_secrets(BTreeMap::from([(
+                "api_token".to_owned(),
+                SecretString::from("zd-token"),
+            )])),
+        )
+        .await
     }
 
     async fn decide(&self, id: IntegrationId, command: IntegrationCommand) {
@@ -288,17 +314,7 @@ async fn the_five_tools_of_the_issue_reach_their_providers() {
     world.ended(todoist, task).await.unwrap();
     assert_eq!(world.todoist.active(), ["Follow up"]);
 
-    let zendesk = world
-        .connect(
-            "zendesk",
-            AppScope::Workspace,
-            &[("subdomain", "acme"), ("email", "agent@acme.com")],
-            Credentials::from_secrets(BTreeMap::from([(
-                "api_token".to_owned(),
-                SecretString::from("zd-token"),
-            )])),
-        )
-        .await;
+    let zendesk = world.connect_zendesk().await;
     let ticket = world
         .request(
             zendesk,
@@ -387,14 +403,7 @@ async fn a_push_that_went_through_before_a_crash_is_not_repeated() {
             SecretString::from(value.to_owned()),
         )]))
     };
-    let zendesk = world
-        .connect(
-            "zendesk",
-            AppScope::Workspace,
-            &[("subdomain", "acme"), ("email", "agent@acme.com")],
-            secrets("api_token", "zd-token"),
-        )
-        .await;
+    let zendesk = world.connect_zendesk().await;
     // The ticket action is requested while no worker runs pushes for it yet... as if a
     // previous process had pushed it and died before recording the outcome: the provider
     // holds the ticket under the action's id as idempotency key.
@@ -482,17 +491,7 @@ async fn a_push_that_went_through_before_a_crash_is_not_repeated() {
 #[tokio::test]
 async fn an_action_whose_lease_a_dead_process_left_is_performed_when_that_lease_runs_out() {
     let world = World::new().await;
-    let zendesk = world
-        .connect(
-            "zendesk",
-            AppScope::Workspace,
-            &[("subdomain", "acme"), ("email", "agent@acme.com")],
-            Credentials::from_secrets(BTreeMap::from([(
-                "api_token".to_owned(),
-                SecretString::from("zd-token".to_owned()),
-            )])),
-        )
-        .await;
+    let zendesk = world.connect_zendesk().await;
     // A process took the action and died before pushing it: its lease stands a while.
     let action = ActionId::new();
     let dead = Leases::new(world.db.clone(), "a process that died");
@@ -503,19 +502,14 @@ async fn an_action_whose_lease_a_dead_process_left_is_performed_when_that_lease_
         .unwrap());
     let held_since = std::time::Instant::now();
     world
-        .repo
-        .execute::<Integration>(
-            &StreamName::integration(zendesk),
-            &IntegrationCommand::RequestAction {
-                action_id: action,
-                tool: "create_ticket".into(),
-                arguments: ActionPayload::Plain(json!({"subject": "Late", "body": "but done"})),
-                auto_approval: None,
-            },
-            &as_user("ada", Role::Admin),
+        .request_as(
+            zendesk,
+            action,
+            "create_ticket",
+            json!({"subject": "Late", "body": "but done"}),
+            None,
         )
-        .await
-        .unwrap();
+        .await;
     world.ended(zendesk, action).await.unwrap();
     assert!(
         held_since.elapsed() >= left_for,

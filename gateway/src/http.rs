@@ -80,7 +80,7 @@ fn document_consistency(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::header::HeaderBuilder;
     use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
     use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
-    use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
+    use utoipa::openapi::{RefOr, Required};
     let position = || {
         ObjectBuilder::new()
             .schema_type(Type::Integer)
@@ -105,18 +105,10 @@ fn document_consistency(openapi: &mut utoipa::openapi::OpenApi) {
              Harmony-Min-Position to read them.",
         ))
         .build();
-    let behind = ResponseBuilder::new()
-        .description(
-            "The log or the database cannot be reached for a moment, or the read models have \
-             not reached Harmony-Min-Position (not_caught_up): see Retry-After",
-        )
-        .content(
-            "application/problem+json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ProblemBody")))
-                .build(),
-        )
-        .build();
+    let behind = problem_response(
+        "The log or the database cannot be reached for a moment, or the read models have not \
+         reached Harmony-Min-Position (not_caught_up): see Retry-After",
+    );
     for (path, item) in openapi.paths.paths.iter_mut() {
         if !path.starts_with("/v1/") {
             continue;
@@ -154,20 +146,25 @@ fn document_consistency(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// Every operation that takes a JSON body refuses any other with 415
-/// (`unsupported_media_type`, see `api::body`): said once here for all of them, so no
-/// operation can forget it.
-fn document_unsupported_media_type(openapi: &mut utoipa::openapi::OpenApi) {
+/// A documented answer that is a problem (`ProblemBody`), described as `description`.
+fn problem_response(description: &str) -> utoipa::openapi::Response {
     use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-    let refused = ResponseBuilder::new()
-        .description("The body is not sent as JSON (Content-Type: application/json)")
+    ResponseBuilder::new()
+        .description(description)
         .content(
             "application/problem+json",
             ContentBuilder::new()
                 .schema(Some(Ref::from_schema_name("ProblemBody")))
                 .build(),
         )
-        .build();
+        .build()
+}
+
+/// Every operation that takes a JSON body refuses any other with 415
+/// (`unsupported_media_type`, see `api::body`): said once here for all of them, so no
+/// operation can forget it.
+fn document_unsupported_media_type(openapi: &mut utoipa::openapi::OpenApi) {
+    let refused = problem_response("The body is not sent as JSON (Content-Type: application/json)");
     for item in openapi.paths.paths.values_mut() {
         let operations = [
             &mut item.post,

@@ -171,29 +171,40 @@ async fn an_interrupted_rebuild_leaves_the_live_view_alone_and_the_next_one_star
 /// Each state a runner went through, by (process, projection).
 type States = Arc<Mutex<HashMap<(u8, &'static str), RunnerState>>>;
 
-fn spawn_process(
-    process: u8,
+/// Runs both projections as the service does, telling `hear` each state of each runner.
+fn spawn_runners(
     store: &Arc<dyn EventStore>,
     db: &ReadDb,
-    states: &States,
+    hear: Arc<dyn Fn(&'static str, RunnerState) + Send + Sync>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     Projection::ALL
         .into_iter()
         .map(|projection| {
-            let (store, db, states) = (store.clone(), db.clone(), states.clone());
+            let (store, db, hear) = (store.clone(), db.clone(), hear.clone());
             tokio::spawn(async move {
-                let on_state = |state| {
-                    states
-                        .lock()
-                        .unwrap()
-                        .insert((process, projection.name()), state);
-                };
+                let on_state = |state| hear(projection.name(), state);
                 runner::run_leased(projection, store, db, &on_state)
                     .await
                     .unwrap();
             })
         })
         .collect()
+}
+
+fn spawn_process(
+    process: u8,
+    store: &Arc<dyn EventStore>,
+    db: &ReadDb,
+    states: &States,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let states = states.clone();
+    spawn_runners(
+        store,
+        db,
+        Arc::new(move |name, state| {
+            states.lock().unwrap().insert((process, name), state);
+        }),
+    )
 }
 
 async fn all_in(states: &States, process: u8, state: RunnerState) {
@@ -275,18 +286,12 @@ fn spawn_recorded(
     db: &ReadDb,
     heard: &Arc<Mutex<Vec<(&'static str, RunnerState)>>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    Projection::ALL
-        .into_iter()
-        .map(|projection| {
-            let (store, db, heard) = (store.clone(), db.clone(), heard.clone());
-            tokio::spawn(async move {
-                let on_state = |state| heard.lock().unwrap().push((projection.name(), state));
-                runner::run_leased(projection, store, db, &on_state)
-                    .await
-                    .unwrap();
-            })
-        })
-        .collect()
+    let heard = heard.clone();
+    spawn_runners(
+        store,
+        db,
+        Arc::new(move |name, state| heard.lock().unwrap().push((name, state))),
+    )
 }
 
 async fn built_by(db: &ReadDb, projection: Projection) -> u64 {

@@ -8,7 +8,9 @@ use serde_json::Value;
 
 use adapters::fakes::zendesk::FakeZendesk;
 
-use crate::helpers::{spawn_app_with, use_fake_zendesk, zendesk_account, TestApp};
+use crate::helpers::{
+    spawn_app_with, spawn_on_jetstream_with_zendesk, use_fake_zendesk, zendesk_account, TestApp,
+};
 
 fn position_of(response: &reqwest::Response) -> Option<u64> {
     response
@@ -53,15 +55,15 @@ async fn a_read_sent_with_a_writes_position_shows_that_write() {
     );
 
     // Connect: its position, sent back, gets a read that lists the integration at once.
-    let connected = app
-        .client
-        .post(format!("{}{installed}", app.address))
-        .bearer_auth(&admin)
-        .header("Idempotency-Key", "connect-zendesk")
-        .json(&zendesk_account("zd-key"))
-        .send()
-        .await
-        .unwrap();
+    let connect = || {
+        app.client
+            .post(format!("{}{installed}", app.address))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", "connect-zendesk")
+            .json(&zendesk_account("zd-key"))
+            .send()
+    };
+    let connected = connect().await.unwrap();
     assert_eq!(connected.status(), 201, "{:?}", connected.headers());
     let at = position_of(&connected).expect("a write says its position");
     let id = connected.json::<Value>().await.unwrap()["integration_id"]
@@ -73,15 +75,7 @@ async fn a_read_sent_with_a_writes_position_shows_that_write() {
     assert_eq!(row.json::<Value>().await.unwrap()["status"], "connected");
 
     // The same request again is answered as it was, position included.
-    let again = app
-        .client
-        .post(format!("{}{installed}", app.address))
-        .bearer_auth(&admin)
-        .header("Idempotency-Key", "connect-zendesk")
-        .json(&zendesk_account("zd-key"))
-        .send()
-        .await
-        .unwrap();
+    let again = connect().await.unwrap();
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(position_of(&again), Some(at));
 
@@ -132,15 +126,7 @@ async fn on_jetstream_a_history_read_after_a_position_shows_what_installed_shows
     let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
         .await
         .unwrap();
-    let base = zendesk.server.base.clone();
-    let nats = eventstore::nats_server::TestNats::shared();
-    let mut config = eventstore::JetStreamConfig::new(nats.url.clone());
-    config.namespace = eventstore::nats_server::unique_namespace();
-    let app = spawn_app_with(move |settings| {
-        use_fake_zendesk(settings, &base);
-        settings.jetstream = Some(config);
-    })
-    .await;
+    let (app, _) = spawn_on_jetstream_with_zendesk(&zendesk.server.base).await;
     let (_, admin) = app.token("acme", "ada", "admin").await;
     let (_, auditor) = app.token("acme", "eve", "auditor").await;
     let connected = app

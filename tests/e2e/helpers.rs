@@ -260,6 +260,24 @@ pub async fn connect_hubspot(app: &TestApp, token: &str, ws: &str) -> String {
     id
 }
 
+/// The application on a fresh namespace of the run's JetStream server, its read models on
+/// SQLite in its data directory (so that a rebuild or a check can open them beside it), with
+/// Zendesk pointed at a fake at `zendesk`. Answers the log's configuration too.
+pub async fn spawn_on_jetstream_with_zendesk(
+    zendesk: &url::Url,
+) -> (TestApp, eventstore::JetStreamConfig) {
+    let nats = eventstore::nats_server::TestNats::shared();
+    let mut config = eventstore::JetStreamConfig::new(nats.url.clone());
+    config.namespace = eventstore::nats_server::unique_namespace();
+    let (log, zendesk) = (config.clone(), zendesk.clone());
+    let app = spawn_app_with(move |settings| {
+        use_fake_zendesk(settings, &zendesk);
+        settings.jetstream = Some(config);
+    })
+    .await;
+    (app, log)
+}
+
 /// Points Zendesk at a fake Zendesk at `base` (its accounts under `base/<subdomain>/`).
 pub fn use_fake_zendesk(settings: &mut Settings, base: &url::Url) {
     settings.adapters.endpoints.zendesk_api_template = format!("{base}{{subdomain}}/");

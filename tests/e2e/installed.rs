@@ -10,7 +10,8 @@ use adapters::fakes::zendesk::FakeZendesk;
 use eventstore::waiting::eventually;
 
 use crate::helpers::{
-    spawn_app_with, use_fake_hubspot, use_fake_zendesk, zendesk_account, TestApp,
+    spawn_app_with, spawn_on_jetstream_with_zendesk, use_fake_hubspot, use_fake_zendesk,
+    zendesk_account, TestApp,
 };
 
 async fn connect(app: &TestApp, token: &str, ws: &str, body: Value) -> (u16, Value) {
@@ -398,17 +399,8 @@ async fn after_a_rebuild_installed_shows_the_rebuilt_rows_not_a_page_answered_be
     let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
         .await
         .unwrap();
-    let base = zendesk.server.base.clone();
     // On JetStream, so that a rebuild can run beside the service as operators run it.
-    let nats = eventstore::nats_server::TestNats::shared();
-    let mut config = eventstore::JetStreamConfig::new(nats.url.clone());
-    config.namespace = eventstore::nats_server::unique_namespace();
-    let log = config.clone();
-    let app = spawn_app_with(move |settings| {
-        use_fake_zendesk(settings, &base);
-        settings.jetstream = Some(config);
-    })
-    .await;
+    let (app, log) = spawn_on_jetstream_with_zendesk(&zendesk.server.base).await;
     let (_, admin) = app.token("acme", "ada", "admin").await;
     let installed = "/v1/workspaces/acme/integrations";
     let connected = app
