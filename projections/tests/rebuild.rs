@@ -294,6 +294,17 @@ fn spawn_recorded(
     )
 }
 
+/// Installed as a release of `version` might have left it: marked as built by it, and its rows
+/// damaged, to see whether a rebuild replaces them.
+async fn installed_left_by(db: &ReadDb, version: u64) {
+    exec(db, "UPDATE installed SET status = 'damaged'").await;
+    exec(
+        db,
+        &format!("UPDATE checkpoints SET version = {version} WHERE name = 'installed'"),
+    )
+    .await;
+}
+
 async fn built_by(db: &ReadDb, projection: Projection) -> u64 {
     projections::db::standing(db, projection.name())
         .await
@@ -345,13 +356,8 @@ async fn tables_an_older_release_built_are_rebuilt_at_start_and_a_newer_ones_lef
 
         // Installed as an older release left it (damaged, to see what a rebuild replaces);
         // the sync logs, damaged too, as this release built them.
-        exec(&db, "UPDATE installed SET status = 'damaged'").await;
+        installed_left_by(&db, 1).await;
         exec(&db, "UPDATE sync_runs SET pulled = -1").await;
-        exec(
-            &db,
-            "UPDATE checkpoints SET version = 1 WHERE name = 'installed'",
-        )
-        .await;
         heard.lock().unwrap().clear();
         let runners = spawn_recorded(&store, &db, &heard);
         // The log grows while the rebuild runs.
@@ -414,12 +420,7 @@ async fn tables_an_older_release_built_are_rebuilt_at_start_and_a_newer_ones_lef
         stop(runners);
 
         // Tables a newer release built are applied to, never rebuilt.
-        exec(&db, "UPDATE installed SET status = 'damaged'").await;
-        exec(
-            &db,
-            "UPDATE checkpoints SET version = 99 WHERE name = 'installed'",
-        )
-        .await;
+        installed_left_by(&db, 99).await;
         heard.lock().unwrap().clear();
         let runners = spawn_recorded(&store, &db, &heard);
         sync_once(&repository, *ids.last().unwrap(), 1).await;

@@ -9,25 +9,8 @@ use serde_json::Value;
 use adapters::fakes::zendesk::FakeZendesk;
 
 use crate::helpers::{
-    spawn_app_with, spawn_on_jetstream_with_zendesk, use_fake_zendesk, zendesk_account, TestApp,
+    position_of, spawn_app_with, spawn_on_jetstream_with_zendesk, use_fake_zendesk, zendesk_account,
 };
-
-fn position_of(response: &reqwest::Response) -> Option<u64> {
-    response
-        .headers()
-        .get("harmony-position")
-        .map(|v| v.to_str().unwrap().parse().unwrap())
-}
-
-async fn read_after(app: &TestApp, path: &str, token: &str, min: u64) -> reqwest::Response {
-    app.client
-        .get(format!("{}{path}", app.address))
-        .bearer_auth(token)
-        .header("Harmony-Min-Position", min.to_string())
-        .send()
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn a_read_sent_with_a_writes_position_shows_that_write() {
@@ -44,7 +27,7 @@ async fn a_read_sent_with_a_writes_position_shows_that_write() {
     let listed = app.call(Method::GET, installed, &admin, None).await;
     assert_eq!(listed.status(), 200);
     assert_eq!(position_of(&listed), None, "a read writes nothing");
-    let ahead = read_after(&app, installed, &admin, 1_000_000).await;
+    let ahead = app.read_after(installed, &admin, 1_000_000).await;
     assert_eq!(ahead.status(), 503);
     assert!(ahead.headers().contains_key("retry-after"));
     let problem: Value = ahead.json().await.unwrap();
@@ -70,7 +53,9 @@ async fn a_read_sent_with_a_writes_position_shows_that_write() {
         .as_str()
         .unwrap()
         .to_owned();
-    let row = read_after(&app, &format!("{installed}/{id}"), &admin, at).await;
+    let row = app
+        .read_after(&format!("{installed}/{id}"), &admin, at)
+        .await;
     assert_eq!(row.status(), 200);
     assert_eq!(row.json::<Value>().await.unwrap()["status"], "connected");
 
@@ -91,14 +76,17 @@ async fn a_read_sent_with_a_writes_position_shows_that_write() {
     assert_eq!(disconnected.status(), 200);
     let later = position_of(&disconnected).expect("a write says its position");
     assert!(later > at);
-    let row = read_after(&app, &format!("{installed}/{id}"), &admin, later).await;
+    let row = app
+        .read_after(&format!("{installed}/{id}"), &admin, later)
+        .await;
     assert_eq!(row.json::<Value>().await.unwrap()["status"], "disconnected");
     let deleted = app
         .call(Method::DELETE, &format!("{installed}/{id}"), &admin, None)
         .await;
     assert_eq!(deleted.status(), 204);
     let gone = position_of(&deleted).expect("a write says its position");
-    let list: Value = read_after(&app, installed, &admin, gone)
+    let list: Value = app
+        .read_after(installed, &admin, gone)
         .await
         .json()
         .await
@@ -143,7 +131,7 @@ async fn on_jetstream_a_history_read_after_a_position_shows_what_installed_shows
         .unwrap()
         .to_owned();
     let history = format!("/v1/workspaces/acme/integrations/{id}/history");
-    let read = read_after(&app, &history, &auditor, at).await;
+    let read = app.read_after(&history, &auditor, at).await;
     assert_eq!(read.status(), 200);
     let shown = read.json::<Value>().await.unwrap()["events"]
         .as_array()
@@ -168,7 +156,7 @@ async fn on_jetstream_a_history_read_after_a_position_shows_what_installed_shows
     assert_eq!(plain.status(), 200);
     // ...one that did waits for the log to show what Installed shows, and says it could not
     // rather than answer with less.
-    let behind = read_after(&app, &history, &auditor, at).await;
+    let behind = app.read_after(&history, &auditor, at).await;
     assert_eq!(
         behind.status(),
         503,

@@ -66,6 +66,18 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// `GET path` with `token`, answered from read models that have applied the log up to
+    /// `min` (`Harmony-Min-Position`).
+    pub async fn read_after(&self, path: &str, token: &str, min: u64) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .header("Harmony-Min-Position", min.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A new API token for `user` of `workspace` with `role`.
     pub async fn token(&self, workspace: &str, user: &str, role: &str) -> (String, String) {
         self.token_with(workspace, user, role, false).await
@@ -276,6 +288,14 @@ pub async fn spawn_on_jetstream_with_zendesk(
     })
     .await;
     (app, log)
+}
+
+/// The log position a write's answer says it reached (`Harmony-Position`), if it wrote.
+pub fn position_of(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get("harmony-position")
+        .map(|v| v.to_str().unwrap().parse().unwrap())
 }
 
 /// Points Zendesk at a fake Zendesk at `base` (its accounts under `base/<subdomain>/`).

@@ -10,8 +10,8 @@ use adapters::fakes::zendesk::FakeZendesk;
 use eventstore::waiting::eventually;
 
 use crate::helpers::{
-    spawn_app_with, spawn_on_jetstream_with_zendesk, use_fake_hubspot, use_fake_zendesk,
-    zendesk_account, TestApp,
+    position_of, spawn_app_with, spawn_on_jetstream_with_zendesk, use_fake_hubspot,
+    use_fake_zendesk, zendesk_account, TestApp,
 };
 
 async fn connect(app: &TestApp, token: &str, ws: &str, body: Value) -> (u16, Value) {
@@ -412,19 +412,11 @@ async fn after_a_rebuild_installed_shows_the_rebuilt_rows_not_a_page_answered_be
         )
         .await;
     assert_eq!(connected.status(), 201);
-    let at = connected.headers()["harmony-position"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let at = position_of(&connected).expect("a write says its position");
     let statuses = || async {
         let page: Value = app
-            .client
-            .get(format!("{}{installed}", app.address))
-            .bearer_auth(&admin)
-            .header("Harmony-Min-Position", &at)
-            .send()
+            .read_after(installed, &admin, at)
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -441,13 +433,10 @@ async fn after_a_rebuild_installed_shows_the_rebuilt_rows_not_a_page_answered_be
     let read = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
-    let at_least: u64 = at.parse().unwrap();
     eventually(
         std::time::Duration::from_secs(20),
         "Installed applying the connect",
-        || async {
-            (Projection::Installed.checkpoint(&read).await.unwrap() >= at_least).then_some(())
-        },
+        || async { (Projection::Installed.checkpoint(&read).await.unwrap() >= at).then_some(()) },
     )
     .await;
     database::execute(&read, "UPDATE installed SET status = 'damaged'", &[])
