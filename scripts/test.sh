@@ -117,6 +117,14 @@ if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 # Logs from the code under test only when asked for.
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
+echo "== the repository stands alone"
+# Nothing in it may send a reader to files outside it: what a newcomer needs is here.
+if outside="$(git grep -n -I -e '\.\./shared' -- . ':!scripts/test.sh')"; then
+  echo "these lines point outside the repository:" >&2
+  echo "$outside" >&2
+  exit 1
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 
@@ -130,6 +138,15 @@ start_nats_server
 start_postgres
 log="$(mktemp)"
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
+
+# A second build of an unchanged tree must build nothing: a build script that watches a path
+# that does not exist (or a test that writes where cargo looks) makes every build a rebuild.
+echo "== an unchanged tree builds nothing"
+if rebuilt="$(cargo test --workspace --locked --no-run 2>&1 | grep -E '^ *(Compiling|Building) ')"; then
+  echo "building an unchanged tree again rebuilt:" >&2
+  echo "$rebuilt" >&2
+  exit 1
+fi
 
 # One closing line with the totals: cargo's own last line belongs to whichever target ran last.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
