@@ -163,6 +163,18 @@ fn non_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("a tunnelled (Teredo) address")
     } else if s[..4] == [0x100, 0, 0, 0] {
         Some("a discard address")
+    } else if s[..3] == [0x64, 0xff9b, 1] {
+        // Local-use NAT64 (RFC 8215), 64:ff9b:1::/48: a translator of the operator's own
+        // network, whose IPv4 side may be anything, private ranges included.
+        Some("a local-use NAT64 address")
+    } else if s[0] == 0x2001 && s[1] == 2 && s[2] == 0 {
+        Some("a benchmarking address")
+    } else if s[0] & 0xfff0 == 0x3ff0 {
+        // 3fff::/20 (RFC 9637).
+        Some("a documentation address")
+    } else if s[0] == 0x5f00 {
+        // 5f00::/16, segment routing identifiers (RFC 9602): never a host on the internet.
+        Some("a segment routing address")
     } else {
         None
     }
@@ -357,6 +369,11 @@ mod tests {
             "::ffff:10.1.2.3",
             "::127.0.0.1",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::7f00:1",
+            "2001:2::1",
+            "3fff::1",
+            "5f00::1",
             "2002:7f00:1::1",
             "fe80::1",
             "fd00::1",
@@ -371,6 +388,7 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
         ] {
             assert!(!refused(text), "{text} is public");
         }
