@@ -17,7 +17,7 @@ use std::time::Instant;
 use database::ReadDb;
 use domain::aggregate::{Aggregate, CommandContext};
 use domain::catalog::{self, App, AuthKind};
-use domain::integration::{ConnectIntegration, Integration, IntegrationCommand};
+use domain::integration::{ConnectIntegration, Integration, IntegrationCommand, Status};
 use domain::principal::{Caller, Principal};
 use domain::{DomainError, IntegrationId, StreamName, Timestamp};
 use eventstore::repository::{Repository, RepositoryError};
@@ -175,7 +175,7 @@ impl Connections {
             .vault
             .put(integration, &credentials.to_secret())
             .await?;
-        self.finish_connect(context, connect, &identity, latency_ms)
+        self.finish_connect(context, connect, &identity, latency_ms, None)
             .await?;
         Ok(Connected {
             integration,
@@ -183,12 +183,17 @@ impl Connections {
         })
     }
 
+    /// Appends the connect whose secret is in the vault already. A connect the domain refuses
+    /// (the app's slot taken meanwhile by a connect that won the race) keeps nothing: its
+    /// secret is shredded and, for an OAuth2 grant (`grant`), the grant revoked at the
+    /// provider.
     async fn finish_connect(
         &self,
         context: &CommandContext,
         connect: ConnectIntegration,
         identity: &Identity,
         latency_ms: u64,
+        grant: Option<(&OAuthClient, &Credentials)>,
     ) -> Result<(), ConnectError> {
         let integration = connect.integration;
         if let Err(error) = eventstore::lifecycle::connect(
@@ -199,12 +204,30 @@ impl Connections {
         )
         .await
         {
-            // Nothing may outlive a refused connect: its secret goes with it.
-            let _ = self.vault.shred(integration).await;
+            // Nothing may outlive a refused connect: its secret goes with it. (The id is new:
+            // nothing else refers to it, whatever the failure was.)
+            if let Err(error) = self.vault.shred(integration).await {
+                tracing::warn!(%integration, %error, "the secret of a refused connect could not be shredded");
+            }
+            if let Some((client, credentials)) = grant {
+                self.revoke_unkept(client, credentials).await;
+            }
             return Err(error.into());
         }
         self.record_test(integration, true, latency_ms, &identity.answer)
             .await
+    }
+
+    /// Revokes at the provider, where it allows, a grant the service does not keep (its
+    /// command was refused): nobody else holds it, so nothing may leave it live.
+    async fn revoke_unkept(&self, client: &OAuthClient, credentials: &Credentials) {
+        match interactive(client.revoke(&self.http, credentials)).await {
+            Ok(true) => tracing::info!("revoked a grant the service did not keep"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "the provider did not confirm the revocation of a grant the service did not keep")
+            }
+        }
     }
 
     async fn record_test(
@@ -362,16 +385,28 @@ impl Connections {
                     credential_ref,
                     token_expires_at: grant.credentials.expires_at,
                 };
-                self.finish_connect(&context, connect, &identity, latency_ms)
-                    .await?;
+                self.finish_connect(
+                    &context,
+                    connect,
+                    &identity,
+                    latency_ms,
+                    Some((client, &grant.credentials)),
+                )
+                .await?;
                 Ok(Connected {
                     integration,
                     identity,
                 })
             }
             Some(integration) => {
-                self.reauthenticate(&context, integration, &grant.credentials, grant.scopes)
-                    .await?;
+                self.reauthenticate(
+                    &context,
+                    integration,
+                    &grant.credentials,
+                    grant.scopes,
+                    Some(client),
+                )
+                .await?;
                 self.record_test(integration, true, latency_ms, &identity.answer)
                     .await?;
                 Ok(Connected {
@@ -416,36 +451,84 @@ impl Connections {
             context,
         )?;
         let (identity, latency_ms) = self.check(app, &state.setup, &credentials).await?;
-        self.reauthenticate(context, integration, &credentials, Vec::new())
+        self.reauthenticate(context, integration, &credentials, Vec::new(), None)
             .await?;
         self.record_test(integration, true, latency_ms, &identity.answer)
             .await?;
         Ok(identity)
     }
 
+    /// Gives `integration` new credentials: stored in the vault, then the reauth decided and
+    /// appended. The secret is kept only if the domain accepts the command: one it refuses
+    /// (the integration was disconnected or deleted while the user was at the provider) is
+    /// discarded, and an OAuth2 grant (`client`) revoked at the provider. A shredded
+    /// integration's vault takes nothing at all.
     async fn reauthenticate(
         &self,
         context: &CommandContext,
         integration: IntegrationId,
         credentials: &Credentials,
         granted_scopes: Vec<String>,
+        client: Option<&OAuthClient>,
     ) -> Result<(), ConnectError> {
-        let credential_ref = self
-            .vault
-            .put(integration, &credentials.to_secret())
-            .await?;
-        self.repo
-            .execute::<Integration>(
-                &StreamName::integration(integration),
-                &IntegrationCommand::Reauthenticate {
-                    credential_ref,
-                    granted_scopes,
-                    expires_at: credentials.expires_at,
-                },
-                context,
-            )
-            .await?;
-        Ok(())
+        let stream = StreamName::integration(integration);
+        let command = |credential_ref| IntegrationCommand::Reauthenticate {
+            credential_ref,
+            granted_scopes: granted_scopes.clone(),
+            expires_at: credentials.expires_at,
+        };
+        let credential_ref = match self.vault.put(integration, &credentials.to_secret()).await {
+            Ok(reference) => reference,
+            Err(VaultError::Shredded(_)) => {
+                if let Some(client) = client {
+                    self.revoke_unkept(client, credentials).await;
+                }
+                // The domain says why, in its words (disconnected, deleted).
+                let state = self.repo.load::<Integration>(&stream).await?.state;
+                state.handle(
+                    &command(domain::CredentialRef("vault:pending".into())),
+                    context,
+                )?;
+                return Err(VaultError::Shredded(integration.to_string()).into());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        match self
+            .repo
+            .execute::<Integration>(&stream, &command(credential_ref.clone()), context)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(RepositoryError::Domain(refused)) => {
+                // An integration that has ended is shredded whole (and marked so, for data an
+                // older release left unmarked); a live one loses only this secret.
+                let ended = self
+                    .repo
+                    .load::<Integration>(&stream)
+                    .await
+                    .map(|loaded| {
+                        matches!(
+                            loaded.state.status,
+                            Status::Disconnected | Status::Deleted | Status::Abandoned
+                        )
+                    })
+                    .unwrap_or(true);
+                let kept = if ended {
+                    self.vault.shred(integration).await.map(drop)
+                } else {
+                    self.vault.discard(&credential_ref).await
+                };
+                if let Err(error) = kept {
+                    tracing::warn!(%integration, %error, "the secret of a refused reauth could not be removed");
+                }
+                if let Some(client) = client {
+                    self.revoke_unkept(client, credentials).await;
+                }
+                Err(refused.into())
+            }
+            // Whether the event was stored is unknown: the secret it may name stays.
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// Tests the connection with the provider now and records the outcome.

@@ -5,7 +5,10 @@
 //! XChaCha20-Poly1305; the data key is stored wrapped (encrypted) by a master key, which
 //! never touches the database. Events carry only a reference (`vault:<integration>:<id>`).
 //! Shredding an integration deletes its data key: the history stays readable and verifiable,
-//! the secrets are gone for good, whoever kept a copy of the database. Every ciphertext is
+//! the secrets are gone for good, whoever kept a copy of the database — and marks the
+//! integration shredded, so that its data key is never created again: a straggler (an OAuth
+//! callback finished after a delete, a seal racing a disconnect) finds the vault closed to it
+//! instead of storing a secret nothing would ever remove. Every ciphertext is
 //! bound to its row (the reference or the integration as associated data), so ciphertexts
 //! moved between rows do not decrypt.
 //!
@@ -474,7 +477,8 @@ impl Vault {
             ReadDb::Sqlite(pool) => sqlx::query(
                 "INSERT INTO vault_keys (integration_id, wrapped_key, master_key_id, created_at) \
                  SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM vault_master_keys \
-                 WHERE key_id = $3 AND state = 'current') ON CONFLICT (integration_id) DO NOTHING",
+                 WHERE key_id = $3 AND state = 'current') AND NOT EXISTS (SELECT 1 FROM \
+                 vault_shredded WHERE integration_id = $1) ON CONFLICT (integration_id) DO NOTHING",
             )
             .bind(integration)
             .bind(wrapped)
@@ -487,6 +491,18 @@ impl Vault {
             // it waits for this insert, and this one sees the demotion if it came first.
             ReadDb::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
+                // One at a time with a shredding of the same integration.
+                sqlx::query(LOCK_INTEGRATION)
+                    .bind(integration)
+                    .execute(&mut *tx)
+                    .await?;
+                let shredded: i64 = sqlx::query_scalar(SHREDDED)
+                    .bind(integration)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if shredded > 0 {
+                    return Ok(false);
+                }
                 let current: Option<String> = sqlx::query_scalar(
                     "SELECT key_id FROM vault_master_keys WHERE key_id = $1 \
                      AND state = 'current' FOR SHARE",
@@ -571,6 +587,10 @@ impl Vault {
             if let Some(key) = self.stored_data_key(integration).await? {
                 return Ok(key);
             }
+            // Or the integration was shredded: its key is never created again.
+            if self.is_shredded(integration).await? {
+                return Err(VaultError::Shredded(integration.to_owned()));
+            }
         }
         Err(VaultError::MasterKey(
             "the current master key kept changing while a data key was stored".into(),
@@ -591,18 +611,58 @@ impl Vault {
             secret.expose_secret().as_bytes(),
             &secret_aad(&reference),
         );
+        // Stored only while the data key is: a shredding between reading the key and this
+        // insert leaves no ciphertext behind.
         let insert =
             "INSERT INTO vault_secrets (reference, integration_id, ciphertext, created_at) \
-                      VALUES ($1, $2, $3, $4)";
-        on_db!(&self.db, |pool| sqlx::query(insert)
-            .bind(&reference)
-            .bind(&integration)
-            .bind(&ciphertext)
-            .bind(Timestamp::now().to_string())
+                      SELECT $1, $2, $3, $4 WHERE EXISTS \
+                      (SELECT 1 FROM vault_keys WHERE integration_id = $2)";
+        let created = Timestamp::now().to_string();
+        let postgres = matches!(self.db, ReadDb::Postgres(_));
+        let stored = on_db!(&self.db, |pool| {
+            let mut tx = pool.begin().await?;
+            if postgres {
+                sqlx::query(LOCK_INTEGRATION)
+                    .bind(&integration)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let stored = sqlx::query(insert)
+                .bind(&reference)
+                .bind(&integration)
+                .bind(&ciphertext)
+                .bind(&created)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            stored
+        });
+        if stored == 0 {
+            return Err(VaultError::Shredded(integration));
+        }
+        Ok(CredentialRef(reference))
+    }
+
+    /// Forgets the one secret `reference` names — one stored for a command the domain then
+    /// refused. The integration's other secrets stay.
+    pub async fn discard(&self, reference: &CredentialRef) -> Result<(), VaultError> {
+        let sql = "DELETE FROM vault_secrets WHERE reference = $1";
+        on_db!(&self.db, |pool| sqlx::query(sql)
+            .bind(&reference.0)
             .execute(pool)
             .await
             .map(drop)?);
-        Ok(CredentialRef(reference))
+        Ok(())
+    }
+
+    /// Whether `integration`'s secrets were shredded (its data key can never come back).
+    async fn is_shredded(&self, integration: &str) -> Result<bool, VaultError> {
+        let shredded: i64 = on_db!(&self.db, |pool| sqlx::query_scalar(SHREDDED)
+            .bind(integration)
+            .fetch_one(pool)
+            .await?);
+        Ok(shredded > 0)
     }
 
     /// The secret `reference` names.
@@ -681,19 +741,36 @@ impl Vault {
     /// by anyone. Returns whether there was a key.
     pub async fn shred(&self, integration: IntegrationId) -> Result<bool, VaultError> {
         let integration = integration.to_string();
+        let marked = Timestamp::now().to_string();
+        let mark = "INSERT INTO vault_shredded (integration_id, shredded_at) VALUES ($1, $2) \
+                    ON CONFLICT (integration_id) DO NOTHING";
+        let keys = "DELETE FROM vault_keys WHERE integration_id = $1";
+        let secrets = "DELETE FROM vault_secrets WHERE integration_id = $1";
+        let postgres = matches!(self.db, ReadDb::Postgres(_));
         let shredded = on_db!(&self.db, |pool| {
             let mut tx = pool.begin().await?;
-            let keys = sqlx::query("DELETE FROM vault_keys WHERE integration_id = $1")
+            if postgres {
+                sqlx::query(LOCK_INTEGRATION)
+                    .bind(&integration)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(mark)
+                .bind(&integration)
+                .bind(&marked)
+                .execute(&mut *tx)
+                .await?;
+            let removed = sqlx::query(keys)
                 .bind(&integration)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            sqlx::query("DELETE FROM vault_secrets WHERE integration_id = $1")
+            sqlx::query(secrets)
                 .bind(&integration)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            keys > 0
+            removed > 0
         });
         Ok(shredded)
     }
@@ -796,6 +873,15 @@ impl Vault {
         Ok(rewrapped)
     }
 }
+
+/// PostgreSQL's advisory lock on an integration's vault rows, held to the end of the
+/// transaction: a data key's insert, a secret's insert and a shredding of the same integration
+/// run one at a time, so that none slips in beside a shredding. (SQLite runs one writer at a
+/// time already.)
+const LOCK_INTEGRATION: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('harmony vault ' || $1, 0))";
+
+const SHREDDED: &str = "SELECT COUNT(*) FROM vault_shredded WHERE integration_id = $1";
 
 #[cfg(test)]
 mod tests {

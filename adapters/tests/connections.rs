@@ -494,3 +494,139 @@ async fn a_delete_whose_event_cannot_be_appended_leaves_the_integration_whole() 
         Some(IntegrationEvent::Deleted(deleted)) if deleted.secrets_shredded
     ));
 }
+
+impl World {
+    /// Rows of the vault's two tables: data keys, secrets.
+    async fn vault_rows(&self) -> (i64, i64) {
+        let keys: Vec<(i64,)> = fetch_all(&self.db, "SELECT COUNT(*) FROM vault_keys", &[])
+            .await
+            .unwrap();
+        (keys[0].0, self.stored_secrets().await)
+    }
+
+    /// Connects HubSpot through the popup as ada; answers the integration.
+    async fn connect_hubspot(&self) -> IntegrationId {
+        let admin = as_user("ada", Role::Admin);
+        let url = self
+            .connections
+            .start_oauth(&admin, "hubspot", None, BTreeMap::new(), binding())
+            .await
+            .unwrap();
+        let (state, code) = self.consent(url).await;
+        self.finish(&state, &code).await.unwrap().integration
+    }
+
+    /// A reauth of `id` taken to the provider's consent and back, not yet finished.
+    async fn reauth_at_the_provider(&self, id: IntegrationId) -> (String, String) {
+        let admin = as_user("ada", Role::Admin);
+        let url = self
+            .connections
+            .start_oauth(&admin, "hubspot", Some(id), BTreeMap::new(), binding())
+            .await
+            .unwrap();
+        self.consent(url).await
+    }
+
+    /// The refresh tokens HubSpot issued after the first `before` tokens that still work.
+    fn live_refresh_tokens_after(&self, before: usize) -> Vec<String> {
+        self.hubspot.auth.issued_tokens()[before..]
+            .iter()
+            .filter(|token| self.hubspot.auth.refresh_token_alive(token))
+            .cloned()
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_reauth_finished_after_a_delete_stores_nothing_and_revokes_its_grant() {
+    let world = World::new().await;
+    let admin = as_user("ada", Role::Admin);
+    let id = world.connect_hubspot().await;
+    let (state, code) = world.reauth_at_the_provider(id).await;
+
+    // While the user is at the provider, the integration is deleted.
+    world.connections.delete(&admin, id).await.unwrap();
+    assert_eq!(world.vault_rows().await, (0, 0));
+
+    let issued = world.hubspot.auth.issued_tokens().len();
+    let refused = world.finish(&state, &code).await.unwrap_err();
+    assert!(
+        matches!(&refused, ConnectError::Domain(_)),
+        "the domain says why: {refused:?}"
+    );
+    assert_eq!(
+        world.vault_rows().await,
+        (0, 0),
+        "no data key is created again for a deleted integration, and no secret is kept"
+    );
+    assert!(
+        world.hubspot.auth.issued_tokens().len() > issued,
+        "the code was exchanged"
+    );
+    assert_eq!(
+        world.live_refresh_tokens_after(issued),
+        Vec::<String>::new(),
+        "the grant nobody keeps is revoked at the provider"
+    );
+    assert!(matches!(
+        world.events(id).await.last(),
+        Some(IntegrationEvent::Deleted(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_reauth_finished_after_a_disconnect_stores_nothing_and_revokes_its_grant() {
+    let world = World::new().await;
+    let admin = as_user("ada", Role::Admin);
+    let id = world.connect_hubspot().await;
+    let (state, code) = world.reauth_at_the_provider(id).await;
+
+    assert!(world
+        .connections
+        .disconnect(&admin, id, "no longer used")
+        .await
+        .unwrap());
+    assert_eq!(world.vault_rows().await, (0, 0));
+
+    let issued = world.hubspot.auth.issued_tokens().len();
+    assert!(world.finish(&state, &code).await.is_err());
+    assert_eq!(world.vault_rows().await, (0, 0));
+    assert_eq!(
+        world.live_refresh_tokens_after(issued),
+        Vec::<String>::new()
+    );
+    assert_eq!(world.state(id).await.status, Status::Disconnected);
+}
+
+#[tokio::test]
+async fn a_connect_that_loses_the_race_for_the_apps_slot_keeps_nothing() {
+    let world = World::new().await;
+    let admin = as_user("ada", Role::Admin);
+    // Two connects of HubSpot for the workspace start; both pass the rules at their start.
+    let mut flows = Vec::new();
+    for _ in 0..2 {
+        let url = world
+            .connections
+            .start_oauth(&admin, "hubspot", None, BTreeMap::new(), binding())
+            .await
+            .unwrap();
+        flows.push(world.consent(url).await);
+    }
+    let winner = world.finish(&flows[0].0, &flows[0].1).await.unwrap();
+    let issued = world.hubspot.auth.issued_tokens().len();
+    let lost = world.finish(&flows[1].0, &flows[1].1).await.unwrap_err();
+    assert!(matches!(lost, ConnectError::Domain(_)), "{lost:?}");
+    assert_eq!(
+        world.vault_rows().await,
+        (1, 1),
+        "only the winner's key and secret"
+    );
+    assert_eq!(
+        world.live_refresh_tokens_after(issued),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        world.state(winner.integration).await.status,
+        Status::Connected
+    );
+}

@@ -288,3 +288,167 @@ fn the_master_key_file_is_created_private_and_a_readable_one_is_refused() {
         .to_string()
         .contains("not 32"));
 }
+
+/// Rows of the vault's data keys and secrets.
+async fn vault_rows(db: &ReadDb) -> (i64, i64) {
+    let sql = "SELECT (SELECT COUNT(*) FROM vault_keys), (SELECT COUNT(*) FROM vault_secrets)";
+    match db {
+        ReadDb::Sqlite(pool) => sqlx::query_as(sql).fetch_one(pool).await.unwrap(),
+        ReadDb::Postgres(pool) => sqlx::query_as(sql).fetch_one(pool).await.unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_shredded_integrations_key_is_never_created_again() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        let vault = Vault::new(db.clone(), MasterKey::generate());
+        let crm = IntegrationId::new();
+        let reference = vault
+            .put(crm, &SecretString::from("access-1".to_owned()))
+            .await
+            .unwrap();
+        let person = serde_json::json!({"email": "pat@example.com"});
+        let sealed = vault.seal(crm, &person).await.unwrap();
+        let payload = domain::integration::ActionPayload::sealed(sealed.clone());
+        assert_eq!(vault.show(crm, &payload).await.unwrap(), person);
+
+        assert!(vault.shred(crm).await.unwrap());
+        // A straggler — a callback finished after the delete, a seal racing it — finds the
+        // vault closed: nothing is stored, and no fresh key makes old ciphertexts "corrupt".
+        for attempt in [
+            vault
+                .put(crm, &SecretString::from("access-2".to_owned()))
+                .await
+                .map(drop),
+            vault.seal(crm, &person).await.map(drop),
+        ] {
+            assert!(
+                matches!(&attempt, Err(VaultError::Shredded(id)) if *id == crm.to_string()),
+                "{attempt:?}"
+            );
+        }
+        assert_eq!(vault_rows(&db).await, (0, 0));
+        assert!(matches!(
+            vault.get(&reference).await,
+            Err(VaultError::Shredded(_))
+        ));
+        assert_eq!(
+            vault.show(crm, &payload).await.unwrap(),
+            serde_json::json!({"shredded": true, "bytes": sealed.bytes}),
+            "a shredded payload shows as shredded, not as an error"
+        );
+        assert!(
+            !vault.shred(crm).await.unwrap(),
+            "shredding twice is harmless"
+        );
+
+        // Other integrations are untouched, and a discarded secret goes alone.
+        let mail = IntegrationId::new();
+        let kept = vault
+            .put(mail, &SecretString::from("kept".to_owned()))
+            .await
+            .unwrap();
+        let refused = vault
+            .put(mail, &SecretString::from("refused".to_owned()))
+            .await
+            .unwrap();
+        vault.discard(&refused).await.unwrap();
+        assert!(matches!(
+            vault.get(&refused).await,
+            Err(VaultError::UnknownReference(_))
+        ));
+        assert_eq!(vault.get(&kept).await.unwrap().expose_secret(), "kept");
+    }
+}
+
+#[tokio::test]
+async fn puts_racing_a_shredding_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        let vault = Arc::new(Vault::new(db.clone(), MasterKey::generate()));
+        for _ in 0..20 {
+            let crm = IntegrationId::new();
+            vault
+                .put(crm, &SecretString::from("first".to_owned()))
+                .await
+                .unwrap();
+            let puts: Vec<_> = (0..4)
+                .map(|n| {
+                    let vault = vault.clone();
+                    tokio::spawn(async move {
+                        vault
+                            .put(crm, &SecretString::from(format!("late-{n}")))
+                            .await
+                    })
+                })
+                .collect();
+            vault.shred(crm).await.unwrap();
+            for put in puts {
+                let _ = put.await.unwrap();
+            }
+            assert_eq!(
+                vault_rows(&db).await,
+                (0, 0),
+                "whatever order they ran in, the shredding wins"
+            );
+        }
+    }
+}
+
+/// A database an older release left: everything but the record of shredded integrations,
+/// with a deleted integration whose data key a straggler created again.
+#[tokio::test]
+async fn a_vault_an_older_release_wrote_is_upgraded_and_shreds_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("read.db");
+    let (live, old) = (IntegrationId::new(), IntegrationId::new());
+    let key = MasterKey::generate();
+    {
+        let db = ReadDb::open_sqlite(&path).await.unwrap();
+        let vault = Vault::new(db.clone(), key.clone());
+        vault
+            .put(live, &SecretString::from("live".to_owned()))
+            .await
+            .unwrap();
+        vault
+            .put(old, &SecretString::from("old".to_owned()))
+            .await
+            .unwrap();
+        let ReadDb::Sqlite(pool) = &db else {
+            unreachable!()
+        };
+        sqlx::query("DROP TABLE vault_shredded")
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE description LIKE '%vault shredded%'")
+            .execute(pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let db = ReadDb::open_sqlite(&path).await.unwrap();
+    let vault = Vault::new(db.clone(), key);
+    let ReadDb::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    let migrated: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM _sqlx_migrations WHERE description LIKE '%vault shredded%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(migrated, 1, "the upgrade ran");
+    assert!(vault.shred(old).await.unwrap());
+    assert!(matches!(
+        vault.put(old, &SecretString::from("late".to_owned())).await,
+        Err(VaultError::Shredded(_))
+    ));
+    let secrets: Vec<String> = sqlx::query_scalar("SELECT reference FROM vault_secrets")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(secrets.len(), 1);
+    assert!(secrets[0].starts_with(&format!("vault:{live}:")));
+}
