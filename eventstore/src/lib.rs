@@ -154,7 +154,8 @@ pub async fn subscribe_workspace(
     use futures::{StreamExt, TryStreamExt};
     const PAGE: usize = 512;
     let head = store.head_position().await?;
-    let replay = futures::stream::try_unfold(after + 1, {
+    // Nothing lies past the largest position: a start there (or a wrap) is never the first.
+    let replay = futures::stream::try_unfold(after.saturating_add(1), {
         let (store, workspace) = (store.clone(), workspace.clone());
         move |from| {
             let (store, workspace) = (store.clone(), workspace.clone());
@@ -173,18 +174,20 @@ pub async fn subscribe_workspace(
                 };
                 Ok(Some((
                     futures::stream::iter(page.into_iter().map(Ok)),
-                    last + 1,
+                    last.saturating_add(1),
                 )))
             }
         }
     })
     .try_flatten();
-    let live = store.subscribe(head.max(after) + 1).filter(move |event| {
-        std::future::ready(
-            event
-                .as_ref()
-                .map_or(true, |event| event.metadata.workspace == workspace),
-        )
-    });
+    let live = store
+        .subscribe(head.max(after).saturating_add(1))
+        .filter(move |event| {
+            std::future::ready(
+                event
+                    .as_ref()
+                    .map_or(true, |event| event.metadata.workspace == workspace),
+            )
+        });
     Ok(Box::pin(replay.chain(live)))
 }

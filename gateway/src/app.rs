@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 /// A built, bound, not yet running service.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on an address of its own (`--metrics-listen`).
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     checkpoint_every: std::time::Duration,
     run_workers: bool,
@@ -71,6 +73,12 @@ impl Application {
                 settings.listen
             )
         })?;
+        let metrics_listener = match settings.metrics.listen {
+            Some(address) => Some(TcpListener::bind(address).await.with_context(|| {
+                format!("while binding {address} for the metrics (--metrics-listen)")
+            })?),
+            None => None,
+        };
         let own = url::Url::parse(&format!("http://{}/", listener.local_addr()?))
             .context("while naming the service's own URL")?;
         let redirect = settings.adapters.redirect_uri(&own);
@@ -94,6 +102,7 @@ impl Application {
         }
         Ok(Self {
             listener,
+            metrics_listener,
             state: AppState::new(Shared {
                 store,
                 records,
@@ -105,8 +114,12 @@ impl Application {
                 closing: Arc::new(tokio::sync::watch::channel(false).0),
                 tokens: crate::tokens::TokenCache::new(revocations),
                 limiter: settings.rate_limit.map(limits::Limiter::new),
-                streams: Arc::new(limits::Streams::new(settings.max_streams_per_token)),
+                streams: Arc::new(limits::PerToken::new(settings.max_streams_per_token)),
+                waiting: Arc::new(limits::PerToken::new(
+                    crate::consistency::MAX_WAITING_PER_TOKEN,
+                )),
                 metrics: metrics::Metrics::new(),
+                metrics_settings: settings.metrics.clone(),
                 checkpoints,
                 installed_pages: Arc::default(),
                 secure_cookies: settings
@@ -130,6 +143,13 @@ impl Application {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served on an address of its own (`--metrics-listen`), if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The event log the service runs on.
@@ -180,6 +200,21 @@ impl Application {
         let signer = tokio::spawn(sign_checkpoints(self.state.clone(), self.checkpoint_every));
         let last_signing = self.state.clone();
         let closing = self.state.closing.clone();
+        let metrics_served = self.metrics_listener.map(|listener| {
+            let router = metrics::own_router(self.state.clone());
+            let mut closed = closing.subscribe();
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = closed.wait_for(|closing| *closing).await;
+                };
+                if let Err(error) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::warn!(%error, "the metrics address stopped serving");
+                }
+            })
+        });
         let router = http::router(self.state);
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(async move {
@@ -203,6 +238,7 @@ impl Application {
         drop(last_signing);
         // A run stopped here resumes from its last cursor wherever the work is taken up next.
         let tasks = std::iter::once(purger)
+            .chain(metrics_served)
             .chain(forgetting)
             .chain(projections)
             .chain(workers);

@@ -274,6 +274,14 @@ pub struct ServeArgs {
     /// scheduler to other processes (on JetStream + PostgreSQL; the API still accepts them).
     #[arg(long, env = "HARMONY_NO_WORKERS")]
     pub no_workers: bool,
+    /// Serve `/metrics` on this address of its own instead of the API's (the API then has no
+    /// `/metrics`): an address only the operator's scraper reaches.
+    #[arg(long, env = "HARMONY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Answer `/metrics` only to `Authorization: Bearer <this token>` (any string; keep it in
+    /// the environment rather than on the command line).
+    #[arg(long, env = "HARMONY_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Logs as one JSON object per line (for a log collector) instead of text.
     #[arg(long, env = "HARMONY_LOG_JSON")]
     pub log_json: bool,

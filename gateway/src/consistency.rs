@@ -2,9 +2,13 @@
 //! behind it, in this process or another one. Every answer to a request that appended to the
 //! log says how far it wrote (`Harmony-Position`); a later request that sends that number back
 //! (`Harmony-Min-Position`) is answered only once every read model has applied the log that
-//! far — waiting up to [`READ_WAIT`] for it, then refused with 503 `not_caught_up`. The
-//! console's forms, whose redirects lead to pages drawn from the read models, are answered
-//! once the read models have applied what they wrote ([`settle`]).
+//! far — waiting up to [`READ_WAIT`] for it, then refused with 503 `not_caught_up`. Waiting
+//! costs the service a held request, so it is given only to what can use it: a request with a
+//! live token (authenticated before this runs; any other goes straight on to be refused by its
+//! route), for a position the log holds (one beyond its head is refused at once, 422
+//! `position_not_in_log`), at most [`MAX_WAITING_PER_TOKEN`] at once per token (429
+//! `too_many_waiting`). The console's forms, whose redirects lead to pages drawn from the read
+//! models, are answered once the read models have applied what they wrote ([`settle`]).
 //!
 //! An integration's history and state are read from the log itself, which on JetStream may
 //! answer from a replica a moment behind. A request that waited for a position also reads
@@ -29,6 +33,9 @@ pub(crate) const POSITION: &str = "harmony-position";
 pub(crate) const MIN_POSITION: &str = "harmony-min-position";
 /// How long a request waits for the read models to reach its `Harmony-Min-Position`.
 pub(crate) const READ_WAIT: Duration = Duration::from_secs(5);
+/// How many reads one token may have waiting for the read models at once in a process; more
+/// are refused with 429 rather than held.
+pub(crate) const MAX_WAITING_PER_TOKEN: usize = 16;
 /// How long a console form's answer waits for the read models to apply what it wrote.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
@@ -56,23 +63,11 @@ pub(crate) async fn around(state: &AppState, request: Request, next: Next) -> Re
             )
             .into_response();
         };
-        match caught_up(state, min, READ_WAIT).await {
-            Ok(()) => {}
-            Err(Behind::At(name, position)) => {
-                return Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_caught_up",
-                    format!(
-                        "the read model {name} has applied the log up to position {position}, \
-                         not yet {min}: retry shortly"
-                    ),
-                )
-                .retry_after(1)
-                .into_response();
-            }
-            Err(Behind::Unreadable(error)) => {
-                return Problem::failed("cannot read the read models' positions", &error)
-                    .into_response();
+        // Only a caller the API knows is held: an unauthenticated request goes straight on to
+        // its route, which refuses it at once (or, on a public route, answers at once).
+        if let Some(crate::api::Caller(_, token_hash)) = request.extensions().get() {
+            if let Err(refused) = wait_for(state, token_hash, min).await {
+                return refused;
             }
         }
     }
@@ -88,6 +83,64 @@ pub(crate) async fn around(state: &AppState, request: Request, next: Next) -> Re
             .insert(POSITION, HeaderValue::from(position));
     }
     response
+}
+
+/// Holds an authenticated request until the read models have applied the log up to `min`:
+/// at once when they have; refused at once when the log does not hold `min` (no wait could
+/// reach it) or when the token has too many reads waiting already; otherwise for up to
+/// [`READ_WAIT`].
+async fn wait_for(state: &AppState, token_hash: &str, min: u64) -> Result<(), Response> {
+    fn failed(error: &(dyn std::error::Error + 'static)) -> Response {
+        Problem::failed("cannot read how far the log and the read models are", error)
+            .into_response()
+    }
+    match caught_up(state, min, Duration::ZERO).await {
+        Ok(()) => return Ok(()),
+        Err(Behind::Unreadable(error)) => return Err(failed(&error)),
+        Err(Behind::At(..)) => {}
+    }
+    let head = state
+        .store
+        .head_position()
+        .await
+        .map_err(|error| failed(&error))?;
+    if min > head {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "position_not_in_log",
+            format!(
+                "the log holds positions up to {head}, not {min}: send a Harmony-Position an \
+                 answer of this service gave"
+            ),
+        )
+        .into_response());
+    }
+    let Some(_place) = state.waiting.open(token_hash) else {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_waiting",
+            format!(
+                "this token has {MAX_WAITING_PER_TOKEN} reads waiting for the read models \
+                 already: retry shortly"
+            ),
+        )
+        .retry_after(1)
+        .into_response());
+    };
+    match caught_up(state, min, READ_WAIT).await {
+        Ok(()) => Ok(()),
+        Err(Behind::At(name, position)) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_caught_up",
+            format!(
+                "the read model {name} has applied the log up to position {position}, not yet \
+                 {min}: retry shortly"
+            ),
+        )
+        .retry_after(1)
+        .into_response()),
+        Err(Behind::Unreadable(error)) => Err(failed(&error)),
+    }
 }
 
 /// In a request that waited for `Harmony-Min-Position`, makes this process's reads of

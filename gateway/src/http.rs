@@ -94,7 +94,9 @@ fn document_consistency(openapi: &mut utoipa::openapi::OpenApi) {
         .required(Required::False)
         .description(Some(
             "Answer from read models that have applied the log at least this far: an earlier \
-             answer's Harmony-Position. Waits up to 5 s, then 503 not_caught_up.",
+             answer's Harmony-Position. Waits up to 5 s, then 503 not_caught_up; a position \
+             beyond the log's head is 422 position_not_in_log at once; a token holds at most 16 \
+             waiting reads (429 too_many_waiting). Only a request with a live token waits.",
         ))
         .schema(Some(position()))
         .build();
@@ -108,6 +110,14 @@ fn document_consistency(openapi: &mut utoipa::openapi::OpenApi) {
     let behind = problem_response(
         "The log or the database cannot be reached for a moment, or the read models have not \
          reached Harmony-Min-Position (not_caught_up): see Retry-After",
+    );
+    let not_in_log = problem_response(
+        "Harmony-Min-Position names a position beyond the log's head (position_not_in_log), or \
+         a query value does not parse or lies beyond any log (invalid_query)",
+    );
+    let too_many = problem_response(
+        "The token is over its rate limit (rate_limited), or has too many reads waiting for \
+         Harmony-Min-Position (too_many_waiting): see Retry-After",
     );
     for (path, item) in openapi.paths.paths.iter_mut() {
         if !path.starts_with("/v1/") {
@@ -132,6 +142,13 @@ fn document_consistency(openapi: &mut utoipa::openapi::OpenApi) {
                 .responses
                 .responses
                 .insert("503".to_owned(), behind.clone().into());
+            for (status, refused) in [("422", &not_in_log), ("429", &too_many)] {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| refused.clone().into());
+            }
             if !writes {
                 continue;
             }
@@ -542,8 +559,10 @@ mod tests {
             closing: Arc::new(tokio::sync::watch::channel(false).0),
             tokens: crate::tokens::TokenCache::new(None),
             limiter: None,
-            streams: Arc::new(crate::limits::Streams::new(8)),
+            streams: Arc::new(crate::limits::PerToken::new(8)),
+            waiting: Arc::new(crate::limits::PerToken::new(8)),
             metrics: crate::metrics::Metrics::new(),
+            metrics_settings: crate::settings::MetricsSettings::default(),
             checkpoints: eventstore::checkpoints::Checkpoints {
                 log: Arc::new(
                     eventstore::checkpoints::SledCheckpointLog::open(&dir.path().join("ck"))

@@ -70,21 +70,22 @@ pub(crate) fn rate_limited(wait: Duration) -> crate::problem::Problem {
     .retry_after(seconds)
 }
 
-/// The event streams each token holds open in this process, at most `max` at once.
+/// Things each token holds at once in this process — open event streams, reads waiting for
+/// the read models — at most `max` of them.
 #[derive(Debug)]
-pub(crate) struct Streams {
+pub(crate) struct PerToken {
     open: Arc<Mutex<HashMap<String, usize>>>,
     max: usize,
 }
 
-/// One open stream of a token; closing it (dropping this) frees its place.
+/// One place a token holds; dropping it frees the place.
 #[derive(Debug)]
-pub(crate) struct StreamSlot {
+pub(crate) struct Slot {
     open: Arc<Mutex<HashMap<String, usize>>>,
     token_hash: String,
 }
 
-impl Streams {
+impl PerToken {
     pub(crate) fn new(max: usize) -> Self {
         Self {
             open: Arc::default(),
@@ -92,15 +93,15 @@ impl Streams {
         }
     }
 
-    /// A place for one more stream of the token, or `None` when it holds `max` already.
-    pub(crate) fn open(&self, token_hash: &str) -> Option<StreamSlot> {
-        let mut open = self.open.lock().expect("the open streams' lock");
+    /// One more place for the token, or `None` when it holds `max` already.
+    pub(crate) fn open(&self, token_hash: &str) -> Option<Slot> {
+        let mut open = self.open.lock().expect("the per-token places' lock");
         let count = open.entry(token_hash.to_owned()).or_default();
         if *count >= self.max {
             return None;
         }
         *count += 1;
-        Some(StreamSlot {
+        Some(Slot {
             open: self.open.clone(),
             token_hash: token_hash.to_owned(),
         })
@@ -111,9 +112,9 @@ impl Streams {
     }
 }
 
-impl Drop for StreamSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.open.lock().expect("the open streams' lock");
+        let mut open = self.open.lock().expect("the per-token places' lock");
         if let Some(count) = open.get_mut(&self.token_hash) {
             *count -= 1;
             if *count == 0 {

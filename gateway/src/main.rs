@@ -96,6 +96,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         checkpoint_every: std::time::Duration::from_secs(args.checkpoint_seconds.max(1)),
         run_workers: !args.no_workers,
         max_streams_per_token: args.max_streams_per_token.max(1),
+        metrics: gateway::MetricsSettings {
+            listen: args.metrics_listen,
+            token: args
+                .metrics_token
+                .filter(|token| !token.is_empty())
+                .map(secrecy::SecretString::from),
+        },
         rate_limit: gateway::limits::RateLimit::new(
             args.rate_limit_per_second,
             args.rate_limit_burst,

@@ -2,12 +2,19 @@
 //! and, read at each scrape from the log and the read models (so every process reports the
 //! same truth), the events in the log, each projection's lag, sync runs by status and the
 //! records they synced.
+//!
+//! **No tenant in them.** No metric names a workspace, user or integration: routes are their
+//! patterns (`/v1/workspaces/{ws}/…`), never the raw path, and the figures read from the log
+//! and the read models are the whole service's totals. Those totals are still the operator's
+//! business: `--metrics-listen` moves `/metrics` to an address of its own (the API's address
+//! then has none), `--metrics-token` makes it answer only a scraper presenting that bearer
+//! token.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use database::{fetch_all, Bind};
@@ -18,6 +25,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+
+use crate::problem::Problem;
 use crate::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,12 +168,67 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
     response
 }
 
-/// `GET /metrics`.
+/// `GET /metrics` on the API's address: the metrics, unless the operator moved them to an
+/// address of their own (`--metrics-listen`).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "application/openmetrics-text")))]
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "application/openmetrics-text"),
+        (status = 401, description = "`--metrics-token` is set and the request does not present it", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "`--metrics-listen` serves the metrics elsewhere", body = crate::problem::ProblemBody, content_type = "application/problem+json")
+    ))]
+pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if state.metrics_settings.listen.is_some() {
+        return Problem::new(StatusCode::NOT_FOUND, "not_found", "there is no such route")
+            .into_response();
+    }
+    scrape(&state, &headers).await
+}
+
+/// The router of `--metrics-listen`'s address: `/metrics` alone.
+pub(crate) fn own_router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |State(state): State<AppState>, headers: HeaderMap| async move {
+                    scrape(&state, &headers).await
+                },
+            ),
+        )
+        .with_state(state)
+}
+
+/// Whether `headers` present the metrics token, when one is set (compared in constant time).
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(expected) = &state.metrics_settings.token else {
+        return true;
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let (presented, expected) = (
+        Sha256::digest(presented.as_bytes()),
+        Sha256::digest(expected.expose_secret().as_bytes()),
+    );
+    presented
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+/// The metrics as a scrape sees them.
+async fn scrape(state: &AppState, headers: &HeaderMap) -> Response {
+    if !authorized(state, headers) {
+        return Problem::unauthorized(
+            "/metrics needs the metrics token: Authorization: Bearer <token>",
+        )
+        .into_response();
+    }
     let metrics = &state.metrics;
-    match crate::http::projection_lags(&state).await {
+    match crate::http::projection_lags(state).await {
         Ok((head, lags)) => {
             metrics
                 .log_events

@@ -95,6 +95,7 @@ pub(crate) async fn connect(
             format!("there is no app {app}"),
         )
     })?;
+    let fields = without_empty_optional_fields(app, fields);
     let connections = &state.workers.connections;
     match app.auth {
         AuthKind::ApiKey => connections
@@ -113,6 +114,19 @@ pub(crate) async fn connect(
             .map(Connecting::Authorize),
     }
     .map_err(connect_problem)
+}
+
+/// The setup fields without the optional ones left empty: an empty optional field (a form's
+/// blank input) is an absent one. A required field stays, empty or not, for the rules to judge.
+fn without_empty_optional_fields(
+    app: &domain::catalog::App,
+    mut fields: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    fields.retain(|name, value| {
+        let optional = app.setup_field(name).is_some_and(|field| !field.required);
+        !(optional && value.trim().is_empty())
+    });
+    fields
 }
 
 /// Reauthenticates, keeping the integration: a new authorization page for an OAuth2 app, the

@@ -42,6 +42,19 @@ pub struct Settings {
     /// Run the sync worker, the action worker and the scheduler here. Off for a process that
     /// only serves the API beside others that do the work (on JetStream + PostgreSQL).
     pub run_workers: bool,
+    /// Where `/metrics` is served, and to whom.
+    pub metrics: MetricsSettings,
+}
+
+/// Where `/metrics` is served, and to whom. Metrics name no workspace, user or integration,
+/// but their totals (sync runs, records) are the whole service's: an operator may keep them
+/// from the API's callers.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsSettings {
+    /// An address of their own; `None`: on the API's address.
+    pub listen: Option<SocketAddr>,
+    /// The bearer token a scrape must present; `None`: none.
+    pub token: Option<secrecy::SecretString>,
 }
 
 impl Settings {
@@ -61,6 +74,7 @@ impl Settings {
             max_streams_per_token: 8,
             checkpoint_every: std::time::Duration::from_secs(60),
             run_workers: true,
+            metrics: MetricsSettings::default(),
         }
     }
 }

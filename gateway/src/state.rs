@@ -50,9 +50,13 @@ pub struct Shared {
     /// The per-token rate limit, if any.
     pub(crate) limiter: Option<limits::Limiter>,
     /// The event streams each token holds open.
-    pub(crate) streams: Arc<limits::Streams>,
+    pub(crate) streams: Arc<limits::PerToken>,
+    /// The reads each token has waiting for the read models (`Harmony-Min-Position`).
+    pub(crate) waiting: Arc<limits::PerToken>,
     /// What `/metrics` reports.
     pub(crate) metrics: metrics::Metrics,
+    /// Where `/metrics` is served, and to whom.
+    pub(crate) metrics_settings: crate::settings::MetricsSettings,
     /// The signed checkpoints of the log, and the key that signs them.
     pub checkpoints: Checkpoints,
     /// Installed pages answered at the read model's current checkpoint.

@@ -1,7 +1,9 @@
 //! Reading your own writes over HTTP: a write answers the log position it reached
 //! (`Harmony-Position`, replayed with an idempotent answer); a read sent with it
 //! (`Harmony-Min-Position`) answers from read models that have applied it, and refuses
-//! (503 `not_caught_up`) rather than answer from read models that have not.
+//! (503 `not_caught_up`) rather than answer from read models that have not. Only an
+//! authenticated caller is ever held, a bounded number of reads per token, and only for a
+//! position the log holds.
 
 use reqwest::Method;
 use serde_json::Value;
@@ -22,16 +24,17 @@ async fn a_read_sent_with_a_writes_position_shows_that_write() {
     let (_, admin) = app.token("acme", "ada", "admin").await;
     let installed = "/v1/workspaces/acme/integrations";
 
-    // Before anything: a position no write has reached yet is waited for, then refused, not
-    // answered from read models behind it.
+    // Before anything: a position the log does not hold is refused at once — no wait could
+    // reach it — not answered from read models behind it.
     let listed = app.call(Method::GET, installed, &admin, None).await;
     assert_eq!(listed.status(), 200);
     assert_eq!(position_of(&listed), None, "a read writes nothing");
+    let started = std::time::Instant::now();
     let ahead = app.read_after(installed, &admin, 1_000_000).await;
-    assert_eq!(ahead.status(), 503);
-    assert!(ahead.headers().contains_key("retry-after"));
+    assert_eq!(ahead.status(), 422);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
     let problem: Value = ahead.json().await.unwrap();
-    assert_eq!(problem["code"], "not_caught_up", "{problem}");
+    assert_eq!(problem["code"], "position_not_in_log", "{problem}");
     assert!(
         problem["detail"].as_str().unwrap().contains("1000000"),
         "{problem}"
@@ -164,4 +167,92 @@ async fn on_jetstream_a_history_read_after_a_position_shows_what_installed_shows
         behind.text().await.unwrap()
     );
     assert!(behind.headers().contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_authenticated_caller_waits_and_a_token_holds_few_waiting_reads() {
+    let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
+        .await
+        .unwrap();
+    let base = zendesk.server.base.clone();
+    let app = spawn_app_with(|settings| use_fake_zendesk(settings, &base)).await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let (_, max) = app.token("acme", "max", "member").await;
+    let installed = "/v1/workspaces/acme/integrations";
+    let connected = app
+        .call(
+            Method::POST,
+            installed,
+            &admin,
+            Some(zendesk_account("zd-key")),
+        )
+        .await;
+    let head = position_of(&connected).expect("a write says its position");
+
+    // Without a token, or with a token nobody issued, the header holds nothing: 401 at once.
+    for token in [None, Some("hst_nonsense")] {
+        let started = std::time::Instant::now();
+        let mut request = app
+            .client
+            .get(format!("{}/v1/me", app.address))
+            .header("Harmony-Min-Position", "999999");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status(), 401);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "an unauthenticated request was held {:?}",
+            started.elapsed()
+        );
+    }
+
+    // The read models fall behind a position the log holds: a read after it waits, then says
+    // so. One token may hold only so many such reads; the rest are refused at once, and
+    // another token's requests go on unhindered.
+    let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+        .await
+        .unwrap();
+    database::execute(&db, "UPDATE checkpoints SET position = 0", &[])
+        .await
+        .unwrap();
+    let waiting: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url, admin) = (
+                app.client.clone(),
+                format!("{}{installed}", app.address),
+                admin.clone(),
+            );
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let answer = client
+                    .get(url)
+                    .bearer_auth(admin)
+                    .header("Harmony-Min-Position", head.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let code = answer.json::<Value>().await.unwrap()["code"]
+                    .as_str()
+                    .map(str::to_owned);
+                (code, started.elapsed())
+            })
+        })
+        .collect();
+    let unhindered = std::time::Instant::now();
+    let other = app.call(Method::GET, installed, &max, None).await;
+    assert_eq!(other.status(), 200);
+    assert!(unhindered.elapsed() < std::time::Duration::from_secs(2));
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for answer in waiting {
+        let (code, took) = answer.await.unwrap();
+        let code = code.unwrap_or_default();
+        if code == "too_many_waiting" {
+            assert!(took < std::time::Duration::from_secs(2), "refused at once");
+        }
+        *codes.entry(code).or_default() += 1;
+    }
+    assert_eq!(codes.get("not_caught_up"), Some(&16), "{codes:?}");
+    assert_eq!(codes.get("too_many_waiting"), Some(&4), "{codes:?}");
 }

@@ -368,3 +368,98 @@ async fn without_javascript_an_oauth_app_connects_in_the_whole_window_and_syncs(
     assert_eq!(browser.text(".notice").await, "Full sync requested");
     browser.screenshot("no-javascript").await;
 }
+
+/// The console's Salesforce form, as a browser without JavaScript posts it: every input sent,
+/// the optional ones empty.
+#[tokio::test]
+async fn the_salesforce_form_connects_with_its_optional_fields_left_empty() {
+    use adapters::fakes::salesforce::{FakeSalesforce, CLIENT_ID, CLIENT_SECRET};
+    let salesforce = FakeSalesforce::start(1, 1).await.unwrap();
+    let base = salesforce.server.base.clone();
+    let authorize = base.join("services/oauth2/authorize").unwrap();
+    let expected = authorize.clone();
+    let app = spawn_app_with(move |settings| {
+        settings.adapters.unavailable.remove("salesforce");
+        settings.adapters.oauth.insert(
+            "salesforce".into(),
+            adapters::oauth::OAuthClient {
+                client_id: CLIENT_ID.into(),
+                client_secret: secrecy::SecretString::from(CLIENT_SECRET),
+                authorize_url: authorize,
+                token_url: base.join("services/oauth2/token").unwrap(),
+                revocation: None,
+                credentials_in_body: false,
+                issuer: None,
+                extra_authorize_params: Vec::new(),
+            },
+        );
+    })
+    .await;
+    let (_, ada) = app.token("acme", "ada", "admin").await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let csrf_of = |page: &str| {
+        page.split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a form with a CSRF token")
+            .to_owned()
+    };
+    let sign_in = browser
+        .get(format!("{}/console/sign-in", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let signed_in = browser
+        .post(format!("{}/console/sign-in", app.address))
+        .form(&[
+            ("csrf", csrf_of(&sign_in).as_str()),
+            ("token", ada.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let page = browser
+        .get(format!("{}/console/apps/salesforce", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The page has exactly the form a browser would post.
+    for input in ["instance_url", "client_id", "client_secret"] {
+        assert!(page.contains(&format!("name=\"{input}\"")), "{input}");
+    }
+    let action = page
+        .split("<form")
+        .find(|form| form.contains("name=\"instance_url\""))
+        .and_then(|form| form.split("action=\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the connect form's action")
+        .to_owned();
+    let posted = browser
+        .post(format!("{}{action}", app.address))
+        .form(&[
+            ("csrf", csrf_of(&page).as_str()),
+            ("instance_url", "https://acme.my.salesforce.com"),
+            ("client_id", ""),
+            ("client_secret", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 303);
+    let location = posted.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(expected.as_str()),
+        "the window goes to Salesforce's authorization page, not back with an error: {location}"
+    );
+}

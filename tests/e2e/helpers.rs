@@ -7,6 +7,8 @@ use tokio::sync::oneshot;
 
 pub struct TestApp {
     pub address: String,
+    /// Where `/metrics` is served when it has an address of its own (`--metrics-listen`).
+    pub metrics_address: Option<String>,
     /// The API's client: one browser, whose cookies [`TestApp::browser`] shares.
     pub client: reqwest::Client,
     jar: std::sync::Arc<reqwest::cookie::Jar>,
@@ -189,6 +191,7 @@ async fn spawn_configured(
         .await
         .expect("the application builds");
     let address = format!("http://{}", app.local_addr().unwrap());
+    let metrics_address = app.metrics_addr().map(|at| format!("http://{at}"));
     let (stop, stopped) = oneshot::channel();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -196,6 +199,7 @@ async fn spawn_configured(
     let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
     TestApp {
         address,
+        metrics_address,
         client: reqwest::Client::builder()
             .cookie_provider(jar.clone())
             .build()

@@ -669,3 +669,349 @@ async fn companion_arguments_and_results_leave_the_history_with_their_integratio
         "nothing the service wrote holds the person"
     );
 }
+
+/// Connects the fake Zendesk `zendesk` for workspace `ws` as `token`; answers its id.
+async fn connect_zendesk(app: &crate::helpers::TestApp, token: &str, ws: &str) -> String {
+    let connected = app
+        .call(
+            Method::POST,
+            &format!("/v1/workspaces/{ws}/integrations"),
+            token,
+            Some(crate::helpers::zendesk_account("zd-key")),
+        )
+        .await;
+    assert_eq!(connected.status(), 201);
+    let at = crate::helpers::position_of(&connected).expect("a write says its position");
+    let id = connected.json::<Value>().await.unwrap()["integration_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Read once Installed shows it.
+    let shown = app
+        .read_after(&format!("/v1/workspaces/{ws}/integrations/{id}"), token, at)
+        .await;
+    assert_eq!(shown.status(), 200);
+    id
+}
+
+async fn zendesk_app(
+    configure: impl FnOnce(&mut gateway::Settings),
+) -> (
+    adapters::fakes::zendesk::FakeZendesk,
+    crate::helpers::TestApp,
+) {
+    let zendesk =
+        adapters::fakes::zendesk::FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
+            .await
+            .unwrap();
+    let base = zendesk.server.base.clone();
+    let app = spawn_app_with(move |settings| {
+        crate::helpers::use_fake_zendesk(settings, &base);
+        configure(settings);
+    })
+    .await;
+    (zendesk, app)
+}
+
+#[tokio::test]
+async fn positions_and_cursors_past_any_log_are_refused_never_wrapped() {
+    let (_zendesk, app) = zendesk_app(|_| {}).await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let id = connect_zendesk(&app, &admin, "acme").await;
+    let history = format!("/v1/workspaces/acme/integrations/{id}/history");
+    let max = u64::MAX.to_string();
+    let answers = [
+        // Last-Event-ID: one past it wrapped to 0 and replayed the whole log twice.
+        app.client
+            .get(format!("{}/v1/workspaces/acme/events", app.address))
+            .bearer_auth(&admin)
+            .header("Last-Event-ID", &max)
+            .send()
+            .await
+            .unwrap(),
+        app.call(
+            Method::GET,
+            &format!("/v1/workspaces/acme/events?after={max}"),
+            &admin,
+            None,
+        )
+        .await,
+        // A history cursor one short of wrapping started again from the first event.
+        app.call(
+            Method::GET,
+            &format!("{history}?cursor={max}"),
+            &admin,
+            None,
+        )
+        .await,
+        // Past what a u64 holds, or no number at all: refused alike.
+        app.call(
+            Method::GET,
+            &format!("{history}?cursor=18446744073709551616"),
+            &admin,
+            None,
+        )
+        .await,
+        app.call(Method::GET, &format!("{history}?cursor=-1"), &admin, None)
+            .await,
+        app.call(
+            Method::GET,
+            &format!("/v1/workspaces/acme/integrations/{id}/sync-logs?cursor=x"),
+            &admin,
+            None,
+        )
+        .await,
+    ];
+    for answer in answers {
+        assert_eq!(answer.status(), 422, "{:?}", answer.url().to_string());
+        assert!(answer.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/problem+json"));
+        let problem: Value = answer.json().await.unwrap();
+        assert_eq!(problem["code"], "invalid_query", "{problem}");
+    }
+    // The largest position the log could hold is accepted: a page past everything is empty.
+    let last: Value = app
+        .get_json(&format!("{history}?cursor={}", i64::MAX), Some(&admin))
+        .await;
+    assert_eq!(last["events"], json!([]), "{last}");
+}
+
+#[tokio::test]
+async fn installed_refuses_filters_it_does_not_know_and_keeps_a_page_per_checked_query() {
+    let (_zendesk, app) = zendesk_app(|_| {}).await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let id = connect_zendesk(&app, &admin, "acme").await;
+    let installed = "/v1/workspaces/acme/integrations";
+    let long = "x".repeat(60_000);
+    for (query, code) in [
+        (format!("status={long}"), "invalid_query"),
+        (format!("app={long}"), "invalid_query"),
+        ("status=paused".to_owned(), "invalid_query"),
+        ("scope=everyone".to_owned(), "invalid_query"),
+        ("limit=lots".to_owned(), "invalid_query"),
+        (format!("cursor={long}"), "bad_cursor"),
+        ("cursor=zendesk/not-an-id".to_owned(), "bad_cursor"),
+    ] {
+        let answer = app
+            .call(Method::GET, &format!("{installed}?{query}"), &admin, None)
+            .await;
+        assert!(
+            answer.status().is_client_error(),
+            "{}",
+            &query[..30.min(query.len())]
+        );
+        let problem: Value = answer.json().await.unwrap();
+        assert_eq!(problem["code"], code, "{problem}");
+    }
+    // The filters it knows still work, and a cursor it gave out still pages.
+    let listed = app
+        .get_json(
+            &format!("{installed}?status=connected&app=zendesk&scope=workspace&limit=1"),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(listed["integrations"][0]["integration_id"], id.as_str());
+    let none = app
+        .get_json(&format!("{installed}?cursor=zendesk/{id}"), Some(&admin))
+        .await;
+    assert_eq!(none["integrations"], json!([]));
+}
+
+#[tokio::test]
+async fn another_workspaces_sync_logs_are_not_found() {
+    let (_zendesk, app) = zendesk_app(|_| {}).await;
+    let (_, ada) = app.token("acme", "ada", "admin").await;
+    let (_, mallory) = app.token("globex", "mallory", "admin").await;
+    let id = connect_zendesk(&app, &ada, "acme").await;
+    let own = app
+        .call(
+            Method::GET,
+            &format!("/v1/workspaces/acme/integrations/{id}/sync-logs"),
+            &ada,
+            None,
+        )
+        .await;
+    assert_eq!(own.status(), 200);
+    // Mallory names acme's integration under her own workspace: as every other route of an
+    // integration answers, it is not found there — not an empty list that says it exists.
+    for route in ["sync-logs", "history", ""] {
+        let answer = app
+            .call(
+                Method::GET,
+                format!("/v1/workspaces/globex/integrations/{id}/{route}").trim_end_matches('/'),
+                &mallory,
+                None,
+            )
+            .await;
+        assert_eq!(answer.status(), 404, "{route}");
+        assert_eq!(answer.json::<Value>().await.unwrap()["code"], "not_found");
+    }
+}
+
+/// Signs in to the console with `token` in a fresh browser; answers the status.
+async fn console_sign_in(app: &crate::helpers::TestApp, token: &str) -> u16 {
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let form = browser
+        .get(format!("{}/console/sign-in", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    browser
+        .post(format!("{}/console/sign-in", app.address))
+        .form(&[("csrf", csrf.as_str()), ("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sign_ins_count_against_the_rate_limit_and_a_token_holds_few_sessions() {
+    let app = spawn_app_with(|settings| {
+        settings.rate_limit = gateway::limits::RateLimit::new(1, 5);
+    })
+    .await;
+    let (_, limited) = app.token("acme", "max", "member").await;
+    let (_, unlimited) = app.token_with("acme", "ada", "admin", true).await;
+    let sessions_of = |user: &'static str| {
+        let path = app.data_dir().join("read.db");
+        async move {
+            let db = database::ReadDb::open_sqlite(&path).await.unwrap();
+            let rows: Vec<(i64,)> = database::fetch_all(
+                &db,
+                "SELECT COUNT(*) FROM console_sessions s \
+                 JOIN api_tokens t ON t.token_hash = s.token_hash WHERE t.user_id = $1",
+                &[database::Bind::Text(user.to_owned())],
+            )
+            .await
+            .unwrap();
+            db.close().await;
+            rows[0].0
+        }
+    };
+
+    let signed_in =
+        futures::future::join_all((0..40).map(|_| console_sign_in(&app, &limited))).await;
+    let refused = signed_in.iter().filter(|status| **status == 429).count();
+    assert!(
+        refused >= 30,
+        "sign-ins are charged to the token: {signed_in:?}"
+    );
+    assert!(signed_in.contains(&303), "{signed_in:?}");
+    let api = app
+        .call(
+            Method::GET,
+            "/v1/workspaces/acme/integrations",
+            &limited,
+            None,
+        )
+        .await;
+    assert_eq!(
+        api.status(),
+        429,
+        "the API shares the budget the sign-ins spent"
+    );
+
+    // However often a token signs in, it holds a bounded number of live sessions.
+    for _ in 0..25 {
+        assert_eq!(console_sign_in(&app, &unlimited).await, 303);
+    }
+    assert_eq!(sessions_of("ada").await, 10);
+}
+
+#[tokio::test]
+async fn metrics_name_no_tenant_and_can_move_to_an_address_of_their_own_or_need_a_token() {
+    let (_zendesk, app) = zendesk_app(|_| {}).await;
+    let (_, ada) = app.token("acme", "ada", "admin").await;
+    let id = connect_zendesk(&app, &ada, "acme").await;
+    let synced = app
+        .call(
+            Method::POST,
+            &format!("/v1/workspaces/acme/integrations/{id}/sync"),
+            &ada,
+            None,
+        )
+        .await;
+    assert_eq!(synced.status(), 202);
+    let _ = app
+        .call(
+            Method::GET,
+            &format!("/v1/workspaces/acme/integrations/{id}/sync-logs"),
+            &ada,
+            None,
+        )
+        .await;
+    let scraped = reqwest::get(format!("{}/metrics", app.address))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(scraped.contains("http_requests"), "{scraped}");
+    for tenant in ["acme", id.as_str(), "agent@acme.com", "zendesk"] {
+        assert!(!scraped.contains(tenant), "the metrics name {tenant}");
+    }
+
+    // A token of its own: a scrape without it is refused.
+    let guarded = spawn_app_with(|settings| {
+        settings.metrics.token = Some(secrecy::SecretString::from("scrape-7e1f"));
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/metrics", guarded.address);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        client
+            .get(&url)
+            .bearer_auth("scrape-nope")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        client
+            .get(&url)
+            .bearer_auth("scrape-7e1f")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // An address of its own: the API's address has none.
+    let moved = spawn_app_with(|settings| {
+        settings.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let own = moved.metrics_address.clone().expect("a metrics address");
+    assert_ne!(own, moved.address);
+    assert_eq!(
+        reqwest::get(format!("{}/metrics", moved.address))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let there = reqwest::get(format!("{own}/metrics")).await.unwrap();
+    assert_eq!(there.status(), 200);
+    assert!(there.text().await.unwrap().contains("log_events"));
+}

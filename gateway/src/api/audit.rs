@@ -4,14 +4,15 @@
 //! invisible here too.
 
 use axum::body::Body as HttpBody;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::{Integration, StreamName, Timestamp};
 use eventstore::RecordedEvent;
 use serde::{Deserialize, Serialize};
 
+use super::query::{self, invalid_query, Query};
 use super::{Caller, Target};
 use crate::problem::repository_problem;
 use crate::problem::Problem;
@@ -135,7 +136,8 @@ pub(super) async fn history(
 ) -> Result<Json<HistoryPage>, Problem> {
     load_visible(&state, &caller, id).await?;
     let limit = query.limit.unwrap_or(100).clamp(1, PAGE);
-    let from = query.cursor.unwrap_or(0) + 1;
+    let after = query::position("cursor", query.cursor.unwrap_or(0))?;
+    let from = after + 1;
     let page = state
         .store
         .read_stream(&StreamName::integration(id), from, limit)
@@ -191,11 +193,9 @@ pub(super) async fn state_as_of(
     load_visible(&state, &caller, id).await?;
     let as_of = match &query.as_of {
         Some(text) => Timestamp::parse(text).map_err(|error| {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_query",
-                format!("as_of must be an RFC 3339 time such as 2026-11-28T10:00:00Z: {error}"),
-            )
+            invalid_query(format!(
+                "as_of must be an RFC 3339 time such as 2026-11-28T10:00:00Z: {error}"
+            ))
         })?,
         None => Timestamp::now(),
     };

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use super::caller::integration_id;
+use super::query::{self, Query};
 use super::Caller;
 use crate::problem::Problem;
 use crate::views::EventView;
@@ -38,10 +39,6 @@ pub(crate) struct EventsQuery {
 
 /// How often an open stream checks that its token is still live.
 const REVOCATION_CHECK: Duration = Duration::from_secs(2);
-
-fn invalid(detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", detail)
-}
 
 #[utoipa::path(
     get,
@@ -84,13 +81,15 @@ pub(crate) async fn events(
                 .ok()
                 .and_then(|text| text.trim().parse::<u64>().ok())
                 .ok_or_else(|| {
-                    invalid("Last-Event-ID must be the id of an event this stream sent")
+                    query::invalid_query(
+                        "Last-Event-ID must be the id of an event this stream sent",
+                    )
                 })?,
         ),
         None => query.after,
     };
     let after = match last_seen {
-        Some(position) => position,
+        Some(position) => query::position("the position to continue after", position)?,
         None => state
             .store
             .head_position()

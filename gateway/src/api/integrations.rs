@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::query::Query;
 use super::{Body, Caller, OptionalBody, Target};
 use crate::problem::Problem;
 use crate::service::{self, Connecting};
@@ -301,6 +302,20 @@ pub(super) async fn sync_logs(
     Query(query): Query<SyncLogsQuery>,
 ) -> Result<Json<projections::sync_runs::RunsPage>, Problem> {
     let principal = &caller.0;
+    // The logs of an integration Installed does not show this caller (another workspace's,
+    // another member's personal one, a deleted one) are not found, as its every other route
+    // answers: an empty list would say it exists.
+    let shown = projections::installed::get(
+        &state.read,
+        principal.workspace.as_str(),
+        principal.user.as_str(),
+        &id.to_string(),
+    )
+    .await
+    .map_err(|error| Problem::failed("cannot read Installed", &error))?;
+    if shown.is_none() {
+        return Err(service::not_found(id));
+    }
     let filter = projections::sync_runs::Filter {
         status: query.status,
         kind: query.kind,

@@ -3,11 +3,12 @@
 //! mapping version moves with each change, and a change sent against an older version is
 //! refused rather than silently overwriting somebody else's.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use domain::integration::{FieldMapping, Transform};
 use serde::{Deserialize, Serialize};
 
+use super::query::Query;
 use super::{Body, Target};
 use crate::problem::connect_problem;
 use crate::problem::Problem;

@@ -21,6 +21,7 @@ mod installed;
 mod integrations;
 mod mappings;
 mod oauth;
+pub(crate) mod query;
 
 pub(crate) use body::{Body, OptionalBody};
 pub(crate) use caller::{authenticate, Caller, Target};

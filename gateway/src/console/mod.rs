@@ -187,18 +187,32 @@ async fn sign_in(
         );
     }
     let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
-    match session::sign_in(&state.read, token, state.secure_cookies).await {
-        Ok(Some(cookie)) => (
+    match session::sign_in(&state, token).await {
+        Ok(cookie) => (
             [(header::SET_COOKIE, cookie)],
             Redirect::to("/console/installed"),
         )
             .into_response(),
-        Ok(None) => sign_in_form(
+        Err(session::SignInRefused::Unknown) => sign_in_form(
             StatusCode::UNAUTHORIZED,
             Some("That token is unknown or was revoked."),
             state.secure_cookies,
         ),
-        Err(error) => Problem::failed("cannot start a console session", &error).into_response(),
+        Err(session::SignInRefused::RateLimited(wait)) => {
+            let mut answer = sign_in_form(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("This token has made too many requests: wait a moment and sign in again."),
+                state.secure_cookies,
+            );
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            answer
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            answer
+        }
+        Err(session::SignInRefused::Db(error)) => {
+            Problem::failed("cannot start a console session", &error).into_response()
+        }
     }
 }
 
@@ -724,7 +738,7 @@ async fn delete(
 async fn events(
     state: State<AppState>,
     session: Session,
-    query: Query<crate::api::EventsQuery>,
+    query: crate::api::query::Query<crate::api::EventsQuery>,
     headers: HeaderMap,
 ) -> Response {
     let ws = session.principal.workspace.to_string();

@@ -19,6 +19,24 @@ pub(crate) const COOKIE: &str = "harmony_session";
 pub(crate) const SIGN_IN_COOKIE: &str = "harmony_sign_in";
 /// How long a session lasts.
 const LIFETIME_MICROS: i64 = 12 * 3600 * 1_000_000;
+/// How many live sessions one token may hold; signing in again beyond that ends its oldest.
+pub(crate) const MAX_SESSIONS_PER_TOKEN: i64 = 10;
+
+/// Why a sign-in started no session.
+#[derive(Debug)]
+pub(crate) enum SignInRefused {
+    /// The token is unknown or was revoked.
+    Unknown,
+    /// The token is over its rate limit: try again after this long.
+    RateLimited(std::time::Duration),
+    Db(ReadDbError),
+}
+
+impl From<ReadDbError> for SignInRefused {
+    fn from(error: ReadDbError) -> Self {
+        Self::Db(error)
+    }
+}
 
 pub(crate) use crate::cookies::{named as named_cookie, random};
 
@@ -51,15 +69,19 @@ impl Session {
     }
 }
 
-/// Starts a session for the API token `token`: the cookie to set, or `None` when the token
-/// is not a live one.
-pub(crate) async fn sign_in(
-    db: &ReadDb,
-    token: &str,
-    secure: bool,
-) -> Result<Option<HeaderValue>, ReadDbError> {
-    if crate::tokens::authenticate(db, token).await?.is_none() {
-        return Ok(None);
+/// Starts a session for the API token `token` and answers the cookie to set. A sign-in is a
+/// request of the token like any other: it counts against the token's rate limit. A token
+/// holds at most [`MAX_SESSIONS_PER_TOKEN`] live sessions: a new one ends its oldest.
+pub(crate) async fn sign_in(state: &AppState, token: &str) -> Result<HeaderValue, SignInRefused> {
+    let db = &state.read;
+    let Some(authenticated) = crate::tokens::authenticate(db, token).await? else {
+        return Err(SignInRefused::Unknown);
+    };
+    let token_hash = crate::tokens::hash(token);
+    if let (Some(limiter), false) = (&state.limiter, authenticated.unlimited) {
+        limiter
+            .check(&token_hash)
+            .map_err(SignInRefused::RateLimited)?;
     }
     let id = random();
     let now = Timestamp::now().unix_micros();
@@ -75,20 +97,29 @@ pub(crate) async fn sign_in(
          VALUES ($1, $2, $3, $4, $5)",
         &[
             Bind::Text(crate::tokens::hash(&id)),
-            Bind::Text(crate::tokens::hash(token)),
+            Bind::Text(token_hash.clone()),
             Bind::Text(random()),
             Bind::Int(now),
             Bind::Int(now + LIFETIME_MICROS),
         ],
     )
     .await?;
-    Ok(Some(crate::cookies::set(
+    // The newest sessions of the token stay; any beyond them end now.
+    execute(
+        db,
+        "DELETE FROM console_sessions WHERE token_hash = $1 AND id_hash NOT IN \
+         (SELECT id_hash FROM console_sessions WHERE token_hash = $1 \
+          ORDER BY created_at DESC, id_hash DESC LIMIT $2)",
+        &[Bind::Text(token_hash), Bind::Int(MAX_SESSIONS_PER_TOKEN)],
+    )
+    .await?;
+    Ok(crate::cookies::set(
         COOKIE,
         &id,
         "/console",
         (LIFETIME_MICROS / 1_000_000) as u64,
-        secure,
-    )))
+        state.secure_cookies,
+    ))
 }
 
 /// Ends the session whose cookie is `id`; answers the cookie that clears it in the browser.
