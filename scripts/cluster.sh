@@ -18,6 +18,10 @@
 #   HARMONY_CLUSTER_PORT_OFFSET  added to every port of the configuration (0)
 #   HARMONY_BIN                  the harmony binary to run (else target/release/harmony, built)
 #   HARMONY_NATS_SERVER          the nats-server binary (else the pinned release, installed)
+#   HARMONY_CLUSTER_SYNC         `always`: every nats-server fsyncs each write before it counts
+#                                towards an acknowledgement (`sync_interval: always`); unset:
+#                                JetStream's default (to disk within two minutes). See
+#                                docs/CLUSTER.md, "Acknowledged events and a power loss".
 # Any other HARMONY_* variable (HARMONY_CONFIG, HARMONY_SYNC_LEASE_SECONDS, …) reaches every
 # `harmony serve` as it is.
 set -euo pipefail
@@ -44,6 +48,15 @@ render() {
     args+=(-e "s/@$p@/$(port "$p")/g")
   done
   sed "${args[@]}" -e "s|\./cluster-data/|$dir/|g" -e "s|host=socket_dir|host=$dir/pg|" "$1"
+}
+
+# A nats-server configuration with the sync interval HARMONY_CLUSTER_SYNC asks for.
+sync_interval() {
+  case "${HARMONY_CLUSTER_SYNC:-}" in
+    "") cat ;;
+    always) sed -e 's/^jetstream {$/jetstream {\n  sync_interval: always/' ;;
+    *) echo "HARMONY_CLUSTER_SYNC is \`always\` or unset, not ${HARMONY_CLUSTER_SYNC}" >&2; exit 2 ;;
+  esac
 }
 
 # A process is alive while it exists and is not a zombie waiting for its parent.
@@ -121,7 +134,7 @@ start_nats() {
   local n="${1#nats-}"
   running "nats-$n" && return 0
   ensure_nats_server
-  render "$root/deploy/nats-$n.conf" > "$run/nats-$n.conf"
+  render "$root/deploy/nats-$n.conf" | sync_interval > "$run/nats-$n.conf"
   mkdir -p "$dir/nats-$n"
   # A fresh log for this start, so that readiness is read from this start's lines.
   [ -f "$logs/nats-$n.log" ] && cat "$logs/nats-$n.log" >> "$logs/nats-$n.old.log"

@@ -46,6 +46,10 @@ struct Cluster {
     dir: tempfile::TempDir,
     offset: u16,
     config: PathBuf,
+    /// How many `harmony serve` processes it runs.
+    serves: usize,
+    /// Every nats-server fsyncs each write before acknowledging it (`HARMONY_CLUSTER_SYNC`).
+    sync_always: bool,
 }
 
 impl Cluster {
@@ -76,7 +80,11 @@ impl Cluster {
             .args(args)
             .env("HARMONY_CLUSTER_DIR", self.dir.path())
             .env("HARMONY_CLUSTER_PORT_OFFSET", self.offset.to_string())
-            .env("HARMONY_CLUSTER_SERVES", SERVES.to_string())
+            .env("HARMONY_CLUSTER_SERVES", self.serves.to_string())
+            .env(
+                "HARMONY_CLUSTER_SYNC",
+                if self.sync_always { "always" } else { "" },
+            )
             .env("HARMONY_BIN", env!("CARGO_BIN_EXE_harmony"))
             .env("HARMONY_CONFIG", &self.config)
             .env("HARMONY_LOG", "info")
@@ -155,7 +163,7 @@ impl Drop for Cluster {
             .arg("down")
             .env("HARMONY_CLUSTER_DIR", self.dir.path())
             .env("HARMONY_CLUSTER_PORT_OFFSET", self.offset.to_string())
-            .env("HARMONY_CLUSTER_SERVES", SERVES.to_string())
+            .env("HARMONY_CLUSTER_SERVES", self.serves.to_string())
             .stdin(std::process::Stdio::null())
             .status();
     }
@@ -345,6 +353,8 @@ impl World {
             dir,
             offset: Cluster::free_offset(),
             config,
+            serves: SERVES,
+            sync_always: false,
         };
         cluster.run(&["up"]).await;
 
@@ -1086,4 +1096,68 @@ async fn a_cluster_loses_nothing_when_a_jetstream_leader_a_service_process_and_p
     );
     assert!(tally.succeeded > 200, "a storm: {tally:?}");
     drop(tally);
+}
+
+/// `HARMONY_CLUSTER_SYNC=always` runs the same three servers with `sync_interval: always`:
+/// each server writes every event to disk before it counts towards the acknowledgement, so an
+/// acknowledged event survives even a power loss of every server at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_can_write_every_event_to_disk_before_acknowledging_it() {
+    let dir = tempfile::Builder::new()
+        .prefix("cluster")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let config = dir.path().join("harmony.toml");
+    std::fs::write(&config, "").unwrap();
+    let cluster = Cluster {
+        dir,
+        offset: Cluster::free_offset(),
+        config,
+        serves: 0,
+        sync_always: true,
+    };
+    cluster.run(&["up"]).await;
+    for n in 0..3u16 {
+        let varz: Value = reqwest::get(format!(
+            "http://127.0.0.1:{}/varz",
+            8222 + n + cluster.offset
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(
+            varz["jetstream"]["config"]["sync_always"],
+            json!(true),
+            "nats-{}: {}",
+            n + 1,
+            varz["jetstream"]["config"]
+        );
+    }
+    let mut js = JetStreamConfig::new(cluster.nats_url());
+    js.replicas = 3;
+    let store = JetStreamEventStore::connect(js).await.unwrap();
+    let stream = domain::StreamName::integration(IntegrationId::new());
+    let events: Vec<_> = (0..5)
+        .map(|n| eventstore::NewEvent {
+            id: domain::EventId::new(),
+            event_type: "ConnectionTested".into(),
+            schema: 1,
+            data: json!({"ok": true, "latency_ms": n, "answer": "fine"}),
+            metadata: domain::Metadata {
+                workspace: "acme".parse().unwrap(),
+                owner: None,
+                actor: domain::Actor::System("test".into()),
+                correlation_id: uuid::Uuid::now_v7(),
+                causation_id: None,
+                occurred_at: Timestamp::now(),
+            },
+        })
+        .collect();
+    store
+        .append(&stream, eventstore::ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    assert_eq!(store.read_stream(&stream, 1, 10).await.unwrap().len(), 5);
 }
