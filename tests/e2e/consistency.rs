@@ -11,7 +11,8 @@ use serde_json::Value;
 use adapters::fakes::zendesk::FakeZendesk;
 
 use crate::helpers::{
-    position_of, spawn_app_with, spawn_on_jetstream_with_zendesk, use_fake_zendesk, zendesk_account,
+    connect_zendesk, position_of, spawn_app_with, spawn_on_jetstream_with_zendesk,
+    use_fake_zendesk, zendesk_account, zendesk_app,
 };
 
 #[tokio::test]
@@ -171,23 +172,13 @@ async fn on_jetstream_a_history_read_after_a_position_shows_what_installed_shows
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_an_authenticated_caller_waits_and_a_token_holds_few_waiting_reads() {
-    let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
-        .await
-        .unwrap();
-    let base = zendesk.server.base.clone();
-    let app = spawn_app_with(|settings| use_fake_zendesk(settings, &base)).await;
+    let (_zendesk, app) = zendesk_app(|_| {}).await;
     let (_, admin) = app.token("acme", "ada", "admin").await;
     let (_, max) = app.token("acme", "max", "member").await;
     let installed = "/v1/workspaces/acme/integrations";
-    let connected = app
-        .call(
-            Method::POST,
-            installed,
-            &admin,
-            Some(zendesk_account("zd-key")),
-        )
-        .await;
-    let head = position_of(&connected).expect("a write says its position");
+    connect_zendesk(&app, &admin, "acme").await;
+    // The connect's first event: a position the log holds.
+    let head = 1;
 
     // Without a token, or with a token nobody issued, the header holds nothing: 401 at once.
     for token in [None, Some("hst_nonsense")] {

@@ -396,36 +396,11 @@ async fn the_salesforce_form_connects_with_its_optional_fields_left_empty() {
     })
     .await;
     let (_, ada) = app.token("acme", "ada", "admin").await;
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap();
-    let csrf_of = |page: &str| {
-        page.split("name=\"csrf\" value=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .expect("a form with a CSRF token")
-            .to_owned()
-    };
-    let sign_in = browser
-        .get(format!("{}/console/sign-in", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let signed_in = browser
-        .post(format!("{}/console/sign-in", app.address))
-        .form(&[
-            ("csrf", csrf_of(&sign_in).as_str()),
-            ("token", ada.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_in.status(), 303);
+    let browser = crate::helpers::fresh_browser();
+    assert_eq!(
+        crate::helpers::console_sign_in(&app, &browser, &ada).await,
+        303
+    );
     let page = browser
         .get(format!("{}/console/apps/salesforce", app.address))
         .send()
@@ -448,7 +423,7 @@ async fn the_salesforce_form_connects_with_its_optional_fields_left_empty() {
     let posted = browser
         .post(format!("{}{action}", app.address))
         .form(&[
-            ("csrf", csrf_of(&page).as_str()),
+            ("csrf", crate::helpers::csrf_of(&page).as_str()),
             ("instance_url", "https://acme.my.salesforce.com"),
             ("client_id", ""),
             ("client_secret", ""),

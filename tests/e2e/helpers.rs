@@ -312,3 +312,85 @@ pub fn zendesk_account(api_token: &str) -> serde_json::Value {
     serde_json::json!({"app": "zendesk", "fields": {
         "subdomain": "acme", "email": "agent@acme.com", "api_token": api_token}})
 }
+
+/// The CSRF token of the first form on `page`.
+pub fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a form with a CSRF token")
+        .to_owned()
+}
+
+/// Signs in to the console with `token` through its sign-in form, in `browser` (which keeps
+/// the cookies and follows no redirect); answers the status of the form's post.
+pub async fn console_sign_in(app: &TestApp, browser: &reqwest::Client, token: &str) -> u16 {
+    let form = browser
+        .get(format!("{}/console/sign-in", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    browser
+        .post(format!("{}/console/sign-in", app.address))
+        .form(&[("csrf", csrf_of(&form).as_str()), ("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A browser of its own: its own cookies, following no redirect.
+pub fn fresh_browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("a client")
+}
+
+/// Connects the fake Zendesk for workspace `ws` as `token` and waits until Installed shows
+/// it; answers its id.
+pub async fn connect_zendesk(app: &TestApp, token: &str, ws: &str) -> String {
+    let connected = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/workspaces/{ws}/integrations"),
+            token,
+            Some(zendesk_account("zd-key")),
+        )
+        .await;
+    assert_eq!(connected.status(), 201);
+    let at = position_of(&connected).expect("a write says its position");
+    let id = connected.json::<serde_json::Value>().await.unwrap()["integration_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Read once Installed shows it.
+    let shown = app
+        .read_after(&format!("/v1/workspaces/{ws}/integrations/{id}"), token, at)
+        .await;
+    assert_eq!(shown.status(), 200);
+    id
+}
+
+/// The application with Zendesk pointed at a fake of its own (account `acme`, key `zd-key`),
+/// its settings changed by `configure` too.
+pub async fn zendesk_app(
+    configure: impl FnOnce(&mut gateway::Settings),
+) -> (adapters::fakes::zendesk::FakeZendesk, TestApp) {
+    let zendesk =
+        adapters::fakes::zendesk::FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
+            .await
+            .unwrap();
+    let base = zendesk.server.base.clone();
+    let app = spawn_app_with(move |settings| {
+        use_fake_zendesk(settings, &base);
+        configure(settings);
+    })
+    .await;
+    (zendesk, app)
+}

@@ -10,7 +10,7 @@ use adapters::outbound::OutboundPolicy;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{connect_zendesk, spawn_app, spawn_app_with, zendesk_app};
 
 /// A TCP server on loopback that counts the connections it accepts and answers each with a
 /// body no refused request may ever echo.
@@ -440,27 +440,10 @@ async fn the_console_counts_against_the_tokens_rate_limit() {
     .await;
     let (_, token) = app.token("acme", "ada", "admin").await;
     let browser = app.browser();
-    let form = browser
-        .get(format!("{}/console/sign-in", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = form
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
-    let signed_in = browser
-        .post(format!("{}/console/sign-in", app.address))
-        .form(&[("csrf", csrf.as_str()), ("token", token.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_in.status(), 303);
+    assert_eq!(
+        crate::helpers::console_sign_in(&app, &browser, &token).await,
+        303
+    );
     let mut statuses = Vec::new();
     for _ in 0..10 {
         let page = browser
@@ -670,49 +653,6 @@ async fn companion_arguments_and_results_leave_the_history_with_their_integratio
     );
 }
 
-/// Connects the fake Zendesk `zendesk` for workspace `ws` as `token`; answers its id.
-async fn connect_zendesk(app: &crate::helpers::TestApp, token: &str, ws: &str) -> String {
-    let connected = app
-        .call(
-            Method::POST,
-            &format!("/v1/workspaces/{ws}/integrations"),
-            token,
-            Some(crate::helpers::zendesk_account("zd-key")),
-        )
-        .await;
-    assert_eq!(connected.status(), 201);
-    let at = crate::helpers::position_of(&connected).expect("a write says its position");
-    let id = connected.json::<Value>().await.unwrap()["integration_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    // Read once Installed shows it.
-    let shown = app
-        .read_after(&format!("/v1/workspaces/{ws}/integrations/{id}"), token, at)
-        .await;
-    assert_eq!(shown.status(), 200);
-    id
-}
-
-async fn zendesk_app(
-    configure: impl FnOnce(&mut gateway::Settings),
-) -> (
-    adapters::fakes::zendesk::FakeZendesk,
-    crate::helpers::TestApp,
-) {
-    let zendesk =
-        adapters::fakes::zendesk::FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
-            .await
-            .unwrap();
-    let base = zendesk.server.base.clone();
-    let app = spawn_app_with(move |settings| {
-        crate::helpers::use_fake_zendesk(settings, &base);
-        configure(settings);
-    })
-    .await;
-    (zendesk, app)
-}
-
 #[tokio::test]
 async fn positions_and_cursors_past_any_log_are_refused_never_wrapped() {
     let (_zendesk, app) = zendesk_app(|_| {}).await;
@@ -852,33 +792,7 @@ async fn another_workspaces_sync_logs_are_not_found() {
 
 /// Signs in to the console with `token` in a fresh browser; answers the status.
 async fn console_sign_in(app: &crate::helpers::TestApp, token: &str) -> u16 {
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap();
-    let form = browser
-        .get(format!("{}/console/sign-in", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = form
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
-    browser
-        .post(format!("{}/console/sign-in", app.address))
-        .form(&[("csrf", csrf.as_str()), ("token", token)])
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    crate::helpers::console_sign_in(app, &crate::helpers::fresh_browser(), token).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
