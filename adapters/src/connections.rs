@@ -17,7 +17,9 @@ use std::time::Instant;
 use database::ReadDb;
 use domain::aggregate::{Aggregate, CommandContext};
 use domain::catalog::{self, App, AuthKind};
-use domain::integration::{ConnectIntegration, Integration, IntegrationCommand, Status};
+use domain::integration::{
+    ConnectIntegration, Integration, IntegrationCommand, IntegrationEvent, Status,
+};
 use domain::principal::{Caller, Principal};
 use domain::{DomainError, IntegrationId, StreamName, Timestamp};
 use eventstore::repository::{Repository, RepositoryError};
@@ -216,6 +218,50 @@ impl Connections {
         }
         self.record_test(integration, true, latency_ms, &identity.answer)
             .await
+    }
+
+    /// Revokes every grant a `Reauthenticated` after `version` of `stream` stored, but the one
+    /// already revoked.
+    async fn revoke_grants_since(
+        &self,
+        client: &OAuthClient,
+        stream: &StreamName,
+        version: u64,
+        revoked: Option<&domain::CredentialRef>,
+    ) {
+        let later = match self
+            .repo
+            .store()
+            .read_stream(stream, version + 1, 1000)
+            .await
+        {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!(%stream, %error, "cannot look for grants a disconnect raced with");
+                return;
+            }
+        };
+        for event in later {
+            let Ok(Some(IntegrationEvent::Reauthenticated(reauth))) =
+                event.decode::<IntegrationEvent>()
+            else {
+                continue;
+            };
+            if Some(&reauth.credential_ref) == revoked {
+                continue;
+            }
+            let credentials = match self.vault.get(&reauth.credential_ref).await {
+                Ok(secret) => Credentials::from_secret(&secret),
+                Err(error) => {
+                    tracing::warn!(%stream, %error, "a grant a disconnect raced with is gone already");
+                    continue;
+                }
+            };
+            match credentials {
+                Ok(credentials) => self.revoke_unkept(client, &credentials).await,
+                Err(error) => tracing::warn!(%stream, %error, "a stored grant does not read"),
+            }
+        }
     }
 
     /// Revokes at the provider, where it allows, a grant the service does not keep (its
@@ -685,7 +731,8 @@ impl Connections {
         reason: &str,
     ) -> Result<bool, ConnectError> {
         let stream = StreamName::integration(integration);
-        let state = self.repo.load::<Integration>(&stream).await?.state;
+        let loaded = self.repo.load::<Integration>(&stream).await?;
+        let state = loaded.state;
         // The rules first: a disconnect this caller may not make revokes nothing.
         state.handle(
             &IntegrationCommand::Disconnect {
@@ -722,6 +769,18 @@ impl Connections {
             },
         )
         .await?;
+        // A reauth that landed between this disconnect's read and its append gave the
+        // integration a grant the revocation above never saw: revoke it too, while its secret
+        // is still there.
+        if let Some(client) = self.oauth.get(&app) {
+            self.revoke_grants_since(
+                client,
+                &stream,
+                loaded.version,
+                state.credential_ref.as_ref(),
+            )
+            .await;
+        }
         // The connection's configuration goes with it: its secrets are shredded (after the
         // event, as a delete does; the follower of the log shreds them if this fails).
         if let Err(error) = self.vault.shred(integration).await {

@@ -30,10 +30,20 @@ use eventstore::{EventStore, SledEventStore, StoreError};
 use secrecy::SecretString;
 use url::Url;
 
-/// The log, with appends that fail while `refuse` is set (the log unreachable, say).
+/// The log, with appends that fail while `refuse` is set (the log unreachable, say), and that
+/// can hold the next append of one event type (`held`) until the test lets it go.
 struct Unreliable {
     inner: SledEventStore,
     refuse: Arc<AtomicBool>,
+    held: Arc<std::sync::Mutex<Option<Hold>>>,
+}
+
+/// An append of `event_type` held: `reached` is told when it arrives, and it goes on when `go`
+/// is.
+struct Hold {
+    event_type: &'static str,
+    reached: tokio::sync::oneshot::Sender<()>,
+    go: tokio::sync::oneshot::Receiver<()>,
 }
 
 #[async_trait::async_trait]
@@ -46,6 +56,21 @@ impl EventStore for Unreliable {
     ) -> Result<eventstore::AppendResult, StoreError> {
         if self.refuse.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("the log is unreachable".into()));
+        }
+        let hold = {
+            let mut held = self.held.lock().unwrap();
+            let matches = held
+                .as_ref()
+                .is_some_and(|hold| events.iter().any(|e| e.event_type == hold.event_type));
+            if matches {
+                held.take()
+            } else {
+                None
+            }
+        };
+        if let Some(hold) = hold {
+            let _ = hold.reached.send(());
+            let _ = hold.go.await;
         }
         self.inner.append(stream, expected, events).await
     }
@@ -92,6 +117,7 @@ struct World {
     _dir: tempfile::TempDir,
     /// While set, appends to the log fail.
     refuse_appends: Arc<AtomicBool>,
+    held: Arc<std::sync::Mutex<Option<Hold>>>,
     repo: Arc<Repository>,
     db: ReadDb,
     vault: Arc<Vault>,
@@ -107,9 +133,11 @@ impl World {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let refuse_appends = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(std::sync::Mutex::new(None));
         let store = Unreliable {
             inner: SledEventStore::open(dir.path().join("events")).unwrap(),
             refuse: refuse_appends.clone(),
+            held: held.clone(),
         };
         let repo = Arc::new(Repository::new(Arc::new(store)));
         let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
@@ -152,6 +180,7 @@ impl World {
         Self {
             _dir: dir,
             refuse_appends,
+            held,
             repo,
             db,
             vault,
@@ -629,4 +658,45 @@ async fn a_connect_that_loses_the_race_for_the_apps_slot_keeps_nothing() {
         world.state(winner.integration).await.status,
         Status::Connected
     );
+}
+
+#[tokio::test]
+async fn a_reauth_that_lands_while_a_disconnect_appends_has_its_grant_revoked_too() {
+    let world = Arc::new(World::new().await);
+    let id = world.connect_hubspot().await;
+    let (state, code) = world.reauth_at_the_provider(id).await;
+
+    // The disconnect reads the integration and revokes its grant; its append is held there.
+    let (reached, arrived) = tokio::sync::oneshot::channel();
+    let (go, released) = tokio::sync::oneshot::channel();
+    *world.held.lock().unwrap() = Some(Hold {
+        event_type: "Disconnected",
+        reached,
+        go: released,
+    });
+    let disconnecting = {
+        let world = world.clone();
+        tokio::spawn(async move {
+            let admin = as_user("ada", Role::Admin);
+            world
+                .connections
+                .disconnect(&admin, id, "no longer used")
+                .await
+        })
+    };
+    arrived.await.unwrap();
+    // Meanwhile the reauth's callback lands: the integration is still connected.
+    let issued = world.hubspot.auth.issued_tokens().len();
+    world.finish(&state, &code).await.unwrap();
+    assert_eq!(world.live_refresh_tokens_after(issued).len(), 1);
+    go.send(()).unwrap();
+
+    assert!(disconnecting.await.unwrap().unwrap());
+    assert_eq!(world.state(id).await.status, Status::Disconnected);
+    assert_eq!(
+        world.live_refresh_tokens_after(issued),
+        Vec::<String>::new(),
+        "the grant the reauth stored is revoked with the rest"
+    );
+    assert_eq!(world.vault_rows().await, (0, 0));
 }
