@@ -302,20 +302,11 @@ pub(super) async fn sync_logs(
     Query(query): Query<SyncLogsQuery>,
 ) -> Result<Json<projections::sync_runs::RunsPage>, Problem> {
     let principal = &caller.0;
-    // The logs of an integration Installed does not show this caller (another workspace's,
-    // another member's personal one, a deleted one) are not found, as its every other route
-    // answers: an empty list would say it exists.
-    let shown = projections::installed::get(
-        &state.read,
-        principal.workspace.as_str(),
-        principal.user.as_str(),
-        &id.to_string(),
-    )
-    .await
-    .map_err(|error| Problem::failed("cannot read Installed", &error))?;
-    if shown.is_none() {
-        return Err(service::not_found(id));
-    }
+    // The logs of an integration this caller may not see (another workspace's, another
+    // member's personal one, one that never was) are not found, as its every other route
+    // answers: an empty list would say it exists. Judged from the log, like its history, so
+    // an integration connected a moment ago is found before Installed shows it.
+    service::load_visible(&state, &caller, id).await?;
     let filter = projections::sync_runs::Filter {
         status: query.status,
         kind: query.kind,
