@@ -399,7 +399,9 @@ struct Dispatch {
 impl Follower for Dispatch {
     async fn on_event(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
         if let Some(id) = event.stream.integration_id() {
-            if event.event_type == "ActionApproved" {
+            if domain::IntegrationEventKind::of(&event.event_type)
+                == Some(domain::IntegrationEventKind::ActionApproved)
+            {
                 // The runner reads the stream through this process's store, maybe from a
                 // replica behind the event it acts on.
                 self.worker

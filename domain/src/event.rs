@@ -69,11 +69,13 @@ pub trait DomainEvent: Sized + Clone + std::fmt::Debug + PartialEq {
 }
 
 /// Declares an event enum whose variants each wrap one payload struct, with its schema number,
-/// and implements [`DomainEvent`] for it. Upcasters are supplied as a function.
+/// and implements [`DomainEvent`] for it. Upcasters are supplied as a function. Beside it, a
+/// fieldless `kind` enum names each type without its data: what a reader that only routes
+/// events by type matches on, so that no code outside the domain spells a type name.
 macro_rules! event_enum {
     (
         $(#[$doc:meta])*
-        $name:ident, upcast = $upcast:path, {
+        $name:ident, kind = $kind:ident, upcast = $upcast:path, {
             $( $(#[$vdoc:meta])* $variant:ident($payload:ty) = $schema:literal ),+ $(,)?
         }
     ) => {
@@ -81,6 +83,33 @@ macro_rules! event_enum {
         #[derive(Clone, Debug, PartialEq)]
         pub enum $name {
             $( $(#[$vdoc])* $variant($payload) ),+
+        }
+
+        #[doc = concat!("The type of a [`", stringify!($name), "`], without its data.")]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $kind {
+            $( $variant ),+
+        }
+
+        impl $kind {
+            /// The kind a stored event's type name stands for; `None` for a name this
+            /// aggregate never published. Names never change meaning, so no upcasting is
+            /// needed to route by kind.
+            pub fn of(event_type: &str) -> Option<Self> {
+                match event_type { $( stringify!($variant) => Some(Self::$variant), )+ _ => None }
+            }
+
+            /// The published name.
+            pub fn name(self) -> &'static str {
+                match self { $( Self::$variant => stringify!($variant) ),+ }
+            }
+        }
+
+        impl $name {
+            /// This event's type, without its data.
+            pub fn kind(&self) -> $kind {
+                match self { $( Self::$variant(_) => $kind::$variant ),+ }
+            }
         }
 
         impl $crate::event::DomainEvent for $name {

@@ -29,8 +29,10 @@ pub use ids::{
     ActionId, CredentialRef, EventId, IdError, IntegrationId, RuleId, StreamName, SyncId, UserId,
     WorkspaceId,
 };
-pub use integration::{Integration, IntegrationCommand, IntegrationEvent, Status};
+pub use integration::{
+    Integration, IntegrationCommand, IntegrationEvent, IntegrationEventKind, Status,
+};
 pub use metadata::Metadata;
-pub use policy::{PolicyCommand, PolicyEvent, WorkspacePolicy};
+pub use policy::{PolicyCommand, PolicyEvent, PolicyEventKind, WorkspacePolicy};
 pub use principal::{Actor, Caller, Principal, Role};
 pub use timestamp::Timestamp;

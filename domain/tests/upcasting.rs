@@ -86,3 +86,36 @@ fn current_events_round_trip_and_unknown_or_future_ones_are_told_apart() {
         Err(EventDecodeError::Malformed { .. })
     ));
 }
+
+/// Readers that only route events by type match on a kind from the domain, never on a name
+/// they spell themselves: each kind is exactly its published name.
+#[test]
+fn every_event_kind_is_its_published_name_and_nothing_else() {
+    use domain::{IntegrationEventKind, PolicyEventKind};
+    let decoded = IntegrationEvent::decode(
+        "ConnectionTested",
+        1,
+        json!({"success": true, "latency_secs": 0.25, "message": "fine"}),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(decoded.kind(), IntegrationEventKind::ConnectionTested);
+    assert_eq!(
+        IntegrationEventKind::of(decoded.event_type()),
+        Some(decoded.kind())
+    );
+    for kind in [
+        IntegrationEventKind::SyncRequested,
+        IntegrationEventKind::ActionApproved,
+        IntegrationEventKind::Deleted,
+    ] {
+        assert_eq!(IntegrationEventKind::of(kind.name()), Some(kind));
+    }
+    assert_eq!(
+        PolicyEventKind::of("ApprovalRuleAdded"),
+        Some(PolicyEventKind::ApprovalRuleAdded)
+    );
+    for stranger in ["syncrequested", "Sync", "ApprovalRuleAdded", ""] {
+        assert_eq!(IntegrationEventKind::of(stranger), None, "{stranger}");
+    }
+}

@@ -126,7 +126,20 @@ impl Projection {
     pub fn reads(self, event_type: &str) -> bool {
         match self {
             Projection::Installed => true,
-            Projection::SyncRuns => event_type.starts_with("Sync"),
+            Projection::SyncRuns => {
+                use domain::IntegrationEventKind as Kind;
+                matches!(
+                    Kind::of(event_type),
+                    Some(
+                        Kind::SyncRequested
+                            | Kind::SyncStarted
+                            | Kind::SyncProgressed
+                            | Kind::SyncCompleted
+                            | Kind::SyncFailed
+                            | Kind::SyncScheduleChanged
+                    )
+                )
+            }
         }
     }
 

@@ -551,17 +551,21 @@ impl Follower for Dispatch {
         let Some(id) = event.stream.integration_id() else {
             return Ok(());
         };
-        match (event.event_type.as_str(), self.worker.inner.queue.get()) {
+        use domain::IntegrationEventKind as Kind;
+        let Some(kind) = Kind::of(&event.event_type) else {
+            return Ok(());
+        };
+        match (kind, self.worker.inner.queue.get()) {
             // Distributed: the request becomes work on the shared queue, offered by every
             // process and kept once. An interrupted run's item was never acknowledged, so it
             // comes back by itself.
-            ("SyncRequested", Some(queue)) => {
+            (Kind::SyncRequested, Some(queue)) => {
                 queue
                     .offer(&id.to_string(), &event.id.to_string(), event.version)
                     .await?;
             }
-            ("SyncStarted" | "SyncProgressed", Some(_)) => {}
-            ("SyncRequested" | "SyncStarted" | "SyncProgressed", None) => {
+            (Kind::SyncStarted | Kind::SyncProgressed, Some(_)) => {}
+            (Kind::SyncRequested | Kind::SyncStarted | Kind::SyncProgressed, None) => {
                 self.worker
                     .inner
                     .repo
@@ -570,7 +574,9 @@ impl Follower for Dispatch {
                 self.held.hold(event.position, id);
                 self.worker.kick(id);
             }
-            ("Disconnected" | "Deleted" | "CredentialsExpired", _) => self.worker.cancel(id),
+            (Kind::Disconnected | Kind::Deleted | Kind::CredentialsExpired, _) => {
+                self.worker.cancel(id)
+            }
             _ => {}
         }
         Ok(())

@@ -297,7 +297,7 @@ pub struct ConnectionAbandoned {
 
 event_enum!(
     /// Every event of an integration stream.
-    IntegrationEvent, upcast = upcast, {
+    IntegrationEvent, kind = IntegrationEventKind, upcast = upcast, {
         IntegrationConnected(IntegrationConnected) = 2,
         ConnectionTested(ConnectionTested) = 2,
         CredentialsRefreshed(CredentialsRefreshed) = 1,

@@ -53,7 +53,7 @@ pub struct ConnectionSlotReleased {
 
 event_enum!(
     /// Every event of a workspace policy stream.
-    PolicyEvent, upcast = no_upcasters, {
+    PolicyEvent, kind = PolicyEventKind, upcast = no_upcasters, {
         ApprovalRuleAdded(ApprovalRuleAdded) = 1,
         ApprovalRuleRemoved(ApprovalRuleRemoved) = 1,
         ConnectionSlotReserved(ConnectionSlotReserved) = 1,

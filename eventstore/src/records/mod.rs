@@ -162,9 +162,10 @@ where
         let Some(integration) = event.stream.integration_id() else {
             return Ok(());
         };
-        match event.event_type.as_str() {
-            "Disconnected" => (self.also)(integration).await,
-            "Deleted" => {
+        use domain::IntegrationEventKind as Kind;
+        match Kind::of(&event.event_type) {
+            Some(Kind::Disconnected) => (self.also)(integration).await,
+            Some(Kind::Deleted) => {
                 (self.also)(integration).await?;
                 let purged = self
                     .records

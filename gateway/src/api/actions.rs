@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::integration::Approver;
-use domain::integration::{ActionPayload, IntegrationCommand};
+use domain::integration::{ActionPayload, IntegrationCommand, IntegrationEvent};
 use domain::policy::{PolicyChange, PolicyCommand, WorkspacePolicy};
 use domain::{ActionId, RuleId, StreamName};
 use serde::{Deserialize, Serialize};
@@ -340,15 +340,11 @@ async fn decide(
 async fn shown(
     state: &AppState,
     integration: domain::IntegrationId,
-    stored: &Value,
+    payload: &ActionPayload,
 ) -> Result<Value, Problem> {
-    let payload: ActionPayload = serde_json::from_value(stored.clone()).map_err(|error| {
-        tracing::error!(%error, "an action's stored payload does not decode");
-        Problem::internal()
-    })?;
     state
         .vault
-        .show(integration, &payload)
+        .show(integration, payload)
         .await
         .map_err(vault_problem)
 }
@@ -381,49 +377,44 @@ async fn action_status(
     target: &Target,
     action_id: ActionId,
 ) -> Result<Action, Problem> {
-    use domain::integration::{ActionApproved, ActionFailed, ActionRejected, ActionRequested};
     let wanted = action_id.to_string();
     let events = super::audit::action_events(state, target.id, action_id).await?;
     let mut answer: Option<Action> = None;
-    for (event, data) in events {
+    for event in events {
         let entry = answer.get_or_insert_with(|| Action {
             action_id: wanted.clone(),
             ..Action::default()
         });
         let at = event.metadata.occurred_at.to_string();
-        let undecodable = |error: serde_json::Error| {
+        // Decoded as the domain knows it, older schemas upcast.
+        let decoded = event.decode::<IntegrationEvent>().map_err(|error| {
             tracing::error!(%error, event = %event.id, "an action's event does not decode");
             Problem::internal()
-        };
-        match event.event_type.as_str() {
-            "ActionRequested" => {
-                let requested: ActionRequested =
-                    serde_json::from_value(data.clone()).map_err(undecodable)?;
+        })?;
+        match decoded {
+            Some(IntegrationEvent::ActionRequested(requested)) => {
                 entry.tool = requested.tool;
-                entry.arguments = shown(state, target.id, &data["arguments"]).await?;
+                entry.arguments = shown(state, target.id, &requested.arguments).await?;
                 entry.sensitive = requested.sensitive;
                 entry.requested_by = requested.requested_by.to_string();
                 entry.requested_at = at;
                 entry.status = ActionState::AwaitingApproval;
             }
-            "ActionApproved" => {
-                let approved: ActionApproved = serde_json::from_value(data).map_err(undecodable)?;
+            Some(IntegrationEvent::ActionApproved(approved)) => {
                 entry.approved_by = Some(approved.by);
                 entry.status = ActionState::Approved;
             }
-            "ActionRejected" => {
-                let rejected: ActionRejected = serde_json::from_value(data).map_err(undecodable)?;
+            Some(IntegrationEvent::ActionRejected(rejected)) => {
                 entry.rejected_by = Some(rejected.by.to_string());
                 entry.reason = rejected.reason;
                 entry.status = ActionState::Rejected;
             }
-            "ActionCompleted" => {
-                entry.result = Some(shown(state, target.id, &data["result"]).await?);
+            Some(IntegrationEvent::ActionCompleted(completed)) => {
+                entry.result = Some(shown(state, target.id, &completed.result).await?);
                 entry.finished_at = Some(at);
                 entry.status = ActionState::Completed;
             }
-            "ActionFailed" => {
-                let failed: ActionFailed = serde_json::from_value(data).map_err(undecodable)?;
+            Some(IntegrationEvent::ActionFailed(failed)) => {
                 entry.error = Some(failed.error);
                 entry.finished_at = Some(at);
                 entry.status = ActionState::Failed;

@@ -39,7 +39,7 @@ pub(super) async fn action_events(
     state: &AppState,
     id: domain::IntegrationId,
     action: domain::ActionId,
-) -> Result<Vec<(RecordedEvent, serde_json::Value)>, Problem> {
+) -> Result<Vec<RecordedEvent>, Problem> {
     let stream = StreamName::integration(id);
     let Some(last) = state
         .store
@@ -90,11 +90,12 @@ pub(super) async fn action_events(
         for event in page {
             let Ok(data) = event.data() else { continue };
             if data["action_id"].as_str() == Some(wanted.as_str()) {
+                use domain::IntegrationEventKind as Kind;
                 let ended = matches!(
-                    event.event_type.as_str(),
-                    "ActionCompleted" | "ActionFailed" | "ActionRejected"
+                    Kind::of(&event.event_type),
+                    Some(Kind::ActionCompleted | Kind::ActionFailed | Kind::ActionRejected)
                 );
-                found.push((event, data));
+                found.push(event);
                 if ended {
                     return Ok(found);
                 }
