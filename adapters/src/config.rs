@@ -157,12 +157,8 @@ impl Default for AdaptersConfig {
 }
 
 impl AdaptersConfig {
-    /// Reads `file` (if given) and the environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with(file, |name| std::env::var(name).ok())
-    }
-
-    /// As [`load`](Self::load), with the environment given as a lookup.
+    /// Reads `file` (if given) and the variables `env` looks up (the process's environment,
+    /// read by the caller at start, or a map in tests).
     pub fn load_with(
         file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,

@@ -241,13 +241,16 @@ impl Keyring {
         }
     }
 
-    /// The keys from `HARMONY_MASTER_KEY` if it is set, else from the key file at `path`
-    /// (created, mode 0600, with a new random key when absent) and the next key beside it,
-    /// when a rotation left one.
-    pub fn load_or_create(path: &Path) -> Result<Self, VaultError> {
-        if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
+    /// The keys `from_env` holds (the value of `HARMONY_MASTER_KEY`, which the caller read
+    /// at start) if given, else from the key file at `path` (created, mode 0600, with a new
+    /// random key when absent) and the next key beside it, when a rotation left one.
+    pub fn load_or_create(
+        path: &Path,
+        from_env: Option<&SecretString>,
+    ) -> Result<Self, VaultError> {
+        if let Some(text) = from_env {
             return Ok(Self {
-                keys: keys_from_env(&text)?,
+                keys: keys_from_env(text.expose_secret())?,
                 source: KeySource::Environment,
             });
         }

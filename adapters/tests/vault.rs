@@ -223,7 +223,7 @@ async fn a_service_reading_the_key_file_follows_a_rotation_without_a_restart() {
     let path = dir.path().join("master.key");
     let service = Arc::new(Vault::with_keyring(
         db.clone(),
-        Keyring::load_or_create(&path).unwrap(),
+        Keyring::load_or_create(&path, None).unwrap(),
     ));
     let old = MasterKey::load_or_create(&path).unwrap();
     let first = service
@@ -252,7 +252,7 @@ async fn a_service_reading_the_key_file_follows_a_rotation_without_a_restart() {
     for (reference, text) in [(&first, "first"), (&during, "during")] {
         assert_eq!(service.get(reference).await.unwrap().expose_secret(), text);
     }
-    let restarted = Vault::with_keyring(db, Keyring::load_or_create(&path).unwrap());
+    let restarted = Vault::with_keyring(db, Keyring::load_or_create(&path, None).unwrap());
     for (reference, text) in [(&first, "first"), (&during, "during")] {
         assert_eq!(
             restarted.get(reference).await.unwrap().expose_secret(),

@@ -87,11 +87,12 @@ impl CheckpointKey {
         })
     }
 
-    /// The key from `HARMONY_CHECKPOINT_KEY` if set, else from `path`, created (mode 0600, a
-    /// new random key) when absent. A key file others may read is refused.
-    pub fn load_or_create(path: &Path) -> Result<Self, String> {
-        if let Ok(text) = std::env::var(KEY_ENV) {
-            return Self::from_base64(&text).map_err(|error| format!("{KEY_ENV}: {error}"));
+    /// The key `from_env` holds (the value of `HARMONY_CHECKPOINT_KEY`, which the caller read
+    /// at start) if given, else from `path`, created (mode 0600, a new random key) when absent.
+    /// A key file others may read is refused.
+    pub fn load_or_create(path: &Path, from_env: Option<&str>) -> Result<Self, String> {
+        if let Some(text) = from_env {
+            return Self::from_base64(text).map_err(|error| format!("{KEY_ENV}: {error}"));
         }
         match crate::keyfile::read_private(path)? {
             Some(text) => {

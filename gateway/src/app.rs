@@ -42,7 +42,13 @@ impl Application {
             settings.records_max_age,
         )
         .await?;
-        let checkpoints = open_checkpoints(&logs, &settings.data_dir, None).await?;
+        let checkpoints = open_checkpoints(
+            &logs,
+            &settings.data_dir,
+            None,
+            settings.checkpoint_key.as_ref(),
+        )
+        .await?;
         let Logs {
             store,
             records,
@@ -59,8 +65,11 @@ impl Application {
             ),
             database::ReadDb::Postgres(_) => None,
         };
-        let keys = adapters::vault::Keyring::load_or_create(&master_key_path(&settings.data_dir))
-            .context("while opening the credential vault")?;
+        let keys = adapters::vault::Keyring::load_or_create(
+            &master_key_path(&settings.data_dir),
+            settings.master_key.as_ref(),
+        )
+        .context("while opening the credential vault")?;
         let vault = Arc::new(adapters::vault::Vault::with_keyring(read.clone(), keys));
         // A process that cannot wrap under the vault's current key must not start.
         vault

@@ -300,6 +300,11 @@ pub struct ServeArgs {
     pub storage: StorageArgs,
 }
 
+/// A secret value of the command line or its environment, kept out of `Debug`.
+fn secret(text: &str) -> Result<secrecy::SecretString, std::convert::Infallible> {
+    Ok(secrecy::SecretString::from(text.to_owned()))
+}
+
 /// Where a service keeps its state: what `serve` and the operators' commands share.
 #[derive(Debug, Args)]
 pub struct StorageArgs {
@@ -317,6 +322,14 @@ pub struct StorageArgs {
     /// How many days synced record changes (personal data) are kept on the records log.
     #[arg(long, env = "HARMONY_RECORDS_MAX_AGE_DAYS", default_value_t = 30)]
     pub records_max_age_days: u64,
+    /// The vault's master key (base64 of 32 bytes; several comma-separated during a
+    /// rotation), read here once from HARMONY_MASTER_KEY; else the key file under --data-dir.
+    #[arg(long = "master-key-base64", env = "HARMONY_MASTER_KEY", hide = true, hide_env_values = true, value_parser = secret)]
+    pub master_key: Option<secrecy::SecretString>,
+    /// The checkpoint signing key (base64), read here once from HARMONY_CHECKPOINT_KEY; else
+    /// the key file under --data-dir.
+    #[arg(long = "checkpoint-key-base64", env = "HARMONY_CHECKPOINT_KEY", hide = true, hide_env_values = true, value_parser = secret)]
+    pub checkpoint_key_base64: Option<secrecy::SecretString>,
     #[command(flatten)]
     pub jetstream: JetStreamArgs,
 }

@@ -89,6 +89,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             work_ack_wait: std::time::Duration::from_secs(args.sync_work_ack_wait_seconds.max(1)),
         },
         jetstream: args.storage.jetstream_config(),
+        master_key: args.storage.master_key.clone(),
+        checkpoint_key: args.storage.checkpoint_key_base64.clone(),
         records_max_age: args.storage.records_max_age(),
         data_dir: args.storage.data_dir,
         listen: args.listen,
@@ -115,7 +117,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         settings.data_dir = demo.data_dir();
     }
     if !args.demo {
-        settings.adapters = adapters::config::AdaptersConfig::load(args.config.as_deref())?;
+        // The one place the configuration's variables are read.
+        settings.adapters =
+            adapters::config::AdaptersConfig::load_with(args.config.as_deref(), |name| {
+                std::env::var(name).ok()
+            })?;
         for reason in settings.adapters.unavailable.values() {
             tracing::info!("{reason}");
         }

@@ -44,6 +44,12 @@ pub struct Settings {
     pub run_workers: bool,
     /// Where `/metrics` is served, and to whom.
     pub metrics: MetricsSettings,
+    /// The vault's master key(s) as `HARMONY_MASTER_KEY` gave them at start; `None`: the key
+    /// file under `data_dir`.
+    pub master_key: Option<secrecy::SecretString>,
+    /// The checkpoint key as `HARMONY_CHECKPOINT_KEY` gave it at start; `None`: the key file
+    /// under `data_dir`.
+    pub checkpoint_key: Option<secrecy::SecretString>,
 }
 
 /// Where `/metrics` is served, and to whom. Metrics name no workspace, user or integration,
@@ -75,6 +81,8 @@ impl Settings {
             checkpoint_every: std::time::Duration::from_secs(60),
             run_workers: true,
             metrics: MetricsSettings::default(),
+            master_key: None,
+            checkpoint_key: None,
         }
     }
 }

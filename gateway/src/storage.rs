@@ -86,11 +86,13 @@ pub fn checkpoint_key_path(data_dir: &std::path::Path) -> PathBuf {
 
 /// Opens the checkpoint log beside `logs` (`checkpoints/` under `data_dir`, or the
 /// checkpoints stream on JetStream) and the key: from `key_file` when given, else the data
-/// directory's (created when absent), unless `HARMONY_CHECKPOINT_KEY` holds it.
+/// directory's (created when absent), unless `from_env` (`HARMONY_CHECKPOINT_KEY`, read at
+/// start) holds it.
 pub async fn open_checkpoints(
     logs: &Logs,
     data_dir: &std::path::Path,
     key_file: Option<&std::path::Path>,
+    from_env: Option<&secrecy::SecretString>,
 ) -> anyhow::Result<Checkpoints> {
     let log: Arc<dyn eventstore::checkpoints::CheckpointLog> = match &logs.jetstream {
         Some(jetstream) => Arc::new(
@@ -108,8 +110,11 @@ pub async fn open_checkpoints(
         }
     };
     let path = key_file.map_or_else(|| checkpoint_key_path(data_dir), std::path::Path::to_owned);
-    let key = eventstore::checkpoints::CheckpointKey::load_or_create(&path)
-        .map_err(|reason| anyhow::anyhow!("the checkpoint key: {reason}"))?;
+    let key = eventstore::checkpoints::CheckpointKey::load_or_create(
+        &path,
+        from_env.map(secrecy::ExposeSecret::expose_secret),
+    )
+    .map_err(|reason| anyhow::anyhow!("the checkpoint key: {reason}"))?;
     Ok(Checkpoints {
         log,
         key: Arc::new(key),

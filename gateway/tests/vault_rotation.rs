@@ -37,7 +37,7 @@ async fn open(data_dir: &Path) -> ReadDb {
 /// Every secret opens with the keys on disk, as a service starting now would read them.
 async fn every_secret_opens(data_dir: &Path, stored: &[(CredentialRef, String)]) {
     let db = open(data_dir).await;
-    let keys = Keyring::load_or_create(&data_dir.join("master.key")).unwrap();
+    let keys = Keyring::load_or_create(&data_dir.join("master.key"), None).unwrap();
     let vault = Vault::with_keyring(db.clone(), keys);
     for (reference, text) in stored {
         let opened = vault.get(reference).await.unwrap_or_else(|error| {
@@ -67,7 +67,7 @@ fn a_rotation_killed_at_random_points_loses_no_credential() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let stored = runtime.block_on(async {
         let db = open(data_dir).await;
-        let keys = Keyring::load_or_create(&data_dir.join("master.key")).unwrap();
+        let keys = Keyring::load_or_create(&data_dir.join("master.key"), None).unwrap();
         let vault = Vault::with_keyring(db.clone(), keys);
         let mut stored = Vec::new();
         for n in 0..SECRETS {

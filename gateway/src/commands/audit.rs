@@ -100,6 +100,7 @@ pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()
         &logs,
         &args.storage.data_dir,
         args.checkpoint_key.as_deref(),
+        args.storage.checkpoint_key_base64.as_ref(),
     )
     .await?;
     let verified = match &args.integration {

@@ -27,14 +27,15 @@ pub async fn rotate(args: &RotateArgs, out: &mut dyn std::io::Write) -> anyhow::
     let storage = &args.storage;
     let path = master_key_path(&storage.data_dir);
     let next_path = Keyring::next_path(&path);
-    let from_env = std::env::var_os(MASTER_KEY_ENV).is_some();
+    let from_env = storage.master_key.is_some();
     if !from_env && !path.is_file() {
         anyhow::bail!(
             "there is no master key at {} (nor in {MASTER_KEY_ENV}): nothing to rotate",
             path.display()
         );
     }
-    let held = Keyring::load_or_create(&path).context("while reading the current master key")?;
+    let held = Keyring::load_or_create(&path, storage.master_key.as_ref())
+        .context("while reading the current master key")?;
     let given = match &args.new_key_file {
         Some(file) => Some(
             read_key_file(file)
