@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use database::ReadDb;
+use database::ServiceDb;
 use domain::aggregate::CommandContext;
 use domain::integration::{
     ActionPayload, ActionStatus, ExpiryReason, Integration, IntegrationCommand,
@@ -60,7 +60,7 @@ pub struct ActionWorker {
 #[derive(Debug)]
 struct Inner {
     repo: Arc<Repository>,
-    db: ReadDb,
+    db: ServiceDb,
     /// Opens the sealed arguments and seals the provider's answer.
     vault: Arc<Vault>,
     credentials: Arc<dyn CredentialSource>,
@@ -88,7 +88,7 @@ enum Outcome {
 impl ActionWorker {
     pub fn new(
         repo: Arc<Repository>,
-        db: ReadDb,
+        db: ServiceDb,
         vault: Arc<Vault>,
         credentials: Arc<dyn CredentialSource>,
         providers: Providers,

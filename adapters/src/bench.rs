@@ -21,7 +21,7 @@ use eventstore::repository::Repository;
 use eventstore::{EventStore, RecordLog, SledEventStore, SledRecordLog};
 use futures::StreamExt;
 use projections::runner::Projection;
-use projections::ReadDb;
+use projections::ServiceDb;
 use secrecy::SecretString;
 use serde_json::Value;
 use url::Url;
@@ -61,7 +61,7 @@ pub const BENCH_TOKEN: &str = "bench-access-token";
 struct Stack {
     repo: Arc<Repository>,
     records: Arc<SledRecordLog>,
-    db: ReadDb,
+    db: ServiceDb,
     id: IntegrationId,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -74,7 +74,7 @@ impl Stack {
             dir.join("records"),
             Duration::from_secs(86_400),
         )?);
-        let db = ReadDb::open_sqlite(&dir.join("read.db")).await?;
+        let db = ServiceDb::open_sqlite(&dir.join("read.db")).await?;
         let vault = Arc::new(Vault::new(db.clone(), MasterKey::generate()));
         let id = IntegrationId::new();
         let credentials = Credentials {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use database::ReadDb;
+use database::ServiceDb;
 use domain::aggregate::{Aggregate, CommandContext};
 use domain::catalog::{self, App, AuthKind};
 use domain::integration::{
@@ -82,7 +82,7 @@ pub struct Connected {
 #[derive(Clone, Debug)]
 pub struct Connections {
     repo: Arc<Repository>,
-    db: ReadDb,
+    db: ServiceDb,
     vault: Arc<Vault>,
     providers: Providers,
     oauth: BTreeMap<String, OAuthClient>,
@@ -99,7 +99,7 @@ impl Connections {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         repo: Arc<Repository>,
-        db: ReadDb,
+        db: ServiceDb,
         vault: Arc<Vault>,
         providers: Providers,
         oauth: BTreeMap<String, OAuthClient>,

@@ -2,11 +2,11 @@
 //! checkpoint in the service database (see [`eventstore::follow`]).
 
 use async_trait::async_trait;
-use database::ReadDb;
+use database::ServiceDb;
 use eventstore::StoreError;
 
 struct DispatchCheckpoint {
-    db: ReadDb,
+    db: ServiceDb,
     name: &'static str,
 }
 
@@ -31,14 +31,14 @@ impl eventstore::follow::Checkpoint for DispatchCheckpoint {
     }
 }
 
-fn unavailable(error: database::ReadDbError) -> StoreError {
+fn unavailable(error: database::ServiceDbError) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
 /// Follows `store` with `follower` from the checkpoint `name` in `db`.
 pub(crate) async fn follow(
     store: &dyn eventstore::EventStore,
-    db: &ReadDb,
+    db: &ServiceDb,
     name: &'static str,
     follower: &mut dyn eventstore::follow::Follower,
 ) -> Result<(), StoreError> {

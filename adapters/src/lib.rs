@@ -21,8 +21,8 @@
 macro_rules! on_db {
     ($db:expr, |$pool:ident| $body:expr) => {
         match $db {
-            database::ReadDb::Sqlite($pool) => $body,
-            database::ReadDb::Postgres($pool) => $body,
+            database::ServiceDb::Sqlite($pool) => $body,
+            database::ServiceDb::Postgres($pool) => $body,
         }
     };
 }

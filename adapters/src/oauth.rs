@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use database::ReadDb;
+use database::ServiceDb;
 use database::{execute, fetch_all, Bind};
 use domain::{IntegrationId, Role, Timestamp, UserId, WorkspaceId};
 use oauth2::basic::{
@@ -178,7 +178,7 @@ pub enum CallbackError {
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error("the service's database failed: {0}")]
-    Db(#[from] database::ReadDbError),
+    Db(#[from] database::ServiceDbError),
 }
 
 impl OAuthClient {
@@ -227,7 +227,7 @@ impl OAuthClient {
     /// pending authorization stored under the state.
     pub async fn start(
         &self,
-        db: &ReadDb,
+        db: &ServiceDb,
         redirect: &Url,
         scopes: &[&str],
         pending: &Pending,
@@ -288,7 +288,7 @@ impl OAuthClient {
     /// Consumes the `state`, checks it was started in `browser`, and exchanges the code.
     pub async fn finish(
         &self,
-        db: &ReadDb,
+        db: &ServiceDb,
         http: &reqwest::Client,
         redirect: &Url,
         state: &str,
@@ -462,7 +462,7 @@ struct StateRow {
 }
 
 /// Consumes a pending authorization: gone after this, whatever the outcome.
-pub async fn claim(db: &ReadDb, state: &str) -> Result<Claimed, CallbackError> {
+pub async fn claim(db: &ServiceDb, state: &str) -> Result<Claimed, CallbackError> {
     let hash = state_hash(state);
     let rows: Vec<StateRow> = fetch_all(
         db,
@@ -501,7 +501,7 @@ pub async fn claim(db: &ReadDb, state: &str) -> Result<Claimed, CallbackError> {
 }
 
 /// Drops pending authorizations that expired unused.
-pub async fn purge_expired_states(db: &ReadDb) -> Result<u64, database::ReadDbError> {
+pub async fn purge_expired_states(db: &ServiceDb) -> Result<u64, database::ServiceDbError> {
     execute(
         db,
         "DELETE FROM oauth_states WHERE expires_at < $1",

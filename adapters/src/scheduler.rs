@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use database::ReadDb;
+use database::ServiceDb;
 use database::{fetch_all, Bind};
 use domain::aggregate::CommandContext;
 use domain::integration::{Integration, IntegrationCommand, SyncKind};
@@ -25,7 +25,7 @@ const LEASE: &str = "scheduler";
 #[derive(Clone, Debug)]
 pub struct Scheduler {
     repo: Arc<Repository>,
-    db: ReadDb,
+    db: ServiceDb,
     leases: Leases,
     tick: Duration,
 }
@@ -34,13 +34,13 @@ pub struct Scheduler {
 #[derive(Debug, thiserror::Error)]
 pub enum TickError {
     #[error(transparent)]
-    Db(#[from] database::ReadDbError),
+    Db(#[from] database::ServiceDbError),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
 }
 
 impl Scheduler {
-    pub fn new(repo: Arc<Repository>, db: ReadDb, leases: Leases, tick: Duration) -> Self {
+    pub fn new(repo: Arc<Repository>, db: ServiceDb, leases: Leases, tick: Duration) -> Self {
         Self {
             repo,
             db,

@@ -29,7 +29,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
-use database::ReadDb;
+use database::ServiceDb;
 use domain::{CredentialRef, IntegrationId, Timestamp};
 use rand::RngCore;
 use secrecy::{ExposeSecret, ExposeSecretMut, SecretBox, SecretString};
@@ -333,7 +333,7 @@ pub struct MasterKeyState {
 
 /// The vault on the service's database.
 pub struct Vault {
-    db: ReadDb,
+    db: ServiceDb,
     keys: RwLock<Vec<Arc<MasterKey>>>,
     source: KeySource,
 }
@@ -353,13 +353,13 @@ impl std::fmt::Debug for Vault {
 
 impl Vault {
     /// The vault with one master key.
-    pub fn new(db: ReadDb, master: MasterKey) -> Self {
+    pub fn new(db: ServiceDb, master: MasterKey) -> Self {
         Self::with_keyring(db, Keyring::fixed(vec![master]))
     }
 
     /// The vault with the keys of `keyring`, looking again where they came from when the
     /// database names a key it does not hold.
-    pub fn with_keyring(db: ReadDb, keyring: Keyring) -> Self {
+    pub fn with_keyring(db: ServiceDb, keyring: Keyring) -> Self {
         Self {
             db,
             keys: RwLock::new(keyring.keys.into_iter().map(Arc::new).collect()),
@@ -477,7 +477,7 @@ impl Vault {
         let created = Timestamp::now().to_string();
         let inserted = match &self.db {
             // One statement: SQLite runs one writer at a time.
-            ReadDb::Sqlite(pool) => sqlx::query(
+            ServiceDb::Sqlite(pool) => sqlx::query(
                 "INSERT INTO vault_keys (integration_id, wrapped_key, master_key_id, created_at) \
                  SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM vault_master_keys \
                  WHERE key_id = $3 AND state = 'current') AND NOT EXISTS (SELECT 1 FROM \
@@ -492,7 +492,7 @@ impl Vault {
             .rows_affected(),
             // The key's row is share-locked until the insert commits: a rotation's demotion of
             // it waits for this insert, and this one sees the demotion if it came first.
-            ReadDb::Postgres(pool) => {
+            ServiceDb::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 // One at a time with a shredding of the same integration.
                 sqlx::query(LOCK_INTEGRATION)
@@ -621,7 +621,7 @@ impl Vault {
                       SELECT $1, $2, $3, $4 WHERE EXISTS \
                       (SELECT 1 FROM vault_keys WHERE integration_id = $2)";
         let created = Timestamp::now().to_string();
-        let postgres = matches!(self.db, ReadDb::Postgres(_));
+        let postgres = matches!(self.db, ServiceDb::Postgres(_));
         let stored = on_db!(&self.db, |pool| {
             let mut tx = pool.begin().await?;
             if postgres {
@@ -749,7 +749,7 @@ impl Vault {
                     ON CONFLICT (integration_id) DO NOTHING";
         let keys = "DELETE FROM vault_keys WHERE integration_id = $1";
         let secrets = "DELETE FROM vault_secrets WHERE integration_id = $1";
-        let postgres = matches!(self.db, ReadDb::Postgres(_));
+        let postgres = matches!(self.db, ServiceDb::Postgres(_));
         let shredded = on_db!(&self.db, |pool| {
             let mut tx = pool.begin().await?;
             if postgres {

@@ -22,7 +22,7 @@ use database::lease::Leases;
 use adapters::provider::{Connection, Credentials};
 use adapters::providers::{Endpoints, Providers};
 use adapters::vault::{MasterKey, Vault};
-use database::ReadDb;
+use database::ServiceDb;
 use domain::catalog::AppScope;
 use domain::integration::ActionPayload;
 use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, Status};
@@ -41,7 +41,7 @@ const SID: &str = "AC0123456789abcdef0123456789abcdef";
 struct World {
     _dir: tempfile::TempDir,
     repo: Arc<Repository>,
-    db: ReadDb,
+    db: ServiceDb,
     vault: Arc<Vault>,
     hubspot: FakeHubSpot,
     twilio: FakeTwilio,
@@ -57,7 +57,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let store = SledEventStore::open(dir.path().join("events")).unwrap();
         let repo = Arc::new(Repository::new(Arc::new(store)));
-        let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = ServiceDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         let vault = Arc::new(Vault::new(db.clone(), MasterKey::generate()));

@@ -21,7 +21,7 @@ use adapters::providers::{Endpoints, Providers};
 use adapters::vault::{MasterKey, Vault};
 use database::fetch_all;
 use database::lease::Leases;
-use database::ReadDb;
+use database::ServiceDb;
 use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, Status};
 use domain::testing::as_user;
 use domain::{DomainError, IntegrationId, Role, StreamName};
@@ -119,7 +119,7 @@ struct World {
     refuse_appends: Arc<AtomicBool>,
     held: Arc<std::sync::Mutex<Option<Hold>>>,
     repo: Arc<Repository>,
-    db: ReadDb,
+    db: ServiceDb,
     vault: Arc<Vault>,
     hubspot: FakeHubSpot,
     zendesk: FakeZendesk,
@@ -140,7 +140,7 @@ impl World {
             held: held.clone(),
         };
         let repo = Arc::new(Repository::new(Arc::new(store)));
-        let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = ServiceDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         let vault = Arc::new(Vault::new(db.clone(), MasterKey::generate()));

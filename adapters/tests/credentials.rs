@@ -17,7 +17,7 @@ use database::lease::Leases;
 use adapters::provider::Credentials;
 use adapters::sync::CredentialSource;
 use adapters::vault::{MasterKey, Vault};
-use database::ReadDb;
+use database::ServiceDb;
 use domain::integration::{Integration, IntegrationEvent, Status};
 use domain::testing::as_user;
 use domain::{IntegrationId, Role, StreamName, Timestamp};
@@ -29,7 +29,7 @@ use url::Url;
 struct World {
     _dir: tempfile::TempDir,
     repo: Arc<Repository>,
-    db: ReadDb,
+    db: ServiceDb,
     vault: Arc<Vault>,
     fake: FakeHubSpot,
     id: IntegrationId,
@@ -40,7 +40,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let store = SledEventStore::open(dir.path().join("events")).unwrap();
         let repo = Arc::new(Repository::new(Arc::new(store)));
-        let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = ServiceDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         let vault = Arc::new(Vault::new(db.clone(), MasterKey::generate()));

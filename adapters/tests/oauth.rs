@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
 use adapters::http::{ProviderError, ProviderHttp};
 use adapters::oauth::{CallbackError, OAuthClient, Pending, Revocation};
-use database::ReadDb;
+use database::ServiceDb;
 use database::{execute, Bind};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -16,7 +16,7 @@ use url::Url;
 struct Flow {
     _dir: tempfile::TempDir,
     fake: FakeHubSpot,
-    db: ReadDb,
+    db: ServiceDb,
     client: OAuthClient,
     http: reqwest::Client,
     redirect: Url,
@@ -25,7 +25,7 @@ struct Flow {
 impl Flow {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = ServiceDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         let fake = FakeHubSpot::start(0, 0).await.unwrap();

@@ -14,7 +14,7 @@ use adapters::oauth::{OAuthClient, Pending, Revocation};
 use adapters::provider::{Connection, Credentials, Provider, PullMode};
 use adapters::providers::salesforce::Salesforce;
 use common::{http, pull_all, setup};
-use database::ReadDb;
+use database::ServiceDb;
 use secrecy::SecretString;
 use serde_json::json;
 use url::Url;
@@ -36,7 +36,7 @@ fn client(fake: &FakeSalesforce) -> OAuthClient {
 }
 
 /// Connects through the code flow, as the popup would: the grant's credentials.
-async fn connect(fake: &FakeSalesforce, db: &ReadDb) -> Credentials {
+async fn connect(fake: &FakeSalesforce, db: &ServiceDb) -> Credentials {
     let oauth = client(fake);
     let redirect = Url::parse("http://127.0.0.1:7000/v1/oauth/callback").unwrap();
     let pending = Pending {
@@ -75,7 +75,7 @@ async fn connect(fake: &FakeSalesforce, db: &ReadDb) -> Credentials {
 #[tokio::test]
 async fn the_token_answer_names_the_instance_and_the_identity_answers_the_test() {
     let dir = tempfile::tempdir().unwrap();
-    let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+    let db = ServiceDb::open_sqlite(&dir.path().join("read.db"))
         .await
         .unwrap();
     let fake = FakeSalesforce::start(3, 1).await.unwrap();
@@ -125,7 +125,7 @@ async fn the_token_answer_names_the_instance_and_the_identity_answers_the_test()
 #[tokio::test]
 async fn soql_batches_then_query_all_from_the_watermark_brings_changes_and_deletions() {
     let dir = tempfile::tempdir().unwrap();
-    let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+    let db = ServiceDb::open_sqlite(&dir.path().join("read.db"))
         .await
         .unwrap();
     let fake = FakeSalesforce::start(4500, 7).await.unwrap();
@@ -201,7 +201,7 @@ async fn soql_batches_then_query_all_from_the_watermark_brings_changes_and_delet
 #[tokio::test]
 async fn creating_a_contact_reports_missing_fields_and_is_never_repeated() {
     let dir = tempfile::tempdir().unwrap();
-    let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+    let db = ServiceDb::open_sqlite(&dir.path().join("read.db"))
         .await
         .unwrap();
     let fake = FakeSalesforce::start(0, 0).await.unwrap();

@@ -24,7 +24,7 @@ use database::lease::Leases;
 use adapters::providers::{Endpoints, Providers};
 use adapters::sync::{SyncConfig, SyncWorker};
 use adapters::vault::{MasterKey, Vault};
-use database::ReadDb;
+use database::ServiceDb;
 use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, Status, SyncKind};
 use domain::testing::as_user;
 use domain::{ActionId, IntegrationId, Role, StreamName, SyncId};
@@ -79,7 +79,7 @@ async fn no_secret_is_found_in_anything_the_system_wrote() {
     let records = Arc::new(
         SledRecordLog::open(dir.path().join("records"), Duration::from_secs(86_400)).unwrap(),
     );
-    let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+    let db = ServiceDb::open_sqlite(&dir.path().join("read.db"))
         .await
         .unwrap();
     let master = MasterKey::generate();

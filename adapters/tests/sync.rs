@@ -17,7 +17,7 @@ use adapters::providers::{Endpoints, Providers};
 use adapters::sync::{SyncConfig, SyncWorker};
 use adapters::vault::{MasterKey, Vault};
 use database::lease::Leases;
-use database::ReadDb;
+use database::ServiceDb;
 use domain::integration::{
     FieldMapping, Integration, IntegrationCommand, IntegrationEvent, Status, SyncKind,
 };
@@ -36,7 +36,7 @@ struct World {
     fake: FakeHubSpot,
     repo: Arc<Repository>,
     records: Arc<SledRecordLog>,
-    db: ReadDb,
+    db: ServiceDb,
     vault: Arc<Vault>,
     worker: SyncWorker,
     follower: tokio::task::JoinHandle<()>,
@@ -71,7 +71,7 @@ fn hubspot_client(fake: &FakeHubSpot) -> OAuthClient {
 fn start_worker(
     repo: &Arc<Repository>,
     records: &Arc<SledRecordLog>,
-    db: &ReadDb,
+    db: &ServiceDb,
     vault: &Arc<Vault>,
     fake: &FakeHubSpot,
 ) -> (SyncWorker, tokio::task::JoinHandle<()>) {
@@ -113,7 +113,7 @@ fn start_worker(
 impl World {
     async fn new(contacts: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = ServiceDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         Self::on(dir, db, contacts).await
@@ -123,11 +123,11 @@ impl World {
     async fn on_postgres(contacts: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = database::test_support::postgres_database().await;
-        let db = ReadDb::connect_postgres(&url).await.unwrap();
+        let db = ServiceDb::connect_postgres(&url).await.unwrap();
         Self::on(dir, db, contacts).await
     }
 
-    async fn on(dir: tempfile::TempDir, db: ReadDb, contacts: u64) -> Self {
+    async fn on(dir: tempfile::TempDir, db: ServiceDb, contacts: u64) -> Self {
         let store = SledEventStore::open(dir.path().join("events")).unwrap();
         let repo = Arc::new(Repository::new(Arc::new(store)));
         let records = Arc::new(

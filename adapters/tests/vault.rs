@@ -6,27 +6,27 @@
 use std::sync::Arc;
 
 use adapters::vault::{Keyring, MasterKey, Vault, VaultError};
-use database::ReadDb;
+use database::ServiceDb;
 use domain::IntegrationId;
 use secrecy::{ExposeSecret, SecretString};
 
-async fn databases(dir: &std::path::Path) -> Vec<ReadDb> {
+async fn databases(dir: &std::path::Path) -> Vec<ServiceDb> {
     vec![
-        ReadDb::open_sqlite(&dir.join("read.db")).await.unwrap(),
-        ReadDb::connect_postgres(&database::test_support::postgres_database().await)
+        ServiceDb::open_sqlite(&dir.join("read.db")).await.unwrap(),
+        ServiceDb::connect_postgres(&database::test_support::postgres_database().await)
             .await
             .unwrap(),
     ]
 }
 
 /// Everything the vault's tables hold, as text.
-async fn stored(db: &ReadDb) -> String {
+async fn stored(db: &ServiceDb) -> String {
     let sql =
         "SELECT integration_id || ' ' || wrapped_key || ' ' || master_key_id FROM vault_keys \
                UNION ALL SELECT reference || ' ' || ciphertext FROM vault_secrets";
     let rows: Vec<String> = match db {
-        ReadDb::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
-        ReadDb::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
+        ServiceDb::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
+        ServiceDb::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
     };
     rows.join("\n")
 }
@@ -100,14 +100,14 @@ async fn a_ciphertext_moved_to_another_row_does_not_decrypt() {
         let copy = "UPDATE vault_secrets SET ciphertext = \
                     (SELECT ciphertext FROM vault_secrets WHERE reference = $1) WHERE reference = $2";
         match &db {
-            ReadDb::Sqlite(pool) => sqlx::query(copy)
+            ServiceDb::Sqlite(pool) => sqlx::query(copy)
                 .bind(&first.0)
                 .bind(&second.0)
                 .execute(pool)
                 .await
                 .map(drop)
                 .unwrap(),
-            ReadDb::Postgres(pool) => sqlx::query(copy)
+            ServiceDb::Postgres(pool) => sqlx::query(copy)
                 .bind(&first.0)
                 .bind(&second.0)
                 .execute(pool)
@@ -217,7 +217,7 @@ async fn no_data_key_is_wrapped_under_a_key_a_rotation_has_begun_to_retire() {
 #[tokio::test]
 async fn a_service_reading_the_key_file_follows_a_rotation_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let db = ReadDb::open_sqlite(&dir.path().join("read.db"))
+    let db = ServiceDb::open_sqlite(&dir.path().join("read.db"))
         .await
         .unwrap();
     let path = dir.path().join("master.key");
@@ -290,11 +290,11 @@ fn the_master_key_file_is_created_private_and_a_readable_one_is_refused() {
 }
 
 /// Rows of the vault's data keys and secrets.
-async fn vault_rows(db: &ReadDb) -> (i64, i64) {
+async fn vault_rows(db: &ServiceDb) -> (i64, i64) {
     let sql = "SELECT (SELECT COUNT(*) FROM vault_keys), (SELECT COUNT(*) FROM vault_secrets)";
     match db {
-        ReadDb::Sqlite(pool) => sqlx::query_as(sql).fetch_one(pool).await.unwrap(),
-        ReadDb::Postgres(pool) => sqlx::query_as(sql).fetch_one(pool).await.unwrap(),
+        ServiceDb::Sqlite(pool) => sqlx::query_as(sql).fetch_one(pool).await.unwrap(),
+        ServiceDb::Postgres(pool) => sqlx::query_as(sql).fetch_one(pool).await.unwrap(),
     }
 }
 
@@ -405,7 +405,7 @@ async fn a_vault_an_older_release_wrote_is_upgraded_and_shreds_as_before() {
     let (live, old) = (IntegrationId::new(), IntegrationId::new());
     let key = MasterKey::generate();
     {
-        let db = ReadDb::open_sqlite(&path).await.unwrap();
+        let db = ServiceDb::open_sqlite(&path).await.unwrap();
         let vault = Vault::new(db.clone(), key.clone());
         vault
             .put(live, &SecretString::from("live".to_owned()))
@@ -415,7 +415,7 @@ async fn a_vault_an_older_release_wrote_is_upgraded_and_shreds_as_before() {
             .put(old, &SecretString::from("old".to_owned()))
             .await
             .unwrap();
-        let ReadDb::Sqlite(pool) = &db else {
+        let ServiceDb::Sqlite(pool) = &db else {
             unreachable!()
         };
         sqlx::query("DROP TABLE vault_shredded")
@@ -428,9 +428,9 @@ async fn a_vault_an_older_release_wrote_is_upgraded_and_shreds_as_before() {
             .unwrap();
         pool.close().await;
     }
-    let db = ReadDb::open_sqlite(&path).await.unwrap();
+    let db = ServiceDb::open_sqlite(&path).await.unwrap();
     let vault = Vault::new(db.clone(), key);
-    let ReadDb::Sqlite(pool) = &db else {
+    let ServiceDb::Sqlite(pool) = &db else {
         unreachable!()
     };
     let migrated: i64 = sqlx::query_scalar(

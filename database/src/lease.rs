@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use crate::{execute, fetch_all, Bind, ReadDb, ReadDbError};
+use crate::{execute, fetch_all, Bind, ServiceDb, ServiceDbError};
 
 /// One process's view of the lease table.
 #[derive(Clone, Debug)]
 pub struct Leases {
-    db: ReadDb,
+    db: ServiceDb,
     holder: String,
 }
 
@@ -28,7 +28,7 @@ fn now_millis() -> i64 {
 
 impl Leases {
     /// `holder` names this process (unique per process, e.g. host, pid and a random part).
-    pub fn new(db: ReadDb, holder: impl Into<String>) -> Self {
+    pub fn new(db: ServiceDb, holder: impl Into<String>) -> Self {
         Self {
             db,
             holder: holder.into(),
@@ -45,7 +45,7 @@ impl Leases {
     }
 
     /// Takes (or renews) lease `name` for `ttl`; false when another holder has it.
-    pub async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<bool, ReadDbError> {
+    pub async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<bool, ServiceDbError> {
         let now = now_millis();
         let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         let taken = execute(
@@ -66,7 +66,7 @@ impl Leases {
     }
 
     /// Gives lease `name` up if this process holds it.
-    pub async fn release(&self, name: &str) -> Result<(), ReadDbError> {
+    pub async fn release(&self, name: &str) -> Result<(), ServiceDbError> {
         execute(
             &self.db,
             "DELETE FROM leases WHERE name = $1 AND holder = $2",
@@ -77,7 +77,7 @@ impl Leases {
     }
 
     /// Who holds lease `name` now, if anyone does.
-    pub async fn holder_of(&self, name: &str) -> Result<Option<String>, ReadDbError> {
+    pub async fn holder_of(&self, name: &str) -> Result<Option<String>, ServiceDbError> {
         let rows: Vec<(String,)> = fetch_all(
             &self.db,
             "SELECT holder FROM leases WHERE name = $1 AND expires_at >= $2",

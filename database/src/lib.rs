@@ -3,7 +3,7 @@
 //! whole schema: what the service keeps and cannot derive — the vault's wrapped keys and
 //! secrets, API tokens, console sessions, OAuth states, idempotency keys, leases, record hashes
 //! and sync watermarks, the workers' checkpoints — and the read models' tables, which
-//! `projections` fills and can always rebuild from the log. Here: the pool ([`ReadDb`]), its
+//! `projections` fills and can always rebuild from the log. Here: the pool ([`ServiceDb`]), its
 //! errors and which of them mean the database is away for a while, transactions with
 //! checkpoints, the query helpers that run the same SQL on both databases, and [`lease`]:
 //! work one process at a time may do.
@@ -20,9 +20,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-/// What can go wrong with the read database.
+/// What can go wrong with the service database.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadDbError {
+pub enum ServiceDbError {
     #[error("the read database: {0}")]
     Sql(#[from] sqlx::Error),
     #[error("migrating the read database: {0}")]
@@ -34,15 +34,15 @@ pub enum ReadDbError {
     BadCursor(String),
 }
 
-impl ReadDbError {
+impl ServiceDbError {
     /// Whether the database was away rather than the request wrong: the server restarting or
     /// unreachable, the pool out of connections, a transaction to retry. Worth trying again.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ReadDbError::Sql(error) if is_transient(error))
+        matches!(self, ServiceDbError::Sql(error) if is_transient(error))
     }
 }
 
-/// Whether `error` says the database was away for a while (see [`ReadDbError::is_transient`]).
+/// Whether `error` says the database was away for a while (see [`ServiceDbError::is_transient`]).
 pub fn is_transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
@@ -83,16 +83,18 @@ pub fn caused_by_outage(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A pool on one of the two databases. Cheap to clone.
+/// A pool on the service database, SQLite or PostgreSQL: the read models, and what the service
+/// keeps beside them (the vault, tokens, sessions, OAuth states, idempotency keys, leases).
+/// Cheap to clone.
 #[derive(Clone, Debug)]
-pub enum ReadDb {
+pub enum ServiceDb {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
 
-impl ReadDb {
+impl ServiceDb {
     /// Opens (creating it if needed) the SQLite database at `path`, in WAL mode, and migrates it.
-    pub async fn open_sqlite(path: &Path) -> Result<Self, ReadDbError> {
+    pub async fn open_sqlite(path: &Path) -> Result<Self, ServiceDbError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -105,31 +107,34 @@ impl ReadDb {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        let db = ReadDb::Sqlite(pool);
+        let db = ServiceDb::Sqlite(pool);
         db.migrate().await?;
         Ok(db)
     }
 
     /// Connects to PostgreSQL at `url` and migrates it.
-    pub async fn connect_postgres(url: &str) -> Result<Self, ReadDbError> {
+    pub async fn connect_postgres(url: &str) -> Result<Self, ServiceDbError> {
         let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect_with(options)
             .await?;
-        let db = ReadDb::Postgres(pool);
+        let db = ServiceDb::Postgres(pool);
         db.migrate().await?;
         Ok(db)
     }
 
     /// Connects to PostgreSQL at `url` with the read models in `schema` (created if missing)
     /// instead of the default one, and migrates them: a scratch space beside a live database.
-    pub async fn connect_postgres_in_schema(url: &str, schema: &str) -> Result<Self, ReadDbError> {
+    pub async fn connect_postgres_in_schema(
+        url: &str,
+        schema: &str,
+    ) -> Result<Self, ServiceDbError> {
         if !schema
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            return Err(ReadDbError::Invalid(format!(
+            return Err(ServiceDbError::Invalid(format!(
                 "{schema:?} is not a schema name (letters, digits and _)"
             )));
         }
@@ -146,15 +151,15 @@ impl ReadDb {
             .max_connections(8)
             .connect_with(options.options([("search_path", schema)]))
             .await?;
-        let db = ReadDb::Postgres(pool);
+        let db = ServiceDb::Postgres(pool);
         db.migrate().await?;
         Ok(db)
     }
 
     /// Drops the PostgreSQL schema this pool works in, with everything in it, and closes the
     /// pool; nothing on SQLite.
-    pub async fn drop_schema(&self) -> Result<(), ReadDbError> {
-        if let ReadDb::Postgres(pool) = self {
+    pub async fn drop_schema(&self) -> Result<(), ServiceDbError> {
+        if let ServiceDb::Postgres(pool) = self {
             let schema: String = sqlx::query_scalar("SELECT current_schema()")
                 .fetch_one(pool)
                 .await?;
@@ -168,14 +173,14 @@ impl ReadDb {
 
     /// Runs the migrations not yet applied. They are written in the SQL both databases
     /// share (`TEXT`, `BIGINT`, `ON CONFLICT`), so one set serves both.
-    pub async fn migrate(&self) -> Result<(), ReadDbError> {
+    pub async fn migrate(&self) -> Result<(), ServiceDbError> {
         let mut migrator = sqlx::migrate!("./migrations");
         // Migrations only add (tables, columns, indexes): during a rolling upgrade an older
         // process, restarting after a newer one migrated the database, runs on it as well.
         migrator.set_ignore_missing(true);
         match self {
-            ReadDb::Sqlite(pool) => migrator.run(pool).await?,
-            ReadDb::Postgres(pool) => migrator.run(pool).await?,
+            ServiceDb::Sqlite(pool) => migrator.run(pool).await?,
+            ServiceDb::Postgres(pool) => migrator.run(pool).await?,
         }
         Ok(())
     }
@@ -183,16 +188,16 @@ impl ReadDb {
     /// Closes every connection (and so, on PostgreSQL, ends the sessions holding leases).
     pub async fn close(&self) {
         match self {
-            ReadDb::Sqlite(pool) => pool.close().await,
-            ReadDb::Postgres(pool) => pool.close().await,
+            ServiceDb::Sqlite(pool) => pool.close().await,
+            ServiceDb::Postgres(pool) => pool.close().await,
         }
     }
 
     /// "sqlite" or "postgres".
     pub fn kind(&self) -> &'static str {
         match self {
-            ReadDb::Sqlite(_) => "sqlite",
-            ReadDb::Postgres(_) => "postgres",
+            ServiceDb::Sqlite(_) => "sqlite",
+            ServiceDb::Postgres(_) => "postgres",
         }
     }
 }
@@ -223,20 +228,20 @@ pub enum WriteTx {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
-impl ReadDb {
+impl ServiceDb {
     /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN
     /// IMMEDIATE`), so a transaction that reads before it writes never fails on another
     /// writer's commit in between.
-    pub async fn begin_write(&self) -> Result<WriteTx, ReadDbError> {
+    pub async fn begin_write(&self) -> Result<WriteTx, ServiceDbError> {
         Ok(match self {
-            ReadDb::Sqlite(pool) => WriteTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-            ReadDb::Postgres(pool) => WriteTx::Postgres(pool.begin().await?),
+            ServiceDb::Sqlite(pool) => WriteTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            ServiceDb::Postgres(pool) => WriteTx::Postgres(pool.begin().await?),
         })
     }
 }
 
 impl WriteTx {
-    pub async fn commit(self) -> Result<(), ReadDbError> {
+    pub async fn commit(self) -> Result<(), ServiceDbError> {
         match self {
             WriteTx::Sqlite(tx) => tx.commit().await?,
             WriteTx::Postgres(tx) => tx.commit().await?,
@@ -245,7 +250,7 @@ impl WriteTx {
     }
 
     /// Runs one statement without parameters or results (DDL).
-    pub async fn execute(&mut self, sql: &str) -> Result<(), ReadDbError> {
+    pub async fn execute(&mut self, sql: &str) -> Result<(), ServiceDbError> {
         // A `&str` runs without parameters, unprepared (PostgreSQL's simple query protocol).
         use sqlx::Executor as _;
         match self {
@@ -257,7 +262,7 @@ impl WriteTx {
 
     /// Where checkpoint `name` stands (0 before anything), locking it until the end of the
     /// transaction: whoever else writes the same projection waits, then sees the new value.
-    pub async fn checkpoint(&mut self, name: &str) -> Result<u64, ReadDbError> {
+    pub async fn checkpoint(&mut self, name: &str) -> Result<u64, ServiceDbError> {
         let position: Option<i64> = match self {
             // SQLite's write lock, taken at BEGIN, already serializes every writer.
             WriteTx::Sqlite(tx) => {
@@ -277,7 +282,11 @@ impl WriteTx {
     }
 
     /// Moves checkpoint `name` to `position`.
-    pub async fn save_checkpoint(&mut self, name: &str, position: u64) -> Result<(), ReadDbError> {
+    pub async fn save_checkpoint(
+        &mut self,
+        name: &str,
+        position: u64,
+    ) -> Result<(), ServiceDbError> {
         let sql = "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
                    ON CONFLICT (name) DO UPDATE SET position = excluded.position";
         let position = i64::try_from(position).unwrap_or(i64::MAX);
@@ -300,7 +309,7 @@ impl WriteTx {
 
     /// Records that what lies before checkpoint `name` was just rebuilt, by `version`: a new
     /// generation.
-    pub async fn save_rebuilt(&mut self, name: &str, version: u64) -> Result<(), ReadDbError> {
+    pub async fn save_rebuilt(&mut self, name: &str, version: u64) -> Result<(), ServiceDbError> {
         let sql =
             "UPDATE checkpoints SET version = $2, generation = generation + 1 WHERE name = $1";
         let version = i64::try_from(version).unwrap_or(i64::MAX);
@@ -322,7 +331,7 @@ impl WriteTx {
     }
 
     /// Forgets checkpoint `name`.
-    pub async fn delete_checkpoint(&mut self, name: &str) -> Result<(), ReadDbError> {
+    pub async fn delete_checkpoint(&mut self, name: &str) -> Result<(), ServiceDbError> {
         let sql = "DELETE FROM checkpoints WHERE name = $1";
         match self {
             WriteTx::Sqlite(tx) => sqlx::query(sql)
@@ -343,7 +352,11 @@ impl WriteTx {
 /// Makes sure checkpoint `name` has a row, so that every writer of the projection locks the
 /// same one from its first batch on. A checkpoint that has applied nothing yet is marked as
 /// built by `version`: whatever writes its first rows is that code.
-pub async fn ensure_checkpoint(db: &ReadDb, name: &str, version: u64) -> Result<(), ReadDbError> {
+pub async fn ensure_checkpoint(
+    db: &ServiceDb,
+    name: &str,
+    version: u64,
+) -> Result<(), ServiceDbError> {
     let version = Bind::Int(i64::try_from(version).unwrap_or(i64::MAX));
     let name = Bind::Text(name.to_owned());
     execute(
@@ -375,7 +388,7 @@ pub struct Standing {
 }
 
 /// Where checkpoint `name` stands; `None` when it has no row.
-pub async fn standing(db: &ReadDb, name: &str) -> Result<Option<Standing>, ReadDbError> {
+pub async fn standing(db: &ServiceDb, name: &str) -> Result<Option<Standing>, ServiceDbError> {
     let rows: Vec<(i64, i64, i64)> = fetch_all(
         db,
         "SELECT position, version, generation FROM checkpoints WHERE name = $1",
@@ -393,16 +406,16 @@ pub async fn standing(db: &ReadDb, name: &str) -> Result<Option<Standing>, ReadD
 }
 
 /// The position projection `name` has applied up to, 0 before anything.
-pub async fn checkpoint(db: &ReadDb, name: &str) -> Result<u64, ReadDbError> {
+pub async fn checkpoint(db: &ServiceDb, name: &str) -> Result<u64, ServiceDbError> {
     let query = "SELECT position FROM checkpoints WHERE name = $1";
     let position: Option<i64> = match db {
-        ReadDb::Sqlite(pool) => {
+        ServiceDb::Sqlite(pool) => {
             sqlx::query_scalar(query)
                 .bind(name)
                 .fetch_optional(pool)
                 .await?
         }
-        ReadDb::Postgres(pool) => {
+        ServiceDb::Postgres(pool) => {
             sqlx::query_scalar(query)
                 .bind(name)
                 .fetch_optional(pool)
@@ -509,7 +522,7 @@ impl WriteTx {
         head: &str,
         tail: &str,
         rows: &[Vec<Bind>],
-    ) -> Result<(), ReadDbError> {
+    ) -> Result<(), ServiceDbError> {
         let Some(width) = rows.first().map(Vec::len) else {
             return Ok(());
         };
@@ -537,7 +550,11 @@ impl WriteTx {
 
     /// The rows `head` (a statement ending in `… IN `) selects for `keys`, in as few
     /// statements as the parameter limit allows.
-    pub async fn fetch_in<T>(&mut self, head: &str, keys: &[String]) -> Result<Vec<T>, ReadDbError>
+    pub async fn fetch_in<T>(
+        &mut self,
+        head: &str,
+        keys: &[String],
+    ) -> Result<Vec<T>, ServiceDbError>
     where
         T: EitherRow,
     {
@@ -554,7 +571,7 @@ impl WriteTx {
     }
 
     /// Runs `head` (a statement ending in `… IN `) for `keys`.
-    pub async fn execute_in(&mut self, head: &str, keys: &[String]) -> Result<(), ReadDbError> {
+    pub async fn execute_in(&mut self, head: &str, keys: &[String]) -> Result<(), ServiceDbError> {
         for chunk in chunks(keys, MAX_BINDS) {
             match self {
                 WriteTx::Sqlite(tx) => in_list!(sqlx::Sqlite, tx, head, chunk, |builder| builder
@@ -577,16 +594,20 @@ impl WriteTx {
 
 /// The rows `head` (a statement ending in `… IN `) selects for `keys`, outside any
 /// transaction: one round trip per chunk of keys.
-pub async fn fetch_in<T>(db: &ReadDb, head: &str, keys: &[String]) -> Result<Vec<T>, ReadDbError>
+pub async fn fetch_in<T>(
+    db: &ServiceDb,
+    head: &str,
+    keys: &[String],
+) -> Result<Vec<T>, ServiceDbError>
 where
     T: EitherRow,
 {
     let mut out = Vec::new();
     for chunk in chunks(keys, MAX_BINDS) {
         match db {
-            ReadDb::Sqlite(pool) => in_list!(sqlx::Sqlite, pool, head, chunk, |builder| out
+            ServiceDb::Sqlite(pool) => in_list!(sqlx::Sqlite, pool, head, chunk, |builder| out
                 .extend(builder.build_query_as::<T>().fetch_all(pool).await?)),
-            ReadDb::Postgres(pool) => in_list!(sqlx::Postgres, pool, head, chunk, |builder| out
+            ServiceDb::Postgres(pool) => in_list!(sqlx::Postgres, pool, head, chunk, |builder| out
                 .extend(builder.build_query_as::<T>().fetch_all(pool).await?)),
         }
     }
@@ -610,13 +631,13 @@ macro_rules! bind_all {
 }
 
 /// Runs `sql` with `binds` ($1, $2, … in order) and returns how many rows it changed.
-pub async fn execute(db: &ReadDb, sql: &str, binds: &[Bind]) -> Result<u64, ReadDbError> {
+pub async fn execute(db: &ServiceDb, sql: &str, binds: &[Bind]) -> Result<u64, ServiceDbError> {
     Ok(match db {
-        ReadDb::Sqlite(pool) => bind_all!(sqlx::query(sql), binds)
+        ServiceDb::Sqlite(pool) => bind_all!(sqlx::query(sql), binds)
             .execute(pool)
             .await?
             .rows_affected(),
-        ReadDb::Postgres(pool) => bind_all!(sqlx::query(sql), binds)
+        ServiceDb::Postgres(pool) => bind_all!(sqlx::query(sql), binds)
             .execute(pool)
             .await?
             .rows_affected(),
@@ -625,7 +646,11 @@ pub async fn execute(db: &ReadDb, sql: &str, binds: &[Bind]) -> Result<u64, Read
 
 /// Runs `sql` with `binds` ($1, $2, … in order) and reads every row as a `T`, on either
 /// database.
-pub async fn fetch_all<T>(db: &ReadDb, sql: &str, binds: &[Bind]) -> Result<Vec<T>, ReadDbError>
+pub async fn fetch_all<T>(
+    db: &ServiceDb,
+    sql: &str,
+    binds: &[Bind],
+) -> Result<Vec<T>, ServiceDbError>
 where
     T: EitherRow,
 {
@@ -637,7 +662,7 @@ where
         }};
     }
     Ok(match db {
-        ReadDb::Sqlite(pool) => run!(pool),
-        ReadDb::Postgres(pool) => run!(pool),
+        ServiceDb::Sqlite(pool) => run!(pool),
+        ServiceDb::Postgres(pool) => run!(pool),
     })
 }

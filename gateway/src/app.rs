@@ -27,7 +27,7 @@ impl std::fmt::Debug for Application {
 use crate::settings::{Backend, Settings};
 use crate::state::{AppState, Runners, Shared, Workers};
 use crate::storage::{
-    create_private_dir, master_key_path, open_checkpoints, open_logs, open_read_db, Logs,
+    create_private_dir, master_key_path, open_checkpoints, open_logs, open_service_db, Logs,
 };
 use crate::tasks::{purge_records_of_deleted_integrations, run_projection, sign_checkpoints};
 use crate::{http, limits, metrics};
@@ -55,15 +55,15 @@ impl Application {
             backend,
             jetstream,
         } = logs;
-        let read = open_read_db(settings.database_url.as_deref(), &settings.data_dir).await?;
+        let read = open_service_db(settings.database_url.as_deref(), &settings.data_dir).await?;
         // Tokens found live are kept while no revocation is announced; only a SQLite database
         // (one machine) has the mark that announces them.
         let revocations = match read {
-            database::ReadDb::Sqlite(_) => Some(
+            database::ServiceDb::Sqlite(_) => Some(
                 crate::tokens::RevocationMark::open(&settings.data_dir)
                     .context("while opening the token revocation mark")?,
             ),
-            database::ReadDb::Postgres(_) => None,
+            database::ServiceDb::Postgres(_) => None,
         };
         let keys = adapters::vault::Keyring::load_or_create(
             &master_key_path(&settings.data_dir),

@@ -186,7 +186,7 @@ pub(crate) async fn settle(
 enum Behind {
     /// This read model stood here when the wait ended.
     At(&'static str, u64),
-    Unreadable(database::ReadDbError),
+    Unreadable(database::ServiceDbError),
 }
 
 /// Waits until every read model has applied the log up to `min`, for `wait` at most.

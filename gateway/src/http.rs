@@ -532,7 +532,7 @@ mod tests {
             eventstore::SledRecordLog::open(dir.path().join("records"), crate::RECORDS_MAX_AGE)
                 .unwrap(),
         );
-        let read = database::ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let read = database::ServiceDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         let settings = crate::Settings::embedded(dir.path().to_path_buf());

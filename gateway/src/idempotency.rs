@@ -31,7 +31,7 @@ const KEEP_MICROS: i64 = 24 * 3600 * 1_000_000;
 const ABANDONED_MICROS: i64 = 30 * 1_000_000;
 const HEADER: &str = "idempotency-key";
 
-fn database_problem(error: database::ReadDbError) -> Problem {
+fn database_problem(error: database::ServiceDbError) -> Problem {
     Problem::failed("the idempotency keys cannot be read or written", &error)
 }
 

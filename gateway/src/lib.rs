@@ -34,5 +34,5 @@ pub use settings::{Backend, MetricsSettings, Settings, SyncSettings, RECORDS_MAX
 pub use state::{AppState, Runners, Shared, Workers};
 pub use storage::{
     checkpoint_key_path, create_private_dir, master_key_path, open_checkpoints, open_logs,
-    open_read_db, Logs,
+    open_service_db, Logs,
 };

@@ -136,7 +136,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     #[cfg(feature = "fakes")]
     if let Some(demo) = &demo {
-        let db = gateway::open_read_db(None, &data_dir).await?;
+        let db = gateway::open_service_db(None, &data_dir).await?;
         let base = url::Url::parse(&format!("http://{address}/"))?;
         let serving = app.run_until_stopped(shutdown);
         let welcome = async {

@@ -35,7 +35,7 @@ pub struct Shared {
     pub records: Arc<dyn RecordLog>,
     pub backend: Backend,
     /// The read models (Installed, the sync logs).
-    pub read: database::ReadDb,
+    pub read: database::ServiceDb,
     /// What each projection's runner in this process is doing.
     pub runners: Runners,
     /// The credential vault.
@@ -86,7 +86,7 @@ impl Workers {
     pub fn new(
         store: Arc<dyn EventStore>,
         records: Arc<dyn RecordLog>,
-        read: &database::ReadDb,
+        read: &database::ServiceDb,
         vault: Arc<adapters::vault::Vault>,
         settings: &Settings,
         redirect: url::Url,

@@ -150,12 +150,12 @@ pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 /// Opens (and migrates) the read models: on PostgreSQL at `database_url` when given, else in
 /// SQLite at `read.db` under `data_dir` (created readable by its owner alone; SQLite gives its
 /// journal files the same mode).
-pub async fn open_read_db(
+pub async fn open_service_db(
     database_url: Option<&str>,
     data_dir: &std::path::Path,
-) -> anyhow::Result<database::ReadDb> {
+) -> anyhow::Result<database::ServiceDb> {
     Ok(match database_url {
-        Some(url) => database::ReadDb::connect_postgres(url)
+        Some(url) => database::ServiceDb::connect_postgres(url)
             .await
             .context("while opening the read models on PostgreSQL")?,
         None => {
@@ -171,7 +171,7 @@ pub async fn open_read_db(
                     .open(&path)
                     .with_context(|| format!("while creating {}", path.display()))?;
             }
-            database::ReadDb::open_sqlite(&path)
+            database::ServiceDb::open_sqlite(&path)
                 .await
                 .with_context(|| format!("while opening the read models in {}", path.display()))?
         }

@@ -90,7 +90,7 @@ pub(crate) fn purge_records_of_deleted_integrations(
 pub(crate) fn run_projection(
     projection: projections::runner::Projection,
     store: Arc<dyn EventStore>,
-    read: database::ReadDb,
+    read: database::ServiceDb,
     runners: Runners,
 ) -> tokio::task::JoinHandle<()> {
     use projections::installed::ApplyError;

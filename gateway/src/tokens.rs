@@ -10,7 +10,7 @@ use anyhow::Context;
 use base64::Engine;
 use database::{execute, fetch_all, Bind};
 use domain::{Principal, Role, Timestamp, UserId, WorkspaceId};
-use projections::{ReadDb, ReadDbError};
+use projections::{ServiceDb, ServiceDbError};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
@@ -44,13 +44,13 @@ pub(crate) fn hash(token: &str) -> String {
 /// Creates a token for `user` of `workspace` with `role`; an `unlimited` one is exempt from
 /// the per-token rate limit.
 pub async fn create(
-    db: &ReadDb,
+    db: &ServiceDb,
     workspace: &WorkspaceId,
     user: &UserId,
     role: Role,
     label: &str,
     unlimited: bool,
-) -> Result<Issued, ReadDbError> {
+) -> Result<Issued, ServiceDbError> {
     let secret: [u8; 32] = rand::random();
     let token = format!(
         "{TOKEN_PREFIX}{}",
@@ -83,9 +83,9 @@ type Row = (String, String, String, String, String, i64, Option<i64>);
 
 /// Every token, or a workspace's, oldest first.
 pub async fn list(
-    db: &ReadDb,
+    db: &ServiceDb,
     workspace: Option<&WorkspaceId>,
-) -> Result<Vec<TokenInfo>, ReadDbError> {
+) -> Result<Vec<TokenInfo>, ServiceDbError> {
     let rows: Vec<Row> = match workspace {
         Some(workspace) => fetch_all(
             db,
@@ -123,7 +123,7 @@ pub async fn list(
 /// Revokes a token: refused from now on, by every process serving `db` (a SQLite database
 /// in `data_dir` is told through its [`RevocationMark`]). `false` when no live token has that
 /// id.
-pub async fn revoke(db: &ReadDb, data_dir: &Path, id: &str) -> anyhow::Result<bool> {
+pub async fn revoke(db: &ServiceDb, data_dir: &Path, id: &str) -> anyhow::Result<bool> {
     let changed = execute(
         db,
         "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
@@ -133,7 +133,7 @@ pub async fn revoke(db: &ReadDb, data_dir: &Path, id: &str) -> anyhow::Result<bo
         ],
     )
     .await?;
-    if changed > 0 && matches!(db, ReadDb::Sqlite(_)) {
+    if changed > 0 && matches!(db, ServiceDb::Sqlite(_)) {
         RevocationMark::announce(data_dir).with_context(|| {
             format!(
                 "token {id} is revoked, but the services running on {} could not be told: \
@@ -218,9 +218,9 @@ impl TokenCache {
     /// Who the token with SHA-256 `token_hash` speaks for, if it is still live.
     pub async fn authenticate_hash(
         &self,
-        db: &ReadDb,
+        db: &ServiceDb,
         token_hash: &str,
-    ) -> Result<Option<Authenticated>, ReadDbError> {
+    ) -> Result<Option<Authenticated>, ServiceDbError> {
         let Some(mark) = &self.mark else {
             return authenticate_hash(db, token_hash).await;
         };
@@ -228,7 +228,7 @@ impl TokenCache {
         // after this reading, so the entry kept below is never taken for live past it.
         let now = mark
             .read()
-            .map_err(|error| ReadDbError::Sql(sqlx::Error::Io(error)))?;
+            .map_err(|error| ServiceDbError::Sql(sqlx::Error::Io(error)))?;
         if let Some((at, authenticated)) =
             self.live.lock().expect("token cache lock").get(token_hash)
         {
@@ -263,9 +263,9 @@ pub struct Authenticated {
 
 /// Who a presented token speaks for, if it is a live token.
 pub async fn authenticate(
-    db: &ReadDb,
+    db: &ServiceDb,
     presented: &str,
-) -> Result<Option<Authenticated>, ReadDbError> {
+) -> Result<Option<Authenticated>, ServiceDbError> {
     if !presented.starts_with(TOKEN_PREFIX) {
         return Ok(None);
     }
@@ -274,9 +274,9 @@ pub async fn authenticate(
 
 /// Who the token with SHA-256 `token_hash` speaks for, if it is still live.
 pub async fn authenticate_hash(
-    db: &ReadDb,
+    db: &ServiceDb,
     token_hash: &str,
-) -> Result<Option<Authenticated>, ReadDbError> {
+) -> Result<Option<Authenticated>, ServiceDbError> {
     let rows: Vec<(String, String, String, i64)> = fetch_all(
         db,
         "SELECT workspace, user_id, role, unlimited FROM api_tokens WHERE token_hash = $1 \
@@ -308,7 +308,7 @@ pub async fn run(command: &crate::cli::TokensCommand, out: &mut dyn Write) -> an
         TokensCommand::Revoke(args) => &args.storage,
     };
     crate::create_private_dir(&storage.data_dir)?;
-    let db = crate::open_read_db(storage.database_url.as_deref(), &storage.data_dir).await?;
+    let db = crate::open_service_db(storage.database_url.as_deref(), &storage.data_dir).await?;
     match command {
         TokensCommand::Create(args) => {
             let workspace: WorkspaceId = args

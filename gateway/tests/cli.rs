@@ -509,7 +509,7 @@ async fn connect_apps(store: std::sync::Arc<dyn eventstore::EventStore>, apps: &
 }
 
 /// The apps Installed shows for ada of acme.
-async fn installed_apps(db: &database::ReadDb) -> Vec<String> {
+async fn installed_apps(db: &database::ServiceDb) -> Vec<String> {
     projections::installed::list(db, "acme", "ada")
         .await
         .unwrap()
@@ -528,7 +528,7 @@ fn projections_rebuild_replaces_the_read_models_from_the_log() {
         let store = eventstore::SledEventStore::open(dir.path().join("log")).unwrap();
         connect_apps(std::sync::Arc::new(store), &["hubspot", "gmail"]).await;
         // A read model that has lost a row, as a damaged or stale one would.
-        let db = database::ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = database::ServiceDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         let all = eventstore::SledEventStore::open(dir.path().join("log"))
@@ -539,7 +539,7 @@ fn projections_rebuild_replaces_the_read_models_from_the_log() {
         for projection in projections::runner::Projection::ALL {
             projection.apply(&db, &all).await.unwrap();
         }
-        let database::ReadDb::Sqlite(pool) = &db else {
+        let database::ServiceDb::Sqlite(pool) = &db else {
             unreachable!()
         };
         sqlx::query("DELETE FROM installed WHERE app = 'gmail'")
@@ -563,7 +563,7 @@ fn projections_rebuild_replaces_the_read_models_from_the_log() {
         "{said}"
     );
     runtime.block_on(async {
-        let db = database::ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = database::ServiceDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         assert_eq!(installed_apps(&db).await, ["gmail", "hubspot"]);
@@ -654,7 +654,9 @@ fn projections_rebuild_runs_beside_a_distributed_service() {
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(said.starts_with("rebuilt installed from "), "{said}");
     runtime.block_on(async {
-        let db = database::ReadDb::connect_postgres(&database).await.unwrap();
+        let db = database::ServiceDb::connect_postgres(&database)
+            .await
+            .unwrap();
         assert_eq!(
             installed_apps(&db).await,
             ["gmail", "google-calendar", "hubspot"]
@@ -683,7 +685,7 @@ fn serve_creates_a_private_master_key_and_vault_rotate_master_key_rewraps_under_
     let old = adapters::vault::MasterKey::load_or_create(&key_file).unwrap();
     let secret = secrecy::SecretString::from("zendesk-api-token-93ab".to_owned());
     let reference = runtime.block_on(async {
-        let db = database::ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = database::ServiceDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         let vault = adapters::vault::Vault::new(db.clone(), old);
@@ -715,7 +717,7 @@ fn serve_creates_a_private_master_key_and_vault_rotate_master_key_rewraps_under_
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     runtime.block_on(async {
-        let db = database::ReadDb::open_sqlite(&dir.path().join("read.db"))
+        let db = database::ServiceDb::open_sqlite(&dir.path().join("read.db"))
             .await
             .unwrap();
         let vault = adapters::vault::Vault::new(db, new);

@@ -384,7 +384,7 @@ impl World {
     /// A HubSpot connected in each workspace (as its OAuth flow would leave it), an admin
     /// token there, and member tokens for the Todoists the storm connects.
     async fn seed(&self) {
-        let read = database::ReadDb::connect_postgres(&self.cluster.database_url())
+        let read = database::ServiceDb::connect_postgres(&self.cluster.database_url())
             .await
             .unwrap();
         let vault = Vault::new(

@@ -135,7 +135,9 @@ impl Service {
         js.namespace = namespace.clone();
         let store = JetStreamEventStore::connect(js).await.unwrap();
         let repo = Repository::new(Arc::new(store.clone()));
-        let db = database::ReadDb::connect_postgres(&database).await.unwrap();
+        let db = database::ServiceDb::connect_postgres(&database)
+            .await
+            .unwrap();
         let vault = Vault::new(db, key);
         Self {
             _dir: dir,

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use adapters::vault::{Keyring, MasterKey, Vault};
-use database::ReadDb;
+use database::ServiceDb;
 use domain::{CredentialRef, IntegrationId};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
@@ -28,8 +28,8 @@ fn rotate(data_dir: &Path) -> Command {
     command
 }
 
-async fn open(data_dir: &Path) -> ReadDb {
-    ReadDb::open_sqlite(&data_dir.join("read.db"))
+async fn open(data_dir: &Path) -> ServiceDb {
+    ServiceDb::open_sqlite(&data_dir.join("read.db"))
         .await
         .unwrap()
 }
@@ -48,8 +48,8 @@ async fn every_secret_opens(data_dir: &Path, stored: &[(CredentialRef, String)])
     db.close().await;
 }
 
-async fn wrapped_under(db: &ReadDb, key: &str) -> i64 {
-    let ReadDb::Sqlite(pool) = db else {
+async fn wrapped_under(db: &ServiceDb, key: &str) -> i64 {
+    let ServiceDb::Sqlite(pool) = db else {
         unreachable!("SQLite here")
     };
     sqlx::query_scalar("SELECT COUNT(*) FROM vault_keys WHERE master_key_id = $1")

@@ -24,7 +24,7 @@ use eventstore::{EventStore, ExpectedVersion, NewEvent};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 
-use crate::db::ReadDb;
+use crate::db::ServiceDb;
 use crate::runner::Projection;
 use crate::{installed, sync_runs};
 
@@ -313,7 +313,7 @@ enum Value {
 }
 
 /// Every row of `table` in `db`, column by column, with the column names.
-async fn all_rows(db: &ReadDb, table: &str) -> anyhow::Result<(Vec<String>, Vec<Vec<Value>>)> {
+async fn all_rows(db: &ServiceDb, table: &str) -> anyhow::Result<(Vec<String>, Vec<Vec<Value>>)> {
     use sqlx::{Column, Row, TypeInfo};
     macro_rules! read {
         ($pool:expr) => {{
@@ -346,14 +346,14 @@ async fn all_rows(db: &ReadDb, table: &str) -> anyhow::Result<(Vec<String>, Vec<
         }};
     }
     Ok(match db {
-        ReadDb::Sqlite(pool) => read!(pool),
-        ReadDb::Postgres(pool) => read!(pool),
+        ServiceDb::Sqlite(pool) => read!(pool),
+        ServiceDb::Postgres(pool) => read!(pool),
     })
 }
 
 /// The raw engine: the final rows of `from` written into the empty tables of `to` with
 /// multi-row INSERTs in one transaction. Returns how long the writing took.
-async fn bulk_insert(from: &ReadDb, to: &ReadDb) -> anyhow::Result<Duration> {
+async fn bulk_insert(from: &ServiceDb, to: &ServiceDb) -> anyhow::Result<Duration> {
     let mut tables = Vec::new();
     for projection in Projection::ALL {
         for table in projection.tables() {
@@ -390,8 +390,8 @@ async fn bulk_insert(from: &ReadDb, to: &ReadDb) -> anyhow::Result<Duration> {
         }};
     }
     match to {
-        ReadDb::Sqlite(pool) => insert!(pool, sqlx::Sqlite),
-        ReadDb::Postgres(pool) => insert!(pool, sqlx::Postgres),
+        ServiceDb::Sqlite(pool) => insert!(pool, sqlx::Sqlite),
+        ServiceDb::Postgres(pool) => insert!(pool, sqlx::Postgres),
     }
     Ok(started.elapsed())
 }
@@ -400,8 +400,8 @@ async fn bulk_insert(from: &ReadDb, to: &ReadDb) -> anyhow::Result<Duration> {
 /// events/s and the raw insert's, for the same events.
 async fn rebuild_beside_raw(
     store: &Arc<dyn EventStore>,
-    db: &ReadDb,
-    raw: &ReadDb,
+    db: &ServiceDb,
+    raw: &ServiceDb,
     progress: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<(f64, f64)> {
     let started = Instant::now();
@@ -429,7 +429,7 @@ use eventstore::bench::percentile_ms as percentile;
 /// (after a first page of 50 rows of Installed, of 3 runs of the sync logs, since an
 /// integration has only a few runs).
 async fn time_queries(
-    db: &ReadDb,
+    db: &ServiceDb,
     integrations: &[Generated],
     sizes: Sizes,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
@@ -543,8 +543,8 @@ pub async fn run(
     ));
     let mut figures = Vec::new();
 
-    let sqlite = ReadDb::open_sqlite(&scratch.join("read.db")).await?;
-    let sqlite_raw = ReadDb::open_sqlite(&scratch.join("raw.db")).await?;
+    let sqlite = ServiceDb::open_sqlite(&scratch.join("read.db")).await?;
+    let sqlite_raw = ServiceDb::open_sqlite(&scratch.join("raw.db")).await?;
     let (ours, raw) = rebuild_beside_raw(&store, &sqlite, &sqlite_raw, progress).await?;
     figures.push(Figure::against_raw("rebuild_sqlite", ours, "events/s", raw));
     let (installed_times, sync_times) = time_queries(&sqlite, &integrations, sizes).await?;
@@ -574,8 +574,8 @@ pub async fn run(
         backend.push_str(" and postgres");
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         let (db, raw_db) = (
-            ReadDb::connect_postgres_in_schema(url, &format!("bench_{suffix}")).await?,
-            ReadDb::connect_postgres_in_schema(url, &format!("bench_raw_{suffix}")).await?,
+            ServiceDb::connect_postgres_in_schema(url, &format!("bench_{suffix}")).await?,
+            ServiceDb::connect_postgres_in_schema(url, &format!("bench_raw_{suffix}")).await?,
         );
         let measured = async {
             let (ours, raw) = rebuild_beside_raw(&store, &db, &raw_db, progress).await?;

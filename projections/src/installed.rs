@@ -11,7 +11,7 @@ use domain::{Actor, Aggregate, Integration, IntegrationEvent, Status};
 use eventstore::RecordedEvent;
 use serde::Serialize;
 
-use crate::db::{fetch_all, Bind, ReadDb, ReadDbError, Target, WriteTx};
+use crate::db::{fetch_all, Bind, ServiceDb, ServiceDbError, Target, WriteTx};
 
 /// The projection's name, as its checkpoint is stored.
 pub const NAME: &str = "installed";
@@ -112,14 +112,14 @@ struct Folding {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(transparent)]
-    Db(#[from] ReadDbError),
+    Db(#[from] ServiceDbError),
     #[error("the event at position {position} cannot be decoded: {reason}")]
     Undecodable { position: u64, reason: String },
 }
 
 impl From<sqlx::Error> for ApplyError {
     fn from(error: sqlx::Error) -> Self {
-        ApplyError::Db(ReadDbError::Sql(error))
+        ApplyError::Db(ServiceDbError::Sql(error))
     }
 }
 
@@ -225,7 +225,7 @@ pub(crate) async fn apply_in<'a>(
         .await?;
     for (key, state, version) in stored {
         let state = serde_json::from_str(&state).map_err(|error| {
-            ApplyError::Db(ReadDbError::Invalid(format!(
+            ApplyError::Db(ServiceDbError::Invalid(format!(
                 "the stored state of {key} does not read back: {error}"
             )))
         })?;
@@ -279,7 +279,7 @@ pub(crate) async fn flush(
         match row_of(&entry.state) {
             Some(row) => {
                 let state = serde_json::to_string(&entry.state)
-                    .map_err(|error| ApplyError::Db(ReadDbError::Invalid(error.to_string())))?;
+                    .map_err(|error| ApplyError::Db(ServiceDbError::Invalid(error.to_string())))?;
                 upserts.push(row_binds(row, entry.version, state));
             }
             None => deletes.push(key),
@@ -370,13 +370,13 @@ pub const MAX_PAGE: u32 = 500;
 /// personal ones, never another user's — filtered, `limit` rows at a time from `cursor` (a
 /// page's `next_cursor`).
 pub async fn page(
-    db: &ReadDb,
+    db: &ServiceDb,
     workspace: &str,
     user: &str,
     filter: &Filter,
     cursor: Option<&str>,
     limit: u32,
-) -> Result<InstalledPage, ReadDbError> {
+) -> Result<InstalledPage, ServiceDbError> {
     let mut sql = format!(
         "SELECT integration_id, workspace, app, scope, owner, status, connected_by, \
          connected_at, last_sync_at, last_sync_outcome, records_pulled, records_created, \
@@ -400,7 +400,7 @@ pub async fn page(
     if let Some(cursor) = cursor {
         let (app, id) = cursor
             .rsplit_once('/')
-            .ok_or_else(|| ReadDbError::BadCursor(cursor.to_owned()))?;
+            .ok_or_else(|| ServiceDbError::BadCursor(cursor.to_owned()))?;
         binds.push(Bind::Text(app.to_owned()));
         binds.push(Bind::Text(id.to_owned()));
         sql.push_str(&format!(
@@ -431,10 +431,10 @@ pub async fn page(
 
 /// All of Installed as `user` of `workspace` sees it (every page of [`page`]).
 pub async fn list(
-    db: &ReadDb,
+    db: &ServiceDb,
     workspace: &str,
     user: &str,
-) -> Result<Vec<InstalledRow>, ReadDbError> {
+) -> Result<Vec<InstalledRow>, ServiceDbError> {
     let mut rows = Vec::new();
     let mut cursor = None;
     loop {
@@ -456,7 +456,10 @@ pub async fn list(
 }
 
 /// The version of the integration's stream folded into its row, `None` when it has no row.
-pub async fn folded_version(db: &ReadDb, integration: &str) -> Result<Option<u64>, ReadDbError> {
+pub async fn folded_version(
+    db: &ServiceDb,
+    integration: &str,
+) -> Result<Option<u64>, ServiceDbError> {
     let rows: Vec<(i64,)> = fetch_all(
         db,
         &format!("SELECT version FROM {TABLE} WHERE integration_id = $1"),
@@ -471,11 +474,11 @@ pub async fn folded_version(db: &ReadDb, integration: &str) -> Result<Option<u64
 /// One integration's row as `user` of `workspace` sees it: `None` when it is not in Installed,
 /// belongs to another workspace, or is another user's personal integration.
 pub async fn get(
-    db: &ReadDb,
+    db: &ServiceDb,
     workspace: &str,
     user: &str,
     integration: &str,
-) -> Result<Option<InstalledRow>, ReadDbError> {
+) -> Result<Option<InstalledRow>, ServiceDbError> {
     let sql = format!(
         "SELECT integration_id, workspace, app, scope, owner, status, connected_by, \
          connected_at, last_sync_at, last_sync_outcome, records_pulled, records_created, \

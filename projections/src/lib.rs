@@ -24,4 +24,4 @@ pub mod sync_runs;
 #[cfg(feature = "test-support")]
 pub use database::test_support;
 
-pub use database::{ReadDb, ReadDbError};
+pub use database::{ServiceDb, ServiceDbError};

@@ -19,7 +19,7 @@ use std::time::Duration;
 use eventstore::EventStore;
 
 use crate::db::lease::Leases;
-use crate::db::{ReadDb, ReadDbError, Target, WriteTx};
+use crate::db::{ServiceDb, ServiceDbError, Target, WriteTx};
 use crate::installed;
 use crate::runner::{Batch, Projection, RunError};
 
@@ -48,7 +48,7 @@ const REBUILD_WAIT_POLL: Duration = Duration::from_millis(250);
 /// `db`. `progress(position, head)` is called after each batch.
 pub async fn rebuild(
     store: &dyn EventStore,
-    db: &ReadDb,
+    db: &ServiceDb,
     projections: &[Projection],
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Rebuilt, RunError> {
@@ -83,7 +83,7 @@ pub async fn rebuild(
 
 async fn fill_and_swap(
     store: &dyn EventStore,
-    db: &ReadDb,
+    db: &ServiceDb,
     projections: &[Projection],
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Rebuilt, RunError> {
@@ -132,7 +132,7 @@ async fn fill_and_swap(
 }
 
 /// Creates empty copies of the projections' tables, dropping what an interrupted rebuild left.
-async fn prepare(db: &ReadDb, projections: &[Projection]) -> Result<(), RunError> {
+async fn prepare(db: &ServiceDb, projections: &[Projection]) -> Result<(), RunError> {
     let mut tx = db.begin_write().await?;
     for projection in projections {
         for table in projection.tables() {
@@ -151,7 +151,11 @@ async fn prepare(db: &ReadDb, projections: &[Projection]) -> Result<(), RunError
 
 /// The statements that create an empty copy of `table` called `copy`, with the same columns,
 /// keys and indexes.
-async fn copy_ddl(tx: &mut WriteTx, table: &str, copy: &str) -> Result<Vec<String>, ReadDbError> {
+async fn copy_ddl(
+    tx: &mut WriteTx,
+    table: &str,
+    copy: &str,
+) -> Result<Vec<String>, ServiceDbError> {
     match tx {
         WriteTx::Postgres(_) => Ok(vec![format!(
             "CREATE TABLE {copy} (LIKE {table} INCLUDING ALL)"
@@ -166,7 +170,7 @@ async fn copy_ddl(tx: &mut WriteTx, table: &str, copy: &str) -> Result<Vec<Strin
             .fetch_all(&mut **tx)
             .await?;
             let unreadable =
-                || ReadDbError::Invalid(format!("the schema of {table} is not one it can copy"));
+                || ServiceDbError::Invalid(format!("the schema of {table} is not one it can copy"));
             schema
                 .into_iter()
                 .map(|(kind, name, sql)| {
@@ -201,7 +205,7 @@ async fn copy_ddl(tx: &mut WriteTx, table: &str, copy: &str) -> Result<Vec<Strin
 /// tables had beyond them. Returns the position they have applied up to.
 async fn swap(
     store: &dyn EventStore,
-    db: &ReadDb,
+    db: &ServiceDb,
     projections: &[Projection],
 ) -> Result<u64, RunError> {
     for projection in projections {

@@ -8,7 +8,7 @@ use domain::IntegrationEvent;
 use eventstore::{EventStore, RecordedEvent, StoreError};
 use futures::StreamExt;
 
-use crate::db::{ReadDb, ReadDbError, Target, WriteTx};
+use crate::db::{ServiceDb, ServiceDbError, Target, WriteTx};
 use crate::installed::{self, ApplyError};
 use crate::sync_runs;
 
@@ -198,7 +198,7 @@ impl Projection {
     ///
     /// An event that cannot be decoded stops it there: what comes before is applied, and the
     /// error names the event's position.
-    pub async fn apply(self, db: &ReadDb, events: &[RecordedEvent]) -> Result<(), ApplyError> {
+    pub async fn apply(self, db: &ServiceDb, events: &[RecordedEvent]) -> Result<(), ApplyError> {
         let batch = match Batch::decode(events, &[self]) {
             Ok(batch) => batch,
             Err(ApplyError::Undecodable { position, reason }) => {
@@ -215,13 +215,13 @@ impl Projection {
     }
 
     /// Where it is in the log.
-    pub async fn checkpoint(self, db: &ReadDb) -> Result<u64, crate::ReadDbError> {
+    pub async fn checkpoint(self, db: &ServiceDb) -> Result<u64, crate::ServiceDbError> {
         crate::db::checkpoint(db, self.name()).await
     }
 
     /// Where it is in the log, and which rebuild of its tables is in place: an answer drawn
     /// from them stays right while both stand.
-    pub async fn stamp(self, db: &ReadDb) -> Result<(u64, u64), crate::ReadDbError> {
+    pub async fn stamp(self, db: &ServiceDb) -> Result<(u64, u64), crate::ServiceDbError> {
         Ok(crate::db::standing(db, self.name())
             .await?
             .map_or((0, 0), |standing| (standing.position, standing.generation)))
@@ -236,7 +236,7 @@ pub enum RunError {
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error(transparent)]
-    Db(#[from] crate::db::ReadDbError),
+    Db(#[from] crate::db::ServiceDbError),
     #[error("the projection's lease was lost: {0}")]
     LeaseLost(String),
 }
@@ -248,7 +248,7 @@ pub enum RunError {
 pub async fn run(
     projection: Projection,
     store: Arc<dyn EventStore>,
-    db: ReadDb,
+    db: ServiceDb,
 ) -> Result<(), RunError> {
     fn unheard(_: RunnerState) {}
     follow(projection, store, db, &unheard).await
@@ -257,7 +257,7 @@ pub async fn run(
 async fn follow(
     projection: Projection,
     store: Arc<dyn EventStore>,
-    db: ReadDb,
+    db: ServiceDb,
     on_state: &(dyn Fn(RunnerState) + Sync),
 ) -> Result<(), RunError> {
     crate::db::ensure_checkpoint(&db, projection.name(), projection.version()).await?;
@@ -287,7 +287,7 @@ const UPGRADE_PROGRESS: std::time::Duration = std::time::Duration::from_secs(10)
 async fn upgrade(
     projection: Projection,
     store: &dyn EventStore,
-    db: &ReadDb,
+    db: &ServiceDb,
     on_state: &(dyn Fn(RunnerState) + Sync),
 ) -> Result<(), RunError> {
     let name = projection.name();
@@ -373,20 +373,20 @@ fn lease_key(projection: Projection) -> i64 {
 pub async fn run_leased(
     projection: Projection,
     store: Arc<dyn EventStore>,
-    db: ReadDb,
+    db: ServiceDb,
     on_state: &(dyn Fn(RunnerState) + Sync),
 ) -> Result<(), RunError> {
-    let ReadDb::Postgres(pool) = &db else {
+    let ServiceDb::Postgres(pool) = &db else {
         on_state(RunnerState::Running);
         return follow(projection, store, db, on_state).await;
     };
     on_state(RunnerState::Standby);
-    let mut lease = pool.acquire().await.map_err(ReadDbError::from)?.detach();
+    let mut lease = pool.acquire().await.map_err(ServiceDbError::from)?.detach();
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(lease_key(projection))
         .execute(&mut lease)
         .await
-        .map_err(ReadDbError::from)?;
+        .map_err(ServiceDbError::from)?;
     tracing::info!(
         projection = projection.name(),
         "holding the projection's lease"

@@ -8,7 +8,7 @@ use domain::{IntegrationEvent, IntegrationId, SyncId};
 use eventstore::RecordedEvent;
 use serde::Serialize;
 
-use crate::db::{fetch_all, Bind, ReadDb, ReadDbError, Target, WriteTx};
+use crate::db::{fetch_all, Bind, ServiceDb, ServiceDbError, Target, WriteTx};
 use crate::installed::ApplyError;
 
 /// The projection's name, as its checkpoint is stored.
@@ -330,14 +330,14 @@ pub struct RunsPage {
 /// The sync logs of `integration` as `user` of `workspace` may see them (a personal
 /// integration's only by its owner), newest first, `limit` at a time from `cursor`.
 pub async fn list(
-    db: &ReadDb,
+    db: &ServiceDb,
     workspace: &str,
     user: &str,
     integration: IntegrationId,
     filter: &Filter,
     cursor: Option<i64>,
     limit: u32,
-) -> Result<RunsPage, ReadDbError> {
+) -> Result<RunsPage, ServiceDbError> {
     let mut sql = format!(
         "SELECT sync_id, integration_id, kind, trigger_kind, requested_by, requested_at, started_at, \
          finished_at, status, pulled, created, updated, deleted, error_code, error_message, \
@@ -381,7 +381,7 @@ pub async fn list(
 }
 
 /// The pages of one run, in the order they were pulled.
-pub async fn pages(db: &ReadDb, sync_id: &str) -> Result<Vec<SyncPage>, ReadDbError> {
+pub async fn pages(db: &ServiceDb, sync_id: &str) -> Result<Vec<SyncPage>, ServiceDbError> {
     let sql = format!(
         "SELECT object, page, pulled, created, updated, deleted, cursor, at \
          FROM {PAGES} WHERE sync_id = $1 ORDER BY at, object, page"

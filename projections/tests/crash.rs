@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use eventstore::{EventStore, SledEventStore};
 use projections::runner::Projection;
-use projections::ReadDb;
+use projections::ServiceDb;
 use rand::Rng;
 
 mod common;
@@ -68,7 +68,7 @@ async fn killed_mid_batch_the_projections_apply_nothing_twice_and_skip_nothing()
         all.len()
     );
     drop(store);
-    let reference = ReadDb::open_sqlite(&dir.path().join("reference.db"))
+    let reference = ServiceDb::open_sqlite(&dir.path().join("reference.db"))
         .await
         .unwrap();
     for projection in Projection::ALL {
@@ -79,7 +79,7 @@ async fn killed_mid_batch_the_projections_apply_nothing_twice_and_skip_nothing()
     let sqlite = dir.path().join("killed.db");
     let kills = run_with_kills(&log, sqlite.to_str().unwrap());
     assert!(kills > 0, "the runner was never killed: nothing was tested");
-    let db = ReadDb::open_sqlite(&sqlite).await.unwrap();
+    let db = ServiceDb::open_sqlite(&sqlite).await.unwrap();
     assert_eq!(
         views(&db, &["ada"], &ids).await,
         expected,
@@ -89,7 +89,7 @@ async fn killed_mid_batch_the_projections_apply_nothing_twice_and_skip_nothing()
     let postgres = postgres_database().await;
     let kills = run_with_kills(&log, &postgres);
     assert!(kills > 0);
-    let db = ReadDb::connect_postgres(&postgres).await.unwrap();
+    let db = ServiceDb::connect_postgres(&postgres).await.unwrap();
     assert_eq!(
         views(&db, &["ada"], &ids).await,
         expected,

@@ -18,7 +18,7 @@ use eventstore::{EventStore, SledEventStore};
 use projections::installed::{self, InstalledRow};
 use projections::runner::{self, Projection};
 use projections::sync_runs::{self, Filter};
-use projections::ReadDb;
+use projections::ServiceDb;
 
 mod common;
 use common::{as_user, fresh_db, system};
@@ -56,7 +56,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     store: Arc<SledEventStore>,
     repository: Repository,
-    db: ReadDb,
+    db: ServiceDb,
     runners: Vec<tokio::task::JoinHandle<Result<(), runner::RunError>>>,
 }
 
@@ -583,7 +583,7 @@ async fn rebuild(kind: &str) {
     // Every event at once into an empty database, and again on top (nothing applies twice).
     let all = f.store.read_all(1, 100_000).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let fresh = ReadDb::open_sqlite(&dir.path().join("rebuilt.db"))
+    let fresh = ServiceDb::open_sqlite(&dir.path().join("rebuilt.db"))
         .await
         .unwrap();
     for projection in Projection::ALL {
@@ -867,7 +867,7 @@ async fn installed_queries(kind: &str) {
     )
     .await;
     assert!(
-        matches!(refused, Err(projections::ReadDbError::BadCursor(_))),
+        matches!(refused, Err(projections::ServiceDbError::BadCursor(_))),
         "{refused:?}"
     );
     f.stop();
@@ -961,7 +961,7 @@ async fn an_unknown_type_is_passed_over_and_an_undecodable_event_stops_only_its_
 async fn an_older_process_starts_on_a_database_a_newer_one_migrated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("read.db");
-    let db = ReadDb::open_sqlite(&path).await.unwrap();
+    let db = ServiceDb::open_sqlite(&path).await.unwrap();
     projections::db::execute(
         &db,
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
@@ -971,6 +971,6 @@ async fn an_older_process_starts_on_a_database_a_newer_one_migrated() {
     .await
     .unwrap();
     db.close().await;
-    let again = ReadDb::open_sqlite(&path).await;
+    let again = ServiceDb::open_sqlite(&path).await;
     assert!(again.is_ok(), "{:?}", again.err());
 }

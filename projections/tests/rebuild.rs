@@ -15,7 +15,7 @@ use eventstore::{EventStore, SledEventStore};
 use projections::installed;
 use projections::rebuild::rebuild;
 use projections::runner::{self, Projection, RunnerState};
-use projections::ReadDb;
+use projections::ServiceDb;
 
 mod common;
 use common::{caught_up, exec, fresh_db, one_pass, postgres_database, sync_once, views, write_log};
@@ -174,7 +174,7 @@ type States = Arc<Mutex<HashMap<(u8, &'static str), RunnerState>>>;
 /// Runs both projections as the service does, telling `hear` each state of each runner.
 fn spawn_runners(
     store: &Arc<dyn EventStore>,
-    db: &ReadDb,
+    db: &ServiceDb,
     hear: Arc<dyn Fn(&'static str, RunnerState) + Send + Sync>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     Projection::ALL
@@ -194,7 +194,7 @@ fn spawn_runners(
 fn spawn_process(
     process: u8,
     store: &Arc<dyn EventStore>,
-    db: &ReadDb,
+    db: &ServiceDb,
     states: &States,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let states = states.clone();
@@ -230,15 +230,15 @@ async fn of_two_processes_on_postgres_one_writes_each_model_and_the_other_takes_
     let ids = write_log(store.clone(), 5, 2).await;
     let url = postgres_database().await;
     // Two pools are two sets of sessions: what two processes have.
-    let first = ReadDb::connect_postgres(&url).await.unwrap();
-    let second = ReadDb::connect_postgres(&url).await.unwrap();
+    let first = ServiceDb::connect_postgres(&url).await.unwrap();
+    let second = ServiceDb::connect_postgres(&url).await.unwrap();
     let states: States = Arc::default();
 
     let first_runners = spawn_process(1, &store, &first, &states);
     all_in(&states, 1, RunnerState::Running).await;
     let second_runners = spawn_process(2, &store, &second, &states);
     all_in(&states, 2, RunnerState::Standby).await;
-    let ReadDb::Postgres(pool) = &first else {
+    let ServiceDb::Postgres(pool) = &first else {
         unreachable!()
     };
     eventually(
@@ -283,7 +283,7 @@ async fn of_two_processes_on_postgres_one_writes_each_model_and_the_other_takes_
 /// Runs both projections as the service does, recording every state each runner reports.
 fn spawn_recorded(
     store: &Arc<dyn EventStore>,
-    db: &ReadDb,
+    db: &ServiceDb,
     heard: &Arc<Mutex<Vec<(&'static str, RunnerState)>>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let heard = heard.clone();
@@ -296,7 +296,7 @@ fn spawn_recorded(
 
 /// Installed as a release of `version` might have left it: marked as built by it, and its rows
 /// damaged, to see whether a rebuild replaces them.
-async fn installed_left_by(db: &ReadDb, version: u64) {
+async fn installed_left_by(db: &ServiceDb, version: u64) {
     exec(db, "UPDATE installed SET status = 'damaged'").await;
     exec(
         db,
@@ -305,7 +305,7 @@ async fn installed_left_by(db: &ReadDb, version: u64) {
     .await;
 }
 
-async fn built_by(db: &ReadDb, projection: Projection) -> u64 {
+async fn built_by(db: &ServiceDb, projection: Projection) -> u64 {
     projections::db::standing(db, projection.name())
         .await
         .unwrap()
@@ -400,13 +400,13 @@ async fn tables_an_older_release_built_are_rebuilt_at_start_and_a_newer_ones_lef
             "{kind}"
         );
         let untouched: i64 = match &db {
-            ReadDb::Sqlite(pool) => {
+            ServiceDb::Sqlite(pool) => {
                 sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE pulled = -1")
                     .fetch_one(pool)
                     .await
                     .unwrap()
             }
-            ReadDb::Postgres(pool) => {
+            ServiceDb::Postgres(pool) => {
                 sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE pulled = -1")
                     .fetch_one(pool)
                     .await

@@ -13,7 +13,7 @@ use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
 use eventstore::repository::Repository;
 use eventstore::{EventStore, SledEventStore};
 use projections::runner::Projection;
-use projections::ReadDb;
+use projections::ServiceDb;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -201,8 +201,8 @@ proptest! {
         runtime.block_on(async {
             let (dir, store, ids) = play(&steps).await;
             let all = store.read_all(1, 100_000).await.unwrap();
-            let one = ReadDb::open_sqlite(&dir.path().join("one.db")).await.unwrap();
-            let many = ReadDb::open_sqlite(&dir.path().join("many.db")).await.unwrap();
+            let one = ServiceDb::open_sqlite(&dir.path().join("one.db")).await.unwrap();
+            let many = ServiceDb::open_sqlite(&dir.path().join("many.db")).await.unwrap();
             for projection in Projection::ALL {
                 projection.apply(&one, &all).await.unwrap();
                 let mut rest = &all[..];

@@ -42,7 +42,7 @@ async fn a_v1_route_needs_a_live_token_and_a_revoked_one_is_refused_at_once() {
     assert_eq!(me["workspace"], "acme");
     assert_eq!(me["role"], "admin");
 
-    let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+    let db = database::ServiceDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
     assert!(gateway::tokens::revoke(&db, app.data_dir(), &id)

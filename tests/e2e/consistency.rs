@@ -145,7 +145,7 @@ async fn on_jetstream_a_history_read_after_a_position_shows_what_installed_shows
 
     // Installed has folded further than any server of the log holds — what a replica behind
     // the others looks like from here.
-    let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+    let db = database::ServiceDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
     database::execute(
@@ -202,7 +202,7 @@ async fn only_an_authenticated_caller_waits_and_a_token_holds_few_waiting_reads(
     // The read models fall behind a position the log holds: a read after it waits, then says
     // so. One token may hold only so many such reads; the rest are refused at once, and
     // another token's requests go on unhindered.
-    let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+    let db = database::ServiceDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
     database::execute(&db, "UPDATE checkpoints SET position = 0", &[])

@@ -94,8 +94,8 @@ impl TestApp {
         unlimited: bool,
     ) -> (String, String) {
         let db = match &self.database_url {
-            Some(url) => database::ReadDb::connect_postgres(url).await.unwrap(),
-            None => database::ReadDb::open_sqlite(&self.data_dir().join("read.db"))
+            Some(url) => database::ServiceDb::connect_postgres(url).await.unwrap(),
+            None => database::ServiceDb::open_sqlite(&self.data_dir().join("read.db"))
                 .await
                 .unwrap(),
         };

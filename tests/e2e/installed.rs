@@ -430,7 +430,7 @@ async fn after_a_rebuild_installed_shows_the_rebuilt_rows_not_a_page_answered_be
 
     // Once Installed holds the connect, its table is damaged behind the service's back, and
     // Installed answers (and keeps) that page.
-    let read = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+    let read = database::ServiceDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
     eventually(

@@ -87,7 +87,7 @@ async fn a_key_whose_first_request_died_with_its_process_is_released_after_thirt
     let first = request().await.unwrap();
     assert_eq!(first.status(), 201);
     // As a process killed while answering leaves it: claimed, never answered.
-    let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+    let db = database::ServiceDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
     let claimed = |age_seconds: i64| {

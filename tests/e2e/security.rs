@@ -227,10 +227,10 @@ async fn a_master_key_rotated_while_the_service_runs_loses_no_credential() {
     assert_eq!(after.status(), 201);
     let after: Value = after.json().await.unwrap();
     let after = after["integration_id"].as_str().unwrap().to_owned();
-    let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+    let db = database::ServiceDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
-    let database::ReadDb::Sqlite(pool) = &db else {
+    let database::ServiceDb::Sqlite(pool) = &db else {
         unreachable!()
     };
     let wrapped_by: String =
@@ -351,7 +351,7 @@ async fn an_authorization_finishes_only_while_the_token_that_started_it_is_live(
 }
 
 async fn revoke(app: &crate::helpers::TestApp, id: &str) {
-    let db = database::ReadDb::open_sqlite(&app.data_dir().join("read.db"))
+    let db = database::ServiceDb::open_sqlite(&app.data_dir().join("read.db"))
         .await
         .unwrap();
     assert!(gateway::tokens::revoke(&db, app.data_dir(), id)
@@ -806,7 +806,7 @@ async fn console_sign_ins_count_against_the_rate_limit_and_a_token_holds_few_ses
     let sessions_of = |user: &'static str| {
         let path = app.data_dir().join("read.db");
         async move {
-            let db = database::ReadDb::open_sqlite(&path).await.unwrap();
+            let db = database::ServiceDb::open_sqlite(&path).await.unwrap();
             let rows: Vec<(i64,)> = database::fetch_all(
                 &db,
                 "SELECT COUNT(*) FROM console_sessions s \

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use database::{execute, fetch_all, fetch_in, Bind};
-use database::{ReadDb, ReadDbError};
+use database::{ServiceDb, ServiceDbError};
 use domain::catalog;
 use domain::integration::{
     FieldMapping, Integration, IntegrationCommand, RecordCounts, Status, SyncKind, Transform,
@@ -102,7 +102,7 @@ enum RunError {
     #[error(transparent)]
     Records(#[from] StoreError),
     #[error(transparent)]
-    Db(#[from] ReadDbError),
+    Db(#[from] ServiceDbError),
     #[error("the run was cancelled")]
     Cancelled,
     #[error("the run's lease was lost")]
@@ -167,7 +167,7 @@ pub struct SyncWorker {
 struct Inner {
     repo: Arc<Repository>,
     records: Arc<dyn RecordLog>,
-    db: ReadDb,
+    db: ServiceDb,
     credentials: Arc<dyn CredentialSource>,
     providers: Providers,
     leases: Leases,
@@ -202,7 +202,7 @@ impl SyncWorker {
     pub fn new(
         repo: Arc<Repository>,
         records: Arc<dyn RecordLog>,
-        db: ReadDb,
+        db: ServiceDb,
         credentials: Arc<dyn CredentialSource>,
         providers: Providers,
         leases: Leases,

@@ -44,8 +44,8 @@ pub(super) async fn installed(
     Query(query): Query<InstalledQuery>,
 ) -> Result<Response, Problem> {
     let principal = caller.in_workspace(&ws)?;
-    let read_failed = |error: database::ReadDbError| match error {
-        database::ReadDbError::BadCursor(_) => Problem::new(
+    let read_failed = |error: database::ServiceDbError| match error {
+        database::ServiceDbError::BadCursor(_) => Problem::new(
             StatusCode::BAD_REQUEST,
             "bad_cursor",
             "the cursor is not one this list gave out",

@@ -337,7 +337,7 @@ pub async fn run(
     }
     whole_log.sort_unstable();
     drop(store);
-    let read = crate::open_read_db(None, &data_dir).await?;
+    let read = crate::open_service_db(None, &data_dir).await?;
     let token = |workspace: &str| {
         let read = read.clone();
         let workspace = workspace.to_owned();

@@ -94,7 +94,7 @@ impl Demo {
     pub async fn welcome(
         &self,
         base: &url::Url,
-        db: &projections::ReadDb,
+        db: &projections::ServiceDb,
         out: &mut (dyn Write + Send),
     ) -> anyhow::Result<()> {
         let workspace: WorkspaceId = WORKSPACE.parse().map_err(|e| anyhow::anyhow!("{e}"))?;

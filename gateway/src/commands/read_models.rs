@@ -4,7 +4,7 @@ use anyhow::Context;
 use projections::runner::Projection;
 
 use crate::cli::RebuildArgs;
-use crate::{open_logs, open_read_db, Logs};
+use crate::{open_logs, open_service_db, Logs};
 
 /// `harmony projections rebuild`: replays the log into fresh tables with a progress bar on
 /// standard error (rate and time left), swaps them in, and prints what it did.
@@ -36,7 +36,7 @@ pub async fn rebuild(args: &RebuildArgs, out: &mut dyn std::io::Write) -> anyhow
         "the embedded event log is used by one process at a time: stop the service on this \
          data directory before rebuilding (on JetStream, rebuild beside the running services)",
     )?;
-    let db = open_read_db(storage.database_url.as_deref(), &storage.data_dir).await?;
+    let db = open_service_db(storage.database_url.as_deref(), &storage.data_dir).await?;
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} events  {per_sec}  eta {eta}",

@@ -20,7 +20,7 @@ use adapters::vault::{read_key_file, Keyring, MasterKey, Vault, MASTER_KEY_ENV};
 use anyhow::Context;
 
 use crate::cli::RotateArgs;
-use crate::{master_key_path, open_read_db};
+use crate::{master_key_path, open_service_db};
 
 /// `harmony vault rotate-master-key`.
 pub async fn rotate(args: &RotateArgs, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
@@ -60,7 +60,7 @@ pub async fn rotate(args: &RotateArgs, out: &mut dyn std::io::Write) -> anyhow::
         );
     }
 
-    let db = open_read_db(storage.database_url.as_deref(), &storage.data_dir).await?;
+    let db = open_service_db(storage.database_url.as_deref(), &storage.data_dir).await?;
     let vault = Vault::with_keyring(db.clone(), held.clone());
     let states = vault.master_keys().await?;
     let current = states.iter().find(|key| key.state == "current");

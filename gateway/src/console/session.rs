@@ -9,7 +9,7 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Redirect, Response};
 use database::{execute, fetch_all, Bind};
 use domain::{Principal, Timestamp};
-use projections::{ReadDb, ReadDbError};
+use projections::{ServiceDb, ServiceDbError};
 
 use crate::AppState;
 
@@ -29,11 +29,11 @@ pub(crate) enum SignInRefused {
     Unknown,
     /// The token is over its rate limit: try again after this long.
     RateLimited(std::time::Duration),
-    Db(ReadDbError),
+    Db(ServiceDbError),
 }
 
-impl From<ReadDbError> for SignInRefused {
-    fn from(error: ReadDbError) -> Self {
+impl From<ServiceDbError> for SignInRefused {
+    fn from(error: ServiceDbError) -> Self {
         Self::Db(error)
     }
 }
@@ -124,10 +124,10 @@ pub(crate) async fn sign_in(state: &AppState, token: &str) -> Result<HeaderValue
 
 /// Ends the session whose cookie is `id`; answers the cookie that clears it in the browser.
 pub(crate) async fn sign_out(
-    db: &ReadDb,
+    db: &ServiceDb,
     id: Option<&str>,
     secure: bool,
-) -> Result<HeaderValue, ReadDbError> {
+) -> Result<HeaderValue, ServiceDbError> {
     if let Some(id) = id {
         execute(
             db,

@@ -8,7 +8,7 @@ use std::io::Write;
 
 use eventstore::{EventStore, SledEventStore};
 use projections::runner::{Projection, MAX_BATCH};
-use projections::ReadDb;
+use projections::ServiceDb;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,9 +18,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let target = args.next().ok_or(usage)?;
     let store = SledEventStore::open(&log)?;
     let db = if target.starts_with("postgres://") {
-        ReadDb::connect_postgres(&target).await?
+        ServiceDb::connect_postgres(&target).await?
     } else {
-        ReadDb::open_sqlite(std::path::Path::new(&target)).await?
+        ServiceDb::open_sqlite(std::path::Path::new(&target)).await?
     };
     let head = store.head_position().await?;
     let mut out = std::io::stdout();

@@ -14,7 +14,7 @@ use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
 use eventstore::repository::Repository;
 use eventstore::EventStore;
 use projections::sync_runs::{self, Filter};
-use projections::{installed, ReadDb};
+use projections::{installed, ServiceDb};
 
 pub use domain::testing::as_user;
 
@@ -31,19 +31,19 @@ pub fn system() -> CommandContext {
 pub use projections::test_support::postgres_database;
 
 /// A fresh read database: `sqlite` (a file in `dir`) or `postgres`.
-pub async fn fresh_db(kind: &str, dir: &std::path::Path) -> ReadDb {
+pub async fn fresh_db(kind: &str, dir: &std::path::Path) -> ServiceDb {
     match kind {
-        "sqlite" => ReadDb::open_sqlite(&dir.join(format!("read-{}.db", uuid::Uuid::now_v7())))
+        "sqlite" => ServiceDb::open_sqlite(&dir.join(format!("read-{}.db", uuid::Uuid::now_v7())))
             .await
             .unwrap(),
-        _ => ReadDb::connect_postgres(&postgres_database().await)
+        _ => ServiceDb::connect_postgres(&postgres_database().await)
             .await
             .unwrap(),
     }
 }
 
 /// Everything both read models show of `ids` to each of `users`, as text to compare.
-pub async fn views(db: &ReadDb, users: &[&str], ids: &[IntegrationId]) -> String {
+pub async fn views(db: &ServiceDb, users: &[&str], ids: &[IntegrationId]) -> String {
     let mut out = Vec::new();
     for user in users {
         out.push(format!(
@@ -166,17 +166,17 @@ pub async fn sync_once(repository: &Repository, id: IntegrationId, pages: u32) {
 }
 
 /// Runs `sql` (no parameters, no rows) on `db`.
-pub async fn exec(db: &ReadDb, sql: &str) {
+pub async fn exec(db: &ServiceDb, sql: &str) {
     match db {
-        ReadDb::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap(),
-        ReadDb::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap(),
+        ServiceDb::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap(),
+        ServiceDb::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap(),
     }
 }
 
 /// The read models built in one pass over the whole of `store`, in a fresh SQLite file in `dir`.
-pub async fn one_pass(store: &dyn EventStore, dir: &std::path::Path) -> ReadDb {
+pub async fn one_pass(store: &dyn EventStore, dir: &std::path::Path) -> ServiceDb {
     let all = store.read_all(1, usize::MAX).await.unwrap();
-    let db = ReadDb::open_sqlite(&dir.join(format!("one-pass-{}.db", uuid::Uuid::now_v7())))
+    let db = ServiceDb::open_sqlite(&dir.join(format!("one-pass-{}.db", uuid::Uuid::now_v7())))
         .await
         .unwrap();
     for projection in projections::runner::Projection::ALL {
@@ -186,7 +186,7 @@ pub async fn one_pass(store: &dyn EventStore, dir: &std::path::Path) -> ReadDb {
 }
 
 /// Waits until every projection in `db` has applied the whole of `store`.
-pub async fn caught_up(store: &dyn EventStore, db: &ReadDb) {
+pub async fn caught_up(store: &dyn EventStore, db: &ServiceDb) {
     eventstore::waiting::eventually(
         std::time::Duration::from_secs(30),
         "the projections catching up with the log",
