@@ -19,6 +19,7 @@
 use async_trait::async_trait;
 use eventstore::follow::{Follower, InFlight};
 use eventstore::RecordedEvent;
+use tracing::Instrument;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -155,7 +156,8 @@ impl ActionWorker {
                     return;
                 }
             }
-        });
+        }
+        .instrument(tracing::info_span!("action_worker", integration = %id)));
     }
 
     /// Waits until no action is being performed.
@@ -201,7 +203,11 @@ impl ActionWorker {
                 }
             }
             let outcome = match self.inner.vault.show(id, &arguments).await {
-                Ok(arguments) => self.perform(id, &state, action_id, &tool, &arguments).await,
+                Ok(arguments) => {
+                    self.perform(id, &state, action_id, &tool, &arguments)
+                        .instrument(tracing::info_span!("action", action = %action_id, %tool))
+                        .await
+                }
                 Err(error) => Outcome::Failed {
                     error: format!("the action's arguments cannot be read: {error}"),
                     retryable: false,

@@ -696,3 +696,42 @@ async fn on_postgresql_changes_deletions_and_unchanged_records_are_told_apart_th
     assert_eq!(ops["3"], RecordOp::Updated);
     assert_eq!(ops["4"], RecordOp::Deleted);
 }
+
+/// What a subscriber wrote, for reading back.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn what_a_run_logs_names_its_integration_and_its_run() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // This test's runtime runs every task on this thread, so they all log here.
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let world = World::new(5).await;
+    let IntegrationEvent::SyncCompleted(done) = world.sync(SyncKind::Full).await else {
+        panic!("the run completes")
+    };
+    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let span = format!("sync_run{{integration={} sync={}}}", world.id, done.sync_id);
+    assert!(
+        logged
+            .lines()
+            .any(|line| line.contains(&span) && line.contains("the sync run ended")),
+        "no line in the run's span: {logged}"
+    );
+}

@@ -2,6 +2,7 @@
 //! integrations, the checkpoint signer.
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use eventstore::{EventStore, RecordLog};
 
@@ -112,5 +113,9 @@ pub(crate) fn run_projection(
                 other => other,
             }
         }
+        .instrument(tracing::info_span!(
+            "projection",
+            projection = projection.name()
+        ))
     })
 }

@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
 
 use crate::http::ProviderError;
 use crate::provider::{
@@ -382,7 +383,8 @@ impl SyncWorker {
                     return;
                 }
             }
-        });
+        }
+        .instrument(tracing::info_span!("sync_worker", integration = %id)));
     }
 
     /// Stops the integration's run in this process, if one is working, within a second.
@@ -515,8 +517,18 @@ impl SyncWorker {
             stop,
             started: Instant::now(),
         };
-        let outcome = run.objects(cursor, &mut page_no, &mut totals).await;
-        run.finish(outcome).await.map(|()| true)
+        // Everything the run logs carries its integration and run.
+        let span = tracing::info_span!("sync_run", integration = %id, sync = %sync_id);
+        async {
+            let outcome = run.objects(cursor, &mut page_no, &mut totals).await;
+            let finished = run.finish(outcome).await;
+            if finished.is_ok() {
+                tracing::info!(pulled = totals.pulled, "the sync run ended");
+            }
+            finished.map(|()| true)
+        }
+        .instrument(span)
+        .await
     }
 
     /// Waits until no run is working in this process (for tests and shutdown).
