@@ -17,7 +17,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use database::{fetch_all, Bind};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -249,22 +248,17 @@ async fn scrape(state: &AppState, headers: &HeaderMap) -> Response {
         }
         Err(reason) => tracing::warn!(reason, "metrics without the log's figures"),
     }
-    let runs: Result<Vec<(String, i64, i64)>, _> = fetch_all(
-        &state.read,
-        "SELECT status, COUNT(*), CAST(COALESCE(SUM(pulled), 0) AS BIGINT) FROM sync_runs \
-         GROUP BY status",
-        &[] as &[Bind],
-    )
-    .await;
-    match runs {
-        Ok(runs) => {
+    match projections::sync_runs::totals_by_status(&state.read).await {
+        Ok(totals) => {
             let mut records = 0;
-            for (status, count, pulled) in runs {
+            for total in totals {
                 metrics
                     .sync_runs
-                    .get_or_create(&StatusLabels { status })
-                    .set(count);
-                records += pulled;
+                    .get_or_create(&StatusLabels {
+                        status: total.status,
+                    })
+                    .set(total.runs);
+                records += total.pulled;
             }
             metrics.records_synced.set(records);
         }

@@ -388,3 +388,29 @@ pub async fn pages(db: &ServiceDb, sync_id: &str) -> Result<Vec<SyncPage>, Servi
     );
     fetch_all(db, &sql, &[Bind::Text(sync_id.to_owned())]).await
 }
+
+/// How many runs the sync logs hold with one status, and the records they pulled: the whole
+/// service's totals, naming no workspace or integration (what `/metrics` reports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusTotals {
+    pub status: String,
+    pub runs: i64,
+    pub pulled: i64,
+}
+
+/// The sync logs' totals by status, over every workspace.
+pub async fn totals_by_status(db: &ServiceDb) -> Result<Vec<StatusTotals>, ServiceDbError> {
+    let sql = format!(
+        "SELECT status, COUNT(*), CAST(COALESCE(SUM(pulled), 0) AS BIGINT) FROM {RUNS} \
+         GROUP BY status ORDER BY status"
+    );
+    let rows: Vec<(String, i64, i64)> = fetch_all(db, &sql, &[]).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(status, runs, pulled)| StatusTotals {
+            status,
+            runs,
+            pulled,
+        })
+        .collect())
+}

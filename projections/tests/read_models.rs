@@ -347,6 +347,21 @@ async fn life(kind: &str) {
         f.sync_logs("ada", id, &completed, None, 10).await.runs,
         all.runs[1..]
     );
+    // The whole service's totals by status, as /metrics reports them: here, this
+    // integration's runs.
+    let mut expected = std::collections::BTreeMap::<String, (i64, i64)>::new();
+    for run in &all.runs {
+        let entry = expected.entry(run.status.clone()).or_default();
+        entry.0 += 1;
+        entry.1 += run.pulled;
+    }
+    let totals: std::collections::BTreeMap<String, (i64, i64)> = sync_runs::totals_by_status(&f.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.status, (t.runs, t.pulled)))
+        .collect();
+    assert_eq!(totals, expected);
     let incremental = Filter {
         kind: Some("incremental".into()),
         ..Filter::default()
