@@ -495,10 +495,7 @@ impl Vault {
             ServiceDb::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 // One at a time with a shredding of the same integration.
-                sqlx::query(LOCK_INTEGRATION)
-                    .bind(integration)
-                    .execute(&mut *tx)
-                    .await?;
+                lock_integration!(tx, integration);
                 let shredded: i64 = sqlx::query_scalar(SHREDDED)
                     .bind(integration)
                     .fetch_one(&mut *tx)
@@ -625,10 +622,7 @@ impl Vault {
         let stored = on_db!(&self.db, |pool| {
             let mut tx = pool.begin().await?;
             if postgres {
-                sqlx::query(LOCK_INTEGRATION)
-                    .bind(&integration)
-                    .execute(&mut *tx)
-                    .await?;
+                lock_integration!(tx, &integration);
             }
             let stored = sqlx::query(insert)
                 .bind(&reference)
@@ -753,10 +747,7 @@ impl Vault {
         let shredded = on_db!(&self.db, |pool| {
             let mut tx = pool.begin().await?;
             if postgres {
-                sqlx::query(LOCK_INTEGRATION)
-                    .bind(&integration)
-                    .execute(&mut *tx)
-                    .await?;
+                lock_integration!(tx, &integration);
             }
             sqlx::query(mark)
                 .bind(&integration)
@@ -883,6 +874,18 @@ impl Vault {
 /// time already.)
 const LOCK_INTEGRATION: &str =
     "SELECT pg_advisory_xact_lock(hashtextextended('harmony vault ' || $1, 0))";
+
+/// Takes [`LOCK_INTEGRATION`] for `integration` in the PostgreSQL transaction `tx`. A macro,
+/// as the transaction's type is each database's own inside `on_db!`.
+macro_rules! lock_integration {
+    ($tx:ident, $integration:expr) => {
+        sqlx::query(LOCK_INTEGRATION)
+            .bind($integration)
+            .execute(&mut *$tx)
+            .await?
+    };
+}
+use lock_integration;
 
 const SHREDDED: &str = "SELECT COUNT(*) FROM vault_shredded WHERE integration_id = $1";
 

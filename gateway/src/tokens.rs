@@ -41,6 +41,16 @@ pub(crate) fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Whether two secrets (or their hashes) are equal, compared in constant time: how long it
+/// takes says nothing of where they differ.
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// Creates a token for `user` of `workspace` with `role`; an `unlimited` one is exempt from
 /// the per-token rate limit.
 pub async fn create(

@@ -47,6 +47,15 @@ pub struct InstalledRow {
     pub actions: Vec<String>,
 }
 
+/// Every status a row of Installed can have (what [`row_of`] gives), for filters to check.
+pub const STATUSES: [&str; 5] = [
+    "connected",
+    "needs_reauth",
+    "syncing",
+    "error",
+    "disconnected",
+];
+
 /// The row an integration shows as, or `None` when it has no place in Installed (deleted,
 /// abandoned, or not connected yet).
 pub fn row_of(integration: &Integration) -> Option<InstalledRow> {

@@ -100,25 +100,19 @@ pub(super) async fn installed(
         .into_response())
 }
 
-/// The statuses Installed shows.
-const STATUSES: [&str; 5] = [
-    "connected",
-    "needs_reauth",
-    "syncing",
-    "error",
-    "disconnected",
-];
-
 /// The filters of `query`, each one of the values it can take, or 422 `invalid_query`.
 fn checked_filter(query: &InstalledQuery) -> Result<projections::installed::Filter, Problem> {
     let status = match query.status.as_deref() {
         None => None,
         Some(status) => Some(
-            STATUSES
+            projections::installed::STATUSES
                 .into_iter()
                 .find(|known| *known == status)
                 .ok_or_else(|| {
-                    invalid_query(format!("status must be one of {}", STATUSES.join(", ")))
+                    invalid_query(format!(
+                        "status must be one of {}",
+                        projections::installed::STATUSES.join(", ")
+                    ))
                 })?,
         ),
     };

@@ -58,14 +58,7 @@ impl Session {
 
     /// Whether `sent` is this session's CSRF token.
     pub(crate) fn csrf_ok(&self, sent: Option<&String>) -> bool {
-        sent.is_some_and(|sent| {
-            sent.len() == self.csrf.len()
-                && sent
-                    .bytes()
-                    .zip(self.csrf.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        })
+        sent.is_some_and(|sent| crate::tokens::same_secret(sent, &self.csrf))
     }
 }
 
