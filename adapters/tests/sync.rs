@@ -726,12 +726,15 @@ async fn what_a_run_logs_names_its_integration_and_its_run() {
     let IntegrationEvent::SyncCompleted(done) = world.sync(SyncKind::Full).await else {
         panic!("the run completes")
     };
-    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    // The run says it ended right after its last event is appended, which the test may see
+    // first: wait for the line.
     let span = format!("sync_run{{integration={} sync={}}}", world.id, done.sync_id);
-    assert!(
+    eventually(WAIT, "a line in the run's span says it ended", || async {
+        let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         logged
             .lines()
-            .any(|line| line.contains(&span) && line.contains("the sync run ended")),
-        "no line in the run's span: {logged}"
-    );
+            .any(|line| line.contains(&span) && line.contains("the sync run ended"))
+            .then_some(())
+    })
+    .await;
 }

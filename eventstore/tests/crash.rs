@@ -36,10 +36,17 @@ fn parse(line: &str) -> Option<Ack> {
 /// Runs the writer until it has reported `acks` acknowledgements (0: kill at once, during
 /// start-up and recovery), then kills it with SIGKILL. Returns what it acknowledged.
 fn run_and_kill(target: &[&str], acks: usize) -> Vec<Ack> {
+    // What the writer says on its way (an append refused, a start-up that failed), for the
+    // message of a failure.
+    let errors = tempfile::NamedTempFile::new().expect("a temporary file for the writer's errors");
     let mut child = Command::new(env!("CARGO_BIN_EXE_eventstore-crash-writer"))
         .args(target)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(
+            errors
+                .reopen()
+                .expect("the writer's error file opens for writing"),
+        ))
         .spawn()
         .expect("the crash writer starts");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -59,22 +66,36 @@ fn run_and_kill(target: &[&str], acks: usize) -> Vec<Ack> {
         match received.recv_timeout(left) {
             Ok(line) => acked.extend(parse(&line)),
             Err(_) => panic!(
-                "the writer acknowledged only {} appends in 60 s",
-                acked.len()
+                "the writer acknowledged only {} appends in 60 s; it said:\n{}",
+                acked.len(),
+                std::fs::read_to_string(errors.path()).unwrap_or_default()
             ),
         }
     }
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
     reader.join().expect("reader thread");
+    let said = std::fs::read_to_string(errors.path()).unwrap_or_default();
+    if !said.is_empty() {
+        eprintln!("the writer said:\n{said}");
+    }
     // Lines that reached the pipe before the kill were acknowledged too.
     acked.extend(received.try_iter().filter_map(|line| parse(&line)));
     acked
 }
 
+/// Fails with `$what` unless `$holds`.
+macro_rules! ensure {
+    ($holds:expr, $($what:tt)+) => {
+        if !$holds {
+            return Err(format!($($what)+));
+        }
+    };
+}
+
 /// Reads the whole log and checks it against everything acknowledged so far. On sled positions
 /// have no gaps at all; on JetStream they are stream sequences, strictly increasing.
-async fn check(store: &dyn EventStore, all_acked: &[Ack], round: usize, gapless: bool) {
+async fn check(store: &dyn EventStore, all_acked: &[Ack], gapless: bool) -> Result<(), String> {
     let head = store.head_position().await.unwrap();
     let mut events = Vec::new();
     let mut from = 1;
@@ -84,42 +105,48 @@ async fn check(store: &dyn EventStore, all_acked: &[Ack], round: usize, gapless:
         from = last.position + 1;
         events.extend(page);
     }
-    assert!(
+    ensure!(
         events.windows(2).all(|w| w[0].position < w[1].position),
-        "round {round}: positions out of order"
+        "positions out of order"
     );
     if gapless {
-        assert_eq!(
-            events.len() as u64,
-            head,
-            "round {round}: positions have gaps"
+        ensure!(
+            events.len() as u64 == head
+                && events
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| e.position == i as u64 + 1),
+            "positions have gaps: {} events up to {head}",
+            events.len()
         );
-        assert!(events
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.position == i as u64 + 1));
     }
     let by_position: HashMap<u64, &eventstore::RecordedEvent> =
         events.iter().map(|e| (e.position, e)).collect();
 
     // Every acknowledged batch is there, whole, where it was acknowledged.
     for ack in all_acked {
-        assert!(
+        ensure!(
             ack.last <= head,
-            "round {round}: acknowledged position {} lost (head {head})",
+            "acknowledged position {} lost (head {head})",
             ack.last
         );
         for position in ack.first..=ack.last {
-            let event = by_position
-                .get(&position)
-                .unwrap_or_else(|| panic!("round {round}: position {position} lost"));
-            assert_eq!(
-                event.data().unwrap()["batch"],
-                ack.batch,
-                "round {round}: position {position} holds another batch"
+            let Some(event) = by_position.get(&position) else {
+                return Err(format!("position {position} lost"));
+            };
+            ensure!(
+                event.data().unwrap()["batch"] == ack.batch,
+                "position {position} holds another batch"
             );
         }
-        assert_eq!(ack.last - ack.first + 1, ack.size);
+        ensure!(
+            ack.last - ack.first + 1 == ack.size,
+            "batch {} acknowledged at {}..={} has {} events",
+            ack.batch,
+            ack.first,
+            ack.last,
+            ack.size
+        );
     }
     // No batch, acknowledged or not, is torn.
     let mut batches: HashMap<String, (u64, u64)> = HashMap::new();
@@ -131,12 +158,12 @@ async fn check(store: &dyn EventStore, all_acked: &[Ack], round: usize, gapless:
         entry.0 += 1;
     }
     for (batch, (seen, size)) in &batches {
-        assert_eq!(seen, size, "round {round}: batch {batch} is torn");
+        ensure!(seen == size, "batch {batch} is torn: {seen} of {size}");
     }
     for stream in 1..=16u128 {
         let name = StreamName::integration(IntegrationId(uuid::Uuid::from_u128(stream)));
         let report = verify_stream(store, &name).await.unwrap();
-        assert!(report.is_intact(), "round {round}: {report:?}");
+        ensure!(report.is_intact(), "{report:?}");
         // Read by stream, every event of the stream is there, in version order: none is
         // missing from the stream's index.
         let in_log: Vec<u64> = events
@@ -146,17 +173,25 @@ async fn check(store: &dyn EventStore, all_acked: &[Ack], round: usize, gapless:
             .collect();
         let by_stream = store.read_stream(&name, 1, usize::MAX).await.unwrap();
         let positions: Vec<u64> = by_stream.iter().map(|e| e.position).collect();
-        assert_eq!(positions, in_log, "round {round}: {name} reads otherwise");
-        assert!(by_stream
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.version == i as u64 + 1));
-        assert_eq!(
-            store.stream_version(&name).await.unwrap(),
-            by_stream.last().map(|e| e.version),
-            "round {round}: {name}"
+        ensure!(
+            positions == in_log,
+            "{name} reads otherwise: {positions:?} by stream, {in_log:?} in the log"
+        );
+        ensure!(
+            by_stream
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.version == i as u64 + 1),
+            "{name} has versions out of order"
+        );
+        let version = store.stream_version(&name).await.unwrap();
+        ensure!(
+            version == by_stream.last().map(|e| e.version),
+            "{name} says its version is {version:?}, its events end at {:?}",
+            by_stream.last().map(|e| e.version)
         );
     }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,8 +211,12 @@ async fn acknowledged_events_survive_sigkill_and_no_batch_is_torn() {
         };
         requested += acks;
         all_acked.extend(run_and_kill(&target, acks));
+        // The writer's process is gone, and with it everything it had not written: the log is
+        // what it will stay.
         let store = SledEventStore::open(dir.path()).unwrap();
-        check(&store, &all_acked, round, true).await;
+        if let Err(failure) = check(&store, &all_acked, true).await {
+            panic!("round {round}: {failure}");
+        }
     }
     assert!(
         all_acked.len() >= requested,
@@ -205,7 +244,19 @@ async fn on_jetstream_a_killed_writer_never_leaves_part_of_a_batch() {
         let mut config = JetStreamConfig::new(nats.url.clone());
         config.namespace = namespace.clone();
         let store = JetStreamEventStore::connect(config).await.unwrap();
-        check(&store, &all_acked, round, false).await;
+        // The server may still be taking what the killed writer sent before it died (a batch's
+        // commit among it): the log must be whole once that has landed, and stay whole.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match check(&store, &all_acked, false).await {
+                Ok(()) => break,
+                Err(failure) if Instant::now() > deadline => panic!("round {round}: {failure}"),
+                Err(failure) => {
+                    eprintln!("round {round}, not yet: {failure}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
     assert!(
         all_acked.len() >= requested,

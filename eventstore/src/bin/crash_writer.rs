@@ -11,6 +11,7 @@ use std::sync::Arc;
 use domain::{Actor, EventId, IntegrationId, Metadata, StreamName, Timestamp};
 use eventstore::{
     EventStore, ExpectedVersion, JetStreamConfig, JetStreamEventStore, NewEvent, SledEventStore,
+    StoreError,
 };
 use rand::Rng;
 
@@ -49,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     causation_id: None,
                     occurred_at: Timestamp::now(),
                 };
-                let events = (0..size)
+                let events: Vec<NewEvent> = (0..size)
                     .map(|index| NewEvent {
                         id: EventId::new(),
                         event_type: "CrashTestAppended".into(),
@@ -58,7 +59,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         metadata: metadata.clone(),
                     })
                     .collect();
-                match store.append(&stream, ExpectedVersion::Any, events).await {
+                // A log that cannot take an append right now (JetStream with too many batches
+                // in flight, some of them left by an earlier writer killed mid-batch) is asked
+                // again, with the same events, as any writer would.
+                let mut outcome = store
+                    .append(&stream, ExpectedVersion::Any, events.clone())
+                    .await;
+                while let Err(StoreError::Unavailable(reason)) = &outcome {
+                    eprintln!("append unavailable, trying again: {reason}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    outcome = store
+                        .append(&stream, ExpectedVersion::Any, events.clone())
+                        .await;
+                }
+                match outcome {
                     Ok(result) => {
                         let mut out = stdout.lock().expect("stdout lock is never poisoned");
                         let _ = writeln!(
