@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use command::repository::{Repository, RepositoryError};
 use database::ServiceDb;
 use domain::aggregate::CommandContext;
 use domain::integration::{
@@ -32,7 +33,6 @@ use domain::integration::{
 };
 use domain::principal::Caller;
 use domain::{ActionId, DomainError, IntegrationId, StreamName, Timestamp};
-use eventstore::repository::{Repository, RepositoryError};
 use eventstore::StoreError;
 use serde_json::Value;
 

@@ -11,13 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use command::repository::Repository;
 use domain::catalog::AppScope;
 use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, SyncKind};
 use domain::{
     Caller, CommandContext, IntegrationId, Principal, Role, StreamName, SyncId, Timestamp,
 };
 use eventstore::bench::{machine, Figure, Report};
-use eventstore::repository::Repository;
 use eventstore::{EventStore, RecordLog, SledEventStore, SledRecordLog};
 use futures::StreamExt;
 use projections::runner::Projection;
@@ -90,7 +90,7 @@ impl Stack {
             }),
             Timestamp::now(),
         );
-        eventstore::lifecycle::connect(
+        command::lifecycle::connect(
             &repo,
             &admin,
             domain::integration::ConnectIntegration {
@@ -103,7 +103,7 @@ impl Stack {
                 credential_ref,
                 token_expires_at: None,
             },
-            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
+            command::lifecycle::DEFAULT_ABANDON_AFTER,
         )
         .await?;
         let http = ProviderHttp::new(

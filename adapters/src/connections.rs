@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use command::repository::{Repository, RepositoryError};
 use database::ServiceDb;
 use domain::aggregate::{Aggregate, CommandContext};
 use domain::catalog::{self, App, AuthKind};
@@ -22,7 +23,6 @@ use domain::integration::{
 };
 use domain::principal::{Caller, Principal};
 use domain::{DomainError, IntegrationId, StreamName, Timestamp};
-use eventstore::repository::{Repository, RepositoryError};
 use secrecy::SecretString;
 use url::Url;
 
@@ -198,11 +198,11 @@ impl Connections {
         grant: Option<(&OAuthClient, &Credentials)>,
     ) -> Result<(), ConnectError> {
         let integration = connect.integration;
-        if let Err(error) = eventstore::lifecycle::connect(
+        if let Err(error) = command::lifecycle::connect(
             &self.repo,
             context,
             connect,
-            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
+            command::lifecycle::DEFAULT_ABANDON_AFTER,
         )
         .await
         {
@@ -759,7 +759,7 @@ impl Connections {
                 }
             }
         }
-        eventstore::lifecycle::end(
+        command::lifecycle::end(
             &self.repo,
             context,
             integration,
@@ -799,7 +799,7 @@ impl Connections {
         context: &CommandContext,
         integration: IntegrationId,
     ) -> Result<bool, ConnectError> {
-        eventstore::lifecycle::end(
+        command::lifecycle::end(
             &self.repo,
             context,
             integration,

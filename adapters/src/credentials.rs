@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use command::repository::{Repository, RepositoryError};
 use domain::integration::{Integration, IntegrationCommand};
 use domain::{Caller, CommandContext, IntegrationId, StreamName, Timestamp};
-use eventstore::repository::{Repository, RepositoryError};
 use secrecy::ExposeSecret;
 use url::Url;
 

@@ -8,13 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use command::repository::{Repository, RepositoryError};
 use database::ServiceDb;
 use database::{fetch_all, Bind};
 use domain::aggregate::CommandContext;
 use domain::integration::{Integration, IntegrationCommand, SyncKind};
 use domain::principal::Caller;
 use domain::{DomainError, IntegrationId, StreamName, SyncId, Timestamp};
-use eventstore::repository::{Repository, RepositoryError};
 use sha2::{Digest, Sha256};
 
 use database::lease::Leases;

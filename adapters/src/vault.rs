@@ -148,8 +148,8 @@ impl MasterKey {
     /// Writes the key to a new file at `path`, readable by its owner alone, and makes both
     /// the file and its name durable (the directory is synced too).
     pub fn write_new(&self, path: &Path) -> Result<(), VaultError> {
-        eventstore::keyfile::write_new_private(path, self.to_base64().expose_secret())
-            .and_then(|()| eventstore::keyfile::sync_parent(path))
+        command::keyfile::write_new_private(path, self.to_base64().expose_secret())
+            .and_then(|()| command::keyfile::sync_parent(path))
             .map_err(|e| VaultError::MasterKey(format!("{}: {e}", path.display())))
     }
 
@@ -297,7 +297,7 @@ impl Keyring {
 
 /// The key in the file at `path`, if there is one.
 pub fn read_key_file(path: &Path) -> Result<Option<MasterKey>, VaultError> {
-    match eventstore::keyfile::read_private(path).map_err(VaultError::MasterKey)? {
+    match command::keyfile::read_private(path).map_err(VaultError::MasterKey)? {
         Some(text) => MasterKey::from_base64(&text)
             .map(Some)
             .map_err(|error| VaultError::MasterKey(format!("{}: {error}", path.display()))),

@@ -22,13 +22,13 @@ use database::lease::Leases;
 use adapters::provider::{Connection, Credentials};
 use adapters::providers::{Endpoints, Providers};
 use adapters::vault::{MasterKey, Vault};
+use command::repository::Repository;
 use database::ServiceDb;
 use domain::catalog::AppScope;
 use domain::integration::ActionPayload;
 use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, Status};
 use domain::testing::{as_user, connect_command};
 use domain::{ActionId, IntegrationId, Role, RuleId, StreamName};
-use eventstore::repository::Repository;
 use eventstore::waiting::eventually;
 use eventstore::SledEventStore;
 use secrecy::SecretString;
@@ -124,11 +124,11 @@ impl World {
         let mut connect = connect_command(app, scope, setup);
         let id = connect.integration;
         connect.credential_ref = self.vault.put(id, &credentials.to_secret()).await.unwrap();
-        eventstore::lifecycle::connect(
+        command::lifecycle::connect(
             &self.repo,
             &as_user("ada", Role::Admin),
             connect,
-            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
+            command::lifecycle::DEFAULT_ABANDON_AFTER,
         )
         .await
         .unwrap();

@@ -16,6 +16,7 @@ use adapters::provider::Credentials;
 use adapters::providers::{Endpoints, Providers};
 use adapters::sync::{SyncConfig, SyncWorker};
 use adapters::vault::{MasterKey, Vault};
+use command::repository::Repository;
 use database::lease::Leases;
 use database::ServiceDb;
 use domain::integration::{
@@ -23,7 +24,6 @@ use domain::integration::{
 };
 use domain::testing::as_user;
 use domain::{IntegrationId, Role, StreamName, SyncId};
-use eventstore::repository::Repository;
 use eventstore::waiting::eventually;
 use eventstore::{RecordLog, RecordOp, SledEventStore, SledRecordLog, StoredRecordChange};
 use secrecy::SecretString;
@@ -510,7 +510,7 @@ async fn a_disconnect_stops_the_running_sync_within_a_second() {
             .then_some(())
     })
     .await;
-    eventstore::lifecycle::end(
+    command::lifecycle::end(
         &world.repo,
         &as_user("ada", Role::Admin),
         world.id,

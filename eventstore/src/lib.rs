@@ -10,39 +10,30 @@
 //! [`JetStreamEventStore`] the distributed one, on NATS JetStream. [`conformance`] is the one
 //! suite both pass. [`wire`] is the CloudEvents form events travel in to downstream consumers.
 //!
-//! On top of the raw log, [`repository`] loads aggregates (with snapshots, so loading stays
-//! fast however long a stream grows) and executes commands with conflict retries, and
-//! [`lifecycle`] holds the parts of an integration's life that span two streams (connect with
-//! its slot reservation, disconnect and delete releasing it). [`checkpoints`] signs stream
-//! heads into a log of their own, so a history rewritten with recomputed hashes is caught.
 //! [`follow`] is the loop every background reader of the log runs: from a saved position,
 //! never saving past work still in flight.
 //!
-//! This crate knows nothing of HTTP, SQL or providers.
+//! This crate is the storage engine alone: it knows no domain rule, nothing of HTTP, SQL or
+//! providers. Loading aggregates, executing commands and signing checkpoints sit above it, in
+//! the `command` crate.
 
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod chain;
-pub mod checkpoints;
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 pub mod copy;
 mod error;
 pub mod follow;
 pub mod jetstream;
-pub mod keyfile;
-pub mod lifecycle;
 #[cfg(any(test, feature = "test-support"))]
 pub mod nats_server;
 pub mod records;
-pub mod repository;
 mod sled_store;
 mod types;
 #[cfg(any(test, feature = "test-support"))]
 pub mod waiting;
 pub mod wire;
-pub mod work_queue;
-pub mod written;
 
 pub use chain::{verify_stream, BrokenLink, ChainHash, VerifyReport};
 pub use error::StoreError;

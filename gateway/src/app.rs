@@ -100,7 +100,7 @@ impl Application {
             redirect,
         );
         if let Some(jetstream) = &jetstream {
-            let queue = eventstore::work_queue::WorkQueue::open(
+            let queue = command::work_queue::WorkQueue::open(
                 jetstream,
                 "sync",
                 settings.sync.work_ack_wait,
@@ -235,7 +235,7 @@ impl Application {
         // What changed since the last signing is signed on the way out.
         signer.abort();
         let _ = signer.await;
-        if let Err(error) = eventstore::checkpoints::sign_new(
+        if let Err(error) = command::checkpoints::sign_new(
             last_signing.store.as_ref(),
             last_signing.checkpoints.log.as_ref(),
             &last_signing.checkpoints.key,

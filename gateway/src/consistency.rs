@@ -71,7 +71,7 @@ pub(crate) async fn around(state: &AppState, request: Request, next: Next) -> Re
             }
         }
     }
-    let answered = eventstore::written::tracking(next.run(request));
+    let answered = command::written::tracking(next.run(request));
     let (mut response, written) = if waited {
         WAITED.scope((), answered).await
     } else {
@@ -168,7 +168,7 @@ pub(crate) async fn settle(
     request: Request,
     next: Next,
 ) -> Response {
-    let (response, written) = eventstore::written::tracking(next.run(request)).await;
+    let (response, written) = command::written::tracking(next.run(request)).await;
     if let Some(position) = written {
         if let Err(behind) = caught_up(&state, position, SETTLE_WAIT).await {
             tracing::debug!(

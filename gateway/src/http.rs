@@ -563,12 +563,11 @@ mod tests {
             waiting: Arc::new(crate::limits::PerToken::new(8)),
             metrics: crate::metrics::Metrics::new(),
             metrics_settings: crate::settings::MetricsSettings::default(),
-            checkpoints: eventstore::checkpoints::Checkpoints {
+            checkpoints: command::checkpoints::Checkpoints {
                 log: Arc::new(
-                    eventstore::checkpoints::SledCheckpointLog::open(&dir.path().join("ck"))
-                        .unwrap(),
+                    command::checkpoints::SledCheckpointLog::open(&dir.path().join("ck")).unwrap(),
                 ),
-                key: Arc::new(eventstore::checkpoints::CheckpointKey::generate()),
+                key: Arc::new(command::checkpoints::CheckpointKey::generate()),
             },
             installed_pages: Arc::default(),
             secure_cookies: false,

@@ -237,8 +237,8 @@ impl IntoResponse for Problem {
 }
 
 /// A command the log or the domain refused, as the API says it.
-pub(crate) fn repository_problem(error: eventstore::repository::RepositoryError) -> Problem {
-    use eventstore::repository::RepositoryError as E;
+pub(crate) fn repository_problem(error: command::repository::RepositoryError) -> Problem {
+    use command::repository::RepositoryError as E;
     match error {
         E::Domain(error) => domain_problem(&error),
         // Conflicting appends are retried inside; only sustained contention comes out here.

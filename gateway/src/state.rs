@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use eventstore::checkpoints::Checkpoints;
+use command::checkpoints::Checkpoints;
 use eventstore::{EventStore, RecordLog};
 
 use crate::settings::{Backend, Settings};
@@ -78,7 +78,7 @@ pub struct Workers {
     /// Connect, reauth, test and disconnect.
     pub connections: adapters::connections::Connections,
     /// Commands on the log, for the API's actions.
-    pub repo: Arc<eventstore::repository::Repository>,
+    pub repo: Arc<command::repository::Repository>,
 }
 
 impl Workers {
@@ -92,7 +92,7 @@ impl Workers {
         redirect: url::Url,
     ) -> Self {
         use adapters::http::{ProviderHttp, RetryPolicy};
-        let repo = Arc::new(eventstore::repository::Repository::new(store));
+        let repo = Arc::new(command::repository::Repository::new(store));
         let repo_for_api = repo.clone();
         let config = &settings.adapters;
         let outbound = adapters::outbound::Outbound::new(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use eventstore::checkpoints::Checkpoints;
+use command::checkpoints::Checkpoints;
 use eventstore::{
     EventStore, JetStreamConfig, JetStreamEventStore, JetStreamRecordLog, RecordLog,
     SledEventStore, SledRecordLog,
@@ -94,23 +94,23 @@ pub async fn open_checkpoints(
     key_file: Option<&std::path::Path>,
     from_env: Option<&secrecy::SecretString>,
 ) -> anyhow::Result<Checkpoints> {
-    let log: Arc<dyn eventstore::checkpoints::CheckpointLog> = match &logs.jetstream {
+    let log: Arc<dyn command::checkpoints::CheckpointLog> = match &logs.jetstream {
         Some(jetstream) => Arc::new(
-            eventstore::checkpoints::JetStreamCheckpointLog::open(jetstream)
+            command::checkpoints::JetStreamCheckpointLog::open(jetstream)
                 .await
                 .context("while opening the checkpoint log on NATS JetStream")?,
         ),
         None => {
             let dir = data_dir.join("checkpoints");
             Arc::new(
-                eventstore::checkpoints::SledCheckpointLog::open(&dir).with_context(|| {
+                command::checkpoints::SledCheckpointLog::open(&dir).with_context(|| {
                     format!("while opening the checkpoint log in {}", dir.display())
                 })?,
             )
         }
     };
     let path = key_file.map_or_else(|| checkpoint_key_path(data_dir), std::path::Path::to_owned);
-    let key = eventstore::checkpoints::CheckpointKey::load_or_create(
+    let key = command::checkpoints::CheckpointKey::load_or_create(
         &path,
         from_env.map(secrecy::ExposeSecret::expose_secret),
     )

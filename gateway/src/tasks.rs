@@ -44,7 +44,7 @@ pub(crate) async fn sign_checkpoints(state: AppState, every: std::time::Duration
     loop {
         tick.tick().await;
         match leases.try_acquire("checkpoints", every * 3).await {
-            Ok(true) => match eventstore::checkpoints::sign_new(
+            Ok(true) => match command::checkpoints::sign_new(
                 state.store.as_ref(),
                 state.checkpoints.log.as_ref(),
                 &state.checkpoints.key,

@@ -86,7 +86,7 @@ impl StateView {
     pub(crate) fn new(
         id: IntegrationId,
         as_of: Timestamp,
-        loaded: eventstore::repository::Loaded<Integration>,
+        loaded: command::repository::Loaded<Integration>,
     ) -> Self {
         Self {
             integration_id: id.to_string(),

@@ -488,7 +488,7 @@ fn bad_arguments_are_refused_with_a_message_and_a_failure_exit() {
 /// Connects `apps` (one integration each, workspace acme, by admin ada) on `store`: HubSpot
 /// for the workspace, the others (Gmail, Google Calendar) as ada's own.
 async fn connect_apps(store: std::sync::Arc<dyn eventstore::EventStore>, apps: &[&str]) {
-    let repository = eventstore::repository::Repository::new(store);
+    let repository = command::repository::Repository::new(store);
     let ada = domain::testing::as_user("ada", domain::Role::Admin);
     for app in apps {
         let scope = if *app == "hubspot" {
@@ -497,11 +497,11 @@ async fn connect_apps(store: std::sync::Arc<dyn eventstore::EventStore>, apps: &
             domain::catalog::AppScope::Personal
         };
         let command = domain::testing::connect_command(app, scope, &[]);
-        eventstore::lifecycle::connect(
+        command::lifecycle::connect(
             &repository,
             &ada,
             command,
-            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
+            command::lifecycle::DEFAULT_ABANDON_AFTER,
         )
         .await
         .unwrap();

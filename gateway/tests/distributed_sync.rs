@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
 use adapters::vault::{MasterKey, Vault};
+use command::repository::Repository;
 use domain::aggregate::CommandContext;
 use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, SyncKind};
 use domain::{Caller, IntegrationId, Principal, Role, StreamName, SyncId, Timestamp};
 use eventstore::nats_server::{unique_namespace, TestNats};
-use eventstore::repository::Repository;
 use eventstore::waiting::eventually;
 use eventstore::{JetStreamConfig, JetStreamEventStore};
 use secrecy::ExposeSecret;

@@ -6,14 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use command::lifecycle::{self, DEFAULT_ABANDON_AFTER};
+use command::repository::Repository;
 use domain::catalog::AppScope;
 use domain::integration::{ExpiryReason, RecordCounts, SyncKind};
 use domain::{
     CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Role, StreamName, SyncId,
     Timestamp,
 };
-use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
-use eventstore::repository::Repository;
 use eventstore::{EventStore, SledEventStore};
 use projections::installed::{self, InstalledRow};
 use projections::runner::{self, Projection};

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventstore::repository::Repository;
+use command::repository::Repository;
 use eventstore::waiting::eventually;
 use eventstore::{EventStore, SledEventStore};
 use projections::installed;

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
+use command::lifecycle::{self, DEFAULT_ABANDON_AFTER};
+use command::repository::Repository;
 use domain::catalog::AppScope;
 use domain::integration::{ConnectIntegration, ExpiryReason, RecordCounts, SyncKind};
 use domain::{
     CommandContext, CredentialRef, IntegrationCommand, IntegrationId, Role, StreamName, SyncId,
 };
-use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
-use eventstore::repository::Repository;
 use eventstore::{EventStore, SledEventStore};
 use projections::runner::Projection;
 use projections::ServiceDb;

@@ -43,18 +43,18 @@ async fn the_read_models_catch_up_with_a_log_written_before_the_start() {
         let store = std::sync::Arc::new(
             eventstore::SledEventStore::open(data_dir.path().join("log")).unwrap(),
         );
-        let repository = eventstore::repository::Repository::new(store);
+        let repository = command::repository::Repository::new(store);
         for (app, scope, user) in [
             ("hubspot", AppScope::Workspace, "ada"),
             ("gmail", AppScope::Personal, "max"),
         ] {
             let caller = as_user(user, Role::Admin);
             let command = connect_command(app, scope, &[]);
-            eventstore::lifecycle::connect(
+            command::lifecycle::connect(
                 &repository,
                 &caller,
                 command,
-                eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
+                command::lifecycle::DEFAULT_ABANDON_AFTER,
             )
             .await
             .unwrap();

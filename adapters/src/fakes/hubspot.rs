@@ -126,7 +126,7 @@ impl FakeHubSpot {
     /// and the connect in the log, made by the caller of `context`.
     pub async fn connect(
         &self,
-        repo: &eventstore::repository::Repository,
+        repo: &command::repository::Repository,
         vault: &crate::vault::Vault,
         context: &domain::aggregate::CommandContext,
         scopes: &[&str],
@@ -143,11 +143,11 @@ impl FakeHubSpot {
             ..crate::provider::Credentials::default()
         };
         connect.credential_ref = vault.put(id, &credentials.to_secret()).await?;
-        eventstore::lifecycle::connect(
+        command::lifecycle::connect(
             repo,
             context,
             connect,
-            eventstore::lifecycle::DEFAULT_ABANDON_AFTER,
+            command::lifecycle::DEFAULT_ABANDON_AFTER,
         )
         .await?;
         Ok(id)

@@ -27,6 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use command::repository::{Held, Repository, RepositoryError};
+use command::work_queue::WorkQueue;
 use database::{execute, fetch_all, fetch_in, Bind};
 use database::{ServiceDb, ServiceDbError};
 use domain::catalog;
@@ -36,8 +38,6 @@ use domain::integration::{
 use domain::{
     Caller, CommandContext, DomainError, EventId, IntegrationId, StreamName, SyncId, Timestamp,
 };
-use eventstore::repository::{Held, Repository, RepositoryError};
-use eventstore::work_queue::WorkQueue;
 use eventstore::{RecordChange, RecordLog, RecordOp, StoreError};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};

@@ -109,6 +109,48 @@ pub struct SlotHolder {
     pub reserved_at: Timestamp,
 }
 
+/// How long an unfinished connect holds its app's slot before another connect may close it.
+pub const DEFAULT_ABANDON_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What a connect may do with a slot another integration holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotHolding {
+    /// The holder is connected (or waits for a reauth), or its connect may still finish: the
+    /// slot is taken.
+    Taken,
+    /// The holder's connect never finished and `abandon_after` has passed since it reserved
+    /// the slot: close the holder as abandoned, then release its slot.
+    Abandon,
+    /// The holder has ended (disconnected, deleted or abandoned): release its slot.
+    Release,
+}
+
+impl SlotHolder {
+    /// What a connect at `now` may do with this slot, whose holder is in `status`.
+    pub fn holding(
+        &self,
+        status: crate::integration::Status,
+        now: Timestamp,
+        abandon_after: std::time::Duration,
+    ) -> SlotHolding {
+        use crate::integration::Status;
+        match status {
+            Status::Connected | Status::NeedsReauth => SlotHolding::Taken,
+            Status::New => {
+                let deadline = self
+                    .reserved_at
+                    .plus(time::Duration::try_from(abandon_after).unwrap_or(time::Duration::MAX));
+                if now < deadline {
+                    SlotHolding::Taken
+                } else {
+                    SlotHolding::Abandon
+                }
+            }
+            Status::Disconnected | Status::Deleted | Status::Abandoned => SlotHolding::Release,
+        }
+    }
+}
+
 /// The policy of one workspace.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkspacePolicy {

@@ -59,7 +59,7 @@ mod tail;
 pub use config::JetStreamConfig;
 pub(crate) use reads::{direct_batch, DirectBatch};
 use setup::ensure_bucket;
-pub(crate) use setup::ensure_stream;
+pub use setup::ensure_stream;
 use subscription::subscription;
 use tail::Tail;
 
@@ -223,8 +223,8 @@ impl JetStreamEventStore {
         &self.inner.client
     }
 
-    /// The JetStream context, for the work queues beside the log.
-    pub(crate) fn context(&self) -> &jetstream::Context {
+    /// The JetStream context, for the work queues and checkpoints beside the log.
+    pub fn context(&self) -> &jetstream::Context {
         &self.inner.js
     }
 

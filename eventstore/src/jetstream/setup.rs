@@ -4,7 +4,7 @@
 use super::*;
 
 /// Creates the stream, or checks that the one found is compatible with `wanted`.
-pub(crate) async fn ensure_stream(
+pub async fn ensure_stream(
     js: &jetstream::Context,
     wanted: stream::Config,
 ) -> Result<(), StoreError> {

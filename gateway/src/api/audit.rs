@@ -257,7 +257,7 @@ pub(super) struct Verification {
     head: String,
     /// The first link that does not hold.
     broken: Option<eventstore::BrokenLink>,
-    checkpoint: eventstore::checkpoints::CheckpointCheck,
+    checkpoint: command::checkpoints::CheckpointCheck,
 }
 
 /// `GET /v1/workspaces/{ws}/audit/export`: the lifecycle events of every integration the

@@ -5,9 +5,9 @@
 use std::io::Write;
 
 use anyhow::Context;
+use command::checkpoints::CheckpointCheck;
+use command::repository::Repository;
 use domain::{Integration, IntegrationId, StreamName, Timestamp, WorkspaceId};
-use eventstore::checkpoints::CheckpointCheck;
-use eventstore::repository::Repository;
 use serde_json::json;
 
 use crate::cli::{ExportArgs, HistoryArgs, StorageArgs, VerifyArgs};

@@ -138,7 +138,7 @@ pub async fn rotate(args: &RotateArgs, out: &mut dyn std::io::Write) -> anyhow::
     if !from_env {
         std::fs::rename(&next_path, &path)
             .with_context(|| format!("while putting the new key at {}", path.display()))?;
-        eventstore::keyfile::sync_parent(&path)
+        command::keyfile::sync_parent(&path)
             .with_context(|| format!("while syncing {}", path.display()))?;
     }
     // 5. The old key is retired.

@@ -315,11 +315,11 @@ pub(super) async fn history(
             h2 { "Verification" }
             @if intact {
                 p.notice { "The chain of " (events.len()) " events is intact."
-                    @if let Some(eventstore::checkpoints::CheckpointCheck::Holds { version, signed_at }) = checkpoint { " The service's signed checkpoint at version " (version) " (" (signed_at) ") holds." } }
+                    @if let Some(command::checkpoints::CheckpointCheck::Holds { version, signed_at }) = checkpoint { " The service's signed checkpoint at version " (version) " (" (signed_at) ") holds." } }
             } @else {
                 p.error { "The history does not verify: "
                     @if let Some(broken) = verified.as_ref().and_then(|v| v.chain.broken.as_ref()) { "version " (broken.version) ": " (broken.reason) }
-                    @if let Some(eventstore::checkpoints::CheckpointCheck::Broken { reason, .. }) = checkpoint { (reason) } }
+                    @if let Some(command::checkpoints::CheckpointCheck::Broken { reason, .. }) = checkpoint { (reason) } }
             }
         }
         section {

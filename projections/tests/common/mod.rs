@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
+use command::lifecycle::{self, DEFAULT_ABANDON_AFTER};
+use command::repository::Repository;
 use domain::catalog::AppScope;
 use domain::integration::{RecordCounts, SyncKind};
 use domain::testing::connect_command;
 use domain::{
     Caller, CommandContext, IntegrationCommand, IntegrationId, Role, StreamName, SyncId, Timestamp,
 };
-use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
-use eventstore::repository::Repository;
 use eventstore::EventStore;
 use projections::sync_runs::{self, Filter};
 use projections::{installed, ServiceDb};

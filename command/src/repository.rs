@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use domain::{Aggregate, CommandContext, DomainError, EventDecodeError, StreamName};
 
-use crate::chain::ChainHash;
-use crate::error::StoreError;
-use crate::types::{AppendResult, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
-use crate::EventStore;
+use eventstore::{
+    AppendResult, ChainHash, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Snapshot,
+    StoreError,
+};
 
 /// Why a command or a load failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -3,8 +3,8 @@
 //! the service's is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+use command::checkpoints::{check, sign_new, CheckpointCheck, CheckpointKey, CheckpointLog};
 use domain::{IntegrationId, StreamName};
-use eventstore::checkpoints::{check, sign_new, CheckpointCheck, CheckpointKey, CheckpointLog};
 use eventstore::conformance::event;
 use eventstore::nats_server::{fresh_store, TestNats};
 use eventstore::{EventStore, ExpectedVersion};
@@ -78,7 +78,7 @@ async fn on_sled() {
     let dir = tempfile::tempdir().unwrap();
     let store = eventstore::SledEventStore::open(dir.path().join("log")).unwrap();
     let log =
-        eventstore::checkpoints::SledCheckpointLog::open(&dir.path().join("checkpoints")).unwrap();
+        command::checkpoints::SledCheckpointLog::open(&dir.path().join("checkpoints")).unwrap();
     signs_what_changed_and_holds(&store, &log).await;
 }
 
@@ -86,7 +86,7 @@ async fn on_sled() {
 async fn on_jetstream() {
     let nats = TestNats::shared();
     let store = fresh_store(&nats).await;
-    let log = eventstore::checkpoints::JetStreamCheckpointLog::open(&store)
+    let log = command::checkpoints::JetStreamCheckpointLog::open(&store)
         .await
         .unwrap();
     signs_what_changed_and_holds(&store, &log).await;

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use command::lifecycle::{self, DEFAULT_ABANDON_AFTER};
+use command::repository::{Repository, RepositoryError};
 use domain::catalog::AppScope;
 use domain::integration::ConnectIntegration;
 use domain::policy::{PolicyChange, PolicyCommand};
@@ -12,8 +14,6 @@ use domain::{
     CommandContext, DomainError, Integration, IntegrationCommand, IntegrationId, Role, Status,
     StreamName, Timestamp, WorkspacePolicy,
 };
-use eventstore::lifecycle::{self, DEFAULT_ABANDON_AFTER};
-use eventstore::repository::{Repository, RepositoryError};
 use eventstore::{EventStore, SledEventStore};
 
 fn member(name: &str) -> CommandContext {

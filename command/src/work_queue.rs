@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use futures::{Stream, StreamExt};
 
-use crate::jetstream::{ensure_stream, JetStreamEventStore};
-use crate::StoreError;
+use eventstore::jetstream::ensure_stream;
+use eventstore::{JetStreamEventStore, StoreError};
 
 /// One queue (`sync`, …) of one service namespace.
 #[derive(Clone, Debug)]
@@ -29,7 +29,7 @@ pub struct WorkQueue {
 pub struct WorkItem {
     pub key: String,
     /// The version the key's stream had reached when the work was offered: the taker reads
-    /// the stream at least that far (see [`crate::EventStore::observed`]).
+    /// the stream at least that far (see [`eventstore::EventStore::observed`]).
     pub version: u64,
     message: jetstream::Message,
 }

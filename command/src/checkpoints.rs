@@ -21,8 +21,8 @@ use domain::{StreamName, Timestamp};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::chain::{ChainHash, VerifyReport};
-use crate::{EventStore, JetStreamEventStore, StoreError};
+use eventstore::chain::{ChainHash, VerifyReport};
+use eventstore::{EventStore, JetStreamEventStore, StoreError};
 
 /// The environment variable that may hold the signing key (base64 of its 32-byte seed); every
 /// process of a deployment must sign with the same key.
@@ -237,7 +237,7 @@ impl JetStreamCheckpointLog {
             allow_direct: true,
             ..Default::default()
         };
-        crate::jetstream::ensure_stream(&js, wanted).await?;
+        eventstore::jetstream::ensure_stream(&js, wanted).await?;
         Ok(Self {
             js,
             stream: name,
@@ -486,7 +486,7 @@ impl Checkpoints {
         const PAGE: usize = 1024;
         let verifying = self.key.verifying();
         let head = store.head_position().await?;
-        let mut chains = crate::chain::LogVerifier::default();
+        let mut chains = eventstore::chain::LogVerifier::default();
         // Per stream, in first-seen order: its signed checkpoint (or the answer instead), and
         // the hash found at the checkpoint's version.
         let mut signed: Vec<(Result<Checkpoint, CheckpointCheck>, Option<ChainHash>)> = Vec::new();
@@ -534,7 +534,7 @@ impl Checkpoints {
         stream: &StreamName,
     ) -> Result<Verified, StoreError> {
         Ok(Verified {
-            chain: crate::verify_stream(store, stream).await?,
+            chain: eventstore::verify_stream(store, stream).await?,
             checkpoint: check(store, self.log.as_ref(), &self.key.verifying(), stream).await?,
         })
     }

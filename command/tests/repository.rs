@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use command::repository::Repository;
 use domain::catalog::AppScope;
 use domain::integration::{ConnectIntegration, RecordCounts, SyncKind};
 use domain::{
     Caller, CommandContext, CredentialRef, Integration, IntegrationCommand as C, IntegrationEvent,
     IntegrationId, Principal, Role, StreamName, SyncId, Timestamp,
 };
-use eventstore::repository::Repository;
 use eventstore::{
     AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, RecordedEvent,
     SledEventStore, Snapshot, StoreError,
@@ -101,7 +101,7 @@ struct Fixture {
     store: Arc<SledEventStore>,
     repository: Repository,
     stream: StreamName,
-    connected: eventstore::repository::Executed<Integration>,
+    connected: command::repository::Executed<Integration>,
 }
 
 async fn connected_hubspot() -> Fixture {

@@ -15,16 +15,15 @@
 use std::time::Duration;
 
 use domain::integration::ConnectIntegration;
-use domain::policy::{PolicyChange, PolicyCommand};
+use domain::policy::{PolicyChange, PolicyCommand, SlotHolding};
 use domain::{
     Aggregate, Caller, CommandContext, DomainError, Integration, IntegrationCommand, IntegrationId,
-    Status, StreamName, UserId, WorkspacePolicy,
+    StreamName, UserId, WorkspacePolicy,
 };
 
 use crate::repository::{Executed, Repository, RepositoryError};
 
-/// How long an unfinished connect holds its slot before another connect may close it.
-pub const DEFAULT_ABANDON_AFTER: Duration = Duration::from_secs(600);
+pub use domain::policy::DEFAULT_ABANDON_AFTER;
 
 fn policy_command(workspace: &domain::WorkspaceId, change: PolicyChange) -> PolicyCommand {
     PolicyCommand {
@@ -86,15 +85,9 @@ pub async fn connect(
             app: command.app.clone(),
             holder: holder.integration,
         };
-        match holder_state.status {
-            Status::Connected | Status::NeedsReauth => return Err(taken.into()),
-            Status::New => {
-                let deadline = holder
-                    .reserved_at
-                    .plus(time::Duration::try_from(abandon_after).unwrap_or(time::Duration::MAX));
-                if context.now < deadline {
-                    return Err(taken.into());
-                }
+        match holder.holding(holder_state.status, context.now, abandon_after) {
+            SlotHolding::Taken => return Err(taken.into()),
+            SlotHolding::Abandon => {
                 let abandon = IntegrationCommand::Abandon {
                     workspace: workspace.clone(),
                     owner: owner.clone(),
@@ -124,7 +117,7 @@ pub async fn connect(
                 )
                 .await?;
             }
-            Status::Disconnected | Status::Deleted | Status::Abandoned => {
+            SlotHolding::Release => {
                 release(
                     repository,
                     &workspace,
