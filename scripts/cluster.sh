@@ -2,7 +2,7 @@
 # Harmony Sync as a cluster on one machine, on loopback: three nats-servers clustered
 # (deploy/nats-{1,2,3}.conf, streams replicated three times), one PostgreSQL, and several
 # `harmony serve` processes sharing them (deploy/harmony.env). docs/CLUSTER.md
-# explains it; the cluster fault test (gateway/tests/cluster.rs) runs it the same way.
+# explains it; the cluster fault test (harmony/tests/cluster.rs) runs it the same way.
 #
 #   scripts/cluster.sh up                  start whatever is not running (builds the release binary)
 #   scripts/cluster.sh down                stop everything; the data stays in the cluster directory
@@ -186,7 +186,7 @@ harmony_bin() {
   if [ -n "${HARMONY_BIN:-}" ]; then
     echo "$HARMONY_BIN"
   else
-    (cd "$root" && cargo build --release --locked -p gateway --bin harmony >&2)
+    (cd "$root" && cargo build --release --locked -p harmony --bin harmony >&2)
     echo "$root/target/release/harmony"
   fi
 }

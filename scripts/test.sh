@@ -131,7 +131,13 @@ cargo fmt --all --check
 echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The service as operators build it: without the fake providers and the benchmarks.
-cargo clippy -p gateway --no-default-features --locked -- -D warnings
+cargo clippy -p harmony --no-default-features --locked -- -D warnings
+echo "== the production build holds neither the fakes nor the benchmarks"
+if cargo tree -p harmony --no-default-features --edges normal --prefix none --locked \
+    | grep -E '^(fakes|bench) '; then
+  echo "the production build depends on the crates above" >&2
+  exit 1
+fi
 
 echo "== cargo test"
 start_nats_server

@@ -12,8 +12,6 @@
 //!   [`outbound`]: which hosts they may reach (no loopback or private network through a setup
 //!   field or a provider's answer).
 //! - [`sync`]: the sync worker; [`lease`]: leases in the service's database.
-//! - [`fakes`] (feature `fakes`): local servers speaking each provider's wire format, with
-//!   switchable faults; `bench` (feature `bench`): `harmony bench sync`.
 //!
 //! Nothing here may be depended on by `domain` or `eventstore`.
 
@@ -28,20 +26,15 @@ macro_rules! on_db {
 }
 
 pub mod actions;
-#[cfg(feature = "bench")]
-pub mod bench;
 pub mod config;
 pub mod connections;
 pub mod credentials;
 mod dispatch;
-#[cfg(feature = "fakes")]
-pub mod fakes;
 pub mod http;
 pub mod oauth;
 pub mod outbound;
 pub mod provider;
 pub mod providers;
-pub mod scheduler;
 pub mod sync;
 pub mod vault;
 pub mod xml;

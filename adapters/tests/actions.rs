@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use adapters::actions::ActionWorker;
 use adapters::credentials::CredentialService;
-use adapters::fakes::google::FakeGoogle;
-use adapters::fakes::hubspot::FakeHubSpot;
-use adapters::fakes::todoist::FakeTodoist;
-use adapters::fakes::twilio::FakeTwilio;
-use adapters::fakes::zendesk::FakeZendesk;
 use database::lease::Leases;
+use fakes::google::FakeGoogle;
+use fakes::hubspot::FakeHubSpot;
+use fakes::todoist::FakeTodoist;
+use fakes::twilio::FakeTwilio;
+use fakes::zendesk::FakeZendesk;
 
 use adapters::provider::{Connection, Credentials};
 use adapters::providers::{Endpoints, Providers};

@@ -8,16 +8,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use adapters::fakes::todoist::{self as todoist_fake, FakeTodoist};
-use adapters::fakes::twilio::FakeTwilio;
-use adapters::fakes::zendesk::FakeZendesk;
-use adapters::fakes::Counters;
 use adapters::http::ProviderError;
 use adapters::provider::{Connection, Provider, PullMode};
 use adapters::providers::todoist::Todoist;
 use adapters::providers::twilio::Twilio;
 use adapters::providers::zendesk::Zendesk;
 use common::{http, pull_all, secrets, setup};
+use fakes::todoist::{self as todoist_fake, FakeTodoist};
+use fakes::twilio::FakeTwilio;
+use fakes::zendesk::FakeZendesk;
+use fakes::Counters;
 use serde_json::json;
 
 const AGENT: &str = "agent@acme.com";

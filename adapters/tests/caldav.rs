@@ -6,11 +6,11 @@
 
 mod common;
 
-use adapters::fakes::caldav::FakeCalDav;
 use adapters::http::ProviderError;
 use adapters::provider::{Connection, Provider, PullMode};
 use adapters::providers::caldav::CalDav;
 use common::{http, pull_all, secrets, setup};
+use fakes::caldav::FakeCalDav;
 use serde_json::json;
 
 #[tokio::test]

@@ -12,9 +12,6 @@ use std::sync::Arc;
 
 use adapters::connections::{ConnectError, Connections};
 use adapters::credentials::CredentialService;
-use adapters::fakes::hubspot::FakeHubSpot;
-use adapters::fakes::zendesk::FakeZendesk;
-use adapters::fakes::Counters;
 use adapters::http::{ProviderError, ProviderHttp};
 use adapters::oauth::CallbackError;
 use adapters::providers::{Endpoints, Providers};
@@ -27,6 +24,9 @@ use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, Sta
 use domain::testing::as_user;
 use domain::{DomainError, IntegrationId, Role, StreamName};
 use eventstore::{EventStore, SledEventStore, StoreError};
+use fakes::hubspot::FakeHubSpot;
+use fakes::zendesk::FakeZendesk;
+use fakes::Counters;
 use secrecy::SecretString;
 use url::Url;
 

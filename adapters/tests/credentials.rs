@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use adapters::credentials::CredentialService;
-use adapters::fakes::hubspot::FakeHubSpot;
 use adapters::http::{ProviderError, ProviderHttp};
 use database::lease::Leases;
+use fakes::hubspot::FakeHubSpot;
 
 use adapters::provider::Credentials;
 use adapters::sync::CredentialSource;

@@ -7,13 +7,13 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use adapters::fakes::google::{self as fake, FakeGoogle};
-use adapters::fakes::Counters;
 use adapters::http::ProviderError;
 use adapters::provider::{Connection, Provider, PullMode};
 use adapters::providers::gmail::Gmail;
 use adapters::providers::google_calendar::GoogleCalendar;
 use common::{bearer, http, pull_all, setup};
+use fakes::google::{self as fake, FakeGoogle};
+use fakes::Counters;
 use serde_json::json;
 
 fn calendar(fake: &FakeGoogle) -> GoogleCalendar {

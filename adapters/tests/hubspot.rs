@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use adapters::fakes::hubspot::FakeHubSpot;
 use adapters::http::{ProviderError, ProviderHttp, RetryPolicy};
 use adapters::provider::{Connection, Credentials, Provider, PullMode, PullRequest};
 use adapters::providers::hubspot::HubSpot;
+use fakes::hubspot::FakeHubSpot;
 use secrecy::SecretString;
 use serde_json::json;
 

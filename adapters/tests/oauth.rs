@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
 use adapters::http::{ProviderError, ProviderHttp};
 use adapters::oauth::{CallbackError, OAuthClient, Pending, Revocation};
 use database::ServiceDb;
 use database::{execute, Bind};
+use fakes::hubspot::{self as fake, FakeHubSpot};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -344,11 +344,9 @@ async fn exchange_with(
 
 #[tokio::test]
 async fn clients_authenticate_with_http_basic_unless_their_provider_needs_the_body() {
-    use adapters::fakes::oauth::ClientAuthentication::{Basic, Body};
+    use fakes::oauth::ClientAuthentication::{Basic, Body};
     let flow = Flow::new().await;
-    let google = adapters::fakes::google::FakeGoogle::start(0, 0)
-        .await
-        .unwrap();
+    let google = fakes::google::FakeGoogle::start(0, 0).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("harmony.toml");
     let (hubspot_base, google_base) = (&flow.fake.server.base, &google.server.base);
@@ -369,8 +367,8 @@ token_url = "{google_base}token"
 "#,
             hubspot_id = fake::CLIENT_ID,
             hubspot_secret = fake::CLIENT_SECRET,
-            google_id = adapters::fakes::google::CLIENT_ID,
-            google_secret = adapters::fakes::google::CLIENT_SECRET,
+            google_id = fakes::google::CLIENT_ID,
+            google_secret = fakes::google::CLIENT_SECRET,
         )
     };
     std::fs::write(&path, config("")).unwrap();

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use adapters::fakes::salesforce::FakeSalesforce;
 use adapters::http::{ProviderError, ProviderHttp, RetryPolicy};
 use adapters::outbound::Outbound;
 use adapters::provider::{Connection, Credentials, Provider};
@@ -18,6 +17,7 @@ use adapters::providers::salesforce::Salesforce;
 use axum::body::Body;
 use axum::routing::any;
 use common::{secrets, setup};
+use fakes::salesforce::FakeSalesforce;
 use secrecy::SecretString;
 
 fn policy() -> RetryPolicy {
@@ -89,7 +89,7 @@ async fn a_server_answering_without_end_is_cut_at_the_body_cap() {
             }
         }),
     );
-    let server = adapters::fakes::FakeServer::start(router).await.unwrap();
+    let server = fakes::FakeServer::start(router).await.unwrap();
     let provider = CalDav::new(ProviderHttp::new(Outbound::loopback(), policy()));
     let account = setup(&[
         ("server_url", &format!("{}dav/cal/", server.base)),

@@ -8,13 +8,13 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use adapters::fakes::salesforce::{self as fake, FakeSalesforce};
 use adapters::http::{ProviderError, ProviderHttp};
 use adapters::oauth::{OAuthClient, Pending, Revocation};
 use adapters::provider::{Connection, Credentials, Provider, PullMode};
 use adapters::providers::salesforce::Salesforce;
 use common::{http, pull_all, setup};
 use database::ServiceDb;
+use fakes::salesforce::{self as fake, FakeSalesforce};
 use secrecy::SecretString;
 use serde_json::json;
 use url::Url;

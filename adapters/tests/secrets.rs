@@ -16,10 +16,10 @@ use std::time::Duration;
 use adapters::actions::ActionWorker;
 use adapters::connections::Connections;
 use adapters::credentials::CredentialService;
-use adapters::fakes::hubspot::{self as hubspot_fake, FakeHubSpot};
-use adapters::fakes::zendesk::FakeZendesk;
 use adapters::http::ProviderHttp;
 use database::lease::Leases;
+use fakes::hubspot::{self as hubspot_fake, FakeHubSpot};
+use fakes::zendesk::FakeZendesk;
 
 use adapters::providers::{Endpoints, Providers};
 use adapters::sync::{SyncConfig, SyncWorker};

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters::credentials::CredentialService;
-use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
 use adapters::http::{ProviderHttp, RetryPolicy};
 use adapters::oauth::{OAuthClient, Revocation};
 use adapters::provider::Credentials;
@@ -26,6 +25,7 @@ use domain::testing::as_user;
 use domain::{IntegrationId, Role, StreamName, SyncId};
 use eventstore::waiting::eventually;
 use eventstore::{RecordLog, RecordOp, SledEventStore, SledRecordLog, StoredRecordChange};
+use fakes::hubspot::{self as fake, FakeHubSpot};
 use secrecy::SecretString;
 use url::Url;
 
@@ -609,66 +609,6 @@ async fn a_run_whose_lease_a_dead_process_left_resumes_when_that_lease_runs_out(
         "the run started while another holder's lease stood"
     );
     world.worker.wait_idle().await;
-}
-
-#[tokio::test]
-async fn the_scheduler_requests_an_incremental_sync_when_the_period_has_passed() {
-    use adapters::scheduler::Scheduler;
-    use domain::integration::SyncTrigger;
-    use domain::Timestamp;
-
-    let world = World::new(20).await;
-    world
-        .command(IntegrationCommand::ChangeSyncSchedule {
-            every_minutes: Some(5),
-        })
-        .await;
-    // The scheduler reads Installed: bring it up to date.
-    let events = world.repo.store().read_all(1, 10_000).await.unwrap();
-    projections::runner::Projection::Installed
-        .apply(&world.db, &events)
-        .await
-        .unwrap();
-    let scheduler = Scheduler::new(
-        world.repo.clone(),
-        world.db.clone(),
-        Leases::new(world.db.clone(), "scheduler-test"),
-        Duration::from_secs(60),
-    );
-    let now = Timestamp::now();
-    assert!(
-        scheduler.tick_once(now).await.unwrap().is_empty(),
-        "connected just now: not due"
-    );
-    let later = Timestamp::from_unix_micros(now.unix_micros() + 6 * 60 * 1_000_000).unwrap();
-    assert_eq!(scheduler.tick_once(later).await.unwrap(), [world.id]);
-    let request = world
-        .events()
-        .await
-        .into_iter()
-        .find_map(|event| match event {
-            IntegrationEvent::SyncRequested(requested) => Some(requested),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(request.kind, SyncKind::Incremental);
-    assert_eq!(request.trigger, SyncTrigger::Schedule);
-    let (_, totals) = completed(&world.ended(request.sync_id).await);
-    assert_eq!(totals.pulled, 25);
-
-    // Off: never due.
-    world
-        .command(IntegrationCommand::ChangeSyncSchedule {
-            every_minutes: None,
-        })
-        .await;
-    let events = world.repo.store().read_all(1, 10_000).await.unwrap();
-    projections::runner::Projection::Installed
-        .apply(&world.db, &events)
-        .await
-        .unwrap();
-    let much_later = Timestamp::from_unix_micros(now.unix_micros() + 60 * 60 * 1_000_000).unwrap();
-    assert!(scheduler.tick_once(much_later).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -17,8 +17,6 @@
 //! providers. Loading aggregates, executing commands and signing checkpoints sit above it, in
 //! the `command` crate.
 
-#[cfg(feature = "bench")]
-pub mod bench;
 pub mod chain;
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;

@@ -1,12 +1,14 @@
 //! The gateway of Harmony Sync and the `harmony` binary's commands.
 //!
-//! `main.rs` only parses the command line; everything it runs lives here:
+//! The `harmony` crate's `main.rs` only parses the command line; everything it runs lives
+//! here (but `bench`, the `bench` crate's):
 //! [`Application`] opens the event log, the read models, the credential vault and the
 //! checkpoint log, runs the projections, the workers and the checkpoint signer, and serves
 //! HTTP — the Marketplace API under `/v1`, the admin console under `/console`, `/healthz`,
 //! `/readyz`, `/metrics` and `/openapi.json`. [`cli`] holds the command lines (`serve`,
 //! `history`, `verify`, `export`, `tokens`, `bench`, `log copy`, `projections rebuild`,
-//! `vault rotate-master-key`); [`commands`] runs them, except `tokens`, which [`tokens`] runs.
+//! `vault rotate-master-key`); [`commands`] runs them, except `tokens`, which [`tokens`] runs,
+//! and `bench`. [`scheduler`] requests the scheduled syncs.
 
 mod api;
 mod app;
@@ -21,6 +23,7 @@ pub mod limits;
 mod metrics;
 mod pages;
 mod problem;
+pub mod scheduler;
 mod service;
 mod settings;
 mod state;

@@ -72,7 +72,7 @@ pub struct Shared {
 pub struct Workers {
     pub sync: adapters::sync::SyncWorker,
     pub actions: adapters::actions::ActionWorker,
-    pub scheduler: adapters::scheduler::Scheduler,
+    pub scheduler: crate::scheduler::Scheduler,
     pub credentials: Arc<adapters::credentials::CredentialService>,
     pub providers: adapters::providers::Providers,
     /// Connect, reauth, test and disconnect.
@@ -142,7 +142,7 @@ impl Workers {
             leases.clone(),
         );
         let scheduler =
-            adapters::scheduler::Scheduler::new(repo, read.clone(), leases, settings.schedule_tick);
+            crate::scheduler::Scheduler::new(repo, read.clone(), leases, settings.schedule_tick);
         Self {
             sync,
             actions,

@@ -505,3 +505,26 @@ pub async fn get(
         .map(InstalledRow::from)
         .next())
 }
+
+/// Every integration in Installed that is not disconnected, with its folded state: what the
+/// scheduler looks through for syncs that are due. A state this code cannot read (written by
+/// another version) is left out.
+pub async fn active_states(
+    db: &ServiceDb,
+) -> Result<Vec<(domain::IntegrationId, Integration)>, ServiceDbError> {
+    let rows: Vec<(String, String)> = fetch_all(
+        db,
+        &format!("SELECT integration_id, state FROM {TABLE} WHERE status <> $1"),
+        &[Bind::Text("disconnected".into())],
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, state)| {
+            Some((
+                id.parse().ok()?,
+                serde_json::from_str::<Integration>(&state).ok()?,
+            ))
+        })
+        .collect())
+}

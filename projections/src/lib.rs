@@ -12,10 +12,7 @@
 //!   checkpoint in one transaction, so a crash never applies an event twice or skips one; on
 //!   PostgreSQL under a lease, so that of several processes exactly one writes each model.
 //! - [`rebuild`]: replays the log from position 0 into fresh tables and swaps them in at once.
-//! - `bench` (feature `bench`): the `harmony bench projections` suite.
 
-#[cfg(feature = "bench")]
-pub mod bench;
 pub use database as db;
 pub mod installed;
 pub mod rebuild;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use adapters::fakes::todoist::FakeTodoist;
-use adapters::fakes::zendesk::FakeZendesk;
 use eventstore::waiting::eventually;
+use fakes::todoist::FakeTodoist;
+use fakes::zendesk::FakeZendesk;
 
 use crate::helpers::{spawn_app_with, use_fake_zendesk, zendesk_account, TestApp};
 

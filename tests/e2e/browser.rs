@@ -1,7 +1,7 @@
 //! A headless Chromium driven over WebDriver (Debian's chromedriver, started per browser),
 //! with the few verbs the console's tests use, and the OAuth popup as a plain HTTP client
 //! walks it. Shared by the console's tests and the demo's
-//! (`gateway/tests/demo.rs`, which includes this file).
+//! (`harmony/tests/demo.rs`, which includes this file).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use adapters::fakes::hubspot::FakeHubSpot;
 use eventstore::waiting::eventually;
+use fakes::hubspot::FakeHubSpot;
 
 use crate::helpers::{connect_hubspot, spawn_app_with, use_fake_hubspot, TestApp};
 

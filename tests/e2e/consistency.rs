@@ -8,7 +8,7 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use adapters::fakes::zendesk::FakeZendesk;
+use fakes::zendesk::FakeZendesk;
 
 use crate::helpers::{
     connect_zendesk, position_of, spawn_app_with, spawn_on_jetstream_with_zendesk,

@@ -7,9 +7,9 @@ use std::time::Duration;
 use fantoccini::Locator;
 use serde_json::json;
 
-use adapters::fakes::hubspot::FakeHubSpot;
-use adapters::fakes::zendesk::FakeZendesk;
 use eventstore::waiting::eventually;
+use fakes::hubspot::FakeHubSpot;
+use fakes::zendesk::FakeZendesk;
 
 use crate::browser::{browser, browser_with};
 use crate::helpers::{spawn_app_with, use_fake_hubspot, use_fake_zendesk};
@@ -373,7 +373,7 @@ async fn without_javascript_an_oauth_app_connects_in_the_whole_window_and_syncs(
 /// the optional ones empty.
 #[tokio::test]
 async fn the_salesforce_form_connects_with_its_optional_fields_left_empty() {
-    use adapters::fakes::salesforce::{FakeSalesforce, CLIENT_ID, CLIENT_SECRET};
+    use fakes::salesforce::{FakeSalesforce, CLIENT_ID, CLIENT_SECRET};
     let salesforce = FakeSalesforce::start(1, 1).await.unwrap();
     let base = salesforce.server.base.clone();
     let authorize = base.join("services/oauth2/authorize").unwrap();

@@ -214,7 +214,7 @@ async fn spawn_configured(
 
 /// Points the HubSpot app at a fake HubSpot at `base`, with its OAuth client configured.
 pub fn use_fake_hubspot(settings: &mut Settings, base: &url::Url) {
-    use adapters::fakes::hubspot as hubspot_fake;
+    use fakes::hubspot as hubspot_fake;
     settings.adapters.endpoints.hubspot_api = base.clone();
     settings.adapters.unavailable.remove("hubspot");
     settings.adapters.oauth.insert(
@@ -381,11 +381,10 @@ pub async fn connect_zendesk(app: &TestApp, token: &str, ws: &str) -> String {
 /// its settings changed by `configure` too.
 pub async fn zendesk_app(
     configure: impl FnOnce(&mut gateway::Settings),
-) -> (adapters::fakes::zendesk::FakeZendesk, TestApp) {
-    let zendesk =
-        adapters::fakes::zendesk::FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
-            .await
-            .unwrap();
+) -> (fakes::zendesk::FakeZendesk, TestApp) {
+    let zendesk = fakes::zendesk::FakeZendesk::start("acme", "agent@acme.com", "zd-key", 2, 1)
+        .await
+        .unwrap();
     let base = zendesk.server.base.clone();
     let app = spawn_app_with(move |settings| {
         use_fake_zendesk(settings, &base);

@@ -5,9 +5,9 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use adapters::fakes::todoist::FakeTodoist;
-use adapters::fakes::zendesk::FakeZendesk;
 use eventstore::waiting::eventually;
+use fakes::todoist::FakeTodoist;
+use fakes::zendesk::FakeZendesk;
 
 use crate::helpers::{
     position_of, spawn_app_with, spawn_on_jetstream_with_zendesk, use_fake_hubspot,
@@ -269,7 +269,7 @@ async fn an_integration_is_tested_synced_scheduled_disconnected_and_deleted_over
 
 #[tokio::test]
 async fn an_oauth_app_connects_through_the_popup_and_its_callback_page_tells_the_opener() {
-    use adapters::fakes::hubspot::FakeHubSpot;
+    use fakes::hubspot::FakeHubSpot;
     let hubspot = FakeHubSpot::start(3, 0).await.unwrap();
     let base = hubspot.server.base.clone();
     let app = spawn_app_with(|settings| use_fake_hubspot(settings, &base)).await;

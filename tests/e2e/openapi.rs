@@ -150,7 +150,7 @@ async fn every_operation_with_a_json_body_documents_and_answers_415() {
 /// their operation documents for their status: a client generated from the document reads them.
 #[tokio::test]
 async fn every_answer_matches_the_schema_its_operation_documents() {
-    use adapters::fakes::hubspot::FakeHubSpot;
+    use fakes::hubspot::FakeHubSpot;
     use reqwest::Method;
 
     use crate::helpers::{connect_hubspot, spawn_app_with, use_fake_hubspot};

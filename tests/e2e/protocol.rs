@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use adapters::fakes::zendesk::FakeZendesk;
+use fakes::zendesk::FakeZendesk;
 
 use crate::helpers::{spawn_app, spawn_app_with, use_fake_zendesk, zendesk_account};
 

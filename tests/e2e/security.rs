@@ -107,7 +107,7 @@ async fn setup_fields_naming_internal_hosts_are_refused_without_opening_a_connec
 
 #[tokio::test]
 async fn an_operator_opens_an_address_range_for_an_on_premises_server() {
-    let fake = adapters::fakes::caldav::FakeCalDav::start("jane", "app-password-1", 3)
+    let fake = fakes::caldav::FakeCalDav::start("jane", "app-password-1", 3)
         .await
         .unwrap();
     let app = spawn_app_with(|settings| {
@@ -158,9 +158,9 @@ async fn a_connect_to_a_server_that_never_answers_is_answered_within_fifteen_sec
 
 #[tokio::test]
 async fn a_master_key_rotated_while_the_service_runs_loses_no_credential() {
-    use adapters::fakes::todoist::FakeTodoist;
-    use adapters::fakes::zendesk::FakeZendesk;
     use clap::Parser;
+    use fakes::todoist::FakeTodoist;
+    use fakes::zendesk::FakeZendesk;
     let zendesk = FakeZendesk::start("acme", "agent@acme.com", "zd-key", 1, 1)
         .await
         .unwrap();
@@ -266,13 +266,8 @@ async fn a_master_key_rotated_while_the_service_runs_loses_no_credential() {
 /// The service with a fake HubSpot configured (and `configure` applied), and the fake.
 async fn hubspot_app(
     configure: impl FnOnce(&mut gateway::Settings),
-) -> (
-    adapters::fakes::hubspot::FakeHubSpot,
-    crate::helpers::TestApp,
-) {
-    let hubspot = adapters::fakes::hubspot::FakeHubSpot::start(1, 0)
-        .await
-        .unwrap();
+) -> (fakes::hubspot::FakeHubSpot, crate::helpers::TestApp) {
+    let hubspot = fakes::hubspot::FakeHubSpot::start(1, 0).await.unwrap();
     let base = hubspot.server.base.clone();
     let app = spawn_app_with(|settings| {
         crate::helpers::use_fake_hubspot(settings, &base);
@@ -405,7 +400,7 @@ async fn a_token_holds_a_bounded_number_of_event_streams() {
 
 #[tokio::test]
 async fn an_idempotent_answer_is_never_replayed_to_a_revoked_token() {
-    let zendesk = adapters::fakes::zendesk::FakeZendesk::start("acme", "a@acme.com", "zd", 1, 0)
+    let zendesk = fakes::zendesk::FakeZendesk::start("acme", "a@acme.com", "zd", 1, 0)
         .await
         .unwrap();
     let base = zendesk.server.base.clone();

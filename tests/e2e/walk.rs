@@ -13,9 +13,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use adapters::fakes::google::{self as google_fake, FakeGoogle};
-use adapters::fakes::hubspot::{self as hubspot_fake, FakeHubSpot};
 use eventstore::waiting::eventually;
+use fakes::google::{self as google_fake, FakeGoogle};
+use fakes::hubspot::{self as hubspot_fake, FakeHubSpot};
 use gateway::Settings;
 
 use crate::audit::{open_sse, read_sse};

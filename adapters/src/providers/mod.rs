@@ -181,7 +181,8 @@ pub(crate) fn id_from_key(key: &str, len: usize) -> String {
     text
 }
 
-pub(crate) fn now_millis() -> i64 {
+/// Now, in milliseconds since the Unix epoch, as the providers write times.
+pub fn now_millis() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 

@@ -116,11 +116,9 @@ pub async fn pull_all(
 }
 
 /// The OAuth client of the fake HubSpot, as the configuration would give it.
-pub fn hubspot_client(
-    fake: &adapters::fakes::hubspot::FakeHubSpot,
-) -> adapters::oauth::OAuthClient {
-    use adapters::fakes::hubspot::{CLIENT_ID, CLIENT_SECRET};
+pub fn hubspot_client(fake: &fakes::hubspot::FakeHubSpot) -> adapters::oauth::OAuthClient {
     use adapters::oauth::{OAuthClient, Revocation};
+    use fakes::hubspot::{CLIENT_ID, CLIENT_SECRET};
     let base = &fake.server.base;
     OAuthClient {
         client_id: CLIENT_ID.into(),

@@ -46,7 +46,7 @@ impl Demo {
             .prefix("harmony-demo-")
             .tempdir()
             .context("while creating the demo's data directory")?;
-        let hubspot = adapters::fakes::hubspot::FakeHubSpot::start(RECORDS * 5, RECORDS).await?;
+        let hubspot = ::fakes::hubspot::FakeHubSpot::start(RECORDS * 5, RECORDS).await?;
         let mut described = vec![fakes::hubspot_described(&hubspot.server.base)];
         let mut running: Vec<Running> = vec![Box::new(hubspot)];
         for kind in [

@@ -8,10 +8,9 @@ use anyhow::Context;
 
 /// `harmony fake-provider hubspot`.
 pub async fn fake_hubspot(args: &crate::cli::FakeHubSpotArgs) -> anyhow::Result<()> {
-    let fake =
-        adapters::fakes::hubspot::FakeHubSpot::start_on(args.contacts, args.companies, args.listen)
-            .await
-            .with_context(|| format!("while listening on {}", args.listen))?;
+    let fake = fakes::hubspot::FakeHubSpot::start_on(args.contacts, args.companies, args.listen)
+        .await
+        .with_context(|| format!("while listening on {}", args.listen))?;
     if let Some(token) = &args.accept_token {
         fake.auth.accept(token);
     }
@@ -77,7 +76,7 @@ fn oauth_table(app: &str, (id, secret): (&str, &str), base: &url::Url, paths: [&
 
 /// HubSpot's fake at `base`, described.
 pub(crate) fn hubspot_described(base: &url::Url) -> Described {
-    use adapters::fakes::hubspot::{CLIENT_ID, CLIENT_SECRET};
+    use fakes::hubspot::{CLIENT_ID, CLIENT_SECRET};
     Described {
         base: base.clone(),
         name: "HubSpot",
@@ -154,7 +153,7 @@ pub(crate) const CALDAV: (&str, &str) = ("jane", "fake-caldav-password");
 
 /// Starts the fake of `kind` with `records` of each of its kinds of record, on loopback.
 pub(crate) async fn start(kind: Kind, records: u64) -> anyhow::Result<(Running, Described)> {
-    use adapters::fakes;
+    use fakes;
     Ok(match kind {
         Kind::Salesforce => {
             let fake = fakes::salesforce::FakeSalesforce::start(records, records).await?;

@@ -1,13 +1,9 @@
 //! What the `harmony` commands other than `serve` do: the auditor's commands (`history`,
-//! `verify`, `export`), `bench` (feature `bench`), `fake-provider` and `serve --demo` (feature `fakes`), `log copy`, `projections rebuild` and `vault
-//! rotate-master-key`. Their command lines are in [`cli`](crate::cli); `tokens` lives with the
+//! `verify`, `export`), `fake-provider` and `serve --demo` (feature `fakes`), `log copy`, `projections rebuild` and `vault
+//! rotate-master-key`. `bench` is the `bench` crate's. Their command lines are in [`cli`](crate::cli); `tokens` lives with the
 //! tokens themselves in [`tokens`](crate::tokens).
 
 pub mod audit;
-#[cfg(feature = "bench")]
-pub mod bench;
-#[cfg(feature = "bench")]
-pub mod bench_gateway;
 #[cfg(feature = "fakes")]
 pub mod demo;
 #[cfg(feature = "fakes")]

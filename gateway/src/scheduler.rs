@@ -1,6 +1,8 @@
 //! The incremental-sync scheduler: every tick, the integrations whose schedule
 //! (`SyncScheduleChanged`) says they are due get a `SyncRequested` (incremental, by the
-//! system). It reads due integrations from the Installed read model and runs only in the
+//! system). It reads due integrations from the Installed read model (through
+//! `projections::installed`, which is why it lives here, where the read side and the workers
+//! meet) and runs only in the
 //! process that holds the `scheduler` lease, so several processes never double a tick; and a
 //! tick's sync id is derived from the integration and the schedule's period, so even two
 //! ticks racing would request the same run once.
@@ -10,7 +12,6 @@ use std::time::Duration;
 
 use command::repository::{Repository, RepositoryError};
 use database::ServiceDb;
-use database::{fetch_all, Bind};
 use domain::aggregate::CommandContext;
 use domain::integration::{Integration, IntegrationCommand, SyncKind};
 use domain::principal::Caller;
@@ -67,20 +68,8 @@ impl Scheduler {
 
     /// Requests every sync due at `now`; returns the integrations it requested one for.
     pub async fn tick_once(&self, now: Timestamp) -> Result<Vec<IntegrationId>, TickError> {
-        let rows: Vec<(String, String)> = fetch_all(
-            &self.db,
-            "SELECT integration_id, state FROM installed WHERE status <> $1",
-            &[Bind::Text("disconnected".into())],
-        )
-        .await?;
         let mut requested = Vec::new();
-        for (id, state) in rows {
-            let (Ok(id), Ok(state)) = (
-                id.parse::<IntegrationId>(),
-                serde_json::from_str::<Integration>(&state),
-            ) else {
-                continue;
-            };
+        for (id, state) in projections::installed::active_states(&self.db).await? {
             let Some(sync_id) = due(id, &state, now) else {
                 continue;
             };

@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::engine::{machine, percentile_ms, Figure, Report};
 use anyhow::Context;
 use domain::catalog::AppScope;
 use domain::integration::ConnectIntegration;
@@ -26,7 +27,6 @@ use domain::{
     Aggregate, Caller, CommandContext, CredentialRef, Integration, IntegrationCommand,
     IntegrationId, Principal, Role, StreamName, Timestamp,
 };
-use eventstore::bench::{machine, percentile_ms, Figure, Report};
 use eventstore::{EventStore, ExpectedVersion, NewEvent, SledEventStore};
 use futures::StreamExt;
 use rand::Rng;
@@ -337,12 +337,12 @@ pub async fn run(
     }
     whole_log.sort_unstable();
     drop(store);
-    let read = crate::open_service_db(None, &data_dir).await?;
+    let read = gateway::open_service_db(None, &data_dir).await?;
     let token = |workspace: &str| {
         let read = read.clone();
         let workspace = workspace.to_owned();
         async move {
-            let issued = crate::tokens::create(
+            let issued = gateway::tokens::create(
                 &read,
                 &workspace.parse().expect("a valid workspace id"),
                 &"ada".parse().expect("a valid user id"),

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::store::{parse_token, Collection};
 use super::{basic_credentials, object, with_faults, Counters, FakeServer, FaultShape, Faults};
-use crate::xml::{self, escape, CALDAV, DAV};
+use adapters::xml::{self, escape, CALDAV, DAV};
 
 const TOKEN_PREFIX: &str = "http://fake.example/ns/sync/";
 

@@ -16,9 +16,7 @@ use std::time::Instant;
 use domain::{Actor, EventId, IntegrationId, Metadata, StreamName, Timestamp, WorkspaceId};
 use serde::Serialize;
 
-use crate::error::StoreError;
-use crate::types::{ExpectedVersion, NewEvent};
-use crate::{EventStore, SledEventStore};
+use eventstore::{EventStore, ExpectedVersion, NewEvent, SledEventStore, StoreError};
 
 /// One measured figure.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -246,7 +244,7 @@ pub async fn run(
 ) -> Result<Report, StoreError> {
     let record = vec![0x5a_u8; record_size(dir).await?];
     let store = SledEventStore::open(dir.join("log"))?;
-    let raw_db = crate::SledConfig::new(dir.join("raw")).sled().open()?;
+    let raw_db = eventstore::SledConfig::new(dir.join("raw")).sled().open()?;
     let raw_tree = raw_db.open_tree("raw")?;
     let mut figures = Vec::new();
 

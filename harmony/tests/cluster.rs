@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
-use adapters::fakes::todoist::FakeTodoist;
 use adapters::vault::{MasterKey, Vault};
 use async_nats::jetstream::{self, consumer::pull};
 use command::repository::Repository;
@@ -25,6 +23,8 @@ use domain::aggregate::CommandContext;
 use domain::{Caller, IntegrationId, Principal, Role, Timestamp};
 use eventstore::waiting::eventually;
 use eventstore::{EventStore, JetStreamConfig, JetStreamEventStore, RecordedEvent};
+use fakes::hubspot::{self as fake, FakeHubSpot};
+use fakes::todoist::FakeTodoist;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;

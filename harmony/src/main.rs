@@ -1,4 +1,5 @@
-//! `harmony`: parses the command line and hands over to the gateway library.
+//! `harmony`: parses the command line and hands over to the gateway library (and, for
+//! `harmony bench`, to the benchmark suites).
 
 use clap::Parser;
 use gateway::cli::{Cli, Command, ServeArgs};
@@ -42,9 +43,7 @@ async fn main() -> anyhow::Result<()> {
             gateway::commands::audit::export(&args, &mut std::io::stdout().lock()).await
         }
         #[cfg(feature = "bench")]
-        Command::Bench(args) => {
-            gateway::commands::bench::run(&args, &mut std::io::stdout().lock()).await
-        }
+        Command::Bench(args) => bench::run::run(&args, &mut std::io::stdout().lock()).await,
         Command::Log(gateway::cli::LogCommand::Copy(args)) => {
             gateway::commands::log::copy(&args, &mut std::io::stdout().lock()).await
         }

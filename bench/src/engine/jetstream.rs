@@ -21,10 +21,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::{event, machine, stream as stream_name, Figure, Report, Sizes};
-use crate::chain::ChainHash;
-use crate::error::StoreError;
-use crate::types::{ExpectedVersion, RecordedEvent};
-use crate::{EventStore, JetStreamConfig, JetStreamEventStore};
+use eventstore::chain::ChainHash;
+use eventstore::{
+    EventStore, ExpectedVersion, JetStreamConfig, JetStreamEventStore, RecordedEvent, StoreError,
+};
 
 fn failed(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
@@ -40,11 +40,11 @@ fn sample_body() -> Result<Bytes, StoreError> {
         position: 1,
         event_type: new.event_type.clone(),
         schema: new.schema,
-        data_json: crate::chain::canonical_data(&new.data)?,
+        data_json: eventstore::chain::canonical_data(&new.data)?,
         metadata: new.metadata.clone(),
         hash: ChainHash([7; 32]),
     };
-    Ok(Bytes::from(crate::wire::encode((&recorded).into())?))
+    Ok(Bytes::from(eventstore::wire::encode((&recorded).into())?))
 }
 
 /// The headers the log sends with an event; the expectation (last sequence, subject filter)
@@ -53,10 +53,10 @@ fn headers(expected: Option<(u64, &str)>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let id = uuid::Uuid::now_v7().to_string();
     headers.insert("Nats-Msg-Id", id.as_str());
-    headers.insert(crate::wire::HEADER_EVENT_ID, id.as_str());
-    headers.insert(crate::wire::HEADER_EVENT_TYPE, "SyncProgressed");
-    headers.insert(crate::wire::HEADER_EVENT_SCHEMA, "1");
-    headers.insert("Content-Type", crate::wire::CONTENT_TYPE);
+    headers.insert(eventstore::wire::HEADER_EVENT_ID, id.as_str());
+    headers.insert(eventstore::wire::HEADER_EVENT_TYPE, "SyncProgressed");
+    headers.insert(eventstore::wire::HEADER_EVENT_SCHEMA, "1");
+    headers.insert("Content-Type", eventstore::wire::CONTENT_TYPE);
     if let Some((seq, filter)) = expected {
         headers.insert(
             "Nats-Expected-Last-Subject-Sequence",

@@ -8,7 +8,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use adapters::fakes::hubspot::{self as fake, FakeHubSpot};
 use adapters::vault::{MasterKey, Vault};
 use command::repository::Repository;
 use domain::aggregate::CommandContext;
@@ -17,6 +16,7 @@ use domain::{Caller, IntegrationId, Principal, Role, StreamName, SyncId, Timesta
 use eventstore::nats_server::{unique_namespace, TestNats};
 use eventstore::waiting::eventually;
 use eventstore::{JetStreamConfig, JetStreamEventStore};
+use fakes::hubspot::{self as fake, FakeHubSpot};
 use secrecy::ExposeSecret;
 use tokio::io::AsyncBufReadExt;
 

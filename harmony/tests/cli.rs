@@ -1238,7 +1238,7 @@ fn the_readme_is_short_starts_in_two_commands_and_every_link_resolves() {
     let quick = readme::sh_block_after(&readme, "## Quick start");
     let commands: Vec<&str> = quick.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(commands.len(), 2, "{quick}");
-    assert!(commands[0].starts_with("cargo run --release -p gateway -- serve"));
+    assert!(commands[0].starts_with("cargo run --release -p harmony -- serve"));
     assert!(commands[1].starts_with("./scripts/test.sh"));
     for doc in [
         "API",

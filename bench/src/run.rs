@@ -3,10 +3,10 @@
 
 use std::io::Write;
 
+use crate::engine::{Report, Sizes};
 use anyhow::Context;
-use eventstore::bench::{Report, Sizes};
 
-use crate::cli::{Backend, BenchArgs, Suite};
+use gateway::cli::{Backend, BenchArgs, Suite};
 
 pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let (Some(api), Some(records)) = (&args.rss_child_api, args.rss_child_records) {
@@ -21,11 +21,11 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let report = match (args.suite, args.backend) {
         (Suite::Projections, Backend::Sled) => {
             let sizes = if args.quick {
-                projections::bench::Sizes::QUICK
+                crate::read_models::Sizes::QUICK
             } else {
-                projections::bench::Sizes::FULL
+                crate::read_models::Sizes::FULL
             };
-            projections::bench::run(
+            crate::read_models::run(
                 scratch.path(),
                 args.database_url.as_deref(),
                 sizes,
@@ -38,9 +38,9 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         (Suite::Sync, Backend::Sled) => {
             let sizes = if args.quick {
-                adapters::bench::Sizes::QUICK
+                crate::sync::Sizes::QUICK
             } else {
-                adapters::bench::Sizes::FULL
+                crate::sync::Sizes::FULL
             };
             sync_suite(args, scratch.path(), sizes, &progress).await?
         }
@@ -49,11 +49,11 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         (Suite::Gateway, Backend::Sled) => {
             let sizes = if args.quick {
-                crate::commands::bench_gateway::Sizes::QUICK
+                crate::api::Sizes::QUICK
             } else {
-                crate::commands::bench_gateway::Sizes::FULL
+                crate::api::Sizes::FULL
             };
-            crate::commands::bench_gateway::run(scratch.path(), sizes, &progress).await?
+            crate::api::run(scratch.path(), sizes, &progress).await?
         }
         (Suite::Gateway, Backend::Jetstream) => {
             anyhow::bail!("the gateway suite runs on the embedded default: leave out --backend")
@@ -64,7 +64,7 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             } else {
                 Sizes::FULL
             };
-            eventstore::bench::run(scratch.path(), sizes, &progress).await?
+            crate::engine::run(scratch.path(), sizes, &progress).await?
         }
         (Suite::Eventstore, Backend::Jetstream) => {
             let sizes = if args.quick {
@@ -76,7 +76,7 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 .nats_url
                 .as_deref()
                 .context("--backend jetstream needs --nats-url")?;
-            eventstore::bench::jetstream::run(url, args.nats_replicas, sizes, &progress)
+            crate::engine::jetstream::run(url, args.nats_replicas, sizes, &progress)
                 .await
                 .with_context(|| format!("while benchmarking JetStream at {url}"))?
         }
@@ -104,7 +104,7 @@ impl FakeProcess {
         let mut child = tokio::process::Command::new(exe)
             .args(["fake-provider", "hubspot", "--companies", "0", "--contacts"])
             .arg(contacts.to_string())
-            .args(["--accept-token", adapters::bench::BENCH_TOKEN])
+            .args(["--accept-token", crate::sync::BENCH_TOKEN])
             .stdout(std::process::Stdio::piped())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -124,7 +124,7 @@ impl FakeProcess {
 async fn sync_suite(
     args: &BenchArgs,
     scratch: &std::path::Path,
-    sizes: adapters::bench::Sizes,
+    sizes: crate::sync::Sizes,
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<Report> {
     let fake = FakeProcess::start(sizes.records).await?;
@@ -156,7 +156,7 @@ async fn sync_suite(
             .as_f64()
             .context("the memory measurement printed no rss_mb")
     };
-    adapters::bench::run(scratch, &api, sizes, rss, progress).await
+    crate::sync::run(scratch, &api, sizes, rss, progress).await
 }
 
 /// The sync suite's memory measurement, in its own process: prints `{"rss_mb": …}`.
@@ -171,7 +171,7 @@ async fn rss_child(
         None => tempfile::tempdir(),
     }?;
     let api = url::Url::parse(api)?;
-    let rss_mb = adapters::bench::rss_child(scratch.path(), &api, records).await?;
+    let rss_mb = crate::sync::rss_child(scratch.path(), &api, records).await?;
     writeln!(
         out,
         "{}",

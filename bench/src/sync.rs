@@ -11,13 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::engine::{machine, Figure, Report};
 use command::repository::Repository;
 use domain::catalog::AppScope;
 use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, SyncKind};
 use domain::{
     Caller, CommandContext, IntegrationId, Principal, Role, StreamName, SyncId, Timestamp,
 };
-use eventstore::bench::{machine, Figure, Report};
 use eventstore::{EventStore, RecordLog, SledEventStore, SledRecordLog};
 use futures::StreamExt;
 use projections::runner::Projection;
@@ -26,12 +26,12 @@ use secrecy::SecretString;
 use serde_json::Value;
 use url::Url;
 
-use crate::credentials::CredentialService;
-use crate::http::{ProviderHttp, RetryPolicy};
-use crate::provider::Credentials;
-use crate::providers::{Endpoints, Providers};
-use crate::sync::{SyncConfig, SyncWorker};
-use crate::vault::{MasterKey, Vault};
+use adapters::credentials::CredentialService;
+use adapters::http::{ProviderHttp, RetryPolicy};
+use adapters::provider::Credentials;
+use adapters::providers::{Endpoints, Providers};
+use adapters::sync::{SyncConfig, SyncWorker};
+use adapters::vault::{MasterKey, Vault};
 use database::lease::Leases;
 
 /// How much work a run does.
@@ -107,7 +107,7 @@ impl Stack {
         )
         .await?;
         let http = ProviderHttp::new(
-            crate::outbound::Outbound::loopback(),
+            adapters::outbound::Outbound::loopback(),
             RetryPolicy::default(),
         );
         let leases = Leases::new(db.clone(), Leases::process_holder());

@@ -127,7 +127,7 @@ impl FakeHubSpot {
     pub async fn connect(
         &self,
         repo: &command::repository::Repository,
-        vault: &crate::vault::Vault,
+        vault: &adapters::vault::Vault,
         context: &domain::aggregate::CommandContext,
         scopes: &[&str],
         expires_at: Option<domain::Timestamp>,
@@ -136,11 +136,11 @@ impl FakeHubSpot {
         let mut connect =
             domain::testing::connect_command("hubspot", domain::catalog::AppScope::Workspace, &[]);
         let id = connect.integration;
-        let credentials = crate::provider::Credentials {
+        let credentials = adapters::provider::Credentials {
             access_token: Some(secrecy::SecretString::from(access)),
             refresh_token: Some(secrecy::SecretString::from(refresh)),
             expires_at,
-            ..crate::provider::Credentials::default()
+            ..adapters::provider::Credentials::default()
         };
         connect.credential_ref = vault.put(id, &credentials.to_secret()).await?;
         command::lifecycle::connect(
@@ -257,7 +257,7 @@ impl FakeHubSpot {
         dataset.next_id = dataset.next_id.max(id + 1);
         dataset
             .changed
-            .insert(id, (current, super::super::providers::now_millis()));
+            .insert(id, (current, adapters::providers::now_millis()));
     }
 
     /// Archives a record (HubSpot's delete).
@@ -644,7 +644,7 @@ async fn create(
     )?;
     let n = dataset.next_id;
     dataset.next_id += 1;
-    let now = super::super::providers::now_millis();
+    let now = adapters::providers::now_millis();
     dataset.changed.insert(n, (properties.clone(), now));
     Ok((
         StatusCode::CREATED,
@@ -667,7 +667,7 @@ async fn upsert(
         .ok_or_else(|| bad_request("inputs is required"))?;
     let mut data = state.data.lock().expect("fake HubSpot data lock");
     let dataset = data.objects.entry(object.clone()).or_default();
-    let now = super::super::providers::now_millis();
+    let now = adapters::providers::now_millis();
     let mut results = Vec::new();
     for input in inputs {
         let email = input
@@ -721,7 +721,7 @@ async fn update(
             .into_response());
     };
     properties.extend(changes);
-    let now = super::super::providers::now_millis();
+    let now = adapters::providers::now_millis();
     dataset.changed.insert(n, (properties.clone(), now));
     Ok((rate, Json(object_json(&object, n, &properties, now, None))).into_response())
 }

@@ -13,20 +13,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::engine::{machine, Figure, Report};
 use domain::catalog::AppScope;
 use domain::integration::{ConnectIntegration, ExpiryReason, FieldMapping, RecordCounts, SyncKind};
 use domain::{
     Aggregate, Caller, CommandContext, CredentialRef, Integration, IntegrationCommand,
     IntegrationId, Principal, Role, StreamName, SyncId, Timestamp,
 };
-use eventstore::bench::{machine, Figure, Report};
 use eventstore::{EventStore, ExpectedVersion, NewEvent};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 
-use crate::db::ServiceDb;
-use crate::runner::Projection;
-use crate::{installed, sync_runs};
+use projections::db::ServiceDb;
+use projections::runner::Projection;
+use projections::{installed, sync_runs};
 
 /// How much work the suite does.
 #[derive(Clone, Copy, Debug)]
@@ -414,7 +414,8 @@ async fn rebuild_beside_raw(
             }
         }
     };
-    let rebuilt = crate::rebuild::rebuild(store.as_ref(), db, &Projection::ALL, &tell).await?;
+    let rebuilt =
+        projections::rebuild::rebuild(store.as_ref(), db, &Projection::ALL, &tell).await?;
     let seconds = started.elapsed().as_secs_f64();
     let raw_seconds = bulk_insert(db, raw).await?.as_secs_f64();
     let events = rebuilt.events as f64;
@@ -422,7 +423,7 @@ async fn rebuild_beside_raw(
 }
 
 /// The `p`th percentile of `sorted`, in milliseconds.
-use eventstore::bench::percentile_ms as percentile;
+use crate::engine::percentile_ms as percentile;
 
 /// Times `sizes.queries` Installed pages and as many sync-logs pages on `db`: a random
 /// workspace or integration, a random filter, half of them a page reached through a cursor
