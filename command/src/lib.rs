@@ -7,10 +7,12 @@
 //! streams: a connect reserves the app's slot on the workspace's policy stream first, a
 //! disconnect or delete releases it; which holders free a slot is the domain's rule
 //! ([`domain::policy::SlotHolding`]). [`work_queue`] hands work between processes on JetStream.
+//! [`actions`] reads one Companion action's course from its stream.
 //! [`checkpoints`] signs stream heads into a log of their own, so a history rewritten with
 //! recomputed hashes is caught. [`written`] remembers the last position a request wrote, for
 //! reading one's own writes; [`keyfile`] writes private key files whole or not at all.
 
+pub mod actions;
 pub mod checkpoints;
 pub mod keyfile;
 pub mod lifecycle;

@@ -13,6 +13,7 @@
 mod actions;
 mod commands;
 mod connection;
+mod course;
 mod events;
 mod syncing;
 
@@ -21,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 pub use commands::{ConnectIntegration, IntegrationCommand};
+pub use course::{ActionCourse, ActionState};
 pub use events::*;
 
 use crate::aggregate::{Aggregate, CommandContext};

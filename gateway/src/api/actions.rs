@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::integration::Approver;
-use domain::integration::{ActionPayload, IntegrationCommand, IntegrationEvent};
+use domain::integration::{ActionPayload, ActionState, IntegrationCommand};
 use domain::policy::{PolicyChange, PolicyCommand, WorkspacePolicy};
 use domain::{ActionId, RuleId, StreamName};
 use serde::{Deserialize, Serialize};
@@ -161,32 +161,8 @@ pub(super) struct OpenAction {
     status: ActionState,
 }
 
-/// Where an action stands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum ActionState {
-    #[default]
-    AwaitingApproval,
-    Approved,
-    Rejected,
-    Completed,
-    Failed,
-}
-
-impl ActionState {
-    fn as_str(self) -> &'static str {
-        match self {
-            ActionState::AwaitingApproval => "awaiting_approval",
-            ActionState::Approved => "approved",
-            ActionState::Rejected => "rejected",
-            ActionState::Completed => "completed",
-            ActionState::Failed => "failed",
-        }
-    }
-}
-
 /// An action's whole course so far, folded from the integration's history.
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct Action {
     action_id: String,
     status: ActionState,
@@ -370,64 +346,50 @@ fn parse_action(text: &str) -> Result<ActionId, Problem> {
     })
 }
 
-/// An action's course, folded from the integration's history: `awaiting_approval`,
-/// `approved`, `rejected`, `completed` (with the result) or `failed` (with the error).
+/// An action's course (`awaiting_approval`, `approved`, `rejected`, `completed` with the
+/// result or `failed` with the error), as the command layer reads it from the integration's
+/// history, with its arguments and result opened for the caller.
 async fn action_status(
     state: &AppState,
     target: &Target,
     action_id: ActionId,
 ) -> Result<Action, Problem> {
-    let wanted = action_id.to_string();
-    let events = super::audit::action_events(state, target.id, action_id).await?;
-    let mut answer: Option<Action> = None;
-    for event in events {
-        let entry = answer.get_or_insert_with(|| Action {
-            action_id: wanted.clone(),
-            ..Action::default()
-        });
-        let at = event.metadata.occurred_at.to_string();
-        // Decoded as the domain knows it, older schemas upcast.
-        let decoded = event.decode::<IntegrationEvent>().map_err(|error| {
-            tracing::error!(%error, event = %event.id, "an action's event does not decode");
-            Problem::internal()
+    let course = command::actions::course(state.store.as_ref(), target.id, action_id)
+        .await
+        .map_err(|error| match error {
+            command::actions::CourseError::Store(error) => {
+                Problem::failed("cannot read the event log", &error)
+            }
+            command::actions::CourseError::Decode(error) => {
+                tracing::error!(%error, action = %action_id, "an action's event does not decode");
+                Problem::internal()
+            }
+        })?
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown_action",
+                format!("no action {action_id} here"),
+            )
         })?;
-        match decoded {
-            Some(IntegrationEvent::ActionRequested(requested)) => {
-                entry.tool = requested.tool;
-                entry.arguments = shown(state, target.id, &requested.arguments).await?;
-                entry.sensitive = requested.sensitive;
-                entry.requested_by = requested.requested_by.to_string();
-                entry.requested_at = at;
-                entry.status = ActionState::AwaitingApproval;
-            }
-            Some(IntegrationEvent::ActionApproved(approved)) => {
-                entry.approved_by = Some(approved.by);
-                entry.status = ActionState::Approved;
-            }
-            Some(IntegrationEvent::ActionRejected(rejected)) => {
-                entry.rejected_by = Some(rejected.by.to_string());
-                entry.reason = rejected.reason;
-                entry.status = ActionState::Rejected;
-            }
-            Some(IntegrationEvent::ActionCompleted(completed)) => {
-                entry.result = Some(shown(state, target.id, &completed.result).await?);
-                entry.finished_at = Some(at);
-                entry.status = ActionState::Completed;
-            }
-            Some(IntegrationEvent::ActionFailed(failed)) => {
-                entry.error = Some(failed.error);
-                entry.finished_at = Some(at);
-                entry.status = ActionState::Failed;
-            }
-            _ => {}
-        }
-    }
-    answer.ok_or_else(|| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "unknown_action",
-            format!("no action {action_id} here"),
-        )
+    let result = match &course.result {
+        Some(result) => Some(shown(state, target.id, result).await?),
+        None => None,
+    };
+    Ok(Action {
+        action_id: action_id.to_string(),
+        status: course.state,
+        tool: course.tool,
+        arguments: shown(state, target.id, &course.arguments).await?,
+        sensitive: course.sensitive,
+        requested_by: course.requested_by.to_string(),
+        requested_at: course.requested_at.to_string(),
+        approved_by: course.approved_by,
+        rejected_by: course.rejected_by.map(|user| user.to_string()),
+        reason: course.reason,
+        result,
+        error: course.error,
+        finished_at: course.finished_at.map(|at| at.to_string()),
     })
 }
 

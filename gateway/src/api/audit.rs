@@ -9,7 +9,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::{Integration, StreamName, Timestamp};
-use eventstore::RecordedEvent;
 use serde::{Deserialize, Serialize};
 
 use super::query::{self, invalid_query, Query};
@@ -24,86 +23,6 @@ const PAGE: usize = 1000;
 
 fn store_problem(error: eventstore::StoreError) -> Problem {
     Problem::failed("cannot read the event log", &error)
-}
-
-/// How much earlier than its id's time an action's first event may be stamped (clocks of the
-/// processes that minted the id and stamped the event).
-const ACTION_CLOCK_MARGIN_MICROS: i64 = 5_000_000;
-
-/// The events of the integration's stream that concern `action`, in order, each with its
-/// data. The action's id
-/// is a UUID v7, so its time says where its events start: found by bisecting the stream's
-/// versions by time, then read forward until the action ends. The cost follows the action's
-/// part of the stream, not the whole stream.
-pub(super) async fn action_events(
-    state: &AppState,
-    id: domain::IntegrationId,
-    action: domain::ActionId,
-) -> Result<Vec<RecordedEvent>, Problem> {
-    let stream = StreamName::integration(id);
-    let Some(last) = state
-        .store
-        .stream_version(&stream)
-        .await
-        .map_err(store_problem)?
-    else {
-        return Ok(Vec::new());
-    };
-    let minted = action
-        .as_uuid()
-        .get_timestamp()
-        .map(|at| {
-            let (seconds, nanos) = at.to_unix();
-            i64::try_from(seconds).unwrap_or(i64::MAX / 2) * 1_000_000 + i64::from(nanos / 1000)
-        })
-        .unwrap_or(0)
-        - ACTION_CLOCK_MARGIN_MICROS;
-    // The first version stamped at or after `minted`.
-    let (mut low, mut high) = (1, last + 1);
-    while low < high {
-        let middle = low + (high - low) / 2;
-        let stamped = state
-            .store
-            .read_stream(&stream, middle, 1)
-            .await
-            .map_err(store_problem)?
-            .first()
-            .map_or(i64::MAX, |event| event.metadata.occurred_at.unix_micros());
-        if stamped < minted {
-            low = middle + 1;
-        } else {
-            high = middle;
-        }
-    }
-    let wanted = action.to_string();
-    let mut found = Vec::new();
-    let mut from = low;
-    while from <= last {
-        let page = state
-            .store
-            .read_stream(&stream, from, PAGE)
-            .await
-            .map_err(store_problem)?;
-        let Some(read) = page.last().map(|event| event.version) else {
-            break;
-        };
-        for event in page {
-            let Ok(data) = event.data() else { continue };
-            if data["action_id"].as_str() == Some(wanted.as_str()) {
-                use domain::IntegrationEventKind as Kind;
-                let ended = matches!(
-                    Kind::of(&event.event_type),
-                    Some(Kind::ActionCompleted | Kind::ActionFailed | Kind::ActionRejected)
-                );
-                found.push(event);
-                if ended {
-                    return Ok(found);
-                }
-            }
-        }
-        from = read + 1;
-    }
-    Ok(found)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
