@@ -23,6 +23,7 @@ pub mod conformance;
 pub mod copy;
 mod error;
 pub mod follow;
+mod hash;
 pub mod jetstream;
 #[cfg(any(test, feature = "test-support"))]
 pub mod nats_server;
@@ -34,14 +35,14 @@ pub mod waiting;
 pub mod wire;
 
 pub use chain::{verify_stream, BrokenLink, ChainHash, VerifyReport};
-pub use error::StoreError;
+pub use error::{ExpectedVersion, StoreError};
 pub use jetstream::{JetStreamConfig, JetStreamEventStore};
 pub use records::{
     purge_deleted_integrations, JetStreamRecordLog, RecordChange, RecordLog, RecordOp,
     SledRecordLog, StoredRecordChange,
 };
 pub use sled_store::{SledConfig, SledEventStore, SledStats};
-pub use types::{AppendResult, EventStream, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
+pub use types::{AppendResult, EventStream, NewEvent, RecordedEvent, Snapshot};
 
 use async_trait::async_trait;
 use domain::{StreamName, WorkspaceId};

@@ -1,61 +1,12 @@
-use std::fmt;
 use std::pin::Pin;
 
 use domain::{DomainEvent, EventId, Metadata, StreamName};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::chain::ChainHash;
+pub(crate) use crate::error::ExpectedVersion;
 use crate::error::StoreError;
-
-/// The optimistic-concurrency check of an append.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ExpectedVersion {
-    /// Append whatever the stream's version.
-    Any,
-    /// The stream must have no events yet.
-    NoStream,
-    /// The stream's last event must have this version.
-    Exact(u64),
-}
-
-impl ExpectedVersion {
-    /// `NoStream` for 0, `Exact(v)` otherwise.
-    pub fn from_version(version: u64) -> Self {
-        if version == 0 {
-            ExpectedVersion::NoStream
-        } else {
-            ExpectedVersion::Exact(version)
-        }
-    }
-
-    pub(crate) fn check(self, stream: &StreamName, actual: Option<u64>) -> Result<(), StoreError> {
-        let ok = match self {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => actual.is_none(),
-            ExpectedVersion::Exact(version) => actual == Some(version),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict {
-                stream: stream.clone(),
-                expected: self,
-                actual,
-            })
-        }
-    }
-}
-
-impl fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExpectedVersion::Any => f.write_str("any"),
-            ExpectedVersion::NoStream => f.write_str("no stream"),
-            ExpectedVersion::Exact(version) => write!(f, "{version}"),
-        }
-    }
-}
+use crate::hash::ChainHash;
 
 /// An event to append.
 #[derive(Clone, Debug, PartialEq)]

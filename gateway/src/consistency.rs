@@ -65,7 +65,7 @@ pub(crate) async fn around(state: &AppState, request: Request, next: Next) -> Re
         };
         // Only a caller the API knows is held: an unauthenticated request goes straight on to
         // its route, which refuses it at once (or, on a public route, answers at once).
-        if let Some(crate::api::Caller(_, token_hash)) = request.extensions().get() {
+        if let Some(crate::caller::Caller(_, token_hash)) = request.extensions().get() {
             if let Err(refused) = wait_for(state, token_hash, min).await {
                 return refused;
             }

@@ -15,10 +15,6 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 
-/// The most a request body may carry: generous for a mapping or a Companion action, small
-/// enough that nobody can fill the memory with one request.
-pub(crate) const BODY_LIMIT_BYTES: usize = 256 * 1024;
-
 /// The OpenAPI document's frame: the routes fill in the rest.
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -235,7 +231,9 @@ pub(crate) fn router(state: AppState) -> Router {
                 crate::consistency::settle,
             )),
         )
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::limits::BODY_LIMIT_BYTES,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
@@ -300,51 +298,6 @@ async fn security_headers(
     response
 }
 
-/// One projection's lag behind the log.
-pub(crate) struct Lag {
-    pub(crate) name: &'static str,
-    pub(crate) position: u64,
-    /// Events it has still to apply.
-    pub(crate) behind: u64,
-    /// How long ago the oldest of them happened.
-    pub(crate) seconds: f64,
-}
-
-/// The log's head and every projection's lag; `Err` says what cannot be read.
-pub(crate) async fn projection_lags(state: &AppState) -> Result<(u64, Vec<Lag>), &'static str> {
-    let head = state.store.head_position().await.map_err(|error| {
-        tracing::error!(%error, "cannot read the head of the event log");
-        "the event log cannot be read"
-    })?;
-    let mut lags = Vec::new();
-    for projection in projections::runner::Projection::ALL {
-        let position = projection.checkpoint(&state.read).await.map_err(|error| {
-            tracing::error!(%error, "cannot read a projection's checkpoint");
-            "the read models cannot be read"
-        })?;
-        let behind = head.saturating_sub(position);
-        let seconds = if behind == 0 {
-            0.0
-        } else {
-            match state.store.read_all(position + 1, 1).await {
-                Ok(next) => next.first().map_or(0.0, |event| {
-                    let age = domain::Timestamp::now().unix_micros()
-                        - event.metadata.occurred_at.unix_micros();
-                    (age.max(0) as f64) / 1e6
-                }),
-                Err(_) => f64::NAN,
-            }
-        };
-        lags.push(Lag {
-            name: projection.name(),
-            position,
-            behind,
-            seconds,
-        });
-    }
-    Ok((head, lags))
-}
-
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Alive: the log's head and each projection's lag", body = Health),
               (status = 503, description = "The log or the read models cannot be read", body = Health)))]
@@ -355,7 +308,7 @@ pub(crate) async fn projection_lags(state: &AppState) -> Result<(u64, Vec<Lag>),
 /// (running, and rebuilding tables an older release built beside the live ones), `standby`
 /// (another process holds its lease) or `stopped` (by an event it cannot apply).
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let (head, lags) = match projection_lags(&state).await {
+    let (head, lags) = match crate::lag::projection_lags(&state).await {
         Ok(figures) => figures,
         Err(reason) => {
             return (
@@ -444,7 +397,7 @@ const READY_LAG_SECONDS: f64 = 30.0;
 /// Ready to serve: the log (sled, or NATS JetStream) and the read models' database answer,
 /// and every projection is caught up within the bound above. 503 with the reasons otherwise.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let (head, lags) = match projection_lags(&state).await {
+    let (head, lags) = match crate::lag::projection_lags(&state).await {
         Ok(figures) => figures,
         Err(reason) => {
             return (

@@ -55,7 +55,7 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
     };
     // Only a live token's answers are kept or replayed: a request without one is refused
     // by the route itself, whatever its key.
-    let Some(crate::api::Caller(_, token_hash)) = request.extensions().get().cloned() else {
+    let Some(crate::caller::Caller(_, token_hash)) = request.extensions().get().cloned() else {
         return Ok(crate::consistency::around(state, request, next).await);
     };
     let key = key
@@ -72,7 +72,7 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
         .to_owned();
     let scope = token_hash;
     let (parts, body) = request.into_parts();
-    let bytes = to_bytes(body, crate::http::BODY_LIMIT_BYTES)
+    let bytes = to_bytes(body, crate::limits::BODY_LIMIT_BYTES)
         .await
         .map_err(|_| {
             Problem::new(
@@ -80,7 +80,7 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
                 "body_too_large",
                 format!(
                     "the body is larger than the {} KiB a request may carry",
-                    crate::http::BODY_LIMIT_BYTES / 1024
+                    crate::limits::BODY_LIMIT_BYTES / 1024
                 ),
             )
         })?;

@@ -12,6 +12,7 @@
 
 mod api;
 mod app;
+mod caller;
 pub mod cli;
 pub mod commands;
 mod consistency;
@@ -19,6 +20,7 @@ mod console;
 mod cookies;
 mod http;
 mod idempotency;
+mod lag;
 pub mod limits;
 mod metrics;
 mod pages;
@@ -28,6 +30,7 @@ mod service;
 mod settings;
 mod state;
 mod storage;
+mod supervise;
 mod tasks;
 pub mod tokens;
 mod views;

@@ -123,3 +123,7 @@ impl Drop for Slot {
         }
     }
 }
+
+/// The most a request body may carry: generous for a mapping or a Companion action, small
+/// enough that nobody can fill the memory with one request.
+pub(crate) const BODY_LIMIT_BYTES: usize = 256 * 1024;

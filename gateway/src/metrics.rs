@@ -222,7 +222,7 @@ async fn scrape(state: &AppState, headers: &HeaderMap) -> Response {
         .into_response();
     }
     let metrics = &state.metrics;
-    match crate::http::projection_lags(state).await {
+    match crate::lag::projection_lags(state).await {
         Ok((head, lags)) => {
             metrics
                 .log_events

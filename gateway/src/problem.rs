@@ -335,3 +335,12 @@ pub(crate) fn connect_problem(error: adapters::connections::ConnectError) -> Pro
         other => Problem::failed("a connection failed", &other),
     }
 }
+
+/// The answer for an integration the caller cannot see: not found, as if it did not exist.
+pub(crate) fn not_found(id: impl std::fmt::Display) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no integration {id} here"),
+    )
+}

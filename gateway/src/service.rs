@@ -11,19 +11,10 @@ use domain::catalog::AuthKind;
 use domain::{Integration, IntegrationCommand, IntegrationId, StreamName, SyncId};
 use secrecy::SecretString;
 
-use crate::api::Caller;
+use crate::caller::Caller;
 use crate::cookies::Browser;
-use crate::problem::{connect_problem, repository_problem, Problem};
+use crate::problem::{connect_problem, not_found, repository_problem, Problem};
 use crate::AppState;
-
-/// The answer for an integration the caller cannot see: not found, as if it did not exist.
-pub(crate) fn not_found(id: impl std::fmt::Display) -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no integration {id} here"),
-    )
-}
 
 /// The integration's state now, if the caller may see it; otherwise not found (another
 /// user's personal integration does not leak).

@@ -6,7 +6,7 @@ use command::checkpoints::Checkpoints;
 use eventstore::{EventStore, RecordLog};
 
 use crate::settings::{Backend, Settings};
-use crate::tasks::{supervise, until_ended};
+use crate::supervise::{supervise, until_ended};
 use crate::{limits, metrics, pages};
 
 /// Everything a request handler may reach, behind one `Arc`: every layer and extractor of

@@ -1,38 +1,13 @@
-//! The service's long-running tasks and their supervisor: projections, the purge of deleted
-//! integrations, the checkpoint signer.
+//! The service's long-running tasks, run under [`supervise`](crate::supervise::supervise):
+//! projections, the purge of deleted integrations, the checkpoint signer.
 
 use std::sync::Arc;
 use tracing::Instrument;
 
 use eventstore::{EventStore, RecordLog};
 
-/// Runs `task` for as long as the service runs: when it fails, the failure is logged and the
-/// task starts again a second later (the log or the database away for a while, say); when it
-/// finishes, it is done.
-pub(crate) fn supervise<F, Fut, E>(name: &'static str, mut task: F) -> tokio::task::JoinHandle<()>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), E>> + Send,
-    E: std::fmt::Display + Send,
-{
-    tokio::spawn(async move {
-        while let Err(error) = task().await {
-            tracing::warn!(task = name, %error, "stopped; starting again in a second");
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-    })
-}
-
-/// A worker that follows the log runs for as long as the service does: its end is a failure
-/// to start again from.
-pub(crate) fn until_ended<E: std::fmt::Display>(outcome: Result<(), E>) -> Result<(), String> {
-    match outcome {
-        Ok(()) => Err("its subscription to the log ended".into()),
-        Err(error) => Err(error.to_string()),
-    }
-}
-
 use crate::state::{AppState, Runners};
+use crate::supervise::supervise;
 
 /// Signs the heads of the streams that changed, every `every`, in one process at a time.
 pub(crate) async fn sign_checkpoints(state: AppState, every: std::time::Duration) {

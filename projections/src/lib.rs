@@ -8,6 +8,8 @@
 //!   own `Integration` aggregate so that status and available actions follow the same rules
 //!   as the commands.
 //! - [`sync_runs`]: the sync logs, one row per run with its pages, paged by cursor.
+//! - [`projection`]: the projections, and a batch of the log applied to one with its
+//!   checkpoint in one transaction.
 //! - [`runner`]: applies the log to a projection in batches, each batch and the projection's
 //!   checkpoint in one transaction, so a crash never applies an event twice or skips one; on
 //!   PostgreSQL under a lease, so that of several processes exactly one writes each model.
@@ -15,6 +17,7 @@
 
 pub use database as db;
 pub mod installed;
+pub mod projection;
 pub mod rebuild;
 pub mod runner;
 pub mod sync_runs;

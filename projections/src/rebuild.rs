@@ -21,7 +21,7 @@ use eventstore::EventStore;
 use crate::db::lease::Leases;
 use crate::db::{ServiceDb, ServiceDbError, Target, WriteTx};
 use crate::installed;
-use crate::runner::{Batch, Projection, RunError};
+use crate::projection::{Batch, Projection, RunError, MAX_BATCH};
 
 /// How many events one transaction of a rebuild applies: larger than live batches, since
 /// nobody waits for a rebuild's rows one by one.
@@ -223,7 +223,7 @@ async fn swap(
         let copy_name = projection.checkpoint_name(Target::Rebuild);
         let mut copied = tx.checkpoint(&copy_name).await?;
         while copied < live {
-            let mut batch = store.read_all(copied + 1, crate::runner::MAX_BATCH).await?;
+            let mut batch = store.read_all(copied + 1, MAX_BATCH).await?;
             batch.retain(|event| event.position <= live);
             let Some(last) = batch.last() else {
                 break;

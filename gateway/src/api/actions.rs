@@ -59,7 +59,7 @@ pub(super) async fn request_action(
     let profile = current
         .profile
         .as_ref()
-        .ok_or_else(|| crate::service::not_found(target.id))?;
+        .ok_or_else(|| crate::problem::not_found(target.id))?;
     // The workspace's policy says whether a rule approves this tool without asking.
     let policy = state
         .workers

@@ -31,7 +31,7 @@ fn body_problem(rejection: JsonRejection) -> Problem {
         }
         JsonRejection::BytesRejection(_) if status == StatusCode::PAYLOAD_TOO_LARGE => format!(
             "the body is larger than the {} KiB a request may carry",
-            crate::http::BODY_LIMIT_BYTES / 1024
+            crate::limits::BODY_LIMIT_BYTES / 1024
         ),
         other => other.body_text(),
     };

@@ -17,9 +17,9 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 
-use super::caller::integration_id;
 use super::query::{self, Query};
 use super::Caller;
+use crate::caller::integration_id;
 use crate::problem::Problem;
 use crate::views::EventView;
 use crate::AppState;

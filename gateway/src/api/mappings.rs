@@ -49,7 +49,7 @@ pub(super) async fn get_mappings(
         .profile
         .as_ref()
         .and_then(|profile| domain::catalog::app(&profile.app))
-        .ok_or_else(|| crate::service::not_found(id))?;
+        .ok_or_else(|| crate::problem::not_found(id))?;
     let objects = app
         .capabilities
         .mappings

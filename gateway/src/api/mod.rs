@@ -14,7 +14,6 @@ use crate::AppState;
 mod actions;
 mod audit;
 mod body;
-pub(crate) mod caller;
 mod catalog;
 mod events;
 mod installed;
@@ -23,8 +22,8 @@ mod mappings;
 mod oauth;
 pub(crate) mod query;
 
+pub(crate) use crate::caller::{authenticate, Caller, Target};
 pub(crate) use body::{Body, OptionalBody};
-pub(crate) use caller::{authenticate, Caller, Target};
 pub(crate) use events::{events, EventsQuery};
 
 /// Every `/v1` route, each registered with the OpenAPI description of its handler: a route

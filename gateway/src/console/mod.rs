@@ -449,12 +449,12 @@ async fn visible(
     id: &str,
 ) -> Result<(IntegrationId, Integration, InstalledRow), Response> {
     let failed = |problem: Problem| error_page(session, problem.status, &problem);
-    let id: IntegrationId = crate::api::caller::integration_id(id).map_err(failed)?;
+    let id: IntegrationId = crate::caller::integration_id(id).map_err(failed)?;
     let current = crate::service::load_visible(state, &session.caller(), id)
         .await
         .map_err(failed)?;
     let row = projections::installed::row_of(&current)
-        .ok_or_else(|| failed(crate::service::not_found(id)))?;
+        .ok_or_else(|| failed(crate::problem::not_found(id)))?;
     Ok((id, current, row))
 }
 

@@ -52,8 +52,8 @@ pub(crate) struct Session {
 
 impl Session {
     /// The session's user, as the API's token would speak for them.
-    pub(crate) fn caller(&self) -> crate::api::Caller {
-        crate::api::Caller(self.principal.clone(), self.token_hash.clone())
+    pub(crate) fn caller(&self) -> crate::caller::Caller {
+        crate::caller::Caller(self.principal.clone(), self.token_hash.clone())
     }
 
     /// Whether `sent` is this session's CSRF token.

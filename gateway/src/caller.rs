@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use domain::aggregate::CommandContext;
 use domain::{Caller as DomainCaller, Principal, Timestamp};
 
+use crate::problem::not_found;
 use crate::problem::Problem;
-use crate::service::not_found;
 use crate::AppState;
 
 /// The caller of a `/v1` route: the principal its bearer token speaks for, and the token's
