@@ -25,7 +25,7 @@ impl std::fmt::Debug for Application {
 }
 
 use crate::settings::{Backend, Settings};
-use crate::state::{AppState, Runners, Shared, Workers};
+use crate::state::{AppState, Runners, Services, Shared, Workers};
 use crate::storage::{
     create_private_dir, master_key_path, open_checkpoints, open_logs, open_service_db, Logs,
 };
@@ -55,10 +55,10 @@ impl Application {
             backend,
             jetstream,
         } = logs;
-        let read = open_service_db(settings.database_url.as_deref(), &settings.data_dir).await?;
+        let db = open_service_db(settings.database_url.as_deref(), &settings.data_dir).await?;
         // Tokens found live are kept while no revocation is announced; only a SQLite database
         // (one machine) has the mark that announces them.
-        let revocations = match read {
+        let revocations = match db {
             database::ServiceDb::Sqlite(_) => Some(
                 crate::tokens::RevocationMark::open(&settings.data_dir)
                     .context("while opening the token revocation mark")?,
@@ -70,7 +70,7 @@ impl Application {
             settings.master_key.as_ref(),
         )
         .context("while opening the credential vault")?;
-        let vault = Arc::new(adapters::vault::Vault::with_keyring(read.clone(), keys));
+        let vault = Arc::new(adapters::vault::Vault::with_keyring(db.clone(), keys));
         // A process that cannot wrap under the vault's current key must not start.
         vault
             .current_key()
@@ -91,14 +91,8 @@ impl Application {
         let own = url::Url::parse(&format!("http://{}/", listener.local_addr()?))
             .context("while naming the service's own URL")?;
         let redirect = settings.adapters.redirect_uri(&own);
-        let workers = Workers::new(
-            store.clone(),
-            records.clone(),
-            &read,
-            vault.clone(),
-            &settings,
-            redirect,
-        );
+        let services = Services::new(store.clone(), &db, vault.clone(), &settings, redirect);
+        let workers = Workers::new(&services, records.clone(), &db, vault.clone(), &settings);
         if let Some(jetstream) = &jetstream {
             let queue = command::work_queue::WorkQueue::open(
                 jetstream,
@@ -116,9 +110,10 @@ impl Application {
                 store,
                 records,
                 backend,
-                read,
+                db,
                 runners: Runners::default(),
                 vault,
+                services,
                 workers,
                 closing: Arc::new(tokio::sync::watch::channel(false).0),
                 tokens: crate::tokens::TokenCache::new(revocations),
@@ -186,7 +181,7 @@ impl Application {
                 run_projection(
                     projection,
                     self.state.store.clone(),
-                    self.state.read.clone(),
+                    self.state.db.clone(),
                     self.state.runners.clone(),
                 )
             })

@@ -42,7 +42,7 @@ pub(crate) async fn authenticate(
         let found = if presented.starts_with(crate::tokens::TOKEN_PREFIX) {
             state
                 .tokens
-                .authenticate_hash(&state.read, &token_hash)
+                .authenticate_hash(&state.db, &token_hash)
                 .await
         } else {
             Ok(None)

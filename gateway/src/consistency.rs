@@ -150,7 +150,7 @@ pub(crate) async fn log_follows_read_models(state: &AppState, integration: Integ
     if WAITED.try_with(|()| ()).is_err() {
         return;
     }
-    match projections::installed::folded_version(&state.read, &integration.to_string()).await {
+    match projections::installed::folded_version(&state.db, &integration.to_string()).await {
         Ok(Some(version)) => state
             .store
             .observed(&StreamName::integration(integration), version),
@@ -197,7 +197,7 @@ async fn caught_up(state: &AppState, min: u64, wait: Duration) -> Result<(), Beh
         let mut behind = None;
         for projection in projections::runner::Projection::ALL {
             let position = projection
-                .checkpoint(&state.read)
+                .checkpoint(&state.db)
                 .await
                 .map_err(Behind::Unreadable)?;
             if position < min {

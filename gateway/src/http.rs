@@ -343,7 +343,7 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
             status: "ok",
             backend: Some(state.backend.name()),
             log_head: Some(head),
-            read_models: Some(state.read.kind()),
+            read_models: Some(state.db.kind()),
             projections: Some(projections),
             reason: None,
         }),
@@ -493,21 +493,22 @@ mod tests {
             read.clone(),
             adapters::vault::MasterKey::generate(),
         ));
-        let workers = crate::Workers::new(
+        let services = crate::Services::new(
             store.clone(),
-            records.clone(),
             &read,
             vault.clone(),
             &settings,
             url::Url::parse("http://127.0.0.1/").unwrap(),
         );
+        let workers = crate::Workers::new(&services, records.clone(), &read, vault.clone(), &settings);
         let app = router(AppState::new(crate::Shared {
             store,
             records,
             backend: crate::Backend::Sled,
-            read: read.clone(),
+            db: read.clone(),
             runners: crate::Runners::default(),
             vault,
+            services,
             workers,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
             tokens: crate::tokens::TokenCache::new(None),

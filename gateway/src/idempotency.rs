@@ -100,14 +100,14 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
 
     let now = Timestamp::now().unix_micros();
     execute(
-        &state.read,
+        &state.db,
         "DELETE FROM idempotency_keys WHERE created_at < $1",
         &[Bind::Int(now - KEEP_MICROS)],
     )
     .await
     .map_err(database_problem)?;
     let claimed = execute(
-        &state.read,
+        &state.db,
         "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, status, content_type, body, \
          created_at) VALUES ($1, $2, $3, NULL, NULL, NULL, $4) ON CONFLICT DO NOTHING",
         &[
@@ -121,7 +121,7 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
     .map_err(database_problem)?;
     if claimed == 0 {
         let taken_over = execute(
-            &state.read,
+            &state.db,
             "UPDATE idempotency_keys SET created_at = $1 WHERE scope = $2 AND idem_key = $3 \
              AND fingerprint = $4 AND status IS NULL AND created_at < $5",
             &[
@@ -176,7 +176,7 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok());
     if let Err(error) = execute(
-        &state.read,
+        &state.db,
         "UPDATE idempotency_keys SET status = $1, content_type = $2, body = $3, position = $6 \
          WHERE scope = $4 AND idem_key = $5",
         &[
@@ -199,7 +199,7 @@ async fn handle(state: &AppState, request: Request, next: Next) -> Result<Respon
 
 async fn forget(state: &AppState, scope: &str, key: &str) {
     if let Err(error) = execute(
-        &state.read,
+        &state.db,
         "DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2",
         &[Bind::Text(scope.to_owned()), Bind::Text(key.to_owned())],
     )
@@ -224,7 +224,7 @@ async fn replay(
     fingerprint: &str,
 ) -> Result<Response, Problem> {
     let rows: Vec<KeptRow> = fetch_all(
-        &state.read,
+        &state.db,
         "SELECT fingerprint, status, content_type, body, position FROM idempotency_keys \
          WHERE scope = $1 AND idem_key = $2",
         &[Bind::Text(scope.to_owned()), Bind::Text(key.to_owned())],

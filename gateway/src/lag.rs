@@ -20,7 +20,7 @@ pub(crate) async fn projection_lags(state: &AppState) -> Result<(u64, Vec<Lag>),
     })?;
     let mut lags = Vec::new();
     for projection in projections::runner::Projection::ALL {
-        let position = projection.checkpoint(&state.read).await.map_err(|error| {
+        let position = projection.checkpoint(&state.db).await.map_err(|error| {
             tracing::error!(%error, "cannot read a projection's checkpoint");
             "the read models cannot be read"
         })?;

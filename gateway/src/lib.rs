@@ -37,7 +37,7 @@ mod views;
 
 pub use app::{shutdown_signal, Application};
 pub use settings::{Backend, MetricsSettings, Settings, SyncSettings, RECORDS_MAX_AGE};
-pub use state::{AppState, Runners, Shared, Workers};
+pub use state::{AppState, Runners, Services, Shared, Workers};
 pub use storage::{
     checkpoint_key_path, create_private_dir, master_key_path, open_checkpoints, open_logs,
     open_service_db, Logs,

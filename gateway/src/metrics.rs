@@ -243,7 +243,7 @@ async fn scrape(state: &AppState, headers: &HeaderMap) -> Response {
         }
         Err(reason) => tracing::warn!(reason, "metrics without the log's figures"),
     }
-    match projections::sync_runs::totals_by_status(&state.read).await {
+    match projections::sync_runs::totals_by_status(&state.db).await {
         Ok(totals) => {
             let mut records = 0;
             for total in totals {

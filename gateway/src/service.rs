@@ -25,8 +25,8 @@ pub(crate) async fn load_visible(
 ) -> Result<Integration, Problem> {
     crate::consistency::log_follows_read_models(state, id).await;
     let current = state
-        .workers
-        .repo
+        .services
+        .repository
         .load::<Integration>(&StreamName::integration(id))
         .await
         .map_err(repository_problem)?
@@ -46,8 +46,8 @@ pub(crate) async fn command(
     command: IntegrationCommand,
 ) -> Result<(), Problem> {
     state
-        .workers
-        .repo
+        .services
+        .repository
         .decide::<Integration>(&StreamName::integration(id), &command, &caller.context())
         .await
         .map(|_| ())
@@ -87,7 +87,7 @@ pub(crate) async fn connect(
         )
     })?;
     let fields = without_empty_optional_fields(app, fields);
-    let connections = &state.workers.connections;
+    let connections = &state.services.connections;
     match app.auth {
         AuthKind::ApiKey => connections
             .connect_with_key(&caller.context(), app.id, &secrets(fields))
@@ -135,7 +135,7 @@ pub(crate) async fn reauth(
         .as_ref()
         .and_then(|profile| domain::catalog::app(&profile.app))
         .ok_or_else(|| not_found(id))?;
-    let connections = &state.workers.connections;
+    let connections = &state.services.connections;
     match app.auth {
         AuthKind::Oauth2 { .. } => connections
             .start_oauth(
@@ -167,9 +167,9 @@ pub(crate) async fn test(
     id: IntegrationId,
 ) -> Result<Identity, Problem> {
     state
-        .workers
+        .services
         .connections
-        .test(&caller.context(), id, state.workers.credentials.as_ref())
+        .test(&caller.context(), id, state.services.credentials.as_ref())
         .await
         .map_err(connect_problem)
 }
@@ -189,8 +189,8 @@ pub(crate) async fn request_sync(
 ) -> Result<SyncRequest, Problem> {
     let sync_id = SyncId::new();
     let decided = state
-        .workers
-        .repo
+        .services
+        .repository
         .decide::<Integration>(
             &StreamName::integration(id),
             &IntegrationCommand::RequestSync {
@@ -220,7 +220,7 @@ pub(crate) async fn disconnect(
     id: IntegrationId,
 ) -> Result<bool, Problem> {
     state
-        .workers
+        .services
         .connections
         .disconnect(&caller.context(), id, "disconnected by a user")
         .await
@@ -234,7 +234,7 @@ pub(crate) async fn delete(
     id: IntegrationId,
 ) -> Result<(), Problem> {
     state
-        .workers
+        .services
         .connections
         .delete(&caller.context(), id)
         .await

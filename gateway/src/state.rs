@@ -34,12 +34,15 @@ pub struct Shared {
     /// Synced record changes, beside the event log on the same backend.
     pub records: Arc<dyn RecordLog>,
     pub backend: Backend,
-    /// The read models (Installed, the sync logs).
-    pub read: database::ServiceDb,
+    /// The service database: the read models (Installed, the sync logs) and what the service
+    /// keeps and cannot derive (the vault, tokens, sessions, leases, idempotency keys).
+    pub db: database::ServiceDb,
     /// What each projection's runner in this process is doing.
     pub runners: Runners,
     /// The credential vault.
     pub vault: Arc<adapters::vault::Vault>,
+    /// What commands and connection flows go through.
+    pub services: Services,
     /// The workers that react to the log: syncs, Companion actions, the scheduler.
     pub workers: Workers,
     /// Turns true when the service begins to shut down: open event streams end then, so that
@@ -73,27 +76,39 @@ pub struct Workers {
     pub sync: adapters::sync::SyncWorker,
     pub actions: adapters::actions::ActionWorker,
     pub scheduler: crate::scheduler::Scheduler,
-    pub credentials: Arc<adapters::credentials::CredentialService>,
-    pub providers: adapters::providers::Providers,
-    /// Connect, reauth, test and disconnect.
-    pub connections: adapters::connections::Connections,
-    /// Commands on the log, for the API's actions.
-    pub repo: Arc<command::repository::Repository>,
 }
 
-impl Workers {
-    /// The workers over a service's log, read models and vault, as `settings` configure them.
+/// What the API, the console and the workers act through: commands on the log, the
+/// connection flows, credentials and the provider clients. None of them is a worker.
+#[derive(Clone)]
+pub struct Services {
+    /// Load, decide, append: every command on the log.
+    pub repository: Arc<command::repository::Repository>,
+    /// Connect, reauth, test and disconnect.
+    pub connections: adapters::connections::Connections,
+    /// Credentials read from the vault, refreshed single-flight.
+    pub credentials: Arc<adapters::credentials::CredentialService>,
+    /// The provider clients.
+    pub providers: adapters::providers::Providers,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").finish_non_exhaustive()
+    }
+}
+
+impl Services {
+    /// The services over a service's log, database and vault, as `settings` configure them.
     pub fn new(
         store: Arc<dyn EventStore>,
-        records: Arc<dyn RecordLog>,
-        read: &database::ServiceDb,
+        db: &database::ServiceDb,
         vault: Arc<adapters::vault::Vault>,
         settings: &Settings,
         redirect: url::Url,
     ) -> Self {
         use adapters::http::{ProviderHttp, RetryPolicy};
-        let repo = Arc::new(command::repository::Repository::new(store));
-        let repo_for_api = repo.clone();
+        let repository = Arc::new(command::repository::Repository::new(store));
         let config = &settings.adapters;
         let outbound = adapters::outbound::Outbound::new(
             settings.outbound.clone(),
@@ -102,9 +117,9 @@ impl Workers {
         let http = ProviderHttp::new(outbound.clone(), RetryPolicy::default());
         let providers = adapters::providers::Providers::new(&config.endpoints, &http);
         let leases =
-            database::lease::Leases::new(read.clone(), database::lease::Leases::process_holder());
+            database::lease::Leases::new(db.clone(), database::lease::Leases::process_holder());
         let credentials = Arc::new(adapters::credentials::CredentialService::new(
-            repo.clone(),
+            repository.clone(),
             vault.clone(),
             leases.clone(),
             config.oauth.clone(),
@@ -112,21 +127,42 @@ impl Workers {
             redirect.clone(),
         ));
         let connections = adapters::connections::Connections::new(
-            repo.clone(),
-            read.clone(),
-            vault.clone(),
+            repository.clone(),
+            db.clone(),
+            vault,
             providers.clone(),
             config.oauth.clone(),
             config.unavailable.clone(),
             outbound.trusted().clone(),
             redirect,
         );
+        Self {
+            repository,
+            connections,
+            credentials,
+            providers,
+        }
+    }
+}
+
+impl Workers {
+    /// The workers over a service's log, database and vault, acting through `services`, as
+    /// `settings` configure them.
+    pub fn new(
+        services: &Services,
+        records: Arc<dyn RecordLog>,
+        db: &database::ServiceDb,
+        vault: Arc<adapters::vault::Vault>,
+        settings: &Settings,
+    ) -> Self {
+        let leases =
+            database::lease::Leases::new(db.clone(), database::lease::Leases::process_holder());
         let sync = adapters::sync::SyncWorker::new(
-            repo.clone(),
+            services.repository.clone(),
             records,
-            read.clone(),
-            credentials.clone(),
-            providers.clone(),
+            db.clone(),
+            services.credentials.clone(),
+            services.providers.clone(),
             leases.clone(),
             adapters::sync::SyncConfig {
                 lease_ttl: settings.sync.lease,
@@ -134,23 +170,23 @@ impl Workers {
             },
         );
         let actions = adapters::actions::ActionWorker::new(
-            repo.clone(),
-            read.clone(),
-            vault.clone(),
-            credentials.clone(),
-            providers.clone(),
+            services.repository.clone(),
+            db.clone(),
+            vault,
+            services.credentials.clone(),
+            services.providers.clone(),
             leases.clone(),
         );
-        let scheduler =
-            crate::scheduler::Scheduler::new(repo, read.clone(), leases, settings.schedule_tick);
+        let scheduler = crate::scheduler::Scheduler::new(
+            services.repository.clone(),
+            db.clone(),
+            leases,
+            settings.schedule_tick,
+        );
         Self {
             sync,
             actions,
             scheduler,
-            credentials,
-            providers,
-            connections,
-            repo: repo_for_api,
         }
     }
 

@@ -12,7 +12,7 @@ use crate::supervise::supervise;
 /// Signs the heads of the streams that changed, every `every`, in one process at a time.
 pub(crate) async fn sign_checkpoints(state: AppState, every: std::time::Duration) {
     let leases = database::lease::Leases::new(
-        state.read.clone(),
+        state.db.clone(),
         database::lease::Leases::process_holder(),
     );
     let mut tick = tokio::time::interval(every);

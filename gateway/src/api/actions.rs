@@ -62,8 +62,8 @@ pub(super) async fn request_action(
         .ok_or_else(|| crate::problem::not_found(target.id))?;
     // The workspace's policy says whether a rule approves this tool without asking.
     let policy = state
-        .workers
-        .repo
+        .services
+        .repository
         .load::<WorkspacePolicy>(&StreamName::workspace(&profile.workspace))
         .await
         .map_err(repository_problem)?
@@ -415,8 +415,8 @@ pub(super) async fn rules(
 ) -> Result<Json<Rules>, Problem> {
     let principal = caller.in_workspace(&ws)?;
     let policy = state
-        .workers
-        .repo
+        .services
+        .repository
         .load::<WorkspacePolicy>(&StreamName::workspace(&principal.workspace))
         .await
         .map_err(repository_problem)?
@@ -495,8 +495,8 @@ pub(super) async fn add_rule(
     let rule_id = RuleId::new();
     let stream = StreamName::workspace(&principal.workspace);
     let executed = state
-        .workers
-        .repo
+        .services
+        .repository
         .execute::<WorkspacePolicy>(
             &stream,
             &PolicyCommand {
@@ -567,8 +567,8 @@ pub(super) async fn remove_rule(
         )
     })?;
     state
-        .workers
-        .repo
+        .services
+        .repository
         .execute::<WorkspacePolicy>(
             &StreamName::workspace(&principal.workspace),
             &PolicyCommand {

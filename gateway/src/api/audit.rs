@@ -120,8 +120,8 @@ pub(super) async fn state_as_of(
         None => Timestamp::now(),
     };
     let loaded = state
-        .workers
-        .repo
+        .services
+        .repository
         .load_as_of::<Integration>(&StreamName::integration(id), as_of)
         .await
         .map_err(repository_problem)?;

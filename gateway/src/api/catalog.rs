@@ -64,7 +64,7 @@ pub(super) async fn apps(State(state): State<AppState>, _caller: Caller) -> Json
     let apps = domain::catalog::apps()
         .iter()
         .map(|app| {
-            let reason = state.workers.connections.unavailable(app.id);
+            let reason = state.services.connections.unavailable(app.id);
             AppEntry {
                 app,
                 available: reason.is_none(),

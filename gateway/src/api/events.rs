@@ -114,7 +114,7 @@ pub(crate) async fn events(
         // Ends the stream when the service shuts down (or its sender is gone).
         let _ = closing.wait_for(|closing| *closing).await;
     };
-    let (read, token_hash) = (state.read.clone(), caller.1.clone());
+    let (read, token_hash) = (state.db.clone(), caller.1.clone());
     let revoked = async move {
         // A revoked token's stream ends within a check's interval (its database may be
         // another process's: the check reads it, not this process's memory).

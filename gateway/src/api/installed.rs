@@ -66,14 +66,14 @@ pub(super) async fn installed(
         principal.workspace, principal.user, filter.status, filter.app, filter.scope, cursor
     );
     let stamp = projections::runner::Projection::Installed
-        .stamp(&state.read)
+        .stamp(&state.db)
         .await
         .map_err(read_failed)?;
     let body = match state.installed_pages.get(&key, stamp) {
         Some(body) => body,
         None => {
             let page = projections::installed::page(
-                &state.read,
+                &state.db,
                 principal.workspace.as_str(),
                 principal.user.as_str(),
                 &filter,

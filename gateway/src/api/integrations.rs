@@ -314,7 +314,7 @@ pub(super) async fn sync_logs(
         until: query.until,
     };
     let page = projections::sync_runs::list(
-        &state.read,
+        &state.db,
         principal.workspace.as_str(),
         principal.user.as_str(),
         id,
@@ -349,7 +349,7 @@ pub(super) async fn integration(
 ) -> Result<Json<projections::installed::InstalledRow>, Problem> {
     let principal = caller.in_workspace(&ws)?;
     let row = projections::installed::get(
-        &state.read,
+        &state.db,
         principal.workspace.as_str(),
         principal.user.as_str(),
         &id,

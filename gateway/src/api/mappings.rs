@@ -73,13 +73,13 @@ pub(super) async fn get_mappings(
     };
     if let Some(object) = query.object {
         let fields = state
-            .workers
+            .services
             .connections
             .provider_fields(
                 &caller.context(),
                 id,
                 &object,
-                state.workers.credentials.as_ref(),
+                state.services.credentials.as_ref(),
             )
             .await
             .map_err(connect_problem)?;
@@ -184,7 +184,7 @@ pub(super) async fn put_mapping(
         })
         .collect();
     let version = state
-        .workers
+        .services
         .connections
         .change_mapping(
             &caller.context(),
@@ -192,7 +192,7 @@ pub(super) async fn put_mapping(
             &body.object,
             fields.clone(),
             body.expected_version,
-            state.workers.credentials.as_ref(),
+            state.services.credentials.as_ref(),
         )
         .await
         .map_err(connect_problem)?;

@@ -48,7 +48,7 @@ pub(super) async fn oauth_callback(
             (flow, _, Some(error)) => {
                 // A refused authorization is over: its state is spent.
                 if let Some(flow) = flow {
-                    let _ = state.workers.connections.claim_callback(flow).await;
+                    let _ = state.services.connections.claim_callback(flow).await;
                 }
                 Err(format!(
                     "the provider refused the authorization: {}",
@@ -123,7 +123,7 @@ async fn finish_callback(
     iss: Option<&str>,
 ) -> Result<adapters::connections::Connected, Problem> {
     use adapters::oauth::CallbackError;
-    let connections = &state.workers.connections;
+    let connections = &state.services.connections;
     let claimed = connections
         .claim_callback(flow)
         .await
@@ -132,7 +132,7 @@ async fn finish_callback(
     if !claimed.started_in(browser.as_deref()) {
         return Err(connect_problem(CallbackError::OtherBrowser.into()));
     }
-    let caller = crate::tokens::authenticate_hash(&state.read, &claimed.pending.token)
+    let caller = crate::tokens::authenticate_hash(&state.db, &claimed.pending.token)
         .await
         .map_err(|error| Problem::failed("cannot check an API token", &error))?
         .ok_or_else(|| connect_problem(CallbackError::Revoked.into()))?;

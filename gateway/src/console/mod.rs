@@ -226,7 +226,7 @@ async fn sign_out(
         return forged(&session);
     }
     let id = session::named_cookie(&headers, session::COOKIE);
-    match session::sign_out(&state.read, id.as_deref(), state.secure_cookies).await {
+    match session::sign_out(&state.db, id.as_deref(), state.secure_cookies).await {
         Ok(cookie) => (
             [(header::SET_COOKIE, cookie)],
             Redirect::to("/console/sign-in"),
@@ -267,7 +267,7 @@ async fn apps(
                 li.card {
                     h2 { a href={"/console/apps/" (app.id)} { (app.name) } }
                     p { (format!("{:?}", app.category)) " · " @if app.scope == AppScope::Workspace { "workspace" } @else { "personal" } }
-                    @if let Some(reason) = state.workers.connections.unavailable(app.id) {
+                    @if let Some(reason) = state.services.connections.unavailable(app.id) {
                         p.hint { "Unavailable here: " (reason) }
                     }
                 }
@@ -317,7 +317,7 @@ async fn app_page(
             ),
         );
     };
-    let unavailable = state.workers.connections.unavailable(app.id);
+    let unavailable = state.services.connections.unavailable(app.id);
     let access = serde_json::to_value(app).unwrap_or_default();
     let body = html! {
         h1 { (app.name) }
@@ -399,7 +399,7 @@ async fn installed(
 ) -> Response {
     let principal = &session.principal;
     let rows = match projections::installed::list(
-        &state.read,
+        &state.db,
         principal.workspace.as_str(),
         principal.user.as_str(),
     )

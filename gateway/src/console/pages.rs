@@ -44,13 +44,13 @@ pub(super) async fn mappings(
         // The provider's fields now, custom ones included; its standard ones if it cannot be
         // reached.
         let fields = state
-            .workers
+            .services
             .connections
             .provider_fields(
                 &context(&session),
                 id,
                 object.name,
-                state.workers.credentials.as_ref(),
+                state.services.credentials.as_ref(),
             )
             .await
             .unwrap_or_else(|_| {
@@ -124,7 +124,7 @@ pub(super) async fn save_mapping(
         .collect();
     fields.sort_by(|a, b| a.harmony_field.cmp(&b.harmony_field));
     match state
-        .workers
+        .services
         .connections
         .change_mapping(
             &context(&session),
@@ -132,7 +132,7 @@ pub(super) async fn save_mapping(
             &object,
             fields,
             expected,
-            state.workers.credentials.as_ref(),
+            state.services.credentials.as_ref(),
         )
         .await
     {
@@ -172,7 +172,7 @@ pub(super) async fn sync_logs(
     };
     let principal = &session.principal;
     let runs = match projections::sync_runs::list(
-        &state.read,
+        &state.db,
         principal.workspace.as_str(),
         principal.user.as_str(),
         id,
@@ -294,8 +294,8 @@ pub(super) async fn history(
         .map(|text| (text, parse_moment(text)));
     let then = match moment {
         Some((_, Some(at))) => state
-            .workers
-            .repo
+            .services
+            .repository
             .load_as_of::<domain::Integration>(&stream, at)
             .await
             .ok()

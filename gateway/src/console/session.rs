@@ -66,7 +66,7 @@ impl Session {
 /// request of the token like any other: it counts against the token's rate limit. A token
 /// holds at most [`MAX_SESSIONS_PER_TOKEN`] live sessions: a new one ends its oldest.
 pub(crate) async fn sign_in(state: &AppState, token: &str) -> Result<HeaderValue, SignInRefused> {
-    let db = &state.read;
+    let db = &state.db;
     let Some(authenticated) = crate::tokens::authenticate(db, token).await? else {
         return Err(SignInRefused::Unknown);
     };
@@ -141,7 +141,7 @@ impl FromRequestParts<AppState> for Session {
             return Err(to_sign_in());
         };
         let rows: Vec<(String, String, String, String, String, i64)> = fetch_all(
-            &state.read,
+            &state.db,
             "SELECT t.workspace, t.user_id, t.role, s.csrf, s.token_hash, t.unlimited \
              FROM console_sessions s \
              JOIN api_tokens t ON t.token_hash = s.token_hash \
