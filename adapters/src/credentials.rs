@@ -43,13 +43,8 @@ pub struct CredentialService {
     local: std::sync::Mutex<HashMap<IntegrationId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn storage(error: impl std::error::Error + 'static) -> ProviderError {
-    let detail = format!("the credential store failed: {error}");
-    if crate::http::dependency_away(&error) {
-        ProviderError::StorageUnavailable { detail }
-    } else {
-        ProviderError::Unavailable { detail }
-    }
+fn storage(error: impl std::error::Error + Send + Sync + 'static) -> ProviderError {
+    ProviderError::storage("reading or storing credentials", error)
 }
 
 impl CredentialService {

@@ -15,7 +15,7 @@ impl eventstore::follow::Checkpoint for DispatchCheckpoint {
     async fn load(&self) -> Result<u64, StoreError> {
         database::checkpoint(&self.db, self.name)
             .await
-            .map_err(|error| StoreError::Unavailable(error.to_string()))
+            .map_err(unavailable)
     }
 
     async fn save(&self, position: u64) -> Result<(), StoreError> {
@@ -32,7 +32,7 @@ impl eventstore::follow::Checkpoint for DispatchCheckpoint {
 }
 
 fn unavailable(error: database::ServiceDbError) -> StoreError {
-    StoreError::Unavailable(error.to_string())
+    StoreError::unavailable_from("the checkpoint in the service database", error)
 }
 
 /// Follows `store` with `follower` from the checkpoint `name` in `db`.

@@ -49,29 +49,16 @@ pub enum ProviderError {
     /// nothing was sent.
     #[error("{0}")]
     Refused(#[from] crate::outbound::Refused),
-    /// The service's own database or event log was away for a moment (restarting, between
-    /// leaders), not the provider: the same call may succeed in a few seconds.
-    #[error("the service's storage is unavailable for a moment: {detail}")]
-    StorageUnavailable { detail: String },
-}
-
-/// Whether `error`, or anything that caused it, is the service's database or event log away
-/// for a while (PostgreSQL restarting, JetStream between leaders) rather than a fault.
-pub fn dependency_away(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if matches!(
-            error.downcast_ref::<eventstore::StoreError>(),
-            Some(eventstore::StoreError::Unavailable(_))
-        ) || matches!(
-            error.downcast_ref::<ProviderError>(),
-            Some(ProviderError::StorageUnavailable { .. })
-        ) {
-            return true;
-        }
-        next = error.source();
-    }
-    database::caused_by_outage(error)
+    /// The service's own storage (its event log, database or vault) failed while a call
+    /// needed it, not the provider. `outage` when that storage is only away for a while
+    /// (restarting, between leaders): the same call may succeed in a few seconds.
+    #[error("the service's storage failed: {what}")]
+    Storage {
+        what: &'static str,
+        outage: bool,
+        #[source]
+        source: eventstore::Source,
+    },
 }
 
 impl ProviderError {
@@ -81,8 +68,26 @@ impl ProviderError {
             self,
             ProviderError::RateLimited { .. }
                 | ProviderError::Unavailable { .. }
-                | ProviderError::StorageUnavailable { .. }
+                | ProviderError::Storage { .. }
         )
+    }
+
+    /// The service's own storage failed while doing `what`, because of `error`.
+    pub fn storage(
+        what: &'static str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let outage = eventstore::caused_by_outage(&error) || database::caused_by_outage(&error);
+        ProviderError::Storage {
+            what,
+            outage,
+            source: eventstore::Source::new(error),
+        }
+    }
+
+    /// Whether this is the service's own storage away for a while.
+    pub fn is_storage_outage(&self) -> bool {
+        matches!(self, ProviderError::Storage { outage: true, .. })
     }
 
     /// A stable code for sync logs and action results.
@@ -97,7 +102,8 @@ impl ProviderError {
             ProviderError::Protocol { .. } => "protocol",
             ProviderError::Misconfigured(_) => "misconfigured",
             ProviderError::Refused(_) => "outbound_refused",
-            ProviderError::StorageUnavailable { .. } => "storage_unavailable",
+            ProviderError::Storage { outage: true, .. } => "storage_unavailable",
+            ProviderError::Storage { outage: false, .. } => "storage",
         }
     }
 

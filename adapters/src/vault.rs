@@ -44,6 +44,8 @@ const NONCE: usize = 24;
 pub enum VaultError {
     #[error("the vault's database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("the master key: {0}")]
+    Key(#[from] command::keyfile::KeyError),
     #[error("{0:?} is not a reference the vault gave out")]
     UnknownReference(String),
     #[error("the secrets of integration {0} were shredded")]
@@ -116,13 +118,14 @@ impl MasterKey {
 
     /// Reads a key written as base64 of 32 bytes.
     pub fn from_base64(text: &str) -> Result<Self, VaultError> {
-        let bytes = BASE64
-            .decode(text.trim())
-            .map_err(|_| VaultError::MasterKey("it is not base64".into()))?;
-        let bytes: [u8; 32] = bytes.try_into().map_err(|bytes: Vec<u8>| {
-            VaultError::MasterKey(format!("it is {} bytes long, not 32", bytes.len()))
-        })?;
-        Ok(Self::from_bytes(bytes))
+        Self::parse(text, "the key given")
+    }
+
+    /// [`Self::from_base64`], naming in an error where the text came from.
+    fn parse(text: &str, whence: &str) -> Result<Self, VaultError> {
+        Ok(Self::from_bytes(command::keyfile::seed_from_base64(
+            text, whence,
+        )?))
     }
 
     /// The key as base64, for writing it where it is kept.
@@ -150,7 +153,12 @@ impl MasterKey {
     pub fn write_new(&self, path: &Path) -> Result<(), VaultError> {
         command::keyfile::write_new_private(path, self.to_base64().expose_secret())
             .and_then(|()| command::keyfile::sync_parent(path))
-            .map_err(|e| VaultError::MasterKey(format!("{}: {e}", path.display())))
+            .map_err(|source| {
+                VaultError::Key(command::keyfile::KeyError::File {
+                    path: path.to_owned(),
+                    source,
+                })
+            })
     }
 
     /// The key's name in the database (not secret).
@@ -297,10 +305,8 @@ impl Keyring {
 
 /// The key in the file at `path`, if there is one.
 pub fn read_key_file(path: &Path) -> Result<Option<MasterKey>, VaultError> {
-    match command::keyfile::read_private(path).map_err(VaultError::MasterKey)? {
-        Some(text) => MasterKey::from_base64(&text)
-            .map(Some)
-            .map_err(|error| VaultError::MasterKey(format!("{}: {error}", path.display()))),
+    match command::keyfile::read_private(path)? {
+        Some(text) => MasterKey::parse(&text, &path.display().to_string()).map(Some),
         None => Ok(None),
     }
 }
@@ -311,10 +317,7 @@ fn keys_from_env(text: &str) -> Result<Vec<MasterKey>, VaultError> {
         .split(',')
         .map(str::trim)
         .filter(|part| !part.is_empty())
-        .map(|part| {
-            MasterKey::from_base64(part)
-                .map_err(|error| VaultError::MasterKey(format!("{MASTER_KEY_ENV}: {error}")))
-        })
+        .map(|part| MasterKey::parse(part, MASTER_KEY_ENV))
         .collect::<Result<Vec<_>, _>>()?;
     if keys.is_empty() {
         return Err(VaultError::MasterKey(format!("{MASTER_KEY_ENV} is empty")));

@@ -55,7 +55,7 @@ impl EventStore for Unreliable {
         events: Vec<eventstore::NewEvent>,
     ) -> Result<eventstore::AppendResult, StoreError> {
         if self.refuse.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("the log is unreachable".into()));
+            return Err(StoreError::unavailable("the log is unreachable"));
         }
         let hold = {
             let mut held = self.held.lock().unwrap();

@@ -199,7 +199,7 @@ async fn ours_single<S: EventStore + Clone>(
     }
     for task in tasks {
         task.await
-            .map_err(|e| StoreError::Storage(e.to_string()))??;
+            .map_err(|e| StoreError::storage(e.to_string()))??;
     }
     Ok((per_writer * writers) as f64 / started.elapsed().as_secs_f64())
 }
@@ -229,7 +229,7 @@ fn raw_single(
             .collect();
         handles.into_iter().try_for_each(|h| {
             h.join()
-                .map_err(|_| StoreError::Storage("raw writer panicked".into()))?
+                .map_err(|_| StoreError::storage("raw writer panicked"))?
                 .map_err(StoreError::from)
         })
     })?;

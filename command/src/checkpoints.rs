@@ -22,6 +22,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use eventstore::chain::{ChainHash, VerifyReport};
+
+use crate::keyfile::KeyError;
 use eventstore::{EventStore, JetStreamEventStore, StoreError};
 
 /// The environment variable that may hold the signing key (base64 of its 32-byte seed); every
@@ -75,13 +77,13 @@ impl CheckpointKey {
     }
 
     /// Reads a key written as base64 of its 32-byte seed.
-    pub fn from_base64(text: &str) -> Result<Self, String> {
-        let bytes = BASE64
-            .decode(text.trim())
-            .map_err(|_| "it is not base64".to_owned())?;
-        let seed: [u8; 32] = bytes
-            .try_into()
-            .map_err(|bytes: Vec<u8>| format!("it is {} bytes long, not 32", bytes.len()))?;
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        Self::parse(text, "the key given")
+    }
+
+    /// [`Self::from_base64`], naming in an error where the text came from.
+    fn parse(text: &str, whence: &str) -> Result<Self, KeyError> {
+        let seed = crate::keyfile::seed_from_base64(text, whence)?;
         Ok(Self {
             signing: SigningKey::from_bytes(&seed),
         })
@@ -90,18 +92,19 @@ impl CheckpointKey {
     /// The key `from_env` holds (the value of `HARMONY_CHECKPOINT_KEY`, which the caller read
     /// at start) if given, else from `path`, created (mode 0600, a new random key) when absent.
     /// A key file others may read is refused.
-    pub fn load_or_create(path: &Path, from_env: Option<&str>) -> Result<Self, String> {
+    pub fn load_or_create(path: &Path, from_env: Option<&str>) -> Result<Self, KeyError> {
         if let Some(text) = from_env {
-            return Self::from_base64(text).map_err(|error| format!("{KEY_ENV}: {error}"));
+            return Self::parse(text, KEY_ENV);
         }
         match crate::keyfile::read_private(path)? {
-            Some(text) => {
-                Self::from_base64(&text).map_err(|error| format!("{}: {error}", path.display()))
-            }
+            Some(text) => Self::parse(&text, &path.display().to_string()),
             None => {
                 let key = Self::generate();
                 crate::keyfile::write_new_private(path, &BASE64.encode(key.signing.to_bytes()))
-                    .map_err(|error| format!("{}: {error}", path.display()))?;
+                    .map_err(|source| KeyError::File {
+                        path: path.to_owned(),
+                        source,
+                    })?;
                 tracing::info!(path = %path.display(), id = %key.id(), "created a new checkpoint key");
                 Ok(key)
             }
@@ -258,13 +261,11 @@ impl JetStreamCheckpointLog {
             .js
             .get_stream_no_info(&self.stream)
             .await
-            .map_err(|error| StoreError::Unavailable(format!("the checkpoint stream: {error}")))?;
+            .map_err(|error| StoreError::unavailable_from("the checkpoint stream", error))?;
         match stream.direct_get_last_for_subject(subject).await {
             Ok(message) => Ok(Some(message.payload)),
             Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-            Err(error) => Err(StoreError::Unavailable(format!(
-                "reading a checkpoint: {error}"
-            ))),
+            Err(error) => Err(StoreError::unavailable_from("reading a checkpoint", error)),
         }
     }
 }
@@ -272,9 +273,7 @@ impl JetStreamCheckpointLog {
 #[async_trait]
 impl CheckpointLog for JetStreamCheckpointLog {
     async fn record(&self, checkpoints: &[Checkpoint], covered_to: u64) -> Result<(), StoreError> {
-        let unavailable = |error: &dyn fmt::Display| {
-            StoreError::Unavailable(format!("recording a checkpoint: {error}"))
-        };
+        let unavailable = |error| StoreError::unavailable_from("recording a checkpoint", error);
         let mut acks = Vec::with_capacity(checkpoints.len() + 1);
         for checkpoint in checkpoints {
             let bytes = serde_json::to_vec(checkpoint).map_err(corrupt)?;
@@ -282,11 +281,11 @@ impl CheckpointLog for JetStreamCheckpointLog {
                 self.js
                     .publish(self.subject(&checkpoint.stream), bytes.into())
                     .await
-                    .map_err(|e| unavailable(&e))?,
+                    .map_err(unavailable)?,
             );
         }
         for ack in acks {
-            ack.await.map_err(|e| unavailable(&e))?;
+            ack.await.map_err(unavailable)?;
         }
         self.js
             .publish(
@@ -294,9 +293,9 @@ impl CheckpointLog for JetStreamCheckpointLog {
                 covered_to.to_string().into_bytes().into(),
             )
             .await
-            .map_err(|e| unavailable(&e))?
+            .map_err(unavailable)?
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(unavailable)?;
         Ok(())
     }
 

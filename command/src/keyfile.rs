@@ -2,33 +2,75 @@
 //! in such files under the data directory.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+
+/// Why a key could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{}: {source}", .path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} may be read by others (mode {mode:o}): chmod 600 it", .path.display())]
+    Readable { path: PathBuf, mode: u32 },
+    #[error("{whence}: it is not base64")]
+    NotBase64 {
+        whence: String,
+        #[source]
+        source: base64::DecodeError,
+    },
+    #[error("{whence}: it is {len} bytes long, not 32")]
+    Length { whence: String, len: usize },
+}
 
 /// The text of the key file at `path`, or `None` when there is none. A file others may read is
 /// refused, with what to do about it.
-pub fn read_private(path: &Path) -> Result<Option<String>, String> {
+pub fn read_private(path: &Path) -> Result<Option<String>, KeyError> {
+    let file_error = |source| KeyError::File {
+        path: path.to_owned(),
+        source,
+    };
     match std::fs::read_to_string(path) {
         Ok(text) => {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
                 let mode = std::fs::metadata(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .map_err(file_error)?
                     .permissions()
                     .mode();
                 if mode & 0o077 != 0 {
-                    return Err(format!(
-                        "{} may be read by others (mode {:o}): chmod 600 it",
-                        path.display(),
-                        mode & 0o777
-                    ));
+                    return Err(KeyError::Readable {
+                        path: path.to_owned(),
+                        mode: mode & 0o777,
+                    });
                 }
             }
             Ok(Some(text))
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(format!("{}: {error}", path.display())),
+        Err(error) => Err(file_error(error)),
     }
+}
+
+/// A 32-byte key written as base64 (surrounding whitespace ignored); `whence` names where the
+/// text came from, for the error.
+pub fn seed_from_base64(text: &str, whence: &str) -> Result<[u8; 32], KeyError> {
+    let bytes = BASE64
+        .decode(text.trim())
+        .map_err(|source| KeyError::NotBase64 {
+            whence: whence.to_owned(),
+            source,
+        })?;
+    bytes.try_into().map_err(|bytes: Vec<u8>| KeyError::Length {
+        whence: whence.to_owned(),
+        len: bytes.len(),
+    })
 }
 
 /// Writes `text` and a newline to a new file at `path` (never over an existing one), readable

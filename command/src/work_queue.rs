@@ -37,8 +37,15 @@ pub struct WorkItem {
 /// The header carrying an item's [`WorkItem::version`].
 const VERSION_HEADER: &str = "Harmony-Stream-Version";
 
-fn unavailable(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("{what}: {error}"))
+fn unavailable(what: &str, error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::unavailable_from(what, error)
+}
+
+fn unavailable_boxed(what: &str, error: async_nats::Error) -> StoreError {
+    StoreError::Unavailable {
+        what: what.into(),
+        source: Some(eventstore::Source::boxed(error)),
+    }
 }
 
 impl WorkQueue {
@@ -168,7 +175,7 @@ impl WorkItem {
         self.message
             .double_ack()
             .await
-            .map_err(|e| unavailable("acknowledging work", e))
+            .map_err(|e| unavailable_boxed("acknowledging work", e))
     }
 
     /// The work goes on: the acknowledgement wait starts again.
@@ -176,7 +183,7 @@ impl WorkItem {
         self.message
             .ack_with(AckKind::Progress)
             .await
-            .map_err(|e| unavailable("reporting progress on work", e))
+            .map_err(|e| unavailable_boxed("reporting progress on work", e))
     }
 
     /// Not now: the item comes back after `delay`, to any taker.
@@ -184,6 +191,6 @@ impl WorkItem {
         self.message
             .ack_with(AckKind::Nak(Some(delay)))
             .await
-            .map_err(|e| unavailable("handing work back", e))
+            .map_err(|e| unavailable_boxed("handing work back", e))
     }
 }

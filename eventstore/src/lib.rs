@@ -35,7 +35,7 @@ pub mod waiting;
 pub mod wire;
 
 pub use chain::{verify_stream, BrokenLink, ChainHash, VerifyReport};
-pub use error::{ExpectedVersion, StoreError};
+pub use error::{caused_by_outage, ExpectedVersion, Source, StoreError};
 pub use jetstream::{JetStreamConfig, JetStreamEventStore};
 pub use records::{
     purge_deleted_integrations, JetStreamRecordLog, RecordChange, RecordLog, RecordOp,

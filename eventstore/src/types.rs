@@ -95,7 +95,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The stored form (postcard), the same on every backend.
     pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        postcard::to_stdvec(self).map_err(|error| StoreError::Storage(error.to_string()))
+        postcard::to_stdvec(self).map_err(|error| StoreError::storage_from("encoding", error))
     }
 
     /// A stored snapshot back. One that does not decode is as good as none: it is rebuilt

@@ -430,7 +430,7 @@ mod distributed {
         let error = JetStreamEventStore::connect(JetStreamConfig::new(server.url.clone()))
             .await
             .unwrap_err();
-        assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+        assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
         assert!(
             error.to_string().contains("JetStream is not available"),
             "{error}"
@@ -626,7 +626,7 @@ mod distributed {
         reader.observed(&s, 3);
         let behind = reader.read_stream(&s, 1, 10).await.unwrap_err();
         assert!(
-            matches!(&behind, StoreError::Unavailable(message) if message.contains("version 3")),
+            matches!(&behind, StoreError::Unavailable { what: message, .. } if message.contains("version 3")),
             "{behind:?}"
         );
         writer

@@ -40,10 +40,7 @@ pub(crate) async fn authenticate(
     if let Some(presented) = bearer(request.headers()) {
         let token_hash = crate::tokens::hash(presented);
         let found = if presented.starts_with(crate::tokens::TOKEN_PREFIX) {
-            state
-                .tokens
-                .authenticate_hash(&state.db, &token_hash)
-                .await
+            state.tokens.authenticate_hash(&state.db, &token_hash).await
         } else {
             Ok(None)
         };

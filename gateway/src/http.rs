@@ -500,7 +500,8 @@ mod tests {
             &settings,
             url::Url::parse("http://127.0.0.1/").unwrap(),
         );
-        let workers = crate::Workers::new(&services, records.clone(), &read, vault.clone(), &settings);
+        let workers =
+            crate::Workers::new(&services, records.clone(), &read, vault.clone(), &settings);
         let app = router(AppState::new(crate::Shared {
             store,
             records,

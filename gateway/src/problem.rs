@@ -180,7 +180,7 @@ impl Problem {
     /// Retry-After when what failed is a dependency away for a while (PostgreSQL restarting,
     /// the event log between leaders), so a client retries; else `500 internal`.
     pub(crate) fn failed(what: &str, error: &(dyn std::error::Error + 'static)) -> Self {
-        if adapters::http::dependency_away(error) {
+        if outage(error) {
             tracing::warn!(%error, "{what}: a dependency is unavailable");
             Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -201,6 +201,23 @@ impl Problem {
             "the service failed to answer; try again",
         )
     }
+}
+
+/// Whether `error`, or anything that caused it, is a dependency of the service away for a
+/// while (the event log between leaders, PostgreSQL restarting, either of them under a
+/// provider call) rather than a fault.
+fn outage(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error
+            .downcast_ref::<adapters::http::ProviderError>()
+            .is_some_and(adapters::http::ProviderError::is_storage_outage)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    eventstore::caused_by_outage(error) || database::caused_by_outage(error)
 }
 
 impl IntoResponse for Problem {
@@ -248,7 +265,7 @@ pub(crate) fn repository_problem(error: command::repository::RepositoryError) ->
             "the integration is changing too fast to apply this now: try again",
         )
         .retry_after(1),
-        E::Store(eventstore::StoreError::Unavailable(reason)) => {
+        E::Store(eventstore::StoreError::Unavailable { what: reason, .. }) => {
             tracing::warn!(%reason, "the event log is unavailable");
             Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -296,7 +313,7 @@ pub(crate) fn connect_problem(error: adapters::connections::ConnectError) -> Pro
             "outbound_refused",
             format!("{refused}; an operator can open an address range with --outbound-allow"),
         ),
-        E::Provider(error @ adapters::http::ProviderError::StorageUnavailable { .. }) => {
+        E::Provider(error @ adapters::http::ProviderError::Storage { .. }) => {
             Problem::failed("a connection's credentials cannot be stored", &error)
         }
         E::Provider(error) if error.retryable() => Problem::new(

@@ -114,7 +114,7 @@ pub async fn open_checkpoints(
         &path,
         from_env.map(secrecy::ExposeSecret::expose_secret),
     )
-    .map_err(|reason| anyhow::anyhow!("the checkpoint key: {reason}"))?;
+    .context("the checkpoint key")?;
     Ok(Checkpoints {
         log,
         key: Arc::new(key),

@@ -11,10 +11,8 @@ use crate::supervise::supervise;
 
 /// Signs the heads of the streams that changed, every `every`, in one process at a time.
 pub(crate) async fn sign_checkpoints(state: AppState, every: std::time::Duration) {
-    let leases = database::lease::Leases::new(
-        state.db.clone(),
-        database::lease::Leases::process_holder(),
-    );
+    let leases =
+        database::lease::Leases::new(state.db.clone(), database::lease::Leases::process_holder());
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -48,11 +46,9 @@ pub(crate) fn purge_records_of_deleted_integrations(
         let shred = move |integration| {
             let vault = vault.clone();
             async move {
-                vault
-                    .shred(integration)
-                    .await
-                    .map(drop)
-                    .map_err(|error| eventstore::StoreError::Unavailable(error.to_string()))
+                vault.shred(integration).await.map(drop).map_err(|error| {
+                    eventstore::StoreError::unavailable_from("shredding the vault", error)
+                })
             }
         };
         eventstore::purge_deleted_integrations(store, records, shred)

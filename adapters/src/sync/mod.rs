@@ -119,9 +119,9 @@ impl RunError {
     /// but stays where its last page left it, and is taken up again from its cursor.
     fn is_transient(&self) -> bool {
         match self {
-            RunError::Records(StoreError::Unavailable(_))
-            | RunError::Repository(RepositoryError::Store(StoreError::Unavailable(_)))
-            | RunError::Provider(ProviderError::StorageUnavailable { .. }) => true,
+            RunError::Records(StoreError::Unavailable { .. })
+            | RunError::Repository(RepositoryError::Store(StoreError::Unavailable { .. }))
+            | RunError::Provider(ProviderError::Storage { outage: true, .. }) => true,
             RunError::Db(error) => error.is_transient(),
             _ => false,
         }
@@ -278,7 +278,7 @@ impl SyncWorker {
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| StoreError::Unavailable("the worker is shutting down".into()))?;
+                .map_err(|_| StoreError::unavailable("the worker is shutting down"))?;
             let Some(item) = items.next().await else {
                 break;
             };

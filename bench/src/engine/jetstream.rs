@@ -27,7 +27,7 @@ use eventstore::{
 };
 
 fn failed(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
+    StoreError::unavailable(error.to_string())
 }
 
 /// A body of the size the log writes for the benchmark's events.
@@ -161,7 +161,7 @@ impl Raw {
                     let ack: serde_json::Value =
                         serde_json::from_slice(&reply.payload).map_err(failed)?;
                     let seq = ack["seq"].as_u64().ok_or_else(|| {
-                        StoreError::Storage(format!("a raw batch was refused: {ack}"))
+                        StoreError::storage(format!("a raw batch was refused: {ack}"))
                     })?;
                     last.insert(batch % 8, seq);
                 }
@@ -189,7 +189,7 @@ impl Raw {
             let message = messages
                 .next()
                 .await
-                .ok_or_else(|| StoreError::Unavailable("the consumer ended".into()))?
+                .ok_or_else(|| StoreError::unavailable("the consumer ended"))?
                 .map_err(failed)?;
             std::hint::black_box(&message.payload);
             seen += 1;
@@ -206,7 +206,7 @@ async fn ours_replay(store: &JetStreamEventStore, count: u64) -> Result<f64, Sto
         let event = events
             .next()
             .await
-            .ok_or_else(|| StoreError::Unavailable("the subscription ended".into()))??;
+            .ok_or_else(|| StoreError::unavailable("the subscription ended"))??;
         std::hint::black_box(&event);
         seen += 1;
     }

@@ -65,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut outcome = store
                     .append(&stream, ExpectedVersion::Any, events.clone())
                     .await;
-                while let Err(StoreError::Unavailable(reason)) = &outcome {
+                while let Err(StoreError::Unavailable { what: reason, .. }) = &outcome {
                     eprintln!("append unavailable, trying again: {reason}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     outcome = store

@@ -204,7 +204,7 @@ impl JetStreamEventStore {
                 Ok(Published::Duplicate { seq }) => {
                     // A single event the server already has: answer with the stored one.
                     let stored = self.event_at(seq).await?.ok_or_else(|| {
-                        StoreError::Storage(format!("duplicate of sequence {seq}, not readable"))
+                        StoreError::storage(format!("duplicate of sequence {seq}, not readable"))
                     })?;
                     if stored.stream != *stream || stored.id != events[0].id {
                         return Err(StoreError::IdempotencyMismatch { id: events[0].id });
@@ -219,9 +219,8 @@ impl JetStreamEventStore {
                 Ok(Published::BatchHasStoredIds) => {
                     return match self.original_result(stream, &events).await? {
                         Some(result) => Ok(result),
-                        None => Err(StoreError::Storage(
-                            "JetStream called the batch a duplicate, but none of its ids is stored"
-                                .into(),
+                        None => Err(StoreError::storage(
+                            "JetStream called the batch a duplicate, but none of its ids is stored",
                         )),
                     };
                 }
@@ -252,7 +251,7 @@ impl JetStreamEventStore {
                 }
             }
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unavailable(format!(
             "{stream} kept moving: no append after {MAX_ATTEMPTS} attempts"
         )))
     }
@@ -287,7 +286,7 @@ impl JetStreamEventStore {
                         .request_with_headers(subject, headers, body)
                         .await
                         .map_err(|error| match error.kind() {
-                            async_nats::RequestErrorKind::NoResponders => StoreError::Unavailable(
+                            async_nats::RequestErrorKind::NoResponders => StoreError::unavailable(
                                 format!("no JetStream stream {} answers", self.inner.stream),
                             ),
                             _ => unavailable("appending events", error),
@@ -299,12 +298,12 @@ impl JetStreamEventStore {
         if let Some(status) = reply.status {
             // A status instead of an acknowledgement (503: the stream is not there right now,
             // as while a server restarts): nothing was stored.
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::unavailable(format!(
                 "JetStream answered the append with status {status}"
             )));
         }
         let ack: PubAck = serde_json::from_slice(&reply.payload).map_err(|error| {
-            StoreError::Unavailable(format!(
+            StoreError::unavailable(format!(
                 "an append was answered without an acknowledgement: {error}"
             ))
         })?;
@@ -319,15 +318,15 @@ impl JetStreamEventStore {
                 | codes::BATCH_TOO_MANY_INFLIGHT
                 | codes::CLUSTER_NOT_AVAILABLE
                 | codes::CLUSTER_NOT_LEADER
-                | codes::STREAM_OFFLINE => Err(StoreError::Unavailable(format!(
+                | codes::STREAM_OFFLINE => Err(StoreError::unavailable(format!(
                     "JetStream did not take the batch, nothing was stored: {} (error {})",
                     error.description, error.err_code
                 ))),
-                _ if error.code == 503 => Err(StoreError::Unavailable(format!(
+                _ if error.code == 503 => Err(StoreError::unavailable(format!(
                     "JetStream cannot take the append now: {} (error {})",
                     error.description, error.err_code
                 ))),
-                code => Err(StoreError::Storage(format!(
+                code => Err(StoreError::storage(format!(
                     "JetStream refused the append: {} (error {code})",
                     error.description
                 ))),
@@ -338,7 +337,7 @@ impl JetStreamEventStore {
         }
         if let Some(stored) = ack.count {
             if stored != count as u64 {
-                return Err(StoreError::Storage(format!(
+                return Err(StoreError::storage(format!(
                     "JetStream stored {stored} of a batch of {count}"
                 )));
             }

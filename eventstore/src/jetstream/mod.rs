@@ -97,8 +97,8 @@ impl std::fmt::Debug for JetStreamEventStore {
 const REPLICA_CATCH_UP: Duration = Duration::from_secs(5);
 const REPLICA_POLL: Duration = Duration::from_millis(10);
 
-fn unavailable(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("{what}: {error}"))
+fn unavailable(what: &str, error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::unavailable_from(what, error)
 }
 
 /// A status a JetStream request was answered with instead of data, as an error: timeouts and
@@ -111,9 +111,9 @@ fn status_error(
 ) -> StoreError {
     let reason = format!("{what}: {status} {}", description.unwrap_or_default());
     if matches!(status.as_u16(), 408 | 503 | 504) {
-        StoreError::Unavailable(reason)
+        StoreError::unavailable(reason)
     } else {
-        StoreError::Storage(reason)
+        StoreError::storage(reason)
     }
 }
 
@@ -164,7 +164,7 @@ impl JetStreamEventStore {
             .connect(servers)
             .await
             .map_err(|error| {
-                StoreError::Unavailable(format!("cannot reach NATS at {url}: {error}"))
+                StoreError::unavailable_from(format!("cannot reach NATS at {url}"), error)
             })?;
         let js = jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
@@ -176,10 +176,13 @@ impl JetStreamEventStore {
             let ready = async {
                 js.query_account().await.map_err(|error| {
                     let waiting = error.kind() == jetstream::context::AccountErrorKind::TimedOut;
-                    let error = StoreError::Unavailable(format!(
-                        "JetStream is not available at {url} (is it enabled in the server \
-                         configuration?): {error}"
-                    ));
+                    let error = StoreError::unavailable_from(
+                        format!(
+                            "JetStream is not available at {url} (is it enabled in the server \
+                             configuration?)"
+                        ),
+                        error,
+                    );
                     (waiting, error)
                 })?;
                 ensure_stream(&js, config.events_stream_config())
@@ -327,7 +330,7 @@ impl EventStore for JetStreamEventStore {
         let shown = |events: &[RecordedEvent]| events.iter().any(|e| e.version >= known);
         while events.len() < limit && known >= from_version.max(1) && !shown(&events) {
             if waited >= REPLICA_CATCH_UP {
-                return Err(StoreError::Unavailable(format!(
+                return Err(StoreError::unavailable(format!(
                     "the replicas of {stream} have not caught up with its version {known}"
                 )));
             }

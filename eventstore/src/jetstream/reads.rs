@@ -146,7 +146,7 @@ pub(crate) async fn direct_batch(
         next_by_subj: ask.filter,
         batch: ask.batch,
     })
-    .map_err(|error| StoreError::Storage(error.to_string()))?;
+    .map_err(|error| StoreError::storage_from("encoding", error))?;
     let inbox = client.new_inbox();
     let mut replies = client
         .subscribe(inbox.clone())
@@ -166,9 +166,9 @@ pub(crate) async fn direct_batch(
         let message = tokio::time::timeout_at(deadline, replies.next())
             .await
             .map_err(|_| {
-                StoreError::Unavailable("reading the log timed out; the server may be away".into())
+                StoreError::unavailable("reading the log timed out; the server may be away")
             })?
-            .ok_or_else(|| StoreError::Unavailable("the connection closed mid-read".into()))?;
+            .ok_or_else(|| StoreError::unavailable("the connection closed mid-read"))?;
         if let Some(status) = message.status {
             // 404: nothing (more) to read; 204 EOB: the end of the batch.
             if status.as_u16() == 404 || status.as_u16() == 204 {

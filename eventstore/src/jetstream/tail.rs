@@ -27,7 +27,7 @@ impl JetStreamEventStore {
         let body = serde_json::to_vec(&Request {
             last_by_subj: &filter,
         })
-        .map_err(|error| StoreError::Storage(error.to_string()))?;
+        .map_err(|error| StoreError::storage_from("encoding", error))?;
         let message = self
             .inner
             .client
@@ -47,9 +47,8 @@ impl JetStreamEventStore {
                 message.description,
             ));
         }
-        let seq = header_u64(&message, "Nats-Sequence").ok_or_else(|| {
-            StoreError::Storage("a direct get answered without Nats-Sequence".into())
-        })?;
+        let seq = header_u64(&message, "Nats-Sequence")
+            .ok_or_else(|| StoreError::storage("a direct get answered without Nats-Sequence"))?;
         let tail = match wire::decode(&message.payload, seq) {
             Ok(event) if event.stream == *stream => Tail {
                 version: event.version,

@@ -44,9 +44,7 @@ impl JetStreamRecordLog {
         let state = js
             .get_key_value(config.snapshots_bucket())
             .await
-            .map_err(|error| {
-                StoreError::Unavailable(format!("opening the state bucket: {error}"))
-            })?;
+            .map_err(|error| StoreError::unavailable_from("opening the state bucket", error))?;
         Ok(Self {
             js,
             stream: config.records_stream(),
@@ -97,14 +95,12 @@ impl RecordLog for JetStreamRecordLog {
                 .js
                 .publish_with_headers(subject, headers, Bytes::from(encode(change)?))
                 .await
-                .map_err(|error| {
-                    StoreError::Unavailable(format!("publishing a record: {error}"))
-                })?;
+                .map_err(|error| StoreError::unavailable_from("publishing a record", error))?;
             acks.push(ack);
         }
         for ack in acks {
             ack.await
-                .map_err(|error| StoreError::Unavailable(format!("storing a record: {error}")))?;
+                .map_err(|error| StoreError::unavailable_from("storing a record", error))?;
         }
         Ok(())
     }
@@ -153,7 +149,7 @@ impl RecordLog for JetStreamRecordLog {
             .js
             .get_stream_no_info(&self.stream)
             .await
-            .map_err(|error| StoreError::Unavailable(format!("opening the records: {error}")))?;
+            .map_err(|error| StoreError::unavailable_from("opening the records", error))?;
         let filter = format!(
             "{}.>",
             self.integration_subjects(workspace, owner, integration)
@@ -162,7 +158,7 @@ impl RecordLog for JetStreamRecordLog {
             .purge()
             .filter(filter)
             .await
-            .map_err(|error| StoreError::Unavailable(format!("purging records: {error}")))?;
+            .map_err(|error| StoreError::unavailable_from("purging records", error))?;
         Ok(purged.purged)
     }
 
@@ -171,7 +167,7 @@ impl RecordLog for JetStreamRecordLog {
             .state
             .get(PURGE_CHECKPOINT_KEY)
             .await
-            .map_err(|error| StoreError::Unavailable(format!("reading a checkpoint: {error}")))?;
+            .map_err(|error| StoreError::unavailable_from("reading a checkpoint", error))?;
         Ok(value
             .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
             .unwrap_or(0))
@@ -181,7 +177,7 @@ impl RecordLog for JetStreamRecordLog {
         self.state
             .put(PURGE_CHECKPOINT_KEY, Bytes::from(position.to_string()))
             .await
-            .map_err(|error| StoreError::Unavailable(format!("saving a checkpoint: {error}")))?;
+            .map_err(|error| StoreError::unavailable_from("saving a checkpoint", error))?;
         Ok(())
     }
 }

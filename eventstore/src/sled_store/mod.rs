@@ -262,9 +262,7 @@ impl SledEventStore {
         let thread = std::thread::Builder::new()
             .name("eventstore-writer".into())
             .spawn(move || writer.run(requests, max_group))
-            .map_err(|error| {
-                StoreError::Storage(format!("cannot start the writer thread: {error}"))
-            })?;
+            .map_err(|error| StoreError::storage_from("cannot start the writer thread", error))?;
         let handle = WriterHandle {
             thread: std::sync::Mutex::new(Some(thread)),
         };
@@ -338,10 +336,10 @@ impl EventStore for SledEventStore {
         self.queue
             .send(request)
             .await
-            .map_err(|_| StoreError::Unavailable("the event log writer has stopped".into()))?;
+            .map_err(|_| StoreError::unavailable("the event log writer has stopped"))?;
         answer
             .await
-            .map_err(|_| StoreError::Unavailable("the event log writer has stopped".into()))?
+            .map_err(|_| StoreError::unavailable("the event log writer has stopped"))?
     }
 
     async fn read_stream(

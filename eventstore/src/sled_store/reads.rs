@@ -252,7 +252,8 @@ impl SledEventStore {
         body.data = canonical_data(&data)?;
         record.truncate(HEADER);
         record.extend(
-            postcard::to_stdvec(&body).map_err(|error| StoreError::Storage(error.to_string()))?,
+            postcard::to_stdvec(&body)
+                .map_err(|error| StoreError::storage_from("encoding", error))?,
         );
         self.shared.log.insert(key, chunk::encode(&records))?;
         self.shared.db.flush()?;

@@ -47,8 +47,8 @@ pub(super) fn prepare_events(
             data,
             metadata: event.metadata,
         };
-        let body =
-            postcard::to_stdvec(&body).map_err(|error| StoreError::Storage(error.to_string()))?;
+        let body = postcard::to_stdvec(&body)
+            .map_err(|error| StoreError::storage_from("encoding", error))?;
         prepared.push(PreparedEvent {
             id: event.id,
             canonical_prefix,
@@ -154,7 +154,7 @@ impl Shared {
             for item in items {
                 for (reply, outcome) in item.replies {
                     let outcome = match &failure {
-                        Some(reason) => Err(StoreError::Unavailable(reason.clone())),
+                        Some(reason) => Err(StoreError::unavailable(reason.clone())),
                         None => outcome,
                     };
                     if outcome.is_ok() {
@@ -201,9 +201,9 @@ impl Writer {
                 self.shared
                     .poison(format!("cannot start the flusher thread: {error}"));
                 while let Some(request) = requests.blocking_recv() {
-                    let _ = request.reply.send(Err(StoreError::Unavailable(
-                        "the event log has no flusher".into(),
-                    )));
+                    let _ = request
+                        .reply
+                        .send(Err(StoreError::unavailable("the event log has no flusher")));
                 }
                 return;
             }
@@ -474,7 +474,7 @@ impl Writer {
         if let Some(reason) = self.shared.poisoned() {
             let replies = group
                 .drain(..)
-                .map(|r| (r.reply, Err(StoreError::Unavailable(reason.clone()))))
+                .map(|r| (r.reply, Err(StoreError::unavailable(reason.clone()))))
                 .collect();
             return Flush {
                 wrote: false,
@@ -582,7 +582,7 @@ impl Writer {
                 self.shared.poison(reason.clone());
                 let replies = group
                     .drain(..)
-                    .map(|r| (r.reply, Err(StoreError::Unavailable(reason.clone()))))
+                    .map(|r| (r.reply, Err(StoreError::unavailable(reason.clone()))))
                     .collect();
                 Flush {
                     wrote: false,
