@@ -9,7 +9,9 @@
 //! retries included; background syncs keep the policy's whole budget.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::Rng;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -578,6 +580,104 @@ fn json_message(value: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Within a millisecond of `expected`: a paused clock's sleeps end on the millisecond.
+    fn about(elapsed: Duration, expected: Duration) -> bool {
+        elapsed >= expected && elapsed < expected + Duration::from_millis(2)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_used_up_rate_limit_window_is_waited_out_before_the_next_call() {
+        let http = ProviderHttp::new(Outbound::loopback(), RetryPolicy::default());
+        let started = Instant::now();
+        http.wait_for_window().await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "nothing said: no wait");
+
+        let mut headers = HeaderMap::new();
+        headers.insert("x-hubspot-ratelimit-remaining", "0".parse().unwrap());
+        headers.insert(
+            "x-hubspot-ratelimit-interval-milliseconds",
+            "10000".parse().unwrap(),
+        );
+        http.note_rate_limit(&headers);
+        // Clones share the window: every call of the integration waits.
+        http.clone().wait_for_window().await;
+        assert!(
+            about(started.elapsed(), Duration::from_secs(10)),
+            "{:?}",
+            started.elapsed()
+        );
+        http.wait_for_window().await;
+        assert!(
+            about(started.elapsed(), Duration::from_secs(10)),
+            "the window is over"
+        );
+
+        // A window longer than a minute is waited for a minute at most.
+        headers.insert(
+            "x-hubspot-ratelimit-interval-milliseconds",
+            "3600000".parse().unwrap(),
+        );
+        http.note_rate_limit(&headers);
+        let again = Instant::now();
+        http.wait_for_window().await;
+        assert!(
+            about(again.elapsed(), Duration::from_secs(60)),
+            "{:?}",
+            again.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interactive_call_is_cut_at_its_deadline_and_a_nested_one_keeps_the_outer() {
+        let started = Instant::now();
+        let slow = interactive(async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, ProviderError>(())
+        })
+        .await;
+        assert!(
+            matches!(slow, Err(ProviderError::Unavailable { .. })),
+            "{slow:?}"
+        );
+        assert!(about(started.elapsed(), INTERACTIVE_DEADLINE));
+
+        // A call made 10 s into an interactive one has what is left of the outer deadline.
+        let started = Instant::now();
+        let nested = interactive(async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            interactive(async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, ProviderError>(())
+            })
+            .await
+        })
+        .await;
+        assert!(nested.is_err());
+        assert!(
+            about(started.elapsed(), INTERACTIVE_DEADLINE),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap() {
+        let http = ProviderHttp::new(
+            Outbound::loopback(),
+            RetryPolicy {
+                base: Duration::from_millis(100),
+                max_delay: Duration::from_secs(1),
+                ..RetryPolicy::default()
+            },
+        );
+        let bounds: Vec<u128> = (0..6).map(|n| http.backoff_bound(n).as_millis()).collect();
+        assert_eq!(bounds, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(http.backoff_bound(u32::MAX), Duration::from_secs(1));
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_millis(400)) <= Duration::from_millis(400));
+        }
+    }
 
     #[test]
     fn error_detail_reads_every_shape_providers_use() {

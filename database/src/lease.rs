@@ -6,6 +6,8 @@
 //! One statement takes a lease: insert the row, or take it over if it has lapsed or is already
 //! ours. Both SQLite and PostgreSQL run it atomically, so two processes never both win.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{execute, fetch_all, Bind, ServiceDb, ServiceDbError};
@@ -15,10 +17,45 @@ use crate::{execute, fetch_all, Bind, ServiceDb, ServiceDbError};
 pub struct Leases {
     db: ServiceDb,
     holder: String,
+    clock: Clock,
 }
 
-/// Milliseconds since the Unix epoch, as lease times are kept.
-fn now_millis() -> i64 {
+/// Where leases read the time: the system's clock, or one moved by hand (for tests, which
+/// then see a lease lapse without waiting for it).
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    /// Milliseconds since the Unix epoch, as [`Clock::advance`] leaves them.
+    Manual(Arc<AtomicI64>),
+}
+
+impl Clock {
+    /// A clock that stands at the system's time now until it is advanced.
+    pub fn manual() -> Self {
+        Clock::Manual(Arc::new(AtomicI64::new(system_millis())))
+    }
+
+    /// Moves a manual clock forward; the system's clock moves by itself.
+    pub fn advance(&self, by: Duration) {
+        if let Clock::Manual(millis) = self {
+            millis.fetch_add(
+                i64::try_from(by.as_millis()).unwrap_or(i64::MAX),
+                Ordering::SeqCst,
+            );
+        }
+    }
+
+    /// Milliseconds since the Unix epoch, as lease times are kept.
+    fn now_millis(&self) -> i64 {
+        match self {
+            Clock::System => system_millis(),
+            Clock::Manual(millis) => millis.load(Ordering::SeqCst),
+        }
+    }
+}
+
+fn system_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| {
@@ -32,7 +69,13 @@ impl Leases {
         Self {
             db,
             holder: holder.into(),
+            clock: Clock::System,
         }
+    }
+
+    /// The same leases, reading the time from `clock`.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Self { clock, ..self }
     }
 
     /// A holder name unique to this process.
@@ -46,7 +89,7 @@ impl Leases {
 
     /// Takes (or renews) lease `name` for `ttl`; false when another holder has it.
     pub async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<bool, ServiceDbError> {
-        let now = now_millis();
+        let now = self.clock.now_millis();
         let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         let taken = execute(
             &self.db,
@@ -81,7 +124,10 @@ impl Leases {
         let rows: Vec<(String,)> = fetch_all(
             &self.db,
             "SELECT holder FROM leases WHERE name = $1 AND expires_at >= $2",
-            &[Bind::Text(name.to_owned()), Bind::Int(now_millis())],
+            &[
+                Bind::Text(name.to_owned()),
+                Bind::Int(self.clock.now_millis()),
+            ],
         )
         .await?;
         Ok(rows.into_iter().next().map(|(holder,)| holder))
