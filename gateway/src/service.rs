@@ -186,6 +186,7 @@ pub(crate) async fn request_sync(
     state: &AppState,
     caller: &Caller,
     id: IntegrationId,
+    kind: domain::integration::SyncKind,
 ) -> Result<SyncRequest, Problem> {
     let sync_id = SyncId::new();
     let decided = state
@@ -193,10 +194,7 @@ pub(crate) async fn request_sync(
         .repository
         .decide::<Integration>(
             &StreamName::integration(id),
-            &IntegrationCommand::RequestSync {
-                sync_id,
-                kind: domain::integration::SyncKind::Full,
-            },
+            &IntegrationCommand::RequestSync { sync_id, kind },
             &caller.context(),
         )
         .await

@@ -461,3 +461,83 @@ async fn after_a_rebuild_installed_shows_the_rebuilt_rows_not_a_page_answered_be
         "a page answered before the rebuild was served after it"
     );
 }
+
+#[tokio::test]
+async fn a_sync_request_may_name_its_kind_and_a_wrong_one_is_refused() {
+    let zendesk_fake = FakeZendesk::start("acme", "agent@acme.com", "zd-right", 5, 1)
+        .await
+        .unwrap();
+    let base = zendesk_fake.server.base.clone();
+    let app = spawn_app_with(|settings| {
+        use_fake_zendesk(settings, &base);
+    })
+    .await;
+    let (_, admin) = app.token("acme", "ada", "admin").await;
+    let (status, body) = connect(&app, &admin, "acme", zendesk_account("zd-right")).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["integration_id"].as_str().unwrap().to_owned();
+    let sync_path = format!("/v1/workspaces/acme/integrations/{id}/sync");
+    let ended_run = |sync_id: String| {
+        let (app, admin, id) = (&app, &admin, &id);
+        async move {
+            eventually(
+                std::time::Duration::from_secs(30),
+                "the sync logs show the run ended",
+                || async {
+                    let logs = app
+                        .get_json(
+                            &format!("/v1/workspaces/acme/integrations/{id}/sync-logs"),
+                            Some(admin),
+                        )
+                        .await;
+                    logs["runs"].as_array().and_then(|runs| {
+                        runs.iter()
+                            .find(|r| r["sync_id"] == sync_id.as_str())
+                            .filter(|r| r["status"] == "completed")
+                            .cloned()
+                    })
+                },
+            )
+            .await
+        }
+    };
+
+    // Without a body: a full run, as before.
+    let full = app.call(Method::POST, &sync_path, &admin, None).await;
+    assert_eq!(full.status(), 202);
+    let sync_id = full.json::<Value>().await.unwrap()["sync_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ended_run(sync_id).await["kind"], "full");
+
+    // Asked for: an incremental run.
+    let incremental = app
+        .call(
+            Method::POST,
+            &sync_path,
+            &admin,
+            Some(json!({"kind": "incremental"})),
+        )
+        .await;
+    assert_eq!(incremental.status(), 202);
+    let sync_id = incremental.json::<Value>().await.unwrap()["sync_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ended_run(sync_id).await["kind"], "incremental");
+
+    // A kind that does not exist, or a field nobody knows, is refused and requests nothing.
+    let history = format!("/v1/workspaces/acme/integrations/{id}/history");
+    let events_before = app.get_json(&history, Some(&admin)).await;
+    for body in [
+        json!({"kind": "sideways"}),
+        json!({"kind": "full", "now": true}),
+    ] {
+        let refused = app.call(Method::POST, &sync_path, &admin, Some(body)).await;
+        assert_eq!(refused.status(), 422);
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(problem["code"], "invalid_body", "{problem}");
+    }
+    assert_eq!(app.get_json(&history, Some(&admin)).await, events_before);
+}

@@ -76,7 +76,10 @@ pub struct Reauthenticated {
     pub expires_at: Option<Timestamp>,
 }
 
+/// What a sync run reads: everything (`full`, which also finds deletions), or what changed
+/// since the last run (`incremental`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SyncKind {
     Full,

@@ -233,7 +233,7 @@ pub(super) struct DecisionBody {
     params(
         crate::api::ActionPath
     ),
-    request_body = DecisionBody,
+    request_body = Option<DecisionBody>,
     responses(
         (status = 200, description = "Approved: it is performed next", body = Action),
         crate::problem::WriteRefusals
@@ -257,7 +257,7 @@ pub(super) async fn approve(
     params(
         crate::api::ActionPath
     ),
-    request_body = DecisionBody,
+    request_body = Option<DecisionBody>,
     responses(
         (status = 200, description = "Rejected: it is never performed", body = Action),
         crate::problem::WriteRefusals

@@ -94,7 +94,7 @@ pub(crate) struct ReauthBody {
     params(
         crate::api::IntegrationPath
     ),
-    request_body = ReauthBody,
+    request_body = Option<ReauthBody>,
     responses(
         (status = 200, description = "OAuth2: a new `authorization_url`; API key: the new key, accepted", body = Reauthenticating),
         crate::problem::WriteRefusals
@@ -125,7 +125,8 @@ pub(super) async fn reauth(
         .into_response())
 }
 
-/// A full sync, now.
+/// A sync, now: full unless the body asks for an incremental one. A request while a run is
+/// pending joins it.
 #[utoipa::path(
     post,
     path = "/v1/workspaces/{ws}/integrations/{id}/sync",
@@ -133,8 +134,9 @@ pub(super) async fn reauth(
     params(
         crate::api::IntegrationPath
     ),
+    request_body = Option<SyncBody>,
     responses(
-        (status = 202, description = "A full sync requested: its `sync_id`", body = SyncRequested),
+        (status = 202, description = "A sync requested: its `sync_id`", body = SyncRequested),
         crate::problem::WriteRefusals
     ),
     security(("bearer" = []))
@@ -142,8 +144,12 @@ pub(super) async fn reauth(
 pub(super) async fn sync(
     State(state): State<AppState>,
     Target { caller, id }: Target,
+    OptionalBody(body): OptionalBody<SyncBody>,
 ) -> Result<Response, Problem> {
-    let requested = service::request_sync(&state, &caller, id).await?;
+    let kind = body
+        .and_then(|body| body.kind)
+        .unwrap_or(domain::integration::SyncKind::Full);
+    let requested = service::request_sync(&state, &caller, id, kind).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(SyncRequested {
@@ -152,6 +158,15 @@ pub(super) async fn sync(
         }),
     )
         .into_response())
+}
+
+/// What kind of sync to run; the body may be left out (a full sync).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SyncBody {
+    /// `full` (the default: everything, deletions found too) or `incremental` (what changed
+    /// since the last run, where the app supports it).
+    kind: Option<domain::integration::SyncKind>,
 }
 
 /// A sync requested.

@@ -579,9 +579,14 @@ async fn act(state: AppState, session: Session, id: String, form: &Fields, act: 
             "The connection works",
         ),
         Act::Sync => (
-            crate::service::request_sync(&state, &caller, parsed)
-                .await
-                .map(drop),
+            crate::service::request_sync(
+                &state,
+                &caller,
+                parsed,
+                domain::integration::SyncKind::Full,
+            )
+            .await
+            .map(drop),
             "Full sync requested",
         ),
         Act::Disconnect => (
