@@ -279,17 +279,28 @@ async fn a_full_sync_publishes_each_record_once_and_an_unchanged_one_nothing() {
         "nothing changed, nothing published"
     );
 
-    // The progress events carry page counts and a cursor; the run ends with its totals.
-    let pages = world
-        .events()
-        .await
-        .into_iter()
-        .filter(|e| matches!(e, IntegrationEvent::SyncProgressed(p) if p.sync_id == second && p.cursor.is_some()))
-        .count();
+    // The first run recorded its pages, each with counts and a cursor; the second, which
+    // changed nothing and took well under the quiet interval, recorded none: its request, its
+    // start and its end are all it left in the log.
+    let events = world.events().await;
+    let of_run = |run: SyncId| {
+        events
+            .iter()
+            .filter(|e| match e {
+                IntegrationEvent::SyncRequested(x) => x.sync_id == run,
+                IntegrationEvent::SyncStarted(x) => x.sync_id == run,
+                IntegrationEvent::SyncProgressed(x) => x.sync_id == run && x.cursor.is_some(),
+                IntegrationEvent::SyncCompleted(x) => x.sync_id == run,
+                _ => false,
+            })
+            .count()
+    };
     assert!(
-        pages >= 4,
-        "three contact pages, one company page and the sweeps: {pages}"
+        of_run(first) >= 3 + 4,
+        "three contact pages and one company page recorded: {}",
+        of_run(first)
     );
+    assert_eq!(of_run(second), 3, "nothing changed: no progress recorded");
     world.follower.abort();
 }
 

@@ -224,11 +224,13 @@ impl Generated {
                 code: "rate_limited".into(),
                 message: "429 from the provider, retried too often".into(),
                 retryable: true,
+                unrecorded: Default::default(),
             }
         } else {
             IntegrationCommand::CompleteSync {
                 sync_id,
                 duration_ms: 4_200,
+                unrecorded: Default::default(),
             }
         };
         commands.push((end, system));

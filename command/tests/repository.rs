@@ -164,6 +164,7 @@ async fn long_history(
         &C::CompleteSync {
             sync_id,
             duration_ms: 0,
+            unrecorded: Default::default(),
         },
         &system(),
     );
@@ -233,6 +234,7 @@ async fn loading_an_integration_with_100k_events_reads_a_bounded_number_of_them(
             &C::CompleteSync {
                 sync_id,
                 duration_ms: 5,
+                unrecorded: Default::default(),
             },
             &system(),
         )

@@ -377,6 +377,7 @@ fn facts_only_the_service_reports_are_refused_from_users() {
         C::CompleteSync {
             sync_id,
             duration_ms: 1,
+            unrecorded: Default::default(),
         },
     ] {
         let error = given(vec![hubspot(), requested(sync_id)])
@@ -700,6 +701,7 @@ fn a_run_goes_from_request_to_completion_with_summed_totals() {
             C::CompleteSync {
                 sync_id,
                 duration_ms: 1200,
+                unrecorded: Default::default(),
             },
             &system(),
         )
@@ -808,6 +810,7 @@ fn a_failed_sync_keeps_its_totals_so_far() {
                 code: "provider_5xx".into(),
                 message: "502".into(),
                 retryable: true,
+                unrecorded: Default::default(),
             },
             &system(),
         )

@@ -122,12 +122,14 @@ fn command(op: (u8, u8, u8, u8)) -> C {
         8 => C::CompleteSync {
             sync_id: sync_id(a % 2),
             duration_ms: u64::from(b) * 10,
+            unrecorded: Default::default(),
         },
         9 => C::FailSync {
             sync_id: sync_id(a % 2),
             code: "provider_5xx".into(),
             message: "bad gateway".into(),
             retryable: b % 2 == 0,
+            unrecorded: Default::default(),
         },
         10 => {
             let fields = [

@@ -206,6 +206,7 @@ async fn life(kind: &str) {
         IntegrationCommand::CompleteSync {
             sync_id,
             duration_ms: 1200,
+            unrecorded: Default::default(),
         },
     )
     .await;
@@ -252,6 +253,7 @@ async fn life(kind: &str) {
             code: "rate_limited".into(),
             message: "429".into(),
             retryable: true,
+            unrecorded: Default::default(),
         },
     )
     .await;
@@ -582,6 +584,7 @@ async fn rebuild(kind: &str) {
                 IntegrationCommand::CompleteSync {
                     sync_id,
                     duration_ms: 5,
+                    unrecorded: Default::default(),
                 },
             )
             .await;

@@ -135,6 +135,7 @@ async fn play(steps: &[Step]) -> (tempfile::TempDir, Arc<SledEventStore>, Vec<In
                     IntegrationCommand::CompleteSync {
                         sync_id: id,
                         duration_ms: 7,
+                        unrecorded: Default::default(),
                     },
                     system(),
                 )
@@ -146,6 +147,7 @@ async fn play(steps: &[Step]) -> (tempfile::TempDir, Arc<SledEventStore>, Vec<In
                     code: "upstream".into(),
                     message: "boom".into(),
                     retryable: *retryable,
+                    unrecorded: Default::default(),
                 };
                 (*i, command, system())
             }

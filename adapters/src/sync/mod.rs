@@ -516,6 +516,8 @@ impl SyncWorker {
             held: tokio::sync::Mutex::new(held),
             stop,
             started: Instant::now(),
+            recorded: std::sync::Mutex::new(Instant::now()),
+            unrecorded: std::sync::Mutex::default(),
         };
         // Everything the run logs carries its integration and run.
         let span = tracing::info_span!("sync_run", integration = %id, sync = %sync_id);

@@ -48,6 +48,20 @@ pub(super) struct Run<'a> {
     pub(super) held: tokio::sync::Mutex<Held<Integration>>,
     pub(super) stop: Stop,
     pub(super) started: Instant,
+    /// When the run last recorded its progress (or started).
+    pub(super) recorded: std::sync::Mutex<Instant>,
+    /// What the pages whose progress was not recorded counted, for the run's totals.
+    pub(super) unrecorded: std::sync::Mutex<RecordCounts>,
+}
+
+/// Progress through pages that changed nothing is recorded at most this often. A run killed
+/// between two records pulls those pages again, which publishes nothing, so a run that finds
+/// nothing appends no progress at all when it is quick, and a long one stays resumable.
+const QUIET_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether pages with these counts changed any record.
+fn changed_anything(counts: &RecordCounts) -> bool {
+    counts.created + counts.updated + counts.deleted > 0
 }
 
 /// A page pulled, mapped and hashed, waiting to be written.
@@ -178,8 +192,9 @@ impl Run<'_> {
                             .stop
                             .guard(self.write_pages(object, &mut batch))
                             .await?;
+                        let changed = counted.iter().any(changed_anything);
                         let mut commands = Vec::with_capacity(batch.len());
-                        for (item, counts) in batch.into_iter().zip(counted) {
+                        for (item, counts) in batch.into_iter().zip(counted.iter().copied()) {
                             let last = item.next_page.is_none();
                             if last {
                                 if let Some(watermark) = &item.watermark {
@@ -201,7 +216,11 @@ impl Run<'_> {
                                 cursor: Some(cursor.encode()),
                             });
                         }
-                        self.execute_all(&commands).await?;
+                        if self.due_to_record(changed) {
+                            self.execute_all(&commands).await?;
+                        } else {
+                            self.count_unrecorded(&counted);
+                        }
                     }
                     Ok::<(), RunError>(())
                 };
@@ -218,7 +237,11 @@ impl Run<'_> {
                     page: None,
                     sweep: false,
                 };
-                self.progress(object, *page_no, deleted, next).await?;
+                if self.due_to_record(changed_anything(&deleted)) {
+                    self.progress(object, *page_no, deleted, next).await?;
+                } else {
+                    self.count_unrecorded(std::slice::from_ref(&deleted));
+                }
             }
         }
         Ok(())
@@ -479,6 +502,29 @@ impl Run<'_> {
         }
     }
 
+    /// Whether progress is to be recorded now: always for pages that changed something,
+    /// otherwise once [`QUIET_PROGRESS_EVERY`] has passed since the last record.
+    fn due_to_record(&self, changed: bool) -> bool {
+        let mut recorded = self.recorded.lock().expect("the progress clock's lock");
+        if changed || recorded.elapsed() >= QUIET_PROGRESS_EVERY {
+            *recorded = Instant::now();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn count_unrecorded(&self, counts: &[RecordCounts]) {
+        let mut unrecorded = self.unrecorded.lock().expect("the unrecorded counts' lock");
+        for counts in counts {
+            unrecorded.add(counts);
+        }
+    }
+
+    fn unrecorded(&self) -> RecordCounts {
+        *self.unrecorded.lock().expect("the unrecorded counts' lock")
+    }
+
     async fn progress(
         &self,
         object: &str,
@@ -572,6 +618,7 @@ impl Run<'_> {
             Ok(()) => IntegrationCommand::CompleteSync {
                 sync_id: self.sync_id,
                 duration_ms: self.started.elapsed().as_millis() as u64,
+                unrecorded: self.unrecorded(),
             },
             // Whoever cancelled recorded why (a disconnect fails the run itself); a lost
             // lease means another process carries on from the cursor.
@@ -596,6 +643,7 @@ impl Run<'_> {
                 code: error.code().to_owned(),
                 message: error.to_string(),
                 retryable: error.retryable(),
+                unrecorded: self.unrecorded(),
             },
             Err(error @ (RunError::Records(_) | RunError::Db(_) | RunError::Repository(_))) => {
                 IntegrationCommand::FailSync {
@@ -603,6 +651,7 @@ impl Run<'_> {
                     code: "storage".into(),
                     message: error.to_string(),
                     retryable: true,
+                    unrecorded: self.unrecorded(),
                 }
             }
             Err(RunError::Internal(message)) => IntegrationCommand::FailSync {
@@ -610,6 +659,7 @@ impl Run<'_> {
                 code: "internal".into(),
                 message,
                 retryable: false,
+                unrecorded: self.unrecorded(),
             },
         };
         match self.execute(command).await {

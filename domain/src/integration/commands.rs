@@ -63,15 +63,19 @@ pub enum IntegrationCommand {
         counts: super::events::RecordCounts,
         cursor: Option<String>,
     },
+    /// The run ended. `unrecorded` counts the pages whose progress was not recorded (they
+    /// changed nothing, so the worker did not append them): the totals add them.
     CompleteSync {
         sync_id: SyncId,
         duration_ms: u64,
+        unrecorded: super::events::RecordCounts,
     },
     FailSync {
         sync_id: SyncId,
         code: String,
         message: String,
         retryable: bool,
+        unrecorded: super::events::RecordCounts,
     },
     /// Replace an object's field mapping. `discovered_fields` are the provider's fields as the
     /// adapter just listed them (custom fields included); without them the app's standard

@@ -354,13 +354,15 @@ impl Aggregate for Integration {
             C::CompleteSync {
                 sync_id,
                 duration_ms,
-            } => self.complete_sync(context, sync_id, duration_ms),
+                unrecorded,
+            } => self.complete_sync(context, sync_id, duration_ms, unrecorded),
             C::FailSync {
                 sync_id,
                 code,
                 message,
                 retryable,
-            } => self.fail_sync(context, sync_id, code, message, retryable),
+                unrecorded,
+            } => self.fail_sync(context, sync_id, code, message, retryable, unrecorded),
             C::ChangeMapping {
                 object,
                 fields,

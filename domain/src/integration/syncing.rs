@@ -114,12 +114,15 @@ impl Integration {
         context: &CommandContext,
         sync_id: &SyncId,
         duration_ms: &u64,
+        unrecorded: &RecordCounts,
     ) -> Result<Vec<IntegrationEvent>, DomainError> {
         self.authorize(context, Access::System)?;
         let running = self.running(*sync_id)?;
+        let mut totals = running.totals;
+        totals.add(unrecorded);
         Ok(vec![E::SyncCompleted(SyncCompleted {
             sync_id: *sync_id,
-            totals: running.totals,
+            totals,
             duration_ms: *duration_ms,
         })])
     }
@@ -132,10 +135,15 @@ impl Integration {
         code: &str,
         message: &str,
         retryable: &bool,
+        unrecorded: &RecordCounts,
     ) -> Result<Vec<IntegrationEvent>, DomainError> {
         self.authorize(context, Access::System)?;
         let totals = match (&self.running_sync, &self.pending_sync) {
-            (Some(running), _) if running.sync_id == *sync_id => running.totals,
+            (Some(running), _) if running.sync_id == *sync_id => {
+                let mut totals = running.totals;
+                totals.add(unrecorded);
+                totals
+            }
             (_, Some(pending)) if pending.sync_id == *sync_id => RecordCounts::default(),
             _ => return Err(DomainError::SyncNotRunning(*sync_id)),
         };

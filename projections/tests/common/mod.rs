@@ -159,6 +159,7 @@ pub async fn sync_once(repository: &Repository, id: IntegrationId, pages: u32) {
         IntegrationCommand::CompleteSync {
             sync_id,
             duration_ms: 9,
+            unrecorded: Default::default(),
         },
         system(),
     )
