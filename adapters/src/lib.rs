@@ -11,9 +11,15 @@
 //!   [`http`]: retries, backoff, rate limits and body caps shared by all of them;
 //!   [`outbound`]: which hosts they may reach (no loopback or private network through a setup
 //!   field or a provider's answer).
-//! - [`sync`]: the sync worker; [`lease`]: leases in the service's database.
+//! - [`connections`]: connect, reauth, test and disconnect, as the gateway calls them.
+//! - [`sync`]: the sync worker (pages pulled, mapped, hashed, diffed and published; progress
+//!   recorded where a page changed something); [`actions`]: the Companion action worker.
+//!   Both follow the log from a checkpoint of their own and hold their work under a lease of
+//!   `database::lease`.
 //!
-//! Nothing here may be depended on by `domain` or `eventstore`.
+//! Nothing here may be depended on by `domain`, `eventstore` or `command`, and nothing here
+//! depends on `projections`: what reads the read side (the scheduler) lives in the gateway.
+//! The fake providers are the `fakes` crate.
 
 /// Runs `$body` with `$pool` bound to whichever database `$db` is.
 macro_rules! on_db {

@@ -15,15 +15,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    eventually_ok(within, what, || {
+        let polled = condition();
+        async move { polled.await.ok_or_else(|| "not yet".to_owned()) }
+    })
+    .await
+}
+
+/// Polls `condition` until it succeeds, and returns its value; panics with `what` and the last
+/// failure if `within` passes first. For conditions whose failure says what is still wrong.
+pub async fn eventually_ok<T, F, Fut>(within: Duration, what: &str, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Some(value) = condition().await {
-            return value;
+        match condition().await {
+            Ok(value) => return value,
+            Err(failure) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} did not happen within {within:?}: {failure}"
+            ),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not happen within {within:?}"
-        );
         tokio::time::sleep(POLL).await;
     }
 }

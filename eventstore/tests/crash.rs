@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use domain::{IntegrationId, StreamName};
 use eventstore::nats_server::{unique_namespace, TestNats};
+use eventstore::waiting::eventually_ok;
 use eventstore::{verify_stream, EventStore, JetStreamConfig, JetStreamEventStore, SledEventStore};
 use rand::Rng;
 
@@ -246,17 +247,12 @@ async fn on_jetstream_a_killed_writer_never_leaves_part_of_a_batch() {
         let store = JetStreamEventStore::connect(config).await.unwrap();
         // The server may still be taking what the killed writer sent before it died (a batch's
         // commit among it): the log must be whole once that has landed, and stay whole.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match check(&store, &all_acked, false).await {
-                Ok(()) => break,
-                Err(failure) if Instant::now() > deadline => panic!("round {round}: {failure}"),
-                Err(failure) => {
-                    eprintln!("round {round}, not yet: {failure}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        eventually_ok(
+            Duration::from_secs(10),
+            &format!("round {round}: a whole log"),
+            || check(&store, &all_acked, false),
+        )
+        .await;
     }
     assert!(
         all_acked.len() >= requested,

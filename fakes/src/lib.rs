@@ -1,5 +1,5 @@
-//! Local servers that speak the providers' wire formats, for the tests and `harmony bench
-//! sync`. Each holds a dataset, issues and checks tokens like the real token endpoints, and has
+//! Local servers that speak the providers' wire formats, for the tests, `harmony bench sync`,
+//! `serve --demo` and `harmony fake-provider`; never in the production build. Each holds a dataset, issues and checks tokens like the real token endpoints, and has
 //! faults that can be switched on while it runs: 429 with `Retry-After`, 5xx, slow answers,
 //! expired access tokens, revoked refresh tokens, many pages, a stale sync token.
 

@@ -192,34 +192,39 @@ impl Run<'_> {
                             .stop
                             .guard(self.write_pages(object, &mut batch))
                             .await?;
-                        let changed = counted.iter().any(changed_anything);
-                        let mut commands = Vec::with_capacity(batch.len());
-                        for (item, counts) in batch.into_iter().zip(counted.iter().copied()) {
+                        // Decided before the batch's commands are made, so a batch that is not
+                        // recorded costs no command at all.
+                        let record = self.due_to_record(counted.iter().any(changed_anything));
+                        if !record {
+                            self.count_unrecorded(&counted);
+                        }
+                        let mut commands = Vec::with_capacity(if record { batch.len() } else { 0 });
+                        for (item, counts) in batch.into_iter().zip(counted) {
                             let last = item.next_page.is_none();
                             if last {
                                 if let Some(watermark) = &item.watermark {
                                     self.save_watermark(object, watermark).await?;
                                 }
                             }
-                            let cursor = RunCursor {
-                                object: index,
-                                sweep: last && self.kind == SyncKind::Full,
-                                page: item.next_page,
-                            };
                             *page_no += 1;
                             totals.add(&counts);
-                            commands.push(IntegrationCommand::RecordSyncProgress {
-                                sync_id: self.sync_id,
-                                object: object.to_string(),
-                                page: *page_no,
-                                counts,
-                                cursor: Some(cursor.encode()),
-                            });
+                            if record {
+                                let cursor = RunCursor {
+                                    object: index,
+                                    sweep: last && self.kind == SyncKind::Full,
+                                    page: item.next_page,
+                                };
+                                commands.push(IntegrationCommand::RecordSyncProgress {
+                                    sync_id: self.sync_id,
+                                    object: object.to_string(),
+                                    page: *page_no,
+                                    counts,
+                                    cursor: Some(cursor.encode()),
+                                });
+                            }
                         }
-                        if self.due_to_record(changed) {
+                        if record {
                             self.execute_all(&commands).await?;
-                        } else {
-                            self.count_unrecorded(&counted);
                         }
                     }
                     Ok::<(), RunError>(())
