@@ -148,6 +148,7 @@ async fn no_secret_is_found_in_anything_the_system_wrote() {
             repo.execute::<Integration>(
                 &stream(id),
                 &IntegrationCommand::RequestSync {
+                    claimed: false,
                     sync_id,
                     kind: SyncKind::Full,
                 },

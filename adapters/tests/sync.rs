@@ -182,8 +182,12 @@ impl World {
 
     async fn request(&self, kind: SyncKind) -> SyncId {
         let sync_id = SyncId::new();
-        self.command(IntegrationCommand::RequestSync { sync_id, kind })
-            .await;
+        self.command(IntegrationCommand::RequestSync {
+            sync_id,
+            kind,
+            claimed: false,
+        })
+        .await;
         sync_id
     }
 
@@ -280,8 +284,8 @@ async fn a_full_sync_publishes_each_record_once_and_an_unchanged_one_nothing() {
     );
 
     // The first run recorded its pages, each with counts and a cursor; the second, which
-    // changed nothing and took well under the quiet interval, recorded none: its request, its
-    // start and its end are all it left in the log.
+    // changed nothing and took well under the quiet interval, recorded none and never needed
+    // to start in the log: its request and its end are all it left there.
     let events = world.events().await;
     let of_run = |run: SyncId| {
         events
@@ -300,7 +304,117 @@ async fn a_full_sync_publishes_each_record_once_and_an_unchanged_one_nothing() {
         "three contact pages and one company page recorded: {}",
         of_run(first)
     );
-    assert_eq!(of_run(second), 3, "nothing changed: no progress recorded");
+    assert_eq!(
+        of_run(second),
+        2,
+        "nothing changed: no start, no progress recorded"
+    );
+    world.follower.abort();
+}
+
+/// The events a run left in the integration's stream, as the log stores them.
+async fn stored_events_of(world: &World, run: SyncId) -> Vec<eventstore::RecordedEvent> {
+    world
+        .repo
+        .store()
+        .read_stream(&world.stream(), 1, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| {
+            let sync_id = match event.decode::<IntegrationEvent>().unwrap() {
+                Some(IntegrationEvent::SyncRequested(e)) => e.sync_id,
+                Some(IntegrationEvent::SyncStarted(e)) => e.sync_id,
+                Some(IntegrationEvent::SyncProgressed(e)) => e.sync_id,
+                Some(IntegrationEvent::SyncCompleted(e)) => e.sync_id,
+                Some(IntegrationEvent::SyncFailed(e)) => e.sync_id,
+                _ => return false,
+            };
+            sync_id == run
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_incremental_run_that_finds_nothing_leaves_two_events_and_under_4_kb() {
+    let world = World::new(250).await;
+    world.sync(SyncKind::Full).await;
+    let before = world.events().await.len();
+    let (idle, totals) = completed(&world.sync(SyncKind::Incremental).await);
+    world.worker.wait_idle().await;
+    assert_eq!((totals.created, totals.updated, totals.deleted), (0, 0, 0));
+    // Counted across the whole log: nothing else was appended anywhere for this run.
+    assert_eq!(world.events().await.len(), before + 2);
+    let events = stored_events_of(&world, idle).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(kinds, ["SyncRequested", "SyncCompleted"]);
+    let bytes: usize = events
+        .iter()
+        .map(|event| {
+            eventstore::wire::encode(eventstore::wire::EventParts::from(event))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!(bytes <= 4096, "the idle run stored {bytes} bytes");
+    assert!(world.changes_of(idle).await.is_empty(), "nothing published");
+    world.follower.abort();
+}
+
+#[tokio::test]
+async fn a_change_made_while_a_worker_holds_a_quiet_run_is_taken_by_a_follow_up() {
+    let world = World::new(400).await;
+    world.sync(SyncKind::Full).await;
+    world.worker.wait_idle().await;
+    // A quiet full run, slowed so that it is still reading when the change is made.
+    world.fake.faults.slow(Duration::from_millis(150));
+    let leases = Leases::new(world.db.clone(), "the-gateway");
+    let asked = world.fake.counters.requests.load(Ordering::SeqCst);
+    let quiet = world.request(SyncKind::Full).await;
+    eventually(
+        WAIT,
+        "the run has claimed and read its first pages",
+        || async {
+            let claimed = adapters::sync::run_claimed(&leases, world.id)
+                .await
+                .unwrap();
+            let read = world.fake.counters.requests.load(Ordering::SeqCst) - asked;
+            (claimed && read >= 2).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        world.state().await.running_sync.is_none(),
+        "a quiet run has not started in the log"
+    );
+    // Contact 1 lives on the first page, which the run has read already: a request that
+    // joined this run would never see the change.
+    world.fake.set("contacts", 1, &[("firstname", "Changed")]);
+    let claimed = adapters::sync::run_claimed(&leases, world.id)
+        .await
+        .unwrap();
+    assert!(claimed);
+    let follow_up = SyncId::new();
+    world
+        .command(IntegrationCommand::RequestSync {
+            sync_id: follow_up,
+            kind: SyncKind::Incremental,
+            claimed,
+        })
+        .await;
+    assert_eq!(
+        world.state().await.queued_sync.map(|q| q.sync_id),
+        Some(follow_up)
+    );
+    world.fake.faults.slow(Duration::ZERO);
+    let (_, quiet_totals) = completed(&world.ended(quiet).await);
+    let (_, totals) = completed(&world.ended(follow_up).await);
+    assert_eq!(quiet_totals.updated + totals.updated, 1);
+    assert_eq!(totals.updated, 1, "the follow-up found the change");
+    let changes = world.changes_of(follow_up).await;
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].change.record_id, "1");
+    assert_eq!(changes[0].change.op, RecordOp::Updated);
     world.follower.abort();
 }
 

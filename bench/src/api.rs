@@ -220,6 +220,7 @@ async fn append_sync_requested(store: &SledEventStore, id: IntegrationId) -> any
     let user: domain::UserId = "ada".parse().expect("a valid user id");
     let event = NewEvent::from_domain(
         &domain::IntegrationEvent::SyncRequested(domain::integration::SyncRequested {
+            follow_up: false,
             sync_id: domain::SyncId::new(),
             kind: domain::integration::SyncKind::Full,
             trigger: domain::integration::SyncTrigger::Manual { user: user.clone() },

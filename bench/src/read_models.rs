@@ -193,7 +193,14 @@ impl Generated {
         } else {
             SyncKind::Incremental
         };
-        commands.push((IntegrationCommand::RequestSync { sync_id, kind }, ctx));
+        commands.push((
+            IntegrationCommand::RequestSync {
+                sync_id,
+                kind,
+                claimed: false,
+            },
+            ctx,
+        ));
         commands.push((
             IntegrationCommand::StartSync {
                 sync_id,

@@ -168,6 +168,7 @@ impl Stack {
             .execute::<Integration>(
                 &stream,
                 &IntegrationCommand::RequestSync {
+                    claimed: false,
                     sync_id,
                     kind: SyncKind::Full,
                 },

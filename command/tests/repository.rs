@@ -140,6 +140,7 @@ async fn long_history(
         .execute::<Integration>(
             &stream,
             &C::RequestSync {
+                claimed: false,
                 sync_id,
                 kind: SyncKind::Full,
             },
@@ -293,6 +294,7 @@ async fn concurrent_commands_on_one_integration_are_decided_one_after_another() 
                 .execute::<Integration>(
                     &stream,
                     &C::RequestSync {
+                        claimed: false,
                         sync_id: SyncId::new(),
                         kind: SyncKind::Full,
                     },

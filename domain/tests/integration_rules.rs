@@ -19,6 +19,7 @@ fn given(events: Vec<(E, domain::Metadata)>) -> Given<Integration> {
 
 fn requested(sync_id: SyncId) -> (E, domain::Metadata) {
     with_meta(E::SyncRequested(SyncRequested {
+        follow_up: false,
         sync_id,
         kind: SyncKind::Full,
         trigger: SyncTrigger::Manual { user: user("ada") },
@@ -272,6 +273,7 @@ fn another_users_personal_integration_is_not_found_even_for_an_admin() {
     given(vec![gcal_of("max")])
         .when(
             C::RequestSync {
+                claimed: false,
                 sync_id: SyncId::new(),
                 kind: SyncKind::Full,
             },
@@ -301,6 +303,7 @@ fn auditors_change_nothing() {
     given(vec![hubspot()])
         .when(
             C::RequestSync {
+                claimed: false,
                 sync_id: SyncId::new(),
                 kind: SyncKind::Full,
             },
@@ -313,6 +316,7 @@ fn auditors_change_nothing() {
 fn a_member_without_the_permission_changes_no_workspace_integration() {
     for command in [
         C::RequestSync {
+            claimed: false,
             sync_id: SyncId::new(),
             kind: SyncKind::Full,
         },
@@ -346,12 +350,14 @@ fn the_owner_manages_their_personal_integration() {
     given(vec![gcal_of("max")])
         .when(
             C::RequestSync {
+                claimed: false,
                 sync_id,
                 kind: SyncKind::Full,
             },
             &member(),
         )
         .then_expect(vec![E::SyncRequested(SyncRequested {
+            follow_up: false,
             sync_id,
             kind: SyncKind::Full,
             trigger: SyncTrigger::Manual { user: user("max") },
@@ -579,6 +585,7 @@ fn a_sync_is_rejected_while_reauth_is_needed() {
     given(vec![hubspot(), expired()])
         .when(
             C::RequestSync {
+                claimed: false,
                 sync_id: SyncId::new(),
                 kind: SyncKind::Full,
             },
@@ -593,12 +600,14 @@ fn a_manual_sync_records_who_asked_and_a_scheduled_one_says_schedule() {
     given(vec![hubspot()])
         .when(
             C::RequestSync {
+                claimed: false,
                 sync_id,
                 kind: SyncKind::Full,
             },
             &manager(),
         )
         .then_expect(vec![E::SyncRequested(SyncRequested {
+            follow_up: false,
             sync_id,
             kind: SyncKind::Full,
             trigger: SyncTrigger::Manual { user: user("mia") },
@@ -606,12 +615,14 @@ fn a_manual_sync_records_who_asked_and_a_scheduled_one_says_schedule() {
     given(vec![hubspot()])
         .when(
             C::RequestSync {
+                claimed: false,
                 sync_id,
                 kind: SyncKind::Incremental,
             },
             &system(),
         )
         .then_expect(vec![E::SyncRequested(SyncRequested {
+            follow_up: false,
             sync_id,
             kind: SyncKind::Incremental,
             trigger: SyncTrigger::Schedule,
@@ -624,6 +635,7 @@ fn a_request_while_one_is_pending_is_coalesced() {
     given(vec![hubspot(), requested(first)])
         .when(
             C::RequestSync {
+                claimed: false,
                 sync_id: SyncId::new(),
                 kind: SyncKind::Full,
             },
@@ -638,18 +650,126 @@ fn a_request_during_a_run_queues_one_follow_up() {
     let state = given(vec![hubspot(), requested(running), started(running)])
         .when(
             C::RequestSync {
+                claimed: false,
                 sync_id: follow_up,
                 kind: SyncKind::Full,
             },
             &admin(),
         )
         .then_expect(vec![E::SyncRequested(SyncRequested {
+            follow_up: false,
             sync_id: follow_up,
             kind: SyncKind::Full,
             trigger: SyncTrigger::Manual { user: user("ada") },
         })]);
     assert_eq!(state.running_sync.unwrap().sync_id, running);
     assert_eq!(state.pending_sync.unwrap().sync_id, follow_up);
+}
+
+fn follow_up(sync_id: SyncId) -> (E, domain::Metadata) {
+    with_meta(E::SyncRequested(SyncRequested {
+        follow_up: true,
+        sync_id,
+        kind: SyncKind::Incremental,
+        trigger: SyncTrigger::Schedule,
+    }))
+}
+
+#[test]
+fn a_request_while_a_worker_holds_the_pending_run_queues_one_follow_up() {
+    let (pending, next, later) = (SyncId::new(), SyncId::new(), SyncId::new());
+    let state = given(vec![hubspot(), requested(pending)])
+        .when(
+            C::RequestSync {
+                claimed: true,
+                sync_id: next,
+                kind: SyncKind::Incremental,
+            },
+            &system(),
+        )
+        .then_expect(vec![E::SyncRequested(SyncRequested {
+            follow_up: true,
+            sync_id: next,
+            kind: SyncKind::Incremental,
+            trigger: SyncTrigger::Schedule,
+        })]);
+    assert_eq!(state.pending_sync.unwrap().sync_id, pending);
+    assert_eq!(state.queued_sync.unwrap().sync_id, next);
+    // One follow-up at most: a further request joins it.
+    given(vec![hubspot(), requested(pending), follow_up(next)])
+        .when(
+            C::RequestSync {
+                claimed: true,
+                sync_id: later,
+                kind: SyncKind::Full,
+            },
+            &admin(),
+        )
+        .then_expect(vec![]);
+}
+
+#[test]
+fn a_pending_run_that_found_nothing_ends_without_starting_and_its_follow_up_takes_its_place() {
+    let (pending, next) = (SyncId::new(), SyncId::new());
+    let state = given(vec![hubspot(), requested(pending), follow_up(next)])
+        .when(
+            C::CompleteSync {
+                sync_id: pending,
+                duration_ms: 12,
+                unrecorded: counts(80, 0),
+            },
+            &system(),
+        )
+        .then_expect(vec![E::SyncCompleted(SyncCompleted {
+            sync_id: pending,
+            totals: counts(80, 0),
+            duration_ms: 12,
+        })]);
+    assert!(state.running_sync.is_none());
+    assert_eq!(state.pending_sync.unwrap().sync_id, next);
+    assert!(state.queued_sync.is_none());
+    assert!(state.last_changed_at.is_none(), "nothing changed");
+    assert_eq!(state.last_sync.unwrap().sync_id, pending);
+}
+
+#[test]
+fn a_follow_up_becomes_pending_once_the_run_ahead_of_it_starts() {
+    let (pending, next) = (SyncId::new(), SyncId::new());
+    let state = given(vec![hubspot(), requested(pending), follow_up(next)])
+        .when(
+            C::StartSync {
+                sync_id: pending,
+                cursor: None,
+            },
+            &system(),
+        )
+        .then_expect(vec![E::SyncStarted(SyncStarted {
+            sync_id: pending,
+            cursor: None,
+        })]);
+    assert_eq!(state.running_sync.unwrap().sync_id, pending);
+    assert_eq!(state.pending_sync.unwrap().sync_id, next);
+    assert!(state.queued_sync.is_none());
+}
+
+#[test]
+fn a_run_that_changed_records_is_when_the_integration_last_changed() {
+    let sync_id = SyncId::new();
+    let state = given(vec![hubspot(), requested(sync_id)])
+        .when(
+            C::CompleteSync {
+                sync_id,
+                duration_ms: 5,
+                unrecorded: counts(3, 1),
+            },
+            &system(),
+        )
+        .then_expect(vec![E::SyncCompleted(SyncCompleted {
+            sync_id,
+            totals: counts(3, 1),
+            duration_ms: 5,
+        })]);
+    assert!(state.last_changed_at.is_some());
 }
 
 #[test]
@@ -756,6 +876,7 @@ fn a_sync_id_is_never_reused() {
     given(vec![hubspot(), requested(sync_id), started(sync_id)])
         .when(
             C::RequestSync {
+                claimed: false,
                 sync_id,
                 kind: SyncKind::Full,
             },
@@ -1488,6 +1609,7 @@ fn nothing_happens_to_a_deleted_integration() {
     given(vec![hubspot(), disconnected(), deleted])
         .when(
             C::RequestSync {
+                claimed: false,
                 sync_id: SyncId::new(),
                 kind: SyncKind::Full,
             },

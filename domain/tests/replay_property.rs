@@ -96,6 +96,7 @@ fn command(op: (u8, u8, u8, u8)) -> C {
             expires_at: None,
         },
         5 => C::RequestSync {
+            claimed: false,
             sync_id: sync_id(a % 2),
             kind: if b % 2 == 0 {
                 SyncKind::Full

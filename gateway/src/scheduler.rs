@@ -74,6 +74,7 @@ impl Scheduler {
                 continue;
             };
             let command = IntegrationCommand::RequestSync {
+                claimed: adapters::sync::run_claimed(&self.leases, id).await?,
                 sync_id,
                 kind: SyncKind::Incremental,
             };

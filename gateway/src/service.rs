@@ -181,7 +181,8 @@ pub(crate) struct SyncRequest {
     pub(crate) coalesced: bool,
 }
 
-/// Requests a full sync now; a request while one is queued joins it.
+/// Requests a sync now; a request while one is pending joins it, unless a worker has
+/// claimed that run, when it is queued to follow it.
 pub(crate) async fn request_sync(
     state: &AppState,
     caller: &Caller,
@@ -189,12 +190,20 @@ pub(crate) async fn request_sync(
     kind: domain::integration::SyncKind,
 ) -> Result<SyncRequest, Problem> {
     let sync_id = SyncId::new();
+    // Asked before the state is loaded: see `run_claimed`.
+    let claimed = adapters::sync::run_claimed(&state.services.leases, id)
+        .await
+        .map_err(|error| Problem::failed("the sync leases cannot be read", &error))?;
     let decided = state
         .services
         .repository
         .decide::<Integration>(
             &StreamName::integration(id),
-            &IntegrationCommand::RequestSync { sync_id, kind },
+            &IntegrationCommand::RequestSync {
+                sync_id,
+                kind,
+                claimed,
+            },
             &caller.context(),
         )
         .await

@@ -90,6 +90,8 @@ pub struct Services {
     pub credentials: Arc<adapters::credentials::CredentialService>,
     /// The provider clients.
     pub providers: adapters::providers::Providers,
+    /// The leases of this process: a sync request asks whether a worker holds its run.
+    pub leases: database::lease::Leases,
 }
 
 impl std::fmt::Debug for Services {
@@ -141,6 +143,7 @@ impl Services {
             connections,
             credentials,
             providers,
+            leases,
         }
     }
 }

@@ -202,6 +202,7 @@ impl Service {
             .execute::<Integration>(
                 &StreamName::integration(id),
                 &IntegrationCommand::RequestSync {
+                    claimed: false,
                     sync_id,
                     kind: SyncKind::Full,
                 },

@@ -164,6 +164,7 @@ async fn life(kind: &str) {
         &admin,
         id,
         IntegrationCommand::RequestSync {
+            claimed: false,
             sync_id,
             kind: SyncKind::Full,
         },
@@ -229,6 +230,7 @@ async fn life(kind: &str) {
         &admin,
         id,
         IntegrationCommand::RequestSync {
+            claimed: false,
             sync_id: failing,
             kind: SyncKind::Full,
         },
@@ -419,6 +421,7 @@ async fn life(kind: &str) {
         &admin,
         id,
         IntegrationCommand::RequestSync {
+            claimed: false,
             sync_id: waiting,
             kind: SyncKind::Full,
         },
@@ -510,6 +513,7 @@ async fn visibility(kind: &str) {
         &max,
         personal,
         IntegrationCommand::RequestSync {
+            claimed: false,
             sync_id,
             kind: SyncKind::Incremental,
         },
@@ -561,6 +565,7 @@ async fn rebuild(kind: &str) {
             &admin_or_owner(n),
             *id,
             IntegrationCommand::RequestSync {
+                claimed: false,
                 sync_id,
                 kind: SyncKind::Full,
             },
@@ -940,6 +945,7 @@ async fn an_unknown_type_is_passed_over_and_an_undecodable_event_stops_only_its_
             &ada,
             other,
             IntegrationCommand::RequestSync {
+                claimed: false,
                 sync_id: SyncId::new(),
                 kind: SyncKind::Full,
             },

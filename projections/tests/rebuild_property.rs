@@ -94,6 +94,7 @@ async fn play(steps: &[Step]) -> (tempfile::TempDir, Arc<SledEventStore>, Vec<In
                 (
                     *i,
                     IntegrationCommand::RequestSync {
+                        claimed: false,
                         sync_id: id,
                         kind: SyncKind::Full,
                     },

@@ -15,9 +15,12 @@
 //! processed twice (a crash between steps 4 and 5) publishes nothing twice.
 //!
 //! At most one run per integration at a time, in this process and across processes: a run
-//! holds the integration's lease, renewed while it works. A request during a run is coalesced
-//! by the domain into one pending follow-up, which the worker starts when the run ends. A run
-//! interrupted by a crash resumes from the cursor of its last `SyncProgressed`.
+//! holds the integration's lease, renewed while it works. The lease is the claim: a run
+//! appends `SyncStarted` only with the first progress it records, so a run that changes
+//! nothing leaves its request and its end alone in the log. A request while the lease is held
+//! ([`run_claimed`]) is queued by the domain as one follow-up, which the worker runs when the
+//! run ends; one made before the claim joins the pending run, which reads the provider after
+//! it. A run interrupted by a crash resumes from the cursor of its last `SyncProgressed`.
 
 use eventstore::follow::{Follower, InFlight};
 use eventstore::RecordedEvent;
@@ -126,6 +129,21 @@ impl RunError {
             _ => false,
         }
     }
+}
+
+/// The lease a worker holds while it runs the integration's sync: who holds it has claimed
+/// the pending run.
+fn run_lease(id: IntegrationId) -> String {
+    format!("sync:{id}")
+}
+
+/// Whether a worker holds the integration's run now (its lease is live). A sync request made
+/// while it does is queued as a follow-up rather than joined to the pending run
+/// (`IntegrationCommand::RequestSync`'s `claimed`). Ask this *before* loading the
+/// integration's state to decide the request: a run that claims later reads the provider
+/// after the request, and one that ends in between leaves no pending run to join.
+pub async fn run_claimed(leases: &Leases, id: IntegrationId) -> Result<bool, ServiceDbError> {
+    Ok(leases.holder_of(&run_lease(id)).await?.is_some())
 }
 
 /// How long a run interrupted by the log or the database being away waits before it is
@@ -416,7 +434,7 @@ impl SyncWorker {
             .acquire()
             .await
             .map_err(|_| RunError::Internal("the worker is shutting down".into()))?;
-        let lease = format!("sync:{id}");
+        let lease = run_lease(id);
         let ttl = self.inner.config.lease_ttl;
         if !self.inner.leases.try_acquire(&lease, ttl).await? {
             if self.inner.queue.get().is_none() {
@@ -461,12 +479,14 @@ impl SyncWorker {
     /// whether it had.
     async fn run_next(&self, id: IntegrationId, stop: Stop) -> Result<bool, RunError> {
         let stream = StreamName::integration(id);
-        let mut held = self.inner.repo.hold::<Integration>(&stream).await?;
+        let held = self.inner.repo.hold::<Integration>(&stream).await?;
         let state = held.state.clone();
         if state.status != Status::Connected {
             return Ok(false);
         }
-        let (sync_id, kind, cursor, mut page_no, mut totals) =
+        // A pending run is claimed by the lease this process holds, not by an event: its
+        // `SyncStarted` is appended with the first progress it records.
+        let (sync_id, kind, cursor, mut page_no, mut totals, started_in_log) =
             match (&state.running_sync, &state.pending_sync) {
                 (Some(running), _) => (
                     running.sync_id,
@@ -474,35 +494,16 @@ impl SyncWorker {
                     RunCursor::decode(running.cursor.as_deref()),
                     running.pages,
                     running.totals,
+                    true,
                 ),
-                (None, Some(pending)) => {
-                    let started = self
-                        .inner
-                        .repo
-                        .execute_held::<Integration>(
-                            &stream,
-                            &mut held,
-                            &IntegrationCommand::StartSync {
-                                sync_id: pending.sync_id,
-                                cursor: None,
-                            },
-                            &context("sync worker"),
-                        )
-                        .await;
-                    match started {
-                        Ok(_) => {}
-                        // Someone else started it between the load and now.
-                        Err(RepositoryError::Domain(_)) => return Ok(false),
-                        Err(error) => return Err(error.into()),
-                    }
-                    (
-                        pending.sync_id,
-                        pending.kind,
-                        RunCursor::default(),
-                        0,
-                        RecordCounts::default(),
-                    )
-                }
+                (None, Some(pending)) => (
+                    pending.sync_id,
+                    pending.kind,
+                    RunCursor::default(),
+                    0,
+                    RecordCounts::default(),
+                    false,
+                ),
                 (None, None) => return Ok(false),
             };
         tracing::info!(integration = %id, sync = %sync_id, holder = self.inner.leases.holder(), "running a sync");
@@ -518,6 +519,7 @@ impl SyncWorker {
             started: Instant::now(),
             recorded: std::sync::Mutex::new(Instant::now()),
             unrecorded: std::sync::Mutex::default(),
+            started_in_log: std::sync::atomic::AtomicBool::new(started_in_log),
         };
         // Everything the run logs carries its integration and run.
         let span = tracing::info_span!("sync_run", integration = %id, sync = %sync_id);

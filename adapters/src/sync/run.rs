@@ -52,6 +52,10 @@ pub(super) struct Run<'a> {
     pub(super) recorded: std::sync::Mutex<Instant>,
     /// What the pages whose progress was not recorded counted, for the run's totals.
     pub(super) unrecorded: std::sync::Mutex<RecordCounts>,
+    /// Whether the run's `SyncStarted` is in the log. A run is claimed by its lease, not by an
+    /// event: it appends `SyncStarted` with the first progress it records, so a run that finds
+    /// nothing appends only its end.
+    pub(super) started_in_log: std::sync::atomic::AtomicBool,
 }
 
 /// Progress through pages that changed nothing is recorded at most this often. A run killed
@@ -224,7 +228,7 @@ impl Run<'_> {
                             }
                         }
                         if record {
-                            self.execute_all(&commands).await?;
+                            self.record(commands).await?;
                         }
                     }
                     Ok::<(), RunError>(())
@@ -537,14 +541,34 @@ impl Run<'_> {
         counts: RecordCounts,
         cursor: RunCursor,
     ) -> Result<(), RunError> {
-        self.execute(IntegrationCommand::RecordSyncProgress {
+        self.record(vec![IntegrationCommand::RecordSyncProgress {
             sync_id: self.sync_id,
             object: object.to_owned(),
             page,
             counts,
             cursor: Some(cursor.encode()),
-        })
+        }])
         .await
+    }
+
+    /// Appends progress, preceded by the run's `SyncStarted` the first time.
+    async fn record(&self, mut commands: Vec<IntegrationCommand>) -> Result<(), RunError> {
+        use std::sync::atomic::Ordering;
+        let starting = !self.started_in_log.load(Ordering::Acquire);
+        if starting {
+            commands.insert(
+                0,
+                IntegrationCommand::StartSync {
+                    sync_id: self.sync_id,
+                    cursor: None,
+                },
+            );
+        }
+        self.execute_all(&commands).await?;
+        if starting {
+            self.started_in_log.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     async fn execute(&self, command: IntegrationCommand) -> Result<(), RunError> {

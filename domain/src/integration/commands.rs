@@ -48,9 +48,13 @@ pub enum IntegrationCommand {
         expires_at: Option<Timestamp>,
     },
     /// A user asks for a sync (manual trigger) or the scheduler does (system caller).
+    /// `claimed`: a worker held the integration's run (its lease) when the request was made,
+    /// so a pending run may already be reading the provider and the request queues a
+    /// follow-up instead of joining it.
     RequestSync {
         sync_id: SyncId,
         kind: SyncKind,
+        claimed: bool,
     },
     StartSync {
         sync_id: SyncId,

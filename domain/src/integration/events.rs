@@ -98,6 +98,11 @@ pub struct SyncRequested {
     pub sync_id: SyncId,
     pub kind: SyncKind,
     pub trigger: SyncTrigger,
+    /// Asked while a worker held the pending run (its lease): the run may already have read
+    /// past what prompted this request, so it is queued to follow that run instead of joining
+    /// it. Absent (false) in events written before follow-ups existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow_up: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +127,11 @@ impl RecordCounts {
         self.created += other.created;
         self.updated += other.updated;
         self.deleted += other.deleted;
+    }
+
+    /// Whether any record was created, updated or deleted.
+    pub fn changed(&self) -> bool {
+        self.created + self.updated + self.deleted > 0
     }
 }
 

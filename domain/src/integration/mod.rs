@@ -134,8 +134,15 @@ pub struct Integration {
     pub credential_ref: Option<CredentialRef>,
     pub token_expires_at: Option<Timestamp>,
     pub pending_sync: Option<PendingSync>,
+    /// A request made while a worker held the pending run: it runs after that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_sync: Option<PendingSync>,
     pub running_sync: Option<RunningSync>,
     pub last_sync: Option<LastSync>,
+    /// When a run last created, updated or deleted a record: the runs after it, however many,
+    /// found nothing new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_changed_at: Option<Timestamp>,
     pub last_test: Option<LastTest>,
     pub mapping_version: u32,
     pub mappings: BTreeMap<String, ObjectMapping>,
@@ -303,7 +310,7 @@ impl Aggregate for Integration {
     type Command = IntegrationCommand;
     type Event = IntegrationEvent;
 
-    const SNAPSHOT_SCHEMA: u32 = 2;
+    const SNAPSHOT_SCHEMA: u32 = 3;
 
     fn handle(
         &self,
@@ -342,7 +349,11 @@ impl Aggregate for Integration {
                 granted_scopes,
                 expires_at,
             } => self.reauthenticate(app, context, credential_ref, granted_scopes, expires_at),
-            C::RequestSync { sync_id, kind } => self.request_sync(app, context, sync_id, kind),
+            C::RequestSync {
+                sync_id,
+                kind,
+                claimed,
+            } => self.request_sync(app, context, sync_id, kind, *claimed),
             C::StartSync { sync_id, cursor } => self.start_sync(context, sync_id, cursor),
             C::RecordSyncProgress {
                 sync_id,
@@ -458,16 +469,23 @@ impl Aggregate for Integration {
                 self.token_expires_at = e.expires_at;
             }
             E::SyncRequested(e) => {
-                self.pending_sync = Some(PendingSync {
+                let request = PendingSync {
                     sync_id: e.sync_id,
                     kind: e.kind,
-                })
+                };
+                if e.follow_up && self.pending_sync.is_some() {
+                    self.queued_sync = Some(request);
+                } else {
+                    self.pending_sync = Some(request);
+                }
             }
             E::SyncStarted(e) => {
                 let kind = self
                     .pending_sync
                     .take()
                     .map_or(SyncKind::Full, |pending| pending.kind);
+                // The run is under way: a follow-up queued behind it is now simply pending.
+                self.pending_sync = self.queued_sync.take();
                 self.running_sync = Some(RunningSync {
                     sync_id: e.sync_id,
                     kind,
@@ -489,7 +507,7 @@ impl Aggregate for Integration {
                 }
             }
             E::SyncCompleted(e) => {
-                self.running_sync = None;
+                self.end_sync(e.sync_id, &e.totals, metadata.occurred_at);
                 self.last_sync = Some(LastSync {
                     sync_id: e.sync_id,
                     outcome: SyncOutcome::Completed,
@@ -498,20 +516,7 @@ impl Aggregate for Integration {
                 });
             }
             E::SyncFailed(e) => {
-                if self
-                    .running_sync
-                    .as_ref()
-                    .is_some_and(|r| r.sync_id == e.sync_id)
-                {
-                    self.running_sync = None;
-                }
-                if self
-                    .pending_sync
-                    .as_ref()
-                    .is_some_and(|p| p.sync_id == e.sync_id)
-                {
-                    self.pending_sync = None;
-                }
+                self.end_sync(e.sync_id, &e.totals, metadata.occurred_at);
                 self.last_sync = Some(LastSync {
                     sync_id: e.sync_id,
                     outcome: SyncOutcome::Failed {
@@ -564,6 +569,7 @@ impl Aggregate for Integration {
                 self.token_expires_at = None;
                 self.schedule_minutes = None;
                 self.pending_sync = None;
+                self.queued_sync = None;
                 self.running_sync = None;
                 self.open_actions.clear();
             }
@@ -602,6 +608,28 @@ impl Aggregate for Integration {
 }
 
 impl Integration {
+    /// Run `sync_id` ended, running or still pending (a run that found nothing never starts):
+    /// a follow-up queued behind a pending run takes its place.
+    fn end_sync(&mut self, sync_id: SyncId, totals: &RecordCounts, at: Timestamp) {
+        if self
+            .running_sync
+            .as_ref()
+            .is_some_and(|r| r.sync_id == sync_id)
+        {
+            self.running_sync = None;
+        }
+        if self
+            .pending_sync
+            .as_ref()
+            .is_some_and(|p| p.sync_id == sync_id)
+        {
+            self.pending_sync = self.queued_sync.take();
+        }
+        if totals.changed() {
+            self.last_changed_at = Some(at);
+        }
+    }
+
     fn running(&self, sync_id: SyncId) -> Result<&RunningSync, DomainError> {
         self.running_sync
             .as_ref()

@@ -5,14 +5,16 @@ use super::*;
 use IntegrationEvent as E;
 
 impl Integration {
-    /// A sync asked for by a user (manual) or the scheduler (system); coalesced into the one
-    /// already pending.
+    /// A sync asked for by a user (manual) or the scheduler (system). It joins the run already
+    /// pending unless a worker has claimed that run (`claimed`: it may have read the provider
+    /// past what prompted this request), in which case it is queued to follow it — once.
     pub(super) fn request_sync(
         &self,
         app: &App,
         context: &CommandContext,
         sync_id: &SyncId,
         kind: &SyncKind,
+        claimed: bool,
     ) -> Result<Vec<IntegrationEvent>, DomainError> {
         let caps = &app.capabilities;
         let trigger = match &context.caller {
@@ -47,18 +49,26 @@ impl Integration {
             || self
                 .last_sync
                 .as_ref()
-                .is_some_and(|l| l.sync_id == *sync_id);
+                .is_some_and(|l| l.sync_id == *sync_id)
+            || [&self.pending_sync, &self.queued_sync]
+                .into_iter()
+                .flatten()
+                .any(|p| p.sync_id == *sync_id);
         if reused {
             return Err(DomainError::SyncIdReused(*sync_id));
         }
-        if self.pending_sync.is_some() {
-            // Coalesced: the follow-up run already queued will pick up these changes.
-            return Ok(Vec::new());
-        }
+        // A run that has started (its `SyncStarted` is in the log) has its pending follow-up;
+        // a pending one not yet claimed reads the provider after this request, so it covers it.
+        let follow_up = match (&self.pending_sync, &self.queued_sync) {
+            (None, _) => false,
+            (Some(_), None) if claimed && self.running_sync.is_none() => true,
+            (Some(_), _) => return Ok(Vec::new()),
+        };
         Ok(vec![E::SyncRequested(SyncRequested {
             sync_id: *sync_id,
             kind: *kind,
             trigger,
+            follow_up,
         })])
     }
 
@@ -108,7 +118,8 @@ impl Integration {
         })])
     }
 
-    /// The running sync finished (system only).
+    /// The running sync finished, or the pending one that never needed to start: it found
+    /// nothing to record (system only).
     pub(super) fn complete_sync(
         &self,
         context: &CommandContext,
@@ -117,8 +128,7 @@ impl Integration {
         unrecorded: &RecordCounts,
     ) -> Result<Vec<IntegrationEvent>, DomainError> {
         self.authorize(context, Access::System)?;
-        let running = self.running(*sync_id)?;
-        let mut totals = running.totals;
+        let mut totals = self.run_totals(*sync_id)?;
         totals.add(unrecorded);
         Ok(vec![E::SyncCompleted(SyncCompleted {
             sync_id: *sync_id,
@@ -138,15 +148,8 @@ impl Integration {
         unrecorded: &RecordCounts,
     ) -> Result<Vec<IntegrationEvent>, DomainError> {
         self.authorize(context, Access::System)?;
-        let totals = match (&self.running_sync, &self.pending_sync) {
-            (Some(running), _) if running.sync_id == *sync_id => {
-                let mut totals = running.totals;
-                totals.add(unrecorded);
-                totals
-            }
-            (_, Some(pending)) if pending.sync_id == *sync_id => RecordCounts::default(),
-            _ => return Err(DomainError::SyncNotRunning(*sync_id)),
-        };
+        let mut totals = self.run_totals(*sync_id)?;
+        totals.add(unrecorded);
         Ok(vec![E::SyncFailed(SyncFailed {
             sync_id: *sync_id,
             code: code.to_owned(),
@@ -154,6 +157,17 @@ impl Integration {
             retryable: *retryable,
             totals,
         })])
+    }
+
+    /// What run `sync_id` has recorded so far: a running run's totals, nothing for a pending
+    /// one (claimed by a worker's lease, it appends `SyncStarted` only with its first
+    /// recorded page).
+    fn run_totals(&self, sync_id: SyncId) -> Result<RecordCounts, DomainError> {
+        match (&self.running_sync, &self.pending_sync) {
+            (Some(running), _) if running.sync_id == sync_id => Ok(running.totals),
+            (_, Some(pending)) if pending.sync_id == sync_id => Ok(RecordCounts::default()),
+            _ => Err(DomainError::SyncNotRunning(sync_id)),
+        }
     }
 
     /// An object's field mapping replaced, checked against the app's (or the provider's

@@ -122,6 +122,7 @@ pub async fn sync_once(repository: &Repository, id: IntegrationId, pages: u32) {
     };
     run(
         IntegrationCommand::RequestSync {
+            claimed: false,
             sync_id,
             kind: SyncKind::Incremental,
         },
