@@ -514,6 +514,22 @@ macro_rules! in_list {
     }};
 }
 
+/// Binds `binds` in order to a query of either database.
+macro_rules! bind_all {
+    ($query:expr, $binds:expr) => {{
+        let mut query = $query;
+        for bind in $binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text.as_str()),
+                Bind::Int(n) => query.bind(*n),
+                Bind::MaybeText(text) => query.bind(text.as_deref()),
+                Bind::MaybeInt(n) => query.bind(*n),
+            };
+        }
+        query
+    }};
+}
+
 impl WriteTx {
     /// Runs `head` followed by `(…), (…)` holding `rows`, then `tail` (an `ON CONFLICT …`
     /// clause, say): as few statements as the parameter limit allows.
@@ -570,6 +586,30 @@ impl WriteTx {
         Ok(out)
     }
 
+    /// Runs `sql` with `binds` ($1, $2, … in order) inside the transaction and reads every
+    /// row as a `T`.
+    pub async fn fetch_all<T>(
+        &mut self,
+        sql: &str,
+        binds: &[Bind],
+    ) -> Result<Vec<T>, ServiceDbError>
+    where
+        T: EitherRow,
+    {
+        Ok(match self {
+            WriteTx::Sqlite(tx) => {
+                bind_all!(sqlx::query_as::<_, T>(sql), binds)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+            WriteTx::Postgres(tx) => {
+                bind_all!(sqlx::query_as::<_, T>(sql), binds)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+        })
+    }
+
     /// Runs `head` (a statement ending in `… IN `) for `keys`.
     pub async fn execute_in(&mut self, head: &str, keys: &[String]) -> Result<(), ServiceDbError> {
         for chunk in chunks(keys, MAX_BINDS) {
@@ -612,22 +652,6 @@ where
         }
     }
     Ok(out)
-}
-
-/// Binds `binds` in order to a query of either database.
-macro_rules! bind_all {
-    ($query:expr, $binds:expr) => {{
-        let mut query = $query;
-        for bind in $binds {
-            query = match bind {
-                Bind::Text(text) => query.bind(text.as_str()),
-                Bind::Int(n) => query.bind(*n),
-                Bind::MaybeText(text) => query.bind(text.as_deref()),
-                Bind::MaybeInt(n) => query.bind(*n),
-            };
-        }
-        query
-    }};
 }
 
 /// Runs `sql` with `binds` ($1, $2, … in order) and returns how many rows it changed.

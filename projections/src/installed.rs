@@ -17,8 +17,9 @@ use crate::db::{fetch_all, Bind, ServiceDb, ServiceDbError, Target, WriteTx};
 pub const NAME: &str = "installed";
 
 /// The version of what this code makes of the events. 2: an integration reauthenticated after
-/// a failed sync is `connected` (the state remembers when it was reauthenticated).
-pub const VERSION: u64 = 2;
+/// a failed sync is `connected` (the state remembers when it was reauthenticated). 3: rows say
+/// when a run last changed something (`last_changed_at`).
+pub const VERSION: u64 = 3;
 
 /// Its table.
 pub(crate) const TABLE: &str = "installed";
@@ -37,8 +38,13 @@ pub struct InstalledRow {
     pub status: String,
     pub connected_by: String,
     pub connected_at: String,
+    /// When the last run ended: when the integration was last checked, whether or not the
+    /// run found anything.
     pub last_sync_at: Option<String>,
     pub last_sync_outcome: Option<String>,
+    /// When a run last created, updated or deleted a record; older than `last_sync_at` when
+    /// the runs since found nothing new.
+    pub last_changed_at: Option<String>,
     pub records_pulled: i64,
     pub records_created: i64,
     pub records_updated: i64,
@@ -96,6 +102,7 @@ pub fn row_of(integration: &Integration) -> Option<InstalledRow> {
             }
             .to_owned()
         }),
+        last_changed_at: integration.last_changed_at.map(|at| at.to_string()),
         records_pulled: totals.map_or(0, |t| count(t.pulled)),
         records_created: totals.map_or(0, |t| count(t.created)),
         records_updated: totals.map_or(0, |t| count(t.updated)),
@@ -134,15 +141,16 @@ impl From<sqlx::Error> for ApplyError {
 
 /// The columns of a row, in the order [`row_binds`] gives them.
 const COLUMNS: &str = "integration_id, workspace, app, scope, owner, status, connected_by, \
-    connected_at, last_sync_at, last_sync_outcome, records_pulled, records_created, \
-    records_updated, records_deleted, mapping_version, actions, version, state";
+    connected_at, last_sync_at, last_sync_outcome, last_changed_at, records_pulled, \
+    records_created, records_updated, records_deleted, mapping_version, actions, version, state";
 
 /// What an upsert replaces: every column but the key.
 const UPDATE: &str = "ON CONFLICT (integration_id) DO UPDATE SET workspace = excluded.workspace, \
     app = excluded.app, scope = excluded.scope, owner = excluded.owner, \
     status = excluded.status, connected_by = excluded.connected_by, \
     connected_at = excluded.connected_at, last_sync_at = excluded.last_sync_at, \
-    last_sync_outcome = excluded.last_sync_outcome, records_pulled = excluded.records_pulled, \
+    last_sync_outcome = excluded.last_sync_outcome, last_changed_at = excluded.last_changed_at, \
+    records_pulled = excluded.records_pulled, \
     records_created = excluded.records_created, records_updated = excluded.records_updated, \
     records_deleted = excluded.records_deleted, mapping_version = excluded.mapping_version, \
     actions = excluded.actions, version = excluded.version, state = excluded.state";
@@ -159,6 +167,7 @@ fn row_binds(row: InstalledRow, version: u64, state: String) -> Vec<Bind> {
         Bind::Text(row.connected_at),
         Bind::MaybeText(row.last_sync_at),
         Bind::MaybeText(row.last_sync_outcome),
+        Bind::MaybeText(row.last_changed_at),
         Bind::Int(row.records_pulled),
         Bind::Int(row.records_created),
         Bind::Int(row.records_updated),
@@ -322,6 +331,7 @@ struct Stored {
     connected_at: String,
     last_sync_at: Option<String>,
     last_sync_outcome: Option<String>,
+    last_changed_at: Option<String>,
     records_pulled: i64,
     records_created: i64,
     records_updated: i64,
@@ -343,6 +353,7 @@ impl From<Stored> for InstalledRow {
             connected_at: t.connected_at,
             last_sync_at: t.last_sync_at,
             last_sync_outcome: t.last_sync_outcome,
+            last_changed_at: t.last_changed_at,
             records_pulled: t.records_pulled,
             records_created: t.records_created,
             records_updated: t.records_updated,
@@ -388,7 +399,8 @@ pub async fn page(
 ) -> Result<InstalledPage, ServiceDbError> {
     let mut sql = format!(
         "SELECT integration_id, workspace, app, scope, owner, status, connected_by, \
-         connected_at, last_sync_at, last_sync_outcome, records_pulled, records_created, \
+         connected_at, last_sync_at, last_sync_outcome, last_changed_at, records_pulled, \
+         records_created, \
          records_updated, records_deleted, mapping_version, actions FROM {TABLE} \
          WHERE workspace = $1 AND (owner IS NULL OR owner = $2)"
     );
@@ -490,7 +502,8 @@ pub async fn get(
 ) -> Result<Option<InstalledRow>, ServiceDbError> {
     let sql = format!(
         "SELECT integration_id, workspace, app, scope, owner, status, connected_by, \
-         connected_at, last_sync_at, last_sync_outcome, records_pulled, records_created, \
+         connected_at, last_sync_at, last_sync_outcome, last_changed_at, records_pulled, \
+         records_created, \
          records_updated, records_deleted, mapping_version, actions FROM {TABLE} \
          WHERE integration_id = $1 AND workspace = $2 AND (owner IS NULL OR owner = $3)"
     );

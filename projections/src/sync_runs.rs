@@ -14,8 +14,9 @@ use crate::installed::ApplyError;
 /// The projection's name, as its checkpoint is stored.
 pub const NAME: &str = "sync_runs";
 
-/// The version of what this code makes of the events.
-pub const VERSION: u64 = 1;
+/// The version of what this code makes of the events. 2: consecutive runs that changed
+/// nothing share a row (`checks`), and keep no page rows.
+pub const VERSION: u64 = 2;
 
 /// Its tables: the runs, and each run's pages.
 pub(crate) const RUNS: &str = "sync_runs";
@@ -43,6 +44,13 @@ pub struct SyncRun {
     pub duration_ms: Option<i64>,
     /// The paging cursor: where the run was requested in the log.
     pub position: i64,
+    /// How many runs this row stands for: consecutive completed runs that changed nothing
+    /// share one row, which shows the last of them (its id, counts and duration).
+    pub checks: i64,
+    /// When the first of those runs ended (for a row of one run, when it ended).
+    pub first_checked_at: Option<String>,
+    /// When the last of them ended.
+    pub last_checked_at: Option<String>,
 }
 
 /// A page a run pulled.
@@ -85,17 +93,22 @@ struct Stored {
     error_message: Option<String>,
     duration_ms: Option<i64>,
     position: i64,
+    checks: i64,
+    first_checked_at: Option<String>,
+    last_checked_at: Option<String>,
 }
 
 const RUN_COLUMNS: &str = "sync_id, integration_id, workspace, owner, kind, trigger_kind, \
     requested_by, requested_at, started_at, finished_at, status, pulled, created, updated, \
-    deleted, error_code, error_message, duration_ms, position";
+    deleted, error_code, error_message, duration_ms, position, checks, first_checked_at, \
+    last_checked_at";
 
 const RUN_UPDATE: &str = "ON CONFLICT (sync_id) DO UPDATE SET started_at = excluded.started_at, \
     finished_at = excluded.finished_at, status = excluded.status, pulled = excluded.pulled, \
     created = excluded.created, updated = excluded.updated, deleted = excluded.deleted, \
     error_code = excluded.error_code, error_message = excluded.error_message, \
-    duration_ms = excluded.duration_ms";
+    duration_ms = excluded.duration_ms, checks = excluded.checks, \
+    first_checked_at = excluded.first_checked_at, last_checked_at = excluded.last_checked_at";
 
 const PAGE_COLUMNS: &str = "sync_id, object, page, pulled, created, updated, deleted, cursor, at";
 
@@ -121,7 +134,25 @@ impl Stored {
             Bind::MaybeText(self.error_message),
             Bind::MaybeInt(self.duration_ms),
             Bind::Int(self.position),
+            Bind::Int(self.checks),
+            Bind::MaybeText(self.first_checked_at),
+            Bind::MaybeText(self.last_checked_at),
         ]
+    }
+
+    /// A completed run that created, updated and deleted nothing.
+    fn quiet(&self) -> bool {
+        self.status == "completed" && self.created == 0 && self.updated == 0 && self.deleted == 0
+    }
+
+    /// Whether `self`, a quiet run, continues the quiet row `earlier`: the same kind of run,
+    /// asked for the same way.
+    fn continues(&self, earlier: &Stored) -> bool {
+        earlier.quiet()
+            && earlier.integration_id == self.integration_id
+            && earlier.kind == self.kind
+            && earlier.trigger_kind == self.trigger_kind
+            && earlier.requested_by == self.requested_by
     }
 
     fn set_counts(&mut self, counts: &RecordCounts) {
@@ -175,6 +206,8 @@ pub(crate) async fn apply_in<'a>(
         .map(|run| (run.sync_id.clone(), run))
         .collect();
     let (mut changed, mut changed_set): (Vec<String>, HashSet<SyncId>) = Default::default();
+    // Quiet runs (their pages go), and the rows they absorbed (which go whole).
+    let (mut quiet, mut merged): (Vec<String>, Vec<String>) = Default::default();
     let mut pages = Vec::new();
     let mut page_keys: HashSet<(String, String, u32)> = HashSet::new();
     for (event, integration, sync_event) in decoded {
@@ -221,6 +254,9 @@ pub(crate) async fn apply_in<'a>(
                         error_message: None,
                         duration_ms: None,
                         position: count(event.position),
+                        checks: 1,
+                        first_checked_at: None,
+                        last_checked_at: None,
                     },
                 );
             }
@@ -258,12 +294,36 @@ pub(crate) async fn apply_in<'a>(
                 }
             }
             IntegrationEvent::SyncCompleted(done) => {
-                if let Some(run) = runs.get_mut(&done.sync_id.to_string()) {
-                    run.status = "completed".into();
-                    run.finished_at = Some(at);
-                    run.set_counts(&done.totals);
-                    run.duration_ms = Some(count(done.duration_ms));
-                    touch(&done.sync_id);
+                let key = done.sync_id.to_string();
+                let Some(run) = runs.get_mut(&key) else {
+                    continue;
+                };
+                run.status = "completed".into();
+                run.finished_at = Some(at.clone());
+                run.first_checked_at = Some(at.clone());
+                run.last_checked_at = Some(at);
+                run.set_counts(&done.totals);
+                run.duration_ms = Some(count(done.duration_ms));
+                touch(&done.sync_id);
+                if !run.quiet() {
+                    continue;
+                }
+                // A run that changed nothing keeps no pages, and joins the quiet row just
+                // before it, if that is one.
+                quiet.push(key.clone());
+                let (integration_id, position) = (run.integration_id.clone(), run.position);
+                let Some(earlier) =
+                    row_before(tx, &runs_table, &runs, &integration_id, position).await?
+                else {
+                    continue;
+                };
+                let run = runs.get_mut(&key).expect("the run was found above");
+                if run.continues(&earlier) {
+                    run.checks += earlier.checks;
+                    run.pulled += earlier.pulled;
+                    run.first_checked_at = earlier.first_checked_at.or(earlier.finished_at);
+                    runs.remove(&earlier.sync_id);
+                    merged.push(earlier.sync_id);
                 }
             }
             IntegrationEvent::SyncFailed(failed) => {
@@ -276,7 +336,9 @@ pub(crate) async fn apply_in<'a>(
                         "failed"
                     }
                     .into();
-                    run.finished_at = Some(at);
+                    run.finished_at = Some(at.clone());
+                    run.first_checked_at = Some(at.clone());
+                    run.last_checked_at = Some(at);
                     run.set_counts(&failed.totals);
                     run.error_code = Some(failed.code.clone());
                     run.error_message = Some(failed.message.clone());
@@ -285,6 +347,24 @@ pub(crate) async fn apply_in<'a>(
             }
             _ => {}
         }
+    }
+    if !merged.is_empty() {
+        tx.execute_in(
+            &format!("DELETE FROM {runs_table} WHERE sync_id IN "),
+            &merged,
+        )
+        .await?;
+    }
+    quiet.extend(merged);
+    if !quiet.is_empty() {
+        pages.retain(
+            |page| !matches!(page.first(), Some(Bind::Text(sync_id)) if quiet.contains(sync_id)),
+        );
+        tx.execute_in(
+            &format!("DELETE FROM {pages_table} WHERE sync_id IN "),
+            &quiet,
+        )
+        .await?;
     }
     let rows: Vec<Vec<Bind>> = changed
         .into_iter()
@@ -304,6 +384,42 @@ pub(crate) async fn apply_in<'a>(
     )
     .await?;
     Ok(())
+}
+
+/// The row of `integration` just before `position` (the newest requested earlier), as this
+/// batch has it in `runs` or else as stored. A row this batch merged away is gone from `runs`
+/// and still stored, but the row that absorbed it stands after it, so it is never the newest.
+async fn row_before(
+    tx: &mut WriteTx,
+    runs_table: &str,
+    runs: &HashMap<String, Stored>,
+    integration_id: &str,
+    position: i64,
+) -> Result<Option<Stored>, ServiceDbError> {
+    let in_batch = runs
+        .values()
+        .filter(|r| r.integration_id == integration_id && r.position < position)
+        .max_by_key(|r| r.position);
+    let stored: Option<Stored> = tx
+        .fetch_all::<Stored>(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM {runs_table} WHERE integration_id = $1 \
+                 AND position < $2 ORDER BY position DESC LIMIT 1"
+            ),
+            &[Bind::Text(integration_id.to_owned()), Bind::Int(position)],
+        )
+        .await?
+        .into_iter()
+        .next();
+    Ok(match (in_batch, stored) {
+        (Some(mine), Some(theirs)) if theirs.position > mine.position => {
+            // Stored, and possibly changed in this batch: this batch's copy is the current one.
+            Some(runs.get(&theirs.sync_id).cloned().unwrap_or(theirs))
+        }
+        (Some(mine), _) => Some(mine.clone()),
+        (None, Some(theirs)) => Some(runs.get(&theirs.sync_id).cloned().unwrap_or(theirs)),
+        (None, None) => None,
+    })
 }
 
 /// Which runs to list.
@@ -341,7 +457,7 @@ pub async fn list(
     let mut sql = format!(
         "SELECT sync_id, integration_id, kind, trigger_kind, requested_by, requested_at, started_at, \
          finished_at, status, pulled, created, updated, deleted, error_code, error_message, \
-         duration_ms, position FROM {RUNS} \
+         duration_ms, position, checks, first_checked_at, last_checked_at FROM {RUNS} \
          WHERE integration_id = $1 AND workspace = $2 AND (owner IS NULL OR owner = $3)",
     );
     let mut binds = vec![
@@ -401,7 +517,8 @@ pub struct StatusTotals {
 /// The sync logs' totals by status, over every workspace.
 pub async fn totals_by_status(db: &ServiceDb) -> Result<Vec<StatusTotals>, ServiceDbError> {
     let sql = format!(
-        "SELECT status, COUNT(*), CAST(COALESCE(SUM(pulled), 0) AS BIGINT) FROM {RUNS} \
+        "SELECT status, CAST(COALESCE(SUM(checks), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(pulled), 0) AS BIGINT) FROM {RUNS} \
          GROUP BY status ORDER BY status"
     );
     let rows: Vec<(String, i64, i64)> = fetch_all(db, &sql, &[]).await?;

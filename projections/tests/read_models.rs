@@ -21,7 +21,7 @@ use projections::sync_runs::{self, Filter};
 use projections::ServiceDb;
 
 mod common;
-use common::{as_user, fresh_db, system};
+use common::{as_user, exec, fresh_db, system};
 use eventstore::waiting::eventually;
 
 async fn connect(
@@ -624,6 +624,282 @@ async fn rebuild(kind: &str) {
         Projection::Installed.checkpoint(&fresh).await.unwrap(),
         all.last().unwrap().position
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_runs_share_a_sync_log_row_and_installed_says_when_something_last_changed() {
+    for kind in KINDS {
+        quiet_runs(kind).await;
+    }
+}
+
+/// One sync run of `id`: requested by `ctx`, with a recorded page of `counts` when `page` is
+/// set (a run that records nothing never starts in the log), completed.
+async fn one_run(
+    f: &Fixture,
+    ctx: &CommandContext,
+    id: IntegrationId,
+    kind: SyncKind,
+    counts: RecordCounts,
+    page: bool,
+) -> SyncId {
+    let sync_id = SyncId::new();
+    let request = IntegrationCommand::RequestSync {
+        claimed: false,
+        sync_id,
+        kind,
+    };
+    run(&f.repository, ctx, id, request).await;
+    let mut unrecorded = counts;
+    if page {
+        let start = IntegrationCommand::StartSync {
+            sync_id,
+            cursor: None,
+        };
+        run(&f.repository, &system(), id, start).await;
+        let progress = IntegrationCommand::RecordSyncProgress {
+            sync_id,
+            object: "contacts".into(),
+            page: 1,
+            counts,
+            cursor: Some("c1".into()),
+        };
+        run(&f.repository, &system(), id, progress).await;
+        unrecorded = RecordCounts::default();
+    }
+    let complete = IntegrationCommand::CompleteSync {
+        sync_id,
+        duration_ms: 7,
+        unrecorded,
+    };
+    run(&f.repository, &system(), id, complete).await;
+    sync_id
+}
+
+async fn quiet_runs(kind: &str) {
+    let f = fixture(kind).await;
+    let admin = as_user("ada", Role::Admin);
+    let id = connect(&f.repository, &admin, "hubspot", AppScope::Workspace).await;
+    let busy = RecordCounts {
+        pulled: 10,
+        created: 4,
+        updated: 1,
+        deleted: 0,
+    };
+    let quiet = RecordCounts {
+        pulled: 5,
+        ..RecordCounts::default()
+    };
+    let incremental = SyncKind::Incremental;
+    let a = one_run(&f, &system(), id, incremental, busy, true).await;
+    // Three scheduled checks that find nothing, one of them slow enough to record a page.
+    one_run(&f, &system(), id, incremental, quiet, false).await;
+    let c = one_run(&f, &system(), id, incremental, quiet, true).await;
+    // Looked at in the middle: the projection may apply the rest in another batch.
+    f.sync_logs("ada", id, &Filter::default(), None, 100).await;
+    let d = one_run(&f, &system(), id, incremental, quiet, false).await;
+    // A manual full run is not one of the scheduled checks, even when it finds nothing.
+    let e = one_run(&f, &admin, id, SyncKind::Full, quiet, false).await;
+    let g = one_run(&f, &system(), id, incremental, busy, false).await;
+    let h = one_run(&f, &system(), id, incremental, quiet, false).await;
+
+    let logs = f.sync_logs("ada", id, &Filter::default(), None, 100).await;
+    let shown: Vec<(String, i64)> = logs
+        .runs
+        .iter()
+        .map(|r| (r.sync_id.clone(), r.checks))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (h.to_string(), 1),
+            (g.to_string(), 1),
+            (e.to_string(), 1),
+            (d.to_string(), 3),
+            (a.to_string(), 1)
+        ],
+        "{kind}: the three quiet checks share the last one's row"
+    );
+    let merged = &logs.runs[3];
+    assert_eq!(merged.pulled, 15, "{kind}: what the three checks read");
+    assert_eq!((merged.created, merged.updated, merged.deleted), (0, 0, 0));
+    assert!(merged.first_checked_at < merged.last_checked_at);
+    assert_eq!(merged.last_checked_at, merged.finished_at);
+    for run in &logs.runs {
+        assert!(run.first_checked_at <= run.last_checked_at);
+    }
+    // A run that changed nothing keeps no page rows; one that changed something keeps its own.
+    assert!(sync_runs::pages(&f.db, &c.to_string())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(sync_runs::pages(&f.db, &d.to_string())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        sync_runs::pages(&f.db, &a.to_string()).await.unwrap().len(),
+        1
+    );
+
+    // Installed: last checked at the last run's end; last changed at the end of the last run
+    // that changed something.
+    let row = f.row(id).await;
+    assert_eq!(row.last_sync_at, logs.runs[0].finished_at);
+    assert_eq!(row.last_changed_at, logs.runs[1].finished_at);
+    assert!(row.last_changed_at < row.last_sync_at);
+    assert_eq!(
+        sync_runs::totals_by_status(&f.db).await.unwrap()[0].runs,
+        7,
+        "{kind}: /metrics still counts every run"
+    );
+    f.stop();
+
+    // Applied at once into an empty database, the history gives the same logs.
+    let all = f.store.read_all(1, 100_000).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = ServiceDb::open_sqlite(&dir.path().join("rebuilt.db"))
+        .await
+        .unwrap();
+    Projection::SyncRuns.apply(&fresh, &all).await.unwrap();
+    let rebuilt = sync_runs::list(&fresh, "acme", "ada", id, &Filter::default(), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.runs.len(), logs.runs.len());
+    for (one, other) in rebuilt.runs.iter().zip(&logs.runs) {
+        assert_eq!(
+            (&one.sync_id, one.checks, &one.first_checked_at),
+            (&other.sync_id, other.checks, &other.first_checked_at)
+        );
+    }
+}
+
+/// A database the previous release built (sync logs version 1, a row per run; Installed
+/// version 2; neither with the columns of migration 0014) over a log whose quiet runs each
+/// started in the log, as that release's worker wrote them: opened by this release, it is
+/// migrated, both read models are rebuilt, and the quiet runs share a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_models_the_previous_release_built_are_upgraded_and_its_quiet_runs_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("read.db");
+    let store = Arc::new(SledEventStore::open(dir.path().join("log")).unwrap());
+    let db = ServiceDb::open_sqlite(&path).await.unwrap();
+    let runners: Vec<_> = Projection::ALL
+        .into_iter()
+        .map(|p| {
+            let store: Arc<dyn EventStore> = store.clone();
+            tokio::spawn(runner::run(p, store, db.clone()))
+        })
+        .collect();
+    let f = Fixture {
+        repository: Repository::new(store.clone()),
+        store,
+        db,
+        runners,
+        _dir: dir,
+    };
+    let id = connect(
+        &f.repository,
+        &system_admin(),
+        "hubspot",
+        AppScope::Workspace,
+    )
+    .await;
+    let busy = RecordCounts {
+        pulled: 10,
+        created: 4,
+        ..RecordCounts::default()
+    };
+    let quiet = RecordCounts {
+        pulled: 5,
+        ..RecordCounts::default()
+    };
+    let a = one_run(&f, &system(), id, SyncKind::Incremental, busy, true).await;
+    let mut quiet_runs = Vec::new();
+    for _ in 0..3 {
+        quiet_runs.push(one_run(&f, &system(), id, SyncKind::Incremental, quiet, true).await);
+    }
+    f.sync_logs("ada", id, &Filter::default(), None, 100).await;
+    f.installed("ada").await;
+    f.stop();
+    let (b, d) = (quiet_runs[0], quiet_runs[2]);
+    // Back to what the previous release left.
+    exec(
+        &f.db,
+        &format!(
+            "ALTER TABLE sync_runs DROP COLUMN checks; \
+             ALTER TABLE sync_runs DROP COLUMN first_checked_at; \
+             ALTER TABLE sync_runs DROP COLUMN last_checked_at; \
+             ALTER TABLE installed DROP COLUMN last_changed_at; \
+             DELETE FROM _sqlx_migrations WHERE description = 'quiet runs'; \
+             UPDATE checkpoints SET version = 1 WHERE name = 'sync_runs'; \
+             UPDATE checkpoints SET version = 2 WHERE name = 'installed'; \
+             INSERT INTO sync_runs (sync_id, integration_id, workspace, owner, kind, \
+               trigger_kind, requested_by, requested_at, started_at, finished_at, status, pulled, \
+               created, updated, deleted, error_code, error_message, duration_ms, position) \
+             SELECT '{b}', integration_id, workspace, owner, kind, trigger_kind, requested_by, \
+               requested_at, started_at, finished_at, status, pulled, created, updated, deleted, \
+               error_code, error_message, duration_ms, position - 2 FROM sync_runs \
+             WHERE sync_id = '{d}';"
+        ),
+    )
+    .await;
+    f.db.close().await;
+
+    let db = ServiceDb::open_sqlite(&f._dir.path().join("read.db"))
+        .await
+        .unwrap();
+    let runners: Vec<_> = Projection::ALL
+        .into_iter()
+        .map(|p| {
+            let store: Arc<dyn EventStore> = f.store.clone();
+            tokio::spawn(runner::run(p, store, db.clone()))
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(30),
+        "both read models rebuilt",
+        || async {
+            let mut current = true;
+            for projection in Projection::ALL {
+                let standing = projections::db::standing(&db, projection.name())
+                    .await
+                    .unwrap()
+                    .expect("a checkpoint row");
+                current &= standing.version == projection.version();
+            }
+            current.then_some(())
+        },
+    )
+    .await;
+    let upgraded = Fixture {
+        repository: Repository::new(f.store.clone()),
+        store: f.store.clone(),
+        db,
+        runners,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let logs = upgraded
+        .sync_logs("ada", id, &Filter::default(), None, 100)
+        .await;
+    let shown: Vec<(String, i64)> = logs
+        .runs
+        .iter()
+        .map(|r| (r.sync_id.clone(), r.checks))
+        .collect();
+    assert_eq!(shown, [(d.to_string(), 3), (a.to_string(), 1)]);
+    assert!(sync_runs::pages(&upgraded.db, &b.to_string())
+        .await
+        .unwrap()
+        .is_empty());
+    let row = upgraded.row(id).await;
+    assert_eq!(row.last_changed_at, logs.runs[1].finished_at);
+    assert_eq!(row.last_sync_at, logs.runs[0].finished_at);
+    upgraded.stop();
+}
+
+fn system_admin() -> CommandContext {
+    as_user("ada", Role::Admin)
 }
 
 fn admin_or_owner(n: usize) -> CommandContext {

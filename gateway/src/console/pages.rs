@@ -222,7 +222,11 @@ pub(super) async fn sync_logs(
                             tr.run {
                                 td { (run.requested_at) }
                                 td { (run.kind) " (" (run.trigger_kind) ")" }
-                                td { (status_badge(&run.status)) @if let Some(message) = &run.error_message { br; small { (message) } } }
+                                td {
+                                    (status_badge(&run.status))
+                                    @if run.checks > 1 { br; small { (run.checks) " checks that found nothing, " (run.first_checked_at.as_deref().unwrap_or("?")) " to " (run.last_checked_at.as_deref().unwrap_or("?")) } }
+                                    @if let Some(message) = &run.error_message { br; small { (message) } }
+                                }
                                 td { (run.pulled) }
                                 td { (run.created) " / " (run.updated) " / " (run.deleted) }
                                 td { @if let Some(ms) = run.duration_ms { (ms) " ms" } }

@@ -108,6 +108,15 @@ pub(crate) fn status(row: &InstalledRow) -> Markup {
                 }
             }
             dt { "Records" } dd #records { (row.records_pulled) " pulled, " (row.records_created) " created, " (row.records_updated) " updated, " (row.records_deleted) " deleted" }
+            dt { "Last change" }
+            dd #last-change {
+                @match (&row.last_changed_at, &row.last_sync_at) {
+                    (Some(changed), Some(checked)) if changed < checked => { (changed) "; nothing new since, last checked " (checked) }
+                    (Some(changed), _) => { (changed) }
+                    (None, Some(checked)) => { "none found yet; last checked " (checked) }
+                    (None, None) => { "never checked" }
+                }
+            }
         }
     }
 }
