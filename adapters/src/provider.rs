@@ -212,6 +212,22 @@ pub trait Provider: Send + Sync + fmt::Debug {
         object: &str,
     ) -> Result<Vec<String>, ProviderError>;
 
+    /// Whether anything of `object` changed since `since` (the watermark the last run left),
+    /// asked the cheapest way the provider has; an incremental run asks this before pulling.
+    /// `None` where the provider has no cheaper way than the pull itself: for most, the first
+    /// page of an incremental pull is one request that answers "nothing" (Google's
+    /// `syncToken`, Gmail's `historyId`, Zendesk's cursor, Todoist's sync token), and it also
+    /// moves the watermark on.
+    async fn anything_new(
+        &self,
+        connection: Connection<'_>,
+        object: &str,
+        since: &str,
+    ) -> Result<Option<bool>, ProviderError> {
+        let _ = (connection, object, since);
+        Ok(None)
+    }
+
     /// One page of `object`'s records.
     async fn pull(
         &self,

@@ -12,6 +12,7 @@ use adapters::providers::caldav::CalDav;
 use common::{http, pull_all, secrets, setup};
 use fakes::caldav::FakeCalDav;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 #[tokio::test]
 async fn the_connection_test_finds_the_calendar_and_refuses_a_wrong_password() {
@@ -130,6 +131,47 @@ async fn sync_collection_pages_through_truncation_then_reads_changes_and_removal
         matches!(stale, ProviderError::StaleCursor { .. }),
         "{stale:?}"
     );
+}
+
+#[tokio::test]
+async fn the_collections_sync_token_says_whether_anything_is_new_in_one_propfind() {
+    let fake = FakeCalDav::start("jane", "pw", 30).await.unwrap();
+    let provider = CalDav::new(http());
+    let account = setup(&[("server_url", &fake.calendar_url()), ("username", "jane")]);
+    let key = secrets(&[("app_password", "pw")]);
+    let connection = Connection {
+        setup: &account,
+        credentials: &key,
+    };
+    let full = pull_all(&provider, &account, &key, "events", PullMode::Full)
+        .await
+        .unwrap();
+    let token = full.watermark.unwrap();
+    let asked = fake.counters.requests.load(Ordering::SeqCst);
+    assert_eq!(
+        provider
+            .anything_new(connection, "events", &token)
+            .await
+            .unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        fake.counters.requests.load(Ordering::SeqCst) - asked,
+        1,
+        "one request"
+    );
+    fake.put("new.ics", "new-1", "Brand new");
+    assert_eq!(
+        provider
+            .anything_new(connection, "events", &token)
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    assert!(provider
+        .anything_new(connection, "tasks", &token)
+        .await
+        .is_err());
 }
 
 #[tokio::test]

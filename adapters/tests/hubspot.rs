@@ -165,6 +165,46 @@ async fn an_incremental_pull_returns_what_changed_since_the_watermark() {
 }
 
 #[tokio::test]
+async fn a_search_for_one_record_says_whether_anything_changed_since_the_watermark() {
+    let setup = Setup::new(120, quick_policy()).await;
+    let (_, _, watermark) = setup.pull_all("contacts", PullMode::Full).await;
+    let watermark = watermark.expect("a full pull leaves a watermark");
+    let asked = setup.fake.counters.requests.load(Ordering::SeqCst);
+    let check = |object: &'static str, since: String| {
+        let setup = &setup;
+        async move {
+            setup
+                .client
+                .anything_new(setup.connection(), object, &since)
+                .await
+        }
+    };
+    assert_eq!(
+        check("contacts", watermark.clone()).await.unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        check("companies", watermark.clone()).await.unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        setup.fake.counters.requests.load(Ordering::SeqCst) - asked,
+        2,
+        "one search each"
+    );
+    setup.fake.set("contacts", 5, &[("firstname", "Changed")]);
+    assert_eq!(
+        check("contacts", watermark.clone()).await.unwrap(),
+        Some(true)
+    );
+    assert_eq!(check("companies", watermark).await.unwrap(), Some(false));
+    assert!(matches!(
+        check("contacts", "not a time".into()).await,
+        Err(ProviderError::Protocol { .. })
+    ));
+}
+
+#[tokio::test]
 async fn an_incremental_pull_continues_past_the_search_result_limit() {
     let setup = Setup::new(10_450, quick_policy()).await;
     // A watermark older than every record: the search matches all 10,450.

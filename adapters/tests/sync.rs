@@ -339,7 +339,9 @@ async fn stored_events_of(world: &World, run: SyncId) -> Vec<eventstore::Recorde
 async fn an_incremental_run_that_finds_nothing_leaves_two_events_and_under_4_kb() {
     let world = World::new(250).await;
     world.sync(SyncKind::Full).await;
+    world.worker.wait_idle().await;
     let before = world.events().await.len();
+    let asked = world.fake.counters.requests.load(Ordering::SeqCst);
     let (idle, totals) = completed(&world.sync(SyncKind::Incremental).await);
     world.worker.wait_idle().await;
     assert_eq!((totals.created, totals.updated, totals.deleted), (0, 0, 0));
@@ -358,6 +360,11 @@ async fn an_incremental_run_that_finds_nothing_leaves_two_events_and_under_4_kb(
         .sum();
     assert!(bytes <= 4096, "the idle run stored {bytes} bytes");
     assert!(world.changes_of(idle).await.is_empty(), "nothing published");
+    // Asked the cheap way: one search for a single record per object, no page pulled.
+    assert_eq!(
+        world.fake.counters.requests.load(Ordering::SeqCst) - asked,
+        2
+    );
     world.follower.abort();
 }
 

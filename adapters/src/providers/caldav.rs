@@ -1,7 +1,9 @@
 //! CalDAV (RFC 4791) with WebDAV sync (RFC 6578), Basic auth with an app password, against the
 //! calendar collection URL typed at connect — any standards-compliant server.
 //!
-//! The connection test is a `PROPFIND` (Depth 0) that must find a calendar collection. A pull
+//! The connection test is a `PROPFIND` (Depth 0) that must find a calendar collection; an
+//! incremental run first asks the same way for the collection's `sync-token`, and reads
+//! nothing more when it is the one the last run left. A pull
 //! is a `sync-collection` REPORT (Depth 0, `sync-level` 1, a `limit` of members): an empty
 //! token for everything, the last run's token for what changed since. Changed members are then
 //! read with `calendar-multiget`; removed members (a bare 404 in the answer) are tombstones.
@@ -451,6 +453,27 @@ impl Provider for CalDav {
         object: &str,
     ) -> Result<Vec<String>, ProviderError> {
         fixed_fields("a CalDAV calendar", object, "events", EVENT_FIELDS)
+    }
+
+    /// A `PROPFIND` (Depth 0) of the collection's `sync-token` (and `getctag`): the same token
+    /// as the watermark means nothing changed. A server that reports no token cannot say.
+    async fn anything_new(
+        &self,
+        connection: Connection<'_>,
+        object: &str,
+        since: &str,
+    ) -> Result<Option<bool>, ProviderError> {
+        only_object("a CalDAV calendar", object, "events")?;
+        let collection = Self::collection(connection)?;
+        let body = r#"<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:" xmlns:CS="http://calendarserver.org/ns/"><D:prop><D:sync-token/><CS:getctag/></D:prop></D:propfind>"#;
+        let doc = self
+            .multistatus(&collection, "PROPFIND", "0", body.to_owned())
+            .await?;
+        Ok(doc
+            .find(DAV, "sync-token")
+            .map(|token| token.trimmed())
+            .filter(|token| !token.is_empty())
+            .map(|token| token != since))
     }
 
     async fn pull(

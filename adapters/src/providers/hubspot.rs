@@ -301,6 +301,40 @@ impl Provider for HubSpot {
             .collect()
     }
 
+    /// A search for one record modified since the watermark, no properties: its `total` says
+    /// whether there is anything to pull.
+    async fn anything_new(
+        &self,
+        connection: Connection<'_>,
+        object: &str,
+        since: &str,
+    ) -> Result<Option<bool>, ProviderError> {
+        let token = connection.credentials.bearer()?;
+        let since: i64 = since
+            .parse()
+            .map_err(|_| ProviderError::protocol(format!("not a HubSpot watermark: {since}")))?;
+        let url = self.url(&format!("crm/v3/objects/{object}/search"))?;
+        let property = Self::modified_property(object);
+        let body = json!({
+            "filterGroups": [{"filters": [{
+                "propertyName": property,
+                "operator": "GTE",
+                "value": since.to_string(),
+            }]}],
+            "properties": [property],
+            "limit": 1,
+        });
+        let answer = self
+            .http
+            .json(|client| client.post(url.clone()).bearer_auth(token).json(&body))
+            .await?;
+        let total = answer
+            .get("total")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| ProviderError::protocol("a search answer without `total`"))?;
+        Ok(Some(total > 0))
+    }
+
     async fn pull(
         &self,
         connection: Connection<'_>,

@@ -68,6 +68,30 @@ fn changed_anything(counts: &RecordCounts) -> bool {
     counts.created + counts.updated + counts.deleted > 0
 }
 
+/// What a run asks of its provider.
+enum Ask<'r> {
+    Page(PullRequest<'r>),
+    AnythingNew { object: &'r str, since: &'r str },
+}
+
+enum Answer {
+    Page(Page),
+    AnythingNew(Option<bool>),
+}
+
+async fn ask_once(
+    provider: &dyn Provider,
+    connection: Connection<'_>,
+    ask: &Ask<'_>,
+) -> Result<Answer, ProviderError> {
+    Ok(match ask {
+        Ask::Page(request) => Answer::Page(provider.pull(connection, request.clone()).await?),
+        Ask::AnythingNew { object, since } => {
+            Answer::AnythingNew(provider.anything_new(connection, object, since).await?)
+        }
+    })
+}
+
 /// A page pulled, mapped and hashed, waiting to be written.
 struct Prepared {
     seen: Vec<Seen>,
@@ -132,6 +156,16 @@ impl Run<'_> {
             let fields = self.fields_to_fetch(app, object);
             let mut page = resume.and_then(|c| c.page.clone());
             let sweep_only = resume.is_some_and(|c| c.sweep);
+            if let (PullMode::Incremental { since: Some(since) }, None) = (&mode, &page) {
+                // Asked first where the provider can say cheaply that nothing is new.
+                let answer = self
+                    .anything_new(provider.as_ref(), &mut credentials, object, since)
+                    .await?;
+                if answer == Some(false) {
+                    tracing::debug!(integration = %self.id, object, "nothing new at the provider");
+                    continue;
+                }
+            }
             if !sweep_only {
                 // The next page is pulled, mapped and hashed while this one is written.
                 let (ready, prepared) = tokio::sync::mpsc::channel::<Prepared>(WRITE_BATCH_PAGES);
@@ -262,14 +296,43 @@ impl Run<'_> {
         credentials: &mut Credentials,
         request: PullRequest<'_>,
     ) -> Result<Page, RunError> {
+        match self.ask(provider, credentials, Ask::Page(request)).await? {
+            Answer::Page(page) => Ok(page),
+            Answer::AnythingNew(_) => {
+                Err(RunError::Internal("a page asked, a check answered".into()))
+            }
+        }
+    }
+
+    /// Whether the provider has anything new for `object` since `since`, when it can say
+    /// more cheaply than a pull (`None` otherwise).
+    async fn anything_new(
+        &self,
+        provider: &dyn Provider,
+        credentials: &mut Credentials,
+        object: &str,
+        since: &str,
+    ) -> Result<Option<bool>, RunError> {
+        match self
+            .ask(provider, credentials, Ask::AnythingNew { object, since })
+            .await?
+        {
+            Answer::AnythingNew(answer) => Ok(answer),
+            Answer::Page(_) => Err(RunError::Internal("a check asked, a page answered".into())),
+        }
+    }
+
+    /// Asks the provider, and once more with refreshed credentials if it refuses them.
+    async fn ask(
+        &self,
+        provider: &dyn Provider,
+        credentials: &mut Credentials,
+        ask: Ask<'_>,
+    ) -> Result<Answer, RunError> {
         let setup = &self.state.setup;
         let first = self
             .stop
-            .guard(async {
-                Ok(provider
-                    .pull(Connection { setup, credentials }, request.clone())
-                    .await?)
-            })
+            .guard(async { Ok(ask_once(provider, Connection { setup, credentials }, &ask).await?) })
             .await;
         match first {
             Err(RunError::Provider(ProviderError::Unauthorized { .. })) => {
@@ -280,9 +343,7 @@ impl Run<'_> {
                     .await?;
                 self.stop
                     .guard(async {
-                        Ok(provider
-                            .pull(Connection { setup, credentials }, request)
-                            .await?)
+                        Ok(ask_once(provider, Connection { setup, credentials }, &ask).await?)
                     })
                     .await
             }
