@@ -208,7 +208,13 @@ pub(crate) async fn request_sync(
         )
         .await
         .map_err(repository_problem)?;
-    Ok(match (&decided.append, &decided.state.pending_sync) {
+    let joined = decided
+        .state
+        .queued_sync
+        .as_ref()
+        .or(decided.state.pending_sync.as_ref());
+    Ok(match (&decided.append, joined) {
+        // Joined the follow-up queued behind a claimed run, or else the pending run.
         (None, Some(pending)) => SyncRequest {
             sync_id: pending.sync_id,
             coalesced: true,
