@@ -253,20 +253,30 @@ impl Drop for MinimalServer {
 }
 
 /// `harmony serve` on `data_dir`, in its own process; killed when dropped.
-struct Server {
-    child: tokio::process::Child,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) base: String,
 }
 
 impl Server {
+    /// The API alone: no workers.
     async fn start(data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, &["--no-workers".to_owned()]).await
+    }
+
+    /// The service with `args` besides its data directory and a free port.
+    pub(crate) async fn start_with(
+        data_dir: &std::path::Path,
+        args: &[String],
+    ) -> anyhow::Result<Self> {
         use tokio::io::AsyncBufReadExt;
         let exe = std::env::current_exe().context("while finding the harmony binary")?;
         let mut child = tokio::process::Command::new(exe)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--no-workers"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .args(["--checkpoint-seconds", "3600"])
             .env("HARMONY_LOG", "info")
             .env_remove("HARMONY_NATS_URL")

@@ -8,6 +8,7 @@
 //! - [`read_models`]: `bench projections`, the read models beside raw SQL inserts.
 //! - [`sync`]: `bench sync`, a full sync from a fake provider, read models included.
 //! - [`api`]: `bench gateway`, the HTTP API beside a minimal axum handler.
+//! - [`scale`]: `bench scale`, thousands of scheduled integrations on one machine.
 //! - [`run`](run::run): the command itself, a table or one JSON object.
 //!
 //! Nothing here is in the production build (`--no-default-features` of the `harmony` crate).
@@ -16,4 +17,5 @@ pub mod api;
 pub mod engine;
 pub mod read_models;
 pub mod run;
+pub mod scale;
 pub mod sync;

@@ -58,6 +58,22 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         (Suite::Gateway, Backend::Jetstream) => {
             anyhow::bail!("the gateway suite runs on the embedded default: leave out --backend")
         }
+        (Suite::Scale, Backend::Sled) => {
+            let (sizes, minutes) = if args.quick {
+                (crate::scale::Sizes::QUICK, args.minutes.unwrap_or(1.0))
+            } else {
+                (crate::scale::Sizes::FULL, args.minutes.unwrap_or(12.0))
+            };
+            anyhow::ensure!(
+                minutes > 0.0 && minutes.is_finite(),
+                "--minutes must be a positive number of minutes"
+            );
+            let window = std::time::Duration::from_secs_f64(minutes * 60.0);
+            crate::scale::run(scratch.path(), sizes, window, &progress).await?
+        }
+        (Suite::Scale, Backend::Jetstream) => {
+            anyhow::bail!("the scale suite runs on the embedded default: leave out --backend")
+        }
         (Suite::Eventstore, Backend::Sled) => {
             let sizes = if args.quick {
                 Sizes::QUICK
@@ -92,13 +108,13 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 
 /// A fake HubSpot in a process of its own: started from this same binary, its base URL read
 /// from its first line of output; killed when dropped.
-struct FakeProcess {
+pub(crate) struct FakeProcess {
     child: tokio::process::Child,
-    api: url::Url,
+    pub(crate) api: url::Url,
 }
 
 impl FakeProcess {
-    async fn start(contacts: u64) -> anyhow::Result<Self> {
+    pub(crate) async fn start(contacts: u64) -> anyhow::Result<Self> {
         use tokio::io::AsyncBufReadExt;
         let exe = std::env::current_exe().context("while finding the harmony binary")?;
         let mut child = tokio::process::Command::new(exe)

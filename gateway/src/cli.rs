@@ -413,6 +413,10 @@ pub enum Suite {
     /// integrations) and POST …/sync from 64 connections, beside the same query straight on
     /// SQLite and the same appends straight on sled.
     Gateway,
+    /// 10,000 HubSpot integrations scheduled every 5 minutes on the embedded default, the
+    /// server in its own process, for --minutes (12): schedule lag, runs/s, Installed and
+    /// /metrics p99, CPU per idle run, peak memory, data-directory growth per integration-day.
+    Scale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -449,6 +453,9 @@ pub struct BenchArgs {
     /// A fraction of the work: for a smoke test, not for figures.
     #[arg(long)]
     pub quick: bool,
+    /// How long the scale suite measures, in minutes (12; 1 with --quick).
+    #[arg(long)]
+    pub minutes: Option<f64>,
     /// The sync suite's memory measurement runs in a process of its own, started with this
     /// (the fake provider's base URL).
     #[arg(long, hide = true, requires = "rss_child_records")]

@@ -968,7 +968,8 @@ async fn a_cluster_loses_nothing_when_a_jetstream_leader_a_service_process_and_p
         );
     }
 
-    // Every run was started once and finished once, and completed.
+    // Every run finished once, and completed; it started in the log at most once (a run that
+    // found nothing to record never appends its start).
     let mut runs: HashMap<String, (u32, u32, u32)> = HashMap::new();
     for (kind, slot) in [("SyncStarted", 0), ("SyncCompleted", 1), ("SyncFailed", 2)] {
         for (_, data) in by_type(kind) {
@@ -988,9 +989,8 @@ async fn a_cluster_loses_nothing_when_a_jetstream_leader_a_service_process_and_p
         .collect();
     for sync in &requested {
         let (started, completed, failed) = runs.get(sync).copied().unwrap_or_default();
-        assert_eq!(
-            (started, completed, failed),
-            (1, 1, 0),
+        assert!(
+            started <= 1 && (completed, failed) == (1, 0),
             "run {sync}: started {started}, completed {completed}, failed {failed} times; \
              failures: {failures:#?}"
         );
