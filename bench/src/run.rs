@@ -58,7 +58,7 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         (Suite::Gateway, Backend::Jetstream) => {
             anyhow::bail!("the gateway suite runs on the embedded default: leave out --backend")
         }
-        (Suite::Scale, Backend::Sled) => {
+        (Suite::Scale, _) => {
             let (sizes, minutes) = if args.quick {
                 (crate::scale::Sizes::QUICK, args.minutes.unwrap_or(1.0))
             } else {
@@ -69,10 +69,18 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 "--minutes must be a positive number of minutes"
             );
             let window = std::time::Duration::from_secs_f64(minutes * 60.0);
-            crate::scale::run(scratch.path(), sizes, window, &progress).await?
-        }
-        (Suite::Scale, Backend::Jetstream) => {
-            anyhow::bail!("the scale suite runs on the embedded default: leave out --backend")
+            let stack = match args.backend {
+                Backend::Sled => crate::scale::Stack::Embedded,
+                Backend::Jetstream => crate::scale::Stack::distributed(
+                    args.nats_url
+                        .as_deref()
+                        .context("--backend jetstream needs --nats-url")?,
+                    args.database_url.as_deref().context(
+                        "the scale suite on JetStream needs PostgreSQL too: --database-url",
+                    )?,
+                )?,
+            };
+            crate::scale::run(scratch.path(), &stack, sizes, window, &progress).await?
         }
         (Suite::Eventstore, Backend::Sled) => {
             let sizes = if args.quick {

@@ -31,7 +31,7 @@ use domain::integration::{
 };
 use domain::Timestamp;
 use domain::{Aggregate, Caller, CommandContext, IntegrationId, Principal, Role, StreamName};
-use eventstore::{EventStore, ExpectedVersion, NewEvent, SledEventStore};
+use eventstore::{EventStore, ExpectedVersion, NewEvent};
 use futures::StreamExt;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
@@ -89,12 +89,13 @@ fn admin(workspace: &str, at: Timestamp) -> anyhow::Result<CommandContext> {
 /// credentials in the vault: connected as if over the last schedule period, so that they come
 /// due spread out.
 async fn seed(
+    stack: &Stack,
     data_dir: &Path,
     sizes: Sizes,
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<Vec<IntegrationId>> {
-    let store = Arc::new(SledEventStore::open(data_dir.join("log"))?);
-    let db = gateway::open_service_db(None, data_dir).await?;
+    let store = stack.store(data_dir).await?;
+    let db = stack.db(data_dir).await?;
     let keys = adapters::vault::Keyring::load_or_create(&gateway::master_key_path(data_dir), None)?;
     let vault = Arc::new(adapters::vault::Vault::with_keyring(db.clone(), keys));
     let secret = adapters::provider::Credentials {
@@ -170,6 +171,194 @@ async fn seed(
     Ok(ids)
 }
 
+/// Where the service keeps its log and its database.
+#[derive(Clone, Debug)]
+pub enum Stack {
+    /// sled and SQLite under the data directory.
+    Embedded,
+    /// NATS JetStream (streams in a namespace of the run's own) and PostgreSQL (a database of
+    /// the run's own), both removed afterwards.
+    Distributed {
+        nats_url: String,
+        namespace: String,
+        /// The run's database.
+        database_url: String,
+        /// The server's own database, from which the run's is created and dropped.
+        admin_url: String,
+        database: String,
+    },
+}
+
+impl Stack {
+    /// The distributed stack on the servers at `nats_url` and `database_url`, with names of
+    /// the run's own.
+    pub fn distributed(nats_url: &str, database_url: &str) -> anyhow::Result<Self> {
+        let suffix = &uuid::Uuid::now_v7().simple().to_string()[20..];
+        let database = format!("harmony_scale_{suffix}");
+        let mut url = url::Url::parse(database_url).context("the PostgreSQL URL")?;
+        url.set_path(&format!("/{database}"));
+        Ok(Stack::Distributed {
+            nats_url: nats_url.to_owned(),
+            namespace: format!("scale{suffix}"),
+            database_url: url.to_string(),
+            admin_url: database_url.to_owned(),
+            database,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Stack::Embedded => "sled",
+            Stack::Distributed { .. } => "jetstream+postgresql",
+        }
+    }
+
+    fn jetstream(&self) -> Option<eventstore::JetStreamConfig> {
+        match self {
+            Stack::Embedded => None,
+            Stack::Distributed {
+                nats_url,
+                namespace,
+                ..
+            } => {
+                let mut config = eventstore::JetStreamConfig::new(nats_url.clone());
+                config.namespace = namespace.clone();
+                config.request_timeout = Duration::from_secs(30);
+                Some(config)
+            }
+        }
+    }
+
+    async fn store(&self, data_dir: &Path) -> anyhow::Result<Arc<dyn EventStore>> {
+        Ok(
+            gateway::open_logs(self.jetstream(), data_dir, gateway::RECORDS_MAX_AGE)
+                .await?
+                .store,
+        )
+    }
+
+    async fn db(&self, data_dir: &Path) -> anyhow::Result<projections::ServiceDb> {
+        match self {
+            Stack::Embedded => gateway::open_service_db(None, data_dir).await,
+            Stack::Distributed { database_url, .. } => {
+                gateway::open_service_db(Some(database_url), data_dir).await
+            }
+        }
+    }
+
+    /// Creates what the run needs on the servers.
+    async fn create(&self) -> anyhow::Result<()> {
+        if let Stack::Distributed {
+            admin_url,
+            database,
+            ..
+        } = self
+        {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+            sqlx::raw_sql(&format!("CREATE DATABASE {database}"))
+                .execute(&mut admin)
+                .await?;
+            admin.close().await?;
+        }
+        Ok(())
+    }
+
+    /// Removes what the run made on the servers.
+    async fn remove(&self) -> anyhow::Result<()> {
+        if let Stack::Distributed {
+            nats_url,
+            namespace,
+            admin_url,
+            database,
+            ..
+        } = self
+        {
+            let client = async_nats::connect(nats_url.as_str()).await?;
+            let js = async_nats::jetstream::new(client);
+            for name in stream_names(&js, namespace).await? {
+                if let Err(error) = js.delete_stream(&name).await {
+                    tracing::warn!(%error, stream = %name, "cannot delete the benchmark's stream");
+                }
+            }
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await?;
+            admin.close().await?;
+        }
+        Ok(())
+    }
+
+    /// The server's arguments for this stack.
+    fn args(&self) -> Vec<String> {
+        match self {
+            Stack::Embedded => Vec::new(),
+            Stack::Distributed {
+                nats_url,
+                namespace,
+                database_url,
+                ..
+            } => vec![
+                "--nats-url".into(),
+                nats_url.clone(),
+                "--nats-namespace".into(),
+                namespace.clone(),
+                "--database-url".into(),
+                database_url.clone(),
+            ],
+        }
+    }
+
+    /// What the service stores: the data directory, and on the distributed stack the run's
+    /// streams and database.
+    async fn bytes(&self, data_dir: &Path) -> anyhow::Result<u64> {
+        let mut bytes = bytes_under(data_dir);
+        if let Stack::Distributed {
+            nats_url,
+            namespace,
+            database_url,
+            ..
+        } = self
+        {
+            let client = async_nats::connect(nats_url.as_str()).await?;
+            let js = async_nats::jetstream::new(client);
+            for name in stream_names(&js, namespace).await? {
+                let mut stream = js.get_stream(&name).await?;
+                bytes += stream.info().await?.state.bytes;
+            }
+            use sqlx::Connection;
+            let mut db = sqlx::PgConnection::connect(database_url).await?;
+            let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+                .fetch_one(&mut db)
+                .await?;
+            db.close().await?;
+            bytes += u64::try_from(size).unwrap_or(0);
+        }
+        Ok(bytes)
+    }
+}
+
+/// The streams of `namespace` (its key-value buckets' included).
+async fn stream_names(
+    js: &async_nats::jetstream::Context,
+    namespace: &str,
+) -> anyhow::Result<Vec<String>> {
+    let upper = namespace.to_ascii_uppercase();
+    let names: Vec<String> = js
+        .stream_names()
+        .filter_map(|name| async move { name.ok() })
+        .collect()
+        .await;
+    Ok(names
+        .into_iter()
+        .filter(|name| {
+            name.starts_with(&format!("{upper}_")) || name.starts_with(&format!("KV_{upper}_"))
+        })
+        .collect())
+}
+
 /// The bytes of every file under `dir`.
 fn bytes_under(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -228,7 +417,8 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let mut latencies = Vec::new();
-    let mut tick = tokio::time::interval(every);
+    // The first request one period in: the window's start is not a moment of its own.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -327,6 +517,22 @@ async fn runs_in(store: &dyn EventStore, from: u64, until: Timestamp) -> anyhow:
 
 pub async fn run(
     scratch: &Path,
+    stack: &Stack,
+    sizes: Sizes,
+    window: Duration,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<Report> {
+    stack.create().await?;
+    let report = measure(scratch, stack, sizes, window, progress).await;
+    if let Err(error) = stack.remove().await {
+        tracing::warn!(%error, "cannot remove what the benchmark made on the servers");
+    }
+    report
+}
+
+async fn measure(
+    scratch: &Path,
+    stack: &Stack,
     sizes: Sizes,
     window: Duration,
     progress: &dyn Fn(&str),
@@ -338,13 +544,13 @@ pub async fn run(
         "connecting {} integrations, scheduled every {EVERY_MINUTES} minutes",
         sizes.integrations
     ));
-    seed(&data_dir, sizes, progress).await?;
+    seed(stack, &data_dir, sizes, progress).await?;
     let config = data_dir.join("harmony.toml");
     std::fs::write(
         &config,
         format!("[endpoints]\nhubspot_api = \"{}\"\n", fake.api),
     )?;
-    let db = gateway::open_service_db(None, &data_dir).await?;
+    let db = stack.db(&data_dir).await?;
     let workspaces = sizes.integrations.div_ceil(sizes.per_workspace);
     let mut tokens = Vec::new();
     for n in (0..workspaces).step_by((workspaces / 20).max(1)) {
@@ -365,11 +571,9 @@ pub async fn run(
     db.close().await;
 
     progress("starting the server in its own process");
-    let mut server = Server::start_with(
-        &data_dir,
-        &["--config".into(), config.display().to_string()],
-    )
-    .await?;
+    let mut args = vec!["--config".to_owned(), config.display().to_string()];
+    args.extend(stack.args());
+    let mut server = Server::start_with(&data_dir, &args).await?;
     let pid = server.child.id().context("the server's process id")?;
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -403,7 +607,8 @@ pub async fn run(
             .await?;
         let completed: f64 = metrics
             .lines()
-            .find_map(|line| line.strip_prefix("sync_runs{status=\"completed\"} "))
+            .find_map(|line| line.split_once("sync_runs{status=\"completed\"} "))
+            .map(|(_, value)| value)
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or(0.0);
         if completed >= sizes.integrations as f64 {
@@ -432,7 +637,7 @@ pub async fn run(
         "measuring for {} s: runs as scheduled, Installed and /metrics sampled",
         window.as_secs()
     ));
-    let (bytes_before, cpu_before) = (bytes_under(&data_dir), cpu_time(pid)?);
+    let (bytes_before, cpu_before) = (stack.bytes(&data_dir).await?, cpu_time(pid)?);
     let started = Instant::now();
     let until = started + window;
     let installed = sample(until, Duration::from_millis(250), || {
@@ -482,7 +687,7 @@ pub async fn run(
     });
     let (installed, scrapes, _) = futures::try_join!(installed, scrapes, changes)?;
     let elapsed = started.elapsed();
-    let (bytes_after, cpu_after) = (bytes_under(&data_dir), cpu_time(pid)?);
+    let (bytes_after, cpu_after) = (stack.bytes(&data_dir).await?, cpu_time(pid)?);
     let rss_mb = peak_rss_mb(pid)?;
     let ended_at = Timestamp::now();
     let _ = server.child.kill().await;
@@ -490,8 +695,8 @@ pub async fn run(
     drop(fake);
 
     progress("reading the runs back from the log");
-    let store = SledEventStore::open(data_dir.join("log"))?;
-    let runs = runs_in(&store, head, ended_at).await?;
+    let store = stack.store(&data_dir).await?;
+    let runs = runs_in(store.as_ref(), head, ended_at).await?;
     anyhow::ensure!(runs.ended > 0, "no run ended in the window");
     let seconds = elapsed.as_secs_f64();
     let days = seconds / 86_400.0;
@@ -507,7 +712,7 @@ pub async fn run(
     ));
     Ok(Report {
         suite: "scale".into(),
-        backend: "sled".into(),
+        backend: stack.name().into(),
         machine: machine(),
         figures: vec![
             Figure::alone("integrations", sizes.integrations as f64, "integrations"),

@@ -413,9 +413,11 @@ pub enum Suite {
     /// integrations) and POST …/sync from 64 connections, beside the same query straight on
     /// SQLite and the same appends straight on sled.
     Gateway,
-    /// 10,000 HubSpot integrations scheduled every 5 minutes on the embedded default, the
-    /// server in its own process, for --minutes (12): schedule lag, runs/s, Installed and
-    /// /metrics p99, CPU per idle run, peak memory, data-directory growth per integration-day.
+    /// 10,000 HubSpot integrations scheduled every 5 minutes, the server in its own process,
+    /// measured for --minutes (12) once each has had its first run: schedule lag, runs/s,
+    /// Installed and /metrics p99, CPU per idle run, peak memory, what storage grows by per
+    /// integration-day. On the embedded default, or with --backend jetstream (--nats-url) and
+    /// --database-url on JetStream + PostgreSQL.
     Scale,
 }
 
@@ -446,8 +448,9 @@ pub struct BenchArgs {
     /// Replicas of the benchmark's streams (with --backend jetstream): 3 on a cluster.
     #[arg(long, env = "HARMONY_NATS_REPLICAS", default_value_t = 1)]
     pub nats_replicas: usize,
-    /// The PostgreSQL server to measure the read models on as well (projections suite): the
-    /// run works in schemas of its own and drops them afterwards.
+    /// The PostgreSQL server to measure the read models on as well (projections suite; the
+    /// run works in schemas of its own and drops them afterwards), or to run the scale suite
+    /// on with --backend jetstream (in a database of its own, dropped afterwards).
     #[arg(long, env = "HARMONY_DATABASE_URL")]
     pub database_url: Option<String>,
     /// A fraction of the work: for a smoke test, not for figures.
