@@ -251,6 +251,12 @@ pub struct ServeArgs {
     /// resume it this long after.
     #[arg(long, env = "HARMONY_SYNC_LEASE_SECONDS", default_value_t = 30)]
     pub sync_lease_seconds: u64,
+    /// Sync runs of different integrations at once in this process. A run that finds
+    /// nothing mostly waits on the provider, the log and the database: on JetStream +
+    /// PostgreSQL, where each of those is a round trip away, more at once keeps a schedule
+    /// of thousands of integrations on time.
+    #[arg(long, env = "HARMONY_SYNC_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub sync_concurrency: u16,
     /// On JetStream: how long a sync run's work item may go without a heartbeat before
     /// another process takes it over (fixed when the queue is first created).
     #[arg(long, env = "HARMONY_SYNC_WORK_ACK_WAIT_SECONDS", default_value_t = 30)]

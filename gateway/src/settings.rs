@@ -96,6 +96,8 @@ pub struct SyncSettings {
     /// On JetStream, how long a run's work item may go without a heartbeat before another
     /// process takes it.
     pub work_ack_wait: std::time::Duration,
+    /// Sync runs of different integrations at once in this process.
+    pub concurrent_runs: usize,
 }
 
 impl Default for SyncSettings {
@@ -103,6 +105,7 @@ impl Default for SyncSettings {
         Self {
             lease: std::time::Duration::from_secs(30),
             work_ack_wait: std::time::Duration::from_secs(30),
+            concurrent_runs: adapters::sync::SyncConfig::default().max_concurrent_runs,
         }
     }
 }

@@ -169,7 +169,7 @@ impl Workers {
             leases.clone(),
             adapters::sync::SyncConfig {
                 lease_ttl: settings.sync.lease,
-                ..adapters::sync::SyncConfig::default()
+                max_concurrent_runs: settings.sync.concurrent_runs,
             },
         );
         let actions = adapters::actions::ActionWorker::new(

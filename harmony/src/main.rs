@@ -86,6 +86,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sync: gateway::SyncSettings {
             lease: std::time::Duration::from_secs(args.sync_lease_seconds.max(1)),
             work_ack_wait: std::time::Duration::from_secs(args.sync_work_ack_wait_seconds.max(1)),
+            concurrent_runs: usize::from(args.sync_concurrency),
         },
         jetstream: args.storage.jetstream_config(),
         master_key: args.storage.master_key.clone(),
