@@ -307,6 +307,39 @@ impl Server {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self { child, base })
     }
+
+    /// Waits until each of `projections` has applied the whole log, as `/healthz` says;
+    /// returns the position the first of them stands at.
+    pub(crate) async fn caught_up(
+        &self,
+        client: &reqwest::Client,
+        projections: &[&str],
+        within: Duration,
+    ) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let health: serde_json::Value = client
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if projections
+                .iter()
+                .all(|name| health["projections"][name]["lag_events"] == 0)
+            {
+                return Ok(health["projections"][projections[0]]["position"]
+                    .as_u64()
+                    .unwrap_or(0));
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the read models did not catch up within {} s",
+                within.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 pub async fn run(
@@ -378,25 +411,13 @@ pub async fn run(
         "{}/v1/workspaces/{WORKSPACE}/integrations?limit=50",
         server.base
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let health: serde_json::Value = client
-            .get(format!("{}/healthz", server.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if health["projections"]["installed"]["lag_events"] == 0
-            && health["projections"]["sync_runs"]["lag_events"] == 0
-        {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the read models did not catch up within 2 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    server
+        .caught_up(
+            &client,
+            &["installed", "sync_runs"],
+            Duration::from_secs(120),
+        )
+        .await?;
     let first: serde_json::Value = client
         .get(&installed)
         .bearer_auth(&token)

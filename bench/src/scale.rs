@@ -576,23 +576,9 @@ async fn measure(
     let mut server = Server::start_with(&data_dir, &args).await?;
     let pid = server.child.id().context("the server's process id")?;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let health: serde_json::Value = client
-            .get(format!("{}/healthz", server.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if health["projections"]["installed"]["lag_events"] == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "Installed did not catch up within 5 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    server
+        .caught_up(&client, &["installed"], Duration::from_secs(300))
+        .await?;
 
     // The window starts once every integration's first run, which reads all the records,
     // has ended: what is measured is the service at rest, its runs finding little or nothing.
@@ -622,17 +608,9 @@ async fn measure(
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let head = {
-        let health: serde_json::Value = client
-            .get(format!("{}/healthz", server.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        health["projections"]["sync_runs"]["position"]
-            .as_u64()
-            .unwrap_or(0)
-    };
+    let head = server
+        .caught_up(&client, &["sync_runs"], Duration::from_secs(60))
+        .await?;
     progress(&format!(
         "measuring for {} s: runs as scheduled, Installed and /metrics sampled",
         window.as_secs()
