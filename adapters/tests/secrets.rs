@@ -116,9 +116,14 @@ async fn no_secret_is_found_in_anything_the_system_wrote() {
         ProviderHttp::default_client(),
         redirect,
     );
+    let detail =
+        Arc::new(eventstore::SledRunDetailLog::open(dir.path().join("run-detail")).unwrap());
     let sync = SyncWorker::new(
         repo.clone(),
-        records.clone(),
+        adapters::sync::RunLogs {
+            records: records.clone(),
+            detail,
+        },
         db.clone(),
         credentials.clone(),
         providers.clone(),

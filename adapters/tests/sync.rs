@@ -13,7 +13,7 @@ use adapters::http::{ProviderHttp, RetryPolicy};
 use adapters::oauth::{OAuthClient, Revocation};
 use adapters::provider::Credentials;
 use adapters::providers::{Endpoints, Providers};
-use adapters::sync::{SyncConfig, SyncWorker};
+use adapters::sync::{RunLogs, SyncConfig, SyncWorker};
 use adapters::vault::{MasterKey, Vault};
 use command::repository::Repository;
 use database::lease::Leases;
@@ -24,7 +24,10 @@ use domain::integration::{
 use domain::testing::as_user;
 use domain::{IntegrationId, Role, StreamName, SyncId};
 use eventstore::waiting::eventually;
-use eventstore::{RecordLog, RecordOp, SledEventStore, SledRecordLog, StoredRecordChange};
+use eventstore::{
+    RecordLog, RecordOp, RunDetailLog, SledEventStore, SledRecordLog, SledRunDetailLog,
+    StoredRecordChange,
+};
 use fakes::hubspot::{self as fake, FakeHubSpot};
 use secrecy::SecretString;
 use url::Url;
@@ -36,6 +39,7 @@ struct World {
     fake: FakeHubSpot,
     repo: Arc<Repository>,
     records: Arc<SledRecordLog>,
+    detail: Arc<SledRunDetailLog>,
     db: ServiceDb,
     vault: Arc<Vault>,
     worker: SyncWorker,
@@ -71,6 +75,7 @@ fn hubspot_client(fake: &FakeHubSpot) -> OAuthClient {
 fn start_worker(
     repo: &Arc<Repository>,
     records: &Arc<SledRecordLog>,
+    detail: &Arc<SledRunDetailLog>,
     db: &ServiceDb,
     vault: &Arc<Vault>,
     fake: &FakeHubSpot,
@@ -91,7 +96,10 @@ fn start_worker(
     );
     let worker = SyncWorker::new(
         repo.clone(),
-        records.clone(),
+        RunLogs {
+            records: records.clone(),
+            detail: detail.clone(),
+        },
         db.clone(),
         Arc::new(credentials),
         Providers::new(&endpoints, &http),
@@ -133,6 +141,7 @@ impl World {
         let records = Arc::new(
             SledRecordLog::open(dir.path().join("records"), Duration::from_secs(86_400)).unwrap(),
         );
+        let detail = Arc::new(SledRunDetailLog::open(dir.path().join("run-detail")).unwrap());
         let vault = Arc::new(Vault::new(db.clone(), MasterKey::generate()));
         let fake = FakeHubSpot::start(contacts, 5).await.unwrap();
 
@@ -147,12 +156,13 @@ impl World {
             )
             .await
             .unwrap();
-        let (worker, follower) = start_worker(&repo, &records, &db, &vault, &fake);
+        let (worker, follower) = start_worker(&repo, &records, &detail, &db, &vault, &fake);
         Self {
             _dir: dir,
             fake,
             repo,
             records,
+            detail,
             db,
             vault,
             worker,
@@ -180,12 +190,16 @@ impl World {
             .unwrap();
     }
 
+    /// Requests a sync as the service does: queued to follow a run a worker holds, joining a
+    /// pending one nobody claimed yet.
     async fn request(&self, kind: SyncKind) -> SyncId {
         let sync_id = SyncId::new();
+        let leases = Leases::new(self.db.clone(), "a request");
+        let claimed = adapters::sync::run_claimed(&leases, self.id).await.unwrap();
         self.command(IntegrationCommand::RequestSync {
             sync_id,
             kind,
-            claimed: false,
+            claimed,
         })
         .await;
         sync_id
@@ -212,6 +226,17 @@ impl World {
         self.repo
             .store()
             .read_stream(&self.stream(), 1, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|event| event.decode::<IntegrationEvent>().unwrap())
+            .collect()
+    }
+
+    /// What run `sync_id` recorded in its detail (the run-detail log).
+    async fn detail_of(&self, sync_id: SyncId) -> Vec<IntegrationEvent> {
+        self.detail
+            .read(sync_id)
             .await
             .unwrap()
             .iter()
@@ -283,9 +308,10 @@ async fn a_full_sync_publishes_each_record_once_and_an_unchanged_one_nothing() {
         "nothing changed, nothing published"
     );
 
-    // The first run recorded its pages, each with counts and a cursor; the second, which
-    // changed nothing and took well under the quiet interval, recorded none and never needed
-    // to start in the log: its request and its end are all it left there.
+    // Each run left its request and its outcome in the integration's stream, nothing else.
+    // The first recorded its start and its pages, each with counts and a cursor, in its
+    // detail, and its outcome commits to the detail's head; the second, which changed nothing
+    // and took well under the quiet interval, recorded no detail at all.
     let events = world.events().await;
     let of_run = |run: SyncId| {
         events
@@ -293,20 +319,49 @@ async fn a_full_sync_publishes_each_record_once_and_an_unchanged_one_nothing() {
             .filter(|e| match e {
                 IntegrationEvent::SyncRequested(x) => x.sync_id == run,
                 IntegrationEvent::SyncStarted(x) => x.sync_id == run,
-                IntegrationEvent::SyncProgressed(x) => x.sync_id == run && x.cursor.is_some(),
+                IntegrationEvent::SyncProgressed(x) => x.sync_id == run,
                 IntegrationEvent::SyncCompleted(x) => x.sync_id == run,
                 _ => false,
             })
             .count()
     };
+    assert_eq!((of_run(first), of_run(second)), (2, 2));
+    let detail = world.detail_of(first).await;
+    assert!(matches!(detail[0], IntegrationEvent::SyncStarted(_)));
+    let pages = detail
+        .iter()
+        .filter(|e| matches!(e, IntegrationEvent::SyncProgressed(p) if p.cursor.is_some()))
+        .count();
     assert!(
-        of_run(first) >= 3 + 4,
-        "three contact pages and one company page recorded: {}",
-        of_run(first)
+        pages >= 4,
+        "three contact pages and one company page recorded: {pages}"
     );
+    let head = events
+        .iter()
+        .find_map(|e| match e {
+            IntegrationEvent::SyncCompleted(done) if done.sync_id == first => done.detail.clone(),
+            _ => None,
+        })
+        .expect("the first run's outcome commits to its detail");
+    assert_eq!(head.version, detail.len() as u64);
+    let check = eventstore::check_detail(
+        world.detail.as_ref(),
+        first,
+        head.version,
+        &head.hash,
+        domain::Timestamp::now(),
+        Duration::from_secs(86_400),
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        of_run(second),
-        2,
+        check,
+        eventstore::DetailCheck::Intact {
+            events: detail.len() as u64
+        }
+    );
+    assert!(
+        world.detail_of(second).await.is_empty(),
         "nothing changed: no start, no progress recorded"
     );
     world.follower.abort();
@@ -607,12 +662,7 @@ async fn requests_during_a_run_coalesce_into_one_follow_up() {
     world.fake.faults.slow(Duration::from_millis(50));
     let first = world.request(SyncKind::Full).await;
     eventually(WAIT, "the first run starts", || async {
-        world
-            .state()
-            .await
-            .running_sync
-            .is_some_and(|r| r.sync_id == first)
-            .then_some(())
+        (!world.detail_of(first).await.is_empty()).then_some(())
     })
     .await;
     let second = world.request(SyncKind::Full).await;
@@ -634,9 +684,7 @@ async fn requests_during_a_run_coalesce_into_one_follow_up() {
         (2, 2),
         "the third request joined the second"
     );
-    assert!(!events
-        .iter()
-        .any(|e| matches!(e, IntegrationEvent::SyncStarted(s) if s.sync_id == third)));
+    assert!(world.detail_of(third).await.is_empty());
     world.follower.abort();
 }
 
@@ -647,10 +695,10 @@ async fn a_disconnect_stops_the_running_sync_within_a_second() {
     let sync_id = world.request(SyncKind::Full).await;
     eventually(WAIT, "the run pulled a page", || async {
         world
-            .state()
+            .detail_of(sync_id)
             .await
-            .running_sync
-            .is_some_and(|r| r.sync_id == sync_id && r.pages >= 1)
+            .iter()
+            .any(|e| matches!(e, IntegrationEvent::SyncProgressed(p) if p.page >= 1))
             .then_some(())
     })
     .await;
@@ -690,10 +738,10 @@ async fn an_interrupted_run_resumes_from_its_last_cursor() {
     let sync_id = world.request(SyncKind::Full).await;
     eventually(WAIT, "three pages done", || async {
         world
-            .state()
+            .detail_of(sync_id)
             .await
-            .running_sync
-            .is_some_and(|r| r.pages >= 3)
+            .iter()
+            .any(|e| matches!(e, IntegrationEvent::SyncProgressed(p) if p.page >= 3))
             .then_some(())
     })
     .await;
@@ -702,15 +750,21 @@ async fn an_interrupted_run_resumes_from_its_last_cursor() {
     world.worker.cancel(world.id);
     world.worker.wait_idle().await;
     assert!(
-        world.state().await.running_sync.is_some(),
+        world
+            .state()
+            .await
+            .pending_sync
+            .is_some_and(|p| p.sync_id == sync_id),
         "the run is still open in the log"
     );
+    let recorded_before = world.detail_of(sync_id).await.len();
     let asked_before = world.fake.counters.requests.load(Ordering::SeqCst);
 
     // A new process replays from its dispatch checkpoint and resumes the run.
     let (worker, follower) = start_worker(
         &world.repo,
         &world.records,
+        &world.detail,
         &world.db,
         &world.vault,
         &world.fake,
@@ -731,6 +785,31 @@ async fn an_interrupted_run_resumes_from_its_last_cursor() {
     assert!(
         asked_after <= 10,
         "resumed, not restarted: {asked_after} more calls"
+    );
+    // The resumed run continued the same detail: one start, every page after the first
+    // worker's, and the outcome commits to where it ends.
+    let detail = world.detail_of(sync_id).await;
+    let starts = detail
+        .iter()
+        .filter(|e| matches!(e, IntegrationEvent::SyncStarted(_)))
+        .count();
+    assert_eq!(starts, 1);
+    assert!(detail.len() > recorded_before);
+    let head = match world.ended(sync_id).await {
+        IntegrationEvent::SyncCompleted(done) => done.detail.expect("it recorded detail"),
+        other => panic!("expected SyncCompleted, got {other:?}"),
+    };
+    assert_eq!(head.version, detail.len() as u64);
+    let pages: Vec<u32> = detail
+        .iter()
+        .filter_map(|e| match e {
+            IntegrationEvent::SyncProgressed(p) => Some(p.page),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        pages.windows(2).all(|w| w[0] < w[1]),
+        "each page recorded once, in order: {pages:?}"
     );
     worker.wait_idle().await;
     follower.abort();
@@ -821,4 +900,94 @@ async fn what_a_run_logs_names_its_integration_and_its_run() {
             .then_some(())
     })
     .await;
+}
+
+/// A log the previous release wrote: a finished run recorded inline (its start and pages in
+/// the integration's stream, its `SyncCompleted` schema 1 with no detail) and a run it left
+/// half done, inline too. This release resumes the half-done run from its inline cursor,
+/// records the rest as detail, and ends it with totals that add both; the old outcome reads
+/// as one without detail, and every chain and committed detail verifies.
+#[tokio::test]
+async fn a_log_the_previous_release_wrote_with_runs_inline_resumes_and_verifies() {
+    let world = World::new(300).await;
+    world.follower.abort();
+    world.worker.cancel(world.id);
+    world.worker.wait_idle().await;
+    let stream = world.stream();
+    let store = world.repo.store().clone();
+    let first = store.read_stream(&stream, 1, 1).await.unwrap().remove(0);
+    let metadata = domain::Metadata {
+        actor: domain::Actor::System("sync worker".into()),
+        occurred_at: domain::Timestamp::now(),
+        ..first.metadata.clone()
+    };
+    let raw = |event_type: &str, schema: u32, data: serde_json::Value| eventstore::NewEvent {
+        id: domain::EventId::new(),
+        event_type: event_type.into(),
+        schema,
+        data,
+        metadata: metadata.clone(),
+    };
+    let (done, half) = (SyncId::new(), SyncId::new());
+    let counts = |pulled: u64| serde_json::json!({"pulled": pulled, "created": 0, "updated": 0, "deleted": 0});
+    let version = store.stream_version(&stream).await.unwrap().unwrap();
+    store
+        .append(
+            &stream,
+            eventstore::ExpectedVersion::from_version(version),
+            vec![
+                raw("SyncRequested", 1, serde_json::json!({"sync_id": done, "kind": "full", "trigger": {"by": "schedule"}})),
+                raw("SyncStarted", 1, serde_json::json!({"sync_id": done, "cursor": null})),
+                raw("SyncProgressed", 1, serde_json::json!({"sync_id": done, "object": "contacts", "page": 1, "counts": counts(7), "cursor": "{\"object\":1}"})),
+                raw("SyncCompleted", 1, serde_json::json!({"sync_id": done, "totals": counts(7), "duration_ms": 5})),
+                raw("SyncRequested", 1, serde_json::json!({"sync_id": half, "kind": "full", "trigger": {"by": "schedule"}})),
+                raw("SyncStarted", 1, serde_json::json!({"sync_id": half, "cursor": null})),
+                // Contacts done (300 pulled, as that release counted them); companies next.
+                raw("SyncProgressed", 1, serde_json::json!({"sync_id": half, "object": "contacts", "page": 3, "counts": {"pulled": 300, "created": 300, "updated": 0, "deleted": 0}, "cursor": "{\"object\":1}"})),
+            ],
+        )
+        .await
+        .unwrap();
+    let old = world
+        .events()
+        .await
+        .into_iter()
+        .find_map(|e| match e {
+            IntegrationEvent::SyncCompleted(c) if c.sync_id == done => Some(c),
+            _ => None,
+        })
+        .expect("the old outcome decodes");
+    assert_eq!((old.totals.pulled, old.detail), (7, None));
+
+    let (worker, follower) = start_worker(
+        &world.repo,
+        &world.records,
+        &world.detail,
+        &world.db,
+        &world.vault,
+        &world.fake,
+    );
+    let (_, totals) = completed(&world.ended(half).await);
+    // The inline contacts and the five companies this release pulled.
+    assert_eq!((totals.pulled, totals.created), (305, 305));
+    let detail = world.detail_of(half).await;
+    assert!(matches!(detail[0], IntegrationEvent::SyncStarted(_)));
+    assert!(detail[1..].iter().all(
+        |e| matches!(e, IntegrationEvent::SyncProgressed(p) if p.object == "companies" && p.page > 3)
+    ));
+    let chain = eventstore::verify_stream(store.as_ref(), &stream)
+        .await
+        .unwrap();
+    assert!(chain.is_intact(), "{chain:?}");
+    let runs = command::run_detail::check_runs(
+        store.as_ref(),
+        world.detail.as_ref(),
+        &stream,
+        Duration::from_secs(86_400),
+    )
+    .await
+    .unwrap();
+    assert_eq!((runs.runs, runs.intact, runs.broken.len()), (1, 1, 0));
+    worker.wait_idle().await;
+    follower.abort();
 }

@@ -232,12 +232,14 @@ impl Generated {
                 message: "429 from the provider, retried too often".into(),
                 retryable: true,
                 unrecorded: Default::default(),
+                detail: None,
             }
         } else {
             IntegrationCommand::CompleteSync {
                 sync_id,
                 duration_ms: 4_200,
                 unrecorded: Default::default(),
+                detail: None,
             }
         };
         commands.push((end, system));

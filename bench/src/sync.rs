@@ -121,7 +121,10 @@ impl Stack {
         );
         let worker = SyncWorker::new(
             repo.clone(),
-            records.clone(),
+            adapters::sync::RunLogs {
+                records: records.clone(),
+                detail: Arc::new(eventstore::SledRunDetailLog::open(dir.join("run-detail"))?),
+            },
             db.clone(),
             Arc::new(service),
             Providers::new(

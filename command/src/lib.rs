@@ -8,6 +8,7 @@
 //! disconnect or delete releases it; which holders free a slot is the domain's rule
 //! ([`domain::policy::SlotHolding`]). [`work_queue`] hands work between processes on JetStream.
 //! [`actions`] reads one Companion action's course from its stream.
+//! [`run_detail`] checks the run detail that run outcomes commit to.
 //! [`checkpoints`] signs stream heads into a log of their own, so a history rewritten with
 //! recomputed hashes is caught. [`written`] remembers the last position a request wrote, for
 //! reading one's own writes; [`keyfile`] writes private key files whole or not at all.
@@ -17,5 +18,6 @@ pub mod checkpoints;
 pub mod keyfile;
 pub mod lifecycle;
 pub mod repository;
+pub mod run_detail;
 pub mod work_queue;
 pub mod written;

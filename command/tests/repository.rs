@@ -166,6 +166,7 @@ async fn long_history(
             sync_id,
             duration_ms: 0,
             unrecorded: Default::default(),
+            detail: None,
         },
         &system(),
     );
@@ -236,6 +237,7 @@ async fn loading_an_integration_with_100k_events_reads_a_bounded_number_of_them(
                 sync_id,
                 duration_ms: 5,
                 unrecorded: Default::default(),
+                detail: None,
             },
             &system(),
         )

@@ -177,7 +177,8 @@ impl fmt::Display for CredentialRef {
     }
 }
 
-/// The name of a stream in the event log: `integration-<uuid>` or `workspace-<id>`.
+/// The name of a stream in the event log: `integration-<uuid>` or `workspace-<id>`; in the
+/// run-detail log, `run-<sync id>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct StreamName(String);
@@ -190,6 +191,19 @@ impl StreamName {
     /// The workspace's policy stream: approval rules and connection-slot reservations.
     pub fn workspace(id: &WorkspaceId) -> Self {
         Self(format!("workspace-{id}"))
+    }
+
+    /// A run's detail stream in the run-detail log: `run-<sync id>`. It is never a stream of
+    /// the event log.
+    pub fn run(id: SyncId) -> Self {
+        Self(format!("run-{id}"))
+    }
+
+    /// The run whose detail this stream holds, if it is a run-detail stream.
+    pub fn run_id(&self) -> Option<SyncId> {
+        self.0
+            .strip_prefix("run-")
+            .and_then(|rest| rest.parse().ok())
     }
 
     /// A stream name from text, checked to be one of the two forms above.

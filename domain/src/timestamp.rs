@@ -53,6 +53,14 @@ impl Timestamp {
         Self(self.0.saturating_add(delta))
     }
 
+    /// This instant `ago` earlier, saturating at the start of the representable range.
+    pub fn minus(&self, ago: std::time::Duration) -> Self {
+        Self(
+            self.0
+                .saturating_sub(Duration::try_from(ago).unwrap_or(Duration::MAX)),
+        )
+    }
+
     pub fn parse(text: &str) -> Result<Self, time::error::Parse> {
         OffsetDateTime::parse(text, &Rfc3339).map(Self::from_datetime)
     }

@@ -384,6 +384,7 @@ fn facts_only_the_service_reports_are_refused_from_users() {
             sync_id,
             duration_ms: 1,
             unrecorded: Default::default(),
+            detail: None,
         },
     ] {
         let error = given(vec![hubspot(), requested(sync_id)])
@@ -498,6 +499,7 @@ fn expired_credentials_stop_the_running_and_pending_syncs() {
             message: "the provider refused the credentials".into(),
             retryable: true,
             totals: counts(10, 10),
+            detail: None,
         }),
         E::SyncFailed(SyncFailed {
             sync_id: pending,
@@ -505,6 +507,7 @@ fn expired_credentials_stop_the_running_and_pending_syncs() {
             message: "the provider refused the credentials".into(),
             retryable: true,
             totals: RecordCounts::default(),
+            detail: None,
         }),
         E::CredentialsExpired(CredentialsExpired {
             reason: ExpiryReason::InvalidGrant,
@@ -717,6 +720,7 @@ fn a_pending_run_that_found_nothing_ends_without_starting_and_its_follow_up_take
                 sync_id: pending,
                 duration_ms: 12,
                 unrecorded: counts(80, 0),
+                detail: None,
             },
             &system(),
         )
@@ -724,6 +728,7 @@ fn a_pending_run_that_found_nothing_ends_without_starting_and_its_follow_up_take
             sync_id: pending,
             totals: counts(80, 0),
             duration_ms: 12,
+            detail: None,
         })]);
     assert!(state.running_sync.is_none());
     assert_eq!(state.pending_sync.unwrap().sync_id, next);
@@ -761,6 +766,7 @@ fn a_run_that_changed_records_is_when_the_integration_last_changed() {
                 sync_id,
                 duration_ms: 5,
                 unrecorded: counts(3, 1),
+                detail: None,
             },
             &system(),
         )
@@ -768,6 +774,7 @@ fn a_run_that_changed_records_is_when_the_integration_last_changed() {
             sync_id,
             totals: counts(3, 1),
             duration_ms: 5,
+            detail: None,
         })]);
     assert!(state.last_changed_at.is_some());
 }
@@ -822,6 +829,7 @@ fn a_run_goes_from_request_to_completion_with_summed_totals() {
                 sync_id,
                 duration_ms: 1200,
                 unrecorded: Default::default(),
+                detail: None,
             },
             &system(),
         )
@@ -829,6 +837,7 @@ fn a_run_goes_from_request_to_completion_with_summed_totals() {
             sync_id,
             totals: counts(200, 120),
             duration_ms: 1200,
+            detail: None,
         })]);
     assert!(state.running_sync.is_none());
     assert_eq!(state.last_sync.unwrap().outcome, SyncOutcome::Completed);
@@ -932,6 +941,7 @@ fn a_failed_sync_keeps_its_totals_so_far() {
                 message: "502".into(),
                 retryable: true,
                 unrecorded: Default::default(),
+                detail: None,
             },
             &system(),
         )
@@ -941,6 +951,7 @@ fn a_failed_sync_keeps_its_totals_so_far() {
             message: "502".into(),
             retryable: true,
             totals: counts(7, 3),
+            detail: None,
         })]);
     assert_eq!(
         state.last_sync.unwrap().outcome,
@@ -1524,6 +1535,7 @@ fn disconnect_stops_syncs_and_actions_and_removes_the_configuration_but_keeps_hi
             message: "the integration was disconnected".into(),
             retryable: false,
             totals: RecordCounts::default(),
+            detail: None,
         }),
         E::ActionFailed(ActionFailed {
             action_id,

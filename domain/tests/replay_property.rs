@@ -124,6 +124,7 @@ fn command(op: (u8, u8, u8, u8)) -> C {
             sync_id: sync_id(a % 2),
             duration_ms: u64::from(b) * 10,
             unrecorded: Default::default(),
+            detail: None,
         },
         9 => C::FailSync {
             sync_id: sync_id(a % 2),
@@ -131,6 +132,7 @@ fn command(op: (u8, u8, u8, u8)) -> C {
             message: "bad gateway".into(),
             retryable: b % 2 == 0,
             unrecorded: Default::default(),
+            detail: None,
         },
         10 => {
             let fields = [

@@ -235,3 +235,38 @@ pub async fn copy_records(
     }
     Ok(copied)
 }
+
+/// Copies the detail of every run whose outcome in `log` (the source's event log) commits to
+/// one, from `from` to `to`, as it is (ids, versions and hashes), so the target's outcomes find
+/// their detail. Detail already aged out of the source is not there to copy; a run the target
+/// already holds is left as it is. Returns how many runs' detail was copied.
+pub async fn copy_run_detail(
+    log: &dyn EventStore,
+    from: &dyn crate::run_detail::RunDetailLog,
+    to: &dyn crate::run_detail::RunDetailLog,
+) -> Result<u64, CopyError> {
+    use domain::IntegrationEvent as E;
+    let mut copied = 0;
+    let mut next = 1;
+    loop {
+        let page = log.read_all(next, PAGE).await.map_err(CopyError::Source)?;
+        let Some(last) = page.last() else { break };
+        next = last.position + 1;
+        for event in &page {
+            let sync_id = match event.decode::<E>() {
+                Ok(Some(E::SyncCompleted(done))) if done.detail.is_some() => done.sync_id,
+                Ok(Some(E::SyncFailed(failed))) if failed.detail.is_some() => failed.sync_id,
+                _ => continue,
+            };
+            let detail = from.read(sync_id).await.map_err(CopyError::Source)?;
+            if detail.is_empty() {
+                continue;
+            }
+            to.import(sync_id, detail)
+                .await
+                .map_err(CopyError::Target)?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
+}

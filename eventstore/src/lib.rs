@@ -28,6 +28,7 @@ pub mod jetstream;
 #[cfg(any(test, feature = "test-support"))]
 pub mod nats_server;
 pub mod records;
+pub mod run_detail;
 mod sled_store;
 mod types;
 #[cfg(any(test, feature = "test-support"))]
@@ -40,6 +41,9 @@ pub use jetstream::{JetStreamConfig, JetStreamEventStore};
 pub use records::{
     purge_deleted_integrations, JetStreamRecordLog, RecordChange, RecordLog, RecordOp,
     SledRecordLog, StoredRecordChange,
+};
+pub use run_detail::{
+    check_detail, DetailCheck, DetailTip, JetStreamRunDetailLog, RunDetailLog, SledRunDetailLog,
 };
 pub use sled_store::{SledConfig, SledEventStore, SledStats};
 pub use types::{AppendResult, EventStream, NewEvent, RecordedEvent, Snapshot};

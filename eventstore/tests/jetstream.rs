@@ -644,3 +644,96 @@ mod distributed {
             .is_empty());
     }
 }
+
+/// The run-detail log on JetStream: an append lands only on the end it names, a run reads back
+/// whole with its chain, an import copies a run as it is, and the stream's `max_age` is the
+/// retention, changed in place when the retention changes.
+#[tokio::test]
+async fn run_detail_grows_only_from_its_end_and_ages_out_by_the_streams_max_age() {
+    use eventstore::{check_detail, DetailCheck, DetailTip, JetStreamRunDetailLog, RunDetailLog};
+    let nats = TestNats::shared();
+    let store = fresh_store(&nats).await;
+    let log = JetStreamRunDetailLog::open(&store).await.unwrap();
+    let run = domain::SyncId::new();
+    let event = |page: u32| eventstore::NewEvent {
+        id: domain::EventId::new(),
+        event_type: "SyncProgressed".into(),
+        schema: 1,
+        data: serde_json::json!({"page": page}),
+        metadata: domain::Metadata {
+            workspace: "acme".parse().unwrap(),
+            owner: None,
+            actor: domain::Actor::System("test".into()),
+            correlation_id: uuid::Uuid::now_v7(),
+            causation_id: None,
+            occurred_at: domain::Timestamp::now(),
+        },
+    };
+    let first = log
+        .append(run, DetailTip::EMPTY, vec![event(1), event(2)])
+        .await
+        .unwrap();
+    let second = log.append(run, first, vec![event(3)]).await.unwrap();
+    assert_eq!((first.version, second.version), (2, 3));
+    let stale = log.append(run, first, vec![event(9)]).await;
+    assert!(
+        matches!(stale, Err(eventstore::StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    let again = log.append(run, DetailTip::EMPTY, vec![event(9)]).await;
+    assert!(matches!(
+        again,
+        Err(eventstore::StoreError::Conflict { .. })
+    ));
+    let read = log.read(run).await.unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(DetailTip::after(read.last().unwrap()), second);
+    let check = check_detail(
+        &log,
+        run,
+        3,
+        &second.hash.to_hex(),
+        domain::Timestamp::now(),
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(check, DetailCheck::Intact { events: 3 });
+    // Copied into another namespace as it is.
+    let other = fresh_store(&nats).await;
+    let copy = JetStreamRunDetailLog::open(&other).await.unwrap();
+    copy.import(run, read.clone()).await.unwrap();
+    let copied = copy.read(run).await.unwrap();
+    assert_eq!(
+        copied.iter().map(|e| (e.id, e.hash)).collect::<Vec<_>>(),
+        read.iter().map(|e| (e.id, e.hash)).collect::<Vec<_>>()
+    );
+    // The retention is the stream's max age, and a new one replaces it.
+    let js = async_nats::jetstream::new(store.client().clone());
+    let name = store.config().runs_stream();
+    let max_age = |js: async_nats::jetstream::Context, name: String| async move {
+        js.get_stream(&name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .config
+            .max_age
+    };
+    assert_eq!(
+        max_age(js.clone(), name.clone()).await,
+        store.config().run_detail_max_age
+    );
+    let mut config = store.config().clone();
+    config.run_detail_max_age = std::time::Duration::from_secs(7 * 86_400);
+    let reopened = JetStreamEventStore::connect(config).await.unwrap();
+    JetStreamRunDetailLog::open(&reopened).await.unwrap();
+    assert_eq!(
+        max_age(js, name).await,
+        std::time::Duration::from_secs(7 * 86_400)
+    );
+}

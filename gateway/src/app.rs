@@ -13,6 +13,7 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     state: AppState,
     checkpoint_every: std::time::Duration,
+    run_detail_retention: std::time::Duration,
     run_workers: bool,
 }
 
@@ -29,7 +30,9 @@ use crate::state::{AppState, Runners, Services, Shared, Workers};
 use crate::storage::{
     create_private_dir, master_key_path, open_checkpoints, open_logs, open_service_db, Logs,
 };
-use crate::tasks::{purge_records_of_deleted_integrations, run_projection, sign_checkpoints};
+use crate::tasks::{
+    age_out_run_detail, purge_records_of_deleted_integrations, run_projection, sign_checkpoints,
+};
 use crate::{http, limits, metrics};
 
 impl Application {
@@ -52,6 +55,7 @@ impl Application {
         let Logs {
             store,
             records,
+            detail,
             backend,
             jetstream,
         } = logs;
@@ -92,7 +96,11 @@ impl Application {
             .context("while naming the service's own URL")?;
         let redirect = settings.adapters.redirect_uri(&own);
         let services = Services::new(store.clone(), &db, vault.clone(), &settings, redirect);
-        let workers = Workers::new(&services, records.clone(), &db, vault.clone(), &settings);
+        let run_logs = adapters::sync::RunLogs {
+            records: records.clone(),
+            detail: detail.clone(),
+        };
+        let workers = Workers::new(&services, run_logs, &db, vault.clone(), &settings);
         if let Some(jetstream) = &jetstream {
             let queue = command::work_queue::WorkQueue::open(
                 jetstream,
@@ -109,6 +117,8 @@ impl Application {
             state: AppState::new(Shared {
                 store,
                 records,
+                detail,
+                run_detail_retention: settings.run_detail_retention,
                 backend,
                 db,
                 runners: Runners::default(),
@@ -141,6 +151,7 @@ impl Application {
                 ),
             }),
             checkpoint_every: settings.checkpoint_every,
+            run_detail_retention: settings.run_detail_retention,
             run_workers: settings.run_workers,
         })
     }
@@ -202,6 +213,10 @@ impl Application {
             })
         });
         let signer = tokio::spawn(sign_checkpoints(self.state.clone(), self.checkpoint_every));
+        let compactor = tokio::spawn(age_out_run_detail(
+            self.state.clone(),
+            self.run_detail_retention,
+        ));
         let last_signing = self.state.clone();
         let closing = self.state.closing.clone();
         let metrics_served = self.metrics_listener.map(|listener| {
@@ -241,7 +256,8 @@ impl Application {
         }
         drop(last_signing);
         // A run stopped here resumes from its last cursor wherever the work is taken up next.
-        let tasks = std::iter::once(purger)
+        let tasks = [purger, compactor]
+            .into_iter()
             .chain(metrics_served)
             .chain(forgetting)
             .chain(projections)

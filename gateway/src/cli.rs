@@ -217,6 +217,17 @@ pub enum LogCommand {
     /// Copy the whole log to another backend (sled to JetStream or back), preserving ids,
     /// versions and hashes; resumable; verifies the target at the end. Also backup and restore.
     Copy(CopyArgs),
+    /// Age sync-run detail out now, as the running service does hourly: the run-detail log's
+    /// runs older than --sync-detail-retention-days (on JetStream the stream's max age does it),
+    /// and the sync logs' page rows and rows of runs that changed nothing. The event log is
+    /// never touched. Embedded (sled), stop the service first.
+    AgeOut(AgeOutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgeOutArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 #[derive(Debug, Args)]
@@ -328,6 +339,11 @@ pub struct StorageArgs {
     /// How many days synced record changes (personal data) are kept on the records log.
     #[arg(long, env = "HARMONY_RECORDS_MAX_AGE_DAYS", default_value_t = 30)]
     pub records_max_age_days: u64,
+    /// How many days sync-run detail is kept: each run's pages (the run-detail log, and the
+    /// sync logs' page rows) and the sync-log rows of runs that changed nothing. A run's
+    /// request and outcome stay in the event log for ever. At least 1.
+    #[arg(long, env = "HARMONY_SYNC_DETAIL_RETENTION_DAYS", default_value = "90", value_parser = retention_days)]
+    pub sync_detail_retention_days: u64,
     /// The vault's master key (base64 of 32 bytes; several comma-separated during a
     /// rotation), read here once from HARMONY_MASTER_KEY; else the key file under --data-dir.
     #[arg(long = "master-key-base64", env = "HARMONY_MASTER_KEY", hide = true, hide_env_values = true, value_parser = secret)]
@@ -340,9 +356,25 @@ pub struct StorageArgs {
     pub jetstream: JetStreamArgs,
 }
 
+/// A retention in whole days: at least one.
+fn retention_days(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<i64>() {
+        Ok(days) if days >= 1 => Ok(days.unsigned_abs()),
+        Ok(days) => Err(format!(
+            "{days} days would keep no run detail at all: give at least 1 (the default is 90)"
+        )),
+        Err(_) => Err(format!("{text:?} is not a whole number of days")),
+    }
+}
+
 impl StorageArgs {
     pub fn records_max_age(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.records_max_age_days.max(1) * 24 * 3600)
+    }
+
+    /// How long sync-run detail is kept (`--sync-detail-retention-days`).
+    pub fn run_detail_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.sync_detail_retention_days.max(1) * 24 * 3600)
     }
 
     /// The JetStream configuration, with --nats-url.
@@ -350,6 +382,7 @@ impl StorageArgs {
         self.nats_url.as_deref().map(|url| {
             let mut config = self.jetstream.config(url);
             config.records_max_age = self.records_max_age();
+            config.run_detail_max_age = self.run_detail_retention();
             config
         })
     }

@@ -500,11 +500,18 @@ mod tests {
             &settings,
             url::Url::parse("http://127.0.0.1/").unwrap(),
         );
-        let workers =
-            crate::Workers::new(&services, records.clone(), &read, vault.clone(), &settings);
+        let detail: Arc<dyn eventstore::RunDetailLog> =
+            Arc::new(eventstore::SledRunDetailLog::open(dir.path().join("run-detail")).unwrap());
+        let run_logs = adapters::sync::RunLogs {
+            records: records.clone(),
+            detail: detail.clone(),
+        };
+        let workers = crate::Workers::new(&services, run_logs, &read, vault.clone(), &settings);
         let app = router(AppState::new(crate::Shared {
             store,
             records,
+            detail,
+            run_detail_retention: crate::RUN_DETAIL_RETENTION,
             backend: crate::Backend::Sled,
             db: read.clone(),
             runners: crate::Runners::default(),

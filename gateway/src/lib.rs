@@ -36,7 +36,9 @@ pub mod tokens;
 mod views;
 
 pub use app::{shutdown_signal, Application};
-pub use settings::{Backend, MetricsSettings, Settings, SyncSettings, RECORDS_MAX_AGE};
+pub use settings::{
+    Backend, MetricsSettings, Settings, SyncSettings, RECORDS_MAX_AGE, RUN_DETAIL_RETENTION,
+};
 pub use state::{AppState, Runners, Services, Shared, Workers};
 pub use storage::{
     checkpoint_key_path, create_private_dir, master_key_path, open_checkpoints, open_logs,

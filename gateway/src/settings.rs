@@ -11,6 +11,10 @@ use crate::limits;
 /// How long the embedded records log keeps synced record changes (personal data).
 pub const RECORDS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
+/// How long sync-run detail (progress) is kept by default: 90 days.
+pub const RUN_DETAIL_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(90 * 24 * 3600);
+
 /// What `harmony serve` needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -22,6 +26,10 @@ pub struct Settings {
     /// How long synced record changes are kept on the embedded records log (on JetStream,
     /// the configuration's `records_max_age`).
     pub records_max_age: std::time::Duration,
+    /// How long sync-run detail is kept: the run-detail log's runs, the sync logs' page rows
+    /// and their rows of runs that changed nothing (on JetStream also the configuration's
+    /// `run_detail_max_age`).
+    pub run_detail_retention: std::time::Duration,
     /// The read models on PostgreSQL at this URL instead of SQLite under `data_dir`.
     pub database_url: Option<String>,
     /// OAuth clients, the public base URL and provider endpoints.
@@ -71,6 +79,7 @@ impl Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             jetstream: None,
             records_max_age: RECORDS_MAX_AGE,
+            run_detail_retention: RUN_DETAIL_RETENTION,
             database_url: None,
             adapters: adapters::config::AdaptersConfig::default(),
             outbound: adapters::outbound::OutboundPolicy::default(),

@@ -33,6 +33,9 @@ pub struct Shared {
     pub store: Arc<dyn EventStore>,
     /// Synced record changes, beside the event log on the same backend.
     pub records: Arc<dyn RecordLog>,
+    /// The run-detail log, and how long it keeps detail.
+    pub detail: Arc<dyn eventstore::RunDetailLog>,
+    pub run_detail_retention: std::time::Duration,
     pub backend: Backend,
     /// The service database: the read models (Installed, the sync logs) and what the service
     /// keeps and cannot derive (the vault, tokens, sessions, leases, idempotency keys).
@@ -153,7 +156,7 @@ impl Workers {
     /// `settings` configure them.
     pub fn new(
         services: &Services,
-        records: Arc<dyn RecordLog>,
+        logs: adapters::sync::RunLogs,
         db: &database::ServiceDb,
         vault: Arc<adapters::vault::Vault>,
         settings: &Settings,
@@ -162,7 +165,7 @@ impl Workers {
             database::lease::Leases::new(db.clone(), database::lease::Leases::process_holder());
         let sync = adapters::sync::SyncWorker::new(
             services.repository.clone(),
-            records,
+            logs,
             db.clone(),
             services.credentials.clone(),
             services.providers.clone(),

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use command::checkpoints::Checkpoints;
 use eventstore::{
-    EventStore, JetStreamConfig, JetStreamEventStore, JetStreamRecordLog, RecordLog,
-    SledEventStore, SledRecordLog,
+    EventStore, JetStreamConfig, JetStreamEventStore, JetStreamRecordLog, JetStreamRunDetailLog,
+    RecordLog, RunDetailLog, SledEventStore, SledRecordLog, SledRunDetailLog,
 };
 
-/// The two logs of a service: the event log and the records, on one backend.
+/// The logs of a service: the event log, the records and the run detail, on one backend.
 pub struct Logs {
     pub store: Arc<dyn EventStore>,
     pub records: Arc<dyn RecordLog>,
+    /// The run-detail log: sync runs' progress, aged out after the retention.
+    pub detail: Arc<dyn RunDetailLog>,
     pub backend: Backend,
     /// The JetStream store itself when the log is there, for the work queues beside it.
     pub jetstream: Option<JetStreamEventStore>,
@@ -48,9 +50,13 @@ pub async fn open_logs(
             let records = JetStreamRecordLog::open(&store)
                 .await
                 .with_context(|| format!("while opening the records on NATS JetStream at {url}"))?;
+            let detail = JetStreamRunDetailLog::open(&store).await.with_context(|| {
+                format!("while opening the run detail on NATS JetStream at {url}")
+            })?;
             Logs {
                 store: Arc::new(store.clone()),
                 records: Arc::new(records),
+                detail: Arc::new(detail),
                 backend: Backend::JetStream,
                 jetstream: Some(store),
             }
@@ -68,9 +74,14 @@ pub async fn open_logs(
                 SledRecordLog::open(&records_dir, records_max_age).with_context(|| {
                     format!("while opening the records in {}", records_dir.display())
                 })?;
+            let detail_dir = data_dir.join("run-detail");
+            let detail = SledRunDetailLog::open(&detail_dir).with_context(|| {
+                format!("while opening the run detail in {}", detail_dir.display())
+            })?;
             Logs {
                 store: Arc::new(store),
                 records: Arc::new(records),
+                detail: Arc::new(detail),
                 backend: Backend::Sled,
                 jetstream: None,
             }

@@ -34,6 +34,49 @@ pub(crate) async fn sign_checkpoints(state: AppState, every: std::time::Duration
     }
 }
 
+/// How often run detail past its retention is looked for.
+const AGE_OUT_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Ages sync-run detail out, at start and then hourly, in one process at a time: the runs of
+/// the run-detail log whose last detail is older than `retention` (on JetStream the stream's
+/// `max_age` does it), and the sync logs' page rows and rows of runs that changed nothing
+/// that ended before it. Never the event log: a run's request and outcome stay for ever.
+pub(crate) async fn age_out_run_detail(state: AppState, retention: std::time::Duration) {
+    let leases =
+        database::lease::Leases::new(state.db.clone(), database::lease::Leases::process_holder());
+    let mut tick = tokio::time::interval(AGE_OUT_EVERY);
+    loop {
+        tick.tick().await;
+        match leases
+            .try_acquire("run-detail-age-out", AGE_OUT_EVERY)
+            .await
+        {
+            Ok(true) => match age_out_once(state.detail.as_ref(), &state.db, retention).await {
+                Ok((0, 0)) => {}
+                Ok((runs, rows)) => {
+                    tracing::info!(runs, rows, "aged out sync-run detail past its retention")
+                }
+                Err(error) => tracing::warn!(%error, "could not age out run detail; will retry"),
+            },
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "cannot take the run-detail lease"),
+        }
+    }
+}
+
+/// One pass of [`age_out_run_detail`]: how many runs left the run-detail log, and how many
+/// sync-log rows (runs and pages) went.
+pub(crate) async fn age_out_once(
+    detail: &dyn eventstore::RunDetailLog,
+    db: &database::ServiceDb,
+    retention: std::time::Duration,
+) -> anyhow::Result<(u64, u64)> {
+    let cutoff = domain::Timestamp::now().minus(retention);
+    let runs = detail.expire(cutoff).await?;
+    let rows = projections::sync_runs::forget_detail_before(db, cutoff).await?;
+    Ok((runs, rows))
+}
+
 /// Keeps the records log free of deleted integrations' records, and the vault free of their
 /// secrets, for as long as the service runs.
 pub(crate) fn purge_records_of_deleted_integrations(

@@ -47,6 +47,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Log(gateway::cli::LogCommand::Copy(args)) => {
             gateway::commands::log::copy(&args, &mut std::io::stdout().lock()).await
         }
+        Command::Log(gateway::cli::LogCommand::AgeOut(args)) => {
+            gateway::commands::log::age_out(&args, &mut std::io::stdout().lock()).await
+        }
         Command::Vault(gateway::cli::VaultCommand::RotateMasterKey(args)) => {
             gateway::commands::vault::rotate(&args, &mut std::io::stdout().lock()).await
         }
@@ -92,6 +95,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         master_key: args.storage.master_key.clone(),
         checkpoint_key: args.storage.checkpoint_key_base64.clone(),
         records_max_age: args.storage.records_max_age(),
+        run_detail_retention: args.storage.run_detail_retention(),
         data_dir: args.storage.data_dir,
         listen: args.listen,
         database_url: args.storage.database_url,

@@ -462,7 +462,7 @@ fn log_copy_moves_a_log_to_jetstream_and_back_and_resumes() {
         String::from_utf8_lossy(&back.stderr)
     );
     assert!(String::from_utf8_lossy(&back.stdout).contains("copied 60 events"));
-    assert!(String::from_utf8_lossy(&back.stdout).contains("and 7 record changes"));
+    assert!(String::from_utf8_lossy(&back.stdout).contains(", 7 record changes and the detail of"));
     assert!(restored.path().join("log").is_dir());
     assert!(restored.path().join("records").is_dir());
 
@@ -1282,4 +1282,217 @@ fn the_readme_is_short_starts_in_two_commands_and_every_link_resolves() {
             );
         }
     }
+}
+
+/// Appends to `dir`'s log two HubSpot runs that recorded detail — one ended 100 days ago, one
+/// now — each as this release writes them: the request and the outcome in the integration's
+/// stream, the start and a page in the run-detail log, the outcome committing to its head.
+/// Returns the integration, the two runs (old, recent) and the recent outcome's position.
+async fn two_runs_with_detail(dir: &std::path::Path) -> (String, [domain::SyncId; 2], u64) {
+    use domain::integration::{
+        RecordCounts, RunDetailHead, SyncCompleted, SyncKind, SyncProgressed, SyncRequested,
+        SyncStarted, SyncTrigger,
+    };
+    use domain::IntegrationEvent as E;
+    use eventstore::{EventStore, NewEvent, RunDetailLog};
+    let store = eventstore::SledEventStore::open(dir.join("log")).unwrap();
+    let store: std::sync::Arc<dyn EventStore> = std::sync::Arc::new(store);
+    connect_apps(store.clone(), &["hubspot"]).await;
+    let connected = store
+        .read_all(1, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.stream.integration_id().is_some())
+        .unwrap();
+    let stream = connected.stream.clone();
+    let detail = eventstore::SledRunDetailLog::open(dir.join("run-detail")).unwrap();
+    let mut runs = Vec::new();
+    let mut outcome_at = 0;
+    for days in [100u64, 0] {
+        let at = domain::Timestamp::now().minus(std::time::Duration::from_secs(days * 86_400));
+        let metadata = domain::Metadata {
+            actor: domain::Actor::System("sync worker".into()),
+            occurred_at: at,
+            ..connected.metadata.clone()
+        };
+        let sync_id = domain::SyncId::new();
+        let counts = RecordCounts {
+            pulled: 3,
+            created: 3,
+            ..RecordCounts::default()
+        };
+        let tip = detail
+            .append(
+                sync_id,
+                eventstore::DetailTip::EMPTY,
+                vec![
+                    NewEvent::from_domain(
+                        &E::SyncStarted(SyncStarted {
+                            sync_id,
+                            cursor: None,
+                        }),
+                        metadata.clone(),
+                    ),
+                    NewEvent::from_domain(
+                        &E::SyncProgressed(SyncProgressed {
+                            sync_id,
+                            object: "contacts".into(),
+                            page: 1,
+                            counts,
+                            cursor: Some("{\"object\":1}".into()),
+                        }),
+                        metadata.clone(),
+                    ),
+                ],
+            )
+            .await
+            .unwrap();
+        let version = store.stream_version(&stream).await.unwrap().unwrap();
+        let appended = store
+            .append(
+                &stream,
+                eventstore::ExpectedVersion::from_version(version),
+                vec![
+                    NewEvent::from_domain(
+                        &E::SyncRequested(SyncRequested {
+                            sync_id,
+                            kind: SyncKind::Full,
+                            trigger: SyncTrigger::Schedule,
+                            follow_up: false,
+                        }),
+                        metadata.clone(),
+                    ),
+                    NewEvent::from_domain(
+                        &E::SyncCompleted(SyncCompleted {
+                            sync_id,
+                            totals: counts,
+                            duration_ms: 40,
+                            detail: Some(RunDetailHead {
+                                version: tip.version,
+                                hash: tip.hash.to_hex(),
+                                started_at: at,
+                                pages: 1,
+                            }),
+                        }),
+                        metadata,
+                    ),
+                ],
+            )
+            .await
+            .unwrap();
+        outcome_at = appended.last_position;
+        runs.push(sync_id);
+    }
+    (
+        stream.integration_id().unwrap().to_string(),
+        [runs[0], runs[1]],
+        outcome_at,
+    )
+}
+
+#[test]
+fn verify_holds_once_run_detail_ages_out_and_catches_altered_detail_and_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (hubspot, [old, recent], outcome) = runtime.block_on(two_runs_with_detail(dir.path()));
+    let run = |args: &[&str]| {
+        harmony()
+            .args(args)
+            .args(["--data-dir", data_dir])
+            .env_remove("HARMONY_NATS_URL")
+            .env_remove("HARMONY_DATABASE_URL")
+            .env_remove("HARMONY_SYNC_DETAIL_RETENTION_DAYS")
+            .output()
+            .unwrap()
+    };
+    let said = |output: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    let output = run(&["verify", "--all"]);
+    assert!(output.status.success(), "{}", said(&output));
+    assert!(
+        said(&output).contains("2 runs with detail: 2 intact, 0 aged out"),
+        "{}",
+        said(&output)
+    );
+
+    // A retention of no days is refused, and nothing is removed.
+    for bad in ["0", "-3"] {
+        let output = run(&[
+            "log",
+            "age-out",
+            &format!("--sync-detail-retention-days={bad}"),
+        ]);
+        assert!(!output.status.success());
+        assert!(said(&output).contains("at least 1"), "{}", said(&output));
+    }
+    let output = run(&["log", "age-out"]);
+    assert!(output.status.success(), "{}", said(&output));
+    assert!(
+        said(&output).contains("aged out the detail of 1 sync runs"),
+        "{}",
+        said(&output)
+    );
+    runtime.block_on(async {
+        use eventstore::RunDetailLog;
+        let detail = eventstore::SledRunDetailLog::open(dir.path().join("run-detail")).unwrap();
+        assert!(detail.read(old).await.unwrap().is_empty());
+        assert_eq!(detail.read(recent).await.unwrap().len(), 2);
+    });
+    // The history still verifies: the old run's detail is gone past the retention.
+    let output = run(&["verify", &hubspot]);
+    assert!(output.status.success(), "{}", said(&output));
+    assert!(
+        said(&output).contains("2 runs with detail: 1 intact, 1 aged out"),
+        "{}",
+        said(&output)
+    );
+    // Had the retention been longer, that detail would be missing.
+    let output = run(&["verify", "--all", "--sync-detail-retention-days", "200"]);
+    assert!(!output.status.success());
+    assert!(
+        said(&output).contains(&format!("the run {old}")) && said(&output).contains("missing"),
+        "{}",
+        said(&output)
+    );
+
+    // Detail altered behind the chain's back is caught…
+    runtime.block_on(async {
+        let detail = eventstore::SledRunDetailLog::open(dir.path().join("run-detail")).unwrap();
+        detail
+            .tamper(recent, 2, |data| {
+                data["counts"]["created"] = serde_json::json!(0)
+            })
+            .unwrap();
+    });
+    let output = run(&["verify", &hubspot]);
+    assert!(!output.status.success());
+    assert!(
+        said(&output).contains(&format!("the run {recent}"))
+            && said(&output).contains("run detail altered"),
+        "{}",
+        said(&output)
+    );
+    // …and so is an outcome altered to commit to other detail: its own link breaks.
+    runtime.block_on(async {
+        let store = eventstore::SledEventStore::open(dir.path().join("log")).unwrap();
+        store
+            .tamper(outcome, |data| {
+                data["detail"]["hash"] = serde_json::json!("00".repeat(32))
+            })
+            .unwrap();
+    });
+    let output = run(&["verify", &hubspot]);
+    assert!(!output.status.success());
+    assert!(
+        said(&output).contains("is broken at version"),
+        "{}",
+        said(&output)
+    );
 }

@@ -15,7 +15,7 @@ use domain::integration::{Integration, IntegrationCommand, IntegrationEvent, Syn
 use domain::{Caller, IntegrationId, Principal, Role, StreamName, SyncId, Timestamp};
 use eventstore::nats_server::{unique_namespace, TestNats};
 use eventstore::waiting::eventually;
-use eventstore::{JetStreamConfig, JetStreamEventStore};
+use eventstore::{JetStreamConfig, JetStreamEventStore, JetStreamRunDetailLog, RunDetailLog};
 use fakes::hubspot::{self as fake, FakeHubSpot};
 use secrecy::ExposeSecret;
 use tokio::io::AsyncBufReadExt;
@@ -80,6 +80,7 @@ struct Service {
     repo: Repository,
     vault: Vault,
     store: JetStreamEventStore,
+    detail: JetStreamRunDetailLog,
     namespace: String,
     processes: Vec<Process>,
     /// The workspace each integration is connected in.
@@ -134,6 +135,7 @@ impl Service {
         let mut js = JetStreamConfig::new(nats.url.clone());
         js.namespace = namespace.clone();
         let store = JetStreamEventStore::connect(js).await.unwrap();
+        let detail = JetStreamRunDetailLog::open(&store).await.unwrap();
         let repo = Repository::new(Arc::new(store.clone()));
         let db = database::ServiceDb::connect_postgres(&database)
             .await
@@ -145,6 +147,7 @@ impl Service {
             repo,
             vault,
             store,
+            detail,
             namespace,
             processes,
             workspaces: Mutex::default(),
@@ -224,6 +227,17 @@ impl Service {
             .collect()
     }
 
+    /// What run `sync_id` recorded in its detail (the runs stream).
+    async fn detail_of(&self, sync_id: SyncId) -> Vec<IntegrationEvent> {
+        self.detail
+            .read(sync_id)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.decode::<IntegrationEvent>().unwrap())
+            .collect()
+    }
+
     async fn completed(&self, id: IntegrationId, sync_id: SyncId) -> u64 {
         eventually(WAIT, "the sync completes", || async {
             self.events(id).await.into_iter().find_map(|e| match e {
@@ -255,7 +269,7 @@ async fn two_processes_share_the_sync_queue_and_one_takes_over_from_a_dead_one()
     for (id, sync_id) in &runs {
         assert_eq!(service.completed(*id, *sync_id).await, 250);
         let started = service
-            .events(*id)
+            .detail_of(*sync_id)
             .await
             .into_iter()
             .filter(|e| matches!(e, IntegrationEvent::SyncStarted(s) if s.sync_id == *sync_id))
@@ -285,7 +299,7 @@ async fn two_processes_share_the_sync_queue_and_one_takes_over_from_a_dead_one()
     .await;
     eventually(WAIT, "the run has made progress", || async {
         service
-            .events(id)
+            .detail_of(sync_id)
             .await
             .iter()
             .any(|e| matches!(e, IntegrationEvent::SyncProgressed(_)))
@@ -307,4 +321,36 @@ async fn two_processes_share_the_sync_queue_and_one_takes_over_from_a_dead_one()
             .any(|l| l.contains("running a sync") && l.contains(&sync_id.to_string())),
         "the surviving process finished the run"
     );
+    // It continued the dead process's detail on the runs stream, and the outcome commits to
+    // where that detail ends.
+    let head = service
+        .events(id)
+        .await
+        .into_iter()
+        .find_map(|e| match e {
+            IntegrationEvent::SyncCompleted(done) if done.sync_id == sync_id => done.detail,
+            _ => None,
+        })
+        .expect("the resumed run recorded detail");
+    let check = eventstore::check_detail(
+        &service.detail,
+        sync_id,
+        head.version,
+        &head.hash,
+        domain::Timestamp::now(),
+        Duration::from_secs(86_400),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(check, eventstore::DetailCheck::Intact { .. }),
+        "{check:?}"
+    );
+    let starts = service
+        .detail_of(sync_id)
+        .await
+        .iter()
+        .filter(|e| matches!(e, IntegrationEvent::SyncStarted(_)))
+        .count();
+    assert_eq!(starts, 1, "one start, continued by the survivor");
 }

@@ -18,8 +18,9 @@ pub const NAME: &str = "installed";
 
 /// The version of what this code makes of the events. 2: an integration reauthenticated after
 /// a failed sync is `connected` (the state remembers when it was reauthenticated). 3: rows say
-/// when a run last changed something (`last_changed_at`).
-pub const VERSION: u64 = 3;
+/// when a run last changed something (`last_changed_at`). 4: an integration with a run
+/// requested and not yet ended is `syncing` (a run's start is in its detail, not in the log).
+pub const VERSION: u64 = 4;
 
 /// Its table.
 pub(crate) const TABLE: &str = "installed";
@@ -67,7 +68,13 @@ pub const STATUSES: [&str; 5] = [
 pub fn row_of(integration: &Integration) -> Option<InstalledRow> {
     let profile = integration.profile.as_ref()?;
     let status = match integration.status {
-        Status::Connected if integration.running_sync.is_some() => "syncing",
+        // A run requested and not ended is under way or about to be: its start is recorded in
+        // its detail, outside the integration's stream.
+        Status::Connected
+            if integration.running_sync.is_some() || integration.pending_sync.is_some() =>
+        {
+            "syncing"
+        }
         Status::Connected if integration.failing() => "error",
         Status::Connected => "connected",
         Status::NeedsReauth => "needs_reauth",

@@ -299,6 +299,10 @@ pub(crate) async fn apply_in<'a>(
                     continue;
                 };
                 run.status = "completed".into();
+                if let Some(detail) = &done.detail {
+                    // The run's start is in its detail, not in this log.
+                    run.started_at = Some(detail.started_at.to_string());
+                }
                 run.finished_at = Some(at.clone());
                 run.first_checked_at = Some(at.clone());
                 run.last_checked_at = Some(at);
@@ -336,6 +340,9 @@ pub(crate) async fn apply_in<'a>(
                         "failed"
                     }
                     .into();
+                    if let Some(detail) = &failed.detail {
+                        run.started_at = Some(detail.started_at.to_string());
+                    }
                     run.finished_at = Some(at.clone());
                     run.first_checked_at = Some(at.clone());
                     run.last_checked_at = Some(at);
@@ -503,6 +510,34 @@ pub async fn pages(db: &ServiceDb, sync_id: &str) -> Result<Vec<SyncPage>, Servi
          FROM {PAGES} WHERE sync_id = $1 ORDER BY at, object, page"
     );
     fetch_all(db, &sql, &[Bind::Text(sync_id.to_owned())]).await
+}
+
+/// Forgets the sync-run detail that ended before `cutoff` (the retention): every page row,
+/// and the rows of completed runs that changed nothing. The rows of runs that changed
+/// something, or failed, stay: the sync logs keep what happened, not how often nothing did.
+/// How many rows went. Timestamps are stored in one fixed textual form, so they compare as
+/// text.
+pub async fn forget_detail_before(
+    db: &ServiceDb,
+    cutoff: domain::Timestamp,
+) -> Result<u64, ServiceDbError> {
+    let cutoff = Bind::Text(cutoff.to_string());
+    let pages = crate::db::execute(
+        db,
+        &format!("DELETE FROM {PAGES} WHERE at < $1"),
+        std::slice::from_ref(&cutoff),
+    )
+    .await?;
+    let runs = crate::db::execute(
+        db,
+        &format!(
+            "DELETE FROM {RUNS} WHERE status = 'completed' AND created = 0 AND updated = 0 \
+             AND deleted = 0 AND COALESCE(last_checked_at, finished_at) < $1"
+        ),
+        &[cutoff],
+    )
+    .await?;
+    Ok(pages + runs)
 }
 
 /// How many runs the sync logs hold with one status, and the records they pulled: the whole

@@ -208,6 +208,7 @@ async fn life(kind: &str) {
             sync_id,
             duration_ms: 1200,
             unrecorded: Default::default(),
+            detail: None,
         },
     )
     .await;
@@ -256,6 +257,7 @@ async fn life(kind: &str) {
             message: "429".into(),
             retryable: true,
             unrecorded: Default::default(),
+            detail: None,
         },
     )
     .await;
@@ -590,6 +592,7 @@ async fn rebuild(kind: &str) {
                     sync_id,
                     duration_ms: 5,
                     unrecorded: Default::default(),
+                    detail: None,
                 },
             )
             .await;
@@ -671,6 +674,7 @@ async fn one_run(
         sync_id,
         duration_ms: 7,
         unrecorded,
+        detail: None,
     };
     run(&f.repository, &system(), id, complete).await;
     sync_id

@@ -137,6 +137,7 @@ async fn play(steps: &[Step]) -> (tempfile::TempDir, Arc<SledEventStore>, Vec<In
                         sync_id: id,
                         duration_ms: 7,
                         unrecorded: Default::default(),
+                        detail: None,
                     },
                     system(),
                 )
@@ -149,6 +150,7 @@ async fn play(steps: &[Step]) -> (tempfile::TempDir, Arc<SledEventStore>, Vec<In
                     message: "boom".into(),
                     retryable: *retryable,
                     unrecorded: Default::default(),
+                    detail: None,
                 };
                 (*i, command, system())
             }

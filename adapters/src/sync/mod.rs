@@ -7,7 +7,8 @@
 //! 3. compares with the hashes the last runs saw (`record_hashes`): a new record is `created`, a
 //!    different hash `updated`, the same hash nothing at all;
 //! 4. publishes the changes (durable) and then stores the new hashes;
-//! 5. appends `SyncProgressed` with the counts and the cursor of the next page.
+//! 5. appends `SyncProgressed` with the counts and the cursor of the next page to the run's
+//!    detail (`run-<sync id>` in the run-detail log, [`eventstore::run_detail`]).
 //!
 //! After the last page of a full run, the records it did not see are gone at the provider:
 //! each is published as `deleted`. An incremental run starts from the watermark the last run
@@ -16,11 +17,13 @@
 //!
 //! At most one run per integration at a time, in this process and across processes: a run
 //! holds the integration's lease, renewed while it works. The lease is the claim: a run
-//! appends `SyncStarted` only with the first progress it records, so a run that changes
-//! nothing leaves its request and its end alone in the log. A request while the lease is held
+//! appends `SyncStarted` (to its detail) only with the first progress it records, so a run
+//! that changes nothing leaves its request and its end alone in the log. The integration's
+//! stream holds a run's request and its outcome, which commits to the head of its detail. A request while the lease is held
 //! ([`run_claimed`]) is queued by the domain as one follow-up, which the worker runs when the
 //! run ends; one made before the claim joins the pending run, which reads the provider after
-//! it. A run interrupted by a crash resumes from the cursor of its last `SyncProgressed`.
+//! it. A run interrupted by a crash resumes from the cursor of its last `SyncProgressed`; its
+//! detail appends continue the stream's end, so a worker that lost the run cannot add to it.
 
 use eventstore::follow::{Follower, InFlight};
 use eventstore::RecordedEvent;
@@ -38,10 +41,13 @@ use domain::catalog;
 use domain::integration::{
     FieldMapping, Integration, IntegrationCommand, RecordCounts, Status, SyncKind, Transform,
 };
+use domain::integration::{IntegrationEvent, RunDetailHead, SyncProgressed, SyncStarted};
 use domain::{
     Caller, CommandContext, DomainError, EventId, IntegrationId, StreamName, SyncId, Timestamp,
 };
-use eventstore::{RecordChange, RecordLog, RecordOp, StoreError};
+use eventstore::{
+    DetailTip, NewEvent, RecordChange, RecordLog, RecordOp, RunDetailLog, StoreError,
+};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -186,6 +192,7 @@ pub struct SyncWorker {
 struct Inner {
     repo: Arc<Repository>,
     records: Arc<dyn RecordLog>,
+    detail: Arc<dyn RunDetailLog>,
     db: ServiceDb,
     credentials: Arc<dyn CredentialSource>,
     providers: Providers,
@@ -217,10 +224,23 @@ fn context(reason: &str) -> CommandContext {
     CommandContext::new(Caller::system(reason), Timestamp::now())
 }
 
+/// Where a run writes besides the event log: the records it found changed, and its detail.
+#[derive(Clone)]
+pub struct RunLogs {
+    pub records: Arc<dyn RecordLog>,
+    pub detail: Arc<dyn RunDetailLog>,
+}
+
+impl std::fmt::Debug for RunLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunLogs").finish_non_exhaustive()
+    }
+}
+
 impl SyncWorker {
     pub fn new(
         repo: Arc<Repository>,
-        records: Arc<dyn RecordLog>,
+        logs: RunLogs,
         db: ServiceDb,
         credentials: Arc<dyn CredentialSource>,
         providers: Providers,
@@ -230,7 +250,8 @@ impl SyncWorker {
         Self {
             inner: Arc::new(Inner {
                 repo,
-                records,
+                records: logs.records,
+                detail: logs.detail,
                 db,
                 credentials,
                 providers,
@@ -485,27 +506,32 @@ impl SyncWorker {
             return Ok(false);
         }
         // A pending run is claimed by the lease this process holds, not by an event: its
-        // `SyncStarted` is appended with the first progress it records.
-        let (sync_id, kind, cursor, mut page_no, mut totals, started_in_log) =
+        // `SyncStarted` goes to its detail with the first progress it records. A run started
+        // before the run-detail log recorded its progress in the integration's stream.
+        let (sync_id, kind, inline_cursor, inline_pages, mut totals) =
             match (&state.running_sync, &state.pending_sync) {
                 (Some(running), _) => (
                     running.sync_id,
                     running.kind,
-                    RunCursor::decode(running.cursor.as_deref()),
+                    running.cursor.clone(),
                     running.pages,
                     running.totals,
-                    true,
                 ),
                 (None, Some(pending)) => (
                     pending.sync_id,
                     pending.kind,
-                    RunCursor::default(),
+                    None,
                     0,
                     RecordCounts::default(),
-                    false,
                 ),
                 (None, None) => return Ok(false),
             };
+        // A run whose worker stopped resumes from the last page its detail recorded.
+        let recorded = self.inner.detail.read(sync_id).await?;
+        let (detail, detail_cursor) = run::Detail::read(sync_id, &recorded)?;
+        let cursor = RunCursor::decode(detail_cursor.or(inline_cursor).as_deref());
+        let mut page_no = inline_pages.max(detail.pages);
+        totals.add(&detail.counted);
         tracing::info!(integration = %id, sync = %sync_id, holder = self.inner.leases.holder(), "running a sync");
         let run = Run {
             worker: self,
@@ -519,7 +545,7 @@ impl SyncWorker {
             started: Instant::now(),
             recorded: std::sync::Mutex::new(Instant::now()),
             unrecorded: std::sync::Mutex::default(),
-            started_in_log: std::sync::atomic::AtomicBool::new(started_in_log),
+            detail: tokio::sync::Mutex::new(detail),
         };
         // Everything the run logs carries its integration and run.
         let span = tracing::info_span!("sync_run", integration = %id, sync = %sync_id);

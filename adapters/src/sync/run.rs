@@ -1,6 +1,6 @@
 //! One sync run: pulls each object's pages, maps and hashes the records, publishes what
-//! changed, sweeps what is gone, and records its progress and its end in the integration's
-//! log. [`SyncWorker`](super::SyncWorker) decides which run goes where and when.
+//! changed, sweeps what is gone, records its progress in its detail (the run-detail log) and
+//! its end in the integration's log. [`SyncWorker`](super::SyncWorker) decides which run goes where and when.
 
 use super::*;
 
@@ -52,10 +52,59 @@ pub(super) struct Run<'a> {
     pub(super) recorded: std::sync::Mutex<Instant>,
     /// What the pages whose progress was not recorded counted, for the run's totals.
     pub(super) unrecorded: std::sync::Mutex<RecordCounts>,
-    /// Whether the run's `SyncStarted` is in the log. A run is claimed by its lease, not by an
-    /// event: it appends `SyncStarted` with the first progress it records, so a run that finds
-    /// nothing appends only its end.
-    pub(super) started_in_log: std::sync::atomic::AtomicBool,
+    /// The run's detail stream as far as it goes. A run is claimed by its lease, not by an
+    /// event: it appends `SyncStarted` to its detail with the first progress it records, so a
+    /// run that finds nothing writes no detail and appends only its end.
+    pub(super) detail: tokio::sync::Mutex<Detail>,
+}
+
+/// A run's detail stream (`run-<sync id>` in the run-detail log) as the run holds it.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Detail {
+    pub(super) tip: Option<DetailTip>,
+    pub(super) started_at: Option<Timestamp>,
+    pub(super) pages: u32,
+    /// What the recorded pages counted.
+    pub(super) counted: RecordCounts,
+}
+
+impl Detail {
+    /// The detail of run `sync_id` as the log holds it, for a run resumed after its worker
+    /// stopped: its tip, and the cursor of its last recorded page.
+    pub(super) fn read(
+        sync_id: SyncId,
+        events: &[RecordedEvent],
+    ) -> Result<(Self, Option<String>), RunError> {
+        let mut detail = Detail::default();
+        let mut cursor = None;
+        for event in events {
+            match event.decode::<IntegrationEvent>() {
+                Ok(Some(IntegrationEvent::SyncStarted(started))) if started.sync_id == sync_id => {
+                    detail.started_at = Some(event.metadata.occurred_at);
+                }
+                Ok(Some(IntegrationEvent::SyncProgressed(page))) if page.sync_id == sync_id => {
+                    detail.pages = detail.pages.max(page.page);
+                    detail.counted.add(&page.counts);
+                    cursor = page.cursor;
+                }
+                Ok(_) => {}
+                Err(error) => return Err(RunError::Internal(format!("the run's detail: {error}"))),
+            }
+            detail.tip = Some(DetailTip::after(event));
+        }
+        Ok((detail, cursor))
+    }
+
+    /// The head the run's outcome commits to, if it recorded any detail.
+    fn head(&self) -> Option<RunDetailHead> {
+        let tip = self.tip?;
+        Some(RunDetailHead {
+            version: tip.version,
+            hash: tip.hash.to_hex(),
+            started_at: self.started_at.unwrap_or_else(Timestamp::now),
+            pages: self.pages,
+        })
+    }
 }
 
 /// Progress through pages that changed nothing is recorded at most this often. A run killed
@@ -252,7 +301,7 @@ impl Run<'_> {
                                     sweep: last && self.kind == SyncKind::Full,
                                     page: item.next_page,
                                 };
-                                commands.push(IntegrationCommand::RecordSyncProgress {
+                                commands.push(SyncProgressed {
                                     sync_id: self.sync_id,
                                     object: object.to_string(),
                                     page: *page_no,
@@ -602,7 +651,7 @@ impl Run<'_> {
         counts: RecordCounts,
         cursor: RunCursor,
     ) -> Result<(), RunError> {
-        self.record(vec![IntegrationCommand::RecordSyncProgress {
+        self.record(vec![SyncProgressed {
             sync_id: self.sync_id,
             object: object.to_owned(),
             page,
@@ -612,24 +661,72 @@ impl Run<'_> {
         .await
     }
 
-    /// Appends progress, preceded by the run's `SyncStarted` the first time.
-    async fn record(&self, mut commands: Vec<IntegrationCommand>) -> Result<(), RunError> {
-        use std::sync::atomic::Ordering;
-        let starting = !self.started_in_log.load(Ordering::Acquire);
-        if starting {
-            commands.insert(
-                0,
-                IntegrationCommand::StartSync {
-                    sync_id: self.sync_id,
-                    cursor: None,
-                },
-            );
+    /// Appends progress to the run's detail, preceded by its `SyncStarted` the first time.
+    /// The append continues the detail where this run left it, so a worker that lost the
+    /// run's lease to another can add nothing after it.
+    async fn record(&self, pages: Vec<SyncProgressed>) -> Result<(), RunError> {
+        let mut detail = self.detail.lock().await;
+        let now = Timestamp::now();
+        let profile =
+            self.state.profile.as_ref().ok_or_else(|| {
+                RunError::Internal("a connected integration has a profile".into())
+            })?;
+        let context = context("sync worker");
+        let metadata = domain::Metadata {
+            workspace: profile.workspace.clone(),
+            owner: profile.scope.owner().cloned(),
+            actor: context.caller.actor(),
+            // Every page of the run shares the run's id as its correlation.
+            correlation_id: *self.sync_id.as_uuid(),
+            causation_id: None,
+            occurred_at: now,
+        };
+        let mut events = Vec::with_capacity(pages.len() + 1);
+        if detail.tip.is_none() {
+            events.push(IntegrationEvent::SyncStarted(SyncStarted {
+                sync_id: self.sync_id,
+                cursor: None,
+            }));
         }
-        self.execute_all(&commands).await?;
-        if starting {
-            self.started_in_log.store(true, Ordering::Release);
+        let mut counted = detail.counted;
+        let mut last_page = detail.pages;
+        for page in pages {
+            counted.add(&page.counts);
+            last_page = last_page.max(page.page);
+            events.push(IntegrationEvent::SyncProgressed(page));
         }
+        let new_events = events
+            .iter()
+            .map(|event| NewEvent::from_domain(event, metadata.clone()))
+            .collect();
+        let after = detail.tip.unwrap_or(DetailTip::EMPTY);
+        let tip = match self
+            .inner()
+            .detail
+            .append(self.sync_id, after, new_events)
+            .await
+        {
+            Ok(tip) => tip,
+            // Another worker carries the run on: this one has lost it.
+            Err(StoreError::Conflict { .. }) => return Err(RunError::LeaseLost),
+            Err(error) => return Err(RunError::Records(error)),
+        };
+        if detail.tip.is_none() {
+            detail.started_at = Some(now);
+        }
+        detail.tip = Some(tip);
+        detail.counted = counted;
+        detail.pages = last_page;
         Ok(())
+    }
+
+    /// What the integration's stream will not hold of the run's counts: its recorded detail
+    /// and the pages it did not record.
+    async fn outside_the_stream(&self) -> (RecordCounts, Option<RunDetailHead>) {
+        let detail = self.detail.lock().await;
+        let mut counts = detail.counted;
+        counts.add(&self.unrecorded());
+        (counts, detail.head())
     }
 
     async fn execute(&self, command: IntegrationCommand) -> Result<(), RunError> {
@@ -704,11 +801,13 @@ impl Run<'_> {
 
     /// Records how the run ended.
     pub(super) async fn finish(&self, outcome: Result<(), RunError>) -> Result<(), RunError> {
+        let (unrecorded, detail) = self.outside_the_stream().await;
         let command = match outcome {
             Ok(()) => IntegrationCommand::CompleteSync {
                 sync_id: self.sync_id,
                 duration_ms: self.started.elapsed().as_millis() as u64,
-                unrecorded: self.unrecorded(),
+                unrecorded,
+                detail,
             },
             // Whoever cancelled recorded why (a disconnect fails the run itself); a lost
             // lease means another process carries on from the cursor.
@@ -733,7 +832,8 @@ impl Run<'_> {
                 code: error.code().to_owned(),
                 message: error.to_string(),
                 retryable: error.retryable(),
-                unrecorded: self.unrecorded(),
+                unrecorded,
+                detail,
             },
             Err(error @ (RunError::Records(_) | RunError::Db(_) | RunError::Repository(_))) => {
                 IntegrationCommand::FailSync {
@@ -741,7 +841,8 @@ impl Run<'_> {
                     code: "storage".into(),
                     message: error.to_string(),
                     retryable: true,
-                    unrecorded: self.unrecorded(),
+                    unrecorded,
+                    detail,
                 }
             }
             Err(RunError::Internal(message)) => IntegrationCommand::FailSync {
@@ -749,7 +850,8 @@ impl Run<'_> {
                 code: "internal".into(),
                 message,
                 retryable: false,
-                unrecorded: self.unrecorded(),
+                unrecorded,
+                detail,
             },
         };
         match self.execute(command).await {

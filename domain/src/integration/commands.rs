@@ -67,12 +67,15 @@ pub enum IntegrationCommand {
         counts: super::events::RecordCounts,
         cursor: Option<String>,
     },
-    /// The run ended. `unrecorded` counts the pages whose progress was not recorded (they
-    /// changed nothing, so the worker did not append them): the totals add them.
+    /// The run ended. `unrecorded` counts what the integration's stream does not hold: the
+    /// pages recorded in the run's detail and those whose progress was not recorded at all
+    /// (they changed nothing): the totals add them. `detail` is the head of the run's detail
+    /// stream, which the outcome commits to.
     CompleteSync {
         sync_id: SyncId,
         duration_ms: u64,
         unrecorded: super::events::RecordCounts,
+        detail: Option<super::events::RunDetailHead>,
     },
     FailSync {
         sync_id: SyncId,
@@ -80,6 +83,7 @@ pub enum IntegrationCommand {
         message: String,
         retryable: bool,
         unrecorded: super::events::RecordCounts,
+        detail: Option<super::events::RunDetailHead>,
     },
     /// Replace an object's field mapping. `discovered_fields` are the provider's fields as the
     /// adapter just listed them (custom fields included); without them the app's standard

@@ -238,6 +238,7 @@ impl Integration {
                 message: message.to_owned(),
                 retryable,
                 totals: running.totals,
+                detail: None,
             }));
         }
         if let Some(pending) = &self.pending_sync {
@@ -247,6 +248,7 @@ impl Integration {
                 message: message.to_owned(),
                 retryable,
                 totals: RecordCounts::default(),
+                detail: None,
             }));
         }
         events

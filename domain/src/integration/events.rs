@@ -145,13 +145,36 @@ pub struct SyncProgressed {
     pub cursor: Option<String>,
 }
 
+/// Where a run's detail ended: the head of its stream `run-<sync_id>` in the run-detail log
+/// (its `SyncStarted` and `SyncProgressed`), which the run's outcome commits to. The detail
+/// ages out after the retention; the head stays in the integration's chain, so while the
+/// detail lasts it cannot be altered unnoticed, and once gone it is known to have existed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunDetailHead {
+    /// The version of the detail stream's last event: how many events it holds.
+    pub version: u64,
+    /// That event's chain hash, hex.
+    pub hash: String,
+    /// When the run started (its `SyncStarted`), for the sync logs once the detail is gone.
+    pub started_at: Timestamp,
+    /// How many pages it recorded.
+    pub pages: u32,
+}
+
+/// Schema 2 adds `detail`; schema 1 (runs that recorded their progress in the integration's
+/// stream) reads as `detail: None`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncCompleted {
     pub sync_id: SyncId,
     pub totals: RecordCounts,
     pub duration_ms: u64,
+    /// The head of the run's detail; `None` when it recorded none (it found nothing, or it
+    /// recorded its progress in the integration's stream, as runs before schema 2 did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<RunDetailHead>,
 }
 
+/// Schema 2 adds `detail`, as for [`SyncCompleted`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncFailed {
     pub sync_id: SyncId,
@@ -159,6 +182,8 @@ pub struct SyncFailed {
     pub message: String,
     pub retryable: bool,
     pub totals: RecordCounts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<RunDetailHead>,
 }
 
 /// A value transformation applied while mapping a field.
@@ -319,8 +344,8 @@ event_enum!(
         SyncRequested(SyncRequested) = 1,
         SyncStarted(SyncStarted) = 1,
         SyncProgressed(SyncProgressed) = 1,
-        SyncCompleted(SyncCompleted) = 1,
-        SyncFailed(SyncFailed) = 1,
+        SyncCompleted(SyncCompleted) = 2,
+        SyncFailed(SyncFailed) = 2,
         MappingChanged(MappingChanged) = 1,
         SyncScheduleChanged(SyncScheduleChanged) = 1,
         ActionRequested(ActionRequested) = 2,
@@ -351,6 +376,8 @@ fn malformed(event_type: &str, schema: u32, reason: &str) -> EventDecodeError {
 /// - `ActionRequested` and `ActionCompleted` 1 → 2: schema 1 stored the arguments and the
 ///   result in the clear; schema 2 seals them. The old clear values stay as they were
 ///   ([`ActionPayload::Plain`]): the log is never rewritten.
+/// - `SyncCompleted` and `SyncFailed` 1 → 2: schema 2 adds the optional `detail` (the head of
+///   the run's detail stream); a schema 1 run kept its progress in the integration's stream.
 fn upcast(event_type: &str, schema: u32, mut data: Value) -> Result<Value, EventDecodeError> {
     let object = data
         .as_object_mut()
@@ -390,7 +417,10 @@ fn upcast(event_type: &str, schema: u32, mut data: Value) -> Result<Value, Event
             object.insert("answer".into(), message);
             Ok(data)
         }
-        ("ActionRequested", 1) | ("ActionCompleted", 1) => Ok(data),
+        ("ActionRequested", 1)
+        | ("ActionCompleted", 1)
+        | ("SyncCompleted", 1)
+        | ("SyncFailed", 1) => Ok(data),
         _ => Err(EventDecodeError::NoUpcaster {
             event_type: event_type.to_owned(),
             schema,

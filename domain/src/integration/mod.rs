@@ -366,14 +366,23 @@ impl Aggregate for Integration {
                 sync_id,
                 duration_ms,
                 unrecorded,
-            } => self.complete_sync(context, sync_id, duration_ms, unrecorded),
+                detail,
+            } => self.complete_sync(context, sync_id, duration_ms, unrecorded, detail),
             C::FailSync {
                 sync_id,
                 code,
                 message,
                 retryable,
                 unrecorded,
-            } => self.fail_sync(context, sync_id, code, message, retryable, unrecorded),
+                detail,
+            } => {
+                let ended = syncing::Ended {
+                    code,
+                    message,
+                    retryable: *retryable,
+                };
+                self.fail_sync(context, sync_id, ended, unrecorded, detail)
+            }
             C::ChangeMapping {
                 object,
                 fields,

@@ -4,6 +4,13 @@
 use super::*;
 use IntegrationEvent as E;
 
+/// Why a run failed, as its outcome says.
+pub(super) struct Ended<'a> {
+    pub(super) code: &'a str,
+    pub(super) message: &'a str,
+    pub(super) retryable: bool,
+}
+
 impl Integration {
     /// A sync asked for by a user (manual) or the scheduler (system). It joins the run already
     /// pending unless a worker has claimed that run (`claimed`: it may have read the provider
@@ -126,6 +133,7 @@ impl Integration {
         sync_id: &SyncId,
         duration_ms: &u64,
         unrecorded: &RecordCounts,
+        detail: &Option<RunDetailHead>,
     ) -> Result<Vec<IntegrationEvent>, DomainError> {
         self.authorize(context, Access::System)?;
         let mut totals = self.run_totals(*sync_id)?;
@@ -134,6 +142,7 @@ impl Integration {
             sync_id: *sync_id,
             totals,
             duration_ms: *duration_ms,
+            detail: detail.clone(),
         })])
     }
 
@@ -142,20 +151,20 @@ impl Integration {
         &self,
         context: &CommandContext,
         sync_id: &SyncId,
-        code: &str,
-        message: &str,
-        retryable: &bool,
+        ended: Ended<'_>,
         unrecorded: &RecordCounts,
+        detail: &Option<RunDetailHead>,
     ) -> Result<Vec<IntegrationEvent>, DomainError> {
         self.authorize(context, Access::System)?;
         let mut totals = self.run_totals(*sync_id)?;
         totals.add(unrecorded);
         Ok(vec![E::SyncFailed(SyncFailed {
             sync_id: *sync_id,
-            code: code.to_owned(),
-            message: message.to_owned(),
-            retryable: *retryable,
+            code: ended.code.to_owned(),
+            message: ended.message.to_owned(),
+            retryable: ended.retryable,
             totals,
+            detail: detail.clone(),
         })])
     }
 

@@ -16,6 +16,8 @@ pub struct JetStreamConfig {
     pub duplicate_window: Duration,
     /// How long synced record changes stay on the records stream.
     pub records_max_age: Duration,
+    /// How long sync-run detail stays on the runs stream (its `max_age`).
+    pub run_detail_max_age: Duration,
     /// How long a request (an append, a read) may wait for the server before it fails with a
     /// retryable error. Appends never hang longer than this, even while the server is away.
     pub request_timeout: Duration,
@@ -34,6 +36,7 @@ impl JetStreamConfig {
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
             records_max_age: Duration::from_secs(30 * 24 * 3600),
+            run_detail_max_age: Duration::from_secs(90 * 24 * 3600),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(60),
@@ -48,6 +51,11 @@ impl JetStreamConfig {
     /// The records stream's name, e.g. `HARMONY_RECORDS`.
     pub fn records_stream(&self) -> String {
         format!("{}_RECORDS", self.namespace.to_ascii_uppercase())
+    }
+
+    /// The run-detail stream's name, e.g. `HARMONY_RUNS`.
+    pub fn runs_stream(&self) -> String {
+        format!("{}_RUNS", self.namespace.to_ascii_uppercase())
     }
 
     /// The snapshots bucket's name, e.g. `HARMONY_SNAPSHOTS`.

@@ -129,8 +129,9 @@ pub(super) async fn state_as_of(
 }
 
 /// Checks the integration's hash chain from its first event — versions without a gap, every
-/// stored hash equal to the one its content gives — and the service's newest signed
-/// checkpoint of it: the stream must still hold, at the signed version, the signed hash.
+/// stored hash equal to the one its content gives — the service's newest signed checkpoint
+/// of it (the stream must still hold, at the signed version, the signed hash), and the detail
+/// of every run whose outcome commits to it (intact, or aged out past the retention).
 #[utoipa::path(
     get,
     path = "/v1/workspaces/{ws}/integrations/{id}/verify",
@@ -149,18 +150,28 @@ pub(super) async fn verify(
     Target { caller, id }: Target,
 ) -> Result<Json<Verification>, Problem> {
     load_visible(&state, &caller, id).await?;
+    let stream = StreamName::integration(id);
     let verified = state
         .checkpoints
-        .verify(state.store.as_ref(), &StreamName::integration(id))
+        .verify(state.store.as_ref(), &stream)
         .await
         .map_err(store_problem)?;
+    let run_detail = command::run_detail::check_runs(
+        state.store.as_ref(),
+        state.detail.as_ref(),
+        &stream,
+        state.run_detail_retention,
+    )
+    .await
+    .map_err(store_problem)?;
     Ok(Json(Verification {
         integration_id: id.to_string(),
-        intact: verified.is_intact(),
+        intact: verified.is_intact() && run_detail.holds(),
         events: verified.chain.events,
         head: verified.chain.head.to_hex(),
         broken: verified.chain.broken,
         checkpoint: verified.checkpoint,
+        run_detail,
     }))
 }
 
@@ -177,6 +188,8 @@ pub(super) struct Verification {
     /// The first link that does not hold.
     broken: Option<eventstore::BrokenLink>,
     checkpoint: command::checkpoints::CheckpointCheck,
+    /// The runs whose outcome commits to their detail, checked against the run-detail log.
+    run_detail: command::run_detail::RunDetailReport,
 }
 
 /// `GET /v1/workspaces/{ws}/audit/export`: the lifecycle events of every integration the

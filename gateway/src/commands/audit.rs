@@ -127,8 +127,26 @@ pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()
             verified
         }
     };
-    let mut events = 0;
+    // Each integration's run outcomes commit to their runs' detail: checked in the run-detail
+    // log, where detail past the retention is expected to be gone.
+    let retention = args.storage.run_detail_retention();
+    let mut runs = Vec::with_capacity(verified.len());
     for verified in &verified {
+        let stream = &verified.chain.stream;
+        runs.push(if stream.integration_id().is_some() {
+            command::run_detail::check_runs(
+                logs.store.as_ref(),
+                logs.detail.as_ref(),
+                stream,
+                retention,
+            )
+            .await?
+        } else {
+            command::run_detail::RunDetailReport::default()
+        });
+    }
+    let mut events = 0;
+    for (verified, runs) in verified.iter().zip(&runs) {
         let (report, checkpoint) = (&verified.chain, &verified.checkpoint);
         let stream = &report.stream;
         events += report.events;
@@ -136,11 +154,13 @@ pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()
             writeln!(
                 out,
                 "{}",
-                json!({"stream": stream.as_str(), "intact": verified.is_intact(),
+                json!({"stream": stream.as_str(),
+                       "intact": verified.is_intact() && runs.holds(),
                        "events": report.events, "head": report.head.to_hex(),
-                       "broken": report.broken, "checkpoint": checkpoint})
+                       "broken": report.broken, "checkpoint": checkpoint,
+                       "run_detail": runs})
             )?;
-        } else if args.integration.is_some() && verified.is_intact() {
+        } else if args.integration.is_some() && verified.is_intact() && runs.holds() {
             let signed = match checkpoint {
                 CheckpointCheck::Holds { version, signed_at } => {
                     format!("; the checkpoint signed at version {version} on {signed_at} holds")
@@ -149,14 +169,21 @@ pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()
             };
             writeln!(
                 out,
-                "{stream}: intact, {} events, head {}{signed}",
+                "{stream}: intact, {} events, head {}{signed}; {} runs with detail: {} intact, {} aged out",
                 report.events,
-                report.head.to_hex()
+                report.head.to_hex(),
+                runs.runs,
+                runs.intact,
+                runs.aged_out
             )?;
         }
     }
     // Every stream is reported (as JSON) before the first broken one fails the command.
-    let broken = verified.iter().filter(|v| !v.is_intact()).count();
+    let broken = verified
+        .iter()
+        .zip(&runs)
+        .filter(|(v, runs)| !v.is_intact() || !runs.holds())
+        .count();
     let also = match broken {
         0 | 1 => String::new(),
         n => format!(" ({} other streams are broken too)", n - 1),
@@ -175,11 +202,25 @@ pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()
             anyhow::bail!("{stream} does not match its signed checkpoint: {reason}{also}");
         }
     }
+    for (verified, runs) in verified.iter().zip(&runs) {
+        if let Some(run) = runs.broken.first() {
+            anyhow::bail!(
+                "{}: the run {} (outcome at version {}): {}{also}",
+                verified.chain.stream,
+                run.sync_id,
+                run.outcome_version,
+                run.reason
+            );
+        }
+    }
     if !args.json && args.integration.is_none() {
         writeln!(
             out,
-            "{} streams, {events} events: every chain intact and every signed checkpoint holds",
-            verified.len()
+            "{} streams, {events} events: every chain intact and every signed checkpoint holds; {} runs with detail: {} intact, {} aged out",
+            verified.len(),
+            runs.iter().map(|r| r.runs).sum::<u64>(),
+            runs.iter().map(|r| r.intact).sum::<u64>(),
+            runs.iter().map(|r| r.aged_out).sum::<u64>()
         )?;
     }
     Ok(())

@@ -5,8 +5,35 @@ use std::path::Path;
 use anyhow::Context;
 use eventstore::JetStreamConfig;
 
-use crate::cli::CopyArgs;
+use crate::cli::{AgeOutArgs, CopyArgs};
 use crate::{open_logs, Logs, RECORDS_MAX_AGE};
+
+/// `harmony log age-out`: one pass of what the service does hourly.
+pub async fn age_out(args: &AgeOutArgs, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let storage = &args.storage;
+    if storage.nats_url.is_none() && !storage.data_dir.join("log").is_dir() {
+        anyhow::bail!(
+            "{} holds no event log: pass --data-dir (or --nats-url)",
+            storage.data_dir.display()
+        );
+    }
+    let logs = open_logs(
+        storage.jetstream_config(),
+        &storage.data_dir,
+        storage.records_max_age(),
+    )
+    .await?;
+    let db =
+        crate::storage::open_service_db(storage.database_url.as_deref(), &storage.data_dir).await?;
+    let retention = storage.run_detail_retention();
+    let (runs, rows) = crate::tasks::age_out_once(logs.detail.as_ref(), &db, retention).await?;
+    writeln!(
+        out,
+        "aged out the detail of {runs} sync runs and {rows} sync-log rows older than {} days",
+        retention.as_secs() / 86_400
+    )?;
+    Ok(())
+}
 
 /// Opens the two logs named on the command line: a NATS URL, or a data directory (its `log/`
 /// and `records/`), which must hold a log unless `create`.
@@ -52,9 +79,21 @@ pub async fn copy(args: &CopyArgs, out: &mut dyn std::io::Write) -> anyhow::Resu
                 args.from, args.to
             )
         })?;
+    let runs = eventstore::copy::copy_run_detail(
+        from.store.as_ref(),
+        from.detail.as_ref(),
+        to.detail.as_ref(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "while copying the run detail from {} to {}",
+            args.from, args.to
+        )
+    })?;
     writeln!(
         out,
-        "copied {} events ({} were already there) of {} streams, and {records} record changes, from {} to {}; every stream verifies on the target",
+        "copied {} events ({} were already there) of {} streams, {records} record changes and the detail of {runs} sync runs, from {} to {}; every stream verifies on the target",
         report.copied, report.skipped, report.streams, args.from, args.to
     )?;
     Ok(())

@@ -161,6 +161,7 @@ pub async fn sync_once(repository: &Repository, id: IntegrationId, pages: u32) {
             sync_id,
             duration_ms: 9,
             unrecorded: Default::default(),
+            detail: None,
         },
         system(),
     )
