@@ -776,6 +776,34 @@ async fn quiet_runs(kind: &str) {
             (&other.sync_id, other.checks, &other.first_checked_at)
         );
     }
+
+    // Past the retention, the rows of runs that changed nothing and every page row go; the
+    // runs that changed something stay. A cutoff before them all removes nothing.
+    let before_all = domain::Timestamp::from_unix_micros(1).unwrap();
+    assert_eq!(
+        sync_runs::forget_detail_before(&f.db, before_all)
+            .await
+            .unwrap(),
+        0
+    );
+    let after_all = domain::Timestamp::now().plus(time::Duration::seconds(1));
+    let forgotten = sync_runs::forget_detail_before(&f.db, after_all)
+        .await
+        .unwrap();
+    assert_eq!(forgotten, 4, "{kind}: three quiet rows and one page row");
+    let kept: Vec<String> =
+        sync_runs::list(&f.db, "acme", "ada", id, &Filter::default(), None, 100)
+            .await
+            .unwrap()
+            .runs
+            .into_iter()
+            .map(|r| r.sync_id)
+            .collect();
+    assert_eq!(kept, [g.to_string(), a.to_string()], "{kind}");
+    assert!(sync_runs::pages(&f.db, &a.to_string())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// A database the previous release built (sync logs version 1, a row per run; Installed

@@ -56,6 +56,9 @@ pub enum IntegrationCommand {
         kind: SyncKind,
         claimed: bool,
     },
+    /// A run's start and pages recorded in the integration's own stream: the form runs had
+    /// before the run-detail log, which logs written then still hold and the aggregate still
+    /// folds. The sync worker records them in the run's detail instead (ADR 009).
     StartSync {
         sync_id: SyncId,
         cursor: Option<String>,
