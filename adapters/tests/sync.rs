@@ -414,6 +414,10 @@ async fn an_incremental_run_that_finds_nothing_leaves_two_events_and_under_4_kb(
         })
         .sum();
     assert!(bytes <= 4096, "the idle run stored {bytes} bytes");
+    assert!(
+        world.detail_of(idle).await.is_empty(),
+        "and no detail in the run-detail log"
+    );
     assert!(world.changes_of(idle).await.is_empty(), "nothing published");
     // Asked the cheap way: one search for a single record per object, no page pulled.
     assert_eq!(

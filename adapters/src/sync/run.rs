@@ -244,11 +244,13 @@ impl Run<'_> {
                             }
                             other => other?,
                         };
-                        let seen = self.prepare(object, &pulled.records)?;
+                        let received =
+                            pulled.records.iter().filter(|r| r.received()).count() as u64;
+                        let seen = self.prepare(object, pulled.records)?;
                         let next = pulled.next_page.clone();
                         let item = Prepared {
                             seen,
-                            pulled: pulled.records.iter().filter(|r| r.received()).count() as u64,
+                            pulled: received,
                             next_page: pulled.next_page,
                             watermark: pulled.watermark,
                         };
@@ -419,22 +421,26 @@ impl Run<'_> {
         format!("{}\u{1f}{object}", self.id)
     }
 
-    /// Maps and hashes a page's records.
-    fn prepare(&self, object: &str, records: &[PulledRecord]) -> Result<Vec<Seen>, RunError> {
+    /// Maps and hashes a page's records, taking them over: a record without a mapping is
+    /// published as it came, without a copy.
+    fn prepare(&self, object: &str, records: Vec<PulledRecord>) -> Result<Vec<Seen>, RunError> {
         let scope = self.scope(object);
         let mapping = self.state.mappings.get(object).map(|m| m.fields.as_slice());
         records
-            .iter()
+            .into_iter()
             .map(|record| {
                 let data = if record.deleted {
                     Value::Null
                 } else {
-                    map_record(&record.fields, mapping)
+                    match mapping {
+                        Some(mapping) => map_record(&record.fields, Some(mapping)),
+                        None => Value::Object(record.fields),
+                    }
                 };
                 let hash = RecordChange::hash_of(&data)?;
                 Ok(Seen {
                     key: format!("{scope}\u{1f}{}", record.id),
-                    record_id: record.id.clone(),
+                    record_id: record.id,
                     data,
                     hash,
                     deleted: record.deleted,

@@ -183,18 +183,14 @@ where
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// A change as it travels, read back: what [`decode`] needs of it (the CloudEvents attributes
+/// derived from these are left unread).
+#[derive(Deserialize)]
 struct Envelope {
-    specversion: String,
     id: String,
-    source: String,
-    #[serde(rename = "type")]
-    event_type: String,
-    subject: String,
     time: String,
-    datacontenttype: String,
     workspace: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     owner: Option<String>,
     integration: String,
     object: String,
@@ -205,25 +201,49 @@ struct Envelope {
     data: serde_json::Value,
 }
 
+/// A change as it is written, borrowed from the change, so encoding copies nothing (the
+/// record's data least of all).
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    specversion: &'a str,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    subject: String,
+    time: String,
+    datacontenttype: &'a str,
+    workspace: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a str>,
+    integration: String,
+    object: &'a str,
+    recordid: &'a str,
+    op: RecordOp,
+    contenthash: &'a str,
+    syncid: String,
+    data: &'a serde_json::Value,
+}
+
 /// The CloudEvents body of a change.
 pub fn encode(change: &RecordChange) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(&Envelope {
-        specversion: crate::wire::SPEC_VERSION.into(),
+    serde_json::to_vec(&EnvelopeOut {
+        specversion: crate::wire::SPEC_VERSION,
         id: change.id.to_string(),
         source: crate::wire::source(&change.workspace),
-        event_type: change.op.event_type().into(),
+        event_type: change.op.event_type(),
         subject: format!("{}/{}", change.object, change.record_id),
         time: change.occurred_at.to_string(),
-        datacontenttype: "application/json".into(),
-        workspace: change.workspace.to_string(),
-        owner: change.owner.as_ref().map(ToString::to_string),
+        datacontenttype: "application/json",
+        workspace: change.workspace.as_str(),
+        owner: change.owner.as_ref().map(UserId::as_str),
         integration: change.integration.to_string(),
-        object: change.object.clone(),
-        recordid: change.record_id.clone(),
+        object: &change.object,
+        recordid: &change.record_id,
         op: change.op,
-        contenthash: change.content_hash.clone(),
+        contenthash: &change.content_hash,
         syncid: change.sync_id.to_string(),
-        data: change.data.clone(),
+        data: &change.data,
     })
     .map_err(|error| StoreError::InvalidData(error.to_string()))
 }
