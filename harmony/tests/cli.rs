@@ -1453,6 +1453,53 @@ fn verify_holds_once_run_detail_ages_out_and_catches_altered_detail_and_outcomes
         "{}",
         said(&output)
     );
+    // The state as of a moment, the export and a copy of the log take the history as it is.
+    let output = run(&[
+        "history",
+        &hubspot,
+        "--as-of",
+        &domain::Timestamp::now().to_string(),
+    ]);
+    assert!(output.status.success(), "{}", said(&output));
+    let output = run(&["export", "--workspace", "acme"]);
+    assert!(output.status.success(), "{}", said(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| l.contains("SyncCompleted"))
+            .count(),
+        2
+    );
+    let copy = dir.path().join("copy");
+    let output = harmony()
+        .args([
+            "log",
+            "copy",
+            "--from",
+            data_dir,
+            "--to",
+            copy.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", said(&output));
+    assert!(
+        said(&output).contains("the detail of 1 sync runs"),
+        "{}",
+        said(&output)
+    );
+    let output = harmony()
+        .args(["verify", "--all", "--data-dir", copy.to_str().unwrap()])
+        .env_remove("HARMONY_NATS_URL")
+        .env_remove("HARMONY_DATABASE_URL")
+        .env_remove("HARMONY_SYNC_DETAIL_RETENTION_DAYS")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success() && said(&output).contains("1 intact, 1 aged out"),
+        "{}",
+        said(&output)
+    );
     // Had the retention been longer, that detail would be missing.
     let output = run(&["verify", "--all", "--sync-detail-retention-days", "200"]);
     assert!(!output.status.success());
