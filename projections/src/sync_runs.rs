@@ -450,6 +450,36 @@ pub struct RunsPage {
     pub next_cursor: Option<i64>,
 }
 
+/// Run `sync_id` of `integration` as `user` of `workspace` may see it; `None` if there is no
+/// such run there (or it now shares the row of a later run that changed nothing either).
+pub async fn get(
+    db: &ServiceDb,
+    workspace: &str,
+    user: &str,
+    integration: IntegrationId,
+    sync_id: SyncId,
+) -> Result<Option<SyncRun>, ServiceDbError> {
+    let sql = format!(
+        "SELECT sync_id, integration_id, kind, trigger_kind, requested_by, requested_at, started_at, \
+         finished_at, status, pulled, created, updated, deleted, error_code, error_message, \
+         duration_ms, position, checks, first_checked_at, last_checked_at FROM {RUNS} \
+         WHERE integration_id = $1 AND workspace = $2 AND (owner IS NULL OR owner = $3) \
+         AND sync_id = $4"
+    );
+    let runs: Vec<SyncRun> = fetch_all(
+        db,
+        &sql,
+        &[
+            Bind::Text(integration.to_string()),
+            Bind::Text(workspace.to_owned()),
+            Bind::Text(user.to_owned()),
+            Bind::Text(sync_id.to_string()),
+        ],
+    )
+    .await?;
+    Ok(runs.into_iter().next())
+}
+
 /// The sync logs of `integration` as `user` of `workspace` may see them (a personal
 /// integration's only by its owner), newest first, `limit` at a time from `cursor`.
 pub async fn list(

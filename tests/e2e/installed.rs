@@ -214,6 +214,32 @@ async fn an_integration_is_tested_synced_scheduled_disconnected_and_deleted_over
     )
     .await;
     assert_eq!(run["pulled"], 9, "seven tickets and two users");
+    // The run's own page: its row, its start from its detail, and the pages it recorded.
+    let detail = app
+        .get_json(
+            &format!("/v1/workspaces/acme/integrations/{id}/sync-logs/{sync_id}"),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(detail["run"]["sync_id"], sync_id.as_str());
+    assert_eq!(detail["detail"], "kept");
+    assert!(detail["run"]["started_at"].is_string(), "{detail}");
+    let pages = detail["pages"].as_array().unwrap();
+    let created: u64 = pages.iter().map(|p| p["created"].as_u64().unwrap()).sum();
+    assert_eq!(created, 9, "every record created, page by page: {detail}");
+    assert!(pages.iter().any(|p| p["object"] == "tickets"), "{detail}");
+    let unknown = app
+        .call(
+            Method::GET,
+            &format!(
+                "/v1/workspaces/acme/integrations/{id}/sync-logs/{}",
+                domain::SyncId::new()
+            ),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(unknown.status(), 404);
 
     // A new key: a wrong one is refused with the provider's reason, the right one kept.
     let reauth_path = url("/reauth");

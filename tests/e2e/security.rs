@@ -11,6 +11,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{connect_zendesk, spawn_app, spawn_app_with, zendesk_app};
+use eventstore::waiting::eventually;
 
 /// A TCP server on loopback that counts the connections it accepts and answers each with a
 /// body no refused request may ever echo.
@@ -783,6 +784,36 @@ async fn another_workspaces_sync_logs_are_not_found() {
         assert_eq!(answer.status(), 404, "{route}");
         assert_eq!(answer.json::<Value>().await.unwrap()["code"], "not_found");
     }
+    // Nor is one of its runs, named under an integration of her own.
+    let requested = app
+        .call(
+            Method::POST,
+            &format!("/v1/workspaces/acme/integrations/{id}/sync"),
+            &ada,
+            None,
+        )
+        .await;
+    assert_eq!(requested.status(), 202);
+    let run = requested.json::<Value>().await.unwrap()["sync_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/workspaces/acme/integrations/{id}/sync-logs/{run}");
+    eventually(Duration::from_secs(30), "ada reads her run", || async {
+        let answer = app.call(Method::GET, &path, &ada, None).await;
+        (answer.status() == 200).then_some(())
+    })
+    .await;
+    let theirs = connect_zendesk(&app, &mallory, "globex").await;
+    let answer = app
+        .call(
+            Method::GET,
+            &format!("/v1/workspaces/globex/integrations/{theirs}/sync-logs/{run}"),
+            &mallory,
+            None,
+        )
+        .await;
+    assert_eq!(answer.status(), 404);
 }
 
 /// Signs in to the console with `token` in a fresh browser; answers the status.

@@ -342,6 +342,99 @@ pub(super) async fn sync_logs(
     Ok(Json(page))
 }
 
+/// One sync run: its sync-log row, and the pages it recorded while its detail is kept.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct SyncRunDetail {
+    run: projections::sync_runs::SyncRun,
+    /// `kept`: the pages below are the run's detail; `none`: the run recorded no detail (it
+    /// changed nothing, or ran before the run-detail log, whose pages are not kept apart), or
+    /// it aged out after `--sync-detail-retention-days`.
+    detail: &'static str,
+    /// The pages the run recorded, in order.
+    pages: Vec<RunPage>,
+}
+
+/// A batch of pages a run recorded.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct RunPage {
+    object: String,
+    page: u32,
+    pulled: u64,
+    created: u64,
+    updated: u64,
+    deleted: u64,
+    at: String,
+}
+
+/// One sync run of the integration, with its pages while its detail is kept.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/integrations/{id}/sync-logs/{sync_id}",
+    tag = "integrations",
+    params(
+        crate::api::SyncRunPath
+    ),
+    responses(
+        (status = 200, description = "The run's sync-log row, and its `pages` while its detail is kept (`detail`: `kept` or `none`)", body = SyncRunDetail),
+        crate::problem::ReadRefusals
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn sync_run(
+    State(state): State<AppState>,
+    caller: crate::caller::Caller,
+    Path((ws, id, sync_id)): Path<(String, String, String)>,
+) -> Result<Json<SyncRunDetail>, Problem> {
+    let Target { caller, id } = Target::resolve(caller, &ws, &id)?;
+    service::load_visible(&state, &caller, id).await?;
+    let not_found = || {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no sync run {sync_id} of this integration"),
+        )
+    };
+    let sync_id: domain::SyncId = sync_id.parse().map_err(|_| not_found())?;
+    let principal = &caller.0;
+    // The run must be this integration's, as the sync logs show it: the detail alone does not
+    // say whose run it is.
+    let run = projections::sync_runs::get(
+        &state.db,
+        principal.workspace.as_str(),
+        principal.user.as_str(),
+        id,
+        sync_id,
+    )
+    .await
+    .map_err(|error| Problem::failed("cannot read the sync logs", &error))?
+    .ok_or_else(not_found)?;
+    let events = state
+        .detail
+        .read(sync_id)
+        .await
+        .map_err(|error| Problem::failed("cannot read the run's detail", &error))?;
+    let pages: Vec<RunPage> = events
+        .iter()
+        .filter_map(|event| match event.decode::<domain::IntegrationEvent>() {
+            Ok(Some(domain::IntegrationEvent::SyncProgressed(page))) => Some(RunPage {
+                object: page.object,
+                page: page.page,
+                pulled: page.counts.pulled,
+                created: page.counts.created,
+                updated: page.counts.updated,
+                deleted: page.counts.deleted,
+                at: event.metadata.occurred_at.to_string(),
+            }),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(SyncRunDetail {
+        run,
+        detail: if events.is_empty() { "none" } else { "kept" },
+        pages,
+    }))
+}
+
 /// One integration, with the actions available now. Another user's personal integration is
 /// not found, not forbidden: its existence does not leak.
 #[utoipa::path(

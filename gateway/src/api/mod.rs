@@ -46,6 +46,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(integrations::schedule))
         .routes(routes!(integrations::disconnect))
         .routes(routes!(integrations::sync_logs))
+        .routes(routes!(integrations::sync_run))
         .routes(routes!(mappings::get_mappings, mappings::put_mapping))
         .routes(routes!(actions::open_actions, actions::request_action))
         .routes(routes!(actions::get_action))
@@ -91,6 +92,19 @@ pub(crate) struct ActionPath {
     id: String,
     /// The action id.
     action: String,
+}
+
+/// The path of one sync run's route.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct SyncRunPath {
+    /// The workspace.
+    ws: String,
+    /// The integration id.
+    id: String,
+    /// The run's id (`sync_id` in the sync logs).
+    sync_id: String,
 }
 
 /// The path of an approval rule's route.
