@@ -3,6 +3,8 @@
 //! loop that only fetches the same pages with reqwest in the same run.
 //!
 //! Figures: `sync_full` and `sync_unchanged` (records/s, the raw fetch loop as `raw`),
+//! `sync_floor` (records/s fetched and published durably and nothing else, pipelined as the
+//! sync is: the most a full sync could reach on this machine),
 //! `sync_record_events_unchanged` (a count, zero when change detection works) and
 //! `sync_rss_mb_1m` (the peak resident memory of a fresh process syncing the large dataset).
 
@@ -225,6 +227,73 @@ impl Drop for Stack {
 
 /// Fetches every contact page as the sync does, and nothing else: the raw loop.
 async fn raw_fetch(api: &Url, expected: u64) -> anyhow::Result<f64> {
+    fetch_pages(api, expected, |_| async { Ok(()) }).await
+}
+
+/// The least a sync of new records can do: fetch every page, and publish each of its records
+/// durably on the records log (sled) as a created record, the next pages fetched while the
+/// ready ones are published together as the sync does — no mapping, no change detection, no
+/// content hashes stored, no progress recorded, no read models. What a full sync may reach.
+async fn floor_fetch_and_publish(
+    api: &Url,
+    expected: u64,
+    records: Arc<SledRecordLog>,
+) -> anyhow::Result<f64> {
+    let integration = IntegrationId::new();
+    let sync_id = SyncId::new();
+    let (ready, mut pages) = tokio::sync::mpsc::channel::<Vec<Value>>(8);
+    let publisher = tokio::spawn(async move {
+        while let Some(first) = pages.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 8 {
+                match pages.try_recv() {
+                    Ok(page) => batch.push(page),
+                    Err(_) => break,
+                }
+            }
+            let changes: Vec<eventstore::RecordChange> = batch
+                .into_iter()
+                .flatten()
+                .map(|record| eventstore::RecordChange {
+                    id: domain::EventId::new(),
+                    workspace: "bench".parse().expect("a valid workspace id"),
+                    owner: None,
+                    integration,
+                    object: "contacts".into(),
+                    record_id: record["id"].as_str().unwrap_or_default().to_owned(),
+                    op: eventstore::RecordOp::Created,
+                    data: record,
+                    content_hash: String::new(),
+                    sync_id,
+                    occurred_at: Timestamp::now(),
+                })
+                .collect();
+            records.publish(changes).await?;
+        }
+        Ok::<(), anyhow::Error>(())
+    });
+    let started = Instant::now();
+    fetch_pages(api, expected, |page: Vec<Value>| {
+        let ready = ready.clone();
+        async move {
+            ready
+                .send(page)
+                .await
+                .map_err(|_| anyhow::anyhow!("the floor's publisher stopped"))
+        }
+    })
+    .await?;
+    drop(ready);
+    publisher.await??;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Fetches every contact page as the sync does, handing each page's records to `then`.
+async fn fetch_pages<F, Fut>(api: &Url, expected: u64, mut then: F) -> anyhow::Result<f64>
+where
+    F: FnMut(Vec<Value>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let client = ProviderHttp::default_client();
     let fields = domain::catalog::app("hubspot")
         .and_then(|app| app.mappable_object("contacts"))
@@ -252,9 +321,19 @@ async fn raw_fetch(api: &Url, expected: u64) -> anyhow::Result<f64> {
             .error_for_status()?
             .json()
             .await?;
-        fetched += page["results"].as_array().map_or(0, |r| r.len() as u64);
-        match page.pointer("/paging/next/after").and_then(Value::as_str) {
-            Some(next) => after = Some(next.to_owned()),
+        let mut page = page;
+        let next = page
+            .pointer("/paging/next/after")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let results = match page.get_mut("results").map(Value::take) {
+            Some(Value::Array(results)) => results,
+            _ => Vec::new(),
+        };
+        fetched += results.len() as u64;
+        then(results).await?;
+        match next {
+            Some(next) => after = Some(next),
             None => break,
         }
     }
@@ -281,6 +360,14 @@ where
 {
     progress(&format!("raw fetch of {} contacts", sizes.records));
     let raw = raw_fetch(api, sizes.records).await?;
+    progress("the floor: fetch and publish, nothing else");
+    let floor = {
+        let records = Arc::new(SledRecordLog::open(
+            dir.join("floor-records"),
+            Duration::from_secs(86_400),
+        )?);
+        floor_fetch_and_publish(api, sizes.records, records).await?
+    };
     let stack = Stack::open(dir, api).await?;
     progress("full sync");
     let (full, pulled) = stack.full_sync().await?;
@@ -311,6 +398,7 @@ where
         machine: machine(),
         figures: vec![
             Figure::against_raw("sync_full", records / full, "records/s", records / raw),
+            Figure::against_raw("sync_floor", records / floor, "records/s", records / raw),
             Figure::against_raw(
                 "sync_unchanged",
                 records / unchanged,

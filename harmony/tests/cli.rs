@@ -215,17 +215,18 @@ fn bench_sync_syncs_from_a_fake_provider_process_and_finds_nothing_to_publish_th
         names,
         [
             "sync_full",
+            "sync_floor",
             "sync_unchanged",
             "sync_record_events_unchanged",
             "sync_rss_mb_20000"
         ]
     );
-    for figure in &figures[..2] {
+    for figure in &figures[..3] {
         assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");
         assert!(figure["raw"].as_f64().unwrap() > 0.0, "{figure}");
     }
-    assert_eq!(figures[2]["value"].as_f64(), Some(0.0), "{}", figures[2]);
-    assert!(figures[3]["value"].as_f64().unwrap() > 0.0);
+    assert_eq!(figures[3]["value"].as_f64(), Some(0.0), "{}", figures[3]);
+    assert!(figures[4]["value"].as_f64().unwrap() > 0.0);
     assert_eq!(
         std::fs::read_dir(scratch.path()).unwrap().count(),
         0,
