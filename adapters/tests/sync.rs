@@ -887,8 +887,10 @@ async fn what_a_run_logs_names_its_integration_and_its_run() {
         .with_ansi(false)
         .with_max_level(tracing::Level::INFO)
         .finish();
-    // This test's runtime runs every task on this thread, so they all log here.
-    let _logging = tracing::subscriber::set_default(subscriber);
+    // The process's subscriber (no other test of this binary sets one): a subscriber scoped to
+    // this thread races with the callsites other tests' threads register meanwhile, and a
+    // line may be lost to it. The other tests' lines land here too; the span picks this run's.
+    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
     let world = World::new(5).await;
     let IntegrationEvent::SyncCompleted(done) = world.sync(SyncKind::Full).await else {
         panic!("the run completes")

@@ -112,6 +112,14 @@ impl Detail {
 /// nothing appends no progress at all when it is quick, and a long one stays resumable.
 const QUIET_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A 64-bit digest of a record's key, for remembering the keys a first sync wrote.
+fn key_digest(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Whether pages with these counts changed any record.
 fn changed_anything(counts: &RecordCounts) -> bool {
     counts.created + counts.updated + counts.deleted > 0
@@ -203,6 +211,13 @@ impl Run<'_> {
                 },
             };
             let fields = self.fields_to_fetch(app, object);
+            // An object with no content hash stored yet (its first sync) has nothing to look
+            // up: only the keys this run has already written are.
+            let mut first_sync = if self.hashes_stored(object).await? {
+                None
+            } else {
+                Some(HashSet::new())
+            };
             let mut page = resume.and_then(|c| c.page.clone());
             let sweep_only = resume.is_some_and(|c| c.sweep);
             if let (PullMode::Incremental { since: Some(since) }, None) = (&mode, &page) {
@@ -279,7 +294,7 @@ impl Run<'_> {
                         }
                         let counted = self
                             .stop
-                            .guard(self.write_pages(object, &mut batch))
+                            .guard(self.write_pages(object, &mut batch, first_sync.as_mut()))
                             .await?;
                         // Decided before the batch's commands are made, so a batch that is not
                         // recorded costs no command at all.
@@ -455,12 +470,18 @@ impl Run<'_> {
         &self,
         object: &str,
         pages: &mut [Prepared],
+        first_sync: Option<&mut HashSet<u64>>,
     ) -> Result<Vec<RecordCounts>, RunError> {
         let scope = self.scope(object);
-        let keys: Vec<String> = pages
+        let mut keys: Vec<String> = pages
             .iter()
             .flat_map(|page| page.seen.iter().map(|s| s.key.clone()))
             .collect();
+        if let Some(written) = first_sync {
+            // Nothing was stored for the object before this run: a key is looked up only if
+            // this run may have written it (its digest was seen; a collision costs a lookup).
+            keys.retain(|key| !written.insert(key_digest(key)));
+        }
         let mut known: HashMap<String, Option<String>> = fetch_in::<(String, String)>(
             &self.inner().db,
             "SELECT key, hash FROM record_hashes WHERE key IN ",
@@ -542,6 +563,17 @@ impl Run<'_> {
         }
         tx.commit().await?;
         Ok(all_counts)
+    }
+
+    /// Whether any content hash of `object` is stored for this integration.
+    async fn hashes_stored(&self, object: &str) -> Result<bool, RunError> {
+        let found: Vec<(String,)> = fetch_all(
+            &self.inner().db,
+            "SELECT key FROM record_hashes WHERE scope = $1 LIMIT 1",
+            &[Bind::Text(self.scope(object))],
+        )
+        .await?;
+        Ok(!found.is_empty())
     }
 
     /// After a full run: every record of `object` the run did not see was deleted at the
