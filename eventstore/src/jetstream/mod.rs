@@ -60,6 +60,7 @@ pub use config::JetStreamConfig;
 pub(crate) use reads::{direct_batch, DirectBatch};
 use setup::ensure_bucket;
 pub use setup::ensure_stream;
+pub(crate) use setup::{aging_stream, beside};
 use subscription::subscription;
 use tail::Tail;
 

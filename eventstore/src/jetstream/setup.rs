@@ -3,6 +3,40 @@
 
 use super::*;
 
+/// A stream beside the event log whose messages age out (the records, the run detail): file
+/// storage, kept `max_age`, deletes denied, purges allowed, direct gets; `subjects` its one
+/// subject filter.
+pub(crate) fn aging_stream(
+    config: &JetStreamConfig,
+    name: String,
+    description: &str,
+    subjects: String,
+    max_age: Duration,
+) -> stream::Config {
+    stream::Config {
+        name,
+        description: Some(description.to_owned()),
+        subjects: vec![subjects],
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age,
+        duplicate_window: config.duplicate_window.min(max_age),
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// A JetStream context on `store`'s connection with its request timeout, for a log beside it.
+pub(crate) fn beside(store: &JetStreamEventStore) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(store.config().request_timeout)
+        .build(store.client().clone())
+}
+
 /// Creates the stream, or checks that the one found is compatible with `wanted`.
 pub async fn ensure_stream(
     js: &jetstream::Context,

@@ -1,11 +1,13 @@
 //! The records log on JetStream: the stream `HARMONY_RECORDS`, beside the event log.
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use super::*;
-use crate::jetstream::{direct_batch, ensure_stream, DirectBatch, JetStreamConfig};
+use crate::jetstream::{
+    aging_stream, beside, direct_batch, ensure_stream, DirectBatch, JetStreamConfig,
+};
 use crate::JetStreamEventStore;
 
 /// The records log on JetStream, sharing the event log's connection.
@@ -22,24 +24,14 @@ impl JetStreamRecordLog {
     /// Creates (or checks) `HARMONY_RECORDS` beside the event log of `store`.
     pub async fn open(store: &JetStreamEventStore) -> Result<Self, StoreError> {
         let config = store.config().clone();
-        let js = jetstream::ContextBuilder::new()
-            .timeout(config.request_timeout)
-            .build(store.client().clone());
-        let wanted = stream::Config {
-            name: config.records_stream(),
-            description: Some("Harmony Sync: synced record changes (personal data)".into()),
-            subjects: vec![format!("{}.records.>", config.namespace)],
-            storage: stream::StorageType::File,
-            num_replicas: config.replicas,
-            retention: stream::RetentionPolicy::Limits,
-            discard: stream::DiscardPolicy::Old,
-            max_age: config.records_max_age,
-            duplicate_window: config.duplicate_window.min(config.records_max_age),
-            deny_delete: true,
-            deny_purge: false,
-            allow_direct: true,
-            ..Default::default()
-        };
+        let js = beside(store);
+        let wanted = aging_stream(
+            &config,
+            config.records_stream(),
+            "Harmony Sync: synced record changes (personal data)",
+            format!("{}.records.>", config.namespace),
+            config.records_max_age,
+        );
         ensure_stream(&js, wanted).await?;
         let state = js
             .get_key_value(config.snapshots_bucket())

@@ -5,7 +5,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use super::*;
-use crate::jetstream::{direct_batch, ensure_stream, DirectBatch, JetStreamConfig};
+use crate::jetstream::{
+    aging_stream, beside, direct_batch, ensure_stream, DirectBatch, JetStreamConfig,
+};
 use crate::JetStreamEventStore;
 
 /// The run-detail log on JetStream, sharing the event log's connection. Each append is one
@@ -23,24 +25,14 @@ impl JetStreamRunDetailLog {
     /// configured retention (changed in place when the retention changes).
     pub async fn open(store: &JetStreamEventStore) -> Result<Self, StoreError> {
         let config = store.config().clone();
-        let js = jetstream::ContextBuilder::new()
-            .timeout(config.request_timeout)
-            .build(store.client().clone());
-        let wanted = stream::Config {
-            name: config.runs_stream(),
-            description: Some("Harmony Sync: sync-run detail (progress), aged out".into()),
-            subjects: vec![format!("{}.runs.>", config.namespace)],
-            storage: stream::StorageType::File,
-            num_replicas: config.replicas,
-            retention: stream::RetentionPolicy::Limits,
-            discard: stream::DiscardPolicy::Old,
-            max_age: config.run_detail_max_age,
-            duplicate_window: config.duplicate_window.min(config.run_detail_max_age),
-            deny_delete: true,
-            deny_purge: false,
-            allow_direct: true,
-            ..Default::default()
-        };
+        let js = beside(store);
+        let wanted = aging_stream(
+            &config,
+            config.runs_stream(),
+            "Harmony Sync: sync-run detail (progress), aged out",
+            format!("{}.runs.>", config.namespace),
+            config.run_detail_max_age,
+        );
         // The retention is the one setting of this stream that may change: an existing
         // stream takes the new one first, then is checked like any other.
         if let Ok(mut existing) = js.get_stream(&wanted.name).await {
