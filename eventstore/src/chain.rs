@@ -293,6 +293,29 @@ impl ChainCheck {
     }
 }
 
+/// Checks the chain of `events`, one stream's in version order. With `from_first_kept`, the
+/// stream's oldest events may be gone (aged out): the first event given is taken at its word
+/// and every later link must follow from it; otherwise the chain must start at version 1.
+pub(crate) fn check_events(
+    stream: StreamName,
+    events: &[RecordedEvent],
+    from_first_kept: bool,
+) -> VerifyReport {
+    let mut check = ChainCheck::new(stream);
+    let mut rest = events;
+    if let (true, Some(first)) = (from_first_kept, events.first()) {
+        check.report.events = first.version;
+        check.report.head = first.hash;
+        rest = &events[1..];
+    }
+    for event in rest {
+        if !check.next(event) {
+            break;
+        }
+    }
+    check.report
+}
+
 /// Reads `stream` from its start and checks every link: versions 1, 2, 3 … without a gap, and
 /// each stored hash equal to the one recomputed from the event's content.
 pub async fn verify_stream<S: EventStore + ?Sized>(

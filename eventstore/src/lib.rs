@@ -10,6 +10,11 @@
 //! [`JetStreamEventStore`] the distributed one, on NATS JetStream. [`conformance`] is the one
 //! suite both pass. [`wire`] is the CloudEvents form events travel in to downstream consumers.
 //!
+//! Beside the log, two stores that forget: [`records`] (synced record changes, personal data,
+//! kept for a maximum age and purged by integration) and [`run_detail`] (each sync run's
+//! progress, one chained stream per run, which the run's outcome in the log commits to and
+//! which ages out after a retention).
+//!
 //! [`follow`] is the loop every background reader of the log runs: from a saved position,
 //! never saving past work still in flight.
 //!

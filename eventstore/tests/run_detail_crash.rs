@@ -41,8 +41,9 @@ fn fill(dir: &std::path::Path, old: u64, new: u64) -> Vec<(SyncId, bool)> {
         .collect()
 }
 
-/// Starts an expiry and kills it `after` its start.
-fn expire_and_kill(dir: &std::path::Path, after: Duration) {
+/// Starts an expiry and kills it once it has reported `passes` passes, while the next one
+/// runs.
+fn expire_and_kill(dir: &std::path::Path, passes: usize) {
     let mut child = Command::new(EXPIRER)
         .arg(dir)
         .arg("expire")
@@ -50,10 +51,10 @@ fn expire_and_kill(dir: &std::path::Path, after: Duration) {
         .stderr(Stdio::null())
         .spawn()
         .expect("the expirer starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let first = lines.next().expect("a line").expect("readable");
-    assert_eq!(first, "expiring");
-    std::thread::sleep(after);
+    let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    for line in lines.take(passes) {
+        assert!(line.expect("readable").starts_with("expired "));
+    }
     let _ = child.kill();
     child.wait().expect("the expirer is reaped");
 }
@@ -98,12 +99,13 @@ async fn whole_runs(dir: &std::path::Path, runs: &[(SyncId, bool)]) -> (u64, u64
 async fn expiry_killed_half_way_leaves_every_run_whole_or_absent_and_a_restart_finishes() {
     let (old, new) = (400u64, 50u64);
     let mut landed_mid_way = 0;
-    for attempt in 0..6 {
+    for _ in 0..6 {
         let dir = tempfile::tempdir().unwrap();
         let runs = fill(dir.path(), old, new);
         assert_eq!(runs.len() as u64, old + new);
-        let after = Duration::from_millis(rand::rng().random_range(0..=20 + attempt * 10));
-        expire_and_kill(dir.path(), after);
+        // Killed after a few of its forty passes (ten old runs each): mid-way, at a point of
+        // the next pass that varies from one attempt to the next.
+        expire_and_kill(dir.path(), rand::rng().random_range(1..=20));
         let (old_left, new_left) = whole_runs(dir.path(), &runs).await;
         assert_eq!(new_left, new, "every run within the retention is kept");
         if old_left > 0 && old_left < old {

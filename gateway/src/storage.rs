@@ -1,4 +1,4 @@
-//! Opening what the service keeps: the event and records logs (sled or JetStream), the
+//! Opening what the service keeps: the event, records and run-detail logs (sled or JetStream), the
 //! checkpoint log and its key, the service database, the data directory and its key files.
 
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
 //! The service's long-running tasks, run under [`supervise`](crate::supervise::supervise):
-//! projections, the purge of deleted integrations, the checkpoint signer.
+//! projections, the purge of deleted integrations, the checkpoint signer, and the ageing out of
+//! sync-run detail past its retention.
 
 use std::sync::Arc;
 use tracing::Instrument;

@@ -211,13 +211,6 @@ impl Run<'_> {
                 },
             };
             let fields = self.fields_to_fetch(app, object);
-            // An object with no content hash stored yet (its first sync) has nothing to look
-            // up: only the keys this run has already written are.
-            let mut first_sync = if self.hashes_stored(object).await? {
-                None
-            } else {
-                Some(HashSet::new())
-            };
             let mut page = resume.and_then(|c| c.page.clone());
             let sweep_only = resume.is_some_and(|c| c.sweep);
             if let (PullMode::Incremental { since: Some(since) }, None) = (&mode, &page) {
@@ -231,6 +224,14 @@ impl Run<'_> {
                 }
             }
             if !sweep_only {
+                // An object with no content hash stored yet (its first sync) has nothing to
+                // look up: only the keys this run has already written are. Asked only once
+                // pages are to be pulled, so a run that finds nothing new pays nothing for it.
+                let mut first_sync = if self.hashes_stored(object).await? {
+                    None
+                } else {
+                    Some(HashSet::new())
+                };
                 // The next page is pulled, mapped and hashed while this one is written.
                 let (ready, prepared) = tokio::sync::mpsc::channel::<Prepared>(WRITE_BATCH_PAGES);
                 let produce = async {

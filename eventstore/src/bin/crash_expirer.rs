@@ -1,10 +1,10 @@
 //! Ages out the embedded run-detail log until killed, for the crash test of expiry.
 //!
 //! `eventstore-crash-expirer <dir> fill <old> <new> <events>` writes `old` runs whose detail is
-//! 100 days old and `new` runs of today, `events` events each, printing `run <sync id> old` or
-//! `run <sync id> new` for each, then `filled`.
-//! `eventstore-crash-expirer <dir> expire` prints `expiring`, removes every run older than
-//! 90 days, and prints `expired <n>`.
+//! 100 days old (a second apart; at most 1,000 of them) and `new` runs of today, `events` events each, printing
+//! `run <sync id> old` or `run <sync id> new` for each, then `filled`.
+//! `eventstore-crash-expirer <dir> expire` removes the old runs ten seconds' worth at a time,
+//! printing `expired <n so far>` after each pass, then every run older than 90 days.
 
 use std::io::Write;
 
@@ -32,6 +32,22 @@ fn events(count: u64, at: Timestamp) -> Vec<NewEvent> {
         .collect()
 }
 
+/// Midnight, 100 days ago: where the old runs begin.
+fn long_ago() -> Timestamp {
+    let now = Timestamp::now().minus(100 * DAY).unix_micros();
+    let day = 86_400 * 1_000_000;
+    Timestamp::from_unix_micros(now - now % day).expect("a time in range")
+}
+
+/// `n` seconds after `start`.
+fn second(start: Timestamp, n: u64) -> Timestamp {
+    let micros = i64::try_from(n)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1_000_000);
+    Timestamp::from_unix_micros(start.unix_micros().saturating_add(micros))
+        .expect("a time in range")
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let usage = "usage: eventstore-crash-expirer <dir> fill <old> <new> <events> | <dir> expire";
@@ -45,9 +61,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Ok(args.get(i).ok_or(usage)?.parse()?)
             };
             let (old, new, count) = (number(2)?, number(3)?, number(4)?);
-            let long_ago = Timestamp::now().minus(100 * DAY);
-            for (runs, at, age) in [(old, long_ago, "old"), (new, Timestamp::now(), "new")] {
-                for _ in 0..runs {
+            for (runs, age) in [(old, "old"), (new, "new")] {
+                for n in 0..runs {
+                    let at = match age {
+                        "old" => second(long_ago(), n),
+                        _ => Timestamp::now(),
+                    };
                     let sync_id = SyncId::new();
                     log.append(sync_id, DetailTip::EMPTY, events(count, at))
                         .await?;
@@ -57,10 +76,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             writeln!(out, "filled")?;
         }
         Some("expire") => {
-            writeln!(out, "expiring")?;
-            out.flush()?;
-            let removed = log.expire(Timestamp::now().minus(90 * DAY)).await?;
-            writeln!(out, "expired {removed}")?;
+            let (start, end) = (long_ago(), Timestamp::now().minus(90 * DAY));
+            let mut removed = 0;
+            // Ten seconds a pass through the first thousand (old runs are a second apart),
+            // then everything past the retention at once.
+            let mut at = 10;
+            loop {
+                let cutoff = if at <= 1_000 { second(start, at) } else { end };
+                removed += log.expire(cutoff).await?;
+                writeln!(out, "expired {removed}")?;
+                out.flush()?;
+                if cutoff == end {
+                    break;
+                }
+                at += 10;
+            }
         }
         _ => return Err(usage.into()),
     }

@@ -18,7 +18,7 @@
 use async_trait::async_trait;
 use domain::{StreamName, SyncId, Timestamp};
 
-use crate::chain::{canonical_bytes, canonical_data, link, recompute};
+use crate::chain::{canonical_bytes, canonical_data, link};
 use crate::error::{ExpectedVersion, StoreError};
 use crate::hash::ChainHash;
 use crate::types::{NewEvent, RecordedEvent};
@@ -189,38 +189,11 @@ pub async fn check_detail(
     }
     let altered = |reason: String| Ok(DetailCheck::Altered { reason });
     let stream = StreamName::run(sync_id);
-    let mut previous: Option<&RecordedEvent> = None;
-    for event in &events {
-        if event.stream != stream {
-            return altered(format!("version {} names {}", event.version, event.stream));
-        }
-        let from = match previous {
-            None if event.version == 1 => ChainHash::GENESIS,
-            // The oldest detail aged out: the first event kept is taken at its word, and every
-            // later link must follow from it.
-            None => {
-                previous = Some(event);
-                continue;
-            }
-            Some(before) if before.version + 1 == event.version => before.hash,
-            Some(before) => {
-                return altered(format!(
-                    "version {} follows version {}",
-                    event.version, before.version
-                ))
-            }
-        };
-        match recompute(&from, event) {
-            Ok(computed) if computed == event.hash => {}
-            Ok(computed) => {
-                return altered(format!(
-                    "version {}: stored hash {} but content hashes to {computed}",
-                    event.version, event.hash
-                ))
-            }
-            Err(error) => return altered(format!("version {}: {error}", event.version)),
-        }
-        previous = Some(event);
+    // The oldest detail may have aged out (JetStream ages messages): what is kept must still
+    // link up from its first event.
+    let aged = events[0].version != 1;
+    if let Some(broken) = crate::chain::check_events(stream, &events, aged).broken {
+        return altered(format!("version {}: {}", broken.version, broken.reason));
     }
     let last = events.last().expect("the detail is not empty");
     if last.version != version || last.hash.to_hex() != hash {
